@@ -1,0 +1,57 @@
+"""Model stages: load the model once, feed it batches of clips, store each clip's artifact.
+
+If a whole batch raises, its clips are retried one by one so that one bad clip cannot fail the
+others; the model is freed before the next stage loads its own.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from pipeline.cache import Cache
+from pipeline.errors import ClipError
+from pipeline.executor import ClipTask, TaskResult
+
+
+def _error(task: ClipTask, exc: BaseException) -> TaskResult:
+    if isinstance(exc, ClipError):
+        return TaskResult(False, error_type=type(exc).__name__, message=str(exc))
+    return TaskResult(
+        False, error_type=type(exc).__name__, message=f"{task.job.path}: unexpected error in stage {task.stage}: {exc}"
+    )
+
+
+def _store(cache: Cache, task: ClipTask, fill) -> TaskResult:
+    try:
+        art = cache.write(task.stage, task.key, task.meta, fill, replace=task.replace)
+    except Exception as exc:  # noqa: BLE001 - recorded as the clip's failure
+        return _error(task, exc)
+    return TaskResult(True, meta=art.meta())
+
+
+def run_batched(mod, cfg, todo: list[tuple[str, ClipTask]], cache: Cache, batch_size: int) -> Iterator[tuple[str, TaskResult]]:
+    resources = mod.open(cfg) if hasattr(mod, "open") else None
+    try:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            jobs = [task.job for _, task in chunk]
+            try:
+                fills = mod.process_batch(jobs, cfg, resources)
+            except Exception as exc:  # noqa: BLE001 - isolate the clip that broke the batch
+                if len(chunk) == 1:
+                    fills = [exc]
+                else:
+                    fills = []
+                    for _, task in chunk:
+                        try:
+                            fills.extend(mod.process_batch([task.job], cfg, resources))
+                        except Exception as one:  # noqa: BLE001
+                            fills.append(one)
+            for (vid, task), fill in zip(chunk, fills):
+                if isinstance(fill, BaseException):
+                    yield vid, _error(task, fill)
+                else:
+                    yield vid, _store(cache, task, fill)
+    finally:
+        if hasattr(mod, "close"):
+            mod.close(resources)

@@ -1,0 +1,158 @@
+"""Where per-clip work runs. The runner hands jobs to an executor; stages never know where they run.
+
+``LocalExecutor`` uses a pool of *spawned* worker processes (never forked: each worker imports
+its own libraries and opens its own decoders), loads a stage's resources (e.g. MTCNN) once per
+worker, and writes artifacts straight into the cache from the worker, so frames and crops never
+travel between processes. ``workers=1`` runs in the calling process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Iterator
+
+from pipeline.cache import Cache
+from pipeline.errors import ClipError
+from pipeline.jobs import ClipJob
+
+
+@dataclass
+class ClipTask:
+    stage: str
+    config: dict  # the stage's full config, as JSON data
+    job: ClipJob
+    cache_root: str
+    key: str
+    meta: dict
+    replace: bool = False
+
+
+@dataclass
+class TaskResult:
+    ok: bool
+    meta: dict | None = None
+    error_type: str | None = None
+    message: str | None = None
+
+
+_RESOURCES: dict = {}
+
+
+def _resources(stage_mod, cfg, cfg_json: str):
+    key = (stage_mod.NAME, cfg_json)
+    if key not in _RESOURCES:
+        for old in [k for k in _RESOURCES if k[0] == stage_mod.NAME]:
+            res = _RESOURCES.pop(old)
+            if hasattr(stage_mod, "close"):
+                stage_mod.close(res)
+        _RESOURCES[key] = stage_mod.open(cfg) if hasattr(stage_mod, "open") else None
+    return _RESOURCES[key]
+
+
+def run_task(task: ClipTask) -> TaskResult:
+    """Compute one clip's artifact for one stage and store it; errors become a TaskResult."""
+    import json
+
+    from stages import STAGES
+
+    mod = STAGES[task.stage]
+    try:
+        cfg = mod.Config.model_validate(task.config)
+        res = _resources(mod, cfg, json.dumps(task.config, sort_keys=True))
+        art = Cache(task.cache_root).write(
+            task.stage,
+            task.key,
+            task.meta,
+            lambda out: mod.process(task.job, cfg, res, out),
+            replace=task.replace,
+        )
+        return TaskResult(True, meta=art.meta())
+    except ClipError as exc:
+        return TaskResult(False, error_type=type(exc).__name__, message=str(exc))
+    except MemoryError:
+        return TaskResult(False, error_type="MemoryError", message=f"{task.job.path}: out of memory in stage {task.stage}")
+    except Exception as exc:  # a bug or an unexpected library error: keep the batch going, keep the trace
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno}" if tb else ""
+        return TaskResult(
+            False, error_type=type(exc).__name__, message=f"{task.job.path}: unexpected error in stage {task.stage}{where}: {exc}"
+        )
+
+
+def _init_worker(threads: int) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+
+
+class LocalExecutor:
+    def __init__(self, workers: int = 1):
+        self.workers = max(1, workers)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=mp.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(threads,),
+            )
+        return self._pool
+
+    def map(self, tasks: list[ClipTask]) -> Iterator[tuple[int, TaskResult]]:
+        """Run tasks; yield ``(task index, result)`` as they finish (any order).
+
+        If a worker process dies (killed, out of memory), the pool is rebuilt and unfinished
+        clips are retried once; a clip that was in flight during two deaths is recorded as failed.
+        """
+        if self.workers == 1 or len(tasks) <= 1:
+            for i, t in enumerate(tasks):
+                yield i, run_task(t)
+            return
+        todo = set(range(len(tasks)))
+        deaths = {i: 0 for i in todo}
+        while todo:
+            pool = self._get_pool()
+            futures = {pool.submit(run_task, tasks[i]): i for i in sorted(todo)}
+            remaining = set(futures)
+            try:
+                while remaining:
+                    done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        result = fut.result()
+                        i = futures[fut]
+                        todo.discard(i)
+                        yield i, result
+            except BrokenProcessPool:
+                self._pool = None
+                for i in sorted(todo):
+                    deaths[i] += 1
+                    if deaths[i] >= 2:
+                        todo.discard(i)
+                        yield i, TaskResult(
+                            False,
+                            error_type="WorkerDied",
+                            message=f"{tasks[i].job.path}: the worker process died twice while computing stage "
+                            f"{tasks[i].stage} (killed, or out of memory)",
+                        )
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,132 @@
+"""``dfer inspect``: one PNG that shows what the pipeline made of a clip.
+
+Top: the keyframes as thumbnails of the upright frame with the primary face box and timestamp.
+Bottom: the facial motion and expression curves over time, the chosen keyframes as vertical
+lines, interpolated stretches shaded grey and missing-face stretches shaded red.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cache import Cache, CacheError
+from pipeline.facetrack import FaceTrack
+from pipeline.video import VideoReader, to_rgb
+
+
+def _manifest_row(run_dir: Path, video: str) -> dict:
+    path = run_dir / "manifest.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory written by `dfer run`?")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    exact = [r for r in rows if r["video"] == video]
+    if exact:
+        return exact[0]
+    partial = [r for r in rows if video in r["video"]]
+    if len(partial) == 1:
+        return partial[0]
+    if not partial:
+        raise LookupError(f"no video '{video}' in {path} ({len(rows)} clips listed)")
+    raise LookupError(f"'{video}' matches {len(partial)} clips in {path}: " + ", ".join(r["video"] for r in partial[:5]))
+
+
+def _spans(mask: np.ndarray, t: np.ndarray) -> list[tuple[float, float]]:
+    spans, start = [], None
+    for i, m in enumerate(mask):
+        if m and start is None:
+            start = i
+        if not m and start is not None:
+            spans.append((t[start], t[i - 1]))
+            start = None
+    if start is not None:
+        spans.append((t[start], t[-1]))
+    return spans
+
+
+def _frames_at(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
+    want, got = set(indices), {}
+    with VideoReader(path) as reader:
+        for i, (_, frame) in enumerate(reader.frames()):
+            if i in want:
+                got[i] = to_rgb(frame, reader.frame_rotation(frame))
+                if len(got) == len(want):
+                    break
+    return got
+
+
+def inspect_clip(run_dir: Path, video: str, output: Path | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    row = _manifest_row(run_dir, video)
+    cache_root = Path((run_dir / "cache_dir.txt").read_text(encoding="utf-8").strip())
+    cache = Cache(cache_root)
+    arts = row.get("artifacts", {})
+    faces = cache.get("faces", arts.get("faces", "")) if arts.get("faces") else None
+    kf = cache.get("keyframes", arts.get("keyframes", "")) if arts.get("keyframes") else None
+    if faces is None or kf is None:
+        raise CacheError(f"{row['video']}: faces/keyframes artifacts are not in {cache_root} (did the clip fail? see failures.jsonl)")
+    track = FaceTrack.load(faces)
+    keyframes = kf.json("keyframes.json")
+    curves = kf.npz("motion.npz")
+    idx = keyframes["indices"]
+    frames = _frames_at(Path(row["path"]), idx)
+
+    k = max(1, len(idx))
+    fig = plt.figure(figsize=(max(8, 2.4 * k), 6.2), dpi=110)
+    gs = fig.add_gridspec(2, k, height_ratios=[1.25, 1])
+    for j, i in enumerate(idx):
+        ax = fig.add_subplot(gs[0, j])
+        img = frames.get(i)
+        if img is not None:
+            ax.imshow(img)
+            box = track.arrays["box"][i]
+            if np.isfinite(box).all():
+                color = "lime" if track.arrays["detected"][i] else "orange"
+                ax.add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False, lw=2, ec=color))
+        ax.set_title(f"#{i}  {track.t[i]:.2f} s", fontsize=10)
+        ax.axis("off")
+    ax = fig.add_subplot(gs[1, :])
+    t = curves["t"]
+    for name, color in (("expression", "tab:blue"), ("motion", "tab:green")):
+        y = curves[name].astype(float)
+        rng = y.max() - y.min()
+        ax.plot(t, (y - y.min()) / rng if rng > 0 else y * 0, color=color, label=f"{name} (normalised)")
+    # shade interpolation only where the detector missed the face (runs longer than the stride)
+    stride = int(track.meta.get("config", {}).get("detect_every", 1))
+    for a, b in _spans(track.arrays["interpolated"] & track.arrays["present"], t):
+        if np.sum((t >= a) & (t <= b)) >= stride:
+            ax.axvspan(a, b, color="0.85", lw=0, zorder=0)
+    det_t = t[track.arrays["detected"]]
+    ax.plot(det_t, np.full(len(det_t), -0.04), "|", color="0.3", ms=6, label="face detected")
+    for a, b in _spans(~track.arrays["present"], t):
+        ax.axvspan(a, b, color="tab:red", alpha=0.25, lw=0, zorder=0)
+    for i in idx:
+        ax.axvline(track.t[i], color="k", ls="--", lw=1)
+    ax.set_xlabel("time (s)")
+    ax.set_xlim(float(t[0]), float(t[-1]) if len(t) > 1 else 1.0)
+    from matplotlib.patches import Patch
+
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Patch(color="0.85", label="box interpolated"), Patch(color="tab:red", alpha=0.25, label="face missing")]
+    ax.legend(handles=handles, loc="upper right", fontsize=8)
+    n_det = int(track.arrays["detected"].sum())
+    fig.suptitle(
+        f"{row['video']} — {len(track)} frames, {n_det} detected, strategy {keyframes['strategy']}"
+        + ("  [no face: full frame]" if track.meta.get("full_frame") else ""),
+        fontsize=11,
+    )
+    fig.tight_layout()
+    if output is None:
+        safe = row["video"].replace("/", "__")
+        output = run_dir / "inspect" / f"{safe}.png"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output)
+    plt.close(fig)
+    return output

@@ -1,0 +1,315 @@
+"""Stage-major runner: each stage runs over all clips (in batches) before the next one starts.
+
+For each stage and clip the runner derives the cache key, reuses a cached artifact when there is
+one, and otherwise computes it (per-clip stages through the executor, model stages in batches in
+this process) and says why: new clip, config changed, upstream changed or forced. A clip that
+fails is recorded in ``RUN/failures.jsonl`` and left out of later stages; the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from pipeline.cache import Cache, artifact_key, default_cache_dir
+from pipeline.config import dump_config, key_fields
+from pipeline.executor import ClipTask, LocalExecutor, TaskResult
+from pipeline.inputs import VideoRef, discover, fingerprint, parse_shard, shard_of
+from pipeline.jobs import ClipJob
+from stages import STAGE_ORDER, STAGES
+
+
+class StrictFailure(RuntimeError):
+    """``--strict``: the first clip failure stops the run."""
+
+
+class UnknownStageError(ValueError):
+    pass
+
+
+@dataclass
+class StageReport:
+    stage: str
+    cached: int = 0
+    computed: int = 0
+    failed: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        why = ", ".join(f"{n} {r}" for r, n in self.reasons.most_common())
+        computed = f"{self.computed} computed" + (f" ({why})" if why else "")
+        return f"{self.stage}: {self.cached} cached, {computed}, {self.failed} failed [{self.seconds:.1f} s]"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    reports: list[StageReport]
+    n_clips: int
+    n_failed: int
+    status: str = "complete"  # complete | stopped
+    stop_message: str | None = None
+    keys: dict[str, dict[str, str]] = field(default_factory=dict)  # video id -> stage -> key
+
+
+def check_stage(name: str | None, flag: str) -> None:
+    if name is not None and name not in STAGES:
+        raise UnknownStageError(f"{flag} {name}: unknown stage; stages are {', '.join(STAGE_ORDER)}")
+
+
+def _reason(cache: Cache, stage: str, fp: str, upstream: dict, forced: bool) -> str:
+    if forced:
+        return "forced"
+    last = cache.last_inputs(stage, fp)
+    if last is None:
+        return "new clip"
+    if last.get("upstream") != upstream:
+        return "upstream changed"
+    return "config changed"
+
+
+class _Progress:
+    def __init__(self, stage: str, total: int, enabled: bool, stream: TextIO):
+        self.bar = None
+        if enabled and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=f"{stage:>10}", unit="clip", file=stream, dynamic_ncols=True, leave=True)
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Runner:
+    def __init__(
+        self,
+        cfg,
+        out_dir: str | Path,
+        *,
+        cache_dir: str | Path | None = None,
+        until: str | None = None,
+        force: str | None = None,
+        shard: str | None = None,
+        strict: bool = False,
+        quiet: bool = False,
+        log: TextIO | None = None,
+        executor=None,
+    ):
+        check_stage(until, "--until")
+        check_stage(force, "--force")
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.cache = Cache(cache_dir if cache_dir is not None else default_cache_dir())
+        self.until = until
+        self.force = force
+        self.shard = parse_shard(shard) if shard else None
+        self.strict = strict
+        self.quiet = quiet
+        self.log = log or sys.stderr
+        self.executor = executor or LocalExecutor(cfg.run.workers)
+        self._failures: TextIO | None = None
+
+    # ----------------------------------------------------------------------------------------
+    def say(self, msg: str) -> None:
+        print(msg, file=self.log, flush=True)
+
+    def _fail(self, video: str, stage: str, error: str, message: str) -> None:
+        row = {"video": video, "stage": stage, "error": error, "message": message}
+        assert self._failures is not None
+        self._failures.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._failures.flush()
+        if self.strict:
+            raise StrictFailure(f"[{stage}] {video}: {error}: {message}")
+
+    def stages(self) -> list[str]:
+        stop = STAGE_ORDER.index(self.until) + 1 if self.until else len(STAGE_ORDER)
+        return STAGE_ORDER[:stop]
+
+    # ----------------------------------------------------------------------------------------
+    def run(self, refs: list[VideoRef]) -> RunResult:
+        if self.shard:
+            i, n = self.shard
+            refs = [r for r in refs if shard_of(r.id, n) == i]
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(dump_config(self.cfg), encoding="utf-8")
+        stages = self.stages()
+        blocked = self._preflight(stages)
+        self._failures = open(self.out / "failures.jsonl", "w", encoding="utf-8")
+        try:
+            return self._run(refs, stages, blocked)
+        finally:
+            self._failures.close()
+            self.executor.close()
+
+    def _preflight(self, stages: list[str]) -> tuple[str, str] | None:
+        """Model checks before any clip is processed. Returns (stage, message) where the run must stop."""
+        for name in stages:
+            mod = STAGES[name]
+            if hasattr(mod, "preflight"):
+                message = mod.preflight(getattr(self.cfg, name))  # raises on a hard error
+                if message:
+                    self.say(f"note: the run will stop before stage '{name}': {message}")
+                    return name, message
+        return None
+
+    def _fingerprints(self, refs: list[VideoRef]) -> dict[str, str]:
+        def fp(ref: VideoRef):
+            try:
+                return ref, fingerprint(ref.path), None
+            except FileNotFoundError:
+                return ref, None, ("UnreadableFileError", f"{ref.path}: file not found")
+            except PermissionError:
+                return ref, None, ("UnreadableFileError", f"{ref.path}: permission denied (cannot read the file)")
+            except IsADirectoryError:
+                return ref, None, ("UnreadableFileError", f"{ref.path}: is a directory, not a video file")
+            except OSError as exc:
+                return ref, None, ("UnreadableFileError", f"{ref.path}: cannot read the file ({exc.strerror})")
+
+        out = {}
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for ref, value, err in pool.map(fp, refs):
+                if err:
+                    self._fail(ref.id, "input", *err)
+                else:
+                    out[ref.id] = value
+        return out
+
+    def _run(self, refs: list[VideoRef], stages: list[str], blocked) -> RunResult:
+        t_start = time.time()
+        fps = self._fingerprints(refs)
+        by_id = {r.id: r for r in refs}
+        active = [r.id for r in refs if r.id in fps]
+        keys: dict[str, dict[str, str]] = {vid: {} for vid in active}
+        reports = []
+        n_failed = len(refs) - len(active)
+        forced = False
+        status, stop_message = "complete", None
+        for name in stages:
+            if blocked and blocked[0] == name:
+                status, stop_message = "stopped", blocked[1]
+                break
+            forced = forced or name == self.force
+            report, failed_ids = self._run_stage(name, active, by_id, fps, keys, forced)
+            reports.append(report)
+            n_failed += len(failed_ids)
+            active = [v for v in active if v not in failed_ids]
+            self.say(report.line())
+        self._write_manifest(refs, fps, keys)
+        status_doc = {
+            "status": status,
+            "stopped_before": blocked[0] if status == "stopped" else None,
+            "message": stop_message,
+            "clips": len(refs),
+            "failed": n_failed,
+            "stages": [r.stage for r in reports],
+            "seconds": round(time.time() - t_start, 2),
+        }
+        (self.out / "status.json").write_text(json.dumps(status_doc, indent=1), encoding="utf-8")
+        return RunResult(self.out, reports, len(refs), n_failed, status, stop_message, keys)
+
+    def _write_manifest(self, refs, fps, keys) -> None:
+        with open(self.out / "manifest.jsonl", "w", encoding="utf-8") as f:
+            for r in refs:
+                row = {
+                    "video": r.id,
+                    "path": str(r.path),
+                    "label": r.label,
+                    "fingerprint": fps.get(r.id),
+                    "artifacts": keys.get(r.id, {}),
+                }
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        (self.out / "cache_dir.txt").write_text(str(self.cache.root.resolve()) + "\n", encoding="utf-8")
+
+    def _run_stage(self, name, active, by_id, fps, keys, forced) -> tuple[StageReport, set[str]]:
+        mod = STAGES[name]
+        section = getattr(self.cfg, name)
+        kcfg = key_fields(section)
+        extras = mod.key_extras(section) if hasattr(mod, "key_extras") else {}
+        report = StageReport(name)
+        t0 = time.time()
+        failed: set[str] = set()
+        todo: list[tuple[str, ClipTask]] = []
+        reasons: dict[str, str] = {}
+        for vid in active:
+            upstream = {u: keys[vid][u] for u in mod.UPSTREAM}
+            key = artifact_key(name, mod.VERSION, kcfg, upstream, fps[vid], extras)
+            keys[vid][name] = key
+            if not forced and self.cache.get(name, key) is not None:
+                report.cached += 1
+                continue
+            ref = by_id[vid]
+            job = ClipJob(
+                vid,
+                ref.path,
+                fps[vid],
+                ref.label,
+                {u: self.cache.get(u, keys[vid][u]) for u in mod.UPSTREAM},
+            )
+            missing = [u for u, a in job.upstream.items() if a is None]
+            if missing:
+                failed.add(vid)
+                self._fail(vid, name, "UpstreamMissingError", f"{ref.path}: upstream artifact(s) {missing} missing from the cache")
+                continue
+            reason = _reason(self.cache, name, fps[vid], upstream, forced)
+            meta = {
+                "video_id": vid,
+                "fingerprint": fps[vid],
+                "stage_version": mod.VERSION,
+                "config": kcfg,
+                "upstream": upstream,
+                "extras": extras,
+            }
+            reasons[vid] = reason
+            todo.append((vid, ClipTask(name, section.model_dump(mode="json"), job, str(self.cache.root), key, meta, forced)))
+        progress = _Progress(name, len(todo), self.cfg.run.progress and not self.quiet, self.log)
+        try:
+            for vid, result in self._compute(mod, section, todo):
+                if result.ok:
+                    report.computed += 1
+                    report.reasons[reasons[vid]] += 1
+                    task_meta = result.meta or {}
+                    self.cache.record_last(name, fps[vid], {"key": keys[vid][name], "upstream": task_meta.get("upstream", {})})
+                else:
+                    report.failed += 1
+                    failed.add(vid)
+                    self._fail(vid, name, result.error_type or "Error", result.message or "")
+                progress.update(1, failed=report.failed)
+        finally:
+            progress.close()
+        report.seconds = time.time() - t0
+        return report, failed
+
+    def _compute(self, mod, section, todo):
+        if not todo:
+            return
+        if hasattr(mod, "process_batch"):
+            yield from self._compute_batched(mod, section, todo)
+        else:
+            tasks = [t for _, t in todo]
+            for i, result in self.executor.map(tasks):
+                yield todo[i][0], result
+
+    def _compute_batched(self, mod, section, todo):
+        from pipeline.batching import run_batched
+
+        yield from run_batched(mod, section, todo, self.cache, self.cfg.run.batch_size)
+
+
+def run_pipeline(input_path, out_dir, cfg, **kwargs) -> RunResult:
+    """Library entry point behind ``dfer run``."""
+    refs = discover(input_path)
+    return Runner(cfg, out_dir, **kwargs).run(refs)

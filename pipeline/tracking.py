@@ -1,0 +1,136 @@
+"""Primary-face tracking, box smoothing and interpolation between detections (pure numpy).
+
+**Primary-face rule.** The primary face is the largest confident face (area x detector score)
+on the first detection frame where any face passes ``min_score``. On later detection frames it is
+followed by overlap: the detection with the highest IoU (at least ``iou_min``) with the last
+primary box. If no detection overlaps it for longer than ``max_gap_s``, the track is re-seeded with
+the largest confident face of the current frame. So a face that briefly passes in front is not
+picked up, and a cut to another shot re-acquires the new main face.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU between one box ``a`` (4,) and boxes ``b`` (N, 4), boxes as x1, y1, x2, y2."""
+    x1 = np.maximum(a[0], b[:, 0])
+    y1 = np.maximum(a[1], b[:, 1])
+    x2 = np.minimum(a[2], b[:, 2])
+    y2 = np.minimum(a[3], b[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[2] - a[0]) * (a[3] - a[1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a + area_b - inter, 1e-9)
+
+
+@dataclass
+class Anchor:
+    """The primary face on one detection frame (``box`` is None when it was not found)."""
+
+    index: int
+    t: float
+    box: np.ndarray | None = None
+    landmarks: np.ndarray | None = None
+    score: float = 0.0
+    n_faces: int = 0
+
+
+class PrimaryFaceTracker:
+    def __init__(self, min_score: float = 0.9, iou_min: float = 0.2, max_gap_s: float = 1.0):
+        self.min_score = min_score
+        self.iou_min = iou_min
+        self.max_gap_s = max_gap_s
+        self.last_box: np.ndarray | None = None
+        self.last_t: float | None = None
+
+    def update(self, index: int, t: float, boxes, scores, landmarks) -> Anchor:
+        """Pick the primary face among one frame's detections (arrays or None)."""
+        if boxes is None or len(boxes) == 0:
+            return Anchor(index, t)
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+        lms = np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2)
+        keep = scores >= self.min_score
+        if not keep.any():
+            return Anchor(index, t)
+        boxes, scores, lms = boxes[keep], scores[keep], lms[keep]
+        pick = None
+        if self.last_box is not None:
+            overlaps = iou(self.last_box, boxes)
+            best = int(np.argmax(overlaps))
+            if overlaps[best] >= self.iou_min:
+                pick = best
+            elif self.last_t is not None and t - self.last_t <= self.max_gap_s:
+                return Anchor(index, t, n_faces=len(boxes))  # lost for now; do not jump to another face
+        if pick is None:
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            pick = int(np.argmax(area * scores))
+        self.last_box, self.last_t = boxes[pick], t
+        return Anchor(index, t, boxes[pick], lms[pick], float(scores[pick]), len(boxes))
+
+
+def smooth_anchors(anchors: list[Anchor], window: int, max_gap_s: float) -> list[Anchor]:
+    """Centred moving average of present anchors' boxes and landmarks (window in detections).
+
+    Only neighbours within ``max_gap_s`` of the anchor take part, so a shot cut is not blurred.
+    """
+    h = max(0, window // 2)
+    if h == 0:
+        return anchors
+    out = []
+    for k, a in enumerate(anchors):
+        if a.box is None:
+            out.append(a)
+            continue
+        nb = [
+            b
+            for b in anchors[max(0, k - h) : k + h + 1]
+            if b.box is not None and abs(b.t - a.t) <= max_gap_s
+        ]
+        w = np.array([1.0 + (b is a) for b in nb])  # the anchor itself weighs double
+        box = np.average(np.stack([b.box for b in nb]), axis=0, weights=w)
+        lm = np.average(np.stack([b.landmarks for b in nb]), axis=0, weights=w)
+        out.append(Anchor(a.index, a.t, box.astype(np.float32), lm.astype(np.float32), a.score, a.n_faces))
+    return out
+
+
+@dataclass
+class FrameBox:
+    box: np.ndarray | None
+    landmarks: np.ndarray | None
+    detected: bool
+    interpolated: bool
+    present: bool
+
+
+def box_at(t: float, index: int, present: list[Anchor], max_gap_s: float) -> FrameBox:
+    """The primary face box for a frame at time ``t``, from the smoothed present anchors.
+
+    ``present`` must be sorted by time. Between two anchors closer than ``max_gap_s`` the box
+    is linearly interpolated in time; within ``max_gap_s / 2`` of a single anchor it is held;
+    otherwise the face is missing for this frame (``present=False``; the nearest box, if any, is
+    still returned so the crop stays on the last known face).
+    """
+    if not present:
+        return FrameBox(None, None, False, False, False)
+    times = np.fromiter((a.t for a in present), dtype=np.float64, count=len(present))
+    j = int(np.searchsorted(times, t))
+    prev = present[j - 1] if j > 0 else None
+    nxt = present[j] if j < len(present) else None
+    if nxt is not None and nxt.index == index:
+        return FrameBox(nxt.box, nxt.landmarks, True, False, True)
+    if prev is not None and prev.index == index:
+        return FrameBox(prev.box, prev.landmarks, True, False, True)
+    if prev is not None and nxt is not None and nxt.t - prev.t <= max_gap_s:
+        w = (t - prev.t) / max(nxt.t - prev.t, 1e-9)
+        box = (1 - w) * prev.box + w * nxt.box
+        lm = (1 - w) * prev.landmarks + w * nxt.landmarks
+        return FrameBox(box.astype(np.float32), lm.astype(np.float32), False, True, True)
+    cands = [a for a in (prev, nxt) if a is not None]
+    near = min(cands, key=lambda a: abs(a.t - t))
+    held = abs(near.t - t) <= max_gap_s / 2
+    return FrameBox(near.box, near.landmarks, False, held, held)

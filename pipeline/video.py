@@ -1,0 +1,193 @@
+"""Streaming video decoding with PyAV.
+
+Frames are yielded one at a time (never the whole video in memory), each with its timestamp in
+seconds taken from its pts (so variable frame rate is right) and upright according to the
+stream's display-matrix rotation (so phone videos are not sideways). Opening errors are turned
+into :mod:`pipeline.errors` types with messages that name the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from pipeline.errors import DecodeError, NotAVideoError, UnreadableFileError
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    codec: str
+    width: int  # as stored
+    height: int
+    rotation: int  # degrees counter-clockwise to apply for upright display (0/90/180/270)
+    display_width: int
+    display_height: int
+    avg_fps: float | None
+    header_duration: float | None  # seconds, from the container/stream header (may be absent)
+    header_frames: int | None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _check_readable(path: Path) -> None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise UnreadableFileError(f"{path}: file not found") from None
+    except PermissionError:
+        raise UnreadableFileError(f"{path}: permission denied (cannot access the file)") from None
+    if path.is_dir():
+        raise UnreadableFileError(f"{path}: is a directory, not a video file")
+    if size == 0:
+        raise UnreadableFileError(f"{path}: file is empty (0 bytes)")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except PermissionError:
+        raise UnreadableFileError(f"{path}: permission denied (cannot read the file)") from None
+    except OSError as exc:
+        raise UnreadableFileError(f"{path}: cannot read the file ({os.strerror(exc.errno or errno.EIO)})") from None
+
+
+def _normalise_rotation(deg: float) -> int:
+    return int(round(deg / 90.0)) % 4 * 90
+
+
+def upright(img: np.ndarray, rotation: int) -> np.ndarray:
+    """Rotate an HxWxC array counter-clockwise by ``rotation`` degrees (multiple of 90)."""
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(img, k=k)) if k else img
+
+
+class VideoReader:
+    """Open one video file for streaming; use as a context manager.
+
+    Each reader owns its own container and decoder; never share one across processes.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        self.path = Path(path)
+        _check_readable(self.path)
+        try:
+            self.container = av.open(str(self.path), mode="r")
+        except av.error.InvalidDataError:
+            raise NotAVideoError(
+                f"{self.path}: not a video file FFmpeg can read (invalid data; wrong extension or damaged header)"
+            ) from None
+        except av.error.FFmpegError as exc:
+            raise NotAVideoError(f"{self.path}: cannot open as a video ({exc})") from None
+        try:
+            if not self.container.streams.video:
+                kinds = sorted({s.type for s in self.container.streams}) or ["none"]
+                raise NotAVideoError(
+                    f"{self.path}: no video stream in this file (streams found: {', '.join(kinds)}); audio-only?"
+                )
+            self.stream = self.container.streams.video[0]
+            self.stream.thread_type = "AUTO"
+            if threads:
+                self.stream.codec_context.thread_count = threads
+            self.info = self._read_info()
+        except BaseException:
+            self.container.close()
+            raise
+
+    def _read_info(self) -> VideoInfo:
+        s = self.stream
+        cc = s.codec_context
+        rot = 0
+        # Display-matrix rotation is also exposed per frame; the stream side data is read at open
+        # when present, and the per-frame value wins during decoding.
+        try:
+            rot = _normalise_rotation(getattr(s, "rotation", 0) or 0)
+        except Exception:
+            rot = 0
+        tag = (s.metadata or {}).get("rotate")
+        if not rot and tag:
+            try:
+                rot = _normalise_rotation(-float(tag))
+            except ValueError:
+                pass
+        w, h = int(cc.width or 0), int(cc.height or 0)
+        if w <= 0 or h <= 0:
+            raise NotAVideoError(f"{self.path}: the video stream has no frame size (damaged or unsupported codec)")
+        dur = None
+        if s.duration is not None and s.time_base is not None:
+            dur = float(s.duration * s.time_base)
+        elif self.container.duration:
+            dur = self.container.duration / 1_000_000
+        fps = float(s.average_rate) if s.average_rate else None
+        dw, dh = (h, w) if rot in (90, 270) else (w, h)
+        return VideoInfo(
+            path=str(self.path),
+            codec=cc.name,
+            width=w,
+            height=h,
+            rotation=rot,
+            display_width=dw,
+            display_height=dh,
+            avg_fps=fps,
+            header_duration=dur,
+            header_frames=int(s.frames) if s.frames else None,
+        )
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.container.close()
+
+    def frames(self) -> Iterator[tuple[float, av.VideoFrame]]:
+        """Yield ``(t_seconds, frame)`` in presentation order, ``t`` relative to the first frame.
+
+        Frames without a pts get the previous timestamp plus one nominal frame interval.
+        A damaged stream raises :class:`DecodeError` naming the file and the time reached.
+        """
+        t_first = None
+        last_t = None
+        step = 1.0 / self.info.avg_fps if self.info.avg_fps else 1 / 30
+        tb = self.stream.time_base
+        try:
+            for frame in self.container.decode(self.stream):
+                if frame.pts is not None and tb is not None:
+                    t = float(frame.pts * tb)
+                elif last_t is not None:
+                    t = last_t + step
+                else:
+                    t = 0.0
+                if t_first is None:
+                    t_first = t
+                t_rel = t - t_first
+                if last_t is not None and t_rel <= last_t:
+                    t_rel = last_t + 1e-6  # duplicated/non-monotonic pts: keep strictly increasing
+                last_t = t_rel
+                yield t_rel, frame
+        except av.error.FFmpegError as exc:
+            where = f"after {last_t:.2f} s" if last_t is not None else "before the first frame"
+            raise DecodeError(f"{self.path}: the video stream is damaged {where} ({exc})") from None
+
+    def frame_rotation(self, frame: av.VideoFrame) -> int:
+        try:
+            r = frame.rotation
+        except Exception:
+            r = 0
+        return _normalise_rotation(r) if r else self.info.rotation
+
+
+def to_rgb(frame: av.VideoFrame, rotation: int, width: int | None = None, height: int | None = None) -> np.ndarray:
+    """Convert (and optionally resize, in the stored orientation) a frame to an upright RGB array."""
+    if width and height:
+        arr = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+    else:
+        arr = frame.to_ndarray(format="rgb24")
+    return upright(arr, rotation)

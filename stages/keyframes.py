@@ -1,0 +1,209 @@
+"""keyframes: choose K sparse keyframes and describe the gaps between them.
+
+Facial motion is measured on the face crops, in regions placed by the landmarks (eyes + brows,
+mouth), at a small working size:
+
+- ``motion``: mean absolute difference between consecutive crops, divided by the time step
+  (so it is a rate, right under variable frame rate);
+- ``expression``: mean absolute difference from the clip's median crop (a stand-in for the
+  neutral face). Its peaks are expression apexes: the frame difference peaks at the onset and
+  offset of a 0.25-0.5 s micro-expression, while the displacement from neutral peaks at its apex.
+
+Strategies: ``uniform`` (evenly spaced in time: what VLMs do today), ``motion_apex`` (the K highest
+peaks of the smoothed expression curve, at least ``min_separation_s`` apart; uniform fill when a
+clip has fewer peaks), ``hybrid`` (half uniform anchors, half apexes, de-duplicated).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.errors import StageInputError
+from pipeline.facetrack import FaceTrack
+from pipeline.jobs import ClipJob
+
+NAME = "keyframes"
+VERSION = 1
+UPSTREAM: tuple[str, ...] = ("faces",)
+
+MOTION_FILE = "motion.npz"
+KEYFRAMES_FILE = "keyframes.json"
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(4, ge=1, le=64)
+    """Number of keyframes."""
+    strategy: Literal["uniform", "motion_apex", "hybrid"] = "hybrid"
+    """How keyframes are chosen (see the module docstring)."""
+    work_size: int = Field(64, ge=16, le=256)
+    """Crops are measured at this size (pixels)."""
+    smooth_s: float = Field(0.1, ge=0.0)
+    """Gaussian smoothing of the motion curves (sigma, seconds)."""
+    min_separation_s: float = Field(0.3, ge=0.0)
+    """Minimum time between two chosen apexes."""
+    avoid_missing: bool = True
+    """Never put a keyframe on a frame whose face is missing (when another frame is available)."""
+
+
+def _region_masks(track: FaceTrack, size: int) -> np.ndarray:
+    """Per-frame weights (N, size, size): eye+brow boxes and the mouth box from landmarks."""
+    n = len(track)
+    lm = track.landmarks_in_crop(size)
+    masks = np.zeros((n, size, size), np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n):
+        p = lm[i]
+        if not np.isfinite(p).all():
+            masks[i] = 1.0
+            continue
+        eye_d = max(np.linalg.norm(p[1] - p[0]), size * 0.1)
+        for eye in (p[0], p[1]):  # eye + brow: a box reaching up above the eye
+            masks[i] += (np.abs(xx - eye[0]) < 0.45 * eye_d) & (yy > eye[1] - 0.6 * eye_d) & (yy < eye[1] + 0.3 * eye_d)
+        mouth_c = (p[3] + p[4]) / 2
+        mouth_w = max(np.linalg.norm(p[4] - p[3]), size * 0.1)
+        masks[i] += (np.abs(xx - mouth_c[0]) < 0.8 * mouth_w) & (np.abs(yy - mouth_c[1]) < 0.5 * mouth_w)
+        masks[i] = np.clip(masks[i], 0, 1)
+        if masks[i].sum() == 0:
+            masks[i] = 1.0
+    return masks
+
+
+def _gauss_smooth(y: np.ndarray, t: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing in time (handles irregular timestamps), truncated at 3 sigma."""
+    if sigma <= 0 or len(y) < 3:
+        return y
+    lo = np.searchsorted(t, t - 3 * sigma)
+    hi = np.searchsorted(t, t + 3 * sigma, side="right")
+    out = np.empty(len(y), np.float64)
+    for i in range(len(y)):
+        w = np.exp(-0.5 * ((t[lo[i] : hi[i]] - t[i]) / sigma) ** 2)
+        out[i] = float(w @ y[lo[i] : hi[i]]) / float(w.sum())
+    return out
+
+
+def motion_curves(track: FaceTrack, cfg: Config) -> dict[str, np.ndarray]:
+    n = len(track)
+    s = cfg.work_size
+    gray = track.crops(range(n), size=s, gray=True).astype(np.float32) / 255.0
+    masks = _region_masks(track, s)
+    wsum = masks.reshape(n, -1).sum(axis=1)
+    t = track.t
+    motion = np.zeros(n, np.float32)
+    if n > 1:
+        diff = np.abs(gray[1:] - gray[:-1]) * masks[1:]
+        dt = np.maximum(np.diff(t), 1e-3)
+        motion[1:] = diff.reshape(n - 1, -1).sum(axis=1) / wsum[1:] / dt
+    neutral = np.median(gray, axis=0)
+    expression = (np.abs(gray - neutral) * masks).reshape(n, -1).sum(axis=1) / wsum
+    return {
+        "t": t,
+        "motion": _gauss_smooth(motion, t, cfg.smooth_s).astype(np.float32),
+        "expression": _gauss_smooth(expression.astype(np.float32), t, cfg.smooth_s).astype(np.float32),
+    }
+
+
+def _nearest_allowed(t: np.ndarray, target: float, allowed: np.ndarray) -> int:
+    order = np.argsort(np.abs(t - target))
+    for i in order:
+        if allowed[i]:
+            return int(i)
+    return int(order[0])
+
+
+def uniform_indices(t: np.ndarray, k: int, allowed: np.ndarray) -> list[int]:
+    """K frames at the centres of K equal time slices (time, not index: right under VFR)."""
+    t0, t1 = float(t[0]), float(t[-1])
+    targets = [t0 + (i + 0.5) * (t1 - t0) / k for i in range(k)]
+    return [_nearest_allowed(t, x, allowed) for x in targets]
+
+
+def apex_indices(t: np.ndarray, curve: np.ndarray, k: int, min_sep: float, allowed: np.ndarray) -> list[int]:
+    """Up to K local maxima of ``curve``, highest first, at least ``min_sep`` seconds apart."""
+    n = len(curve)
+    if n < 3:
+        return []
+    peak = np.zeros(n, bool)
+    peak[1:-1] = (curve[1:-1] >= curve[:-2]) & (curve[1:-1] > curve[2:])
+    cands = [i for i in np.argsort(-curve) if peak[i] and allowed[i]]
+    chosen: list[int] = []
+    for i in cands:
+        if all(abs(t[i] - t[j]) >= min_sep for j in chosen):
+            chosen.append(int(i))
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+def choose(t: np.ndarray, curves: dict[str, np.ndarray], cfg: Config, allowed: np.ndarray) -> list[int]:
+    n = len(t)
+    k = min(cfg.k, n)
+    if cfg.strategy == "uniform":
+        picks = uniform_indices(t, k, allowed)
+    elif cfg.strategy == "motion_apex":
+        picks = apex_indices(t, curves["expression"], k, cfg.min_separation_s, allowed)
+    else:
+        n_uni = (k + 1) // 2
+        picks = uniform_indices(t, n_uni, allowed)
+        for i in apex_indices(t, curves["expression"], k, cfg.min_separation_s, allowed):
+            if len(picks) >= k:
+                break
+            if all(abs(t[i] - t[j]) >= cfg.min_separation_s / 2 for j in picks):
+                picks.append(i)
+    picks = sorted(set(picks))
+    if len(picks) < k:  # fill from a finer uniform grid, keeping what was chosen
+        for i in uniform_indices(t, k * 4, np.ones(n, bool) if not allowed.any() else allowed):
+            if len(picks) >= k:
+                break
+            if i not in picks:
+                picks.append(i)
+        for i in range(n):  # last resort for very short clips
+            if len(picks) >= k:
+                break
+            if i not in picks:
+                picks.append(i)
+    return sorted(picks)
+
+
+def gaps(picks: list[int], t: np.ndarray) -> list[dict]:
+    """The in-between frames of each pair of consecutive keyframes."""
+    out = []
+    for a, b in zip(picks[:-1], picks[1:]):
+        out.append(
+            {
+                "start_index": int(a),
+                "end_index": int(b),
+                "t_start": float(t[a]),
+                "t_end": float(t[b]),
+                "between": list(range(a + 1, b)),
+            }
+        )
+    return out
+
+
+def process(job: ClipJob, cfg: Config, resources, out) -> dict:
+    track = FaceTrack.load(job.upstream["faces"])
+    n = len(track)
+    if n == 0:
+        raise StageInputError(f"{job.path}: the faces artifact has no frames")
+    curves = motion_curves(track, cfg)
+    present = track.arrays["present"]
+    allowed = present if (cfg.avoid_missing and present.any()) else np.ones(n, bool)
+    picks = choose(track.t, curves, cfg, allowed)
+    out.npz(MOTION_FILE, **curves)
+    out.json(
+        KEYFRAMES_FILE,
+        {
+            "strategy": cfg.strategy,
+            "indices": picks,
+            "timestamps": [float(track.t[i]) for i in picks],
+            "gaps": gaps(picks, track.t),
+            "n_frames": n,
+            "duration_s": float(track.t[-1]),
+        },
+    )
+    return {"n_keyframes": len(picks), "requested_k": cfg.k}
