@@ -1,0 +1,453 @@
+"""Report for a run directory: calibration, metrics, Markdown summary and plots. No model is called.
+
+Reads ``RUN/scores.jsonl`` (one clip per line: video, label, labels, scores, prediction),
+``RUN/failures.jsonl`` (video, stage, error, message; may be absent) and ``RUN/labelset.json``
+(name, labels), and writes ``metrics.json``, ``report.md`` and three PNG plots.
+
+Accounting rule: every clip ends up in exactly one bucket, and every bucket is counted and listed by
+name in ``metrics.json`` (the Markdown shows the first 50 of each): scored with a label, scored
+without a label, failed (by stage; a scored row that is unusable, e.g. NaN scores, is a failure of
+stage ``report``), and, when a labels file is given, labels that match no clip. The headline metrics
+are computed on scored, labelled clips; ``coverage`` adds the labelled failed clips counted as wrong
+(their true labels come from the labels file, or from an optional ``label`` key in failures.jsonl),
+so a run cannot look better by failing on hard clips.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+
+from pipeline.calibration import calibrate
+from pipeline.labels import BUILTIN_LABEL_SETS, LabelError, LabelSet, load_label_set, match_labels, read_labels
+from pipeline.metrics import GROUP_NAMES, compute_metrics
+
+PLOTS = {"confusion": "confusion_matrix.png", "recall": "per_class_recall.png",
+         "distribution": "label_distribution.png"}
+LIST_LIMIT = 50  # rows per list in report.md; metrics.json always lists everything
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((no, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{no}: not valid JSON: {e}") from None
+    return rows
+
+
+def _run_labels(run_dir: Path, scores: list[tuple[int, dict]]) -> tuple[str, list[str]]:
+    path = run_dir / "labelset.json"
+    if path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return str(data["name"]), [str(x) for x in data["labels"]]
+    if scores:
+        warnings.warn(f"{path} is missing; using the label order of the first row of scores.jsonl")
+        return "unknown", [str(x) for x in scores[0][1]["labels"]]
+    raise ValueError(f"{run_dir}: no labelset.json and no scored clips, so the label set is unknown")
+
+
+def _parse_label_set(name: str, labels: list[str], label_set: str | Path | None, label_format: str) -> LabelSet:
+    """The label set used to read label words: given, or the run's built-in one (with its aliases),
+    or the official one of ``label_format``, or just the run's names."""
+    if label_set is not None:
+        ls = load_label_set(label_set)
+    elif name in BUILTIN_LABEL_SETS:
+        ls = load_label_set(name)
+    elif label_format in BUILTIN_LABEL_SETS:
+        ls = load_label_set(label_format)
+    else:
+        return LabelSet.from_names(name, labels)
+    extra = [n for n in ls.names if n not in labels]
+    if extra:
+        raise LabelError(f"label set {ls.source} has labels {extra} that this run did not score "
+                         f"(run labels: {labels})")
+    return ls
+
+
+def _train_counts(train_counts: Any, labels: list[str], ls: LabelSet) -> dict[str, int] | None:
+    if train_counts is None:
+        return None
+    if isinstance(train_counts, (str, Path)):
+        train_counts = yaml.safe_load(Path(train_counts).read_text(encoding="utf-8"))
+    if isinstance(train_counts, Mapping):
+        out = {lab: 0 for lab in labels}
+        for k, v in train_counts.items():
+            out[ls.canonical(str(k), "train_counts")] += int(v)
+        return out
+    counts = [int(x) for x in train_counts]
+    if len(counts) != len(labels):
+        raise ValueError(f"train_counts has {len(counts)} entries for {len(labels)} labels")
+    return dict(zip(labels, counts))
+
+
+def build_report(run_dir: str | Path, labels_file: str | Path | None = None, label_format: str = "csv",
+                 calibration: str = "none", tau: float = 1.0, train_counts: Any = None,
+                 label_set: str | Path | None = None, fold: int | None = None, split: str | None = "test",
+                 n_boot: int = 1000, seed: int = 0, smoothing: float = 0.0) -> dict:
+    """Everything ``metrics.json`` holds, computed in memory (see the module docstring).
+
+    ``labels_file`` (read with ``label_format``; ``fold``/``split`` for a DFEW folder) replaces the
+    ``label`` field of scores.jsonl. ``train_counts``: dict label -> count, list in label order, or a
+    JSON/YAML file with such a dict; used for head/medium/tail groups and by calibration 'prior'.
+    """
+    run_dir = Path(run_dir)
+    scores_rows = _read_jsonl(run_dir / "scores.jsonl")
+    fail_rows = _read_jsonl(run_dir / "failures.jsonl")
+    name, labels = _run_labels(run_dir, scores_rows)
+    ls = _parse_label_set(name, labels, label_set, label_format)
+    notes: list[str] = []
+
+    failures = [{k: r.get(k) for k in ("video", "stage", "error", "message")} for _, r in fail_rows]
+    fail_label = {r["video"]: r.get("label") for _, r in fail_rows}
+    valid: list[dict] = []
+    seen: dict[str, int] = {}
+    for no, r in scores_rows:
+        vid = str(r.get("video"))
+        where = f"{run_dir / 'scores.jsonl'}:{no}"
+        if vid in seen:
+            notes.append(f"{where}: '{vid}' scored twice (first at line {seen[vid]}); the first row is used")
+            continue
+        seen[vid] = no
+        sc = r.get("scores") or {}
+        vals = [sc.get(lab) for lab in labels]
+        bad = [lab for lab, v in zip(labels, vals) if not isinstance(v, (int, float)) or math.isnan(v)]
+        if bad:
+            failures.append({"video": vid, "stage": "report", "error": "InvalidScores",
+                             "message": f"{where}: missing or NaN score for {bad}"})
+            fail_label.setdefault(vid, r.get("label"))
+            continue
+        valid.append({"video": vid, "label": r.get("label"), "scores": vals, "prediction": r.get("prediction"),
+                      "where": where})
+    scored_ids = {r["video"] for r in valid}
+    rescued = sorted({f["video"] for f in failures if f["video"] in scored_ids})
+    if rescued:
+        notes.append(f"{len(rescued)} clip(s) are in failures.jsonl but also scored; counted as scored: "
+                     + ", ".join(rescued[:10]))
+        failures = [f for f in failures if f["video"] not in scored_ids]
+
+    # True labels, for scored and failed clips alike.
+    labels_without_clip: list[str] = []
+    if labels_file is not None:
+        label_map = read_labels(labels_file, label_format, ls, fold, split)
+        all_ids = [r["video"] for r in valid] + [f["video"] for f in failures]
+        matched, _, labels_without_clip = match_labels(label_map, all_ids)
+        truth = dict(matched)
+    else:
+        truth = {r["video"]: ls.canonical(r["label"], r["where"]) for r in valid if r["label"] is not None}
+        truth.update({v: ls.canonical(lab, "failures.jsonl") for v, lab in fail_label.items()
+                      if lab is not None and v not in scored_ids})
+
+    raw = np.array([r["scores"] for r in valid], dtype=float).reshape(len(valid), len(labels))
+    tc = _train_counts(train_counts, labels, ls)
+    if valid:
+        adjusted, cal_info = calibrate(raw, calibration, tau, tc, labels, smoothing)
+    else:
+        adjusted, cal_info = raw, {"method": calibration, "tau": tau, "prior": None}
+    pred = [labels[i] for i in np.argmax(adjusted, axis=1)] if len(valid) else []
+    raw_pred = [labels[i] for i in np.argmax(raw, axis=1)] if len(valid) else []
+    differs = [r["video"] for r, p in zip(valid, raw_pred) if r["prediction"] is not None and r["prediction"] != p]
+    if differs:
+        notes.append(f"{len(differs)} clip(s) whose recorded prediction is not the argmax of their raw scores "
+                     f"(the argmax is used): {', '.join(differs[:10])}")
+
+    labelled = [i for i, r in enumerate(valid) if r["video"] in truth]
+    unlabeled = [r["video"] for r in valid if r["video"] not in truth]
+    failed_labelled = [f["video"] for f in failures if f["video"] in truth]
+    y_true = [truth[valid[i]["video"]] for i in labelled]
+    metrics = metrics_raw = coverage_metrics = None
+    if labelled:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the same notes are returned inside the dict
+            metrics = compute_metrics(y_true, [pred[i] for i in labelled], labels, tc, n_boot, seed)
+            if calibration != "none":
+                m = compute_metrics(y_true, [raw_pred[i] for i in labelled], labels, tc, 0, seed)
+                metrics_raw = {k: m[k] for k in ("uar", "war", "macro_f1")}
+            if failed_labelled:
+                m = compute_metrics(y_true + [truth[v] for v in failed_labelled],
+                                    [pred[i] for i in labelled] + [None] * len(failed_labelled),
+                                    labels, tc, n_boot, seed)
+                coverage_metrics = {k: m[k] for k in ("uar", "war", "macro_f1", "ci")}
+    elif valid or failures:
+        notes.append("no scored clip has a true label: metrics are not computed")
+    n_lab = len(labelled) + len(failed_labelled)
+    return {
+        "run_dir": str(run_dir),
+        "label_set": {"name": name, "labels": labels},
+        "labels_file": None if labels_file is None else {"path": str(labels_file), "format": label_format},
+        "calibration": cal_info,
+        "train_counts": tc,
+        "counts": {
+            "scored": len(valid), "scored_labelled": len(labelled), "scored_unlabeled": len(unlabeled),
+            "failed": len(failures), "failed_by_stage": dict(Counter(str(f["stage"]) for f in failures)),
+            "failed_labelled": len(failed_labelled), "labels_without_clip": len(labels_without_clip),
+        },
+        "coverage": {"labelled_clips": n_lab, "labelled_scored": len(labelled),
+                     "fraction": len(labelled) / n_lab if n_lab else None,
+                     "failures_as_wrong": coverage_metrics},
+        "metrics": metrics,
+        "metrics_uncalibrated": metrics_raw,
+        "predictions": {r["video"]: p for r, p in zip(valid, pred)},
+        "unlabeled_clips": unlabeled,
+        "failed_clips": failures,
+        "labels_without_clip": labels_without_clip,
+        "warnings": notes,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "" if not ci else f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+
+
+def _listing(title: str, items: list, fmt=str) -> list[str]:
+    if not items:
+        return []
+    lines = [f"\n## {title} ({len(items)})\n"]
+    lines += [f"- {fmt(x)}" for x in items[:LIST_LIMIT]]
+    if len(items) > LIST_LIMIT:
+        lines.append(f"- ... and {len(items) - LIST_LIMIT} more (all listed in metrics.json)")
+    return lines
+
+
+def _freq_order(m: dict) -> tuple[list[int], str]:
+    """Class positions sorted by training count (or test support), most frequent first."""
+    rows = m["per_class"]
+    use_train = rows[0]["train_count"] is not None
+    key = "train_count" if use_train else "support"
+    return sorted(range(len(rows)), key=lambda i: (-rows[i][key], i)), ("training count" if use_train else "test support")
+
+
+def _markdown(rep: dict, plots: dict[str, str]) -> str:
+    c, cov, m, cal = rep["counts"], rep["coverage"], rep["metrics"], rep["calibration"]
+    cal_text = cal["method"] + (f" (tau={cal['tau']})" if cal["method"] != "none" else "")
+    src = rep["labels_file"]
+    out = [f"# Report: {Path(rep['run_dir']).name}\n",
+           f"Label set: {rep['label_set']['name']} ({len(rep['label_set']['labels'])} labels). "
+           f"Calibration: {cal_text}. True labels from: "
+           + (f"`{src['path']}` ({src['format']})" if src else "scores.jsonl") + ".\n",
+           "## Clips\n", "| bucket | clips |", "|---|---|",
+           f"| scored | {c['scored']} |", f"| scored, with label | {c['scored_labelled']} |",
+           f"| scored, without label | {c['scored_unlabeled']} |",
+           f"| failed | {c['failed']} ({', '.join(f'{k}: {v}' for k, v in c['failed_by_stage'].items()) or '-'}) |",
+           f"| failed, with label | {c['failed_labelled']} |",
+           f"| labels without clip | {c['labels_without_clip']} |"]
+    if cov["labelled_clips"]:
+        line = f"\nCoverage: {cov['labelled_scored']} of {cov['labelled_clips']} labelled clips scored."
+        fw = cov["failures_as_wrong"]
+        if fw:
+            line += (f" Failures counted as wrong: UAR={_pct(fw['uar'])} %, WAR={_pct(fw['war'])} %, "
+                     f"macro-F1={_pct(fw['macro_f1'])} %.")
+        elif not c["failed"]:
+            line += " No clip failed."
+        if c["failed"] > c["failed_labelled"]:
+            line += (f" {c['failed'] - c['failed_labelled']} failed clip(s) have no known label "
+                     "(pass a labels file to count them as wrong).")
+        out.append(line)
+    if m is None:
+        out.append("\nNo scored clip has a true label, so no metrics were computed.")
+    else:
+        ci = m["ci"]
+        out += [f"\n## Overall ({m['n']} scored, labelled clips)\n",
+                f"| metric | value | {int(100 * ci['level'])} % CI ({ci['n_boot']} bootstrap resamples) |",
+                "|---|---|---|",
+                f"| UAR (%) | {_pct(m['uar'])} | {_ci(ci['uar'])} |",
+                f"| WAR (%) | {_pct(m['war'])} | {_ci(ci['war'])} |",
+                f"| macro-F1 (%) | {_pct(m['macro_f1'])} | {_ci(ci['macro_f1'])} |"]
+        raw = rep["metrics_uncalibrated"]
+        if raw:
+            out.append(f"\nWithout calibration: UAR={_pct(raw['uar'])} %, WAR={_pct(raw['war'])} %, "
+                       f"macro-F1={_pct(raw['macro_f1'])} %.")
+        order, basis = _freq_order(m)
+        group_of = {lab: g for g, d in m["groups"]["by_group"].items() for lab in d["labels"]}
+        out += [f"\n## Per class (sorted by {basis})\n",
+                "| label | group | train | support | predicted | precision | recall | F1 |",
+                "|---|---|---|---|---|---|---|---|"]
+        for i in order:
+            r = m["per_class"][i]
+            out.append(f"| {r['label']} | {group_of.get(r['label'], '-')} | "
+                       f"{'-' if r['train_count'] is None else r['train_count']} | {r['support']} | "
+                       f"{r['predicted']} | {_pct(r['precision'])} | {_pct(r['recall'])} | {_pct(r['f1'])} |")
+        g = m["groups"]
+        out += [f"\n## Head / medium / tail\n", f"Groups from {g['source'].replace('_', ' ')}: {g['rule']}.\n",
+                "| group | labels | clips | UAR (%) | macro-F1 (%) | accuracy (%) |", "|---|---|---|---|---|---|"]
+        for name in g["by_group"]:
+            d = g["by_group"][name]
+            out.append(f"| {name} | {', '.join(map(str, d['labels']))} | {d['n']} | {_pct(d['uar'])} | "
+                       f"{_pct(d['macro_f1'])} | {_pct(d['accuracy'])} |")
+        col = m["collapse"]
+        out += ["\n## Collapse onto head classes\n",
+                f"- total variation between predicted and true label distributions: {col['total_variation']:.4f}",
+                f"- KL(true || predicted), 0.5 pseudo-count: {col['kl_true_pred']:.4f}",
+                f"- Jensen-Shannon distance (base 2): "
+                + ("n/a" if col["js_distance"] is None else f"{col['js_distance']:.4f}"),
+                f"- head-class share: true {_pct(col['head_share_true'])} %, predicted {_pct(col['head_share_pred'])} %",
+                f"- tail clips predicted as a head class: {_pct(col['tail_to_head_share'])} % "
+                f"of {col['n_tail_clips']}",
+                f"- classes never predicted: {', '.join(map(str, col['classes_never_predicted'])) or 'none'}"]
+        if m["classes_without_examples"]:
+            out.append(f"- classes with no test example (left out of UAR/macro-F1): "
+                       f"{', '.join(map(str, m['classes_without_examples']))}")
+    if plots:
+        out.append("\n## Plots\n")
+        out += [f"![{k}]({v})" for k, v in plots.items()]
+    notes = rep["warnings"] + (m["warnings"] if m else [])
+    out += _listing("Warnings", notes)
+    out += _listing("Failed clips", rep["failed_clips"],
+                    lambda f: f"`{f['video']}` ({f['stage']}, {f['error']}): {f['message']}")
+    out += _listing("Scored clips without a label", rep["unlabeled_clips"], lambda v: f"`{v}`")
+    out += _listing("Labels without a clip", rep["labels_without_clip"], lambda v: f"`{v}`")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots (object-oriented matplotlib with the Agg canvas; no pyplot state, no GUI)
+
+
+def _plots(rep: dict, out_dir: Path) -> dict[str, str]:
+    m = rep["metrics"]
+    if m is None:
+        return {}
+    order, basis = _freq_order(m)
+    names = [m["labels"][i] for i in order]
+    n = len(names)
+    cm = np.array(m["confusion_matrix"]["matrix"])[np.ix_(order, order)]
+    support = np.array([m["per_class"][i]["support"] for i in order])
+    norm = cm / np.maximum(support, 1)[:, None]
+    size = max(5.0, 0.6 * n + 2)
+
+    fig = Figure(figsize=(size, size))
+    ax = fig.add_subplot()
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{cm[i, j]}\n{100 * norm[i, j]:.0f}%", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Confusion matrix (rows normalised; classes by {basis})")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(out_dir / PLOTS["confusion"], dpi=100)
+
+    group_of = {lab: g for g, d in m["groups"]["by_group"].items() for lab in d["labels"]}
+    colors = dict(zip(GROUP_NAMES, ("tab:blue", "tab:orange", "tab:red")))
+    fig = Figure(figsize=(size + 1, 4))
+    ax = fig.add_subplot()
+    recall = [m["per_class"][i]["recall"] for i in order]
+    ax.bar(range(n), [0 if r is None else r for r in recall], color=[colors.get(group_of.get(x), "gray") for x in names])
+    for i, (r, s) in enumerate(zip(recall, support)):
+        ax.text(i, (r or 0) + 0.01, "n/a" if r is None else f"n={s}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("recall")
+    ax.set_title(f"Per-class recall (classes by {basis}; blue head, orange medium, red tail)")
+    fig.tight_layout()
+    fig.savefig(out_dir / PLOTS["recall"], dpi=100)
+
+    col = m["collapse"]
+    fig = Figure(figsize=(size + 1, 4))
+    ax = fig.add_subplot()
+    x = np.arange(n)
+    ax.bar(x - 0.2, [col["true_distribution"][k] for k in names], 0.4, label="true")
+    ax.bar(x + 0.2, [col["pred_distribution"][k] for k in names], 0.4, label="predicted")
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_ylabel("share of clips")
+    ax.set_title(f"True vs predicted label distribution (TV = {col['total_variation']:.3f})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / PLOTS["distribution"], dpi=100)
+    return dict(PLOTS)
+
+
+def write_report(run_dir: str | Path, labels_file: str | Path | None = None, label_format: str = "csv",
+                 calibration: str = "none", tau: float = 1.0, train_counts: Any = None,
+                 out_dir: str | Path | None = None, **kwargs: Any) -> dict:
+    """Build the report and write ``metrics.json``, ``report.md`` and the PNG plots into ``out_dir``
+    (default: the run directory). Other keyword arguments go to :func:`build_report`."""
+    rep = build_report(run_dir, labels_file, label_format, calibration, tau, train_counts, **kwargs)
+    out = Path(out_dir) if out_dir is not None else Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rep["plots"] = _plots(rep, out)
+    (out / "metrics.json").write_text(json.dumps(rep, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(_markdown(rep, rep["plots"]), encoding="utf-8")
+    return rep
+
+
+# --------------------------------------------------------------------------------------------------
+# Comparing runs
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, Mapping):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def compare_runs(run_dirs: Sequence[str | Path], **kwargs: Any) -> str:
+    """Markdown table of several runs side by side, plus the ``config.yaml`` keys that differ.
+
+    A run's ``metrics.json`` is used when present and no keyword arguments are given; otherwise its
+    metrics are computed with :func:`build_report` (``kwargs`` go there), without writing anything.
+    """
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise ValueError("compare_runs needs at least one run directory")
+    names = [d.name for d in dirs]
+    if len(set(names)) < len(names):
+        names = [str(d) for d in dirs]
+    reps = []
+    for d in dirs:
+        if (d / "metrics.json").is_file() and not kwargs:
+            reps.append(json.loads((d / "metrics.json").read_text(encoding="utf-8")))
+        else:
+            reps.append(build_report(d, **kwargs))
+    out = ["| run | calibration | scored | failed | UAR (%) | WAR (%) | macro-F1 (%) |",
+           "|---|---|---|---|---|---|---|"]
+    for name, rep in zip(names, reps):
+        m, cal = rep["metrics"] or {}, rep["calibration"]
+        ci = m.get("ci", {})
+        cal_text = cal["method"] + (f" (tau={cal['tau']})" if cal["method"] != "none" else "")
+        out.append(f"| {name} | {cal_text} | {rep['counts']['scored']} | {rep['counts']['failed']} | "
+                   f"{_pct(m.get('uar'))} {_ci(ci.get('uar'))} | {_pct(m.get('war'))} {_ci(ci.get('war'))} | "
+                   f"{_pct(m.get('macro_f1'))} |")
+    configs = {name: _flatten(yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {})
+               for name, d in zip(names, dirs) if (d / "config.yaml").is_file()}
+    if len(configs) >= 2:
+        keys = sorted({k for c in configs.values() for k in c})
+        diff = [k for k in keys if len({(k in c, json.dumps(c.get(k), default=str, sort_keys=True))
+                                        for c in configs.values()}) > 1]
+        out += ["", f"Config keys that differ ({len(diff)}):" if diff else "Configs are identical.", ""]
+        if diff:
+            cols = list(configs)
+            out += ["| key | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+            for k in diff:
+                out.append(f"| {k} | " + " | ".join(
+                    "(absent)" if k not in configs[c] else f"`{configs[c][k]}`" for c in cols) + " |")
+    elif configs:
+        out += ["", "Only one run has a config.yaml; no config diff."]
+    return "\n".join(out) + "\n"

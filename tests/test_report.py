@@ -1,0 +1,123 @@
+"""Run-directory report: metrics.json accounting, report.md, PNG plots, compare_runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from pipeline.report import PLOTS, build_report, compare_runs, write_report
+
+DFEW = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]
+TRAIN_COUNTS = {"happy": 2000, "sad": 1500, "neutral": 2100, "angry": 1700, "surprise": 1200, "disgust": 120,
+                "fear": 700}
+
+
+def make_run(root: Path, seed: int = 0, n: int = 140, config: dict | None = None) -> dict[str, str]:
+    """A DFEW-like run: head-biased scores, one unlabeled clip, failures at two stages, one NaN row.
+    Returns the true labels of every clip, for a labels file."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    log_prior = np.log(np.array([TRAIN_COUNTS[k] for k in DFEW], dtype=float) / sum(TRAIN_COUNTS.values()))
+    truth, rows = {}, []
+    for i in range(n):
+        vid = f"clips/{i:05d}.mp4"
+        y = i % 7
+        s = rng.normal(0, 1, 7) + log_prior
+        s[y] += 1.5
+        truth[f"{i:05d}"] = DFEW[y]
+        rows.append({"video": vid, "label": DFEW[y], "labels": DFEW,
+                     "scores": dict(zip(DFEW, s.round(4).tolist())), "prediction": DFEW[int(np.argmax(s))]})
+    rows.append({"video": "clips/extra.mp4", "label": None, "labels": DFEW,
+                 "scores": dict(zip(DFEW, [0.0] * 7)), "prediction": "happy"})
+    bad = dict(rows[0], video="clips/nan.mp4", scores=dict(rows[0]["scores"], fear=float("nan")))
+    rows.append(bad)
+    truth["nan"] = "fear"
+    with open(root / "scores.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    fails = [{"video": "clips/broken.mp4", "stage": "faces", "error": "NoFaceError", "message": "no face"},
+             {"video": "clips/late.mp4", "stage": "classify", "error": "RuntimeError", "message": "OOM"}]
+    truth["broken"] = "disgust"
+    (root / "failures.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fails))
+    (root / "labelset.json").write_text(json.dumps({"name": "dfew", "labels": DFEW}))
+    if config is not None:
+        (root / "config.yaml").write_text(yaml.safe_dump(config))
+    return truth
+
+
+def _labels_csv(path: Path, truth: dict[str, str], extra: dict[str, str]) -> Path:
+    path.write_text("video,label\n" + "".join(f"{k},{v}\n" for k, v in {**truth, **extra}.items()))
+    return path
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    with Image.open(path) as im:
+        im.load()
+        assert im.width > 200 and im.height > 200
+
+
+def test_write_report_accounts_for_every_clip(tmp_path):
+    truth = make_run(tmp_path / "run")
+    labels = _labels_csv(tmp_path / "labels.csv", truth, {"99999": "fear"})
+    rep = write_report(tmp_path / "run", labels_file=labels, label_format="csv", train_counts=TRAIN_COUNTS,
+                       n_boot=200)
+    for name in PLOTS.values():
+        _assert_png(tmp_path / "run" / name)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["unlabeled_clips"] == ["clips/extra.mp4"]
+    failed = {f["video"]: f for f in saved["failed_clips"]}
+    assert set(failed) == {"clips/broken.mp4", "clips/late.mp4", "clips/nan.mp4"}
+    assert failed["clips/nan.mp4"]["stage"] == "report" and "fear" in failed["clips/nan.mp4"]["message"]
+    assert saved["labels_without_clip"] == ["99999"]
+    c = saved["counts"]
+    assert (c["scored"], c["scored_labelled"], c["scored_unlabeled"], c["failed"], c["failed_labelled"]) == \
+        (141, 140, 1, 3, 2)  # clips/late.mp4 has no label in the file
+    assert c["failed_by_stage"] == {"faces": 1, "classify": 1, "report": 1}
+    m = saved["metrics"]
+    assert m["n"] == 140 and m["groups"]["by_group"]["tail"]["labels"] == ["fear", "disgust"]
+    cov = saved["coverage"]
+    assert cov["labelled_clips"] == 142 and cov["failures_as_wrong"]["war"] < m["war"]
+    md = (tmp_path / "run" / "report.md").read_text()
+    for needle in ("clips/broken.mp4", "clips/extra.mp4", "99999", "Coverage: 140 of 142", "disgust",
+                   "1 failed clip(s) have no known label", *PLOTS.values()):
+        assert needle in md
+    assert rep["metrics"]["uar"] == m["uar"]
+
+
+def test_labels_from_scores_jsonl_and_calibration(tmp_path):
+    make_run(tmp_path / "run")
+    plain = build_report(tmp_path / "run", n_boot=0)
+    assert plain["counts"]["scored_labelled"] == 140 and plain["labels_without_clip"] == []
+    # Only the NaN row (stage "report") keeps its label; failures.jsonl rows carry none here.
+    assert plain["counts"]["failed_labelled"] == 1 and plain["coverage"]["labelled_clips"] == 141
+    cal = write_report(tmp_path / "run", calibration="prior", train_counts=TRAIN_COUNTS, n_boot=0,
+                       out_dir=tmp_path / "out")
+    assert (tmp_path / "out" / "metrics.json").is_file() and not (tmp_path / "run" / "metrics.json").exists()
+    assert cal["metrics_uncalibrated"]["uar"] == pytest.approx(plain["metrics"]["uar"])
+    assert cal["metrics"]["uar"] > plain["metrics"]["uar"]
+    assert cal["calibration"]["prior"]["neutral"] > cal["calibration"]["prior"]["disgust"]
+    est = build_report(tmp_path / "run", calibration="estimated", n_boot=0)
+    assert est["calibration"]["method"] == "estimated" and est["metrics"]["uar"] > plain["metrics"]["uar"]
+    with pytest.raises(ValueError, match="needs training label counts"):
+        build_report(tmp_path / "run", calibration="prior")
+
+
+def test_compare_runs_table_and_config_diff(tmp_path):
+    base = {"classify": {"model": "tiny-qwen", "prompt": "v1"}, "keyframes": {"k": 8}}
+    make_run(tmp_path / "a", seed=0, config=base)
+    make_run(tmp_path / "b", seed=1, config={**base, "keyframes": {"k": 16}})
+    write_report(tmp_path / "a", n_boot=50)
+    table = compare_runs([tmp_path / "a", tmp_path / "b"])
+    lines = table.splitlines()
+    assert lines[0].startswith("| run | calibration") and any(l.startswith("| a | none | 141 | 3 |") for l in lines)
+    assert any(l.startswith("| b |") for l in lines)
+    assert "| keyframes.k | `8` | `16` |" in table and "classify.model" not in table
+    prior_table = compare_runs([tmp_path / "a"], calibration="estimated", n_boot=0)
+    assert "estimated (tau=1.0)" in prior_table
