@@ -102,11 +102,12 @@ def logit_adjust(logits: Any, prior: Any, tau: float = 1.0) -> Any:
     adjustment", ICLR 2021, post-hoc form). Returns the same type as ``logits`` (numpy or torch)."""
     if tau < 0:
         raise ValueError(f"tau must be >= 0, got {tau}")
-    n_classes = logits.shape[-1]
-    log_p = np.log(_check_prior(prior, n_classes))
+    if not isinstance(logits, torch.Tensor):
+        logits = np.asarray(logits, dtype=float)
+    log_p = np.log(_check_prior(prior, logits.shape[-1]))
     if isinstance(logits, torch.Tensor):
         return logits - tau * torch.as_tensor(log_p, dtype=logits.dtype, device=logits.device)
-    return np.asarray(logits, dtype=float) - tau * log_p
+    return logits - tau * log_p
 
 
 def estimate_prior(probs: Any, iters: int = 1000, init: Any = None, train_prior: Any = None,
@@ -121,8 +122,8 @@ def estimate_prior(probs: Any, iters: int = 1000, init: Any = None, train_prior:
     p = np.asarray(probs.detach().cpu() if isinstance(probs, torch.Tensor) else probs, dtype=float)
     if p.ndim != 2 or p.shape[0] == 0:
         raise ValueError(f"probs must be an N x C matrix with N >= 1, got shape {p.shape}")
-    if not np.all(np.isfinite(p)) or np.any(p < 0):
-        raise ValueError("probs must be finite and non-negative")
+    if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p.sum(axis=1) <= 0):
+        raise ValueError("probs must be finite and non-negative, with every row summing to more than 0")
     p = p / p.sum(axis=1, keepdims=True)
     c = p.shape[1]
     base = np.full(c, 1.0 / c) if train_prior is None else _check_prior(train_prior, c)

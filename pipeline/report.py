@@ -141,9 +141,12 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     # True labels, for scored and failed clips alike.
     labels_without_clip: list[str] = []
     if labels_file is not None:
-        label_map = read_labels(labels_file, label_format, ls, fold, split)
-        all_ids = [r["video"] for r in valid] + [f["video"] for f in failures]
-        matched, _, labels_without_clip = match_labels(label_map, all_ids)
+        with warnings.catch_warnings(record=True) as caught:  # keep reader/matcher warnings in the report
+            warnings.simplefilter("always")
+            label_map = read_labels(labels_file, label_format, ls, fold, split)
+            all_ids = [r["video"] for r in valid] + [f["video"] for f in failures]
+            matched, _, labels_without_clip = match_labels(label_map, all_ids)
+        notes.extend(str(w.message) for w in caught)
         truth = dict(matched)
     else:
         truth = {r["video"]: ls.canonical(r["label"], r["where"]) for r in valid if r["label"] is not None}

@@ -121,3 +121,14 @@ def test_compare_runs_table_and_config_diff(tmp_path):
     assert "| keyframes.k | `8` | `16` |" in table and "classify.model" not in table
     prior_table = compare_runs([tmp_path / "a"], calibration="estimated", n_boot=0)
     assert "estimated (tau=1.0)" in prior_table
+
+
+def test_official_dfew_labels_file(tmp_path):
+    truth = make_run(tmp_path / "run")
+    split = tmp_path / "DFEW" / "EmoLabel_DataSplit" / "test(single-labeled)"
+    split.mkdir(parents=True)
+    rows = [f"{int(k)},{DFEW.index(v) + 1}" for k, v in truth.items() if k.isdigit()]  # ids unpadded, as pandas writes
+    (split / "set_1.csv").write_text("video_name,label\r\n" + "\r\n".join(rows) + "\r\n")
+    rep = build_report(tmp_path / "run", labels_file=tmp_path / "DFEW", label_format="dfew", fold=1, n_boot=0)
+    assert rep["counts"]["scored_labelled"] == 140 and rep["unlabeled_clips"] == ["clips/extra.mp4"]
+    assert rep["labels_without_clip"] == []
