@@ -21,6 +21,7 @@ import shutil
 import socket
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -122,10 +123,16 @@ class ArtifactWriter:
             json.dump(obj, f, ensure_ascii=False, allow_nan=False, indent=1)
 
     def npz(self, name: str, **arrays: np.ndarray) -> None:
-        for k, a in arrays.items():
-            if np.asarray(a).dtype == object:
-                raise TypeError(f"{name}:{k} is an object array; only plain dtypes are stored")
-        np.savez(self.root / name, **arrays)
+        """An ``.npz`` readable by ``np.load(allow_pickle=False)``, byte-identical for equal arrays
+        (fixed zip timestamps, sorted members), so artifacts can be compared across machines."""
+        with zipfile.ZipFile(self.root / name, "w", compression=zipfile.ZIP_STORED) as zf:
+            for k in sorted(arrays):
+                a = np.asarray(arrays[k])
+                if a.dtype == object:
+                    raise TypeError(f"{name}:{k} is an object array; only plain dtypes are stored")
+                info = zipfile.ZipInfo(f"{k}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with zf.open(info, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.ascontiguousarray(a), allow_pickle=False)
 
     def bytes(self, name: str, data: bytes) -> None:
         (self.root / name).write_bytes(data)

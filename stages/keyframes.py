@@ -11,7 +11,8 @@ mouth), at a small working size:
 
 Strategies: ``uniform`` (evenly spaced in time: what VLMs do today), ``motion_apex`` (the K highest
 peaks of the smoothed expression curve, at least ``min_separation_s`` apart; uniform fill when a
-clip has fewer peaks), ``hybrid`` (half uniform anchors, half apexes, de-duplicated).
+clip has fewer peaks that stand out), ``hybrid`` (up to K/2 apexes, the rest uniform in time,
+kept apart from the apexes).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class Config(BaseModel):
     """Gaussian smoothing of the motion curves (sigma, seconds)."""
     min_separation_s: float = Field(0.3, ge=0.0)
     """Minimum time between two chosen apexes."""
+    apex_min_z: float = Field(3.0, ge=0.0)
+    """An apex must rise this many robust standard deviations above the clip's median expression."""
     avoid_missing: bool = True
     """Never put a keyframe on a frame whose face is missing (when another frame is available)."""
 
@@ -122,14 +125,21 @@ def uniform_indices(t: np.ndarray, k: int, allowed: np.ndarray) -> list[int]:
     return [_nearest_allowed(t, x, allowed) for x in targets]
 
 
-def apex_indices(t: np.ndarray, curve: np.ndarray, k: int, min_sep: float, allowed: np.ndarray) -> list[int]:
-    """Up to K local maxima of ``curve``, highest first, at least ``min_sep`` seconds apart."""
+def apex_indices(t: np.ndarray, curve: np.ndarray, k: int, min_sep: float, allowed: np.ndarray, min_z: float = 3.0) -> list[int]:
+    """Up to K local maxima of ``curve``, highest first, at least ``min_sep`` seconds apart.
+
+    Only peaks that stand out from the clip's own baseline count: above the median by more than
+    ``min_z`` robust standard deviations (1.4826 x MAD). A still face has no apex.
+    """
     n = len(curve)
-    if n < 3:
+    if n < 3 or k <= 0:
         return []
+    med = float(np.median(curve))
+    spread = 1.4826 * float(np.median(np.abs(curve - med)))
+    floor = med + min_z * max(spread, 1e-6 * max(abs(med), 1e-6))
     peak = np.zeros(n, bool)
-    peak[1:-1] = (curve[1:-1] >= curve[:-2]) & (curve[1:-1] > curve[2:])
-    cands = [i for i in np.argsort(-curve) if peak[i] and allowed[i]]
+    peak[1:-1] = (curve[1:-1] >= curve[:-2]) & (curve[1:-1] > curve[2:]) & (curve[1:-1] > floor)
+    cands = [i for i in np.argsort(-curve, kind="stable") if peak[i] and allowed[i]]
     chosen: list[int] = []
     for i in cands:
         if all(abs(t[i] - t[j]) >= min_sep for j in chosen):
@@ -140,32 +150,29 @@ def apex_indices(t: np.ndarray, curve: np.ndarray, k: int, min_sep: float, allow
 
 
 def choose(t: np.ndarray, curves: dict[str, np.ndarray], cfg: Config, allowed: np.ndarray) -> list[int]:
+    """Keyframe indices for one clip (always ``min(k, n_frames)`` of them, sorted)."""
     n = len(t)
     k = min(cfg.k, n)
     if cfg.strategy == "uniform":
         picks = uniform_indices(t, k, allowed)
-    elif cfg.strategy == "motion_apex":
-        picks = apex_indices(t, curves["expression"], k, cfg.min_separation_s, allowed)
     else:
-        n_uni = (k + 1) // 2
-        picks = uniform_indices(t, n_uni, allowed)
-        for i in apex_indices(t, curves["expression"], k, cfg.min_separation_s, allowed):
-            if len(picks) >= k:
-                break
-            if all(abs(t[i] - t[j]) >= cfg.min_separation_s / 2 for j in picks):
-                picks.append(i)
+        n_apex = k if cfg.strategy == "motion_apex" else max(1, k // 2)
+        picks = apex_indices(t, curves["expression"], n_apex, cfg.min_separation_s, allowed, cfg.apex_min_z)
     picks = sorted(set(picks))
-    if len(picks) < k:  # fill from a finer uniform grid, keeping what was chosen
-        for i in uniform_indices(t, k * 4, np.ones(n, bool) if not allowed.any() else allowed):
+    # fill with uniform times, away from what is already chosen; finer grids if needed
+    grid = k
+    while len(picks) < k and grid <= 8 * k:
+        for i in uniform_indices(t, grid, allowed if allowed.any() else np.ones(n, bool)):
             if len(picks) >= k:
                 break
-            if i not in picks:
+            if i not in picks and all(abs(t[i] - t[j]) >= cfg.min_separation_s / 2 for j in picks):
                 picks.append(i)
-        for i in range(n):  # last resort for very short clips
-            if len(picks) >= k:
-                break
-            if i not in picks:
-                picks.append(i)
+        grid *= 2
+    for i in range(n):  # last resort for very short clips
+        if len(picks) >= k:
+            break
+        if i not in picks:
+            picks.append(i)
     return sorted(picks)
 
 
