@@ -1,0 +1,48 @@
+"""Shared fixtures: real clips made by code (tests/media.py), built once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests import media
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory) -> dict[str, "media.ClipSpec"]:
+    """A small folder of good clips covering codecs, motion, rotation, VFR and face counts."""
+    root = tmp_path_factory.mktemp("clips")
+    specs = {
+        "pan.mp4": media.make_face_clip(root / "pan.mp4", codec="h264", motion="pan", seconds=2.0),
+        "sub/zoom.webm": None,
+        "odd.avi": media.make_face_clip(root / "odd.avi", codec="mpeg4", size=(321, 243), motion="static", seconds=1.2),
+    }
+    (root / "sub").mkdir()
+    specs["sub/zoom.webm"] = media.make_face_clip(root / "sub" / "zoom.webm", codec="vp9", motion="zoom", seconds=1.6)
+    return {"root": root, **specs}
+
+
+@pytest.fixture(scope="session")
+def special_clips(tmp_path_factory):
+    """Clips whose handling is under test one by one."""
+    root = tmp_path_factory.mktemp("special")
+    return {
+        "rotated": media.make_face_clip(root / "rotated.mp4", rotation=90, size=(240, 320), motion="pan", seconds=1.2),
+        "vfr": media.make_face_clip(root / "vfr.mp4", vfr=True, motion="pan", seconds=1.6),
+        "two": media.make_face_clip(root / "two.mp4", faces=2, motion="static", seconds=1.2),
+        "noface": media.make_face_clip(root / "noface.mp4", faces=0, seconds=1.0),
+        "expr": media.make_face_clip(root / "expr.mp4", motion="static", seconds=3.0, expression=(1.9, 2.3)),
+    }
+
+
+def copy_clip(spec, dest_dir: Path, name: str | None = None) -> Path:
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dst = dest_dir / (name or Path(spec.path).name)
+    shutil.copyfile(spec.path, dst)
+    return dst

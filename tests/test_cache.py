@@ -1,0 +1,69 @@
+"""Cache: canonical keys, atomic artifacts, no pickle."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.cache import Cache, artifact_key, canonical_json, default_cache_dir
+
+
+def test_canonical_json_ignores_dict_order_and_rejects_non_json():
+    assert canonical_json({"b": 1, "a": [1, {"y": 2, "x": 1}]}) == canonical_json({"a": [1, {"x": 1, "y": 2}], "b": 1})
+    with pytest.raises(TypeError, match="cannot hash object of type set"):
+        canonical_json({"a": {1, 2}})
+    with pytest.raises(TypeError, match="non-finite"):
+        canonical_json({"a": float("nan")})
+
+
+def test_key_depends_on_each_input():
+    base = dict(stage="faces", version=1, config={"k": 1}, upstream={}, fingerprint="f" * 64)
+    k0 = artifact_key(**base)
+    assert artifact_key(**{**base, "config": {"k": 1}}) == k0
+    for change in ({"version": 2}, {"config": {"k": 2}}, {"upstream": {"faces": "x"}}, {"fingerprint": "0" * 64}, {"stage": "x"}):
+        assert artifact_key(**{**base, **change}) != k0
+
+
+def test_failed_fill_leaves_nothing(tmp_path):
+    cache = Cache(tmp_path)
+
+    def boom(out):
+        out.json("partial.json", {"a": 1})
+        raise RuntimeError("killed halfway")
+
+    with pytest.raises(RuntimeError):
+        cache.write("faces", "ab" * 32, {}, boom)
+    assert cache.get("faces", "ab" * 32) is None
+    assert list((tmp_path / "faces" / "ab").iterdir()) == []
+
+
+def test_artifact_roundtrip_and_meta(tmp_path):
+    cache = Cache(tmp_path)
+    key = "cd" * 32
+
+    def fill(out):
+        out.npz("a.npz", x=np.arange(3, dtype=np.float32))
+        out.json("b.json", {"z": [1, 2]})
+        return {"extra": 5}
+
+    art = cache.write("keyframes", key, {"video_id": "v"}, fill)
+    assert art.root == tmp_path / "keyframes" / "cd" / key
+    meta = json.loads((art.root / "meta.json").read_text())
+    assert meta["extra"] == 5 and meta["stage"] == "keyframes" and meta["format_version"] == 1
+    assert "packages" in meta and "compute_seconds" in meta
+    assert art.npz("a.npz")["x"].tolist() == [0, 1, 2]
+    with pytest.raises(TypeError, match="object array"):
+        cache.write("keyframes", "ef" * 32, {}, lambda out: out.npz("o.npz", x=np.array([None, 1], dtype=object)))
+    # an existing artifact is kept when another writer finishes second
+    again = cache.write("keyframes", key, {"video_id": "v"}, lambda out: out.json("b.json", {"z": "other"}))
+    assert again.json("b.json") == {"z": [1, 2]}
+
+
+def test_default_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("DFER_CACHE", str(tmp_path / "x"))
+    assert default_cache_dir() == tmp_path / "x"
+    monkeypatch.delenv("DFER_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "dfer"

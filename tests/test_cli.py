@@ -1,0 +1,64 @@
+"""The `dfer` command: run, exit codes, inspect PNG, console script installed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from tests.conftest import copy_clip
+
+
+def dfer(*args, cache, check=False):
+    env = {**os.environ, "DFER_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, env=env, timeout=600, check=check)
+
+
+def test_run_then_inspect_writes_a_readable_png(clip_dir, tmp_path):
+    folder = tmp_path / "in"
+    copy_clip(clip_dir["pan.mp4"], folder / "sub", "my clip.mp4")
+    proc = dfer("run", str(folder), "--out", str(tmp_path / "run"), "--set", "run.workers=1", cache=tmp_path / "c")
+    assert proc.returncode == 0, proc.stderr
+    assert "faces: 0 cached, 1 computed (1 new clip), 0 failed" in proc.stderr
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    proc = dfer("inspect", str(tmp_path / "run"), "my clip", cache=tmp_path / "c")
+    assert proc.returncode == 0, proc.stderr
+    png = tmp_path / "run" / "inspect" / "sub__my clip.mp4.png"
+    assert proc.stdout.strip() == str(png)
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.width > 600 and im.height > 400
+        arr = np.asarray(im.convert("L"))
+    assert arr.std() > 10  # not a blank canvas
+
+
+def test_inspect_unknown_video_and_bad_run_dir(clip_dir, tmp_path):
+    proc = dfer("inspect", str(tmp_path), "x.mp4", cache=tmp_path / "c")
+    assert proc.returncode == 2 and "manifest.jsonl not found" in proc.stderr
+
+
+def test_exit_codes_failures_and_strict(clip_dir, tmp_path):
+    folder = tmp_path / "in"
+    copy_clip(clip_dir["odd.avi"], folder, "a.avi")
+    (folder / "b.mp4").write_text("not video")
+    proc = dfer("run", str(folder), "--out", str(tmp_path / "r"), "-q", "--set", "run.workers=1", cache=tmp_path / "c")
+    assert proc.returncode == 1
+    assert "1 failed" in proc.stderr and "failures.jsonl" in proc.stderr
+    proc = dfer("run", str(folder), "--out", str(tmp_path / "r2"), "-q", "--strict", cache=tmp_path / "c")
+    assert proc.returncode == 3 and "b.mp4" in proc.stderr and "NotAVideoError" in proc.stderr
+    proc = dfer("run", str(tmp_path / "nope"), "--out", str(tmp_path / "r3"), cache=tmp_path / "c")
+    assert proc.returncode == 2 and "input not found" in proc.stderr
+
+
+def test_console_script_is_installed():
+    from pathlib import Path
+
+    beside = Path(sys.executable).parent / "dfer"
+    exe = str(beside) if beside.exists() else shutil.which("dfer")
+    assert exe, "the `dfer` console script is not on PATH; install the package with pip install -e ."
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    for cmd in ("run", "config", "inspect"):
+        assert cmd in out

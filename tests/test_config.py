@@ -1,0 +1,69 @@
+"""Config: defaults, YAML + --set, errors that name the key, `dfer config show`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, key_fields, load_config
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("faces:\n  crop_size: 160\nkeyframes:\n  k: 6\n")
+    cfg = load_config(f, ["keyframes.k=8", "faces.thresholds=[0.5, 0.6, 0.7]", "faces.no_face=full_frame"])
+    assert cfg.faces.crop_size == 160
+    assert cfg.keyframes.k == 8  # --set wins over the file
+    assert cfg.faces.thresholds == (0.5, 0.6, 0.7)
+    assert cfg.faces.no_face == "full_frame"
+    assert load_config().keyframes.k == 4
+
+
+def test_unknown_key_names_it_and_lists_allowed(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'faces\.crop_sise'.*allowed keys in \[faces\]:.*crop_size"):
+        load_config(None, ["faces.crop_sise=200"])
+    f = tmp_path / "c.yaml"
+    f.write_text("keyframe:\n  k: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'keyframe'.*c\.yaml.*allowed keys in \[top level\]:.*keyframes"):
+        load_config(f)
+
+
+def test_bad_value_names_key_and_expected_type():
+    with pytest.raises(ConfigError, match=r"bad value for 'keyframes\.k'.*integer.*'many'"):
+        load_config(None, ["keyframes.k=many"])
+    with pytest.raises(ConfigError, match=r"bad value for 'keyframes\.strategy'.*'uniform', 'motion_apex' or 'hybrid'"):
+        load_config(None, ["keyframes.strategy=random"])
+    with pytest.raises(ConfigError, match=r"--set expects section\.key=value"):
+        load_config(None, ["keyframes.k"])
+
+
+def test_bad_yaml_file_is_named(tmp_path):
+    f = tmp_path / "broken.yaml"
+    f.write_text("faces: [1, 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml is not valid YAML"):
+        load_config(f)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_key_fields_leave_out_devices_and_batch_sizes():
+    cfg = load_config(None, ["faces.device=cpu", "faces.detect_batch=2"])
+    kf = key_fields(cfg.faces)
+    assert "device" not in kf and "detect_batch" not in kf and "decoder_threads" not in kf
+    assert kf["crop_size"] == 224
+
+
+def test_config_show_prints_resolved_config():
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "config", "show", "--set", "keyframes.k=7"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    doc = yaml.safe_load(out)
+    assert doc["keyframes"]["k"] == 7
+    assert doc["faces"]["crop_size"] == 224  # defaults included
+    assert list(doc)[:3] == ["run", "faces", "keyframes"]
+    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "show", "--set", "nope.x=1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown key 'nope'" in bad.stderr

@@ -1,0 +1,82 @@
+"""faces stage on real encoded clips: boxes, timestamps, rotation, primary face, no-face policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.tracking import iou
+from tests.runs import failures, run, track_of
+
+
+def _box_ious(track, spec) -> np.ndarray:
+    boxes = track.arrays["box"]
+    return np.array([iou(np.asarray(gt, np.float32), boxes[i : i + 1])[0] for i, gt in enumerate(spec.face_boxes)])
+
+
+def test_moving_face_is_tracked_on_every_frame(clip_dir, tmp_path):
+    res = run(clip_dir["root"], tmp_path / "run", tmp_path / "cache", until="faces")
+    assert res.n_failed == 0, failures(tmp_path / "run")
+    for vid in ("pan.mp4", "sub/zoom.webm", "odd.avi"):
+        spec = clip_dir[vid]
+        track = track_of(res, vid)
+        assert len(track) == spec.n_frames
+        assert track.arrays["present"].all()
+        ious = _box_ious(track, spec)
+        # MTCNN boxes are tighter than the pasted patch's reference box; 0.5 still means "on the face"
+        assert np.median(ious) > 0.6, (vid, ious)
+        assert ious.min() > 0.4, (vid, ious)
+        # crops are square JPEGs of the configured size
+        crops = track.crops([0, len(track) - 1])
+        assert crops.shape == (2, 224, 224, 3)
+        # interpolated frames exist between detections (detect_every=3) and are flagged
+        assert track.arrays["detected"].sum() == pytest.approx(spec.n_frames / 3, abs=1)
+        assert (track.arrays["interpolated"] == ~track.arrays["detected"]).all()
+
+
+def test_variable_frame_rate_timestamps_come_from_pts(special_clips, tmp_path):
+    spec = special_clips["vfr"]
+    res = run(spec.path, tmp_path / "run", tmp_path / "cache", until="faces")
+    track = track_of(res, "vfr.mp4")
+    expected = np.asarray(spec.timestamps) - spec.timestamps[0]
+    np.testing.assert_allclose(track.t, expected, atol=1e-4)
+    assert len(set(np.round(np.diff(track.t), 4))) >= 2  # really irregular
+
+
+def test_rotation_metadata_makes_frames_upright(special_clips, tmp_path):
+    spec = special_clips["rotated"]
+    res = run(spec.path, tmp_path / "run", tmp_path / "cache", until="faces")
+    track = track_of(res, "rotated.mp4")
+    meta = track.meta["video"]
+    assert (meta["display_width"], meta["display_height"]) == (spec.display_width, spec.display_height)
+    assert np.median(_box_ious(track, spec)) > 0.6
+    lm = track.arrays["landmarks"][track.arrays["detected"]]
+    eyes_y = lm[:, :2, 1].mean(axis=1)
+    mouth_y = lm[:, 3:, 1].mean(axis=1)
+    assert (eyes_y < mouth_y).all(), "face is not upright: eyes must be above the mouth"
+
+
+def test_primary_face_is_the_larger_one(special_clips, tmp_path):
+    spec = special_clips["two"]
+    res = run(spec.path, tmp_path / "run", tmp_path / "cache", until="faces")
+    track = track_of(res, "two.mp4")
+    assert track.meta["max_faces_in_frame"] == 2
+    assert np.median(_box_ious(track, spec)) > 0.6
+    second = np.array([iou(np.asarray(b, np.float32), track.arrays["box"][i : i + 1])[0] for i, b in enumerate(spec.second_face_boxes)])
+    assert second.max() < 0.1
+
+
+def test_no_face_fails_by_default_and_full_frame_is_flagged(special_clips, tmp_path):
+    spec = special_clips["noface"]
+    res = run(spec.path, tmp_path / "run", tmp_path / "cache", until="faces")
+    rows = failures(tmp_path / "run")
+    assert res.n_failed == 1 and len(rows) == 1
+    assert rows[0]["error"] == "NoFaceError" and "no face found" in rows[0]["message"]
+    assert "noface.mp4" in rows[0]["message"]
+
+    res = run(spec.path, tmp_path / "run2", tmp_path / "cache", "faces.no_face=full_frame", until="faces")
+    assert res.n_failed == 0
+    track = track_of(res, "noface.mp4")
+    assert track.meta["full_frame"] is True
+    assert not track.arrays["present"].any()
+    assert track.crops([0]).shape == (1, 224, 224, 3)

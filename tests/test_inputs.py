@@ -1,0 +1,63 @@
+"""Inputs: folders, CSV lists, single files, shards."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.inputs import InputError, discover, parse_shard, shard_of
+
+
+def _touch(p):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"x")
+    return p
+
+
+def test_folder_is_recursive_and_ids_are_relative(tmp_path):
+    for rel in ("a.mp4", "sub/b.MOV", "sub/deeper/c.webm", "notes.txt", ".hidden/d.mp4", "sub/.e.mp4"):
+        _touch(tmp_path / rel)
+    refs = discover(tmp_path)
+    assert [r.id for r in refs] == ["a.mp4", "sub/b.MOV", "sub/deeper/c.webm"]
+    assert refs[1].path == tmp_path / "sub" / "b.MOV"
+
+
+def test_csv_list_resolves_relative_paths_and_reads_labels(tmp_path):
+    _touch(tmp_path / "data" / "x.mp4")
+    lst = tmp_path / "lists" / "l.csv"
+    lst.parent.mkdir()
+    lst.write_text("path,label\n../data/x.mp4,happy\n/abs/y.mp4,\n")
+    refs = discover(lst)
+    assert refs[0].path == lst.parent / "../data/x.mp4" and refs[0].label == "happy"
+    assert refs[1].label is None and refs[1].id == "abs/y.mp4"
+
+
+def test_csv_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,label\na.mp4,happy\n")
+    with pytest.raises(InputError, match=r"bad\.csv: a list file needs a header row with a 'path' column"):
+        discover(bad)
+    dup = tmp_path / "dup.csv"
+    dup.write_text("path\na.mp4\nb.mp4\na.mp4\n")
+    with pytest.raises(InputError, match=r"dup\.csv:4: 'a\.mp4' is listed twice \(first on line 2\)"):
+        discover(dup)
+
+
+def test_single_file_missing_input_and_empty_folder(tmp_path):
+    f = _touch(tmp_path / "one.mkv")
+    assert [r.id for r in discover(f)] == ["one.mkv"]
+    with pytest.raises(InputError, match="input not found"):
+        discover(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no video files under"):
+        discover(tmp_path / "empty")
+
+
+def test_shards_are_deterministic_and_cover_everything():
+    ids = [f"clip{i}.mp4" for i in range(200)]
+    parts = [[v for v in ids if shard_of(v, 4) == i] for i in range(4)]
+    assert sorted(sum(parts, [])) == sorted(ids)
+    assert all(20 < len(p) < 80 for p in parts)
+    assert parse_shard("3/4") == (3, 4)
+    for bad in ("4/4", "x", "1/0", "-1/3"):
+        with pytest.raises(InputError):
+            parse_shard(bad)

@@ -1,0 +1,68 @@
+"""keyframes stage: uniform by time, motion apex of a micro-expression, gaps for the context stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stages.keyframes import Config, apex_indices, choose, uniform_indices
+from tests.runs import artifact, run
+
+
+def test_uniform_is_even_in_time_not_in_frame_index():
+    # irregular timestamps: dense at the start, sparse at the end
+    t = np.concatenate([np.linspace(0, 1, 100, endpoint=False), np.linspace(1, 4, 10)])
+    picks = uniform_indices(t, 4, np.ones(len(t), bool))
+    assert np.allclose(t[picks], [0.5, 1.5, 2.5, 3.5], atol=0.35)
+
+
+def test_apex_respects_separation_and_allowed_frames():
+    t = np.linspace(0, 2, 201)
+    curve = np.exp(-((t - 0.5) ** 2) / 0.002) + 0.8 * np.exp(-((t - 0.55) ** 2) / 0.002) + 0.5 * np.exp(-((t - 1.5) ** 2) / 0.002)
+    allowed = np.ones(len(t), bool)
+    picks = apex_indices(t, curve, 3, 0.3, allowed)
+    # the merged 0.5/0.55 bump counts once (0.3 s separation), then the 1.5 s peak
+    assert abs(t[picks[0]] - 0.52) <= 0.02 and abs(t[picks[1]] - 1.5) <= 0.01
+    assert all(abs(t[a] - t[b]) >= 0.3 for a in picks for b in picks if a != b)
+    allowed[140:160] = False
+    assert all(not (140 <= i < 160) for i in apex_indices(t, curve, 3, 0.3, allowed))
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "motion_apex", "hybrid"])
+def test_choose_always_returns_k_sorted_unique(strategy):
+    t = np.linspace(0, 1, 7)
+    curves = {"expression": np.zeros(7), "motion": np.zeros(7)}
+    picks = choose(t, curves, Config(k=5, strategy=strategy), np.ones(7, bool))
+    assert picks == sorted(set(picks)) and len(picks) == 5
+
+
+def test_motion_apex_catches_a_micro_expression_that_uniform_misses(special_clips, tmp_path):
+    spec = special_clips["expr"]  # 0.4 s mouth event, apex at 2.1 s, face otherwise still
+    t0, t1 = spec.expression
+    res_u = run(spec.path, tmp_path / "u", tmp_path / "cache", "keyframes.strategy=uniform", "keyframes.k=3")
+    ku = artifact(res_u, "expr.mp4", "keyframes").json("keyframes.json")
+    assert not any(t0 <= ts <= t1 for ts in ku["timestamps"]), ku["timestamps"]
+
+    res_a = run(spec.path, tmp_path / "a", tmp_path / "cache", "keyframes.strategy=motion_apex", "keyframes.k=3")
+    ka = artifact(res_a, "expr.mp4", "keyframes").json("keyframes.json")
+    assert any(abs(ts - spec.apex) <= 0.1 for ts in ka["timestamps"]), (ka["timestamps"], spec.apex)
+
+    res_h = run(spec.path, tmp_path / "h", tmp_path / "cache", "keyframes.strategy=hybrid", "keyframes.k=4")
+    kh = artifact(res_h, "expr.mp4", "keyframes").json("keyframes.json")
+    assert any(abs(ts - spec.apex) <= 0.1 for ts in kh["timestamps"]), kh["timestamps"]
+    # the faces artifact was shared by all three runs
+    assert res_a.reports[0].cached == 1 and res_h.reports[0].cached == 1
+
+
+def test_gaps_list_the_in_between_frames(clip_dir, tmp_path):
+    res = run(clip_dir["pan.mp4"].path, tmp_path / "r", tmp_path / "cache", "keyframes.k=4")
+    kf = artifact(res, "pan.mp4", "keyframes").json("keyframes.json")
+    idx = kf["indices"]
+    assert len(idx) == 4 and idx == sorted(idx)
+    assert len(kf["gaps"]) == 3
+    for g, a, b in zip(kf["gaps"], idx[:-1], idx[1:]):
+        assert (g["start_index"], g["end_index"]) == (a, b)
+        assert g["between"] == list(range(a + 1, b))
+        assert g["t_start"] < g["t_end"]
+    curves = artifact(res, "pan.mp4", "keyframes").npz("motion.npz")
+    assert curves["motion"].shape == curves["expression"].shape == (clip_dir["pan.mp4"].n_frames,)
