@@ -108,10 +108,17 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     fail_rows = _read_jsonl(run_dir / "failures.jsonl")
     name, labels = _run_labels(run_dir, scores_rows)
     ls = _parse_label_set(name, labels, label_set, label_format)
-    notes: list[str] = []
 
-    failures = [{k: r.get(k) for k in ("video", "stage", "error", "message")} for _, r in fail_rows]
-    fail_label = {r["video"]: r.get("label") for _, r in fail_rows}
+    notes: list[str] = []
+    failures: list[dict] = []
+    fail_label: dict[str, str | None] = {}
+    for no, r in fail_rows:
+        vid = str(r.get("video"))
+        if vid in fail_label:
+            notes.append(f"{run_dir / 'failures.jsonl'}:{no}: '{vid}' failed twice; the first row is used")
+            continue
+        failures.append({"video": vid, **{k: r.get(k) for k in ("stage", "error", "message")}})
+        fail_label[vid] = r.get("label")
     valid: list[dict] = []
     seen: dict[str, int] = {}
     for no, r in scores_rows:
@@ -123,10 +130,11 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
         seen[vid] = no
         sc = r.get("scores") or {}
         vals = [sc.get(lab) for lab in labels]
-        bad = [lab for lab, v in zip(labels, vals) if not isinstance(v, (int, float)) or math.isnan(v)]
-        if bad:
+        bad = [lab for lab, v in zip(labels, vals)
+               if not isinstance(v, (int, float)) or math.isnan(v) or v == math.inf]
+        if bad or max(vals) == -math.inf:
             failures.append({"video": vid, "stage": "report", "error": "InvalidScores",
-                             "message": f"{where}: missing or NaN score for {bad}"})
+                             "message": f"{where}: missing, NaN or infinite score for {bad or 'every label'}"})
             fail_label.setdefault(vid, r.get("label"))
             continue
         valid.append({"video": vid, "label": r.get("label"), "scores": vals, "prediction": r.get("prediction"),
