@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 class RunSection(BaseModel):
     """How the run executes. Nothing here changes any artifact, so none of it enters a cache key."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     workers: int = Field(2, ge=1)
     """Worker processes for per-clip stages (decode + face detection). Each opens its own decoder."""

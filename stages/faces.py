@@ -29,7 +29,7 @@ UPSTREAM: tuple[str, ...] = ()
 
 
 class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     detect_every: int = Field(3, ge=1)
     """Run the detector on every Nth decoded frame; boxes in between are interpolated."""

@@ -35,7 +35,7 @@ KEYFRAMES_FILE = "keyframes.json"
 
 
 class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     k: int = Field(4, ge=1, le=64)
     """Number of keyframes."""

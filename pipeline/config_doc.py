@@ -1,0 +1,79 @@
+"""Markdown reference of every config key (generated from the pydantic models and their docstrings)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel
+
+
+def _fmt_default(value: Any) -> str:
+    if isinstance(value, BaseModel):
+        return "(section)"
+    return "`" + json.dumps(value if not isinstance(value, tuple) else list(value)) + "`"
+
+
+def _type_name(info) -> str:
+    ann = info.annotation
+    if get_origin(ann) is Literal:
+        return " \\| ".join(f"`{a}`" for a in get_args(ann))
+    if get_origin(ann) is not None:
+        return str(ann).replace("typing.", "").replace("|", "or")
+    return getattr(ann, "__name__", None) or str(ann)
+
+
+def _rows(model: type[BaseModel], prefix: str) -> list[str]:
+    rows = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += _rows(ann, f"{prefix}{name}.")
+            continue
+        default = info.get_default(call_default_factory=True)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        note = "" if extra.get("cache_key", True) else " *(not in cache key)*"
+        doc = (info.description or "").replace("\n", " ").replace("|", "\\|")
+        rows.append(f"| `{prefix}{name}` | {_type_name(info)} | {_fmt_default(default)} | {doc}{note} |")
+    return rows
+
+
+def config_reference() -> str:
+    from pipeline.config import PipelineConfig
+
+    out = []
+    for section, info in PipelineConfig.model_fields.items():
+        out.append(f"#### `{section}`\n")
+        out.append("| key | type | default | meaning |")
+        out.append("|---|---|---|---|")
+        out += _rows(info.annotation, f"{section}.")
+        out.append("")
+    return "\n".join(out)
+
+
+
+
+START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+
+
+def update_readme(path: str = "README.md") -> bool:
+    """Rewrite the block between the markers in README.md; True if it changed."""
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{config_reference()}\n{END}{tail}"
+    if new != text:
+        p.write_text(new, encoding="utf-8")
+    return new != text
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--write"]:
+        print("README.md updated" if update_readme() else "README.md already up to date")
+    else:
+        print(config_reference())
