@@ -58,6 +58,7 @@ def _cmd_run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.quiet:
         cfg.run.progress = False
+        _quiet_libraries()
     try:
         result = run_pipeline(
             args.input, args.out, cfg, cache_dir=args.cache, until=args.until, force=args.force,
@@ -74,6 +75,19 @@ def _cmd_run(args) -> int:
         if args.strict:
             return EXIT_STOPPED
     return EXIT_FAILED_CLIPS if result.n_failed else EXIT_OK
+
+
+def _quiet_libraries() -> None:
+    """No download/loading progress bars from the Hugging Face libraries in quiet mode."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def _cmd_config(args) -> int:
@@ -95,13 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.cache import CacheError
     from pipeline.config import ConfigError
     from pipeline.inputs import InputError
+    from pipeline.labels import LabelError
+    from pipeline.modelstage import PreflightError
+    from pipeline.prompts import TemplateError
     from pipeline.runner import UnknownStageError
 
     args = build_parser().parse_args(argv)
     handlers = {"run": _cmd_run, "config": _cmd_config, "inspect": _cmd_inspect}
     try:
         return handlers[args.command](args)
-    except (ConfigError, InputError, UnknownStageError, CacheError, FileNotFoundError, LookupError) as exc:
+    except (
+        ConfigError, InputError, UnknownStageError, CacheError, PreflightError, TemplateError, LabelError,
+        FileNotFoundError, LookupError,
+    ) as exc:
         print(f"dfer: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

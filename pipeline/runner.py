@@ -59,6 +59,11 @@ class RunResult:
     keys: dict[str, dict[str, str]] = field(default_factory=dict)  # video id -> stage -> key
 
 
+def stage_upstream(mod, section) -> tuple[str, ...]:
+    """The stages whose artifacts ``mod`` reads under this config (some depend on switches)."""
+    return tuple(mod.upstream(section)) if hasattr(mod, "upstream") else tuple(mod.UPSTREAM)
+
+
 def check_stage(name: str | None, flag: str) -> None:
     if name is not None and name not in STAGES:
         raise UnknownStageError(f"{flag} {name}: unknown stage; stages are {', '.join(STAGE_ORDER)}")
@@ -136,8 +141,15 @@ class Runner:
             raise StrictFailure(f"[{stage}] {video}: {error}: {message}")
 
     def stages(self) -> list[str]:
+        """Stages to run: up to ``--until``, minus those nothing downstream reads under this config
+        (e.g. context when classify.use_summaries is off)."""
         stop = STAGE_ORDER.index(self.until) + 1 if self.until else len(STAGE_ORDER)
-        return STAGE_ORDER[:stop]
+        order = STAGE_ORDER[:stop]
+        needed = {order[-1]}
+        for name in reversed(order):
+            if name in needed:
+                needed.update(stage_upstream(STAGES[name], getattr(self.cfg, name)))
+        return [n for n in order if n in needed]
 
     # ----------------------------------------------------------------------------------------
     def run(self, refs: list[VideoRef]) -> RunResult:
@@ -156,15 +168,18 @@ class Runner:
             self.executor.close()
 
     def _preflight(self, stages: list[str]) -> tuple[str, str] | None:
-        """Model checks before any clip is processed. Returns (stage, message) where the run must stop."""
+        """Checks of every stage to run, before any clip is processed. A configuration that cannot
+        work raises; weights that are not available here make the run stop before that stage
+        (returns (stage, message) of the first such stage)."""
+        blocked = None
         for name in stages:
             mod = STAGES[name]
             if hasattr(mod, "preflight"):
-                message = mod.preflight(getattr(self.cfg, name))  # raises on a hard error
-                if message:
+                message = mod.preflight(getattr(self.cfg, name))
+                if message and blocked is None:
                     self.say(f"note: the run will stop before stage '{name}': {message}")
-                    return name, message
-        return None
+                    blocked = (name, message)
+        return blocked
 
     def _fingerprints(self, refs: list[VideoRef]) -> dict[str, str]:
         def fp(ref: VideoRef):
@@ -209,6 +224,11 @@ class Runner:
             active = [v for v in active if v not in failed_ids]
             self.say(report.line())
         self._write_manifest(refs, fps, keys)
+        if status == "complete" and "classify" in stages:
+            from pipeline.outputs import write_predictions
+
+            summary = write_predictions(self.out, self.cfg, self.cache, refs, keys)
+            self.say(summary)
         status_doc = {
             "status": status,
             "stopped_before": blocked[0] if status == "stopped" else None,
@@ -244,8 +264,9 @@ class Runner:
         failed: set[str] = set()
         todo: list[tuple[str, ClipTask]] = []
         reasons: dict[str, str] = {}
+        ups = stage_upstream(mod, section)
         for vid in active:
-            upstream = {u: keys[vid][u] for u in mod.UPSTREAM}
+            upstream = {u: keys[vid][u] for u in ups}
             key = artifact_key(name, mod.VERSION, kcfg, upstream, fps[vid], extras)
             keys[vid][name] = key
             if not forced and self.cache.get(name, key) is not None:
@@ -257,7 +278,7 @@ class Runner:
                 ref.path,
                 fps[vid],
                 ref.label,
-                {u: self.cache.get(u, keys[vid][u]) for u in mod.UPSTREAM},
+                {u: self.cache.get(u, keys[vid][u]) for u in ups},
             )
             missing = [u for u, a in job.upstream.items() if a is None]
             if missing:

@@ -9,7 +9,11 @@ A stage module defines:
   processes (``out`` is an :class:`pipeline.cache.ArtifactWriter`; the return value is extra meta),
 - or ``process_batch(jobs, cfg, resources) -> list[fill | Exception]`` for model stages that run in
   the main process on batches of clips (``fill(out) -> dict | None`` writes one clip's artifact);
-- ``open(cfg) -> resources`` / ``close(resources)`` (optional): load a model once per process.
+- ``open(cfg) -> resources`` / ``close(resources)`` (optional): load a model once per process;
+- ``upstream(cfg) -> tuple`` (optional): the upstream stages actually read under this config;
+- ``preflight(cfg) -> str | None`` (optional): checks before any clip is processed; raises on a
+  configuration that cannot work, returns a message when the run must stop before this stage
+  (model weights not available here).
 
 No base classes; :class:`StageModule` below is the protocol the runner relies on.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from stages import faces, keyframes
+from stages import classify, context, faces, keyframes
 
 
 class StageModule(Protocol):
@@ -28,6 +32,6 @@ class StageModule(Protocol):
     Config: Any
 
 
-STAGE_MODULES = [faces, keyframes]
+STAGE_MODULES = [faces, keyframes, context, classify]
 STAGES = {m.NAME: m for m in STAGE_MODULES}
 STAGE_ORDER = [m.NAME for m in STAGE_MODULES]

@@ -1,0 +1,88 @@
+"""What the model stages (context, classify) share: cache identity of a model, pre-flight checks,
+loading/freeing a backend once per stage, and face crops as PIL images."""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline.backends import ModelConfig, ModelLoadError, ModelUnavailableError, check_model_available, load_backend
+from pipeline.facetrack import FaceTrack
+from pipeline.prompts import PromptRenderer, TemplateError
+
+
+class PreflightError(RuntimeError):
+    """A model stage cannot run with this configuration (bad model id/path, template, label file).
+    Raised before any clip is processed."""
+
+
+def model_identity(cfg: ModelConfig) -> dict:
+    """What identifies a model in cache keys. Hub models: id + revision (pin a revision for
+    reproducible keys). Local checkpoints: a content fingerprint, not the path, so moving the
+    folder keeps keys. Servers: the served model name (not the URL)."""
+    if cfg.backend == "transformers":
+        from pipeline.backends.hf import _local_fingerprint, is_local_path
+
+        if is_local_path(cfg.model):
+            path = Path(os.path.expanduser(cfg.model))
+            if path.is_dir():
+                return {"backend": "transformers", "local": _local_fingerprint(path)}
+            return {"backend": "transformers", "local": "missing:" + cfg.model}
+        return {"backend": "transformers", "model": cfg.model, "revision": cfg.revision}
+    return {"backend": cfg.backend, "model": cfg.model}
+
+
+def preflight_model(cfg: ModelConfig, setting: str) -> str | None:
+    """None if the model can be loaded; a message if its weights are not available here (the run
+    stops before the stage); raises :class:`PreflightError` for a model that cannot work at all."""
+    try:
+        check_model_available(cfg)
+    except ModelUnavailableError as exc:
+        return f"{setting}: {exc}"
+    except ModelLoadError as exc:
+        raise PreflightError(f"{setting}: {exc}") from None
+    return None
+
+
+def check_template(prompt_dir: str | None, name: str, variables: dict) -> None:
+    """Render a template once with stand-in values so an unknown variable fails before any clip."""
+    try:
+        images = [object()] * sum(1 for v in _walk(variables) if type(v).__name__ == "ImageSlot")
+        PromptRenderer(prompt_dir, name).render(images, **variables)
+    except TemplateError as exc:
+        raise PreflightError(str(exc)) from None
+
+
+def _walk(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _walk(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _walk(v)
+    else:
+        yield obj
+
+
+def open_backend(cfg: ModelConfig):
+    return load_backend(cfg)
+
+
+def close_backend(backend) -> None:
+    if backend is not None:
+        backend.close()
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def pil_crops(track: FaceTrack, indices, size: int) -> list[Image.Image]:
+    return [Image.fromarray(a) for a in track.crops(list(indices), size=size)]
