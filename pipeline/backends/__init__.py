@@ -1,0 +1,72 @@
+"""Model backends: a local transformers model or an OpenAI-compatible server, behind one small interface.
+
+    from pipeline.backends import ModelConfig, Prompt, load_backend, check_model_available
+
+    cfg = ModelConfig(model="HuggingFaceTB/SmolVLM-256M-Instruct")
+    check_model_available(cfg)          # cheap; raises ModelUnavailableError / ModelLoadError
+    backend = load_backend(cfg)
+    scores = backend.score_labels([Prompt([img1, img2, "Which emotion? Answer with one word."])], ["happy", "sad"])
+    backend.close()
+
+Heavy imports (torch, transformers, requests) happen inside the functions, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+from pipeline.backends.base import (
+    Backend,
+    BackendRequestError,
+    LabelScore,
+    LabelScoringUnsupportedError,
+    ModelConfig,
+    ModelLoadError,
+    ModelUnavailableError,
+    Prompt,
+)
+
+
+def load_backend(cfg: ModelConfig) -> Backend:
+    """Load the model (``transformers``) or connect to the server (``openai``)."""
+    if cfg.backend == "transformers":
+        from pipeline.backends.hf import TransformersBackend
+
+        return TransformersBackend(cfg)
+    if cfg.backend == "openai":
+        from pipeline.backends.openai_http import OpenAIBackend
+
+        return OpenAIBackend(cfg)
+    raise ValueError(f"unknown backend {cfg.backend!r}")
+
+
+def check_model_available(cfg: ModelConfig) -> None:
+    """Cheap pre-flight before any clip is processed; loads no weights.
+
+    ``transformers``: a local path must exist and hold a ``config.json``; a hub id must be in the local HF cache
+    or resolvable on the hub (only ``config.json`` is fetched). ``openai``: the server must answer
+    ``GET {server_url}/models`` and list the model. Raises :class:`ModelUnavailableError` or
+    :class:`ModelLoadError` with a message that names the model or URL.
+    """
+    if cfg.backend == "transformers":
+        from pipeline.backends.hf import check_hf_available
+
+        check_hf_available(cfg)
+    elif cfg.backend == "openai":
+        from pipeline.backends.openai_http import check_server_available
+
+        check_server_available(cfg)
+    else:
+        raise ValueError(f"unknown backend {cfg.backend!r}")
+
+
+__all__ = [
+    "Backend",
+    "BackendRequestError",
+    "LabelScore",
+    "LabelScoringUnsupportedError",
+    "ModelConfig",
+    "ModelLoadError",
+    "ModelUnavailableError",
+    "Prompt",
+    "check_model_available",
+    "load_backend",
+]

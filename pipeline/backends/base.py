@@ -1,0 +1,193 @@
+"""Model backend contract: configuration, prompt and score types, errors, and the ``Backend`` protocol.
+
+Two implementations live next to this file:
+
+* ``hf.py`` (``backend="transformers"``): a local ``AutoModelForImageTextToText`` with its own processor and
+  chat template; exact, batched label scoring.
+* ``openai_http.py`` (``backend="openai"``): an OpenAI-compatible chat-completions server (vLLM, SGLang,
+  Ollama, llama.cpp); first-token label scoring from ``top_logprobs``.
+
+Use :func:`pipeline.backends.load_backend` to get one, and :func:`pipeline.backends.check_model_available` for a
+cheap pre-flight check before any clip is processed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.fields import not_in_key
+
+
+class ModelConfig(BaseModel):
+    """Which model to run and how. Used by every model stage (captioner, classifier)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    """Hugging Face hub id (``org/name``) or a local checkpoint folder (one with a ``config.json``). For the
+    ``openai`` backend: the model name the server serves (as listed by ``GET /models``)."""
+    backend: Literal["transformers", "openai"] = "transformers"
+    """``transformers``: load the model in this process. ``openai``: call an OpenAI-compatible server."""
+    revision: str | None = None
+    """Hub branch, tag or commit to load (ignored for local folders). Pin a commit for reproducible runs."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype. ``auto``: float32 on CPU, the checkpoint's own dtype on GPU."""
+    device: str = not_in_key("auto")
+    """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda``, ``cuda:1``, or ``balanced`` to spread the model
+    over all visible GPUs with an accelerate ``device_map``."""
+    batch_size: int = not_in_key(4, ge=1)
+    """Prompts (clips) per forward pass. Label scores do not depend on it (right padding, see ``hf.py``)."""
+    trust_remote_code: bool = False
+    """Allow a checkpoint to run its own Python code. Off unless you trust the checkpoint."""
+    server_url: str | None = not_in_key(None)
+    """``openai`` backend: base URL of the server, e.g. ``http://127.0.0.1:8000/v1``."""
+    api_key_env: str = not_in_key("OPENAI_API_KEY")
+    """``openai`` backend: name of the environment variable holding the API key (sent if set)."""
+    max_concurrency: int = not_in_key(8, ge=1)
+    """``openai`` backend: requests in flight at once."""
+    timeout_s: float = not_in_key(120.0, gt=0)
+    """``openai`` backend: read timeout of one request, in seconds."""
+    max_retries: int = not_in_key(4, ge=0)
+    """``openai`` backend: retries on 429/5xx/connection errors (exponential backoff with jitter, honours
+    ``Retry-After``)."""
+    max_new_tokens: int = Field(48, ge=1)
+    """Default length limit for free generation (captions)."""
+    image_max_side: int | None = Field(None, ge=8)
+    """If set, images are downscaled (aspect kept) so that their longer side is at most this many pixels before
+    they reach the processor or the server."""
+
+
+@dataclass
+class Prompt:
+    """One user turn. ``parts`` are in order; each is a ``str`` (text) or a ``PIL.Image.Image``."""
+
+    parts: list
+    system: str | None = None
+
+    @property
+    def images(self) -> list:
+        return [p for p in self.parts if not isinstance(p, str)]
+
+
+@dataclass
+class LabelScore:
+    """The score of one label for one prompt.
+
+    ``logprob`` is ``sum_t log P(label token t | prompt, label tokens < t)``, computed with an fp32 log-softmax.
+    The label is scored the way the assistant would write it right after the generation prompt (see
+    ``hf.py``: for Idefics3/SmolVLM, whose prompt ends in ``Assistant:``, that is `` happy`` with a space).
+
+    * ``n_tokens``: how many tokens were summed (for a per-token mean: ``logprob / n_tokens``). The HTTP backend
+      only sees the first token, so it reports ``n_tokens=1`` whatever the label's length.
+    * ``exact``: ``False`` when the value is not the label's own log-probability but an upper bound: an
+      OpenAI-compatible server returned only its top-k tokens and none matched this label, so the label's
+      first token has probability at most that of the k-th token, whose logprob is reported.
+    * ``end_logprob``: ``log P(end-of-turn | prompt, label)`` (the token that closes the assistant turn in the
+      model's chat template, e.g. ``<|im_end|>``), or ``None`` where it is unknown (HTTP backend). Add it to
+      ``logprob`` to score the label as a *complete* answer rather than as a prefix of a longer one
+      (``surprise`` vs ``surprised ...``).
+    """
+
+    logprob: float
+    n_tokens: int
+    exact: bool = True
+    end_logprob: float | None = None
+
+    @property
+    def mean_logprob(self) -> float:
+        """Per-token mean (``logprob / n_tokens``)."""
+        return self.logprob / max(self.n_tokens, 1)
+
+    @property
+    def complete_logprob(self) -> float:
+        """``logprob + end_logprob`` (label as a whole answer); falls back to ``logprob`` if unknown."""
+        return self.logprob + (self.end_logprob if self.end_logprob is not None else 0.0)
+
+    def to_dict(self) -> dict:
+        d = {"logprob": self.logprob, "n_tokens": self.n_tokens, "exact": self.exact}
+        if self.end_logprob is not None:
+            d["end_logprob"] = self.end_logprob
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabelScore":
+        return cls(
+            logprob=float(d["logprob"]),
+            n_tokens=int(d["n_tokens"]),
+            exact=bool(d.get("exact", True)),
+            end_logprob=None if d.get("end_logprob") is None else float(d["end_logprob"]),
+        )
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.logprob):
+            raise ValueError("label log-probability is NaN")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    def generate(self, prompts: list[Prompt], max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers, one per prompt (batched)."""
+        ...
+
+    def score_labels(self, prompts: list[Prompt], labels: list[str]) -> list[dict[str, LabelScore]]:
+        """For each prompt, ``{label: LabelScore}`` for every label (batched)."""
+        ...
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int:
+        """Tokens the model sees for this prompt (image placeholders included)."""
+        ...
+
+    def identity(self) -> dict:
+        """What goes into cache keys: ``backend``, ``model``, ``revision`` and ``resolved_commit`` when known."""
+        ...
+
+    def close(self) -> None:
+        """Free the model (and its GPU memory) or the connection pool."""
+        ...
+
+
+class ModelUnavailableError(RuntimeError):
+    """The weights cannot be had: offline (or the hub is unreachable) and there is no local copy, or a local
+    path that does not exist. The message names the model and says how to point at a local checkpoint."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model exists but cannot be loaded as an image-text-to-text model, or the server is down. The message
+    names the model or the URL."""
+
+
+class BackendRequestError(RuntimeError):
+    """A request to a model server was rejected or kept failing after all retries (the message has the URL,
+    the HTTP status and the server's own error text)."""
+
+
+class LabelScoringUnsupportedError(RuntimeError):
+    """The backend cannot score labels (e.g. a server that returns no logprobs)."""
+
+
+def prepare_image(image, max_side: int | None = None):
+    """RGB version of a PIL image, downscaled (aspect kept, bicubic) so that its longer side is at most
+    ``max_side`` pixels. Both backends send images through this."""
+    from PIL import Image
+
+    img = image.convert("RGB") if image.mode != "RGB" else image
+    if max_side is not None and max(img.size) > max_side:
+        scale = max_side / max(img.size)
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        img = img.resize(size, Image.Resampling.BICUBIC)
+    return img
+
+
+def how_to_point_at_local_model(model: str) -> str:
+    """The standard hint appended to availability errors."""
+    return (
+        "To use a local copy, point the model setting at the checkpoint folder, e.g. "
+        "`--set classify.model.model=/path/to/local/checkpoint` (or `context.model.model=...` for the captioner); "
+        f"or pre-download it on a machine with internet access with `huggingface-cli download {model}` and "
+        "make its cache visible here through HF_HOME (HF_HUB_OFFLINE=1 then loads it without network)."
+    )
+

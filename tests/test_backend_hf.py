@@ -1,0 +1,216 @@
+"""transformers backend on tiny random Qwen2-VL and Idefics3 checkpoints (built on the spot, loaded through the
+Auto classes)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.backends import (
+    ModelConfig,
+    ModelLoadError,
+    ModelUnavailableError,
+    Prompt,
+    check_model_available,
+    load_backend,
+)
+from tests.tiny_models import FAMILIES, shared_tiny_model_dir
+
+LABELS = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear", "helplessness", "disappointment"]
+SEPARATOR = {"qwen2vl": "", "idefics3": " "}
+
+
+def _img(rng, w=40, h=30):
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def _prompts(seed=0):
+    """Prompts of different lengths and image counts, so a batch needs padding."""
+    rng = np.random.default_rng(seed)
+    return [
+        Prompt([_img(rng), _img(rng), "What emotion is shown? Answer with one word."]),
+        Prompt(["Describe this face:", _img(rng, 50, 20)], system="Be brief."),
+        Prompt(
+            [_img(rng), "brows raised, mouth open;", _img(rng), _img(rng, 24, 24),
+             "which emotion is shown in this video of a person? Answer with one word from the options."]
+        ),
+    ]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def backend(request):
+    b = load_backend(ModelConfig(model=shared_tiny_model_dir(request.param), batch_size=3))
+    b.family = request.param
+    yield b
+    b.close()
+
+
+def _direct_scores(b, prompt: Prompt, labels: list[str]) -> dict[str, tuple[float, int, float]]:
+    """Reference: each ``prompt + label`` sequence alone, full forward pass, sum of the label tokens' log-probs.
+
+    Written independently of the backend's scoring code: only the rendered prompt text and the processor and
+    model are shared. Label tokens = processed(prompt + sep + label) minus processed(prompt), checked as prefix.
+    """
+    r = b._render(prompt)
+    sep = SEPARATOR[b.family]
+    images = [r.images] if r.images else None
+    add = not r.text.startswith(b.tokenizer.bos_token or "\0")
+
+    def encode(text):
+        return b.processor(text=[text], images=images, return_tensors="pt", add_special_tokens=add)
+
+    base = encode(r.text)["input_ids"][0].tolist()
+    out = {}
+    for label in labels:
+        full_text = r.text + sep + label + b.end_of_turn
+        inputs = encode(full_text)
+        ids = inputs["input_ids"][0].tolist()
+        assert ids[: len(base)] == base
+        cont = ids[len(base) :]
+        with torch.no_grad():
+            logits = b.model(**inputs).logits[0].float()
+        lps = torch.log_softmax(logits, dim=-1)
+        vals = [float(lps[len(base) + k - 1, tok]) for k, tok in enumerate(cont)]
+        # the last token is the end-of-turn token
+        assert cont[-1] == b.tokenizer.convert_tokens_to_ids(b.end_of_turn)
+        out[label] = (sum(vals[:-1]), len(cont) - 1, vals[-1])
+    return out
+
+
+def test_loads_through_auto_classes(backend):
+    expected = {"qwen2vl": "Qwen2VLForConditionalGeneration", "idefics3": "Idefics3ForConditionalGeneration"}
+    assert type(backend.model).__name__ == expected[backend.family]
+    assert type(backend.processor).__name__ in {"Qwen2VLProcessor", "Idefics3Processor"}
+    ident = backend.identity()
+    # a local checkpoint: folder name + content fingerprint, no absolute path (cache keys survive a move)
+    assert ident["backend"] == "transformers" and ident["model"] == f"local:{backend.family}"
+    assert ident["resolved_commit"].startswith("local-sha256:")
+    assert "/" not in json.dumps(ident)
+    assert json.dumps(ident)  # plain data, fit for a cache key
+
+
+def test_separator_and_end_of_turn_follow_chat_template(backend):
+    assert backend.label_separator == SEPARATOR[backend.family]
+    assert backend.end_of_turn == {"qwen2vl": "<|im_end|>", "idefics3": "<end_of_utterance>"}[backend.family]
+    text = backend._render(Prompt(["hi"])).text
+    toks = backend._label_tokens(text, ["happy", "helplessness"])
+    pieces = [backend.tokenizer.convert_ids_to_tokens(t.ids) for t in toks]
+    space = "\u0120" if backend.family == "idefics3" else ""
+    assert pieces[0] == [space + "happy"]
+    assert len(pieces[1]) > 1  # multi-token label
+
+
+def test_batched_scores_equal_direct_computation(backend):
+    prompts = _prompts()
+    got = backend.score_labels(prompts, LABELS)  # one batch of 3 prompts of different lengths
+    assert backend.scoring_mode == "kv"  # the cached route was used and passed its self-check
+    assert len(got) == len(prompts)
+    n_multi = 0
+    for prompt, scores in zip(prompts, got):
+        ref = _direct_scores(backend, prompt, LABELS)
+        for label in LABELS:
+            lp, n, end_lp = ref[label]
+            s = scores[label]
+            assert s.n_tokens == n and s.exact
+            assert s.logprob == pytest.approx(lp, abs=1e-4), (label, s.logprob, lp)
+            assert s.end_logprob == pytest.approx(end_lp, abs=1e-4)
+            n_multi += n > 1
+    assert n_multi >= 2 * len(prompts)
+    # scores are not all alike (the tiny model is input-dependent), so the comparison above has teeth
+    spread = [got[0][lab].logprob for lab in LABELS[:7]]
+    assert max(spread) - min(spread) > 0.5
+
+
+def test_scores_do_not_depend_on_batching(backend):
+    prompts = _prompts(seed=1)
+    together = backend.score_labels(prompts, LABELS)
+    alone = [backend.score_labels([p], LABELS)[0] for p in prompts]
+    for a, b in zip(together, alone):
+        for label in LABELS:
+            assert a[label].logprob == pytest.approx(b[label].logprob, abs=1e-4)
+
+
+def test_generate_batch_of_multi_image_prompts(backend):
+    prompts = _prompts()[:2]
+    out = backend.generate(prompts, max_new_tokens=6)
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    # left padding is handled: batched greedy answers equal one-at-a-time answers
+    assert out == [backend.generate([p], max_new_tokens=6)[0] for p in prompts]
+
+
+def test_next_token_logprobs_match_first_label_token(backend):
+    prompts = _prompts()
+    lp = backend.next_token_logprobs(prompts)
+    assert lp.shape[0] == len(prompts)
+    scores = backend.score_labels(prompts, ["happy"])
+    tok = backend._label_tokens(backend._render(prompts[0]).text, ["happy"])[0].ids[0]
+    assert float(lp[0, tok]) == pytest.approx(scores[0]["happy"].logprob, abs=1e-4)
+
+
+def test_count_prompt_tokens_grows_with_images(backend):
+    rng = np.random.default_rng(3)
+    counts = [backend.count_prompt_tokens(Prompt([_img(rng) for _ in range(k)] + ["Which emotion?"])) for k in range(4)]
+    assert counts == sorted(counts) and len(set(counts)) == 4
+
+
+def test_image_max_side_downscales(backend):
+    from pipeline.backends.base import prepare_image
+
+    img = Image.new("RGBA", (400, 100))
+    small = prepare_image(img, 64)
+    assert small.mode == "RGB" and small.size == (64, 16)
+
+
+def test_bad_prompt_part(backend):
+    with pytest.raises(TypeError, match="str or PIL"):
+        backend.score_labels([Prompt([3.0])], ["happy"])
+
+
+def test_missing_local_path_raises_naming_it(tmp_path):
+    missing = str(tmp_path / "no" / "such" / "checkpoint")
+    cfg = ModelConfig(model=missing)
+    with pytest.raises(ModelUnavailableError, match="no/such/checkpoint") as err:
+        check_model_available(cfg)
+    assert "--set" in str(err.value)
+    with pytest.raises(ModelUnavailableError, match="no/such/checkpoint"):
+        load_backend(cfg)
+
+
+def test_folder_that_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(ModelLoadError, match="config.json"):
+        check_model_available(ModelConfig(model=str(tmp_path)))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no_such_architecture"}))
+    with pytest.raises(ModelLoadError, match=str(tmp_path)):
+        load_backend(ModelConfig(model=str(tmp_path)))
+
+
+def test_hub_id_offline_raises_unavailable(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = ModelConfig(model="dfer-tests/no-such-model-0123")
+    with pytest.raises(ModelUnavailableError, match="dfer-tests/no-such-model-0123") as err:
+        check_model_available(cfg)
+    assert "classify.model.model=" in str(err.value) and "huggingface-cli download" in str(err.value)
+    with pytest.raises(ModelUnavailableError, match="dfer-tests/no-such-model-0123"):
+        load_backend(cfg)
+
+
+def test_model_config_rejects_unknown_keys():
+    with pytest.raises(Exception, match="extra"):
+        ModelConfig(model="x", temperature=0.3)
+
+
+def test_local_fingerprint_tells_same_size_weights_apart(tmp_path):
+    from pipeline.backends.hf import _local_fingerprint
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, byte in ((a, b"\x01"), (b, b"\x02")):
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+        (d / "model.safetensors").write_bytes(b"\x00" * 3_000_000 + byte + b"\x00" * 10)
+    assert _local_fingerprint(a) != _local_fingerprint(b)
+    (b / "model.safetensors").write_bytes((a / "model.safetensors").read_bytes())
+    assert _local_fingerprint(a) == _local_fingerprint(b)
