@@ -134,6 +134,20 @@ def test_scores_do_not_depend_on_batching(backend):
             assert a[label].logprob == pytest.approx(b[label].logprob, abs=1e-4)
 
 
+def test_memory_bounded_continuations_give_same_scores(backend):
+    prompts = _prompts(seed=2)
+    whole = backend.score_labels(prompts, LABELS)
+    backend.kv_token_budget = 1  # forces one prompt per continuation pass (cache copied and sliced)
+    try:
+        parts = backend.score_labels(prompts, LABELS)
+    finally:
+        backend.kv_token_budget = 1 << 18
+    for a, b in zip(whole, parts):
+        for label in LABELS:
+            assert a[label].logprob == pytest.approx(b[label].logprob, abs=1e-5)
+            assert a[label].end_logprob == pytest.approx(b[label].end_logprob, abs=1e-5)
+
+
 def test_generate_batch_of_multi_image_prompts(backend):
     prompts = _prompts()[:2]
     out = backend.generate(prompts, max_new_tokens=6)

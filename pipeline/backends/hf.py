@@ -34,7 +34,9 @@ Label scoring (``score_labels``)
     at its own length. For M-RoPE models (Qwen2-VL family) the prompt's 3-D positions come from the model's
     ``get_rope_index`` and the continuation starts at ``len + rope_delta`` on all three axes, so no stale
     ``rope_deltas`` state inside the model is used. The continuation pass scores the label's later tokens and the
-    end-of-turn token after the full label (``LabelScore.end_logprob``).
+    end-of-turn token after the full label (``LabelScore.end_logprob``). If repeating the cache would hold more
+    than ``kv_token_budget`` cached tokens (prompts x labels x prompt length), the continuations run over a few
+    prompts at a time (a sliced copy of the cache each), with identical scores.
 
     *Safety net.* The first time a backend scores, it also scores the first prompt the plain way (every
     ``prompt + label`` sequence in full) and compares; if the cached route disagrees (a model family whose
@@ -253,6 +255,7 @@ class TransformersBackend:
         self._torch = torch
         self._load()
         self.scoring_mode = "kv"
+        self.kv_token_budget = 1 << 18  # cached prompt tokens allowed in one continuation pass (rows x length)
         self._verified = False
         self.label_separator, self.end_of_turn = self._analyse_template()
 
@@ -543,28 +546,30 @@ class TransformersBackend:
         return first, (out.past_key_values if use_cache else None), inputs, next_pos
 
     def _score_kv(self, rendered: list[_Rendered], labels: list[str]) -> list[dict[str, LabelScore]]:
-        torch = self._torch
         toks = [self._label_tokens(r.text, labels) for r in rendered]
         first, cache, inputs, next_pos = self._prefill(rendered)
         B, L = len(rendered), len(labels)
         seqs = [t.ids + ([t.end_id] if t.end_id is not None else []) for row in toks for t in row]
-        T = max(len(s) for s in seqs)
-        later = None
-        if T > 1:
-            dev = self.input_device
-            cont = torch.full((B * L, T), self.pad_id, dtype=torch.long, device=dev)
-            cmask = torch.zeros((B * L, T), dtype=inputs["attention_mask"].dtype, device=dev)
-            for r, s in enumerate(seqs):
-                cont[r, : len(s)] = torch.tensor(s, device=dev)
-                cmask[r, : len(s)] = 1
-            cache.batch_repeat_interleave(L)
-            attn = torch.cat([inputs["attention_mask"].repeat_interleave(L, 0), cmask], dim=1)
-            pos = next_pos.repeat_interleave(L).view(-1, 1) + torch.arange(T, device=dev).view(1, -1)
-            if self._position_rows:
-                pos = pos.unsqueeze(0).expand(self._position_rows, -1, -1)
-            out = self.model(input_ids=cont, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True)
-            later = torch.log_softmax(out.logits.float(), dim=-1)  # (B*L, T, V)
-            del out
+        later = None  # (B*L, T, V) log-probs of the continuation positions
+        if max(len(s) for s in seqs) > 1:
+            # Repeating the prompt cache over labels costs B*L*P cached tokens; above the budget the
+            # continuations run over a few prompts at a time (identical scores, less memory).
+            P = inputs["attention_mask"].shape[1]
+            per_pass = max(1, self.kv_token_budget // max(1, P * L))
+            parts = []
+            for a in range(0, B, per_pass):
+                b = min(B, a + per_pass)
+                part_cache = cache if b == B else copy.deepcopy(cache)  # the last part may consume the original
+                if not (a == 0 and b == B):
+                    part_cache.batch_select_indices(self._torch.arange(a, b, device=self.input_device))
+                parts.append(
+                    self._continue(part_cache, inputs["attention_mask"][a:b], next_pos[a:b], seqs[a * L : b * L], L)
+                )
+                del part_cache
+            T = max(p.shape[1] for p in parts)
+            later = parts[0] if len(parts) == 1 else self._torch.cat(
+                [self._torch.nn.functional.pad(p, (0, 0, 0, T - p.shape[1])) for p in parts], 0
+            )
         del cache
         results = []
         for i in range(B):
@@ -581,6 +586,26 @@ class TransformersBackend:
                 row[label] = LabelScore(logprob=lp, n_tokens=len(t.ids), exact=True, end_logprob=end_lp)
             results.append(row)
         return results
+
+    def _continue(self, cache, prompt_mask, next_pos, seqs: list[list[int]], L: int):
+        """One batched pass over the label continuations of some prompts. ``cache`` holds those prompts (one row
+        each) and is repeated ``L`` times in place; row ``i*L + j`` continues prompt ``i`` with ``seqs[i*L + j]``.
+        Returns fp32 log-probs ``(rows, T, V)``; position ``k`` predicts continuation token ``k + 1``."""
+        torch = self._torch
+        dev = self.input_device
+        rows, T = len(seqs), max(len(s) for s in seqs)
+        cont = torch.full((rows, T), self.pad_id, dtype=torch.long, device=dev)
+        cmask = torch.zeros((rows, T), dtype=prompt_mask.dtype, device=dev)
+        for r, seq in enumerate(seqs):
+            cont[r, : len(seq)] = torch.tensor(seq, device=dev)
+            cmask[r, : len(seq)] = 1
+        cache.batch_repeat_interleave(L)
+        attn = torch.cat([prompt_mask.repeat_interleave(L, 0), cmask], dim=1)
+        pos = next_pos.repeat_interleave(L).view(-1, 1) + torch.arange(T, device=dev).view(1, -1)
+        if self._position_rows:  # M-RoPE: text positions are equal on every axis
+            pos = pos.unsqueeze(0).expand(self._position_rows, -1, -1)
+        out = self.model(input_ids=cont, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True)
+        return torch.log_softmax(out.logits.float(), dim=-1)
 
     def _score_full(self, rendered: list[_Rendered], labels: list[str]) -> list[dict[str, LabelScore]]:
         """Plain route: every ``prompt + separator + label (+ end-of-turn)`` sequence in full, one prompt at a
