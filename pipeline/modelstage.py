@@ -41,6 +41,11 @@ def preflight_model(cfg: ModelConfig, setting: str) -> str | None:
     try:
         check_model_available(cfg)
     except ModelUnavailableError as exc:
+        if cfg.backend == "transformers":
+            from pipeline.backends.hf import is_local_path
+
+            if is_local_path(cfg.model):  # a path the user typed that is not there: their error, not the network's
+                raise PreflightError(f"{setting}: {exc}") from None
         return f"{setting}: {exc}"
     except ModelLoadError as exc:
         raise PreflightError(f"{setting}: {exc}") from None
