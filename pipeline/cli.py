@@ -48,7 +48,92 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("run_dir", metavar="RUN")
     insp.add_argument("video", metavar="VIDEO", help="video id as listed in RUN/manifest.jsonl (or a unique part of it)")
     insp.add_argument("-o", "--output", metavar="PNG", help="where to write (default: RUN/inspect/<video>.png)")
+    rep = sub.add_parser("report", help="metrics, Markdown report and plots of a run (no model is called)")
+    rep.add_argument("run_dir", metavar="RUN")
+    rep.add_argument("--labels", metavar="FILE", help="true labels: CSV video,label or an official split file/folder")
+    rep.add_argument("--label-format", default="csv", choices=["csv", "dfew", "ferv39k", "mafw"], help="format of --labels")
+    rep.add_argument("--fold", type=int, help="DFEW fold (1-5) when --labels is the DFEW split folder")
+    rep.add_argument("--split", default="test", choices=["train", "test"], help="DFEW split when --labels is a folder")
+    rep.add_argument("--calibration", default="none", choices=["none", "prior", "estimated"],
+                     help="none; prior: logit adjustment with --train-counts; estimated: prior estimated from this run")
+    rep.add_argument("--tau", type=float, default=1.0, help="temperature of the logit adjustment")
+    rep.add_argument("--train-counts", metavar="FILE", help="JSON/YAML {label: count} of the training set (head/tail groups, prior)")
+    rep.add_argument("--tau-sweep", metavar="T1,T2,...", help="also print UAR/WAR for each tau (e.g. 0,0.5,1,1.5,2)")
+    rep.add_argument("--out", metavar="DIR", help="where to write (default: the run directory)")
+
+    cmp_ = sub.add_parser("compare", help="put several runs (ablations) side by side")
+    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN")
+    cmp_.add_argument("--labels", metavar="FILE", help="true labels for all runs (else each run's own)")
+    cmp_.add_argument("--calibration", choices=["none", "prior", "estimated"], help="recompute every run with this calibration")
+    cmp_.add_argument("--tau", type=float, help="temperature for --calibration")
     return parser
+
+
+def _cmd_report(args) -> int:
+    from pipeline.report import write_report
+
+    rep = write_report(
+        args.run_dir, labels_file=args.labels, label_format=args.label_format, calibration=args.calibration,
+        tau=args.tau, train_counts=args.train_counts, out_dir=args.out, fold=args.fold, split=args.split,
+    )
+    out = Path(args.out or args.run_dir)
+    m = rep.get("metrics")
+    if m:
+        print(f"UAR {100 * m['uar']:.2f}  WAR {100 * m['war']:.2f}  macro-F1 {100 * m['macro_f1']:.2f}  "
+              f"({rep['counts']['scored_labelled']} labelled clips, calibration {rep['calibration']['method']})")
+    else:
+        print("no labelled clip: metrics not computed (pass --labels FILE)")
+    c = rep["counts"]
+    print(f"scored {c['scored']}, failed {c['failed']}, scored without label {c['scored_unlabeled']}, "
+          f"labels without clip {c['labels_without_clip']}")
+    if args.tau_sweep:
+        _print_tau_sweep(args, rep)
+    print(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and plots")
+    return EXIT_OK
+
+
+def _print_tau_sweep(args, rep) -> None:
+    import json
+
+    import numpy as np
+
+    from pipeline.calibration import prior_from_counts, tau_sweep
+    from pipeline.labels import load_label_set, match_labels, read_labels
+
+    taus = [float(x) for x in args.tau_sweep.split(",") if x.strip()]
+    labels = rep["label_set"]["labels"]
+    rows = [json.loads(line) for line in open(Path(args.run_dir) / "scores.jsonl", encoding="utf-8") if line.strip()]
+    if args.labels:
+        try:
+            ls = load_label_set(rep["label_set"]["name"])
+        except Exception:  # noqa: BLE001 - a user label set: fall back to the run's names
+            ls = None
+        truth = match_labels(read_labels(args.labels, args.label_format, ls, args.fold, args.split), [r["video"] for r in rows]).matched
+    else:
+        truth = {r["video"]: r["label"] for r in rows if r.get("label") is not None}
+    labelled = [r for r in rows if truth.get(r["video"]) in labels]
+    if not labelled:
+        print("tau sweep: no labelled clip")
+        return
+    scores = np.array([[r["scores"][lab] for lab in labels] for r in labelled])
+    prior = prior_from_counts(rep["train_counts"], labels) if rep.get("train_counts") else None
+    print("tau sweep (" + ("training prior" if prior is not None else "prior estimated from this run") + "):")
+    for row in tau_sweep(scores, [truth[r["video"]] for r in labelled], prior, taus, labels):
+        print(f"  tau {row['tau']:>5.2f}: UAR {100 * row['uar']:.2f}  WAR {100 * row['war']:.2f}  macro-F1 {100 * row['macro_f1']:.2f}")
+
+
+def _cmd_compare(args) -> int:
+    from pipeline.report import compare_runs
+
+    kwargs = {}
+    if args.labels:
+        kwargs["labels_file"] = args.labels
+    if args.calibration:
+        kwargs["calibration"] = args.calibration
+    if args.tau is not None:
+        kwargs["tau"] = args.tau
+    print(compare_runs(args.run_dirs, **kwargs))
+    return EXIT_OK
 
 
 def _cmd_run(args) -> int:
@@ -115,13 +200,22 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.runner import UnknownStageError
 
     args = build_parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "config": _cmd_config, "inspect": _cmd_inspect}
+    if args.command in ("report", "compare"):
+        handlers_value_errors = True
+    else:
+        handlers_value_errors = False
+    handlers = {"run": _cmd_run, "config": _cmd_config, "inspect": _cmd_inspect, "report": _cmd_report, "compare": _cmd_compare}
     try:
         return handlers[args.command](args)
     except (
         ConfigError, InputError, UnknownStageError, CacheError, PreflightError, TemplateError, LabelError,
         FileNotFoundError, LookupError,
     ) as exc:
+        print(f"dfer: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        if not handlers_value_errors:
+            raise
         print(f"dfer: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

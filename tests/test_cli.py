@@ -62,3 +62,36 @@ def test_console_script_is_installed():
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     for cmd in ("run", "config", "inspect"):
         assert cmd in out
+
+
+def _fake_run(d, shift):
+    import json
+
+    d.mkdir(parents=True)
+    labels = ["happy", "sad", "neutral"]
+    (d / "labelset.json").write_text(json.dumps({"name": "mine", "labels": labels}))
+    (d / "config.yaml").write_text(f"classify:\n  shuffle: {str(bool(shift)).lower()}\n")
+    rows = []
+    for i, true in enumerate(["happy"] * 6 + ["sad"] * 3 + ["neutral"]):
+        s = {lab: -3.0 for lab in labels}
+        s[true] = -1.0 if i % 2 == 0 else -3.5
+        s["happy"] += shift  # head-class bias
+        rows.append({"video": f"v{i}.mp4", "label": true, "labels": labels, "scores": s, "prediction": max(s, key=s.get)})
+    (d / "scores.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (d / "failures.jsonl").write_text(json.dumps({"video": "bad.mp4", "stage": "faces", "error": "NoFaceError", "message": "x"}) + "\n")
+
+
+def test_report_and_compare_commands(tmp_path):
+    _fake_run(tmp_path / "A", 0.0)
+    _fake_run(tmp_path / "B", 2.0)
+    proc = dfer("report", str(tmp_path / "B"), "--calibration", "estimated", "--tau-sweep", "0,1", cache=tmp_path / "c")
+    assert proc.returncode == 0, proc.stderr
+    assert "UAR" in proc.stdout and "failed 1" in proc.stdout and "tau  1.00" in proc.stdout
+    for f in ("metrics.json", "report.md", "confusion_matrix.png"):
+        assert (tmp_path / "B" / f).is_file()
+    proc = dfer("compare", str(tmp_path / "A"), str(tmp_path / "B"), cache=tmp_path / "c")
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("| A ") or ln.startswith("| B ")]
+    assert len(lines) == 2 and "classify.shuffle" in proc.stdout
+    proc = dfer("compare", str(tmp_path / "A"), str(tmp_path / "nope"), cache=tmp_path / "c")
+    assert proc.returncode == 2 and "nope" in proc.stderr
