@@ -23,18 +23,20 @@ def _type_name(info) -> str:
     return getattr(ann, "__name__", None) or str(ann)
 
 
-def _rows(model: type[BaseModel], prefix: str) -> list[str]:
+def _rows(model: type[BaseModel], prefix: str, defaults: BaseModel) -> list[str]:
+    """Rows for one section; default values come from the section's default instance (so nested
+    models such as ``classify.model`` show the stage's own defaults)."""
     rows = []
     for name, info in model.model_fields.items():
         ann = info.annotation
+        value = getattr(defaults, name)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            rows += _rows(ann, f"{prefix}{name}.")
+            rows += _rows(ann, f"{prefix}{name}.", value)
             continue
-        default = info.get_default(call_default_factory=True)
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         note = "" if extra.get("cache_key", True) else " *(not in cache key)*"
         doc = (info.description or "").replace("\n", " ").replace("|", "\\|")
-        rows.append(f"| `{prefix}{name}` | {_type_name(info)} | {_fmt_default(default)} | {doc}{note} |")
+        rows.append(f"| `{prefix}{name}` | {_type_name(info)} | {_fmt_default(value)} | {doc}{note} |")
     return rows
 
 
@@ -46,7 +48,7 @@ def config_reference() -> str:
         out.append(f"#### `{section}`\n")
         out.append("| key | type | default | meaning |")
         out.append("|---|---|---|---|")
-        out += _rows(info.annotation, f"{section}.")
+        out += _rows(info.annotation, f"{section}.", info.get_default(call_default_factory=True))
         out.append("")
     return "\n".join(out)
 

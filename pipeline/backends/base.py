@@ -25,7 +25,7 @@ from pipeline.fields import not_in_key
 class ModelConfig(BaseModel):
     """Which model to run and how. Used by every model stage (captioner, classifier)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     model: str
     """Hugging Face hub id (``org/name``) or a local checkpoint folder (one with a ``config.json``). For the
