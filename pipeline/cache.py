@@ -231,6 +231,21 @@ class Cache:
             raise
         return Artifact(stage, key, final)
 
+    def sweep_stale(self, stage: str, older_than_s: float = 24 * 3600) -> int:
+        """Remove temporary directories that a killed run left behind (none of their files changed
+        for ``older_than_s``). They were never visible as artifacts; this only frees disk space."""
+        removed = 0
+        now = time.time()
+        for tmp in (self.root / stage).glob("*/.tmp-*"):
+            try:
+                newest = max([tmp.stat().st_mtime] + [f.stat().st_mtime for f in tmp.iterdir()])
+            except OSError:
+                continue
+            if now - newest > older_than_s:
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed += 1
+        return removed
+
     # --- "why was this recomputed" bookkeeping -------------------------------------------
     def _last_path(self, stage: str, fingerprint: str) -> Path:
         return self.root / stage / "last" / f"{fingerprint}.json"
