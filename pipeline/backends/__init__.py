@@ -26,7 +26,7 @@ from pipeline.backends.base import (
 
 
 def load_backend(cfg: ModelConfig) -> Backend:
-    """Load the model (``transformers``) or connect to the server (``openai``)."""
+    """Load the model (``transformers``, ``socialfusion``) or connect to the server (``openai``)."""
     if cfg.backend == "transformers":
         from pipeline.backends.hf import TransformersBackend
 
@@ -35,6 +35,10 @@ def load_backend(cfg: ModelConfig) -> Backend:
         from pipeline.backends.openai_http import OpenAIBackend
 
         return OpenAIBackend(cfg)
+    if cfg.backend == "socialfusion":
+        from pipeline.diagnostics.socialfusion import SocialFusionBackend
+
+        return SocialFusionBackend(cfg)
     raise ValueError(f"unknown backend {cfg.backend!r}")
 
 
@@ -54,6 +58,10 @@ def check_model_available(cfg: ModelConfig) -> None:
         from pipeline.backends.openai_http import check_server_available
 
         check_server_available(cfg)
+    elif cfg.backend == "socialfusion":
+        from pipeline.diagnostics.socialfusion import check_socialfusion_available
+
+        check_socialfusion_available(cfg)
     else:
         raise ValueError(f"unknown backend {cfg.backend!r}")
 

@@ -30,8 +30,10 @@ class ModelConfig(BaseModel):
     model: str
     """Hugging Face hub id (``org/name``) or a local checkpoint folder (one with a ``config.json``). For the
     ``openai`` backend: the model name the server serves (as listed by ``GET /models``)."""
-    backend: Literal["transformers", "openai"] = "transformers"
-    """``transformers``: load the model in this process. ``openai``: call an OpenAI-compatible server."""
+    backend: Literal["transformers", "openai", "socialfusion"] = "transformers"
+    """``transformers``: load the model in this process. ``openai``: call an OpenAI-compatible server.
+    ``socialfusion``: a frozen-encoder + connector + LM model saved by ``dfer socialfusion train`` (``model`` is its
+    folder; it reads the prompt's images only)."""
     revision: str | None = None
     """Hub branch, tag or commit to load (ignored for local folders). Pin a commit for reproducible runs."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
