@@ -23,6 +23,11 @@ def model_identity(cfg: ModelConfig) -> dict:
     """What identifies a model in cache keys. Hub models: id + revision (pin a revision for
     reproducible keys). Local checkpoints: a content fingerprint, not the path, so moving the
     folder keeps keys. Servers: the served model name (not the URL)."""
+    if cfg.backend == "socialfusion":  # always a local folder written by `dfer socialfusion train`
+        from pipeline.backends.hf import _local_fingerprint
+
+        path = Path(os.path.expanduser(cfg.model))
+        return {"backend": "socialfusion", "local": _local_fingerprint(path) if path.is_dir() else "missing:" + cfg.model}
     if cfg.backend == "transformers":
         from pipeline.backends.hf import _local_fingerprint, is_local_path
 
