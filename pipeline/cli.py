@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", metavar="i/N", help="process only shard i of N (deterministic by video id)")
     run.add_argument("--cache", metavar="DIR", help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
     run.add_argument("--strict", action="store_true", help="stop at the first failure (exit 3)")
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="where per-clip work and model stages run: local processes, or a Ray cluster (run.ray_* settings)")
+    run.add_argument("--ray-address", metavar="ADDR",
+                     help="--executor ray: the cluster's head, HOST:6379 (default: $RAY_ADDRESS, else a local Ray instance)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars (for logs)")
 
     cfg = sub.add_parser("config", help="configuration tools")
@@ -144,10 +148,18 @@ def _cmd_run(args) -> int:
     if args.quiet:
         cfg.run.progress = False
         _quiet_libraries()
+    executor = None
+    if args.executor == "ray":
+        from pipeline.executor_ray import RayExecutor
+
+        executor = RayExecutor.from_config(cfg.run, address=args.ray_address)
+    elif args.ray_address:
+        print("dfer: error: --ray-address needs --executor ray", file=sys.stderr)
+        return EXIT_USAGE
     try:
         result = run_pipeline(
             args.input, args.out, cfg, cache_dir=args.cache, until=args.until, force=args.force,
-            shard=args.shard, strict=args.strict, quiet=args.quiet,
+            shard=args.shard, strict=args.strict, quiet=args.quiet, executor=executor,
         )
     except StrictFailure as exc:
         print(f"dfer: stopped (--strict): {exc}", file=sys.stderr)
@@ -193,6 +205,7 @@ def _cmd_inspect(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from pipeline.cache import CacheError
     from pipeline.config import ConfigError
+    from pipeline.executor_ray import ClusterError
     from pipeline.inputs import InputError
     from pipeline.labels import LabelError
     from pipeline.modelstage import PreflightError
@@ -209,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except (
         ConfigError, InputError, UnknownStageError, CacheError, PreflightError, TemplateError, LabelError,
-        FileNotFoundError, LookupError,
+        FileNotFoundError, LookupError, ClusterError,
     ) as exc:
         print(f"dfer: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -32,6 +32,21 @@ class RunSection(BaseModel):
     """Clips handed to a model stage at once."""
     progress: bool = True
     """Show a progress bar per stage (``--quiet`` turns it off)."""
+    ray_num_cpus_per_task: float = Field(1.0, gt=0)
+    """``--executor ray``: CPUs reserved per clip task (faces, keyframes); torch in the task uses that many threads."""
+    ray_num_gpus_per_task: float = Field(0.0, ge=0)
+    """``--executor ray``: GPUs per clip task (a fraction such as 0.25 shares one); 0: Ray hides the GPUs and face
+    detection runs on CPU."""
+    ray_num_gpus_per_actor: float | None = Field(None, ge=0)
+    """``--executor ray``: GPUs per model actor (context, classify); each actor loads the model once. ``null``: 1 if the
+    cluster has GPUs, else CPU actors. More than 1 with ``*.model.device=balanced`` spreads a large model over them."""
+    ray_num_cpus_per_actor: float = Field(1.0, gt=0)
+    """``--executor ray``: CPUs reserved per model actor (its torch thread count on CPU)."""
+    ray_actors: int | None = Field(None, ge=1)
+    """``--executor ray``: model actors per model stage. ``null``: as many as the cluster's GPUs hold (one per GPU by
+    default), or 1 on a cluster without GPUs."""
+    ray_max_retries: int = Field(3, ge=0)
+    """``--executor ray``: retries of a clip task, and restarts of a model actor, whose worker process dies."""
 
 
 def _stage_sections() -> dict[str, Any]:

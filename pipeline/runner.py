@@ -2,7 +2,7 @@
 
 For each stage and clip the runner derives the cache key, reuses a cached artifact when there is
 one, and otherwise computes it (per-clip stages through the executor, model stages in batches in
-this process) and says why: new clip, config changed, upstream changed or forced. A clip that
+this process, or on the executor's model actors when it has ``map_batched``) and says why: new clip, config changed, upstream changed or forced. A clip that
 fails is recorded in ``RUN/failures.jsonl`` and left out of later stages; the others go on.
 """
 
@@ -160,6 +160,8 @@ class Runner:
         (self.out / "config.yaml").write_text(dump_config(self.cfg), encoding="utf-8")
         stages = self.stages()
         blocked = self._preflight(stages)
+        if hasattr(self.executor, "start"):  # e.g. RayExecutor: connect and check the cluster before any clip
+            self.executor.start(self.cache.root)
         self._failures = open(self.out / "failures.jsonl", "w", encoding="utf-8")
         try:
             return self._run(refs, stages, blocked)
@@ -325,6 +327,9 @@ class Runner:
                 yield todo[i][0], result
 
     def _compute_batched(self, mod, section, todo):
+        if hasattr(self.executor, "map_batched"):  # e.g. RayExecutor: model actors on the cluster
+            yield from self.executor.map_batched(mod, section, todo, self.cache, self.cfg.run.batch_size)
+            return
         from pipeline.batching import run_batched
 
         yield from run_batched(mod, section, todo, self.cache, self.cfg.run.batch_size)

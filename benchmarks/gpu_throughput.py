@@ -1,0 +1,300 @@
+"""GPU throughput of the model stages (context + classify) with a 3B-class Qwen2.5-VL, in clips per second.
+
+    python benchmarks/gpu_throughput.py [--clips 32] [--seconds 3] [--new-tokens 16] [--clip-batch 16]
+                                        [--model-batch 8] [--image-size 224] [--warmup 2] [--workdir DIR]
+    python benchmarks/gpu_throughput.py --allow-cpu --tiny --clips 2     # smoke run without a GPU
+
+No weights are downloaded. The model is a *randomly initialised* ``Qwen2_5_VLForConditionalGeneration`` with
+the dimensions of Qwen2.5-VL-3B-Instruct, typed in below from that model's published ``config.json``
+(Qwen/Qwen2.5-VL-3B-Instruct on the Hugging Face hub): text 2048 hidden, 11008 MLP, 36 layers, 16 query /
+2 key-value heads, vocabulary 151936, M-RoPE sections [16, 24, 24], tied embeddings; vision tower 32 blocks of
+1280 hidden (3420 MLP, 16 heads), patch 14, temporal patch 2, spatial merge 2, window 112, full attention in
+blocks 7/15/23/31, output 2048. The processor is the real ``Qwen2_5_VLProcessor`` with the published image
+preprocessing (patch 14, merge 2, 3136..12845056 pixels), so a 224x224 face crop costs 64 image tokens as it
+does with the real model; its tokenizer is a small BPE trained on the spot (``tests/tiny_models.py``): only
+token ids matter to the arithmetic, and the random model is restricted to those ids (the embedding rows of
+the other ids are zeroed, so their logits are 0 and greedy decoding never picks them; the LM head still
+multiplies over all 151936 rows). Generation has no end-of-sequence token, so every caption and summary
+is exactly ``--new-tokens`` tokens long (checked).
+
+The checkpoint is saved to ``--workdir`` (about 7.5 GB in bf16) and loaded back by the pipeline exactly as
+a user's checkpoint is. Synthetic face clips (tests/media.py) go through the whole pipeline: faces and
+keyframes on CPU worker processes (untimed), then context (captions of the in-between frames + one
+condensing generation per gap) and classify (keyframes + summaries, 7 DFEW labels scored with KV reuse).
+For each model stage the model is loaded once (timed apart) and the stage's batches are timed with CUDA
+synchronised; a warm-up run on ``--warmup`` other clips comes first. Prints clips/s per stage and for
+context + classify together (model loading excluded).
+
+Runs in bf16 on a CUDA GPU. Without one it stops with a message, unless ``--allow-cpu --tiny`` asks for a
+smoke run (float32, a much smaller model of the same architecture; its numbers mean nothing).
+Needs the dev extras (scikit-image for the clips).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Qwen/Qwen2.5-VL-3B-Instruct, config.json as published on the Hugging Face hub.
+QWEN25_VL_3B_TEXT = dict(
+    vocab_size=151936,
+    hidden_size=2048,
+    intermediate_size=11008,
+    num_hidden_layers=36,
+    num_attention_heads=16,
+    num_key_value_heads=2,
+    hidden_act="silu",
+    max_position_embeddings=128000,
+    rms_norm_eps=1e-6,
+    use_sliding_window=False,
+    sliding_window=32768,
+    max_window_layers=70,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+)
+QWEN25_VL_3B_VISION = dict(
+    depth=32,
+    hidden_size=1280,
+    intermediate_size=3420,
+    num_heads=16,
+    in_channels=3,
+    out_hidden_size=2048,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31],
+    tokens_per_second=2,
+    hidden_act="silu",
+)
+# preprocessor_config.json of the same model
+QWEN25_VL_PIXELS = dict(patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=3136, max_pixels=12845056)
+
+# --tiny: same architecture and vocabulary, small widths and depths (CPU smoke runs only)
+TINY_TEXT = {**QWEN25_VL_3B_TEXT, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2,
+             "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}}
+TINY_VISION = {**QWEN25_VL_3B_VISION, "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+               "out_hidden_size": 64, "fullatt_block_indexes": [1]}
+
+
+def build_checkpoint(out: Path, tiny: bool, device: str, dtype) -> dict:
+    """Random Qwen2.5-VL (3B dims, or tiny) + real processor with a small trained tokenizer, saved to ``out``."""
+    import torch
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    from tests.tiny_models import QWEN2VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, _train_tokenizer, _wrap_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = _wrap_tokenizer(_train_tokenizer(QWEN_SPECIAL_TOKENS), eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.model_max_length = 128000
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**QWEN25_VL_PIXELS),
+        video_processor=Qwen2VLVideoProcessor(**QWEN25_VL_PIXELS),
+        tokenizer=tokenizer,
+        chat_template=QWEN2VL_CHAT_TEMPLATE,
+    )
+    text = dict(TINY_TEXT if tiny else QWEN25_VL_3B_TEXT)
+    text.update(bos_token_id=ids["<|endoftext|>"], eos_token_id=None, pad_token_id=ids["<|endoftext|>"])
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=dict(TINY_VISION if tiny else QWEN25_VL_3B_VISION),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    with torch.no_grad():  # only the tokenizer's ids can ever be generated (tied: the LM head is this matrix)
+        model.get_input_embeddings().weight[len(tokenizer) :] = 0
+    gc = model.generation_config
+    gc.eos_token_id = None  # fixed-length generation
+    gc.pad_token_id = ids["<|endoftext|>"]
+    gc.bos_token_id = ids["<|endoftext|>"]
+    gc.do_sample = False
+    n_params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {"params": n_params, "tokenizer_ids": len(tokenizer)}
+
+
+class _Loaded:
+    """A stage whose model is already loaded (``run_batched`` does not load or free it)."""
+
+    def __init__(self, mod, resources):
+        self._mod, self._resources = mod, resources
+
+    def process_batch(self, jobs, cfg, _resources):
+        return self._mod.process_batch(jobs, cfg, self._resources)
+
+
+class TimedExecutor:
+    """Per-clip stages on the local process pool; model stages in this process with the model load and the
+    batches timed apart (CUDA synchronised), and every generation's length recorded."""
+
+    def __init__(self, workers: int):
+        from pipeline.executor import LocalExecutor
+
+        self.local = LocalExecutor(workers)
+        self.stats: dict[str, dict] = {}
+
+    def map(self, tasks):
+        return self.local.map(tasks)
+
+    def close(self) -> None:
+        self.local.close()
+
+    @staticmethod
+    def _sync() -> float:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def map_batched(self, mod, cfg, todo, cache, batch_size):
+        from pipeline.batching import run_batched
+
+        t0 = self._sync()
+        resources = mod.open(cfg)
+        t1 = self._sync()
+        lengths: list[int] = []
+        model = getattr(resources, "model", None)
+        if model is not None:
+            inner = model.generate
+
+            def generate(*a, **kw):
+                out = inner(*a, **kw)
+                lengths.extend([out.shape[1] - kw["input_ids"].shape[1]] * out.shape[0])
+                return out
+
+            model.generate = generate
+        try:
+            t2 = self._sync()
+            results = list(run_batched(_Loaded(mod, resources), cfg, todo, cache, batch_size))
+            t3 = self._sync()
+        finally:
+            mod.close(resources)
+        self.stats[mod.NAME] = {
+            "clips": len(todo), "load_s": t1 - t0, "compute_s": t3 - t2, "generations": len(lengths),
+            "new_tokens": sum(lengths), "lengths": sorted(set(lengths)),
+            "failed": sum(1 for _, r in results if not r.ok),
+        }
+        yield from results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clips", type=int, default=32, help="timed clips")
+    ap.add_argument("--seconds", type=float, default=3.0, help="length of each synthetic clip")
+    ap.add_argument("--new-tokens", type=int, default=16, help="tokens generated per caption and per gap summary (fixed)")
+    ap.add_argument("--clip-batch", type=int, default=16, help="clips per stage batch (run.batch_size)")
+    ap.add_argument("--model-batch", type=int, default=8, help="prompts per forward pass (*.model.batch_size)")
+    ap.add_argument("--image-size", type=int, default=224, help="face crop side sent to the model (64 tokens at 224)")
+    ap.add_argument("--warmup", type=int, default=2, help="clips of an untimed warm-up run")
+    ap.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)), help="CPU workers for faces/keyframes")
+    ap.add_argument("--workdir", default=None, help="where to save the random checkpoint (default: a temporary folder)")
+    ap.add_argument("--tiny", action="store_true", help="a much smaller model of the same architecture (smoke runs)")
+    ap.add_argument("--allow-cpu", action="store_true", help="with --tiny: run on CPU in float32 (numbers are meaningless)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if torch.cuda.is_available():
+        device, dtype, dtype_name = "cuda", torch.bfloat16, "bfloat16"
+    elif args.allow_cpu and args.tiny:
+        device, dtype, dtype_name = "cpu", torch.float32, "float32"
+    else:
+        print("gpu_throughput: no CUDA GPU is visible. This benchmark measures a 3B-class model in bf16 on a GPU; "
+              "for a smoke run of the script on CPU pass --allow-cpu --tiny.", file=sys.stderr)
+        return 2
+
+    from pipeline.config import load_config
+    from pipeline.inputs import discover
+    from pipeline.runner import Runner
+    from tests import media
+
+    own_tmp = args.workdir is None
+    work = Path(tempfile.mkdtemp(prefix="dfer-gpu-bench-") if own_tmp else args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        t0 = time.perf_counter()
+        built = build_checkpoint(work / "model", args.tiny, device, dtype)
+        t_build = time.perf_counter() - t0
+
+        def clips(folder: Path, n: int, seed0: int):
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                media.make_face_clip(folder / f"c{i:03d}.mp4", seconds=args.seconds, seed=seed0 + i, motion="static",
+                                     expression=(args.seconds * 0.5, args.seconds * 0.5 + 0.4))
+            return discover(folder)
+
+        model_dir = str(work / "model")
+        overrides = ["run.progress=false", f"run.workers={args.workers}", f"run.batch_size={args.clip_batch}"]
+        for stage in ("context", "classify"):
+            overrides += [
+                f"{stage}.model.model={model_dir}", f"{stage}.model.dtype={dtype_name}", f"{stage}.model.device={device}",
+                f"{stage}.model.batch_size={args.model_batch}", f"{stage}.model.max_new_tokens={args.new_tokens}",
+                f"{stage}.image_size={args.image_size}",
+            ]
+        cfg = load_config(None, overrides)
+
+        def run(name: str, refs) -> TimedExecutor:
+            ex = TimedExecutor(args.workers)
+            res = Runner(cfg, work / f"run-{name}", cache_dir=work / "cache", log=io.StringIO(), executor=ex).run(refs)
+            if res.n_failed or res.status != "complete":
+                raise SystemExit(f"{name} run: {res.n_failed} failed, status {res.status}: see {work / f'run-{name}'}")
+            return ex
+
+        if args.warmup:
+            run("warmup", clips(work / "warmup", args.warmup, 500))
+        ex = run("timed", clips(work / "clips", args.clips, 0))
+    finally:
+        if own_tmp:
+            shutil.rmtree(work, ignore_errors=True)
+
+    ctx, cls = ex.stats["context"], ex.stats["classify"]
+    for st in (ctx, cls):
+        if st["generations"] and st["lengths"] != [args.new_tokens]:
+            print(f"warning: generation lengths {st['lengths']} != {args.new_tokens}", file=sys.stderr)
+    where = torch.cuda.get_device_name(0) if device == "cuda" else "CPU (smoke run)"
+    size = "tiny (smoke run)" if args.tiny else "Qwen2.5-VL-3B dimensions"
+    print(f"model: random Qwen2.5-VL, {size}, {built['params'] / 1e9:.2f} B parameters, {dtype_name} on {where}")
+    print(f"checkpoint built and saved in {t_build:.1f} s; {args.clips} clips of {args.seconds:g} s; "
+          f"{args.clip_batch} clips per stage batch, {args.model_batch} prompts per forward; "
+          f"{args.image_size}px crops; {args.new_tokens} generated tokens per caption/summary")
+    for name, st in (("context", ctx), ("classify", cls)):
+        gen = f", {st['generations']} generations / {st['new_tokens']} new tokens" if st["generations"] else ""
+        print(f"  {name:<9}: model load {st['load_s']:6.1f} s; {st['clips']} clips in {st['compute_s']:7.2f} s "
+              f"= {st['clips'] / st['compute_s']:.3f} clips/s{gen}")
+    total = ctx["compute_s"] + cls["compute_s"]
+    print(f"  context + classify: {args.clips / total:.3f} clips/s (model loading excluded)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
