@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.fields import not_in_key  # noqa: F401  (re-exported)
+from pipeline.finetune.config import FinetuneConfig
 from stages import STAGE_MODULES
 
 
@@ -64,6 +65,7 @@ def _build_pipeline_config() -> type[BaseModel]:
         __config__=ConfigDict(extra="forbid"),
         run=(RunSection, Field(default_factory=RunSection)),
         **_stage_sections(),
+        finetune=(FinetuneConfig, Field(default_factory=FinetuneConfig)),  # used by `dfer finetune` only
     )
 
 

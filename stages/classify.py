@@ -13,6 +13,10 @@ Ablation switches (each changes only this stage's key): ``use_summaries``, ``use
 ``dense_fps`` (dense frames at that rate instead of summaries). ``keyframes.k`` sets the number
 of keyframes upstream.
 
+``adapter``: LoRA adapters trained with ``dfer finetune`` (``pipeline/finetune/``, which renders
+its training prompts with :func:`render` and trains on the label tokens this stage scores) are
+merged into the model at load time; their content hash joins the cache key.
+
 Output ``scores.json``: ``{"labels": [...], "scores": {label: {"logprob", "n_tokens", "exact",
 "end_logprob"}}, "prompt_tokens": int, "dense_tokens": int, "dense_frames": int}``.
 """
@@ -65,6 +69,10 @@ class Config(BaseModel):
     length_norm: Literal["sum", "mean"] = not_in_key("sum")
     """How a multi-token label's log-probability becomes its score: the sum over its tokens, or the
     per-token mean. Applied after the model (changing it recomputes nothing)."""
+    adapter: str | None = not_in_key(None)
+    """LoRA adapters from ``dfer finetune`` (its output folder or the adapter folder in it), merged into
+    ``classify.model`` when it is loaded (transformers backend). Not the path but the adapter's content hash
+    is part of the cache key; an adapter made for another base model is an error before any clip."""
 
     @model_validator(mode="after")
     def _something_to_show(self):
@@ -84,11 +92,16 @@ UPSTREAM: tuple[str, ...] = ("faces", "keyframes", "context")  # the most it rea
 
 def key_extras(cfg: Config) -> dict:
     label_set = load_label_set(cfg.labels)
-    return {
+    extras = {
         "model": modelstage.model_identity(cfg.model),
         "template": template_hash(cfg.prompt_dir, cfg.template),
         "labels": label_set.names,
     }
+    if cfg.adapter is not None:  # only when set, so keys of runs without an adapter never change
+        from pipeline.finetune.adapter import adapter_hash
+
+        extras["adapter"] = adapter_hash(cfg.adapter)
+    return extras
 
 
 def preflight(cfg: Config) -> str | None:
@@ -106,11 +119,28 @@ def preflight(cfg: Config) -> str | None:
             "labels": label_set.names,
         },
     )
-    return modelstage.preflight_model(cfg.model, f"{NAME}.model")
+    message = modelstage.preflight_model(cfg.model, f"{NAME}.model")
+    if cfg.adapter is not None and message is None:
+        from pipeline.finetune.adapter import AdapterError, check_adapter
+
+        try:
+            check_adapter(cfg.adapter, cfg.model, label_set.names, template_hash(cfg.prompt_dir, cfg.template))
+        except AdapterError as exc:
+            raise modelstage.PreflightError(str(exc)) from None
+    return message
 
 
 def open(cfg: Config):  # noqa: A001 - stage protocol name
-    return modelstage.open_backend(cfg.model)
+    backend = modelstage.open_backend(cfg.model)
+    if cfg.adapter is not None:
+        from pipeline.finetune.adapter import resolve_adapter_dir
+
+        try:
+            backend.apply_adapter(resolve_adapter_dir(cfg.adapter))
+        except BaseException:
+            modelstage.close_backend(backend)
+            raise
+    return backend
 
 
 def close(backend) -> None:

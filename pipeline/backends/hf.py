@@ -42,6 +42,12 @@ Label scoring (``score_labels``)
     ``prompt + label`` sequence in full) and compares; if the cached route disagrees (a model family whose
     positions or cache this code does not handle), it logs a warning and uses the plain route from then on.
     ``scoring_mode`` (``"kv"`` or ``"full"``) says which route is in use.
+
+Fine-tuning and adapters
+    :meth:`TransformersBackend.label_token_logprobs` is the plain route with gradients, one label per prompt:
+    ``dfer finetune`` (``pipeline/finetune/``) takes its negative sum as the loss, so training and scoring read
+    the same label tokens at the same positions. :meth:`TransformersBackend.apply_adapter` loads LoRA adapters
+    onto the loaded model and merges them into its weights (``classify.adapter``).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ import inspect
 import logging
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -444,7 +451,32 @@ class TransformersBackend:
                     results += self._score_full(rendered, labels)
         return results
 
+    def apply_adapter(self, path: str | os.PathLike) -> None:
+        """Load LoRA adapters (a PEFT adapter folder, e.g. from ``dfer finetune``) onto the loaded model and merge
+        them into its weights, so scoring and generation run at the base model's speed. Checking that the
+        adapter was made for this base model is the caller's job (``pipeline.finetune.adapter``)."""
+        try:
+            from peft import PeftModel
+        except ImportError as exc:  # pragma: no cover - peft is a dependency
+            raise ModelLoadError("applying an adapter needs the 'peft' package") from exc
+        with self._lock:
+            try:
+                with warnings.catch_warnings():  # peft reads the deprecated `is_gradient_checkpointing` name
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                    peft_model = PeftModel.from_pretrained(self.model, str(path), is_trainable=False)
+            except Exception as exc:
+                raise ModelLoadError(f"adapter {str(path)!r} cannot be loaded onto model {self.cfg.model!r}: {exc}") from exc
+            self.model = peft_model.merge_and_unload()
+            self.model.eval()
+            self._verified = False  # re-check the cached scoring route on the adapted model
+
     # ------------------------------------------------------------------ rendering and encoding
+    def render_prompt(self, prompt: Prompt) -> _Rendered:
+        """The prompt as the model's chat template renders it (one user turn, generation prompt added): text with
+        the template's image placeholders, and the prepared images in order. Every scoring route, and
+        fine-tuning, feeds the processor this."""
+        return self._render(prompt)
+
     def _render(self, prompt: Prompt) -> _Rendered:
         from PIL import Image
 
@@ -610,34 +642,72 @@ class TransformersBackend:
     def _score_full(self, rendered: list[_Rendered], labels: list[str]) -> list[dict[str, LabelScore]]:
         """Plain route: every ``prompt + separator + label (+ end-of-turn)`` sequence in full, one prompt at a
         time, its labels batched (right padding). Images are re-encoded once per label."""
-        torch = self._torch
         results = []
         for r in rendered:
-            toks = self._label_tokens(r.text, labels)
-            extra = [self.label_separator + lab + (self.end_of_turn or "") for lab in labels]
-            inputs = self._encode([r] * len(labels), padding_side="right", extra_text=extra)
-            logits = self.model(**inputs).logits
-            lens = inputs["attention_mask"].sum(1)
+            lps, n_tokens = self.label_token_logprobs([r] * len(labels), labels, include_end=True)
             row = {}
             for j, label in enumerate(labels):
-                t = toks[j]
-                seq = t.ids + ([t.end_id] if t.end_id is not None else [])
-                n_all = len(seq)
-                end = int(lens[j])
-                ids = inputs["input_ids"][j, end - n_all : end].tolist()
-                if ids != seq:
-                    raise RuntimeError(f"label tokens misaligned for {label!r}: {ids} != {seq}")
-                lps = torch.log_softmax(logits[j, end - n_all - 1 : end - 1].float(), dim=-1)
-                vals = [float(lps[k, seq[k]]) for k in range(n_all)]
-                n = len(t.ids)
+                n = n_tokens[j]
+                vals = lps[j].tolist()
                 row[label] = LabelScore(
                     logprob=sum(vals[:n]),
                     n_tokens=n,
                     exact=True,
-                    end_logprob=vals[n] if t.end_id is not None else None,
+                    end_logprob=vals[n] if self.end_of_turn else None,
                 )
             results.append(row)
         return results
+
+    def label_token_logprobs(self, rendered: list[_Rendered], labels: list[str], include_end: bool = False, model=None):
+        """Per-token log-probabilities of ``labels[i]`` written right after ``rendered[i]`` (one label per prompt).
+
+        The label tokens are those :meth:`score_labels` scores (``prompt + label_separator + label``, checked as a
+        prefix extension of the prompt's tokens); with ``include_end`` the end-of-turn token after the label is
+        scored too. One forward pass over the right-padded batch; only the positions that predict label tokens
+        reach the LM head (``logits_to_keep``) and the fp32 log-softmax. Gradients flow (no ``inference_mode``
+        here; callers choose), so fine-tuning uses this for its loss: ``-logprobs.sum(1)`` is the negative of
+        the score that ``classify`` stores. ``model`` replaces ``self.model`` for the forward pass (e.g. the
+        accelerate/DDP-wrapped model being trained).
+
+        Returns ``(logprobs, n_tokens)``: a ``(B, T)`` fp32 tensor whose row ``i`` holds the ``n_tokens[i]`` label
+        tokens' log-probabilities (then the end-of-turn token's, if ``include_end`` and the template has one),
+        zero-padded; and the label token counts.
+        """
+        torch = self._torch
+        if len(rendered) != len(labels):
+            raise ValueError(f"label_token_logprobs: {len(rendered)} prompts but {len(labels)} labels")
+        seqs, n_tokens = [], []
+        for r, label in zip(rendered, labels):
+            t = self._label_tokens(r.text, [label])[0]
+            end = [t.end_id] if include_end and t.end_id is not None else []
+            seqs.append(t.ids + end)
+            n_tokens.append(len(t.ids))
+        tail = self.end_of_turn if include_end and self.end_of_turn else ""
+        extra = [self.label_separator + lab + tail for lab in labels]
+        inputs = self._encode(rendered, padding_side="right", extra_text=extra)
+        lens = inputs["attention_mask"].sum(1).tolist()
+        # logits at position p predict token p + 1: row i needs positions end - len(seq) - 1 .. end - 2
+        wanted = [list(range(int(end) - len(seq) - 1, int(end) - 1)) for end, seq in zip(lens, seqs)]
+        for j, (end, seq) in enumerate(zip(lens, seqs)):
+            ids = inputs["input_ids"][j, int(end) - len(seq) : int(end)].tolist()
+            if ids != seq:
+                raise RuntimeError(f"label tokens misaligned for {labels[j]!r}: {ids} != {seq}")
+        keep_pos = sorted({p for row in wanted for p in row})
+        kwargs = {"use_cache": False}
+        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+            kwargs["logits_to_keep"] = torch.tensor(keep_pos, device=self.input_device)
+            column = {p: k for k, p in enumerate(keep_pos)}
+        else:
+            column = {p: p for p in keep_pos}
+        logits = (model if model is not None else self.model)(**inputs, **kwargs).logits
+        T = max(len(s) for s in seqs)
+        out = torch.zeros((len(seqs), T), dtype=torch.float32, device=logits.device)
+        for j, (row, seq) in enumerate(zip(wanted, seqs)):
+            cols = torch.tensor([column[p] for p in row], device=logits.device)
+            lp = torch.log_softmax(logits[j, cols].float(), dim=-1)
+            target = torch.tensor(seq, device=logits.device).view(-1, 1)
+            out[j, : len(seq)] = lp.gather(1, target).view(-1)
+        return out, n_tokens
 
     def _verify_kv_route(self, rendered: _Rendered, labels: list[str]) -> None:
         """Score one prompt both ways once; fall back to the plain route if the cached one disagrees."""

@@ -1,0 +1,158 @@
+"""Resumable fine-tuning checkpoints, written atomically and without pickle.
+
+Layout under the output folder ``CKPT``::
+
+    checkpoints/latest.json          {"dir": "step-0000040"}: the checkpoint to resume from
+    checkpoints/step-0000040/        adapter/ (PEFT adapter + dfer_adapter.json), optimizer.safetensors +
+                                     optimizer.json, scheduler.json, state.json (epoch, step, best, history),
+                                     rng-<process>.json (python, numpy, torch and CUDA generator states)
+    checkpoints/best-step-0000032/   adapter of the best validation UAR so far (named in state.json)
+
+A checkpoint is written into a hidden temporary sibling and renamed into place, then ``latest.json`` is
+replaced (write + ``os.replace``), then older checkpoints are removed: a kill at any moment leaves
+``latest.json`` pointing at a complete checkpoint. Tensors go to safetensors, everything else to JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS = "checkpoints"
+POINTER = "latest.json"
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------------------------------ state pieces
+
+
+def optimizer_to_files(sd: dict, folder: Path) -> None:
+    """An optimizer ``state_dict`` as ``optimizer.safetensors`` (tensors) + ``optimizer.json`` (the rest)."""
+    tensors, state = {}, {}
+    for pid, entry in sd["state"].items():
+        out = {}
+        for k, v in entry.items():
+            if torch.is_tensor(v):
+                name = f"{pid}.{k}"
+                tensors[name] = v.detach().to("cpu").contiguous()
+                out[k] = {"tensor": name}
+            else:
+                out[k] = {"value": v}
+        state[str(pid)] = out
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    _write_json(folder / "optimizer.json", {"state": state, "param_groups": sd["param_groups"]})
+
+
+def optimizer_from_files(folder: Path) -> dict:
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    doc = read_json(folder / "optimizer.json")
+    state = {}
+    for pid, entry in doc["state"].items():
+        state[int(pid)] = {k: (tensors[v["tensor"]] if "tensor" in v else v["value"]) for k, v in entry.items()}
+    return {"state": state, "param_groups": doc["param_groups"]}
+
+
+def rng_state() -> dict:
+    py = random.getstate()
+    npst = np.random.get_state()
+    doc = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        doc["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return doc
+
+
+def set_rng_state(doc: dict) -> None:
+    py = doc["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = doc["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(torch.tensor(doc["torch"], dtype=torch.uint8))
+    if "cuda" in doc and torch.cuda.is_available():
+        states = [torch.tensor(s, dtype=torch.uint8) for s in doc["cuda"]]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+
+
+# ------------------------------------------------------------------------------------------ folders
+
+
+def root(out_dir: Path) -> Path:
+    return Path(out_dir) / CHECKPOINTS
+
+
+def latest(out_dir: Path) -> Path | None:
+    """The complete checkpoint to resume from, or None."""
+    pointer = root(out_dir) / POINTER
+    if not pointer.is_file():
+        return None
+    d = root(out_dir) / read_json(pointer)["dir"]
+    return d if (d / "state.json").is_file() else None
+
+
+def remove_stale(out_dir: Path) -> None:
+    """Temporary folders of a killed save."""
+    r = root(out_dir)
+    if r.is_dir():
+        for p in r.iterdir():
+            if p.name.startswith(".tmp-"):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def new_tmp(out_dir: Path, name: str) -> Path:
+    r = root(out_dir)
+    r.mkdir(parents=True, exist_ok=True)
+    tmp = r / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    return tmp
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Rename a finished temporary folder into place (an orphan of a killed earlier attempt is replaced)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def point_to(out_dir: Path, name: str, keep: set[str]) -> None:
+    """Make ``name`` the checkpoint to resume from; then remove checkpoints and best adapters not in ``keep``."""
+    _write_json(root(out_dir) / POINTER, {"dir": name})
+    for p in root(out_dir).iterdir():
+        if p.is_dir() and (p.name.startswith("step-") or p.name.startswith("best-")) and p.name not in keep | {name}:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def replace_dir_from(src: Path, dest: Path) -> None:
+    """Make ``dest`` a copy of ``src`` (copy to a temporary sibling, then swap)."""
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    shutil.copytree(src, tmp)
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+write_json = _write_json

@@ -1,0 +1,91 @@
+"""The ``finetune`` config section (used only by ``dfer finetune``; not a stage, never in a cache key).
+
+Importing this module is cheap (pydantic only): ``pipeline.config`` composes it into ``PipelineConfig``,
+so ``--config``/``--set finetune.x=y`` work like every other section.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+# Settings that do not change the trained weights: a run may resume with other values for these.
+NOT_IN_RESUME_CHECK = frozenset({"num_workers", "save_every_steps", "gradient_checkpointing", "eval_at_start"})
+
+
+class FinetuneError(ValueError):
+    """Fine-tuning cannot start (or resume) with these inputs; the message names the file or setting."""
+
+
+class FinetuneConfig(BaseModel):
+    """LoRA fine-tuning of the classify model with tail-aware sampling (``dfer finetune``)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    epochs: int = Field(3, ge=1)
+    """Passes over the training set; each draws ``samples_per_epoch`` clips with ``sampling``."""
+    samples_per_epoch: int | None = Field(None, ge=1)
+    """Clips drawn per epoch (with replacement); default: the number of training clips."""
+    sampling: Literal["instance", "sqrt", "balanced", "progressive"] = "balanced"
+    """How training clips are drawn (``pipeline/longtail.py``): uniform over clips, square-root, class-balanced, or
+    progressively from instance- to class-balanced over the epochs (needs ``epochs >= 2``)."""
+    loss_weights: Literal["none", "inverse", "effective"] = "none"
+    """Per-class weights of the loss: none; inverse class frequency (1/n_c); or the inverse effective number of
+    samples (1-beta)/(1-beta^n_c) of Cui et al., CVPR 2019 (``cb_beta``). Normalised to mean 1 over the training
+    classes. Meant for ``sampling=instance``: balanced sampling already evens the classes out."""
+    cb_beta: float = Field(0.999, ge=0, lt=1)
+    """beta of the effective number of samples (``loss_weights=effective``); 0 gives equal weights, values near 1
+    approach inverse frequency."""
+    batch_size: int = Field(1, ge=1)
+    """Clips per forward pass on each device."""
+    grad_accum: int = Field(8, ge=1)
+    """Forward passes per optimizer step (effective batch: batch_size x grad_accum x devices)."""
+    lr: float = Field(1e-4, gt=0)
+    """Peak learning rate (AdamW) of the adapter weights."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay of the adapter weights."""
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay of the learning rate after warm-up, over all optimizer steps of all epochs."""
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    """Share of the optimizer steps with a linear warm-up of the learning rate."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Gradient clipping (global L2 norm); null: no clipping."""
+    lora_r: int = Field(16, ge=1)
+    """Rank of the LoRA matrices."""
+    lora_alpha: float = Field(32.0, gt=0)
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the LoRA branch's input."""
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+    )
+    """Linear layers that get adapters, by the last component of their module name."""
+    lora_vision: bool = False
+    """Also adapt matching layers of the vision tower (module names containing 'visual' or 'vision'); off: the
+    language model only."""
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    """Share of each class's labelled clips held out for validation (deterministic by a hash of the video id and
+    ``seed``; a class keeps at least one training clip). 0: no validation, the last epoch's adapter is kept.
+    Not used with ``--val-labels``."""
+    eval_at_start: bool = True
+    """Validate the base model before training (epoch 0 of the history)."""
+    seed: int = 0
+    """Seed of the split, the sampler, the adapter initialisation and dropout."""
+    save_every_steps: int = Field(0, ge=0)
+    """Also write a resumable checkpoint every N optimizer steps (0: at the end of each epoch only)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass (less memory, about 30% slower)."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """``auto``: bf16 on a GPU that supports it, otherwise none (fp32 on CPU)."""
+    num_workers: int = Field(0, ge=0)
+    """DataLoader worker processes that render prompts (face crops read from the cache)."""
+
+    @model_validator(mode="after")
+    def _progressive_needs_epochs(self):
+        if self.sampling == "progressive" and self.epochs < 2:
+            raise ValueError("sampling 'progressive' moves from instance to balanced sampling over the epochs: "
+                             "it needs epochs >= 2")
+        return self

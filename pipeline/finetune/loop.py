@@ -1,0 +1,606 @@
+"""``finetune()``: LoRA training of the classify model on its own prompts, validation, checkpoints, resume.
+
+What is trained
+    LoRA adapters (peft) on the linear layers ``finetune.lora_targets`` of the classify model's language model
+    (``finetune.lora_vision`` adds the vision tower); the base weights stay frozen. The model is loaded by
+    :class:`pipeline.backends.hf.TransformersBackend`, so the processor, chat template and label tokens are the
+    ones ``classify`` uses.
+
+Loss
+    For a clip with label ``y``: ``-log P(tokens of y | classify prompt)``, summed over y's tokens, the tokens read
+    right after the generation prompt with the backend's separator (``TransformersBackend.label_token_logprobs``):
+    the negative of the score ``classify`` stores for y. A batch's loss is the mean over its clips, each weighted
+    by ``finetune.loss_weights`` (none, inverse frequency, or Cui et al.'s effective number).
+
+Sampling and steps
+    Every epoch draws ``samples_per_epoch`` training clips (default: as many as there are) with replacement from
+    ``pipeline.longtail.make_sampler`` (``instance``, ``sqrt``, ``balanced``, ``progressive``; seeded by
+    ``seed + epoch``), rounded up to whole optimizer steps of ``batch_size x grad_accum x devices`` clips; each
+    device takes every n-th draw. Learning rate: linear warm-up, then cosine/linear decay or constant.
+
+Validation
+    After each epoch (and before training, ``eval_at_start``) every validation clip is scored over the whole
+    label set with the backend's closed-set scoring (``score_labels``, as ``classify`` does; ``length_norm``
+    applied), giving UAR, WAR, macro-F1 and the mean loss of the true labels. The adapter of the best UAR is kept.
+
+Checkpoints and resume
+    At the end of every epoch (and every ``save_every_steps`` steps) adapter, optimizer, scheduler, RNG states,
+    epoch and step are written atomically (see ``checkpoint.py``). Running the same command with the same
+    ``--out`` resumes from the last checkpoint and ends with the same weights as an uninterrupted run; a changed
+    setup (config, data, base model) is refused with the list of what changed.
+
+Devices
+    ``accelerate.Accelerator``: CPU, one GPU, or several (``accelerate launch -m pipeline.finetune ...``); bf16
+    autocast on GPUs that support it (``mixed_precision=auto``), fp32 on CPU; gradient accumulation; optional
+    gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from pipeline.finetune import checkpoint as ckpt
+from pipeline.finetune.adapter import base_record, write_adapter_meta
+from pipeline.finetune.config import NOT_IN_RESUME_CHECK, FinetuneError
+from pipeline.finetune.data import (
+    Example,
+    PromptDataset,
+    check_training_set,
+    class_counts,
+    class_weights,
+    collate,
+    collect_labels,
+    prepare,
+    split_train_val,
+)
+
+VISION_MODULES = r".*(visual|vision).*"
+
+
+@dataclass
+class FinetuneResult:
+    out_dir: Path
+    adapter_dir: Path | None
+    """``CKPT/adapter``: the adapter of the best validation UAR (the last epoch's without validation); None when
+    the call stopped early (``stop_after_steps``)."""
+    last_adapter_dir: Path | None
+    """The adapter of the latest checkpoint."""
+    history: list[dict]
+    """Per epoch (``epoch`` 0 = the base model before training): train_loss and val_uar/val_war/val_macro_f1/
+    val_loss/val_n."""
+    steps: list[dict]
+    """Per optimizer step: step, epoch, loss (mean over the step's clips and devices), lr."""
+    best: dict | None
+    global_step: int
+    total_steps: int
+    n_train: int
+    n_val: int
+    train_counts: dict[str, int]
+    resumed_from: int | None = None
+    stopped: bool = False
+    failed_clips: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _lr_lambda(total: int, warmup: int, kind: str):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        progress = min(max(progress, 0.0), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+
+    return f
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _setup(cfg, label_names, train: list[Example], val: list[Example], nproc: int) -> dict:
+    """Everything the trained weights depend on; a resumed run must have the same."""
+    from pipeline.config import key_fields
+    from pipeline.prompts import template_hash
+
+    fine = {k: v for k, v in cfg.finetune.model_dump(mode="json").items() if k not in NOT_IN_RESUME_CHECK}
+    classify = {k: v for k, v in key_fields(cfg.classify).items() if k not in ("model", "adapter")}
+    return {
+        "finetune": fine,
+        "classify": classify,
+        "model": base_record(cfg.classify.model)["identity"],
+        "template": template_hash(cfg.classify.prompt_dir, cfg.classify.template),
+        "labels": label_names,
+        "train": _sha([[e.video, e.label, e.upstream] for e in train]),
+        "val": _sha([[e.video, e.label, e.upstream] for e in val]),
+        "devices": nproc,
+    }
+
+
+def _setup_diff(old: dict, new: dict) -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) == new.get(k):
+            continue
+        if isinstance(old.get(k), dict) and isinstance(new.get(k), dict):
+            sub = sorted(s for s in set(old[k]) | set(new[k]) if old[k].get(s) != new[k].get(s))
+            out += [f"{k}.{s}: {old[k].get(s)!r} -> {new[k].get(s)!r}" for s in sub]
+        elif k in ("train", "val"):
+            out.append(f"the {k} clips, their labels or their cached artifacts")
+        else:
+            out.append(f"{k}: {old.get(k)!r} -> {new.get(k)!r}")
+    return out
+
+
+def _make_accelerator(fcfg, device: str):
+    import torch
+    from accelerate import Accelerator
+
+    mp = fcfg.mixed_precision
+    on_cpu = device == "cpu" or not torch.cuda.is_available()
+    if mp == "auto":
+        mp = "bf16" if not on_cpu and torch.cuda.is_bf16_supported() else "no"
+    # cpu=True also lets `torchrun`/`accelerate launch` run several CPU processes (gloo)
+    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=fcfg.grad_accum, cpu=on_cpu)
+
+
+def _lora_config(fcfg, model):
+    """The peft LoraConfig; checks first that ``lora_targets`` name linear layers of this model."""
+    import re
+
+    import torch
+    from peft import LoraConfig
+
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    usable = [n for n in linear if fcfg.lora_vision or not re.fullmatch(VISION_MODULES, n)]
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in usable})
+    if not set(fcfg.lora_targets) & set(leaves):
+        raise FinetuneError(
+            f"finetune.lora_targets {fcfg.lora_targets} names no linear layer of {model.config.name_or_path!r}"
+            f"{'' if fcfg.lora_vision else ' outside its vision tower'}; its linear layers are: {', '.join(leaves)}"
+        )
+    return LoraConfig(
+        r=fcfg.lora_r,
+        lora_alpha=fcfg.lora_alpha,
+        lora_dropout=fcfg.lora_dropout,
+        target_modules=list(fcfg.lora_targets),
+        exclude_modules=None if fcfg.lora_vision else VISION_MODULES,
+        bias="none",
+    )
+
+
+class _Trainer:
+    """The model, optimizer and data of one ``finetune`` call (see the module docstring)."""
+
+    def __init__(self, cfg, accelerator, out: Path, names: list[str], train: list[Example], val: list[Example],
+                 cache_root, setup: dict, log: TextIO, show_progress: bool):
+        import torch
+        from accelerate.utils import set_seed
+        from peft import get_peft_model
+
+        from pipeline.backends.hf import TransformersBackend
+        from pipeline.labels import load_label_set
+
+        self.cfg, self.fcfg, self.acc, self.out, self.names = cfg, cfg.finetune, accelerator, out, names
+        self.train_ex, self.val_ex, self.setup, self.log, self.show = train, val, setup, log, show_progress
+        self.torch = torch
+        f = self.fcfg
+        device = cfg.classify.model.device
+        if device != "balanced":
+            device = str(accelerator.device)
+        self.backend = TransformersBackend(cfg.classify.model.model_copy(update={"device": device}))
+        base = self.backend.model
+        if f.gradient_checkpointing:
+            if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5 name
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lora = _lora_config(f, base)
+        set_seed(f.seed)
+        with warnings.catch_warnings():  # peft asks for the deprecated `is_gradient_checkpointing` name
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            self.peft = get_peft_model(base, lora)
+        trainable = [p for p in self.peft.parameters() if p.requires_grad]
+        n_train_p = sum(p.numel() for p in trainable)
+        n_all = sum(p.numel() for p in self.peft.parameters())
+        self.say(f"LoRA r={f.lora_r} on {', '.join(f.lora_targets)}: {n_train_p:,} trainable parameters "
+                 f"({100 * n_train_p / n_all:.2f}% of {n_all:,}); device {accelerator.device}, "
+                 f"mixed precision {accelerator.mixed_precision}, {accelerator.num_processes} process(es)")
+        self.trainable = trainable
+        optimizer = torch.optim.AdamW(trainable, lr=f.lr, weight_decay=f.weight_decay)
+        nproc = accelerator.num_processes
+        self.per_step = f.batch_size * f.grad_accum * nproc
+        spe = f.samples_per_epoch or len(train)
+        self.steps_per_epoch = max(1, math.ceil(spe / self.per_step))
+        self.total_steps = self.steps_per_epoch * f.epochs
+        warmup = math.ceil(f.warmup_ratio * self.total_steps) if f.warmup_ratio else 0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(self.total_steps, warmup, f.lr_schedule))
+        self.model, self.optimizer = accelerator.prepare(self.peft, optimizer)
+        counts = class_counts([e.label for e in train], names)
+        w = class_weights(counts, f.loss_weights, f.cb_beta)
+        self.weights = torch.tensor([w[n] for n in names], dtype=torch.float32, device=accelerator.device)
+        self.train_ds = PromptDataset(train, cfg.classify, names, cache_root)
+        self.val_ds = PromptDataset(val, cfg.classify, names, cache_root)
+        self.meta_base = base_record(cfg.classify.model)
+        from pipeline.prompts import template_hash
+
+        self.template_sha = template_hash(cfg.classify.prompt_dir, cfg.classify.template)
+        self.label_set = load_label_set(cfg.classify.labels).name
+        self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "history": [], "steps": [],
+                      "done": False, "total_steps": self.total_steps, "setup": setup}
+
+    # -------------------------------------------------------------- small things
+    def say(self, msg: str) -> None:
+        if self.acc.is_main_process:
+            print(msg, file=self.log, flush=True)
+
+    def _unwrapped(self):
+        return self.acc.unwrap_model(self.model)
+
+    def _adapter_meta(self, folder: Path, trained: dict) -> None:
+        write_adapter_meta(folder, self.meta_base, self.names, str(self.label_set), self.template_sha, trained)
+
+    # -------------------------------------------------------------- resume
+    def resume(self, folder: Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        state = ckpt.read_json(folder / "state.json")
+        weights = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(self._unwrapped(), weights)
+        bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+        if bad:
+            raise FinetuneError(f"{folder}: the checkpoint's adapter does not fit this model ({bad[:3]} ...)")
+        self.optimizer.load_state_dict(ckpt.optimizer_from_files(folder))
+        self.scheduler.load_state_dict(ckpt.read_json(folder / "scheduler.json"))
+        rng = folder / f"rng-{self.acc.process_index}.json"
+        if rng.is_file():
+            ckpt.set_rng_state(ckpt.read_json(rng))
+        self.state = state
+
+    # -------------------------------------------------------------- saving
+    def save_checkpoint(self) -> None:
+        acc, st = self.acc, self.state
+        name = f"step-{st['global_step']:07d}"
+        tmp = ckpt.root(self.out) / f".tmp-{name}"
+        if acc.is_main_process:
+            import shutil
+
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            self._unwrapped().save_pretrained(str(tmp / "adapter"))
+            self._adapter_meta(tmp / "adapter", {"epoch": st["epoch"], "step": st["global_step"], "checkpoint": True})
+            ckpt.optimizer_to_files(self.optimizer.state_dict(), tmp)
+            sched = self.scheduler.state_dict()
+            sched["lr_lambdas"] = [None] * len(sched.get("lr_lambdas", [None]))
+            ckpt.write_json(tmp / "scheduler.json", sched)
+            ckpt.write_json(tmp / "state.json", st)
+        acc.wait_for_everyone()
+        ckpt.write_json(tmp / f"rng-{acc.process_index}.json", ckpt.rng_state())
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            ckpt.publish(tmp, ckpt.root(self.out) / name)
+            keep = {st["best"]["dir"]} if st.get("best") else set()
+            ckpt.point_to(self.out, name, keep)
+        acc.wait_for_everyone()
+
+    def save_best(self, ev: dict, epoch: int) -> None:
+        st = self.state
+        name = f"best-step-{st['global_step']:07d}"
+        if self.acc.is_main_process:
+            import shutil
+
+            tmp = ckpt.root(self.out) / f".tmp-{name}"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            self._unwrapped().save_pretrained(str(tmp))
+            self._adapter_meta(tmp, {"epoch": epoch, "step": st["global_step"], "val": ev,
+                                     "sampling": self.fcfg.sampling, "loss_weights": self.fcfg.loss_weights})
+            ckpt.publish(tmp, ckpt.root(self.out) / name)
+        self.acc.wait_for_everyone()
+        st["best"] = {"dir": name, "epoch": epoch, "step": st["global_step"], **{k: ev[k] for k in ("uar", "war")}}
+
+    # -------------------------------------------------------------- loss and validation
+    def batch_loss(self, batch):
+        rendered = [self.backend.render_prompt(p) for p in batch.prompts]
+        labels = [self.names[i] for i in batch.labels.tolist()]
+        lps, _n = self.backend.label_token_logprobs(rendered, labels, model=self.model)
+        nll = -lps.sum(1)  # minus classify's score of the true label
+        w = self.weights.to(nll.device)[batch.labels.to(nll.device)]
+        return (w * nll).mean()
+
+    def evaluate(self) -> dict:
+        """UAR/WAR/macro-F1 and mean true-label loss over the validation clips (closed-set scoring)."""
+        from accelerate.utils import gather_object
+
+        from pipeline.metrics import macro_f1, uar, war
+        from pipeline.outputs import label_score
+
+        if not len(self.val_ds):
+            return {}
+        acc, names = self.acc, self.names
+        norm = self.cfg.classify.length_norm
+        self.peft.eval()
+        mine = list(range(acc.process_index, len(self.val_ds), acc.num_processes))
+        rows = []
+        bs = self.backend.cfg.batch_size
+        try:
+            for a in range(0, len(mine), bs):
+                items = [self.val_ds[i] for i in mine[a : a + bs]]
+                scores = self.backend.score_labels([it["prompt"] for it in items], names)
+                for it, row in zip(items, scores):
+                    s = {lab: label_score(row[lab].to_dict(), norm) for lab in names}
+                    true = names[it["label"]]
+                    rows.append([it["video"], true, max(names, key=s.get), -row[true].logprob])
+        finally:
+            self.peft.train()
+        if acc.num_processes > 1:
+            rows = gather_object(rows)
+        rows = sorted({r[0]: r for r in rows}.values())
+        y_true, y_pred = [r[1] for r in rows], [r[2] for r in rows]
+        return {"uar": uar(y_true, y_pred, names), "war": war(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, names),
+                "loss": float(sum(r[3] for r in rows) / len(rows)), "n": len(rows)}
+
+    # -------------------------------------------------------------- the loop
+    def epoch_order(self, epoch: int) -> list[int]:
+        from pipeline.longtail import make_sampler
+
+        f = self.fcfg
+        sampler = make_sampler([e.label for e in self.train_ex], f.sampling, num_samples=self.steps_per_epoch * self.per_step,
+                               epoch=epoch, total_epochs=f.epochs, seed=f.seed)
+        order = [int(i) for i in sampler]
+        return order[self.acc.process_index :: self.acc.num_processes]
+
+    def train(self, stop_after_steps: int | None = None) -> bool:
+        """Run (or go on with) the training; False if stopped by ``stop_after_steps``."""
+        import torch
+        from torch.utils.data import DataLoader
+        from tqdm import tqdm
+
+        acc, f, st = self.acc, self.fcfg, self.state
+        if f.eval_at_start and st["global_step"] == 0 and not st["history"] and len(self.val_ds):
+            ev = self.evaluate()
+            st["history"].append({"epoch": 0, "step": 0, "train_loss": None, **{f"val_{k}": v for k, v in ev.items()}})
+            self.say(f"epoch 0 (base model): val UAR {100 * ev['uar']:.2f}  WAR {100 * ev['war']:.2f}  loss {ev['loss']:.3f}")
+        bar = tqdm(total=self.total_steps, initial=st["global_step"], desc="finetune", unit="step", file=self.log,
+                   dynamic_ncols=True, disable=not self.show)
+        last_val = st["history"][-1] if st["history"] else {}
+        done_now = 0
+        self.peft.train()
+        try:
+            for epoch in range(st["epoch"], f.epochs):
+                start = st["step_in_epoch"] if epoch == st["epoch"] else 0
+                order = self.epoch_order(epoch)[start * f.grad_accum * f.batch_size :]
+                loader = DataLoader(self.train_ds, batch_size=f.batch_size, sampler=order, collate_fn=collate,
+                                    num_workers=f.num_workers, generator=torch.Generator().manual_seed(f.seed + epoch))
+                it = iter(loader)
+                for s in range(start, self.steps_per_epoch):
+                    lr = self.scheduler.get_last_lr()[0]
+                    micro = []
+                    for _ in range(f.grad_accum):
+                        batch = next(it)
+                        with acc.accumulate(self.model):
+                            loss = self.batch_loss(batch)
+                            acc.backward(loss)
+                            if acc.sync_gradients and f.max_grad_norm:
+                                acc.clip_grad_norm_(self.trainable, f.max_grad_norm)
+                            self.optimizer.step()
+                            if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+                                self.scheduler.step()
+                            self.optimizer.zero_grad()
+                        micro.append(loss.detach().float())
+                    step_loss = float(acc.reduce(torch.stack(micro).mean(), reduction="mean"))
+                    st["global_step"] += 1
+                    st["step_in_epoch"] = s + 1
+                    st["steps"].append({"step": st["global_step"], "epoch": epoch + 1, "loss": step_loss, "lr": lr})
+                    post = {"epoch": f"{epoch + 1}/{f.epochs}", "loss": f"{step_loss:.3f}"}
+                    if last_val.get("val_uar") is not None:
+                        post.update(val_uar=f"{100 * last_val['val_uar']:.1f}", val_war=f"{100 * last_val['val_war']:.1f}")
+                    bar.set_postfix(post, refresh=False)
+                    bar.update(1)
+                    last_of_epoch = s + 1 == self.steps_per_epoch
+                    if f.save_every_steps and st["global_step"] % f.save_every_steps == 0 and not last_of_epoch:
+                        self.save_checkpoint()
+                    done_now += 1
+                    if stop_after_steps is not None and done_now >= stop_after_steps:
+                        return False
+                self._end_epoch(epoch)
+                last_val = st["history"][-1]
+        finally:
+            bar.close()
+        return True
+
+    def _end_epoch(self, epoch: int) -> None:
+        st = self.state
+        losses = [x["loss"] for x in st["steps"] if x["epoch"] == epoch + 1]
+        row = {"epoch": epoch + 1, "step": st["global_step"], "train_loss": float(sum(losses) / max(1, len(losses)))}
+        ev = self.evaluate()
+        row.update({f"val_{k}": v for k, v in ev.items()})
+        st["history"].append(row)
+        best_note = ""
+        if ev and (st["best"] is None or ev["uar"] > st["best"]["uar"]):
+            self.save_best(ev, epoch + 1)
+            best_note = " (best so far)"
+        st["epoch"], st["step_in_epoch"] = epoch + 1, 0
+        st["done"] = epoch + 1 == self.fcfg.epochs
+        self.save_checkpoint()
+        msg = f"epoch {epoch + 1}/{self.fcfg.epochs}: train loss {row['train_loss']:.3f}"
+        if ev:
+            msg += f", val UAR {100 * ev['uar']:.2f}  WAR {100 * ev['war']:.2f}  loss {ev['loss']:.3f}{best_note}"
+        self.say(msg)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+# ------------------------------------------------------------------------------------------ entry point
+
+
+def _finish(out: Path, state: dict, names: list[str], train: list[Example]) -> tuple[Path, Path]:
+    """Materialise ``CKPT/adapter`` (best, or last without validation) and the summary files."""
+    last = ckpt.latest(out)
+    src = ckpt.root(out) / state["best"]["dir"] if state.get("best") else last / "adapter"
+    ckpt.replace_dir_from(src, out / "adapter")
+    counts = class_counts([e.label for e in train], names)
+    ckpt.write_json(out / "train_counts.json", counts)
+    ckpt.write_json(out / "metrics.json", {"best": state.get("best"), "history": state["history"],
+                                           "global_step": state["global_step"], "total_steps": state["total_steps"],
+                                           "train_counts": counts})
+    return out / "adapter", last / "adapter"
+
+
+def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv", val_labels=None,
+             val_label_format: str | None = None, cache_dir=None, quiet: bool = False, log: TextIO | None = None,
+             stop_after_steps: int | None = None) -> FinetuneResult:
+    """Train LoRA adapters for ``cfg.classify`` on the labelled clips of ``train_input`` (see the module docstring).
+
+    ``labels_file``: a label file (``label_format``: csv ``video,label``, dfew, ferv39k, mafw); None: the ``label``
+    column of a CSV list ``train_input``. ``val_labels``: a label file naming the validation clips (else
+    ``cfg.finetune.val_fraction`` of each class is held out). ``out_dir`` (``CKPT``) receives ``adapter/`` (use it
+    with ``classify.adapter=CKPT``), ``checkpoints/``, ``metrics.json``, ``train_counts.json``, ``split.json``,
+    ``finetune.yaml`` and ``prepare/`` (the run that computed the upstream artifacts). Calling it again with the
+    same ``out_dir`` resumes. ``stop_after_steps``: return after that many optimizer steps of this call without
+    writing anything more, as if killed (tests, time-boxed jobs).
+
+    Raises :class:`FinetuneError` / :class:`pipeline.labels.LabelError` / :class:`pipeline.modelstage.PreflightError`
+    before any training for unusable inputs.
+    """
+    from pipeline.config import dump_config
+    from pipeline.inputs import discover
+    from pipeline.labels import load_label_set
+    from stages import classify
+
+    log = log or sys.stderr
+    out = Path(out_dir)
+    fcfg, ccfg = cfg.finetune, cfg.classify
+    if ccfg.model.backend != "transformers":
+        raise FinetuneError(f"finetune trains a local model: classify.model.backend must be 'transformers', "
+                            f"got {ccfg.model.backend!r}")
+    if ccfg.adapter is not None:
+        raise FinetuneError(f"classify.adapter is set ({ccfg.adapter}): fine-tuning starts from the base model "
+                            "classify.model.model; unset classify.adapter")
+    label_set = load_label_set(ccfg.labels)
+    names = label_set.names
+    refs = discover(train_input)
+    source = str(labels_file) if labels_file is not None else str(train_input)
+    labels = collect_labels(refs, label_set, labels_file, label_format, source)
+    val_map = None
+    if val_labels is not None:
+        val_map = collect_labels(refs, label_set, val_labels, val_label_format or label_format, str(val_labels))
+        if not val_map:
+            raise FinetuneError(f"--val-labels {val_labels}: names no clip of {train_input}")
+    check_training_set(labels, source)
+    train_map, val_map = split_train_val(labels, fcfg.val_fraction, fcfg.seed, val_map)
+    check_training_set(train_map, source)
+    message = classify.preflight(ccfg)
+    if message:
+        raise FinetuneError(message)
+
+    if importlib.util.find_spec("peft") is None:
+        raise FinetuneError("dfer finetune needs the 'peft' package: pip install 'dfer-pipeline[train]'")
+
+    accelerator = _make_accelerator(fcfg, ccfg.model.device)
+    main = accelerator.is_main_process
+    show = cfg.run.progress and not quiet and main
+    failed: list[str] = []
+    split_file = out / "split.json"
+    if accelerator.num_processes > 1:  # the others wait for this run's split.json, not an older one
+        accelerator.wait_for_everyone()
+        if main:
+            split_file.unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "finetune.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        examples, failed = prepare(cfg, refs, {**train_map, **val_map}, out / "prepare", cache_dir, quiet or not show, log)
+        if failed:
+            print(f"note: {len(failed)} clip(s) failed in the pipeline and are left out "
+                  f"(see {out / 'prepare' / 'failures.jsonl'})", file=log)
+        by_id = {e.video: e for e in examples}
+        split = {"train": [by_id[v].to_dict() for v in sorted(train_map) if v in by_id],
+                 "val": [by_id[v].to_dict() for v in sorted(val_map) if v in by_id],
+                 "failed": failed, "labels": names, "unlabelled": len(refs) - len(labels)}
+        ckpt.write_json(split_file, split)
+    else:  # preparing may take hours on a large set: poll instead of a collective that would time out
+        while not split_file.is_file():
+            time.sleep(5)
+    accelerator.wait_for_everyone()
+    split = ckpt.read_json(split_file)
+    train = [Example(**d) for d in split["train"]]
+    val = [Example(**d) for d in split["val"]]
+    check_training_set({e.video: e.label for e in train}, source)
+    counts = class_counts([e.label for e in train], names)
+    if main:
+        print(f"finetune: {len(train)} training clips ({', '.join(f'{k} {v}' for k, v in counts.items() if v)}), "
+              f"{len(val)} validation clips; sampling {fcfg.sampling}, loss weights {fcfg.loss_weights}", file=log)
+    setup = _setup(cfg, names, train, val, accelerator.num_processes)
+
+    from pipeline.cache import Cache, default_cache_dir
+
+    cache_root = Cache(cache_dir if cache_dir is not None else default_cache_dir()).root
+    if main:
+        ckpt.remove_stale(out)
+    resume_from = ckpt.latest(out)
+    if resume_from is not None:
+        old = ckpt.read_json(resume_from / "state.json")
+        diff = _setup_diff(old["setup"], setup)
+        if diff:
+            raise FinetuneError(
+                f"{out} holds a fine-tuning run with another setup, so it cannot be resumed: " + "; ".join(diff)
+                + f". Use another --out, or delete {ckpt.root(out)} to start over."
+            )
+        if old.get("done"):
+            adapter, last = _finish(out, old, names, train) if main else (out / "adapter", resume_from / "adapter")
+            accelerator.wait_for_everyone()
+            if main:
+                print(f"finetune: {out} is already trained ({old['global_step']} steps); adapter: {adapter}", file=log)
+            return _result(out, old, adapter, last, train, val, counts, None, False, failed)
+
+    trainer = _Trainer(cfg, accelerator, out, names, train, val, cache_root, setup, log, show)
+    try:
+        resumed = None
+        if resume_from is not None:
+            trainer.resume(resume_from)
+            resumed = trainer.state["global_step"]
+            if main:
+                print(f"finetune: resuming from {resume_from} (epoch {trainer.state['epoch'] + 1}, "
+                      f"step {resumed}/{trainer.total_steps})", file=log)
+        finished = trainer.train(stop_after_steps)
+        st = trainer.state
+        if not finished:
+            last = ckpt.latest(out)
+            return _result(out, st, None, last / "adapter" if last else None, train, val, counts, resumed, True, failed)
+        adapter, last = _finish(out, st, names, train) if main else (out / "adapter", ckpt.latest(out) / "adapter")
+        accelerator.wait_for_everyone()
+        if main:
+            best = st.get("best")
+            note = (f"best val UAR {100 * best['uar']:.2f} (epoch {best['epoch']})" if best else "no validation set: last epoch")
+            print(f"finetune: done, {st['global_step']} steps; adapter ({note}): {adapter}\n"
+                  f"use it with: --set classify.adapter={out}", file=log)
+        return _result(out, st, adapter, last, train, val, counts, resumed, False, failed)
+    finally:
+        trainer.close()
+
+
+def _result(out, st, adapter, last, train, val, counts, resumed, stopped, failed) -> FinetuneResult:
+    return FinetuneResult(out_dir=out, adapter_dir=adapter, last_adapter_dir=last, history=st["history"],
+                          steps=st["steps"], best=st.get("best"), global_step=st["global_step"],
+                          total_steps=st["total_steps"], n_train=len(train), n_val=len(val), train_counts=counts,
+                          resumed_from=resumed, stopped=stopped, failed_clips=failed)
+
+
+__all__ = ["FinetuneResult", "finetune"]
