@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--labels", metavar="FILE", help="true labels for all runs (else each run's own)")
     cmp_.add_argument("--calibration", choices=["none", "prior", "estimated"], help="recompute every run with this calibration")
     cmp_.add_argument("--tau", type=float, help="temperature for --calibration")
+
+    from pipeline.diagnostics import cli as diagnostics_cli
+    from pipeline.finetune import cli as finetune_cli
+
+    finetune_cli.add_parser(sub)
+    diagnostics_cli.add_parser(sub)
     return parser
 
 
@@ -217,7 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         handlers_value_errors = True
     else:
         handlers_value_errors = False
-    handlers = {"run": _cmd_run, "config": _cmd_config, "inspect": _cmd_inspect, "report": _cmd_report, "compare": _cmd_compare}
+    from pipeline.diagnostics import cli as diagnostics_cli
+    from pipeline.finetune import cli as finetune_cli
+
+    handlers = {"run": _cmd_run, "config": _cmd_config, "inspect": _cmd_inspect, "report": _cmd_report, "compare": _cmd_compare,
+                "finetune": finetune_cli.run}
+    handlers.update({name: diagnostics_cli.run for name in diagnostics_cli.COMMANDS})
     try:
         return handlers[args.command](args)
     except (

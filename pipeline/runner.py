@@ -263,6 +263,7 @@ class Runner:
         extras = mod.key_extras(section) if hasattr(mod, "key_extras") else {}
         report = StageReport(name)
         t0 = time.time()
+        self.cache.sweep_stale(name)  # temporary folders of runs killed more than a day ago
         failed: set[str] = set()
         todo: list[tuple[str, ClipTask]] = []
         reasons: dict[str, str] = {}

@@ -60,8 +60,12 @@ def test_console_script_is_installed():
     exe = str(beside) if beside.exists() else shutil.which("dfer")
     assert exe, "the `dfer` console script is not on PATH; install the package with pip install -e ."
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
-    for cmd in ("run", "config", "inspect"):
-        assert cmd in out
+    listed = out.split("positional arguments:")[0]
+    for cmd in ("run", "config", "inspect", "report", "compare", "finetune", "probe", "conflict", "socialfusion"):
+        assert cmd in listed, f"`dfer --help` does not list {cmd}"
+    for cmd in ("finetune", "probe", "conflict", "socialfusion"):
+        sub = subprocess.run([exe, cmd, "--help"], capture_output=True, text=True)
+        assert sub.returncode == 0 and f"usage: dfer {cmd}" in sub.stdout, sub.stderr
 
 
 def _fake_run(d, shift):

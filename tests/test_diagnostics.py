@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.cache import Cache
-from pipeline.diagnostics import cli as diag_cli
+from pipeline.cli import main as dfer_main
 from pipeline.diagnostics.conflict import ConflictLog, pairwise_cosines, task_gradients
 from pipeline.diagnostics.features import (
     FEATURE_STAGE, EncoderError, FeatureConfig, LayerError, VisionEncoder, check_encoder, clip_level,
@@ -280,7 +280,7 @@ def test_probe_and_socialfusion_commands_on_clips(keyframed, clip_dir, tiny_clip
     table.write_text("video,emotion,valence\npan.mp4,happy,positive\nodd.avi,happy,negative\nsub/zoom.webm,sad,negative\n")
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        code = diag_cli.main(["probe", str(clip_dir["root"]), "--encoder", tiny_clip, "--layers", "all", "--labels",
+        code = dfer_main(["probe", str(clip_dir["root"]), "--encoder", tiny_clip, "--layers", "all", "--labels",
                               str(table), "--image-size", "32", "--out", str(tmp_path / "probe"), "--cache",
                               str(cache_dir), "-q", "--n-boot", "50", "--val-fraction", "0.5"])
     assert code == 0, err.getvalue()
@@ -292,14 +292,14 @@ def test_probe_and_socialfusion_commands_on_clips(keyframed, clip_dir, tiny_clip
     # a run directory as INPUT: its manifest and cache are reused, and the features come from the cache
     err = io.StringIO()
     with redirect_stdout(io.StringIO()), redirect_stderr(err):
-        code = diag_cli.main(["probe", str(keyframed[0]), "--encoder", tiny_clip, "--layers", "0,1,-1", "--labels",
+        code = dfer_main(["probe", str(keyframed[0]), "--encoder", tiny_clip, "--layers", "0,1,-1", "--labels",
                               str(table), "--tasks", "emotion", "--image-size", "32", "--out", str(tmp_path / "probe2"),
                               "--n-boot", "10", "--val-fraction", "0.5"])
     assert code == 0 and "3 cached, 0 computed" in err.getvalue(), err.getvalue()
 
     err = io.StringIO()
     with redirect_stdout(io.StringIO()), redirect_stderr(err):
-        code = diag_cli.main(["conflict", str(keyframed[0]), "--encoder", tiny_clip, "--lm", tiny_lm, "--labels",
+        code = dfer_main(["conflict", str(keyframed[0]), "--encoder", tiny_clip, "--lm", tiny_lm, "--labels",
                               str(table), "--image-size", "32", "--steps", "3", "--train-batch", "2",
                               "--connector-hidden", "16", "--val-fraction", "0.5", "--n-boot", "10",
                               "--out", str(tmp_path / "conflict")])
@@ -310,7 +310,7 @@ def test_probe_and_socialfusion_commands_on_clips(keyframed, clip_dir, tiny_clip
 
     model_dir = tmp_path / "sf-model"
     with redirect_stdout(io.StringIO()), redirect_stderr(err):
-        code = diag_cli.main(["socialfusion", "train", str(clip_dir["root"]), "--encoder", tiny_clip, "--layer", "-1",
+        code = dfer_main(["socialfusion", "train", str(clip_dir["root"]), "--encoder", tiny_clip, "--layer", "-1",
                               "--lm", tiny_lm, "--lora", "--lora-r", "2", "--labels", str(table), "--label-set", "dfew",
                               "--image-size", "32", "--steps", "4", "--train-batch", "2", "--connector-hidden", "16",
                               "--val-fraction", "0.5", "--n-boot", "20", "--out", str(model_dir),
@@ -386,13 +386,13 @@ def test_cli_refuses_bad_inputs_before_running_anything(clip_dir, tiny_lm, tiny_
     for extra, message in cases:
         err = io.StringIO()
         with redirect_stderr(err), redirect_stdout(io.StringIO()):
-            code = diag_cli.main(["probe", str(clip_dir["root"]), "--labels", str(table), "--out", str(tmp_path / "out"),
+            code = dfer_main(["probe", str(clip_dir["root"]), "--labels", str(table), "--out", str(tmp_path / "out"),
                                   "--cache", str(tmp_path / "cache"), *extra])
         assert code == 2 and message in err.getvalue(), err.getvalue()
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()  # nothing ran, nothing cached
     err = io.StringIO()
     with redirect_stderr(err), redirect_stdout(io.StringIO()):
-        code = diag_cli.main(["conflict", str(clip_dir["root"]), "--encoder", tiny_clip, "--lm", tiny_clip,
+        code = dfer_main(["conflict", str(clip_dir["root"]), "--encoder", tiny_clip, "--lm", tiny_clip,
                               "--labels", str(table), "--tasks", "emotion", "--out", str(tmp_path / "c")])
     assert code == 2 and "is not a causal language model (model_type 'clip_vision_model')" in err.getvalue(), err.getvalue()
     assert not (tmp_path / "c").exists()

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.config import load_config
 from pipeline.finetune import FinetuneError, finetune
-from pipeline.finetune import cli as finetune_cli
+from pipeline.cli import main as dfer_main
 from pipeline.finetune.adapter import adapter_hash
 from pipeline.finetune.data import class_weights, split_train_val
 from pipeline.labels import LabelError
@@ -132,7 +132,7 @@ def test_kill_and_resume_gives_the_same_adapter(trained, clips, cache, models, t
     args = [str(clips), "--out", str(out), "--cache", str(cache), "-q", "--stop-after-steps", "7"]
     for s in [*model_args(models), *TRAIN]:
         args += ["--set", s]
-    assert finetune_cli.main(args) == 0  # stops after step 7, as if killed: the last checkpoint is step 6
+    assert dfer_main(["finetune", *args]) == 0  # stops after step 7, as if killed: the last checkpoint is step 6
     pointer = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert pointer == {"dir": "step-0000006"} and not (out / "adapter").exists()
     (out / "checkpoints" / ".tmp-step-0000008").mkdir()  # debris of a save killed half-way
@@ -204,9 +204,9 @@ def test_bad_training_inputs_fail_before_training(clips, cache, models, tmp_path
         finetune(clips, one, tmp_path / "b", cfg, cache_dir=cache)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing prepared, nothing trained
     # the CLI turns them into exit code 2 and a message
-    code = finetune_cli.main([str(clips), "--labels", str(bad), "--out", str(tmp_path / "c"), "--cache", str(cache), "-q"])
+    code = dfer_main(["finetune", str(clips), "--labels", str(bad), "--out", str(tmp_path / "c"), "--cache", str(cache), "-q"])
     assert code == 2 and "unknown label 'bored'" in capsys.readouterr().err
-    code = finetune_cli.main([str(clips), "--out", str(tmp_path / "c"), "--set", "finetune.sampling=sometimes"])
+    code = dfer_main(["finetune", str(clips), "--out", str(tmp_path / "c"), "--set", "finetune.sampling=sometimes"])
     assert code == 2 and "finetune.sampling" in capsys.readouterr().err
 
 

@@ -210,3 +210,19 @@ def test_two_concurrent_runs_share_one_cache(tmp_path, clip_dir):
         a = Cache(cache).get("faces", row["artifacts"]["faces"])
         b = Cache(tmp_path / "cache2").get("faces", row["artifacts"]["faces"])
         assert a.path("track.npz").read_bytes() == b.path("track.npz").read_bytes()
+
+
+def test_a_run_clears_week_old_leftovers_of_killed_runs_but_not_fresh_ones(small_folder, tmp_path):
+    cache = tmp_path / "cache"
+    old = cache / "faces" / "00" / ".tmp-dead-1-x"
+    fresh = cache / "keyframes" / "00" / ".tmp-live-2-y"
+    for d in (old, fresh):
+        d.mkdir(parents=True)
+        (d / "partial.bin").write_bytes(b"half written")
+    week_ago = time.time() - 7 * 24 * 3600
+    for p in (old / "partial.bin", old):
+        os.utime(p, (week_ago, week_ago))
+    res = run(small_folder, tmp_path / "run", cache, until="keyframes")
+    assert res.n_failed == 0
+    assert not old.exists(), "a temporary folder untouched for a week was left in the cache"
+    assert fresh.exists(), "a temporary folder that a concurrent run may still be writing was removed"
