@@ -26,14 +26,16 @@ applies the change to the imported module / config):
 * ``mmap``: ``mallopt(M_MMAP_THRESHOLD, 1 MiB)`` before MTCNN is loaded (one call in
   ``stages.faces.open``); this switches off glibc's dynamic mmap threshold, so every buffer of
   1 MiB or more is returned to the system when freed;
-* ``batch4``: the config setting ``faces.detect_batch=4`` (not part of the cache key) instead of 16.
+* ``batch4``: the config setting ``faces.detect_batch=4`` (not part of the cache key) instead of 16;
+* ``notrim``: ``faces.release_memory_every=0``, i.e. the stage without its periodic ``malloc_trim``
+  (the default trims after every 4th MTCNN batch, :mod:`pipeline.memory`).
 
 Why: without them the process's peak RSS creeps up with the clip's length although the frame
 window is bounded, because glibc keeps freed large buffers (detector activations, decoded
 frames) in its heap instead of returning them to the system; ``mmap`` makes the growth vanish.
 
 Run: ``python benchmarks/faces_memory.py`` (about 4 min on 2 otherwise idle cores; variant
-``trim``), ``--variants trim,mmap,batch4`` (about 7 min), ``--variants none``, ``--quick``
+``trim``), ``--variants notrim,trim,mmap,batch4`` (about 8 min), ``--variants none``, ``--quick``
 (10 s vs 40 s clips, 2 rounds, about 1.5 min).
 """
 
@@ -59,6 +61,7 @@ VARIANTS = {
     "trim": "malloc_trim(0) after every MTCNN batch",
     "mmap": "mallopt(M_MMAP_THRESHOLD, 1 MiB) at load",
     "batch4": "faces.detect_batch=4 (default 16)",
+    "notrim": "faces.release_memory_every=0 (default 4)",
 }
 
 
@@ -87,7 +90,8 @@ def child(mode: str, clip: str | None, cache_dir: str | None, variant: str | Non
         from pipeline.cache import Cache
         from pipeline.jobs import ClipJob
 
-        cfg = faces.Config(device="cpu", **({"detect_batch": 4} if variant == "batch4" else {}))
+        extra = {"batch4": {"detect_batch": 4}, "notrim": {"release_memory_every": 0}}.get(variant or "", {})
+        cfg = faces.Config(device="cpu", **extra)
         mtcnn = faces.open(cfg)
         out["rss_after_load_mib"] = _maxrss_mib()
         if variant == "trim":

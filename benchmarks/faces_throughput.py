@@ -25,12 +25,13 @@ ratios. Also printed:
   detector copy, MTCNN, crop+resize, JPEG encode, and the rest = tracking/smoothing/bookkeeping),
   from one more stage run per round with timers wrapped around each of those calls;
 * the effect of ``faces.detect_every`` (1, 3, 5) and torch threads (1, 2) on (b);
-* "patched copy" measurements of two candidate optimisations, applied by monkeypatching the
+* a "patched copy" measurement of a candidate optimisation, applied by monkeypatching the
   *imported* ``stages.faces`` module inside this process only (the repository files are not
-  changed): (P1) convert only the crop region of each frame from YUV to RGB, and (P2) make the
-  per-flush tracking bookkeeping incremental (the stage re-smooths every anchor of the clip at
-  every flush, which grows quadratically with clip length). Both are checked to give
-  byte-identical artifacts.
+  changed): (P1) convert only the crop region of each frame from YUV to RGB;
+* the stage's own bookkeeping (tracking, smoothing, interpolation, rows) per frame for clips of
+  10, 60 and 300 s with decode and MTCNN stubbed out: it must not grow with the clip's length
+  (smoothing is incremental, :class:`pipeline.tracking.Timeline`; before, every flush re-smoothed
+  the whole clip, quadratic in its length: 6.6x slower per frame at 300 s).
 
 torch runs with its default thread count (all cores) unless stated. On a machine whose cores are
 busy with other work, two torch threads can be several times *slower* than one (the threads wait
@@ -261,41 +262,6 @@ def patch_region_rgb():
         faces.to_rgb = orig
 
 
-@contextlib.contextmanager
-def patch_incremental_tracking():
-    """P2: ``smooth_anchors`` keeps the anchors whose whole window is known (smoothed once), and
-    ``box_at`` gets only the two anchors around ``t`` (times computed once per flush)."""
-    orig_smooth, orig_box_at = faces.smooth_anchors, faces.box_at
-    state = {"src": None, "done": [], "present": None, "times": None}
-
-    def smooth_anchors(anchors, window, max_gap_s):
-        h = max(0, window // 2)
-        if h == 0:
-            return anchors
-        if state["src"] is not anchors:  # a new clip
-            state["src"], state["done"] = anchors, []
-        done = state["done"]
-        n_done = len(done)
-        start = max(0, n_done - h)
-        tail = orig_smooth(anchors[start:], window, max_gap_s)[n_done - start :]
-        n_final = max(n_done, len(anchors) - h)  # anchor k is final once anchors[k + h] exists
-        done.extend(tail[: n_final - n_done])
-        return done + tail[n_final - n_done :]
-
-    def box_at(t, index, present, max_gap_s):
-        if state["present"] is not present:
-            state["present"] = present
-            state["times"] = np.fromiter((a.t for a in present), np.float64, count=len(present))
-        j = int(np.searchsorted(state["times"], t))
-        return orig_box_at(t, index, present[max(0, j - 1) : j + 1], max_gap_s)
-
-    faces.smooth_anchors, faces.box_at = smooth_anchors, box_at
-    try:
-        yield
-    finally:
-        faces.smooth_anchors, faces.box_at = orig_smooth, orig_box_at
-
-
 def same_artifact(a, b) -> tuple[bool, bool]:
     """(track arrays equal, crop bytes equal)."""
     ta, tb = a.npz(TRACK_FILE), b.npz(TRACK_FILE)
@@ -345,7 +311,7 @@ class _FakeDetector:
 
 def bookkeeping_scan(cache: Cache, durations: list[int], repeats: int) -> list[dict]:
     """Per-frame cost of the stage's own Python work (tracking, smoothing, interpolation, rows,
-    tiny crops) for clips of several lengths, original vs P2, with decode and MTCNN stubbed out."""
+    tiny crops) for clips of several lengths, with decode and MTCNN stubbed out."""
     cfg = faces.Config(device="cpu", crop_size=32, detect_max_side=64)
     orig_reader = faces.VideoReader
     faces.VideoReader = _FakeReader
@@ -354,30 +320,9 @@ def bookkeeping_scan(cache: Cache, durations: list[int], repeats: int) -> list[d
         for secs in durations:
             n = secs * 30
             job = ClipJob(f"fake-{n}", Path(f"fake-{n}"), "fake")
-            times = {"original": [], "P2": []}
-            arts = {}
-            for _ in range(repeats):
-                for name in ("original", "P2"):
-                    ctx = patch_incremental_tracking() if name == "P2" else contextlib.nullcontext()
-                    with ctx:
-                        dt, art = run_stage(cache, job, cfg, _FakeDetector())
-                    times[name].append(dt)
-                    arts[name] = art
-            arrays_same, crops_same = same_artifact(arts["original"], arts["P2"])
-            rows.append(
-                dict(
-                    seconds=secs,
-                    frames=n,
-                    us_orig=med(times["original"]) / n * 1e6,
-                    us_p2=med(times["P2"]) / n * 1e6,
-                    identical=arrays_same and crops_same,
-                )
-            )
-            print(
-                f"  bookkeeping {secs:4d} s clip ({n} frames): original {rows[-1]['us_orig']:.0f} us/frame, "
-                f"P2 {rows[-1]['us_p2']:.0f} us/frame, identical artifacts: {rows[-1]['identical']}",
-                flush=True,
-            )
+            times = [run_stage(cache, job, cfg, _FakeDetector())[0] for _ in range(repeats)]
+            rows.append(dict(seconds=secs, frames=n, us=med(times) / n * 1e6))
+            print(f"  bookkeeping {secs:4d} s clip ({n} frames): {rows[-1]['us']:.0f} us/frame", flush=True)
     finally:
         faces.VideoReader = orig_reader
     return rows
@@ -537,11 +482,10 @@ def main() -> int:
         if scan:
             print()
             print("stage bookkeeping cost vs clip length (real process(), decode and MTCNN stubbed, 64x36 frames, "
-                  "crop_size 32; P2 = incremental smoothing + 2-anchor box_at):")
-            print(f"  {'clip':>6s} {'frames':>7s} {'original us/frame':>18s} {'P2 us/frame':>12s} {'P2 speed-up':>12s} identical")
+                  "crop_size 32):")
+            print(f"  {'clip':>6s} {'frames':>7s} {'us/frame':>9s} {'vs shortest':>12s}")
             for row in scan:
-                print(f"  {row['seconds']:5d}s {row['frames']:7d} {row['us_orig']:18.0f} {row['us_p2']:12.0f} "
-                      f"{row['us_orig'] / row['us_p2']:12.2f} {row['identical']}")
+                print(f"  {row['seconds']:5d}s {row['frames']:7d} {row['us']:9.0f} {row['us'] / scan[0]['us']:12.2f}")
         print(f"\n(total benchmark time {pc() - t0:.0f} s)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -153,7 +153,7 @@ def _cmd_run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.quiet:
         cfg.run.progress = False
-        _quiet_libraries()
+        quiet_libraries()
     executor = None
     if args.executor == "ray":
         from pipeline.executor_ray import RayExecutor
@@ -180,7 +180,7 @@ def _cmd_run(args) -> int:
     return EXIT_FAILED_CLIPS if result.n_failed else EXIT_OK
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """No download/loading progress bars from the Hugging Face libraries in quiet mode."""
     import os
 

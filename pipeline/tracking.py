@@ -10,6 +10,7 @@ picked up, and a cut to another shot re-acquires the new main face.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,29 +74,26 @@ class PrimaryFaceTracker:
         return Anchor(index, t, boxes[pick], lms[pick], float(scores[pick]), len(boxes))
 
 
-def smooth_anchors(anchors: list[Anchor], window: int, max_gap_s: float) -> list[Anchor]:
-    """Centred moving average of present anchors' boxes and landmarks (window in detections).
-
-    Only neighbours within ``max_gap_s`` of the anchor take part, so a shot cut is not blurred.
-    """
+def smooth_one(anchors: list[Anchor], k: int, window: int, max_gap_s: float) -> Anchor:
+    """Anchor ``k`` with its box and landmarks averaged over its present neighbours (centred window of
+    ``window`` detections; the anchor itself weighs double). Only neighbours within ``max_gap_s`` take
+    part, so a shot cut is not blurred."""
+    a = anchors[k]
     h = max(0, window // 2)
-    if h == 0:
+    if h == 0 or a.box is None:
+        return a
+    nb = [b for b in anchors[max(0, k - h) : k + h + 1] if b.box is not None and abs(b.t - a.t) <= max_gap_s]
+    w = np.array([1.0 + (b is a) for b in nb])
+    box = np.average(np.stack([b.box for b in nb]), axis=0, weights=w)
+    lm = np.average(np.stack([b.landmarks for b in nb]), axis=0, weights=w)
+    return Anchor(a.index, a.t, box.astype(np.float32), lm.astype(np.float32), a.score, a.n_faces)
+
+
+def smooth_anchors(anchors: list[Anchor], window: int, max_gap_s: float) -> list[Anchor]:
+    """Every anchor smoothed with :func:`smooth_one`."""
+    if window // 2 == 0:
         return anchors
-    out = []
-    for k, a in enumerate(anchors):
-        if a.box is None:
-            out.append(a)
-            continue
-        nb = [
-            b
-            for b in anchors[max(0, k - h) : k + h + 1]
-            if b.box is not None and abs(b.t - a.t) <= max_gap_s
-        ]
-        w = np.array([1.0 + (b is a) for b in nb])  # the anchor itself weighs double
-        box = np.average(np.stack([b.box for b in nb]), axis=0, weights=w)
-        lm = np.average(np.stack([b.landmarks for b in nb]), axis=0, weights=w)
-        out.append(Anchor(a.index, a.t, box.astype(np.float32), lm.astype(np.float32), a.score, a.n_faces))
-    return out
+    return [smooth_one(anchors, k, window, max_gap_s) for k in range(len(anchors))]
 
 
 @dataclass
@@ -115,12 +113,15 @@ def box_at(t: float, index: int, present: list[Anchor], max_gap_s: float) -> Fra
     otherwise the face is missing for this frame (``present=False``; the nearest box, if any, is
     still returned so the crop stays on the last known face).
     """
-    if not present:
+    times = [a.t for a in present]
+    j = bisect.bisect_left(times, t)
+    return box_between(t, index, present[j - 1] if j > 0 else None, present[j] if j < len(present) else None, max_gap_s)
+
+
+def box_between(t: float, index: int, prev: Anchor | None, nxt: Anchor | None, max_gap_s: float) -> FrameBox:
+    """:func:`box_at` given the last present anchor before ``t`` and the first at or after it."""
+    if prev is None and nxt is None:
         return FrameBox(None, None, False, False, False)
-    times = np.fromiter((a.t for a in present), dtype=np.float64, count=len(present))
-    j = int(np.searchsorted(times, t))
-    prev = present[j - 1] if j > 0 else None
-    nxt = present[j] if j < len(present) else None
     if nxt is not None and nxt.index == index:
         return FrameBox(nxt.box, nxt.landmarks, True, False, True)
     if prev is not None and prev.index == index:
@@ -134,3 +135,54 @@ def box_at(t: float, index: int, present: list[Anchor], max_gap_s: float) -> Fra
     near = min(cands, key=lambda a: abs(a.t - t))
     held = abs(near.t - t) <= max_gap_s / 2
     return FrameBox(near.box, near.landmarks, False, held, held)
+
+
+class Timeline:
+    """The primary-face anchors of one clip as they arrive, smoothed incrementally.
+
+    Anchor ``k`` is final once ``anchors[k + h]`` exists (``h = window // 2``), so each anchor is
+    smoothed for good once; the last ``h`` are smoothed provisionally at every :meth:`settle`.
+    Same results as :func:`smooth_anchors` + :func:`box_at` over the whole list, in time linear in
+    the clip's length.
+    """
+
+    def __init__(self, window: int, max_gap_s: float):
+        self.window, self.max_gap_s = window, max_gap_s
+        self.h = max(0, window // 2)
+        self.anchors: list[Anchor] = []
+        self._n_final = 0
+        self._present: list[Anchor] = []  # final smoothed anchors with a box, in time order
+        self._times: list[float] = []
+        self._tail: list[Anchor] = []  # provisional smoothed anchors with a box (the last h)
+        self._tail_times: list[float] = []
+
+    def add(self, anchor: Anchor) -> None:
+        self.anchors.append(anchor)
+
+    def horizon(self) -> float:
+        """Time of the last anchor whose smoothed box is final (-inf before there is one)."""
+        n = len(self.anchors)
+        return self.anchors[n - 1 - self.h].t if n > self.h else -np.inf
+
+    def settle(self, final: bool = False) -> None:
+        """Smooth what can be smoothed for good (everything when ``final``); the rest provisionally."""
+        n = len(self.anchors)
+        upto = n if final else max(self._n_final, n - self.h)
+        for k in range(self._n_final, upto):
+            a = smooth_one(self.anchors, k, self.window, self.max_gap_s)
+            if a.box is not None:
+                self._present.append(a)
+                self._times.append(a.t)
+        self._n_final = upto
+        self._tail = [a for a in (smooth_one(self.anchors, k, self.window, self.max_gap_s) for k in range(upto, n))
+                      if a.box is not None]
+        self._tail_times = [a.t for a in self._tail]
+
+    def box_at(self, t: float, index: int) -> FrameBox:
+        j = bisect.bisect_left(self._times, t)
+        if j < len(self._present):
+            return box_between(t, index, self._present[j - 1] if j > 0 else None, self._present[j], self.max_gap_s)
+        k = bisect.bisect_left(self._tail_times, t)
+        prev = self._tail[k - 1] if k > 0 else (self._present[-1] if self._present else None)
+        nxt = self._tail[k] if k < len(self._tail) else None
+        return box_between(t, index, prev, nxt, self.max_gap_s)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.tracking import iou
+from stages.faces import Config
 from tests.runs import failures, run, track_of
 
 
@@ -29,8 +30,9 @@ def test_moving_face_is_tracked_on_every_frame(clip_dir, tmp_path):
         # crops are square JPEGs of the configured size
         crops = track.crops([0, len(track) - 1])
         assert crops.shape == (2, 224, 224, 3)
-        # interpolated frames exist between detections (detect_every=3) and are flagged
-        assert track.arrays["detected"].sum() == pytest.approx(spec.n_frames / 3, abs=1)
+        # interpolated frames exist between detections (default detect_every) and are flagged
+        every = Config().detect_every
+        assert track.arrays["detected"].sum() == pytest.approx(spec.n_frames / every, abs=1)
         assert (track.arrays["interpolated"] == ~track.arrays["detected"]).all()
 
 

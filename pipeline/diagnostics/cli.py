@@ -259,19 +259,6 @@ def _train_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _quiet_libraries() -> None:
-    """No download/loading progress bars from the Hugging Face libraries."""
-    import os
-
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
 def run(args) -> int:
     """Handler for every command in :data:`COMMANDS`; usage/input errors print one line and return 2."""
     from pipeline.config import ConfigError
@@ -283,7 +270,9 @@ def run(args) -> int:
     from pipeline.runner import StrictFailure
 
     if getattr(args, "quiet", False):
-        _quiet_libraries()
+        from pipeline.cli import quiet_libraries
+
+        quiet_libraries()
     try:
         if args.command == "probe":
             return _cmd_probe(args)
