@@ -87,7 +87,7 @@ def run_task(task: ClipTask) -> TaskResult:
 def _init_worker(threads: int) -> None:
     # OpenMP/MKL pools size themselves at first use from these; without them each worker's pool takes every
     # core and the workers' threads wait on each other (the Ray executor's tasks get the same treatment).
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
     try:
         import torch
