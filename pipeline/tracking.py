@@ -89,13 +89,6 @@ def smooth_one(anchors: list[Anchor], k: int, window: int, max_gap_s: float) -> 
     return Anchor(a.index, a.t, box.astype(np.float32), lm.astype(np.float32), a.score, a.n_faces)
 
 
-def smooth_anchors(anchors: list[Anchor], window: int, max_gap_s: float) -> list[Anchor]:
-    """Every anchor smoothed with :func:`smooth_one`."""
-    if window // 2 == 0:
-        return anchors
-    return [smooth_one(anchors, k, window, max_gap_s) for k in range(len(anchors))]
-
-
 @dataclass
 class FrameBox:
     box: np.ndarray | None
@@ -103,29 +96,23 @@ class FrameBox:
     detected: bool
     interpolated: bool
     present: bool
-
-
-def box_at(t: float, index: int, present: list[Anchor], max_gap_s: float) -> FrameBox:
-    """The primary face box for a frame at time ``t``, from the smoothed present anchors.
-
-    ``present`` must be sorted by time. Between two anchors closer than ``max_gap_s`` the box
-    is linearly interpolated in time; within ``max_gap_s / 2`` of a single anchor it is held;
-    otherwise the face is missing for this frame (``present=False``; the nearest box, if any, is
-    still returned so the crop stays on the last known face).
-    """
-    times = [a.t for a in present]
-    j = bisect.bisect_left(times, t)
-    return box_between(t, index, present[j - 1] if j > 0 else None, present[j] if j < len(present) else None, max_gap_s)
+    score: float = 0.0  # the detector's score on a detection frame; 0 elsewhere
 
 
 def box_between(t: float, index: int, prev: Anchor | None, nxt: Anchor | None, max_gap_s: float) -> FrameBox:
-    """:func:`box_at` given the last present anchor before ``t`` and the first at or after it."""
+    """The primary face box for frame ``index`` at time ``t``, given the last smoothed present anchor before
+    ``t`` and the first at or after it.
+
+    Between two anchors closer than ``max_gap_s`` the box is linearly interpolated in time; within
+    ``max_gap_s / 2`` of a single anchor it is held; otherwise the face is missing for this frame
+    (``present=False``; the nearest box, if any, is still returned so the crop stays on the last known face).
+    """
     if prev is None and nxt is None:
         return FrameBox(None, None, False, False, False)
     if nxt is not None and nxt.index == index:
-        return FrameBox(nxt.box, nxt.landmarks, True, False, True)
+        return FrameBox(nxt.box, nxt.landmarks, True, False, True, nxt.score)
     if prev is not None and prev.index == index:
-        return FrameBox(prev.box, prev.landmarks, True, False, True)
+        return FrameBox(prev.box, prev.landmarks, True, False, True, prev.score)
     if prev is not None and nxt is not None and nxt.t - prev.t <= max_gap_s:
         w = (t - prev.t) / max(nxt.t - prev.t, 1e-9)
         box = (1 - w) * prev.box + w * nxt.box
@@ -142,8 +129,8 @@ class Timeline:
 
     Anchor ``k`` is final once ``anchors[k + h]`` exists (``h = window // 2``), so each anchor is
     smoothed for good once; the last ``h`` are smoothed provisionally at every :meth:`settle`.
-    Same results as :func:`smooth_anchors` + :func:`box_at` over the whole list, in time linear in
-    the clip's length.
+    Same results as smoothing the whole clip's anchors at once and looking each frame up among them,
+    in time linear in the clip's length.
     """
 
     def __init__(self, window: int, max_gap_s: float):

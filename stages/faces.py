@@ -124,7 +124,7 @@ class _Writer:
         self.offsets = [0]
         self.rows: dict[str, list] = {k: [] for k in ("t", "box", "landmarks", "score", "detected", "interpolated", "present", "crop_box")}
 
-    def add(self, t, rgb, fb, score, use_box):
+    def add(self, t, rgb, fb, use_box):
         crop, cbox = _square_crop(rgb, fb.box if use_box else None, self.cfg.margin, self.cfg.crop_size)
         ok, enc = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
         if not ok:
@@ -135,7 +135,7 @@ class _Writer:
         self.rows["t"].append(t)
         self.rows["box"].append(fb.box if fb.box is not None and fb.present else nan4)
         self.rows["landmarks"].append(fb.landmarks if fb.landmarks is not None and fb.present else np.full((5, 2), np.nan, np.float32))
-        self.rows["score"].append(score)
+        self.rows["score"].append(fb.score)
         self.rows["detected"].append(fb.detected)
         self.rows["interpolated"].append(fb.interpolated)
         self.rows["present"].append(fb.present)
@@ -162,7 +162,6 @@ def process(job: ClipJob, cfg: Config, mtcnn, out) -> dict:
     """Decode ``job.path``, track the primary face and write ``track.npz`` + crops."""
     tracker = PrimaryFaceTracker(cfg.min_score, max_gap_s=cfg.max_gap_s)
     timeline = Timeline(cfg.smooth, cfg.max_gap_s)  # raw anchors, one per detection frame, smoothed incrementally
-    scores: dict[int, float] = {}  # detector score of the primary face per detection frame
     pending: deque = deque()  # (index, t, frame, rotation) awaiting their boxes
     det_queue: list = []  # (index, t, small_rgb, scale)
     writer = _Writer(out, cfg)
@@ -184,8 +183,6 @@ def process(job: ClipJob, cfg: Config, mtcnn, out) -> dict:
             anchor = tracker.update(idx, t, b, p, lm)
             stats["faces_seen_max"] = max(stats["faces_seen_max"], anchor.n_faces)
             timeline.add(anchor)
-            if anchor.box is not None:
-                scores[idx] = anchor.score
         det_queue.clear()
 
     def flush(final: bool):
@@ -198,7 +195,7 @@ def process(job: ClipJob, cfg: Config, mtcnn, out) -> dict:
             idx, t, frame, rot = pending.popleft()
             fb = timeline.box_at(t, idx)
             rgb = to_rgb(frame, rot)
-            writer.add(t, rgb, fb, scores.get(idx, 0.0) if fb.detected else 0.0, use_box=fb.box is not None)
+            writer.add(t, rgb, fb, use_box=fb.box is not None)
 
     with VideoReader(job.path, threads=cfg.decoder_threads) as reader:
         info = reader.info

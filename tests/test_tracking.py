@@ -5,7 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.tracking import Anchor, Timeline, box_at, smooth_anchors
+from pipeline.tracking import Anchor, Timeline, box_between, smooth_one
+
+
+def whole_clip_boxes(anchors, window, max_gap_s, frames):
+    """The straightforward way: smooth every anchor of the finished clip, then look each frame up."""
+    present = [a for a in (smooth_one(anchors, k, window, max_gap_s) for k in range(len(anchors))) if a.box is not None]
+    out = []
+    for idx, t in frames:
+        before = [a for a in present if a.t < t]
+        after = [a for a in present if a.t >= t]
+        out.append(box_between(t, idx, before[-1] if before else None, after[0] if after else None, max_gap_s))
+    return out
 
 
 def _anchors(rng, n, dt):
@@ -24,7 +35,6 @@ def _anchors(rng, n, dt):
 def test_timeline_matches_whole_clip_smoothing(window, max_gap_s):
     rng = np.random.default_rng(window)
     anchors = _anchors(rng, 80, 0.1)
-    whole = [a for a in smooth_anchors(anchors, window, max_gap_s) if a.box is not None]
     frame_times = [(3 * i + d, a.t + d * 0.033) for i, a in enumerate(anchors) for d in range(3)]
 
     tl = Timeline(window, max_gap_s)
@@ -39,11 +49,11 @@ def test_timeline_matches_whole_clip_smoothing(window, max_gap_s):
     tl.settle(final=True)
     got += [tl.box_at(t, idx) for idx, t in frame_times[k:]]
 
-    want = [box_at(t, idx, whole, max_gap_s) for idx, t in frame_times]
+    want = whole_clip_boxes(anchors, window, max_gap_s, frame_times)
     assert len(got) == len(want)
     n_interp = 0
     for g, w in zip(got, want):
-        assert (g.detected, g.interpolated, g.present) == (w.detected, w.interpolated, w.present)
+        assert (g.detected, g.interpolated, g.present, g.score) == (w.detected, w.interpolated, w.present, w.score)
         n_interp += g.interpolated
         if w.box is None:
             assert g.box is None
