@@ -14,6 +14,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run faster on one torch thread than fighting other test processes for two cores.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory) -> dict[str, "media.ClipSpec"]:
     """A small folder of good clips covering codecs, motion, rotation, VFR and face counts."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import time
 from pathlib import Path
 
 from pipeline.cache import Cache
@@ -36,3 +38,16 @@ def track_of(result, video_id: str) -> FaceTrack:
 def artifact(result, video_id: str, stage: str):
     cache = Cache(Path((Path(result.run_dir) / "cache_dir.txt").read_text().strip()))
     return cache.get(stage, result.keys[video_id][stage])
+
+
+def leftover_tmp(folder, age_s: float = 0.0) -> Path:
+    """A temporary artifact folder as a killed run leaves it (a partial file), last touched ``age_s`` ago."""
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    part = folder / "partial.bin"
+    part.write_bytes(b"half written")
+    if age_s:
+        past = time.time() - age_s
+        for p in (part, folder):
+            os.utime(p, (past, past))
+    return folder

@@ -70,17 +70,10 @@ def test_default_cache_dir_env(monkeypatch, tmp_path):
 
 
 def test_sweep_removes_only_old_leftovers(tmp_path):
-    import os
-    import time
+    from tests.runs import leftover_tmp
 
     cache = Cache(tmp_path)
-    old = tmp_path / "faces" / "ab" / ".tmp-abcdef-1-x"
-    new = tmp_path / "faces" / "ab" / ".tmp-abcdef-2-y"
-    for d in (old, new):
-        d.mkdir(parents=True)
-        (d / "crops.jpg.bin").write_bytes(b"partial")
-    past = time.time() - 2 * 24 * 3600
-    for p in (old, old / "crops.jpg.bin"):
-        os.utime(p, (past, past))
+    old = leftover_tmp(tmp_path / "faces" / "ab" / ".tmp-abcdef-1-x", age_s=2 * 24 * 3600)
+    new = leftover_tmp(tmp_path / "faces" / "ab" / ".tmp-abcdef-2-y")
     assert cache.sweep_stale("faces") == 1
     assert not old.exists() and new.exists()

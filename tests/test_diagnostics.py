@@ -30,15 +30,7 @@ from tests.runs import failures, run
 LABELS = ["happy", "sad", "angry"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models are faster on one thread than fighting other test processes for two cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

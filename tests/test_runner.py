@@ -23,7 +23,7 @@ from pipeline.facetrack import FaceTrack
 from pipeline.runner import run_pipeline
 from tests import media
 from tests.conftest import copy_clip
-from tests.runs import failures, manifest, run
+from tests.runs import failures, leftover_tmp, manifest, run
 
 
 @pytest.fixture(scope="module")
@@ -214,14 +214,8 @@ def test_two_concurrent_runs_share_one_cache(tmp_path, clip_dir):
 
 def test_a_run_clears_week_old_leftovers_of_killed_runs_but_not_fresh_ones(small_folder, tmp_path):
     cache = tmp_path / "cache"
-    old = cache / "faces" / "00" / ".tmp-dead-1-x"
-    fresh = cache / "keyframes" / "00" / ".tmp-live-2-y"
-    for d in (old, fresh):
-        d.mkdir(parents=True)
-        (d / "partial.bin").write_bytes(b"half written")
-    week_ago = time.time() - 7 * 24 * 3600
-    for p in (old / "partial.bin", old):
-        os.utime(p, (week_ago, week_ago))
+    old = leftover_tmp(cache / "faces" / "00" / ".tmp-dead-1-x", age_s=7 * 24 * 3600)
+    fresh = leftover_tmp(cache / "keyframes" / "00" / ".tmp-live-2-y")
     res = run(small_folder, tmp_path / "run", cache, until="keyframes")
     assert res.n_failed == 0
     assert not old.exists(), "a temporary folder untouched for a week was left in the cache"
