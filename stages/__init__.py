@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from stages import classify, context, faces, keyframes
+from stages import classify, context, expression, faces, keyframes
 
 
 class StageModule(Protocol):
@@ -32,6 +32,6 @@ class StageModule(Protocol):
     Config: Any
 
 
-STAGE_MODULES = [faces, keyframes, context, classify]
+STAGE_MODULES = [faces, expression, keyframes, context, classify]
 STAGES = {m.NAME: m for m in STAGE_MODULES}
 STAGE_ORDER = [m.NAME for m in STAGE_MODULES]

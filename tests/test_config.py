@@ -64,6 +64,6 @@ def test_config_show_prints_resolved_config():
     doc = yaml.safe_load(out)
     assert doc["keyframes"]["k"] == 7
     assert doc["faces"]["crop_size"] == 224  # defaults included
-    assert list(doc)[:3] == ["run", "faces", "keyframes"]
+    assert list(doc)[:4] == ["run", "faces", "expression", "keyframes"]
     bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "show", "--set", "nope.x=1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown key 'nope'" in bad.stderr

@@ -1,0 +1,100 @@
+"""expression: per-frame facial-expression probabilities from the embedded model, once per clip.
+
+Every frame whose face is present (detected or interpolated by the faces stage) is scored by
+:class:`pipeline.models.mini_xception.ExpressionNet` (mini-Xception, FER2013; about 0.4 ms a frame on one
+CPU core), in batches, from the faces stage's crops cut down to ``face_margin`` around the face box.
+The crops are decoded straight to grey (the JPEG's luma; see :func:`pipeline.models.expression.preprocess`),
+which halves the decoding time. The model is loaded once per worker process.
+
+Output ``expression.npz``:
+
+=========== ========= ==============================================================================
+array       shape     meaning
+=========== ========= ==============================================================================
+probs       (N, 7)    float32 class probabilities per decoded frame, columns in ``classes`` order;
+                      NaN rows where the face is missing (``scored`` False)
+scored      (N,)      the frame was scored: the faces stage's ``present`` flag
+t           (N,)      seconds from the first frame (the faces stage's timestamps)
+=========== ========= ==============================================================================
+
+``meta.json`` adds ``classes`` (angry, disgust, fear, happy, sad, surprise, neutral), ``model`` and
+``weights_sha256`` (the model's identity, also in the cache key), ``n_scored``. A clip without any face
+(``faces.no_face=full_frame``) gets NaN rows throughout. :func:`load` reads the artifact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.errors import StageInputError
+from pipeline.facetrack import FaceTrack
+from pipeline.fields import not_in_key
+from pipeline.jobs import ClipJob
+from pipeline.models.expression import CLASSES, FACE_MARGIN, MODEL_ID, load_model, reframe, weights_sha256
+
+NAME = "expression"
+VERSION = 1
+UPSTREAM: tuple[str, ...] = ("faces",)
+
+PROBS_FILE = "expression.npz"
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    face_margin: float = Field(FACE_MARGIN, ge=0.0, le=2.0)
+    """Margin around the face box (fraction of its longer side, each side) of the square the model sees; at most the
+    faces stage's ``faces.margin``. 0.1 frames faces as the ``fer`` package does."""
+    batch_size: int = not_in_key(32, ge=1)
+    """Face crops per forward pass."""
+    chunk: int = not_in_key(256, ge=1)
+    """Crops decoded at a time (bounds memory on long clips)."""
+
+
+def key_extras(cfg: Config) -> dict:
+    return {"model": MODEL_ID, "weights_sha256": weights_sha256()}
+
+
+def open(cfg: Config):  # noqa: A001 - stage protocol name
+    """Load the model once per worker process (an :class:`pipeline.models.mini_xception.ExpressionNet`)."""
+    return load_model()
+
+
+def process(job: ClipJob, cfg: Config, net, out) -> dict:
+    track = FaceTrack.load(job.upstream["faces"])
+    n = len(track)
+    if n == 0:
+        raise StageInputError(f"{job.path}: the faces artifact has no frames")
+    crop_margin = float(track.meta.get("config", {}).get("margin", cfg.face_margin))
+    if cfg.face_margin > crop_margin:
+        raise StageInputError(
+            f"{job.path}: expression.face_margin={cfg.face_margin} is wider than the face crops (faces.margin={crop_margin}); "
+            "lower expression.face_margin or raise faces.margin"
+        )
+    scored = np.asarray(track.arrays["present"], bool)
+    probs = np.full((n, len(CLASSES)), np.nan, np.float32)
+    idx = np.flatnonzero(scored)
+    for i in range(0, len(idx), cfg.chunk):
+        part = idx[i : i + cfg.chunk]
+        crops = reframe(track.crops(part, gray=True), crop_margin, cfg.face_margin)  # JPEG luma: see preprocess
+        probs[part] = net.predict_proba(crops, batch_size=cfg.batch_size)
+    out.npz(PROBS_FILE, probs=probs, scored=scored, t=track.t)
+    return {"classes": list(CLASSES), "model": MODEL_ID, "weights_sha256": weights_sha256(), "n_frames": n, "n_scored": int(len(idx))}
+
+
+@dataclass
+class ExpressionTrack:
+    """An expression artifact: ``probs`` (N, 7) with NaN rows where ``scored`` is False, ``t`` (N,), ``classes``."""
+
+    probs: np.ndarray
+    scored: np.ndarray
+    t: np.ndarray
+    classes: tuple[str, ...]
+
+
+def load(artifact) -> ExpressionTrack:
+    arrays = artifact.npz(PROBS_FILE)
+    return ExpressionTrack(arrays["probs"], arrays["scored"], arrays["t"], tuple(artifact.meta()["classes"]))
