@@ -62,14 +62,15 @@ CLIPS = {
 }
 
 
-def timed_write(cache: Cache, stage: str, fill) -> tuple[float, object]:
+def timed_write(cache: Cache, stage: str, fill, meta: dict | None = None) -> tuple[float, object]:
     t0 = pc()
-    art = cache.write(stage, uuid.uuid4().hex * 2, {}, fill)
+    art = cache.write(stage, uuid.uuid4().hex * 2, meta or {}, fill)
     return pc() - t0, art
 
 
 def run_faces(cache, job, cfg, mtcnn):
-    return timed_write(cache, "faces", lambda out: faces.process(job, cfg, mtcnn, out))
+    # the runner records the stage's config in meta.json; the expression stage reads the crops' margin there
+    return timed_write(cache, "faces", lambda out: faces.process(job, cfg, mtcnn, out), {"config": cfg.model_dump(mode="json")})
 
 
 def run_expression(cache, job, faces_art, cfg, net):

@@ -68,7 +68,10 @@ def process(job: ClipJob, cfg: Config, net, out) -> dict:
     n = len(track)
     if n == 0:
         raise StageInputError(f"{job.path}: the faces artifact has no frames")
-    crop_margin = float(track.meta.get("config", {}).get("margin", cfg.face_margin))
+    try:
+        crop_margin = float(track.meta["config"]["margin"])
+    except KeyError:
+        raise StageInputError(f"{job.path}: the faces artifact's meta.json does not say how its crops are framed (config.margin)") from None
     if cfg.face_margin > crop_margin:
         raise StageInputError(
             f"{job.path}: expression.face_margin={cfg.face_margin} is wider than the face crops (faces.margin={crop_margin}); "

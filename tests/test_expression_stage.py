@@ -10,6 +10,7 @@ import pytest
 import stages.expression as expression
 from pipeline.cache import Cache
 from pipeline.config import load_config
+from pipeline.errors import StageInputError
 from pipeline.facetrack import CROPS_FILE, TRACK_FILE
 from pipeline.jobs import ClipJob
 from pipeline.models.expression import CLASSES, load_model
@@ -42,7 +43,7 @@ def test_a_clip_without_a_face_gets_nan_rows(special_clips, tmp_path):
     assert np.isnan(ex.probs).all() and not ex.scored.any()
 
 
-def _faces_copy_with_missing_frames(cache: Cache, faces_art, missing: slice):
+def _faces_copy(cache: Cache, faces_art, missing: slice = slice(0, 0), with_config: bool = True):
     """A copy of a real faces artifact in which the frames ``missing`` have no face (present=False)."""
     arrays = faces_art.npz(TRACK_FILE)
     arrays["present"] = arrays["present"].copy()
@@ -51,19 +52,23 @@ def _faces_copy_with_missing_frames(cache: Cache, faces_art, missing: slice):
     def fill(out):
         out.npz(TRACK_FILE, **arrays)
         out.bytes(CROPS_FILE, faces_art.path(CROPS_FILE).read_bytes())
-        return {"config": faces_art.meta()["config"]}
+        return {"config": faces_art.meta()["config"]} if with_config else {}
 
     return cache.write("faces", uuid.uuid4().hex * 2, {}, fill)
+
+
+def _process(cache: Cache, clip_path, faces_art, cfg=None):
+    job = ClipJob("pan.mp4", clip_path, "fp", None, {"faces": faces_art})
+    cfg = cfg or expression.Config()
+    return cache.write("expression", uuid.uuid4().hex * 2, {}, lambda out: expression.process(job, cfg, load_model(), out))
 
 
 def test_frames_whose_face_is_missing_get_nan_rows_and_the_others_keep_their_scores(clip_dir, tmp_path):
     res = run(clip_dir["pan.mp4"].path, tmp_path / "run", tmp_path / "cache", until="expression")
     full = expression.load(artifact(res, "pan.mp4", "expression"))
     cache = Cache(tmp_path / "cache")
-    gappy = _faces_copy_with_missing_frames(cache, artifact(res, "pan.mp4", "faces"), slice(10, 20))
-    job = ClipJob("pan.mp4", clip_dir["pan.mp4"].path, "fp", None, {"faces": gappy})
-    cfg = expression.Config(batch_size=5)
-    art = cache.write("expression", uuid.uuid4().hex * 2, {}, lambda out: expression.process(job, cfg, load_model(), out))
+    gappy = _faces_copy(cache, artifact(res, "pan.mp4", "faces"), slice(10, 20))
+    art = _process(cache, clip_dir["pan.mp4"].path, gappy, expression.Config(batch_size=5))
     ex = expression.load(art)
     assert np.isnan(ex.probs[10:20]).all() and not ex.scored[10:20].any()
     keep = np.r_[0:10, 20:len(ex.probs)]
@@ -102,3 +107,11 @@ def test_a_face_margin_wider_than_the_crops_fails_the_clip_with_a_clear_message(
     assert res.n_failed == 1 and len(rows) == 1
     assert rows[0]["stage"] == "expression" and rows[0]["error"] == "StageInputError"
     assert "odd.avi" in rows[0]["message"] and "expression.face_margin=0.1 is wider than the face crops (faces.margin=0.05)" in rows[0]["message"]
+
+
+def test_a_faces_artifact_that_does_not_say_how_its_crops_are_framed_is_refused(clip_dir, tmp_path):
+    res = run(clip_dir["pan.mp4"].path, tmp_path / "run", tmp_path / "cache", until="faces")
+    cache = Cache(tmp_path / "cache")
+    bare = _faces_copy(cache, artifact(res, "pan.mp4", "faces"), with_config=False)
+    with pytest.raises(StageInputError, match=r"pan\.mp4: the faces artifact's meta.json does not say how its crops are framed"):
+        _process(cache, clip_dir["pan.mp4"].path, bare)
