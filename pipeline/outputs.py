@@ -1,7 +1,8 @@
 """Run-level outputs of the classify stage: ``RUN/scores.jsonl`` and ``RUN/predictions.csv``.
 
 Cheap and model-free: they are rebuilt from the cached raw scores on every run, so changing
-``classify.length_norm`` (or calibrating later with ``dfer report``) never calls a model.
+``classify.length_norm`` (or calibrating later with ``dfer report``) never calls a model. The ranking
+scores come from :mod:`pipeline.ranking`, the rule every validation uses too.
 """
 
 from __future__ import annotations
@@ -14,11 +15,7 @@ import numpy as np
 
 from pipeline.cache import Cache
 from pipeline.labels import LabelError, load_label_set
-
-
-def label_score(entry: dict, length_norm: str) -> float:
-    lp = float(entry["logprob"])
-    return lp / max(int(entry["n_tokens"]), 1) if length_norm == "mean" else lp
+from pipeline.ranking import ranking_scores
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -43,7 +40,7 @@ def write_predictions(run_dir: Path, cfg, cache: Cache, refs, keys: dict) -> str
             if art is None:
                 continue
             doc = art.json("scores.json")
-            scores = {lab: label_score(doc["scores"][lab], norm) for lab in names}
+            scores = ranking_scores(doc["scores"], names, norm)
             vec = np.array([scores[lab] for lab in names], dtype=np.float64)
             probs = _softmax(vec)
             pred = names[int(np.argmax(vec))]

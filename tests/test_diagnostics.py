@@ -334,6 +334,50 @@ def test_probe_and_socialfusion_commands_on_clips(keyframed, clip_dir, tiny_clip
     assert rep["metrics"]["n"] == 3 and (tmp_path / "run" / "metrics.json").is_file()
 
 
+def test_socialfusion_validation_reports_the_uar_dfer_report_computes(clip_dir, special_clips, tiny_clip, tiny_lm,
+                                                                       tmp_path):
+    """One scoring rule: the validation of ``dfer socialfusion train`` and ``dfer report`` on a run of the saved model
+    over the same clips rank labels alike (pipeline/ranking.py), so they report the same predictions and UAR."""
+    from pipeline.report import build_report
+    from tests.conftest import copy_clip
+
+    clips = tmp_path / "clips"
+    named = {"pan.mp4": clip_dir["pan.mp4"], "odd.avi": clip_dir["odd.avi"], "zoom.webm": clip_dir["sub/zoom.webm"],
+             **{f"{k}.mp4": special_clips[k] for k in ("rotated", "vfr", "two", "expr")}}
+    for name, spec in named.items():
+        copy_clip(spec, clips, name)
+    truth = dict(zip(sorted(named), ["happy", "sad", "happy", "sad", "angry", "happy", "sad"]))
+    table = tmp_path / "tasks.csv"
+    table.write_text("video,emotion\n" + "".join(f"{v},{lab}\n" for v, lab in truth.items()))
+    model_dir, cache_dir = tmp_path / "sf-model", tmp_path / "cache"
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        code = dfer_main(["socialfusion", "train", str(clips), "--encoder", tiny_clip, "--layer", "-1", "--lm", tiny_lm,
+                          "--labels", str(table), "--label-set", "dfew", "--image-size", "32", "--steps", "3",
+                          "--train-batch", "2", "--connector-hidden", "16", "--val-fraction", "0.5", "--n-boot", "0",
+                          "--out", str(model_dir), "--cache", str(cache_dir), "-q"])
+    assert code == 0, err.getvalue()
+    training = json.loads((model_dir / "training" / "training.json").read_text())
+    val, val_videos = training["validation"]["emotion"], training["val_videos"]
+    assert len(val_videos) >= 3
+
+    res = run(clips, tmp_path / "run", cache_dir, "classify.model.backend=socialfusion", f"classify.model.model={model_dir}",
+              "classify.use_summaries=false", "classify.image_size=32", "classify.model.device=cpu")
+    assert res.n_failed == 0, failures(tmp_path / "run")
+    val_labels = tmp_path / "val.csv"
+    val_labels.write_text("video,label\n" + "".join(f"{v},{truth[v]}\n" for v in val_videos))
+    rep = build_report(tmp_path / "run", labels_file=val_labels, n_boot=0)
+    assert rep["metrics"]["n"] == len(val_videos)
+    assert rep["metrics"]["uar"] == pytest.approx(val["uar"], abs=1e-12)
+    # on every clip: the model's own prediction (what validation calls) is the run's
+    model = SocialFusionModel.load(model_dir)
+    clips_, cache = clips_from_run(tmp_path / "run")
+    feats = extract_features(clips_, FeatureConfig(encoder=tiny_clip, layers=[2], image_size=32), cache)
+    videos = sorted(named)
+    assert dict(zip(videos, model.predict(frame_level(cache, feats, 2, videos), "emotion"))) == rep["predictions"]
+    assert val["predictions"] == {v: rep["predictions"][v] for v in val_videos}  # training.json lists them
+
+
 # ------------------------------------------------------------------------------------------------ bad inputs
 
 

@@ -213,9 +213,11 @@ def _cmd_train(args, save: bool) -> int:
     layer = resolve_layers([args.layer], info)[0]
     check_lm(lm_model, lm_rev)
     table = _read_table(args)
+    from pipeline.config import load_config
+
     settings = TrainSettings(steps=args.steps, batch_size=args.train_batch, lr=args.lr, sampler=args.sampler,
                              conflict_every=args.conflict_every, val_fraction=args.val_fraction, seed=args.seed,
-                             n_boot=args.n_boot)
+                             n_boot=args.n_boot, length_norm=load_config(args.config, args.overrides).classify.length_norm)
     clips, cache = _upstream(args, out / "training" if save else out)
     tasks, order = _tasks_for(args, clips, table)
     wanted = sorted({v for t in tasks.values() for v in t})

@@ -322,12 +322,16 @@ class SocialFusionModel:
                     out[i][lab] = (float(lp[:-1].sum()), int(lp.shape[0] - 1), float(lp[-1]))
         return out
 
-    def predict(self, feats_list, task: str | None = None) -> list[str]:
-        """The label with the highest complete-answer score (label tokens + EOS) per clip."""
+    def predict(self, feats_list, task: str | None = None, length_norm: str = "sum") -> list[str]:
+        """The label ranked first per clip by :mod:`pipeline.ranking` (the rule ``dfer run``/``dfer report`` use,
+        so validation and a run report the same UAR; the EOS score is not part of it)."""
+        from pipeline.ranking import predict
+
         task = task or self.cfg.default_task
         labels = self.cfg.tasks[task]
         scores = self.label_scores(feats_list, labels, task)
-        return [max(labels, key=lambda lab: s[lab][0] + s[lab][2]) for s in scores]
+        return [predict({lab: {"logprob": s[lab][0], "n_tokens": s[lab][1]} for lab in labels}, labels, length_norm)
+                for s in scores]
 
     def generate(self, feats, task: str | None = None, max_new_tokens: int = 16) -> str:
         """Greedy answer for one clip."""
@@ -433,6 +437,8 @@ class TrainSettings(BaseModel):
     val_fraction: float = Field(0.2, ge=0, lt=1)
     seed: int = 0
     n_boot: int = Field(1000, ge=0)
+    length_norm: Literal["sum", "mean"] = "sum"
+    """How validation ranks labels (:mod:`pipeline.ranking`; ``classify.length_norm`` of the pipeline config)."""
 
 
 @dataclass
@@ -545,10 +551,11 @@ def train(model: SocialFusionModel, examples: Sequence[Example], settings: Train
     for t in tasks:
         val_t = [e for e in val_ex if t in e.labels]
         if val_t:
-            pred = model.predict([e.feats for e in val_t], t)
+            pred = model.predict([e.feats for e in val_t], t, s.length_norm)
             truth = [e.labels[t] for e in val_t]
             labels = model.cfg.tasks[t]
             report.validation[t] = compute_metrics(truth, pred, labels, n_boot=s.n_boot, seed=s.seed)
+            report.validation[t]["predictions"] = {e.video: p for e, p in zip(val_t, pred)}
     report.seconds = time.time() - t0
     model.cfg.training = {"settings": s.model_dump(), "steps_done": s.steps, "n_train": len(train_ex),
                           "n_val": len(val_ex), "final_loss": report.losses[-1]["total"] if report.losses else None}
@@ -655,6 +662,9 @@ class SocialFusionBackend:
         with self._lock:
             return [self.model.generate(self.features(p), max_new_tokens=max_new_tokens or self.cfg.max_new_tokens)
                     for p in prompts]
+
+    def supports_video(self) -> bool:
+        return False
 
     def count_prompt_tokens(self, prompt) -> int:
         n_images = sum(1 for p in prompt.parts if not isinstance(p, str))

@@ -328,7 +328,7 @@ class _Trainer:
         from accelerate.utils import gather_object
 
         from pipeline.metrics import macro_f1, uar, war
-        from pipeline.outputs import label_score
+        from pipeline.ranking import predict
 
         if not len(self.val_ds):
             return {}
@@ -343,9 +343,9 @@ class _Trainer:
                 items = [self.val_ds[i] for i in mine[a : a + bs]]
                 scores = self.backend.score_labels([it["prompt"] for it in items], names)
                 for it, row in zip(items, scores):
-                    s = {lab: label_score(row[lab].to_dict(), norm) for lab in names}
                     true = names[it["label"]]
-                    rows.append([it["video"], true, max(names, key=s.get), -row[true].logprob])
+                    pred = predict({lab: row[lab].to_dict() for lab in names}, names, norm)
+                    rows.append([it["video"], true, pred, -row[true].logprob])
         finally:
             self.peft.train()
         if acc.num_processes > 1:
