@@ -8,7 +8,10 @@ answers:
   into a :class:`pipeline.backends.Prompt` and runs the tiny model through the transformers backend.
   With ``logprobs=true`` it returns the first answer position's ``top_logprobs`` (the ``top_logprobs`` tokens
   with the highest log-probability under the model, each token's text decoded on its own) as vLLM does; the
-  content is the greedy answer; ``usage`` has ``prompt_tokens`` and ``completion_tokens``.
+  content is the greedy answer; ``usage`` has ``prompt_tokens`` and ``completion_tokens``;
+* ``POST /tokenize`` (at the root, as vLLM and SGLang serve it): ``{"model", "prompt", "add_special_tokens"}`` ->
+  ``{"tokens": [ids], "count", "max_model_len"}`` with the tiny model's tokenizer (``tokenize=False``: 404, like
+  a server without the endpoint). ``tokenize_requests`` counts them.
 
 Knobs for failure tests: ``fail_first=N`` makes the first N chat requests fail with ``fail_status`` (and a
 ``Retry-After`` header if ``retry_after`` is set); ``logprobs=False`` answers without logprobs (like a server
@@ -73,6 +76,7 @@ class FakeOpenAIServer:
         retry_after: str | None = None,
         logprobs: bool = True,
         max_top_logprobs: int | None = None,
+        tokenize: bool = True,
         lifetime_s: float = 120.0,
     ):
         self.backend = backend
@@ -82,6 +86,8 @@ class FakeOpenAIServer:
         self.retry_after = retry_after
         self.logprobs = logprobs
         self.max_top_logprobs = max_top_logprobs
+        self.tokenize = tokenize
+        self.tokenize_requests = 0
         self.lifetime_s = lifetime_s
         self.requests_seen: list[dict] = []
         self.failures_sent = 0
@@ -125,6 +131,13 @@ class FakeOpenAIServer:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
+                if self.path.rstrip("/") == "/tokenize" and server.tokenize:
+                    body = json.loads(raw)
+                    with server._lock:
+                        server.tokenize_requests += 1
+                    ids = server.backend.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))["input_ids"]
+                    self._send(200, {"tokens": ids, "count": len(ids), "max_model_len": 4096})
+                    return
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return

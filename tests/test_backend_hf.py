@@ -15,9 +15,13 @@ from pipeline.backends import (
     ModelLoadError,
     ModelUnavailableError,
     Prompt,
+    Video,
+    VideoInputUnsupportedError,
     check_model_available,
+    check_video_input,
     load_backend,
 )
+from pipeline.backends.base import prepare_image
 from tests.tiny_models import FAMILIES, shared_tiny_model_dir
 
 LABELS = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear", "helplessness", "disappointment"]
@@ -180,7 +184,7 @@ def test_image_max_side_downscales(backend):
 
 
 def test_bad_prompt_part(backend):
-    with pytest.raises(TypeError, match="str or PIL"):
+    with pytest.raises(TypeError, match="str, PIL.Image.Image or Video"):
         backend.score_labels([Prompt([3.0])], ["happy"])
 
 
@@ -228,3 +232,101 @@ def test_local_fingerprint_tells_same_size_weights_apart(tmp_path):
     assert _local_fingerprint(a) != _local_fingerprint(b)
     (b / "model.safetensors").write_bytes((a / "model.safetensors").read_bytes())
     assert _local_fingerprint(a) == _local_fingerprint(b)
+
+
+# ------------------------------------------------------------------------------------------------ video input
+
+
+@pytest.fixture(scope="module", params=["qwen2vl", "qwen25vl"])
+def video_backend(request):
+    b = load_backend(ModelConfig(model=shared_tiny_model_dir(request.param), batch_size=2))
+    b.family = request.param
+    yield b
+    b.close()
+
+
+def _video_prompts(seed=0, fps=5.0):
+    """Prompts with a video (odd and even frame counts: Qwen pads to pairs of frames) and one with an image too."""
+    rng = np.random.default_rng(seed)
+    clip = lambda n: Video([_img(rng, 24, 24) for _ in range(n)], [0.4 + i / fps for i in range(n)])  # noqa: E731
+    return [
+        Prompt(["This video shows a face:", clip(5), "Which emotion? Answer with one word."]),
+        Prompt([_img(rng), "then", clip(4), "which emotion is shown in this video of a person? Answer with one word."]),
+    ]
+
+
+def _direct_video_scores(b, prompt: Prompt, labels: list[str], fps: float) -> dict[str, float]:
+    """Reference, as ``_direct_scores``: each ``prompt + label + end-of-turn`` in full through the processor (the
+    video's frames as they are, told ``fps``) and the model; the sum of the label tokens' log-probs."""
+    r = b._render(prompt)
+    frames = [[prepare_image(f) for f in v.frames] for v in prompt.videos]
+    meta = [{"total_num_frames": len(f), "fps": fps, "frames_indices": list(range(len(f)))} for f in frames]
+
+    def encode(text):
+        return b.processor(text=[text], images=[r.images] if r.images else None, videos=frames, video_metadata=meta,
+                           do_sample_frames=False, return_tensors="pt")
+
+    base = encode(r.text)["input_ids"][0].tolist()
+    out = {}
+    for label in labels:
+        inputs = encode(r.text + label + b.end_of_turn)
+        ids = inputs["input_ids"][0].tolist()
+        assert ids[: len(base)] == base
+        with torch.no_grad():
+            lps = torch.log_softmax(b.model(**inputs).logits[0].float(), dim=-1)
+        cont = ids[len(base) : -1]  # the label's tokens (the last one is the end of turn)
+        out[label] = sum(float(lps[len(base) + k - 1, tok]) for k, tok in enumerate(cont))
+    return out
+
+
+def test_video_label_scores_equal_direct_computation(video_backend):
+    b = video_backend
+    assert b.supports_video()
+    prompts = _video_prompts()
+    got = b.score_labels(prompts, LABELS)
+    assert b.scoring_mode == "kv"  # the cached route passed its self-check on a video prompt
+    for prompt, scores in zip(prompts, got):
+        ref = _direct_video_scores(b, prompt, LABELS, fps=5.0)
+        for label in LABELS:
+            assert scores[label].logprob == pytest.approx(ref[label], abs=1e-4), (b.family, label)
+    spread = [got[0][lab].logprob for lab in LABELS[:7]]
+    assert max(spread) - min(spread) > 0.5
+
+
+def test_video_frame_rate_comes_from_the_frames_timestamps(video_backend):
+    """Qwen2.5-VL spaces a video's temporal positions by its fps: the scores of frames 0.2 s apart are those of a
+    5 fps video and not those of the same frames told 25 fps (Qwen2-VL ignores fps: equal either way)."""
+    b = video_backend
+    prompt = _video_prompts(seed=3)[0]
+    got = b.score_labels([prompt], LABELS[:4])[0]
+    at5 = _direct_video_scores(b, prompt, LABELS[:4], fps=5.0)
+    at25 = _direct_video_scores(b, prompt, LABELS[:4], fps=25.0)
+    assert all(got[lab].logprob == pytest.approx(at5[lab], abs=1e-4) for lab in at5)
+    moved = max(abs(at5[lab] - at25[lab]) for lab in at5)
+    assert moved > 1e-2 if b.family == "qwen25vl" else moved < 1e-5
+
+
+def test_video_frames_are_counted_and_generated_from():
+    b = load_backend(ModelConfig(model=shared_tiny_model_dir("qwen2vl")))
+    rng = np.random.default_rng(5)
+    short = Prompt([Video([_img(rng) for _ in range(2)], [0.0, 0.2]), "Which emotion?"])
+    long = Prompt([Video([_img(rng) for _ in range(8)], [0.2 * i for i in range(8)]), "Which emotion?"])
+    assert b.count_prompt_tokens(long) > b.count_prompt_tokens(short)
+    assert isinstance(b.generate([short, long], max_new_tokens=3)[1], str)
+    b.close()
+
+
+def test_model_without_video_input_is_refused_naming_it():
+    folder = shared_tiny_model_dir("idefics3")  # Idefics3's processor has no video processor
+    cfg = ModelConfig(model=folder)
+    with pytest.raises(VideoInputUnsupportedError, match="idefics3.*dense_input=images"):
+        check_video_input(cfg)  # before loading any weights
+    check_video_input(ModelConfig(model=shared_tiny_model_dir("qwen2vl")))  # passes
+    with pytest.raises(VideoInputUnsupportedError, match="openai"):
+        check_video_input(ModelConfig(model="served", backend="openai", server_url="http://127.0.0.1:9/v1"))
+    b = load_backend(cfg)
+    assert not b.supports_video()
+    rng = np.random.default_rng(0)
+    with pytest.raises(VideoInputUnsupportedError, match="dense_input=images"):
+        b.score_labels([Prompt([Video([_img(rng)] * 2, [0.0, 0.2]), "x"])], ["happy"])
+    b.close()

@@ -6,6 +6,7 @@ import base64
 import io
 import math
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,9 @@ from pipeline.backends import (
     check_model_available,
     load_backend,
 )
-from pipeline.backends.openai_http import OpenAIBackend, image_to_data_url, match_labels, normalise_token
+from pipeline.backends.openai_http import (
+    OpenAIBackend, check_label_first_tokens, image_to_data_url, match_labels, normalise_token,
+)
 from tests.fake_openai_server import FakeOpenAIServer
 from tests.tiny_models import shared_tiny_model_dir
 
@@ -214,3 +217,66 @@ def test_match_labels_heuristic():
     assert got["anger"].logprob == pytest.approx(-3.0) and got["anger"].exact  # documented limit: "a" matches
     assert not got["fear"].exact and got["fear"].logprob == pytest.approx(-3.5)
     assert all(s.n_tokens == 1 for s in got.values())
+
+
+# ------------------------------------------------------------------------------------------------ first-token ties
+
+# MAFW's eleven classes (official names, aliases and ids) plus one more, 'dismay': the tiny tokenizer keeps every MAFW
+# word but helplessness and disappointment whole and splits 'disappointment' and 'dismay' after 'dis', as real
+# tokenizers split rarer words, so these two share their first token and first-token scoring cannot tell them apart.
+MAFW_LIKE = (Path(__file__).resolve().parent.parent / "prompts" / "labels" / "mafw.yaml").read_text() + (
+    "  - name: dismay\n    aliases: [dismayed, \"12\"]\n")
+
+
+def test_labels_sharing_a_first_token_are_refused_before_any_clip(server, clip_dir, tmp_path):
+    from pipeline.modelstage import PreflightError
+    from tests.runs import run
+
+    labels = tmp_path / "mafw_like.yaml"
+    labels.write_text(MAFW_LIKE)
+    with pytest.raises(PreflightError) as err:
+        run(clip_dir["root"], tmp_path / "run", tmp_path / "cache", "classify.model.backend=openai",
+            "classify.model.model=tiny-vlm", f"classify.model.server_url={server.url}", f"classify.labels={labels}",
+            "classify.use_summaries=false")
+    msg = str(err.value)
+    assert "'disappointment' and 'dismay'" in msg and "mafw_like.yaml" in msg
+    assert "server" in msg and "aliases" in msg and "transformers backend" in msg
+    assert "anger" not in msg.split("cannot tell these labels apart")[1].split("judged by")[0]  # only the real clash
+    assert server.tokenize_requests > 0 and server.requests_seen == []  # asked the tokenizer, scored nothing
+    assert not (tmp_path / "cache" / "faces").exists()  # before any clip
+
+
+def test_first_tokens_come_from_the_servers_tokenizer(server, hf_backend):
+    from pipeline.labels import load_label_set
+
+    mafw = load_label_set("mafw").names
+    tok = hf_backend.tokenizer
+    assert len({tok(lab, add_special_tokens=False)["input_ids"][0] for lab in mafw}) == len(mafw)
+    assert "server" in check_label_first_tokens(_cfg(server.url), mafw)  # distinct here: accepted
+    # renaming the clashing class (the official word kept as an alias) is the documented fix
+    assert check_label_first_tokens(_cfg(server.url), mafw + ["letdown"])
+    with pytest.raises(LabelScoringUnsupportedError, match="'helplessness' and 'helpless'"):
+        check_label_first_tokens(_cfg(server.url), mafw + ["helpless"])
+
+
+def test_without_a_server_tokenizer_a_local_copy_is_used(hf_backend):
+    folder = shared_tiny_model_dir("qwen2vl")
+    with FakeOpenAIServer(hf_backend, model_name=folder, tokenize=False) as srv:
+        cfg = ModelConfig(model=folder, backend="openai", server_url=srv.url)
+        from pipeline.labels import load_label_set
+
+        source = check_label_first_tokens(cfg, load_label_set("mafw").names)
+        assert "local copy" in source and srv.tokenize_requests == 0
+        with pytest.raises(LabelScoringUnsupportedError, match="'disappointment' and 'dismay'.*local copy"):
+            check_label_first_tokens(cfg, load_label_set("mafw").names + ["dismay"])
+
+
+def test_without_any_tokenizer_labels_with_the_same_first_letters_are_refused(hf_backend):
+    from pipeline.labels import load_label_set
+
+    with FakeOpenAIServer(hf_backend, tokenize=False) as srv:
+        cfg = _cfg(srv.url)
+        with pytest.raises(LabelScoringUnsupportedError, match="offers no /tokenize") as err:
+            check_label_first_tokens(cfg, load_label_set("mafw").names)
+        assert "'anger' and 'anxiety'" in str(err.value) and "'disgust' and 'disappointment'" in str(err.value)
+        assert "spelling" in check_label_first_tokens(cfg, load_label_set("dfew").names)  # sad / surprise: fine

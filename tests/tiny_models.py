@@ -6,6 +6,9 @@ Each builder makes a real transformers checkpoint in a folder:
   2-layer text model and a 1-layer vision tower, and a real ``Qwen2VLProcessor``
   (``Qwen2VLImageProcessor`` + ``Qwen2VLVideoProcessor`` + tokenizer). Images are resized to at most
   16x16 pixels (patch 4, merge 2), so each image costs 4 placeholder tokens.
+* ``make_tiny_qwen25vl(dir)``: the same for ``Qwen2_5_VLForConditionalGeneration`` (``Qwen2_5_VLProcessor``):
+  Qwen2.5-VL turns a video's frame rate into the temporal spacing of its position ids, so it is the family on
+  which the fps a video is given changes the scores. Not in ``FAMILIES`` (build it by name).
 * ``make_tiny_idefics3(dir)``: ``Idefics3ForConditionalGeneration`` (SmolVLM layout: SigLIP-style vision
   tower, pixel-shuffle connector, Llama text model) with a real ``Idefics3Processor``
   (``Idefics3ImageProcessor``, no image splitting, 32x32 images, 4 ``<image>`` tokens per image).
@@ -177,14 +180,29 @@ def _check_multi_token(tokenizer, prefix: str) -> None:
 
 def make_tiny_qwen2vl(dir: str | os.PathLike) -> str:
     """Build a tiny random Qwen2-VL checkpoint + processor in ``dir``; return the folder as a string."""
+    return _make_tiny_qwen(dir, "2")
+
+
+def make_tiny_qwen25vl(dir: str | os.PathLike) -> str:
+    """Build a tiny random Qwen2.5-VL checkpoint + processor in ``dir``; return the folder as a string."""
+    return _make_tiny_qwen(dir, "2.5")
+
+
+def _make_tiny_qwen(dir: str | os.PathLike, version: str) -> str:
     import torch
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    import transformers
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    if version == "2":
+        Config, Model, Processor = (transformers.Qwen2VLConfig, transformers.Qwen2VLForConditionalGeneration,
+                                    transformers.Qwen2VLProcessor)
+        vision_extra = dict(embed_dim=16, hidden_size=32, mlp_ratio=2)
+    else:
+        Config, Model, Processor = (transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration,
+                                    transformers.Qwen2_5_VLProcessor)
+        # window attention over 2x2 merged patches of a 16x16 image; one full-attention block
+        vision_extra = dict(hidden_size=16, out_hidden_size=32, intermediate_size=32, window_size=8,
+                            fullatt_block_indexes=[0], tokens_per_second=4)
 
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,14 +217,14 @@ def make_tiny_qwen2vl(dir: str | os.PathLike) -> str:
     pix = dict(patch_size=4, temporal_patch_size=2, merge_size=2)
     image_processor = Qwen2VLImageProcessor(min_pixels=8 * 8, max_pixels=16 * 16, **pix)
     video_processor = Qwen2VLVideoProcessor(min_pixels=8 * 8, max_pixels=16 * 16, **pix)
-    processor = Qwen2VLProcessor(
+    processor = Processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,
         chat_template=QWEN2VL_CHAT_TEMPLATE,
     )
 
-    config = Qwen2VLConfig(
+    config = Config(
         text_config=dict(
             vocab_size=len(tokenizer),
             hidden_size=32,
@@ -223,10 +241,8 @@ def make_tiny_qwen2vl(dir: str | os.PathLike) -> str:
         ),
         vision_config=dict(
             depth=1,
-            embed_dim=16,
-            hidden_size=32,
             num_heads=2,
-            mlp_ratio=2,
+            **vision_extra,
             in_channels=3,
             patch_size=4,
             spatial_merge_size=2,
@@ -239,7 +255,7 @@ def make_tiny_qwen2vl(dir: str | os.PathLike) -> str:
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
-    model = Qwen2VLForConditionalGeneration(config).to(torch.float32).eval()
+    model = Model(config).to(torch.float32).eval()
     _set_generation_config(model, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"])
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -327,7 +343,7 @@ def _set_generation_config(model, eos: int, pad: int, bos: int | None = None) ->
     gc.do_sample = False
 
 
-_BUILDERS = {"qwen2vl": make_tiny_qwen2vl, "idefics3": make_tiny_idefics3}
+_BUILDERS = {"qwen2vl": make_tiny_qwen2vl, "idefics3": make_tiny_idefics3, "qwen25vl": make_tiny_qwen25vl}
 
 
 def tiny_model_dir(family: str, root: str | os.PathLike) -> str:
@@ -336,7 +352,7 @@ def tiny_model_dir(family: str, root: str | os.PathLike) -> str:
     Completion is marked by a ``.complete`` file written last, so an interrupted build is redone.
     """
     if family not in _BUILDERS:
-        raise ValueError(f"unknown tiny model family {family!r}; choose one of {FAMILIES}")
+        raise ValueError(f"unknown tiny model family {family!r}; choose one of {sorted(_BUILDERS)}")
     target = Path(root) / family
     marker = target / ".complete"
     with _lock:

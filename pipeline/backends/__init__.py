@@ -22,6 +22,8 @@ from pipeline.backends.base import (
     ModelLoadError,
     ModelUnavailableError,
     Prompt,
+    Video,
+    VideoInputUnsupportedError,
 )
 
 
@@ -66,6 +68,33 @@ def check_model_available(cfg: ModelConfig) -> None:
         raise ValueError(f"unknown backend {cfg.backend!r}")
 
 
+def check_label_scoring(cfg: ModelConfig, labels: list[str]) -> None:
+    """Cheap pre-flight: can this backend tell ``labels`` apart? Raises :class:`LabelScoringUnsupportedError`
+    naming the labels it cannot (``openai``: labels sharing a first token, see ``openai_http.py``). Backends
+    that score every token of a label always can."""
+    if cfg.backend == "openai":
+        from pipeline.backends.openai_http import check_label_first_tokens
+
+        check_label_first_tokens(cfg, labels)
+
+
+def check_video_input(cfg: ModelConfig) -> None:
+    """Cheap pre-flight for prompts with :class:`Video` parts; loads no weights. Raises
+    :class:`VideoInputUnsupportedError` naming the model when it cannot take video: a server (dfer sends servers
+    images only), a SocialFusion model, or a transformers checkpoint whose processor has no video processor or
+    whose chat template has no video slot. A transformers model whose files are not available here passes
+    (its availability is reported by :func:`check_model_available`)."""
+    if cfg.backend == "transformers":
+        from pipeline.backends.hf import check_hf_video
+
+        check_hf_video(cfg)
+        return
+    raise VideoInputUnsupportedError(
+        f"model {cfg.model!r} (backend {cfg.backend!r}) cannot take video input: only the transformers backend "
+        "sends videos, for models whose processor has a video processor (Qwen2-VL, Qwen2.5-VL, ...)"
+    )
+
+
 __all__ = [
     "Backend",
     "BackendRequestError",
@@ -75,6 +104,10 @@ __all__ = [
     "ModelLoadError",
     "ModelUnavailableError",
     "Prompt",
+    "Video",
+    "VideoInputUnsupportedError",
+    "check_label_scoring",
     "check_model_available",
+    "check_video_input",
     "load_backend",
 ]

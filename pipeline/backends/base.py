@@ -63,16 +63,48 @@ class ModelConfig(BaseModel):
     they reach the processor or the server."""
 
 
+def frame_rate(timestamps: list[float]) -> float | None:
+    """Frames per second of frames with these timestamps (seconds, in order): ``(n - 1) / (last - first)``;
+    None for fewer than two frames or a zero span."""
+    span = timestamps[-1] - timestamps[0] if timestamps else 0.0
+    return (len(timestamps) - 1) / span if len(timestamps) > 1 and span > 0 else None
+
+
+@dataclass
+class Video:
+    """A clip given to the model as its native video input (``Prompt`` part): ``frames`` (PIL images, in time
+    order) and their ``timestamps`` (seconds). The frame rate the model is told is that of these frames,
+    measured from their timestamps (:attr:`fps`), not the source file's."""
+
+    frames: list
+    timestamps: list[float]
+
+    def __post_init__(self) -> None:
+        if not self.frames or len(self.frames) != len(self.timestamps):
+            raise ValueError(f"a Video needs frames with one timestamp each, got {len(self.frames)} frames and "
+                             f"{len(self.timestamps)} timestamps")
+
+    @property
+    def fps(self) -> float | None:
+        """:func:`frame_rate` of the timestamps; None for a single frame."""
+        return frame_rate(self.timestamps)
+
+
 @dataclass
 class Prompt:
-    """One user turn. ``parts`` are in order; each is a ``str`` (text) or a ``PIL.Image.Image``."""
+    """One user turn. ``parts`` are in order; each is a ``str`` (text), a ``PIL.Image.Image`` or a :class:`Video`
+    (only for backends whose ``supports_video`` is true)."""
 
     parts: list
     system: str | None = None
 
     @property
     def images(self) -> list:
-        return [p for p in self.parts if not isinstance(p, str)]
+        return [p for p in self.parts if not isinstance(p, (str, Video))]
+
+    @property
+    def videos(self) -> list["Video"]:
+        return [p for p in self.parts if isinstance(p, Video)]
 
 
 @dataclass
@@ -143,6 +175,10 @@ class Backend(Protocol):
         """Tokens the model sees for this prompt (image placeholders included)."""
         ...
 
+    def supports_video(self) -> bool:
+        """Whether prompts may hold :class:`Video` parts (the model's native video input)."""
+        ...
+
     def identity(self) -> dict:
         """What goes into cache keys: ``backend``, ``model``, ``revision`` and ``resolved_commit`` when known."""
         ...
@@ -168,7 +204,12 @@ class BackendRequestError(RuntimeError):
 
 
 class LabelScoringUnsupportedError(RuntimeError):
-    """The backend cannot score labels (e.g. a server that returns no logprobs)."""
+    """The backend cannot score labels (e.g. a server that returns no logprobs), or cannot tell these labels
+    apart (labels that share a first token on a server that scores the first token only)."""
+
+
+class VideoInputUnsupportedError(RuntimeError):
+    """The model or backend cannot take a :class:`Video` prompt part (the message names the model)."""
 
 
 def prepare_image(image, max_side: int | None = None):

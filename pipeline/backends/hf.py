@@ -9,9 +9,13 @@ Loading
     :class:`ModelLoadError`.
 
 Prompts
-    A :class:`Prompt` becomes one user message whose content lists ``{"type": "image"}`` and
+    A :class:`Prompt` becomes one user message whose content lists ``{"type": "image"}``, ``{"type": "video"}`` and
     ``{"type": "text", ...}`` entries in the prompt's order (plus an optional system message), rendered with the
-    model's own chat template and ``add_generation_prompt=True``.
+    model's own chat template and ``add_generation_prompt=True``. A :class:`Video` part goes to the processor's
+    video processor as its frames, unsampled (``do_sample_frames=False``), with ``video_metadata`` giving the frame
+    rate measured from the frames' timestamps (:func:`video_metadata`); a model whose processor has no video
+    processor or whose chat template has no video slot raises :class:`VideoInputUnsupportedError`
+    (:func:`check_hf_video` says so before any weights are loaded).
 
 Label scoring (``score_labels``)
     The score of a label is ``log P(label tokens | prompt)`` summed over the label's tokens, from an fp32
@@ -69,6 +73,8 @@ from pipeline.backends.base import (
     ModelLoadError,
     ModelUnavailableError,
     Prompt,
+    Video,
+    VideoInputUnsupportedError,
     how_to_point_at_local_model,
     prepare_image,
 )
@@ -196,6 +202,74 @@ def _is_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def _source(cfg: ModelConfig) -> tuple[str, dict]:
+    """Where ``from_pretrained`` loads ``cfg.model`` from, and its common keyword arguments (revision,
+    ``trust_remote_code``, ``local_files_only``). Raises :class:`ModelUnavailableError` if it cannot be had."""
+    local = is_local_path(cfg.model)
+    if local:
+        check_hf_available(cfg)
+        source = os.path.expanduser(cfg.model)
+        local_only = True
+    else:
+        source = cfg.model
+        if offline_mode():
+            local_only = True
+        elif hub_reachable():
+            local_only = False
+        elif _cached_config(cfg.model, cfg.revision) is not None:
+            local_only = True  # cached, hub unreachable: skip the network instead of retrying for minutes
+        else:
+            raise ModelUnavailableError(
+                f"Model {cfg.model!r}{_rev(cfg)} is not in the local Hugging Face cache and the hub cannot be "
+                "reached. " + how_to_point_at_local_model(cfg.model)
+            )
+    common = dict(trust_remote_code=cfg.trust_remote_code, local_files_only=local_only)
+    if not local:
+        common["revision"] = cfg.revision
+    return source, common
+
+
+def processor_takes_video(processor) -> bool:
+    """The processor has a video processor and its chat template puts something in the text for a video part."""
+    if getattr(processor, "video_processor", None) is None:
+        return False
+    template = getattr(processor, "chat_template", None) or getattr(getattr(processor, "tokenizer", None), "chat_template", None)
+    if template is None:
+        return False
+
+    def render(content):
+        return processor.apply_chat_template([{"role": "user", "content": content}], chat_template=template,
+                                             add_generation_prompt=True, tokenize=False)
+
+    try:
+        text = [{"type": "text", "text": "x"}]
+        return render([{"type": "video"}, *text]) != render(text)
+    except Exception:
+        return False
+
+
+def _video_error(model: str, why: str) -> VideoInputUnsupportedError:
+    return VideoInputUnsupportedError(
+        f"model {model!r} cannot take video input ({why}); use classify.dense_input=images (the dense frames as "
+        "images) or a model whose processor takes videos (Qwen2-VL, Qwen2.5-VL, ...)"
+    )
+
+
+def check_hf_video(cfg: ModelConfig) -> None:
+    """Pre-flight of :func:`pipeline.backends.check_video_input` for this backend: loads the processor only."""
+    from transformers import AutoProcessor
+
+    try:
+        source, common = _source(cfg)
+        processor = AutoProcessor.from_pretrained(source, **common)
+    except Exception as exc:
+        if isinstance(exc, ModelUnavailableError) or _is_unavailable(exc):
+            return  # not here: check_model_available says so
+        raise _video_error(cfg.model, f"its processor cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    if not processor_takes_video(processor):
+        raise _video_error(cfg.model, "its processor has no video processor or its chat template no video slot")
+
+
 # --------------------------------------------------------------------------------------------- helpers
 
 
@@ -238,6 +312,11 @@ def _chunks(seq: list, n: int):
 class _Rendered:
     text: str
     images: list
+    videos: list = None  # Video parts, frames prepared
+
+    def __post_init__(self) -> None:
+        if self.videos is None:
+            self.videos = []
 
 
 @dataclass
@@ -272,28 +351,10 @@ class TransformersBackend:
 
         cfg = self.cfg
         local = is_local_path(cfg.model)
-        if local:
-            check_hf_available(cfg)
-            source = os.path.expanduser(cfg.model)
-            local_only = True
-        else:
-            source = cfg.model
-            if offline_mode():
-                local_only = True
-            elif hub_reachable():
-                local_only = False
-            elif _cached_config(cfg.model, cfg.revision) is not None:
-                local_only = True  # cached, hub unreachable: skip the network instead of retrying for minutes
-            else:
-                raise ModelUnavailableError(
-                    f"Model {cfg.model!r}{_rev(cfg)} is not in the local Hugging Face cache and the hub cannot be "
-                    "reached. " + how_to_point_at_local_model(cfg.model)
-                )
+        source, common = _source(cfg)
+        local_only = common["local_files_only"]
         device_map, self.input_device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, self.input_device)
-        common = dict(trust_remote_code=cfg.trust_remote_code, local_files_only=local_only)
-        if not local:
-            common["revision"] = cfg.revision
         try:
             self.processor = AutoProcessor.from_pretrained(source, **common)
             self.model = AutoModelForImageTextToText.from_pretrained(
@@ -332,6 +393,7 @@ class TransformersBackend:
         inner = getattr(self.model, "model", None)
         self._rope_index = getattr(inner, "get_rope_index", None)
         self._position_rows = 0
+        self._video = processor_takes_video(self.processor)
 
     def _find_resolved_commit(self, local: bool) -> str | None:
         if local:
@@ -385,6 +447,10 @@ class TransformersBackend:
         if self._resolved_commit:
             ident["resolved_commit"] = self._resolved_commit
         return ident
+
+    def supports_video(self) -> bool:
+        """True when the processor has a video processor and the chat template a video slot."""
+        return self._video
 
     def close(self) -> None:
         with self._lock:
@@ -480,21 +546,27 @@ class TransformersBackend:
     def _render(self, prompt: Prompt) -> _Rendered:
         from PIL import Image
 
-        content, images = [], []
+        content, images, videos = [], [], []
         for part in prompt.parts:
             if isinstance(part, str):
                 content.append({"type": "text", "text": part})
             elif isinstance(part, Image.Image):
                 content.append({"type": "image"})
                 images.append(prepare_image(part, self.cfg.image_max_side))
+            elif isinstance(part, Video):
+                if not self._video:
+                    raise _video_error(self.cfg.model, "its processor has no video processor or its chat template no video slot")
+                content.append({"type": "video"})
+                frames = [prepare_image(f, self.cfg.image_max_side) for f in part.frames]
+                videos.append(Video(frames, list(part.timestamps)))
             else:
-                raise TypeError(f"prompt parts must be str or PIL.Image.Image, got {type(part).__name__}")
+                raise TypeError(f"prompt parts must be str, PIL.Image.Image or Video, got {type(part).__name__}")
         messages = []
         if prompt.system:
             messages.append({"role": "system", "content": [{"type": "text", "text": prompt.system}]})
         messages.append({"role": "user", "content": content})
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return _Rendered(text=text, images=images)
+        return _Rendered(text=text, images=images, videos=videos)
 
     def _add_special(self, text: str) -> bool:
         bos = self.tokenizer.bos_token
@@ -512,6 +584,10 @@ class TransformersBackend:
         )
         if any(r.images for r in rendered):
             kwargs["images"] = [r.images for r in rendered]
+        videos = [v for r in rendered for v in r.videos]
+        if videos:  # frames as sampled (no resampling), fps measured from their timestamps
+            kwargs.update(videos=[v.frames for v in videos], video_metadata=[video_metadata(v) for v in videos],
+                          do_sample_frames=False)
         old_side = self.tokenizer.padding_side
         self.tokenizer.padding_side = padding_side
         try:
@@ -730,6 +806,16 @@ class TransformersBackend:
                 worst,
             )
             self.scoring_mode = "full"
+
+
+def video_metadata(video: Video) -> dict:
+    """transformers ``VideoMetadata`` fields for a :class:`Video`: its frames are the whole video, at the rate
+    measured from their timestamps (``fps``; Qwen2.5-VL turns it into the temporal spacing of its positions)."""
+    n = len(video.frames)
+    span = video.timestamps[-1] - video.timestamps[0]
+    fps = video.fps
+    return {"total_num_frames": n, "fps": fps, "frames_indices": list(range(n)),
+            "duration": span + (1.0 / fps if fps else 0.0)}
 
 
 def _local_fingerprint(path: Path, sample_bytes: int = 1 << 20) -> str:

@@ -38,6 +38,17 @@ Label scoring: first token only, from ``top_logprobs``
     A server that returns no logprobs at all raises :class:`LabelScoringUnsupportedError` (use vLLM or SGLang,
     whose chat endpoints return ``top_logprobs``).
 
+Labels that share a first token (:func:`check_label_first_tokens`, before any clip)
+    First-token scoring cannot tell apart labels whose first tokens are the same: they always get the same score
+    and ``argmax`` gives every such tie to the label listed first (with a tokenizer that splits ``disappointment``
+    after ``dis``, a model answering "disgust"-or-"disappointment" always counts as the first). So before any clip
+    the labels are tokenized, bare and after a space (the two ways an answer starts), with the server's
+    tokenizer (``POST /tokenize``, as vLLM, SGLang and llama.cpp serve it at the server's root), or else with a
+    local copy of the served model's tokenizer (Hugging Face cache, never downloaded); labels sharing a first
+    token id are refused with an error that names them and says how to fix it. With neither tokenizer, labels
+    whose first two letters (case-folded) are the same are refused: a conservative stand-in, since a shared
+    first token needs a shared first letter and real vocabularies rarely end a word's first token after one.
+
 Prompt length
     ``count_prompt_tokens`` sends ``max_tokens=1`` and reads ``usage.prompt_tokens``.
 """
@@ -63,6 +74,8 @@ from pipeline.backends.base import (
     ModelLoadError,
     ModelUnavailableError,
     Prompt,
+    Video,
+    VideoInputUnsupportedError,
     prepare_image,
 )
 
@@ -86,6 +99,8 @@ def prompt_to_messages(prompt: Prompt, image_max_side: int | None = None) -> lis
     for part in prompt.parts:
         if isinstance(part, str):
             content.append({"type": "text", "text": part})
+        elif isinstance(part, Video):
+            raise VideoInputUnsupportedError("the openai backend sends images only; use classify.dense_input=images")
         else:
             content.append({"type": "image_url", "image_url": {"url": image_to_data_url(part, image_max_side)}})
     messages = []
@@ -174,6 +189,85 @@ def check_server_available(cfg: ModelConfig, timeout_s: float = 10.0) -> None:
             f"The server at {cfg.server_url} does not serve model {cfg.model!r}; it serves {served}. "
             "Set the model name to one of these."
         )
+
+
+def _tokenize_on_server(cfg: ModelConfig, texts: list[str], timeout_s: float = 10.0) -> list[list[int]] | None:
+    """Token ids of each text under the server's tokenizer (``POST /tokenize`` at the server's root, then under
+    ``server_url``), without special tokens; None if the server has no such endpoint."""
+    import requests
+
+    base = _base_url(cfg)
+    roots = [base[: -len("/v1")]] if base.endswith("/v1") else []
+    for url in [r + "/tokenize" for r in roots] + [base + "/tokenize"]:
+        out = []
+        for text in texts:
+            body = {"model": cfg.model, "prompt": text, "add_special_tokens": False, "content": text}  # content: llama.cpp
+            try:
+                resp = requests.post(url, json=body, headers=_headers(cfg), timeout=min(timeout_s, cfg.timeout_s))
+                tokens = resp.json().get("tokens") if resp.status_code == 200 else None
+            except (requests.RequestException, ValueError, AttributeError):
+                tokens = None
+            if tokens and isinstance(tokens[0], list):  # SGLang answers a batch shape for list prompts
+                tokens = tokens[0]
+            if not tokens or not all(isinstance(t, int) for t in tokens):
+                break
+            out.append(tokens)
+        if len(out) == len(texts):
+            return out
+    return None
+
+
+def _tokenize_locally(cfg: ModelConfig, texts: list[str]) -> list[list[int]] | None:
+    """Token ids under a local copy of the served model's tokenizer (a folder, or the Hugging Face cache; nothing
+    is downloaded); None if there is none."""
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(os.path.expanduser(cfg.model), revision=cfg.revision, local_files_only=True,
+                                            trust_remote_code=cfg.trust_remote_code)
+        return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    except Exception:
+        return None
+
+
+def check_label_first_tokens(cfg: ModelConfig, labels: list[str]) -> str:
+    """Refuse labels that first-token scoring cannot tell apart (module docstring). Raises
+    :class:`LabelScoringUnsupportedError` naming them; returns which tokenizer was used."""
+    forms = [lab.strip() for lab in labels] + [" " + lab.strip() for lab in labels]
+    ids, source = _tokenize_on_server(cfg, forms), f"the tokenizer of the server at {cfg.server_url}"
+    if ids is None:
+        ids, source = _tokenize_locally(cfg, forms), f"a local copy of {cfg.model!r}'s tokenizer"
+    groups: dict[tuple, list[str]] = {}
+    if ids is None:
+        source = (f"their spelling (the server at {cfg.server_url} offers no /tokenize and no local copy of "
+                  f"{cfg.model!r}'s tokenizer was found; labels with the same first two letters may share a first token)")
+        for lab in labels:
+            groups.setdefault(("letters", lab.strip().casefold()[:2]), []).append(lab)
+    else:
+        n = len(labels)
+        for k, lab in enumerate(labels):
+            for form, toks in (("bare", ids[k]), ("after a space", ids[n + k])):
+                if toks:
+                    groups.setdefault((form, toks[0]), []).append(lab)
+    clashes = []
+    for key, members in groups.items():
+        if len(members) > 1 and sorted(members) not in [sorted(c[1]) for c in clashes]:
+            clashes.append((key, members))
+    if clashes:
+        what = "; ".join(
+            " and ".join(repr(m) for m in members)
+            + (f" (first token id {key[1]}, written {key[0]})" if key[0] != "letters" else f" (both begin with {key[1]!r})")
+            for key, members in clashes
+        )
+        raise LabelScoringUnsupportedError(
+            f"model {cfg.model!r} (backend openai) cannot tell these labels apart: {what}, judged by {source}. A server "
+            "scores a label by its first token only, so such labels always tie and the tie goes to the one listed "
+            "first: a silent bias against the others. Fix: use a label file (classify.labels=my_labels.yaml, like "
+            "prompts/labels/*.yaml) that names these classes by words whose first tokens differ and keeps the "
+            "official words as aliases, so annotation files still match (e.g. '- name: letdown' with "
+            "'aliases: [disappointment, \"11\"]'); or use the transformers backend, which scores every token of a label."
+        )
+    return source
 
 
 class OpenAIBackend:
@@ -322,6 +416,9 @@ class OpenAIBackend:
             raise BackendRequestError(f"The server at {self.cfg.server_url} does not report usage.prompt_tokens")
         return int(n)
 
+    def supports_video(self) -> bool:
+        return False
+
     def identity(self) -> dict:
         return {"backend": "openai", "model": self.cfg.model, "revision": self.cfg.revision}
 
@@ -332,6 +429,7 @@ class OpenAIBackend:
 
 __all__ = [
     "OpenAIBackend",
+    "check_label_first_tokens",
     "check_server_available",
     "image_to_data_url",
     "match_labels",
