@@ -49,6 +49,13 @@ class FaceTrack:
     def t(self) -> np.ndarray:
         return self.arrays["t"]
 
+    @property
+    def duration_s(self) -> float:
+        """The clip's duration: the last frame's timestamp plus its display time, taken as the interval
+        before it (exact at a constant frame rate; the pts of a frame after the last do not exist). A
+        one-frame clip lasts one frame at the header's average rate, or 0 without one."""
+        return clip_duration(self.t, ((self.meta.get("video") or {}).get("avg_fps")))
+
     def crop_bytes(self, indices) -> list[bytes]:
         off = self.arrays["crop_offsets"]
         out = []
@@ -82,3 +89,13 @@ class FaceTrack:
         side = (cb[:, 2] - cb[:, 0])[:, None]
         lm = self.arrays["landmarks"]
         return (lm - cb[:, None, :2]) / side[:, :, None] * size
+
+
+def clip_duration(t: np.ndarray, avg_fps: float | None = None) -> float:
+    """See :attr:`FaceTrack.duration_s` (``t``: frame timestamps from the first frame, seconds)."""
+    n = len(t)
+    if n == 0:
+        return 0.0
+    if n > 1:
+        return float(t[-1] + (t[-1] - t[-2]))
+    return float(t[0]) + (1.0 / avg_fps if avg_fps else 0.0)

@@ -1,45 +1,47 @@
 """classify: interleaved keyframe + motion-summary classification (MSCE stage 2).
 
 The prompt (``prompts/classify.j2``) shows the keyframes as images in time order, interleaved
-with the motion summary of each gap between them, e.g.
-``[0.00 s] <image> [0.00–0.50 s] Motion: … [0.50 s] <image> …``, then asks for one label of the
-label set. Every label is scored by the log-likelihood of its tokens right after the prompt
-(closed-set scoring, see ``pipeline/backends/hf.py``); raw, uncalibrated scores are stored per
-clip. Turning scores into predictions (length normalisation, calibration) happens after the
-model, so it never re-runs a model.
+with the motion summary of each gap (before the first keyframe, between keyframes, after the last),
+e.g. ``[0.00–0.48 s] Motion: … [0.48 s] <image> [0.48–1.48 s] Motion: … [1.48 s] <image> …``, then
+asks for one label of the label set. Every label is scored by the log-likelihood of its tokens right
+after the prompt (closed-set scoring, see ``pipeline/backends/hf.py``); raw, uncalibrated scores are
+stored per clip. Turning scores into predictions (``pipeline/ranking.py``, calibration) happens after
+the model, so it never re-runs a model.
 
 Ablation switches (each changes only this stage's key): ``use_summaries``, ``use_keyframes``,
-``shuffle`` (bag-of-frames diagnostic: timeline items in random order, timestamps kept), and
-``dense_fps`` (dense frames at that rate instead of summaries). ``keyframes.k`` sets the number
-of keyframes upstream.
+``shuffle`` (bag-of-frames diagnostic: timeline items in random order and no timestamps, see
+:func:`build_timeline`), and ``dense_fps`` (the dense baseline: frames sampled at that rate, on their
+own unless ``use_keyframes``/``use_summaries`` are set to true; ``dense_input=video`` sends them as the
+model's native video input). ``keyframes.k`` sets the number of keyframes upstream.
 
 ``adapter``: LoRA adapters trained with ``dfer finetune`` (``pipeline/finetune/``, which renders
 its training prompts with :func:`render` and trains on the label tokens this stage scores) are
 merged into the model at load time; their content hash joins the cache key.
 
 Output ``scores.json``: ``{"labels": [...], "scores": {label: {"logprob", "n_tokens", "exact",
-"end_logprob"}}, "prompt_tokens": int, "dense_tokens": int, "dense_frames": int}``.
+"end_logprob"}}, "frame_indices": [...], "prompt_tokens": int, "dense_tokens": int, "dense_frames": int}``.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import re
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline import modelstage
-from pipeline.backends.base import ModelConfig, Prompt
+from pipeline.backends.base import ModelConfig, Prompt, Video, VideoInputUnsupportedError, frame_rate
 from pipeline.facetrack import FaceTrack
 from pipeline.fields import not_in_key
 from pipeline.jobs import ClipJob
 from pipeline.labels import LabelError, load_label_set
-from pipeline.prompts import PromptRenderer, image_slots, template_hash
+from pipeline.prompts import PromptRenderer, image_slots, template_hash, template_path
 
 NAME = "classify"
-VERSION = 1
+VERSION = 2  # 2: lead-in/lead-out summaries, shuffled prompts without timestamps, dense frames alone, video input
 SCORES_FILE = "scores.json"
 
 
@@ -50,14 +52,25 @@ class Config(BaseModel):
     """The classifier VLM (hub id or local checkpoint folder)."""
     labels: str = "dfew"
     """Label set: dfew, ferv39k, mafw, or a path to a YAML label file (see prompts/labels/)."""
-    use_keyframes: bool = True
-    """Show the keyframes as images (off: text-only prompt from the summaries)."""
-    use_summaries: bool = True
-    """Put the motion summaries of the gaps between the keyframes (the context stage) in the prompt."""
+    use_keyframes: bool | None = None
+    """Show the keyframes as images (false: text-only prompt from the summaries). Default (null): true, unless
+    ``dense_fps`` is set."""
+    use_summaries: bool | None = None
+    """Put the motion summaries of the gaps (the context stage) in the prompt. Default (null): true, unless
+    ``dense_fps`` is set."""
     dense_fps: float | None = Field(None, gt=0)
-    """Instead of summaries, show dense frames sampled at this rate (the paper's dense baseline)."""
+    """The dense baseline: show frames sampled at this rate over the whole clip. On its own it replaces the
+    keyframes and summaries (the prompt shows the dense frames only); set ``use_keyframes``/``use_summaries`` to
+    true to add them."""
+    dense_input: Literal["images", "video"] = "images"
+    """How the dense frames reach the model: ``images`` (one image each, with its timestamp) or ``video`` (the
+    model's native video input, told the frame rate measured from the frames' timestamps; transformers backend,
+    for processors that take videos: Qwen2-VL, Qwen2.5-VL, ...). A model that cannot take video is an error
+    before any clip."""
     shuffle: bool = False
-    """Shuffle the order of frames and summaries (bag-of-frames diagnostic); timestamps are kept."""
+    """Shuffle the order of frames and summaries (bag-of-frames diagnostic). The shuffled prompt shows no
+    timestamps: time-like text is removed from the summaries and the clip-level trajectory sentence is left out,
+    since either would let the model put the items back in order."""
     shuffle_seed: int = 0
     """Seed of the shuffle."""
     image_size: int = Field(224, ge=32)
@@ -74,17 +87,31 @@ class Config(BaseModel):
     ``classify.model`` when it is loaded (transformers backend). Not the path but the adapter's content hash
     is part of the cache key; an adapter made for another base model is an error before any clip."""
 
+    @property
+    def show_keyframes(self) -> bool:
+        """``use_keyframes`` resolved (null: true unless ``dense_fps`` is set)."""
+        return self.use_keyframes if self.use_keyframes is not None else self.dense_fps is None
+
+    @property
+    def show_summaries(self) -> bool:
+        """``use_summaries`` resolved (null: true unless ``dense_fps`` is set)."""
+        return self.use_summaries if self.use_summaries is not None else self.dense_fps is None
+
     @model_validator(mode="after")
     def _something_to_show(self):
-        if not self.use_keyframes and not (self.use_summaries or self.dense_fps):
+        if not (self.show_keyframes or self.show_summaries or self.dense_fps):
             raise ValueError("classify needs keyframes, summaries or dense frames: all are switched off")
+        if self.dense_input == "video" and self.dense_fps is None:
+            raise ValueError("classify.dense_input=video sends the dense frames as a video: set classify.dense_fps too")
+        if self.dense_input == "video" and self.shuffle:
+            raise ValueError("classify.shuffle cannot shuffle a video (classify.dense_input=video): use dense_input=images")
         return self
 
 
 def upstream(cfg: Config) -> tuple[str, ...]:
     """Summaries come from the context stage; without them classify does not depend on it."""
     ups = ("faces", "keyframes")
-    return ups + ("context",) if cfg.use_summaries and cfg.dense_fps is None else ups
+    return ups + ("context",) if cfg.show_summaries else ups
 
 
 UPSTREAM: tuple[str, ...] = ("faces", "keyframes", "context")  # the most it reads; see upstream()
@@ -109,17 +136,39 @@ def preflight(cfg: Config) -> str | None:
         label_set = load_label_set(cfg.labels)
     except LabelError as exc:
         raise modelstage.PreflightError(f"classify.labels: {exc}") from None
-    slot = image_slots(1)[0]
-    modelstage.check_template(
-        cfg.prompt_dir,
-        cfg.template,
-        {
-            "timeline": [{"kind": "frame", "t": 0.0, "image": slot}, {"kind": "motion", "t_start": 0.0, "t_end": 0.5, "text": "x"}],
-            "trajectory": None,
-            "labels": label_set.names,
-        },
-    )
+    slots = image_slots(2)
+    timeline = [{"kind": "motion", "gap": "lead_in", "t_start": 0.0, "t_end": 0.2, "text": "x"},
+                {"kind": "frame", "t": 0.2, "image": slots[0]},
+                {"kind": "motion", "gap": "between", "t_start": 0.2, "t_end": 0.5, "text": "x"}]
+    if cfg.dense_input == "video":
+        timeline.append({"kind": "video", "t": 0.0, "t_start": 0.0, "t_end": 0.5, "fps": 5.0, "video": slots[1]})
+    for timestamps in (True, False):
+        modelstage.check_template(cfg.prompt_dir, cfg.template,
+                                  {"timeline": timeline, "trajectory": None, "labels": label_set.names, "timestamps": timestamps})
+    if cfg.shuffle:  # a template that prints times anyway would let the model undo the shuffle
+        probe = [{**it, "t": 7.89, "t_start": 7.89, "t_end": 8.91} for it in timeline]  # one image (no video)
+        rendered = PromptRenderer(cfg.prompt_dir, cfg.template).render(
+            [object()], timeline=probe, trajectory=None, labels=label_set.names, timestamps=False)
+        text = "".join(p for p in rendered.parts if isinstance(p, str))
+        if "7.89" in text or "8.91" in text:
+            raise modelstage.PreflightError(
+                f"{template_path(cfg.prompt_dir, cfg.template)}: prints timestamps although classify.shuffle is on "
+                "(they would give the order away); print them only inside {% if timestamps %}...{% endif %}")
     message = modelstage.preflight_model(cfg.model, f"{NAME}.model")
+    if message is None:
+        from pipeline.backends import LabelScoringUnsupportedError, check_label_scoring
+
+        try:
+            check_label_scoring(cfg.model, label_set.names)
+        except LabelScoringUnsupportedError as exc:
+            raise modelstage.PreflightError(f"classify.labels={cfg.labels}: {exc}") from None
+    if cfg.dense_input == "video" and message is None:
+        from pipeline.backends import check_video_input
+
+        try:
+            check_video_input(cfg.model)
+        except VideoInputUnsupportedError as exc:
+            raise modelstage.PreflightError(f"classify.dense_input=video: {exc}") from None
     if cfg.adapter is not None and message is None:
         from pipeline.finetune.adapter import AdapterError, check_adapter
 
@@ -154,34 +203,74 @@ def dense_indices(t: np.ndarray, fps: float) -> list[int]:
     return sorted({int(np.argmin(np.abs(t - x))) for x in ticks})
 
 
-def build_timeline(job: ClipJob, cfg: Config, track: FaceTrack) -> tuple[list[dict], list[int], str | None]:
-    """Timeline items (in time order unless shuffled) and the frame index of each image slot."""
+_NUM = r"\d+(?:\.\d+)?"
+_SECONDS = r"\s*(?:s|secs?|seconds?)\b"
+_TIME_TEXT = re.compile(
+    rf"\[?\s*(?:(?:between|from|at|after|before|until|to)\s+)?"
+    rf"(?:{_NUM}(?:{_SECONDS})?\s*(?:–|-|to|and)\s*)?{_NUM}{_SECONDS}\s*\]?",
+    re.IGNORECASE,
+)
+
+
+def strip_times(text: str) -> str:
+    """``text`` without time expressions (``0.48 s``, ``[0.48–1.48 s]``, ``between 0.5 s and 1 s``)."""
+    return re.sub(r"\s{2,}", " ", _TIME_TEXT.sub(" ", text)).strip()
+
+
+def build_timeline(job: ClipJob, cfg: Config, track: FaceTrack) -> tuple[list[dict], list, str | None]:
+    """Timeline items (in time order unless shuffled), what each image/video slot shows (a frame index for an
+    image, a list of frame indices for a video), and the trajectory sentence.
+
+    Shuffled (``cfg.shuffle``): the items are put in a random order (seeded by ``shuffle_seed`` and the clip),
+    the template is told to print no timestamps, time expressions are removed from the summaries and the
+    trajectory sentence is dropped: otherwise the model could re-sort the items by time, and the ablation would
+    not test order-blindness."""
     kf = job.upstream["keyframes"].json("keyframes.json")
-    frames: list[int] = list(kf["indices"]) if cfg.use_keyframes else []
-    motions: list[dict] = []
-    trajectory = None
+    frames: list[int] = list(kf["indices"]) if cfg.show_keyframes else []
+    items: list[dict] = []
     if cfg.dense_fps is not None:
-        frames = sorted(set(frames) | set(dense_indices(track.t, cfg.dense_fps)))
-    elif cfg.use_summaries:
+        dense = dense_indices(track.t, cfg.dense_fps)
+        if cfg.dense_input == "video":
+            ts = [float(track.t[i]) for i in dense]
+            items.append({"kind": "video", "t": ts[0], "t_start": ts[0], "t_end": ts[-1], "indices": dense,
+                          "timestamps": ts, "fps": frame_rate(ts) or cfg.dense_fps})
+        else:
+            frames = sorted(set(frames) | set(dense))
+    trajectory = None
+    if cfg.show_summaries:
         ctx = job.upstream["context"].json("context.json")
-        motions = [{"kind": "motion", "t_start": g["t_start"], "t_end": g["t_end"], "text": g["summary"]} for g in ctx["gaps"]]
+        items += [{"kind": "motion", "gap": g.get("kind", "between"), "t_start": g["t_start"], "t_end": g["t_end"],
+                   "text": g["summary"]} for g in ctx["gaps"]]
         trajectory = ctx.get("trajectory")
-    items = [{"kind": "frame", "t": float(track.t[i]), "index": i} for i in frames] + motions
+    items += [{"kind": "frame", "t": float(track.t[i]), "index": i} for i in frames]
     items.sort(key=lambda it: (it.get("t", it.get("t_start")), it["kind"] == "motion"))
     if cfg.shuffle:
         random.Random(f"{cfg.shuffle_seed}:{job.fingerprint}").shuffle(items)
-    return items, [it["index"] for it in items if it["kind"] == "frame"], trajectory
+        trajectory = None
+        for it in items:
+            if it["kind"] == "motion":
+                it["text"] = strip_times(it["text"])
+    slots = [it["index"] if it["kind"] == "frame" else it["indices"] for it in items if it["kind"] in ("frame", "video")]
+    return items, slots, trajectory
 
 
 def render(job: ClipJob, cfg: Config, renderer: PromptRenderer, labels: list[str]) -> tuple[Prompt, FaceTrack, list[int]]:
+    """The classify prompt of one clip, its face track, and the frame indices it shows (in prompt order)."""
     track = FaceTrack.load(job.upstream["faces"])
-    items, frame_idx, trajectory = build_timeline(job, cfg, track)
-    slots = iter(image_slots(len(frame_idx)))
+    items, slots, trajectory = build_timeline(job, cfg, track)
+    flat = [i for s in slots for i in (s if isinstance(s, list) else [s])]
+    crops = iter(modelstage.pil_crops(track, flat, cfg.image_size))
+    names = iter(image_slots(len(slots)))
+    media = []
     for it in items:
         if it["kind"] == "frame":
-            it["image"] = next(slots)
-    images = modelstage.pil_crops(track, frame_idx, cfg.image_size)
-    return renderer.render(images, timeline=items, trajectory=trajectory, labels=labels), track, frame_idx
+            it["image"] = next(names)
+            media.append(next(crops))
+        elif it["kind"] == "video":
+            it["video"] = next(names)
+            media.append(Video([next(crops) for _ in it["indices"]], it["timestamps"]))
+    prompt = renderer.render(media, timeline=items, trajectory=trajectory, labels=labels, timestamps=not cfg.shuffle)
+    return prompt, track, flat
 
 
 def dense_cost(backend, prompt: Prompt, track: FaceTrack, fps: float, image_size: int) -> tuple[int, int]:

@@ -1,16 +1,21 @@
 """context: motion-to-text for the frames between keyframes (MSCE stage 1).
 
-For each gap between two consecutive keyframes, in-between face crops are sampled evenly in time
-at a density of at least ``min_frames_per_gap`` frames and ``min_fps`` frames per second (so a
-0.25 s micro-expression is never skipped), grouped into windows of ``window_size`` frames, and
-each window is captioned by the captioner VLM with ``prompts/caption.j2``. The window captions of
-a gap are then condensed into one timestamped sentence (``prompts/condense.j2``; or joined, with
-``condense=join``), and optionally into one clip-level trajectory sentence (``trajectory.j2``).
-All prompts of a batch of clips go to the model together.
+For each gap of ``keyframes.json`` (between two consecutive keyframes, and the lead-in before the first
+and lead-out after the last, when the keyframes stage made them), in-between face crops are sampled
+evenly in time at a density of at least ``min_frames_per_gap`` frames and ``min_fps`` frames per second
+(so a 0.25 s micro-expression is never skipped). The frames that bound the gap (its keyframes; the clip's
+first frame for a lead-in, its last for a lead-out) and the sampled frames, in time order, are cut into
+captioning windows by :func:`split_windows`: windows of at most ``window_size`` frames, of even sizes
+(never fewer than 2), each overlapping the next by one frame, so every pair of consecutive frames is
+seen together by one window and the first and last windows hold the bounding frames. Each window is
+captioned by the captioner VLM with ``prompts/caption.j2``. The window captions of a gap are then
+condensed into one sentence (``prompts/condense.j2``; or joined, with ``condense=join``), and optionally
+into one clip-level trajectory sentence (``trajectory.j2``). All prompts of a batch of clips go to the
+model together.
 
 Output ``context.json``::
 
-    {"gaps": [{"t_start", "t_end", "start_index", "end_index",
+    {"gaps": [{"kind", "t_start", "t_end", "start_index", "end_index",
                "windows": [{"indices", "timestamps", "caption"}], "summary"}],
      "trajectory": str | null}
 """
@@ -23,14 +28,14 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.backends.base import ModelConfig
+from pipeline.backends.base import ModelConfig, frame_rate
 from pipeline.facetrack import FaceTrack
 from pipeline.jobs import ClipJob
 from pipeline.prompts import PromptRenderer, image_slots, template_hash
 from pipeline import modelstage
 
 NAME = "context"
-VERSION = 1
+VERSION = 2  # 2: overlapping windows with the bounding frames, lead-in/lead-out gaps, gap kinds
 UPSTREAM: tuple[str, ...] = ("faces", "keyframes")
 CONTEXT_FILE = "context.json"
 TEMPLATES = ("caption.j2", "condense.j2", "trajectory.j2")
@@ -45,8 +50,10 @@ class Config(BaseModel):
     """At least this many in-between frames are captioned per gap (fewer only if the gap has fewer)."""
     min_fps: float = Field(5.0, gt=0)
     """...and at least this many frames per second of gap."""
-    window_size: int = Field(4, ge=1)
-    """Frames per captioning window (one caption each)."""
+    window_size: int = Field(4, ge=2)
+    """Most frames in one captioning window (one caption each). A gap's frames (its bounding keyframes and
+    the sampled frames between them) are split into windows of even sizes, at least 2 frames each, that
+    overlap by one frame."""
     image_size: int = Field(224, ge=32)
     """Side of the face crops sent to the captioner (pixels)."""
     condense: Literal["model", "join"] = "model"
@@ -72,7 +79,9 @@ def preflight(cfg: Config) -> str | None:
 
 def _dummy_variables(name: str) -> dict:
     if name == "caption.j2":
-        return {"frames": [{"t": 0.0, "image": image_slots(1)[0]}], "t_start": 0.0, "t_end": 0.1}
+        slots = image_slots(2)
+        return {"frames": [{"t": 0.0, "image": slots[0]}, {"t": 0.2, "image": slots[1]}], "t_start": 0.0, "t_end": 0.2,
+                "fps": 5.0}
     if name == "condense.j2":
         return {"captions": [{"t_start": 0.0, "t_end": 0.1, "text": "x"}], "t_start": 0.0, "t_end": 0.1}
     return {"gaps": [{"t_start": 0.0, "t_end": 0.1, "summary": "x"}]}
@@ -87,31 +96,53 @@ def close(backend) -> None:
 
 
 def sample_gap(t: np.ndarray, gap: dict, min_frames: int, min_fps: float) -> list[int]:
-    """In-between frame indices of one gap, evenly spaced in time, dense enough for ``min_fps``."""
-    between = gap["between"] or [gap["start_index"], gap["end_index"]]
+    """In-between frame indices of one gap, at least ``min_frames`` and ``min_fps`` per second (all of them
+    if the gap has fewer), nearest to times spaced evenly over the gap, its bounding frames included in the
+    spacing (so the step from a keyframe to the first sampled frame is like the others)."""
+    between = gap["between"]
     dur = max(gap["t_end"] - gap["t_start"], 0.0)
     want = max(min_frames, math.ceil(dur * min_fps))
     if want >= len(between):
         return list(between)
     tb = t[between]
-    targets = np.linspace(tb[0], tb[-1], want)
-    picks = sorted({between[int(np.argmin(np.abs(tb - x)))] for x in targets})
-    return picks
+    targets = np.linspace(gap["t_start"], gap["t_end"], want + 2)[1:-1]
+    return sorted({between[int(np.argmin(np.abs(tb - x)))] for x in targets})
 
 
-def plan_windows(track: FaceTrack, keyframes: dict, cfg: Config) -> list[dict]:
-    """The gaps with their captioning windows (frame indices and timestamps), no model involved."""
+def split_windows(n: int, max_size: int) -> list[tuple[int, int]]:
+    """Cut a sequence of ``n >= 2`` frames into windows ``(first, last)`` (positions, inclusive) of at most
+    ``max_size >= 2`` frames: as few as possible, sizes differing by at most one, each at least 2 frames,
+    each window starting on the frame the previous one ended on. So the ``n - 1`` pairs of consecutive
+    frames are shared out among the windows, and each pair is seen together by exactly one window."""
+    if n < 2 or max_size < 2:
+        raise ValueError(f"split_windows needs n >= 2 frames and max_size >= 2, got n={n}, max_size={max_size}")
+    pairs = n - 1
+    count = math.ceil(pairs / (max_size - 1))
+    base, extra = divmod(pairs, count)
+    out, start = [], 0
+    for k in range(count):
+        step = base + (1 if k < extra else 0)
+        out.append((start, start + step))
+        start += step
+    return out
+
+
+def plan_windows(t: np.ndarray, keyframes: dict, cfg: Config) -> list[dict]:
+    """The gaps with their captioning windows (frame indices and timestamps), no model involved.
+    ``t``: the clip's frame timestamps; ``keyframes``: the keyframes stage's ``keyframes.json``."""
     gaps = []
     for g in keyframes["gaps"]:
-        idx = sample_gap(track.t, g, cfg.min_frames_per_gap, cfg.min_fps)
-        windows = [idx[i : i + cfg.window_size] for i in range(0, len(idx), cfg.window_size)]
+        inner = sample_gap(t, g, cfg.min_frames_per_gap, cfg.min_fps)
+        seq = [g["start_index"], *inner, g["end_index"]]
+        windows = [seq[a : b + 1] for a, b in split_windows(len(seq), cfg.window_size)]
         gaps.append(
             {
+                "kind": g.get("kind", "between"),
                 "t_start": g["t_start"],
                 "t_end": g["t_end"],
                 "start_index": g["start_index"],
                 "end_index": g["end_index"],
-                "windows": [{"indices": w, "timestamps": [float(track.t[i]) for i in w]} for w in windows],
+                "windows": [{"indices": w, "timestamps": [float(t[i]) for i in w]} for w in windows],
             }
         )
     return gaps
@@ -122,14 +153,15 @@ def process_batch(jobs: list[ClipJob], cfg: Config, backend) -> list:
     plans, prompts, owners = [], [], []
     for j, job in enumerate(jobs):
         track = FaceTrack.load(job.upstream["faces"])
-        plan = plan_windows(track, job.upstream["keyframes"].json("keyframes.json"), cfg)
+        plan = plan_windows(track.t, job.upstream["keyframes"].json("keyframes.json"), cfg)
         plans.append(plan)
         for gi, gap in enumerate(plan):
             for wi, w in enumerate(gap["windows"]):
                 imgs = modelstage.pil_crops(track, w["indices"], cfg.image_size)
                 slots = image_slots(len(imgs))
                 frames = [{"t": t, "image": s} for t, s in zip(w["timestamps"], slots)]
-                prompts.append(caption_t.render(imgs, frames=frames, t_start=w["timestamps"][0], t_end=w["timestamps"][-1]))
+                ts = w["timestamps"]
+                prompts.append(caption_t.render(imgs, frames=frames, t_start=ts[0], t_end=ts[-1], fps=frame_rate(ts)))
                 owners.append((j, gi, wi))
     captions = backend.generate(prompts, cfg.model.max_new_tokens) if prompts else []
     for (j, gi, wi), text in zip(owners, captions):

@@ -13,6 +13,14 @@ Strategies: ``uniform`` (evenly spaced in time: what VLMs do today), ``motion_ap
 peaks of the smoothed expression curve, at least ``min_separation_s`` apart; uniform fill when a
 clip has fewer peaks that stand out), ``hybrid`` (up to K/2 apexes, the rest uniform in time,
 kept apart from the apexes).
+
+Gaps (``keyframes.json``'s ``gaps``, in time order, each with its ``kind``): ``between`` two consecutive
+keyframes; ``lead_in`` from the clip's first frame to the first keyframe and ``lead_out`` from the last
+keyframe to the clip's last frame, each only when longer than ``edge_gap_min_s`` (with 4 uniform keyframes
+each is an eighth of the clip, long enough to hold a whole micro-expression). A gap has ``start_index`` /
+``end_index`` (the frames that bound it: keyframes, or the clip's first/last frame), ``t_start``/``t_end``
+and ``between`` (the frames strictly inside). ``duration_s`` is the clip's duration (the last frame's
+timestamp plus its frame time, :attr:`pipeline.facetrack.FaceTrack.duration_s`).
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from pipeline.facetrack import FaceTrack
 from pipeline.jobs import ClipJob
 
 NAME = "keyframes"
-VERSION = 1
+VERSION = 2  # 2: lead-in/lead-out gaps, gap kinds, duration_s = clip duration
 UPSTREAM: tuple[str, ...] = ("faces",)
 
 MOTION_FILE = "motion.npz"
@@ -51,6 +59,10 @@ class Config(BaseModel):
     """An apex must rise this many robust standard deviations above the clip's median expression."""
     avoid_missing: bool = True
     """Never put a keyframe on a frame whose face is missing (when another frame is available)."""
+    edge_gap_min_s: float = Field(0.2, ge=0.0)
+    """The stretch before the first keyframe (lead-in) and after the last (lead-out) becomes a gap, described
+    by the context stage like the gaps between keyframes, when it is longer than this (seconds). 0.2 s is
+    below the shortest micro-expression (0.25 s)."""
 
 
 def _region_masks(track: FaceTrack, size: int) -> np.ndarray:
@@ -176,20 +188,26 @@ def choose(t: np.ndarray, curves: dict[str, np.ndarray], cfg: Config, allowed: n
     return sorted(picks)
 
 
-def gaps(picks: list[int], t: np.ndarray) -> list[dict]:
-    """The in-between frames of each pair of consecutive keyframes."""
-    out = []
-    for a, b in zip(picks[:-1], picks[1:]):
-        out.append(
-            {
-                "start_index": int(a),
-                "end_index": int(b),
-                "t_start": float(t[a]),
-                "t_end": float(t[b]),
-                "between": list(range(a + 1, b)),
-            }
-        )
-    return out
+def gaps(picks: list[int], t: np.ndarray, edge_min_s: float = 0.2) -> list[dict]:
+    """The gaps of a clip in time order: lead-in (first frame to first keyframe, if longer than
+    ``edge_min_s``), between each pair of consecutive keyframes, lead-out (last keyframe to last frame, idem)."""
+    last = len(t) - 1
+    bounds = [("between", a, b) for a, b in zip(picks[:-1], picks[1:])]
+    if picks and t[picks[0]] - t[0] > edge_min_s:
+        bounds.insert(0, ("lead_in", 0, picks[0]))
+    if picks and t[last] - t[picks[-1]] > edge_min_s:
+        bounds.append(("lead_out", picks[-1], last))
+    return [
+        {
+            "kind": kind,
+            "start_index": int(a),
+            "end_index": int(b),
+            "t_start": float(t[a]),
+            "t_end": float(t[b]),
+            "between": list(range(a + 1, b)),
+        }
+        for kind, a, b in bounds
+    ]
 
 
 def process(job: ClipJob, cfg: Config, resources, out) -> dict:
@@ -208,9 +226,9 @@ def process(job: ClipJob, cfg: Config, resources, out) -> dict:
             "strategy": cfg.strategy,
             "indices": picks,
             "timestamps": [float(track.t[i]) for i in picks],
-            "gaps": gaps(picks, track.t),
+            "gaps": gaps(picks, track.t, cfg.edge_gap_min_s),
             "n_frames": n,
-            "duration_s": float(track.t[-1]),
+            "duration_s": track.duration_s,
         },
     )
     return {"n_keyframes": len(picks), "requested_k": cfg.k}

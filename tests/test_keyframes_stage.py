@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.keyframes import Config, apex_indices, choose, uniform_indices
+from stages.keyframes import Config, apex_indices, choose, gaps, uniform_indices
 from tests.runs import artifact, run
 
 
@@ -55,14 +55,55 @@ def test_motion_apex_catches_a_micro_expression_that_uniform_misses(special_clip
 
 
 def test_gaps_list_the_in_between_frames(clip_dir, tmp_path):
-    res = run(clip_dir["pan.mp4"].path, tmp_path / "r", tmp_path / "cache", "keyframes.k=4")
+    spec = clip_dir["pan.mp4"]
+    res = run(spec.path, tmp_path / "r", tmp_path / "cache", "keyframes.k=4", "keyframes.strategy=uniform")
     kf = artifact(res, "pan.mp4", "keyframes").json("keyframes.json")
     idx = kf["indices"]
     assert len(idx) == 4 and idx == sorted(idx)
-    assert len(kf["gaps"]) == 3
-    for g, a, b in zip(kf["gaps"], idx[:-1], idx[1:]):
+    between = [g for g in kf["gaps"] if g["kind"] == "between"]
+    assert len(between) == 3
+    for g, a, b in zip(between, idx[:-1], idx[1:]):
         assert (g["start_index"], g["end_index"]) == (a, b)
         assert g["between"] == list(range(a + 1, b))
         assert g["t_start"] < g["t_end"]
     curves = artifact(res, "pan.mp4", "keyframes").npz("motion.npz")
-    assert curves["motion"].shape == curves["expression"].shape == (clip_dir["pan.mp4"].n_frames,)
+    assert curves["motion"].shape == curves["expression"].shape == (spec.n_frames,)
+
+
+def test_lead_in_and_lead_out_gaps_cover_the_clip_ends(clip_dir, tmp_path):
+    """With 4 uniform keyframes an eighth of the clip lies before the first and after the last: each is a gap,
+    from the clip's first frame and to its last frame, listed in time order with its kind."""
+    spec = clip_dir["pan.mp4"]  # 2 s at 25 fps: the ends are 0.24 s long, above the 0.2 s default
+    res = run(spec.path, tmp_path / "r", tmp_path / "cache", "keyframes.k=4", "keyframes.strategy=uniform")
+    kf = artifact(res, "pan.mp4", "keyframes").json("keyframes.json")
+    idx, last = kf["indices"], spec.n_frames - 1
+    assert [g["kind"] for g in kf["gaps"]] == ["lead_in", "between", "between", "between", "lead_out"]
+    lead_in, lead_out = kf["gaps"][0], kf["gaps"][-1]
+    assert (lead_in["start_index"], lead_in["end_index"], lead_in["t_start"]) == (0, idx[0], 0.0)
+    assert lead_in["between"] == list(range(1, idx[0]))
+    assert (lead_out["start_index"], lead_out["end_index"]) == (idx[-1], last)
+    assert lead_out["t_end"] == pytest.approx(spec.timestamps[-1])
+    assert [g["t_start"] for g in kf["gaps"]] == sorted(g["t_start"] for g in kf["gaps"])
+
+    # a threshold above the ends' length: no lead-in/lead-out gaps (and only keyframes recomputed)
+    res2 = run(spec.path, tmp_path / "r2", tmp_path / "cache", "keyframes.k=4", "keyframes.strategy=uniform",
+               "keyframes.edge_gap_min_s=0.5")
+    kf2 = artifact(res2, "pan.mp4", "keyframes").json("keyframes.json")
+    assert [g["kind"] for g in kf2["gaps"]] == ["between"] * 3
+
+
+def test_duration_is_the_clips_duration_not_the_last_timestamp(clip_dir, tmp_path):
+    spec = clip_dir["pan.mp4"]  # 50 frames at 25 fps: the last frame starts at 1.96 s and ends at 2.00 s
+    res = run(spec.path, tmp_path / "r", tmp_path / "cache")
+    kf = artifact(res, "pan.mp4", "keyframes").json("keyframes.json")
+    assert spec.timestamps[-1] == pytest.approx(1.96)
+    assert kf["duration_s"] == pytest.approx(spec.duration) == pytest.approx(2.0)
+
+
+def test_gaps_plan_is_pure_and_respects_the_edge_threshold():
+    t = np.arange(100) / 25.0  # 4 s at 25 fps
+    g = gaps([12, 37, 62, 87], t, edge_min_s=0.2)
+    assert [(x["kind"], x["start_index"], x["end_index"]) for x in g] == [
+        ("lead_in", 0, 12), ("between", 12, 37), ("between", 37, 62), ("between", 62, 87), ("lead_out", 87, 99)]
+    assert [x["kind"] for x in gaps([0, 37, 62, 99], t, edge_min_s=0.2)] == ["between"] * 3
+    assert [x["kind"] for x in gaps([12, 37, 62, 87], t, edge_min_s=0.48)] == ["between"] * 3  # 0.48 s is not longer

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pytest
 from pipeline.modelstage import PreflightError
 from pipeline.prompts import BUILTIN_DIR
 from tests.conftest import copy_clip
-from tests.runs import artifact, failures, run
+from stages.classify import dense_indices, strip_times
+from tests.runs import artifact, failures, run, track_of
 from tests.tiny_models import tiny_model_dir
 
 
@@ -67,17 +69,27 @@ def test_run_scores_every_label_of_every_clip(models, two_clips, tmp_path):
 
     ctx = artifact(res, "b.mp4", "context").json("context.json")
     kf = artifact(res, "b.mp4", "keyframes").json("keyframes.json")
-    assert len(ctx["gaps"]) == len(kf["gaps"]) == 3
+    assert len(ctx["gaps"]) == len(kf["gaps"])
     for gap, kgap in zip(ctx["gaps"], kf["gaps"]):
         assert (gap["t_start"], gap["t_end"]) == (kgap["t_start"], kgap["t_end"])
         assert isinstance(gap["summary"], str)
-        sampled = [i for w in gap["windows"] for i in w["indices"]]
-        assert set(sampled) <= set(kgap["between"] or [kgap["start_index"], kgap["end_index"]])
+        wins = [w["indices"] for w in gap["windows"]]
+        # windows run from the gap's first bounding frame to its last, each of 2..4 frames and of even sizes,
+        # each starting on the frame the previous one ended on: every consecutive pair is seen together
+        assert wins[0][0] == kgap["start_index"] and wins[-1][-1] == kgap["end_index"], wins
+        assert all(2 <= len(w) <= 4 for w in wins) and max(map(len, wins)) - min(map(len, wins)) <= 1, wins
+        assert all(a[-1] == b[0] for a, b in zip(wins[:-1], wins[1:])), wins
+        sampled = {i for w in wins for i in w} - {kgap["start_index"], kgap["end_index"]}
+        assert sampled <= set(kgap["between"])
         # density: at least 4 frames and at least 5 fps of the gap (when the gap has that many)
         need = max(4, int((kgap["t_end"] - kgap["t_start"]) * 5))
         assert len(sampled) >= min(need, len(kgap["between"]))
         for w in gap["windows"]:
             assert w["timestamps"] == sorted(w["timestamps"]) and isinstance(w["caption"], str)
+    # the clip's start and end are described too (the keyframes' lead-in and lead-out gaps)
+    assert [g["kind"] for g in ctx["gaps"]] == [g["kind"] for g in kf["gaps"]]
+    assert ctx["gaps"][0]["kind"] == "lead_in" and ctx["gaps"][0]["windows"][0]["indices"][0] == 0
+    assert ctx["gaps"][-1]["kind"] == "lead_out" and ctx["gaps"][-1]["windows"][-1]["indices"][-1] == kf["n_frames"] - 1
     sc = artifact(res, "b.mp4", "classify").json("scores.json")
     assert sc["prompt_tokens"] > 0 and sc["dense_tokens"] > 0 and sc["dense_frames"] >= 14
 
@@ -120,10 +132,17 @@ def test_ablation_switches_change_only_what_they_must(models, two_clips, tmp_pat
     assert [r.stage for r in no_sum.reports] == ["faces", "keyframes", "classify"]  # context not even run
     assert no_sum.keys["b.mp4"]["classify"] not in (k0["classify"], ks["classify"])
 
+    # the dense baseline on its own: the dense frames and nothing else (no keyframes, no summaries)
     dense = run(two_clips, tmp_path / "d", tmp_path / "c", *base, "classify.dense_fps=5")
     assert [r.stage for r in dense.reports] == ["faces", "keyframes", "classify"]
+    t = track_of(dense, "b.mp4").t
     d_scores = artifact(dense, "b.mp4", "classify").json("scores.json")
-    assert len(d_scores["frame_indices"]) >= 14  # 3 s at 5 fps
+    assert d_scores["frame_indices"] == dense_indices(t, 5) and len(d_scores["frame_indices"]) >= 14  # 3 s at 5 fps
+    kf = artifact(dense, "b.mp4", "keyframes").json("keyframes.json")["indices"]
+    assert set(kf) - set(d_scores["frame_indices"])  # some keyframe is not a dense frame, so the check has teeth
+    # ... unless keyframes are asked for too
+    both = run(two_clips, tmp_path / "d2", tmp_path / "c", *base, "classify.dense_fps=5", "classify.use_keyframes=true")
+    assert artifact(both, "b.mp4", "classify").json("scores.json")["frame_indices"] == sorted(set(kf) | set(dense_indices(t, 5)))
 
     no_kf = run(two_clips, tmp_path / "t", tmp_path / "c", *base, "classify.use_keyframes=false")
     assert artifact(no_kf, "b.mp4", "classify").json("scores.json")["frame_indices"] == []
@@ -132,6 +151,89 @@ def test_ablation_switches_change_only_what_they_must(models, two_clips, tmp_pat
     kk = k6.keys["b.mp4"]
     assert kk["faces"] == k0["faces"] and all(kk[s] != k0[s] for s in ("keyframes", "context", "classify"))
     assert len(artifact(k6, "b.mp4", "classify").json("scores.json")["frame_indices"]) == 6
+
+
+TIME = re.compile(r"\d+\.\d+\s*s\b|\d+\.\d+\s*[–-]\s*\d+\.\d+")  # "0.48 s", "0.00–0.48"
+
+
+@pytest.fixture(scope="module")
+def described(models, two_clips, tmp_path_factory):
+    """The two clips through context (window captions joined into summaries, plus a trajectory sentence)."""
+    root = tmp_path_factory.mktemp("described")
+    res = run(two_clips, root / "run", root / "cache", *model_args(models), "context.condense=join",
+              "context.trajectory=true", until="context")
+    assert res.n_failed == 0, failures(root / "run")
+    return res
+
+
+def _render(res, video: str, **classify_settings):
+    from pipeline.backends.base import ModelConfig
+    from pipeline.jobs import ClipJob
+    from pipeline.prompts import PromptRenderer
+    from stages import classify
+
+    job = ClipJob(video, Path(video), f"fingerprint-of-{video}",
+                  upstream={s: artifact(res, video, s) for s in ("faces", "keyframes", "context")})
+    cfg = classify.Config(model=ModelConfig(model="unused"), **classify_settings)
+    prompt, _track, frames = classify.render(job, cfg, PromptRenderer(None, cfg.template), ["happy", "sad"])
+    text = "".join(p for p in prompt.parts if isinstance(p, str))
+    return prompt, text, frames
+
+
+def test_classify_prompt_describes_the_clip_start_and_end(described):
+    kf = artifact(described, "b.mp4", "keyframes").json("keyframes.json")
+    ctx = artifact(described, "b.mp4", "context").json("context.json")
+    prompt, text, frames = _render(described, "b.mp4")
+    assert frames == kf["indices"] and len(prompt.images) == len(kf["indices"])
+    lead_in, lead_out = ctx["gaps"][0], ctx["gaps"][-1]
+    assert (lead_in["kind"], lead_out["kind"]) == ("lead_in", "lead_out")
+    # before the first keyframe's image: the lead-in's interval and summary; after the last image: the lead-out's
+    first_image = prompt.parts.index(prompt.images[0])
+    before = "".join(p for p in prompt.parts[:first_image] if isinstance(p, str))
+    assert f"[0.00–{lead_in['t_end']:.2f} s] {lead_in['summary']}" in before
+    last_image = len(prompt.parts) - 1 - prompt.parts[::-1].index(prompt.images[-1])
+    after = "".join(p for p in prompt.parts[last_image + 1 :] if isinstance(p, str))
+    assert f"[{lead_out['t_start']:.2f}–{lead_out['t_end']:.2f} s] {lead_out['summary']}" in after
+
+
+def test_shuffled_prompt_shows_no_timestamps(described):
+    ctx = artifact(described, "b.mp4", "context").json("context.json")
+    _, plain, plain_frames = _render(described, "b.mp4")
+    assert TIME.search(plain) and "Overall:" in plain  # the ordered prompt has them: the check below has teeth
+    prompt, shuffled, frames = _render(described, "b.mp4", shuffle=True)
+    assert not TIME.search(shuffled), shuffled
+    assert "Overall:" not in shuffled  # the trajectory sentence tells the order: left out
+    assert sorted(frames) == sorted(plain_frames) and frames != plain_frames  # same frames, another order
+    for g in ctx["gaps"]:  # every summary is still there (with time expressions removed)
+        assert strip_times(g["summary"]) in shuffled
+
+
+def test_time_expressions_are_removed_from_shuffled_summaries():
+    assert strip_times("Motion: between 0.48 s and 1.2 s the brows rise.") == "Motion: the brows rise."
+    assert strip_times("[0.48–1.48 s] Motion: at 2 seconds the mouth opens") == "Motion: the mouth opens"
+    assert strip_times("Motion: lips part, 3 s later a smile.") == "Motion: lips part, later a smile."
+    assert strip_times("Motion: no visible change.") == "Motion: no visible change."
+
+
+def test_dense_frames_as_native_video_input(models, two_clips, tmp_path):
+    base = model_args(models)
+    res = run(two_clips, tmp_path / "v", tmp_path / "c", *base, "classify.dense_fps=4", "classify.dense_input=video")
+    assert res.n_failed == 0, failures(tmp_path / "v")
+    assert [r.stage for r in res.reports] == ["faces", "keyframes", "classify"]
+    sc = artifact(res, "b.mp4", "classify").json("scores.json")
+    assert sc["frame_indices"] == dense_indices(track_of(res, "b.mp4").t, 4)
+    images = run(two_clips, tmp_path / "i", tmp_path / "c", *base, "classify.dense_fps=4")
+    si = artifact(images, "b.mp4", "classify").json("scores.json")
+    assert si["frame_indices"] == sc["frame_indices"]
+    assert sc["prompt_tokens"] < si["prompt_tokens"]  # pairs of frames share video tokens (temporal patch 2)
+    assert images.keys["b.mp4"]["classify"] != res.keys["b.mp4"]["classify"]
+
+
+def test_video_input_on_a_model_without_it_fails_before_any_clip(models, two_clips, tmp_path):
+    with pytest.raises(PreflightError, match=r"dense_input=video: model '.*idefics3'.*dense_input=images"):
+        run(two_clips, tmp_path / "r", tmp_path / "c", *model_args(models, classifier="idefics"),
+            "classify.dense_fps=4", "classify.dense_input=video")
+    assert not (tmp_path / "c" / "faces").exists()  # nothing was processed
 
 
 def test_bad_model_template_and_labels_fail_before_any_clip(models, two_clips, tmp_path):
@@ -144,6 +246,12 @@ def test_bad_model_template_and_labels_fail_before_any_clip(models, two_clips, t
     (pdir / "classify.j2").write_text("{{ keyframes }} Which emotion? {{ labels | join(', ') }}")
     with pytest.raises(PreflightError, match=r"classify\.j2: 'keyframes' is undefined"):
         run(two_clips, tmp_path / "r", tmp_path / "c", *model_args(models), f"classify.prompt_dir={pdir}")
+
+    # a template that prints timestamps whatever the `timestamps` variable says would undo classify.shuffle
+    (pdir / "classify.j2").write_text((BUILTIN_DIR / "classify.j2").read_text().replace("{% if timestamps %}", "{% if true %}"))
+    with pytest.raises(PreflightError, match=r"classify\.j2: prints timestamps although classify\.shuffle is on"):
+        run(two_clips, tmp_path / "r", tmp_path / "c", *model_args(models), f"classify.prompt_dir={pdir}",
+            "classify.shuffle=true")
 
     lab = tmp_path / "labels.yaml"
     lab.write_text("name: mine\nlabels:\n  - name: happy\n  - name: sad\n  - name: Happy\n")
