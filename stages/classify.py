@@ -33,7 +33,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline import modelstage
-from pipeline.backends.base import ModelConfig, Prompt, Video, VideoInputUnsupportedError, frame_rate
+from pipeline.backends import (
+    LabelScoringUnsupportedError,
+    VideoInputUnsupportedError,
+    check_label_scoring,
+    check_video_input,
+)
+from pipeline.backends.base import ModelConfig, Prompt, Video, frame_rate
 from pipeline.facetrack import FaceTrack
 from pipeline.fields import not_in_key
 from pipeline.jobs import ClipJob
@@ -136,35 +142,14 @@ def preflight(cfg: Config) -> str | None:
         label_set = load_label_set(cfg.labels)
     except LabelError as exc:
         raise modelstage.PreflightError(f"classify.labels: {exc}") from None
-    slots = image_slots(2)
-    timeline = [{"kind": "motion", "gap": "lead_in", "t_start": 0.0, "t_end": 0.2, "text": "x"},
-                {"kind": "frame", "t": 0.2, "image": slots[0]},
-                {"kind": "motion", "gap": "between", "t_start": 0.2, "t_end": 0.5, "text": "x"}]
-    if cfg.dense_input == "video":
-        timeline.append({"kind": "video", "t": 0.0, "t_start": 0.0, "t_end": 0.5, "fps": 5.0, "video": slots[1]})
-    for timestamps in (True, False):
-        modelstage.check_template(cfg.prompt_dir, cfg.template,
-                                  {"timeline": timeline, "trajectory": None, "labels": label_set.names, "timestamps": timestamps})
-    if cfg.shuffle:  # a template that prints times anyway would let the model undo the shuffle
-        probe = [{**it, "t": 7.89, "t_start": 7.89, "t_end": 8.91} for it in timeline]  # one image (no video)
-        rendered = PromptRenderer(cfg.prompt_dir, cfg.template).render(
-            [object()], timeline=probe, trajectory=None, labels=label_set.names, timestamps=False)
-        text = "".join(p for p in rendered.parts if isinstance(p, str))
-        if "7.89" in text or "8.91" in text:
-            raise modelstage.PreflightError(
-                f"{template_path(cfg.prompt_dir, cfg.template)}: prints timestamps although classify.shuffle is on "
-                "(they would give the order away); print them only inside {% if timestamps %}...{% endif %}")
+    _check_template(cfg, label_set.names)
     message = modelstage.preflight_model(cfg.model, f"{NAME}.model")
     if message is None:
-        from pipeline.backends import LabelScoringUnsupportedError, check_label_scoring
-
         try:
             check_label_scoring(cfg.model, label_set.names)
         except LabelScoringUnsupportedError as exc:
             raise modelstage.PreflightError(f"classify.labels={cfg.labels}: {exc}") from None
     if cfg.dense_input == "video" and message is None:
-        from pipeline.backends import check_video_input
-
         try:
             check_video_input(cfg.model)
         except VideoInputUnsupportedError as exc:
@@ -177,6 +162,29 @@ def preflight(cfg: Config) -> str | None:
         except AdapterError as exc:
             raise modelstage.PreflightError(str(exc)) from None
     return message
+
+
+def _check_template(cfg: Config, labels: list[str]) -> None:
+    """Render the template with stand-in items of every kind it may get, with and without timestamps; with
+    ``shuffle``, refuse a template that prints times anyway (the model could undo the shuffle)."""
+    slots = image_slots(2)
+    timeline = [{"kind": "motion", "gap": "lead_in", "t_start": 0.0, "t_end": 0.2, "text": "x"},
+                {"kind": "frame", "t": 0.2, "image": slots[0]},
+                {"kind": "motion", "gap": "between", "t_start": 0.2, "t_end": 0.5, "text": "x"}]
+    if cfg.dense_input == "video":
+        timeline.append({"kind": "video", "t": 0.0, "t_start": 0.0, "t_end": 0.5, "fps": 5.0, "video": slots[1]})
+    for timestamps in (True, False):
+        modelstage.check_template(cfg.prompt_dir, cfg.template,
+                                  {"timeline": timeline, "trajectory": None, "labels": labels, "timestamps": timestamps})
+    if cfg.shuffle:  # no video then: one image
+        probe = [{**it, "t": 7.89, "t_start": 7.89, "t_end": 8.91} for it in timeline]
+        rendered = PromptRenderer(cfg.prompt_dir, cfg.template).render(
+            [object()], timeline=probe, trajectory=None, labels=labels, timestamps=False)
+        text = "".join(p for p in rendered.parts if isinstance(p, str))
+        if "7.89" in text or "8.91" in text:
+            raise modelstage.PreflightError(
+                f"{template_path(cfg.prompt_dir, cfg.template)}: prints timestamps although classify.shuffle is on "
+                "(they would give the order away); print them only inside {% if timestamps %}...{% endif %}")
 
 
 def open(cfg: Config):  # noqa: A001 - stage protocol name
