@@ -22,6 +22,18 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_scoring_args(p: argparse.ArgumentParser) -> None:
+    """True labels and calibration, as `dfer report` applies them (shared by report and view)."""
+    p.add_argument("--labels", metavar="FILE", help="true labels: CSV video,label or an official split file/folder")
+    p.add_argument("--label-format", default="csv", choices=["csv", "dfew", "ferv39k", "mafw"], help="format of --labels")
+    p.add_argument("--fold", type=int, help="DFEW fold (1-5) when --labels is the DFEW split folder")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="DFEW split when --labels is a folder")
+    p.add_argument("--calibration", default="none", choices=["none", "prior", "estimated"],
+                   help="none; prior: logit adjustment with --train-counts; estimated: prior estimated from this run")
+    p.add_argument("--tau", type=float, default=1.0, help="temperature of the logit adjustment")
+    p.add_argument("--train-counts", metavar="FILE", help="JSON/YAML {label: count} of the training set (head/tail groups, prior)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from stages import STAGE_ORDER
 
@@ -54,16 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("-o", "--output", metavar="PNG", help="where to write (default: RUN/inspect/<video>.png)")
     rep = sub.add_parser("report", help="metrics, Markdown report and plots of a run (no model is called)")
     rep.add_argument("run_dir", metavar="RUN")
-    rep.add_argument("--labels", metavar="FILE", help="true labels: CSV video,label or an official split file/folder")
-    rep.add_argument("--label-format", default="csv", choices=["csv", "dfew", "ferv39k", "mafw"], help="format of --labels")
-    rep.add_argument("--fold", type=int, help="DFEW fold (1-5) when --labels is the DFEW split folder")
-    rep.add_argument("--split", default="test", choices=["train", "test"], help="DFEW split when --labels is a folder")
-    rep.add_argument("--calibration", default="none", choices=["none", "prior", "estimated"],
-                     help="none; prior: logit adjustment with --train-counts; estimated: prior estimated from this run")
-    rep.add_argument("--tau", type=float, default=1.0, help="temperature of the logit adjustment")
-    rep.add_argument("--train-counts", metavar="FILE", help="JSON/YAML {label: count} of the training set (head/tail groups, prior)")
+    _add_scoring_args(rep)
     rep.add_argument("--tau-sweep", metavar="T1,T2,...", help="also print UAR/WAR for each tau (e.g. 0,0.5,1,1.5,2)")
     rep.add_argument("--out", metavar="DIR", help="where to write (default: the run directory)")
+
+    view = sub.add_parser("view", help="one self-contained HTML page of a run: clips, timelines, scores, confusion matrix")
+    view.add_argument("run_dir", metavar="RUN")
+    view.add_argument("-o", "--output", metavar="FILE.html", help="where to write (default: RUN/view.html)")
+    _add_scoring_args(view)
 
     cmp_ = sub.add_parser("compare", help="put several runs (ablations) side by side")
     cmp_.add_argument("run_dirs", nargs="+", metavar="RUN")
@@ -99,6 +109,16 @@ def _cmd_report(args) -> int:
     if args.tau_sweep:
         _print_tau_sweep(args, rep)
     print(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and plots")
+    return EXIT_OK
+
+
+def _cmd_view(args) -> int:
+    from pipeline.view import write_view
+
+    path = write_view(args.run_dir, args.output, labels_file=args.labels, label_format=args.label_format,
+                      calibration=args.calibration, tau=args.tau, train_counts=args.train_counts, fold=args.fold,
+                      split=args.split)
+    print(path)
     return EXIT_OK
 
 
@@ -219,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.runner import UnknownStageError
 
     args = build_parser().parse_args(argv)
-    if args.command in ("report", "compare"):
+    if args.command in ("report", "compare", "view"):
         handlers_value_errors = True
     else:
         handlers_value_errors = False
@@ -227,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.finetune import cli as finetune_cli
 
     handlers = {"run": _cmd_run, "config": _cmd_config, "inspect": _cmd_inspect, "report": _cmd_report, "compare": _cmd_compare,
+                "view": _cmd_view,
                 "finetune": finetune_cli.run}
     handlers.update({name: diagnostics_cli.run for name in diagnostics_cli.COMMANDS})
     try:

@@ -211,6 +211,7 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
         "metrics": metrics,
         "metrics_uncalibrated": metrics_raw,
         "predictions": {r["video"]: p for r, p in zip(valid, pred)},
+        "true_labels": {v: truth[v] for v in [r["video"] for r in valid] + [f["video"] for f in failures] if v in truth},
         "unlabeled_clips": unlabeled,
         "failed_clips": failures,
         "labels_without_clip": labels_without_clip,

@@ -1,0 +1,158 @@
+"""One card per clip: the timeline the classifier saw, its label probabilities, the outcome.
+
+The timeline comes from :func:`stages.classify.build_timeline` (so ablations such as
+``use_summaries=false``, ``dense_fps`` or ``shuffle`` show what the prompt really held), with the
+keyframes as small inline JPEG thumbnails of the cached face crops. Probabilities are the softmax
+of the scores in ``scores.jsonl`` after the calibration that :func:`pipeline.report.build_report`
+applied (its recorded prior and tau).
+"""
+
+from __future__ import annotations
+
+import base64
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+
+from pipeline.cache import CacheError
+from pipeline.calibration import softmax
+from pipeline.facetrack import FaceTrack
+from pipeline.jobs import ClipJob
+from pipeline.longtail import logit_adjust
+from pipeline.view.collect import Clip, RunData
+from stages import classify
+
+MAX_IMAGES = 12  # thumbnails per card; dense runs show this many frames, evenly spread
+ORDINARY_GAPS = {None, "", "gap", "between", "inner", "motion"}
+
+
+def thumbnails(track: FaceTrack, indices: list[int], size: int, quality: int) -> list[str]:
+    """Face crops ``indices`` as ``data:image/jpeg`` URIs, ``size`` pixels square."""
+    out = []
+    for img in track.crops(indices, size=size):
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise ValueError(f"could not encode a thumbnail of {track.crops_path}")
+        out.append("data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii"))
+    return out
+
+
+def _spread(n: int, k: int) -> list[int]:
+    return list(range(n)) if n <= k else sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
+
+
+def _timeline(clip: Clip, run: RunData, thumb_size: int, quality: int) -> tuple[list[dict], str | None, list[str]]:
+    """Timeline entries, the clip-level trajectory sentence, and notes about what is missing."""
+    notes: list[str] = []
+    arts = clip.artifacts
+    failed_at = (clip.failure or {}).get("stage")  # a clip that failed at a stage has its key but no artifact
+    gone = [s for s in ("faces", "keyframes", "context") if s in clip.keys and arts.get(s) is None and s != failed_at]
+    if gone and run.cache_root is not None:
+        notes.append(f"{', '.join(gone)} artifact(s) of this clip are no longer in the cache {run.cache_root}"
+                     + ("; its face crops are gone" if "faces" in gone else "")
+                     + ": re-run `dfer run` with the same settings to rebuild them")
+    kf = arts.get("keyframes")
+    if kf is None:
+        return [], None, notes
+    track = None
+    if arts.get("faces") is not None:
+        try:
+            track = FaceTrack.load(arts["faces"])
+        except CacheError as exc:
+            notes.append(f"the face crops of this clip are gone from the cache ({exc}); re-run `dfer run` to rebuild them")
+    times = track if track is not None else SimpleNamespace(t=kf.npz("motion.npz")["t"])
+    cfg = run.config.classify if run.config is not None else classify.Config()
+    ctx = arts.get("context")
+    if ctx is None and cfg.use_summaries:
+        cfg = cfg.model_copy(update={"use_summaries": False})
+    upstream = {s: a for s, a in arts.items() if a is not None}
+    job = ClipJob(clip.video, clip.path, clip.fingerprint or "", clip.label, upstream)
+    items, frame_idx, trajectory = classify.build_timeline(job, cfg, times)
+
+    kinds = {(g["t_start"], g["t_end"]): g.get("kind") for g in kf.json("keyframes.json")["gaps"]}
+    windows = {(g["t_start"], g["t_end"]): g.get("windows", []) for g in (ctx.json("context.json")["gaps"] if ctx else [])}
+    shown = [frame_idx[j] for j in _spread(len(frame_idx), MAX_IMAGES)]
+    images: dict[int, str] = {}
+    if track is not None and shown:
+        try:
+            images = dict(zip(shown, thumbnails(track, shown, thumb_size, quality)))
+        except (CacheError, ValueError, OSError) as exc:
+            notes.append(f"the face crops of this clip could not be read ({exc})")
+    out = []
+    for it in items:
+        if it["kind"] == "frame":
+            out.append({"type": "frame", "t": round(float(it["t"]), 3), "index": int(it["index"]),
+                        "src": images.get(it["index"])})
+            continue
+        span = (it["t_start"], it["t_end"])
+        kind = kinds.get(span)
+        out.append({"type": "gap", "t_start": round(float(it["t_start"]), 3), "t_end": round(float(it["t_end"]), 3),
+                    "text": it.get("text"), "kind": None if kind in ORDINARY_GAPS else str(kind),
+                    "captions": [{"t_start": w["timestamps"][0], "t_end": w["timestamps"][-1], "text": w.get("caption")}
+                                 for w in windows.get(span, []) if w.get("timestamps")]})
+    if len(frame_idx) > len(shown):
+        notes.append(f"{len(frame_idx)} frames were shown to the classifier; thumbnails of {len(shown)} of them "
+                     "(evenly spread) are on this card")
+    return out, trajectory, notes
+
+
+def _model_name(clip: Clip, run: RunData) -> str | None:
+    row = clip.score or {}
+    if row.get("model"):
+        return str(row["model"])
+    if run.config is None or clip.score is None:
+        return None
+    m = run.config.classify.model
+    name = f"{m.model} ({m.backend})"
+    return name + (f" + adapter {run.config.classify.adapter}" if run.config.classify.adapter else "")
+
+
+def _probabilities(clip: Clip, labels: list[str], calibration: dict) -> tuple[list[float] | None, list[str]]:
+    row = clip.score
+    if row is None or not labels:
+        return None, []
+    raw = row.get("scores") or {}
+    try:
+        s = np.array([float(raw[lab]) for lab in labels])
+    except (KeyError, TypeError, ValueError):
+        return None, []
+    if not np.isfinite(s).any() or np.isnan(s).any():
+        return None, []
+    prior = calibration.get("prior")
+    if calibration.get("method", "none") != "none" and prior:
+        s = logit_adjust(s, [prior[lab] for lab in labels], float(calibration["tau"]))
+    inexact = [lab for lab in labels if (row.get("raw") or {}).get(lab, {}).get("exact") is False]
+    return [round(float(p), 5) for p in softmax(s)], inexact
+
+
+def build_card(clip: Clip, run: RunData, labels: list[str], thumb_size: int = 80, quality: int = 75) -> dict:
+    rep = run.report or {}
+    timeline, trajectory, notes = _timeline(clip, run, thumb_size, quality)
+    probs, inexact = _probabilities(clip, labels, rep.get("calibration") or {})
+    failed = {f["video"]: f for f in rep.get("failed_clips", [])}
+    failure = failed.get(clip.video) or (clip.failure if clip.score is None else None)
+    pred = (rep.get("predictions") or {}).get(clip.video)
+    true = (rep.get("true_labels") or {}).get(clip.video)
+    if true is None and not rep:
+        true = clip.label
+    if failure is not None:
+        outcome = "failed"
+    elif pred is None:
+        outcome = "unscored"
+    elif true is None:
+        outcome = "unlabelled"
+    else:
+        outcome = "correct" if pred == true else "incorrect"
+    conf = margin = None
+    if probs is not None and failure is None:
+        top = sorted(probs, reverse=True)
+        conf, margin = top[0], top[0] - (top[1] if len(top) > 1 else 0.0)
+    return {
+        "id": clip.video, "true": true, "pred": pred if failure is None else None, "outcome": outcome,
+        "probs": probs if failure is None else None, "inexact": inexact,
+        "conf": None if conf is None else round(conf, 5), "margin": None if margin is None else round(margin, 5),
+        "model": _model_name(clip, run), "timeline": timeline, "trajectory": trajectory,
+        "failure": None if failure is None else {k: failure.get(k) for k in ("stage", "error", "message")},
+        "notes": notes,
+    }

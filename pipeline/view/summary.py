@@ -1,0 +1,80 @@
+"""The page's summary: headline metrics with the calibration used, the confusion matrix, counts,
+and what the run has not computed yet. Every number comes from :func:`pipeline.report.build_report`."""
+
+from __future__ import annotations
+
+from pipeline.labels import LabelError, LabelSet, load_label_set
+from pipeline.runner import stage_upstream
+from pipeline.view.collect import RunData
+from stages import STAGE_ORDER, STAGES
+
+
+def run_label_set(run: RunData) -> LabelSet | None:
+    """The labels the run scores: those of its report, else those its config names."""
+    if run.report:
+        ls = run.report["label_set"]
+        return LabelSet.from_names(ls["name"], ls["labels"])
+    if run.config is None:
+        return None
+    try:
+        return load_label_set(run.config.classify.labels)
+    except LabelError:
+        return None
+
+
+def missing_stages(run: RunData) -> list[str]:
+    """Sentences that say which stages have not produced results, and why (from status.json)."""
+    st = run.status
+    if st is None:
+        return ["status.json is missing: the run may not have finished, so some clips may lack results"]
+    done = list(st.get("stages") or [])
+    needed = list(STAGE_ORDER)
+    if run.config is not None and "context" not in stage_upstream(STAGES["classify"], run.config.classify):
+        needed.remove("context")
+    todo = [s for s in needed if s not in done]
+    if not todo:
+        return []
+    if st.get("status") == "stopped":
+        why = f"the run stopped before stage '{st.get('stopped_before')}': {st.get('message')}"
+    else:
+        why = f"the run ended after stage '{done[-1]}' (--until)" if done else "no stage ran"
+    out = [f"Not computed: {', '.join(todo)} ({why})."]
+    if "classify" in todo:
+        out.append("There are no label scores yet, so no predictions or metrics; the cards show the faces, "
+                   "keyframes and motion summaries that exist.")
+    return out
+
+
+def build_summary(run: RunData, labels: list[str]) -> dict:
+    rep = run.report
+    m = rep["metrics"] if rep else None
+    cfg = run.config
+    settings = {}
+    if cfg is not None:
+        settings = {
+            "classifier": f"{cfg.classify.model.model} ({cfg.classify.model.backend})",
+            "captioner": f"{cfg.context.model.model} ({cfg.context.model.backend})",
+            "keyframes": f"{cfg.keyframes.k}, {cfg.keyframes.strategy}",
+            "prompt": ", ".join(name for name, on in (
+                ("keyframes", cfg.classify.use_keyframes), ("motion summaries", cfg.classify.use_summaries
+                                                            and cfg.classify.dense_fps is None),
+                (f"dense frames at {cfg.classify.dense_fps} fps", cfg.classify.dense_fps is not None),
+                ("shuffled order", cfg.classify.shuffle)) if on),
+        }
+    return {
+        "run": run.run_dir.resolve().name,
+        "path": str(run.run_dir.resolve()),
+        "status": run.status,
+        "labels": labels,
+        "label_set": rep["label_set"]["name"] if rep else None,
+        "settings": settings,
+        "metrics": None if m is None else {k: m[k] for k in ("uar", "war", "macro_f1", "n", "ci")},
+        "metrics_uncalibrated": rep["metrics_uncalibrated"] if rep else None,
+        "calibration": None if rep is None else {k: rep["calibration"].get(k) for k in ("method", "tau", "prior_source")},
+        "confusion": None if m is None else m["confusion_matrix"],
+        "counts": rep["counts"] if rep else None,
+        "coverage": rep["coverage"] if rep else None,
+        "labels_file": rep["labels_file"] if rep else None,
+        "missing": missing_stages(run),
+        "notes": run.notes + (rep["warnings"] + (m["warnings"] if m else []) if rep else []),
+    }
