@@ -118,7 +118,7 @@ def _cmd_view(args) -> int:
     path = write_view(args.run_dir, args.output, labels_file=args.labels, label_format=args.label_format,
                       calibration=args.calibration, tau=args.tau, train_counts=args.train_counts, fold=args.fold,
                       split=args.split)
-    print(path)
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return EXIT_OK
 
 

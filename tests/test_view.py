@@ -329,3 +329,29 @@ def test_scores_only_run_from_any_backend_and_without_labels(browser, tmp_path):
     assert "served-model" in card.find_element("css selector", ".model").text
     assert card.find_element("css selector", '.prob[data-label="neutral"] .val').text.startswith("\u2264")
     assert card.find_element("css selector", ".badge").text.lower() == "scored, no label"
+
+
+def test_gap_whose_kind_is_lead_in_is_labelled(scored, browser, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree((scored.run_dir / "cache_dir.txt").read_text().strip(), cache)
+    copy = copy_run(scored.run_dir, tmp_path / "run", cache)
+    key = scored.keys["a.mp4"]["keyframes"]
+    path = cache / "keyframes" / key[:2] / key / "keyframes.json"
+    kf = json.loads(path.read_text())
+    kf["gaps"][0]["kind"] = "lead_in"
+    path.write_text(json.dumps(kf))
+    open_page(browser, write_view(copy))
+    kinds = browser.execute_script("return [...document.querySelectorAll('.card[data-id=\"a.mp4\"] .gap')]"
+                                   ".map(g => (g.querySelector('.kind') || {}).textContent || null)")
+    assert kinds == ["lead-in"] + [None] * (len(kf["gaps"]) - 1)
+
+
+def test_frames_beyond_the_per_card_cap_are_left_out_with_a_note(scored, monkeypatch):
+    from pipeline.view import cards
+
+    monkeypatch.setattr(cards, "MAX_IMAGES", 2)
+    card = next(c for c in build_view(scored.run_dir)["cards"] if c["id"] == "a.mp4")
+    times = artifact(scored, "a.mp4", "keyframes").json("keyframes.json")["timestamps"]
+    frames = [it for it in card["timeline"] if it["type"] == "frame"]
+    assert [f["t"] for f in frames] == [round(times[0], 3), round(times[-1], 3)] and all(f["src"] for f in frames)
+    assert any(f"saw {len(times)} frames; 2 of them" in n for n in card["notes"])

@@ -104,7 +104,9 @@
     var table = el("table");
     add(table, el("caption", null, "Confusion matrix: click a cell to show its clips"));
     var head = el("tr");
-    add(head, el("th", "corner", "true \u2193 predicted \u2192"));
+    var corner = el("th", "corner");
+    add(corner, "true \u2193", el("br"), "predicted \u2192");
+    add(head, corner);
     labels.forEach(function (l) { var th = el("th", null, l); th.scope = "col"; head.appendChild(th); });
     add(table, add(el("thead"), head));
     var body = el("tbody");
