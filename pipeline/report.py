@@ -35,7 +35,8 @@ PLOTS = {"confusion": "confusion_matrix.png", "recall": "per_class_recall.png",
 LIST_LIMIT = 50  # rows per list in report.md; metrics.json always lists everything
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) of each non-empty line of a JSON Lines file; [] when the file is absent."""
     if not path.is_file():
         return []
     rows = []
@@ -104,8 +105,8 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     JSON/YAML file with such a dict; used for head/medium/tail groups and by calibration 'prior'.
     """
     run_dir = Path(run_dir)
-    scores_rows = _read_jsonl(run_dir / "scores.jsonl")
-    fail_rows = _read_jsonl(run_dir / "failures.jsonl")
+    scores_rows = read_jsonl(run_dir / "scores.jsonl")
+    fail_rows = read_jsonl(run_dir / "failures.jsonl")
     name, labels = _run_labels(run_dir, scores_rows)
     ls = _parse_label_set(name, labels, label_set, label_format)
 

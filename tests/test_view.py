@@ -255,7 +255,7 @@ def test_malformed_scores_line_names_file_and_line(scored, tmp_path):
     with open(bad / "scores.jsonl", "a", encoding="utf-8") as f:
         f.write("{not json\n")
     n = len((bad / "scores.jsonl").read_text().splitlines())
-    with pytest.raises(RunDirError, match=rf"scores.jsonl:{n}: not valid JSON"):
+    with pytest.raises(ValueError, match=rf"scores.jsonl:{n}: not valid JSON"):
         write_view(bad)
 
 

@@ -17,10 +17,11 @@ from typing import Any
 
 from pipeline.cache import Artifact, Cache
 from pipeline.config import ConfigError, load_config
+from pipeline.report import build_report, read_jsonl
 
 
 class RunDirError(ValueError):
-    """The folder is not a run directory that can be shown (or one of its files is unreadable)."""
+    """The folder is not a run directory that can be shown."""
 
 
 @dataclass
@@ -47,16 +48,7 @@ class RunData:
 
 
 def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise RunDirError(f"{path}:{no}: not valid JSON: {e}") from None
-    return rows
+    return [row for _, row in read_jsonl(path)]
 
 
 def _check_run_dir(run_dir: Path) -> None:
@@ -120,7 +112,5 @@ def collect_run(run_dir: str | Path, **report_kwargs: Any) -> RunData:
 
     report = None
     if scores:
-        from pipeline.report import build_report
-
         report = build_report(run_dir, **report_kwargs)
     return RunData(run_dir, config, status, list(clips.values()), cache.root if cache else None, report, notes)
