@@ -270,6 +270,7 @@ def test_run_stopped_before_classify_shows_what_exists_and_says_what_is_missing(
     outcomes = Counter(browser.execute_script("return [...document.querySelectorAll('.badge')].map(b => b.textContent)"))
     assert outcomes == {"not scored": 4, "failed": 1}
     assert browser.find_elements("css selector", ".prob") == [] and browser.find_elements("css selector", ".cell") == []
+    assert not browser.find_element("id", "f-pred").is_displayed() and browser.find_element("id", "f-true").is_displayed()
     widths = browser.execute_script("return [...document.querySelectorAll('.timeline img')].map(i => i.naturalWidth)")
     assert len(widths) >= 4 and all(w == 80 for w in widths)
     colours, spread = screenshot_stats(browser, tmp_path / "stopped.png")
@@ -355,3 +356,12 @@ def test_frames_beyond_the_per_card_cap_are_left_out_with_a_note(scored, monkeyp
     frames = [it for it in card["timeline"] if it["type"] == "frame"]
     assert [f["t"] for f in frames] == [round(times[0], 3), round(times[-1], 3)] and all(f["src"] for f in frames)
     assert any(f"saw {len(times)} frames; 2 of them" in n for n in card["notes"])
+
+
+def test_controls_without_data_are_hidden(browser, tmp_path):
+    labels = ["happy", "sad"]
+    (tmp_path / "scores.jsonl").write_text(json.dumps({"video": "v.mp4", "label": None, "labels": labels,
+                                                       "scores": {"happy": -1.0, "sad": -2.0}}) + "\n")
+    open_page(browser, write_view(tmp_path))
+    shown = {i: browser.find_element("id", i).is_displayed() for i in ("f-true", "f-pred", "f-sort", "f-outcome")}
+    assert shown == {"f-true": False, "f-pred": True, "f-sort": True, "f-outcome": True}

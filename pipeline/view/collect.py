@@ -96,6 +96,8 @@ def collect_run(run_dir: str | Path, **report_kwargs: Any) -> RunData:
             notes.append(f"the cache folder {root} named in cache_dir.txt does not exist: faces, keyframes and motion "
                          "summaries cannot be shown")
 
+    if not (run_dir / "manifest.jsonl").is_file():
+        notes.append(f"{run_dir / 'manifest.jsonl'} is missing: the clips' faces, keyframes and summaries cannot be found")
     clips: dict[str, Clip] = {}
     for row in _jsonl(run_dir / "manifest.jsonl"):
         keys = dict(row.get("artifacts") or {})

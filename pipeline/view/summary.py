@@ -38,7 +38,7 @@ def missing_stages(run: RunData) -> list[str]:
         why = f"the run stopped before stage '{st.get('stopped_before')}': {st.get('message')}"
     else:
         why = f"the run ended after stage '{done[-1]}' (--until)" if done else "no stage ran"
-    out = [f"Not computed: {', '.join(todo)} ({why})."]
+    out = [f"Not computed: {', '.join(todo)} ({why.rstrip('.')})."]
     if "classify" in todo:
         out.append("There are no label scores yet, so no predictions or metrics; the cards show the faces, "
                    "keyframes and motion summaries that exist.")

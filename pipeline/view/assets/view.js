@@ -158,6 +158,9 @@
   }
 
   function initControls() {
+    var has = function (key) { return CARDS.some(function (c) { return c[key] !== null; }); };
+    $("f-true").parentNode.hidden = !has("true");  // nothing to filter or sort by: no control
+    $("f-pred").parentNode.hidden = $("f-sort").parentNode.hidden = !has("pred");
     fillSelect($("f-true"), labelOptions("true"));
     fillSelect($("f-pred"), labelOptions("pred"));
     fillSelect($("f-outcome"), OUTCOMES);
@@ -331,7 +334,6 @@
     var left = el("div", "left");
     if (c.timeline.length) left.appendChild(renderTimeline(c));
     if (c.trajectory) add(left, el("p", "trajectory", "Trajectory: " + c.trajectory));
-    if (!c.timeline.length && !c.failure) add(left, el("p", "note", "No keyframes for this clip in the cache."));
     body.appendChild(left);
     if (c.probs) body.appendChild(renderProbs(c));
     card.appendChild(body);
