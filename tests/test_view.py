@@ -277,16 +277,22 @@ def test_run_stopped_before_classify_shows_what_exists_and_says_what_is_missing(
     assert colours > 200 and spread > 20
 
 
-def test_clip_whose_crops_are_gone_gets_a_note_and_the_page_still_works(scored, browser, tmp_path):
+@pytest.mark.parametrize("what", ["crops file", "faces artifact"])
+def test_clip_whose_crops_are_gone_gets_a_note_and_the_page_still_works(scored, browser, tmp_path, what):
     cache = tmp_path / "cache"
     shutil.copytree((scored.run_dir / "cache_dir.txt").read_text().strip(), cache)
     copy = copy_run(scored.run_dir, tmp_path / "run", cache)
     faces_key = scored.keys["b.mp4"]["faces"]
-    (cache / "faces" / faces_key[:2] / faces_key / "crops.jpg.bin").unlink()
+    art = cache / "faces" / faces_key[:2] / faces_key
+    if what == "crops file":
+        (art / "crops.jpg.bin").unlink()
+    else:
+        shutil.rmtree(art)
     open_page(browser, write_view(copy))
     assert console_errors(browser) == []
     gone = browser.find_element("css selector", '.card[data-id="b.mp4"]')
-    assert "face crops of this clip are gone" in gone.find_element("css selector", ".note").text
+    note = gone.find_element("css selector", ".note").text
+    assert "face crops" in note and "gone" in note and "re-run `dfer run`" in note
     assert gone.find_elements("css selector", "img") == [] and len(gone.find_elements("css selector", ".noimg")) >= 1
     assert len(gone.find_elements("css selector", ".prob")) == 7  # its scores are still shown
     kept = browser.find_element("css selector", '.card[data-id="a.mp4"]')
@@ -365,3 +371,14 @@ def test_controls_without_data_are_hidden(browser, tmp_path):
     open_page(browser, write_view(tmp_path))
     shown = {i: browser.find_element("id", i).is_displayed() for i in ("f-true", "f-pred", "f-sort", "f-outcome")}
     assert shown == {"f-true": False, "f-pred": True, "f-sort": True, "f-outcome": True}
+
+
+def test_damaged_artifact_costs_only_its_cards_timeline(scored, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree((scored.run_dir / "cache_dir.txt").read_text().strip(), cache)
+    copy = copy_run(scored.run_dir, tmp_path / "run", cache)
+    key = scored.keys["a.mp4"]["keyframes"]
+    (cache / "keyframes" / key[:2] / key / "keyframes.json").write_text("{half a fi")
+    cards = {c["id"]: c for c in build_view(copy)["cards"]}
+    assert cards["a.mp4"]["timeline"] == [] and "could not be read" in cards["a.mp4"]["notes"][0]
+    assert cards["a.mp4"]["probs"] is not None and cards["b.mp4"]["timeline"]

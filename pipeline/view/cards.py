@@ -128,7 +128,10 @@ def _probabilities(clip: Clip, labels: list[str], calibration: dict) -> tuple[li
 
 def build_card(clip: Clip, run: RunData, labels: list[str], thumb_size: int = 80, quality: int = 75) -> dict:
     rep = run.report or {}
-    timeline, trajectory, notes = _timeline(clip, run, thumb_size, quality)
+    try:
+        timeline, trajectory, notes = _timeline(clip, run, thumb_size, quality)
+    except (CacheError, OSError, ValueError, KeyError) as exc:  # a damaged artifact costs its card's timeline only
+        timeline, trajectory, notes = [], None, [f"this clip's cached artifacts could not be read: {exc!r}"]
     probs, inexact = _probabilities(clip, labels, rep.get("calibration") or {})
     failed = {f["video"]: f for f in rep.get("failed_clips", [])}
     failure = failed.get(clip.video) or (clip.failure if clip.score is None else None)
