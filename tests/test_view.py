@@ -366,6 +366,7 @@ def test_frames_beyond_the_per_card_cap_are_left_out_with_a_note(scored, monkeyp
 
 def test_controls_without_data_are_hidden(browser, tmp_path):
     labels = ["happy", "sad"]
+    (tmp_path / "labelset.json").write_text(json.dumps({"name": "two", "labels": labels}))
     (tmp_path / "scores.jsonl").write_text(json.dumps({"video": "v.mp4", "label": None, "labels": labels,
                                                        "scores": {"happy": -1.0, "sad": -2.0}}) + "\n")
     open_page(browser, write_view(tmp_path))
