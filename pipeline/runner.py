@@ -64,6 +64,18 @@ def stage_upstream(mod, section) -> tuple[str, ...]:
     return tuple(mod.upstream(section)) if hasattr(mod, "upstream") else tuple(mod.UPSTREAM)
 
 
+def stages_to_run(cfg, until: str | None = None) -> list[str]:
+    """Stages a run computes: up to ``until`` (default: all), minus those nothing downstream reads
+    under this config (e.g. context when classify.use_summaries is off)."""
+    stop = STAGE_ORDER.index(until) + 1 if until else len(STAGE_ORDER)
+    order = STAGE_ORDER[:stop]
+    needed = {order[-1]}
+    for name in reversed(order):
+        if name in needed:
+            needed.update(stage_upstream(STAGES[name], getattr(cfg, name)))
+    return [n for n in order if n in needed]
+
+
 def check_stage(name: str | None, flag: str) -> None:
     if name is not None and name not in STAGES:
         raise UnknownStageError(f"{flag} {name}: unknown stage; stages are {', '.join(STAGE_ORDER)}")
@@ -141,15 +153,7 @@ class Runner:
             raise StrictFailure(f"[{stage}] {video}: {error}: {message}")
 
     def stages(self) -> list[str]:
-        """Stages to run: up to ``--until``, minus those nothing downstream reads under this config
-        (e.g. context when classify.use_summaries is off)."""
-        stop = STAGE_ORDER.index(self.until) + 1 if self.until else len(STAGE_ORDER)
-        order = STAGE_ORDER[:stop]
-        needed = {order[-1]}
-        for name in reversed(order):
-            if name in needed:
-                needed.update(stage_upstream(STAGES[name], getattr(self.cfg, name)))
-        return [n for n in order if n in needed]
+        return stages_to_run(self.cfg, self.until)
 
     # ----------------------------------------------------------------------------------------
     def run(self, refs: list[VideoRef]) -> RunResult:

@@ -383,3 +383,10 @@ def test_damaged_artifact_costs_only_its_cards_timeline(scored, tmp_path):
     cards = {c["id"]: c for c in build_view(copy)["cards"]}
     assert cards["a.mp4"]["timeline"] == [] and "could not be read" in cards["a.mp4"]["notes"][0]
     assert cards["a.mp4"]["probs"] is not None and cards["b.mp4"]["timeline"]
+
+
+def test_run_ended_by_until_names_the_stages_it_did_not_run(clips, scored, tmp_path):
+    cache = (scored.run_dir / "cache_dir.txt").read_text().strip()
+    res = run(clips, tmp_path / "run", cache, until="keyframes")
+    missing = build_view(res.run_dir)["summary"]["missing"]
+    assert missing[0] == "Not computed: context, classify (the run ended after stage 'keyframes' (--until))."

@@ -3,10 +3,10 @@ and what the run has not computed yet. Every number comes from :func:`pipeline.r
 
 from __future__ import annotations
 
+from pipeline.config import load_config
 from pipeline.labels import LabelError, LabelSet, load_label_set
-from pipeline.runner import stage_upstream
+from pipeline.runner import stages_to_run
 from pipeline.view.collect import RunData
-from stages import STAGE_ORDER, STAGES
 
 
 def run_label_set(run: RunData) -> LabelSet | None:
@@ -28,10 +28,7 @@ def missing_stages(run: RunData) -> list[str]:
     if st is None:
         return ["status.json is missing: the run may not have finished, so some clips may lack results"]
     done = list(st.get("stages") or [])
-    needed = list(STAGE_ORDER)
-    if run.config is not None and "context" not in stage_upstream(STAGES["classify"], run.config.classify):
-        needed.remove("context")
-    todo = [s for s in needed if s not in done]
+    todo = [s for s in stages_to_run(run.config or load_config()) if s not in done]
     if not todo:
         return []
     if st.get("status") == "stopped":
