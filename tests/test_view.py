@@ -232,6 +232,20 @@ def test_run_without_summaries_shows_keyframes_only(clips, scored, tmp_path):
     assert all(it["src"].startswith("data:image/jpeg;base64,") for tl in timelines for it in tl)
 
 
+def test_dense_video_run_shows_the_frames_the_video_held(clips, scored, tmp_path):
+    model = shared_tiny_model_dir("qwen2vl")
+    cache = (scored.run_dir / "cache_dir.txt").read_text().strip()
+    res = run(clips, tmp_path / "run", cache, f"classify.model.model={model}", "classify.dense_fps=5",
+              "classify.dense_input=video")
+    assert res.status == "complete"
+    cards = [c for c in build_view(res.run_dir)["cards"] if c["outcome"] != "failed"]
+    assert len(cards) == 4
+    for card in cards:
+        assert card["timeline"] and {it["type"] for it in card["timeline"]} == {"frame"}
+        assert all(it["src"].startswith("data:image/jpeg;base64,") for it in card["timeline"])
+        assert any("as one video at" in n for n in card["notes"])
+
+
 # -------------------------------------------------------------------------------------------------
 # bad input
 
@@ -338,19 +352,14 @@ def test_scores_only_run_from_any_backend_and_without_labels(browser, tmp_path):
     assert card.find_element("css selector", ".badge").text.lower() == "scored, no label"
 
 
-def test_gap_whose_kind_is_lead_in_is_labelled(scored, browser, tmp_path):
-    cache = tmp_path / "cache"
-    shutil.copytree((scored.run_dir / "cache_dir.txt").read_text().strip(), cache)
-    copy = copy_run(scored.run_dir, tmp_path / "run", cache)
-    key = scored.keys["a.mp4"]["keyframes"]
-    path = cache / "keyframes" / key[:2] / key / "keyframes.json"
-    kf = json.loads(path.read_text())
-    kf["gaps"][0]["kind"] = "lead_in"
-    path.write_text(json.dumps(kf))
-    open_page(browser, write_view(copy))
+def test_lead_in_and_lead_out_gaps_are_labelled(scored, browser, page):
+    gaps = artifact(scored, "a.mp4", "keyframes").json("keyframes.json")["gaps"]
+    assert gaps[0]["kind"] == "lead_in" and gaps[-1]["kind"] == "lead_out"  # what a real run writes
+    open_page(browser, page)
     kinds = browser.execute_script("return [...document.querySelectorAll('.card[data-id=\"a.mp4\"] .gap')]"
                                    ".map(g => (g.querySelector('.kind') || {}).textContent || null)")
-    assert kinds == ["lead-in"] + [None] * (len(kf["gaps"]) - 1)
+    expected = {"lead_in": "lead-in", "lead_out": "lead-out", "between": None}
+    assert kinds == [expected[g["kind"]] for g in gaps]
 
 
 def test_frames_beyond_the_per_card_cap_are_left_out_with_a_note(scored, monkeypatch):

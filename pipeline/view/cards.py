@@ -64,11 +64,12 @@ def _timeline(clip: Clip, run: RunData, thumb_size: int, quality: int) -> tuple[
     times = track if track is not None else SimpleNamespace(t=kf.npz("motion.npz")["t"])
     cfg = run.config.classify if run.config is not None else classify.Config()
     ctx = arts.get("context")
-    if ctx is None and cfg.use_summaries:
+    if ctx is None and cfg.show_summaries:
         cfg = cfg.model_copy(update={"use_summaries": False})
     upstream = {s: a for s, a in arts.items() if a is not None}
     job = ClipJob(clip.video, clip.path, clip.fingerprint or "", clip.label, upstream)
-    items, frame_idx, trajectory = classify.build_timeline(job, cfg, times)
+    items, slots, trajectory = classify.build_timeline(job, cfg, times)
+    frame_idx = [i for slot in slots for i in (slot if isinstance(slot, list) else [slot])]
 
     kinds = {(g["t_start"], g["t_end"]): g.get("kind") for g in kf.json("keyframes.json")["gaps"]}
     windows = {(g["t_start"], g["t_end"]): g.get("windows", []) for g in (ctx.json("context.json")["gaps"] if ctx else [])}
@@ -81,13 +82,18 @@ def _timeline(clip: Clip, run: RunData, thumb_size: int, quality: int) -> tuple[
             notes.append(f"the face crops of this clip could not be read ({exc})")
     out = []
     for it in items:
+        if it["kind"] == "video":  # dense frames sent as one video: shown as its frames, with a note
+            notes.append(f"the classifier saw {len(it['indices'])} frames as one video at {it['fps']:.2f} fps")
+            out += [{"type": "frame", "t": round(float(t), 3), "index": int(i), "src": images.get(i)}
+                    for i, t in zip(it["indices"], it["timestamps"]) if i in shown]
+            continue
         if it["kind"] == "frame":
             if it["index"] in shown:  # beyond MAX_IMAGES, frames are left out (the note says how many)
                 out.append({"type": "frame", "t": round(float(it["t"]), 3), "index": int(it["index"]),
                             "src": images.get(it["index"])})
             continue
         span = (it["t_start"], it["t_end"])
-        kind = kinds.get(span)
+        kind = it.get("gap") or kinds.get(span)
         out.append({"type": "gap", "t_start": round(float(it["t_start"]), 3), "t_end": round(float(it["t_end"]), 3),
                     "text": it.get("text"), "kind": None if kind in ORDINARY_GAPS else str(kind),
                     "captions": [{"t_start": w["timestamps"][0], "t_end": w["timestamps"][-1], "text": w.get("caption")}
