@@ -1,0 +1,205 @@
+"""The run directory: the names of its files, and the only code that writes or reads them.
+
+A run directory is a view over the cache (deleting it loses nothing a model computed)::
+
+    RUN/config.yaml       the fully resolved config (``dfer config show`` format)
+    RUN/manifest.jsonl    one row per clip: video, path, label, fingerprint, artifacts {stage: cache key}
+    RUN/cache_dir.txt     absolute path of the cache the artifacts are in
+    RUN/failures.jsonl    one row per failed clip and stage: video, stage, error, message
+    RUN/status.json       complete | stopped (and before which stage, why), clip and failure counts, stages, seconds
+    RUN/scores.jsonl      classify only: video, label, labels, scores, prediction, raw, prompt_tokens
+    RUN/predictions.csv   classify only: video, prediction, p_<label>..., label
+    RUN/labelset.json     classify only: name and labels of the label set the scores are over
+    RUN/metrics.json, RUN/report.md and plots: written by ``dfer report``
+
+JSON Lines files are written one row at a time (flushed, so a killed run keeps every finished row) and read
+back with the line number of every row, so a reader can name ``file:line`` in its errors.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, TextIO
+
+import yaml
+
+from pipeline.cache import Cache
+from pipeline.errors import RunDirError
+
+CONFIG = "config.yaml"
+MANIFEST = "manifest.jsonl"
+CACHE_DIR = "cache_dir.txt"
+FAILURES = "failures.jsonl"
+STATUS = "status.json"
+SCORES = "scores.jsonl"
+PREDICTIONS = "predictions.csv"
+LABELSET = "labelset.json"
+METRICS = "metrics.json"
+REPORT = "report.md"
+
+
+class JsonlWriter:
+    """Appends one JSON object per line and flushes it (``ensure_ascii=False``, UTF-8)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f: TextIO = open(path, "w", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """``(line number, row)`` of every non-blank line; ``[]`` for a missing file; :class:`RunDirError` naming
+    ``file:line`` for a line that is not JSON."""
+    if not path.is_file():
+        return []
+    rows = []
+    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((no, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise RunDirError(f"{path}:{no}: not valid JSON: {e}") from None
+    return rows
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One clip of a run: its id, path as given, label (if any), content fingerprint (None if the file could not
+    be read) and the cache key of each stage's artifact."""
+
+    video: str
+    path: str
+    label: str | None
+    fingerprint: str | None
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"video": self.video, "path": self.path, "label": self.label, "fingerprint": self.fingerprint,
+                "artifacts": self.artifacts}
+
+
+class RunDir:
+    """One run directory (it need not exist yet). Writers are used by the runner and the classify outputs;
+    readers by report, compare, inspect, the diagnostics and the tests."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # ------------------------------------------------------------------ writing
+    def create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, text: str) -> None:
+        (self.path / CONFIG).write_text(text, encoding="utf-8")
+
+    def failure_log(self) -> JsonlWriter:
+        return JsonlWriter(self.path / FAILURES)
+
+    def write_manifest(self, rows: Iterable[ManifestRow], cache_root: Path) -> None:
+        with JsonlWriter(self.path / MANIFEST) as f:
+            for row in rows:
+                f.write(row.to_json())
+        (self.path / CACHE_DIR).write_text(str(Path(cache_root).resolve()) + "\n", encoding="utf-8")
+
+    def write_status(self, doc: dict) -> None:
+        (self.path / STATUS).write_text(json.dumps(doc, indent=1), encoding="utf-8")
+
+    def score_writers(self, labels: list[str]) -> tuple[JsonlWriter, "PredictionWriter"]:
+        """``scores.jsonl`` and ``predictions.csv`` writers (close both)."""
+        return JsonlWriter(self.path / SCORES), PredictionWriter(self.path / PREDICTIONS, labels)
+
+    def write_labelset(self, name: str, labels: list[str]) -> None:
+        (self.path / LABELSET).write_text(json.dumps({"name": name, "labels": labels}), encoding="utf-8")
+
+    def write_metrics(self, doc: dict) -> None:
+        (self.path / METRICS).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    def write_report(self, markdown: str) -> None:
+        (self.path / REPORT).write_text(markdown, encoding="utf-8")
+
+    # ------------------------------------------------------------------ reading
+    def manifest(self) -> list[ManifestRow]:
+        path = self.path / MANIFEST
+        if not path.is_file():
+            raise RunDirError(f"{path} not found: is {self.path} a run directory written by `dfer run`?")
+        return [ManifestRow(r["video"], r["path"], r.get("label"), r.get("fingerprint"), r.get("artifacts") or {})
+                for _, r in read_jsonl(path)]
+
+    def find(self, video: str) -> ManifestRow:
+        """The clip ``video`` (its id, or a part of exactly one id)."""
+        rows = self.manifest()
+        exact = [r for r in rows if r.video == video]
+        if exact:
+            return exact[0]
+        partial = [r for r in rows if video in r.video]
+        if len(partial) == 1:
+            return partial[0]
+        where = self.path / MANIFEST
+        if not partial:
+            raise RunDirError(f"no video '{video}' in {where} ({len(rows)} clips listed)")
+        raise RunDirError(f"'{video}' matches {len(partial)} clips in {where}: " + ", ".join(r.video for r in partial[:5]))
+
+    def cache(self) -> Cache:
+        """The cache the run's artifacts are in."""
+        path = self.path / CACHE_DIR
+        if not path.is_file():
+            raise RunDirError(f"{path} not found: is {self.path} a run directory written by `dfer run`?")
+        return Cache(Path(path.read_text(encoding="utf-8").strip()))
+
+    def failures(self) -> list[tuple[int, dict]]:
+        return read_jsonl(self.path / FAILURES)
+
+    def scores(self) -> list[tuple[int, dict]]:
+        return read_jsonl(self.path / SCORES)
+
+    def labelset(self) -> tuple[str, list[str]] | None:
+        path = self.path / LABELSET
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return str(data["name"]), [str(x) for x in data["labels"]]
+
+    def status(self) -> dict | None:
+        path = self.path / STATUS
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def config(self) -> dict[str, Any] | None:
+        path = self.path / CONFIG
+        return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else None
+
+    def metrics(self) -> dict | None:
+        path = self.path / METRICS
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+class PredictionWriter:
+    """``predictions.csv``: ``video, prediction, p_<label>..., label`` (probabilities with 6 decimals)."""
+
+    def __init__(self, path: Path, labels: list[str]):
+        self._f = open(path, "w", newline="", encoding="utf-8")
+        self._w = csv.writer(self._f)
+        self._w.writerow(["video", "prediction", *[f"p_{lab}" for lab in labels], "label"])
+
+    def write(self, video: str, prediction: str, probs: Iterable[float], label: str | None) -> None:
+        self._w.writerow([video, prediction, *[f"{p:.6f}" for p in probs], label or ""])
+
+    def close(self) -> None:
+        self._f.close()
