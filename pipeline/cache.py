@@ -28,12 +28,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pipeline.errors import CacheError
+
 FORMAT_VERSION = 1
 ENV_CACHE = "DFER_CACHE"
-
-
-class CacheError(RuntimeError):
-    """An artifact on disk is missing, incomplete or unreadable."""
 
 
 def default_cache_dir() -> Path:

@@ -7,19 +7,20 @@ Fields that do not change a stage's output (devices, batch sizes, worker counts)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline.errors import ConfigError
 from pipeline.fields import not_in_key  # noqa: F401  (re-exported)
 from pipeline.finetune.config import FinetuneConfig
 from stages import STAGE_MODULES
 
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the key and the problem."""
+BUILTIN_PRESETS = Path(__file__).resolve().parent.parent / "prompts" / "presets"
+PRESET_PATH_ENV = "DFER_PRESET_PATH"
 
 
 class RunSection(BaseModel):
@@ -128,8 +129,8 @@ def _allowed_keys(model: type[BaseModel]) -> list[str]:
     return sorted(model.model_fields)
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: Any = PipelineConfig
+def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    model: Any = root
     for part in loc[:-1]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
@@ -141,13 +142,13 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def _friendly(err: ValidationError, source: str) -> ConfigError:
+def _friendly(err: ValidationError, source: str, root: type[BaseModel]) -> ConfigError:
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         dotted = ".".join(str(p) for p in loc)
         if e["type"] == "extra_forbidden":
-            model = _model_at(loc)
+            model = _model_at(root, loc)
             allowed = ", ".join(_allowed_keys(model)) if model else "?"
             section = ".".join(str(p) for p in loc[:-1]) or "top level"
             lines.append(f"unknown key '{dotted}' ({source}); allowed keys in [{section}]: {allowed}")
@@ -157,33 +158,81 @@ def _friendly(err: ValidationError, source: str) -> ConfigError:
     return ConfigError("\n".join(lines))
 
 
-def load_config(config_file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> BaseModel:
-    """Resolve defaults <- YAML file <- ``--set`` overrides into a validated PipelineConfig."""
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, section by section (a preset's other keys of a section survive a config file)."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def preset_dirs() -> list[Path]:
+    """Where presets are looked up, in order: the folders in ``$DFER_PRESET_PATH`` (separated like ``PATH``),
+    then the presets shipped with the package (``prompts/presets/``)."""
+    extra = [Path(d).expanduser() for d in os.environ.get(PRESET_PATH_ENV, "").split(os.pathsep) if d]
+    return [*extra, BUILTIN_PRESETS]
+
+
+def preset_names() -> list[str]:
+    """Every preset name found on :func:`preset_dirs` (a name found twice is the first folder's)."""
+    return sorted({p.stem for d in preset_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file of preset ``name``; :class:`ConfigError` listing the available presets if there is none."""
+    for d in preset_dirs():
+        p = d / f"{name}.yaml"
+        if p.is_file():
+            return p
+    names = preset_names()
+    raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(names) if names else '(none)'} "
+                      f"(looked in {', '.join(str(d) for d in preset_dirs())})")
+
+
+def load_config(config_file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                preset: str | None = None) -> BaseModel:
+    """Resolve defaults <- preset <- YAML file <- ``--set`` overrides into a validated PipelineConfig."""
     tree: dict[str, Any] = {}
-    source = "defaults"
+    sources = []
+    if preset is not None:
+        path = preset_path(preset)
+        tree = _read_yaml(path, f"preset {preset!r}")
+        sources.append(f"preset {preset} ({path})")
     if config_file is not None:
         path = Path(config_file)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
-        tree = loaded
-        source = str(path)
+        tree = _merge(tree, _read_yaml(path, "config file"))
+        sources.append(str(path))
     for text in overrides:
         key, value = parse_override(text)
         _set_path(tree, key, value)
     if overrides:
-        source = f"{source} + --set"
+        sources.append("--set")
+    return validated(PipelineConfig, tree, " + ".join(sources) or "defaults")
+
+
+def validated(model: type[BaseModel], data: Any, source: str) -> BaseModel:
+    """``model.model_validate(data)`` with errors turned into one :class:`ConfigError` naming each key and
+    ``source`` (a file, ``--set``, a command's options)."""
     try:
-        return PipelineConfig.model_validate(tree)
+        return model.model_validate(data)
     except ValidationError as err:
-        raise _friendly(err, source) from None
+        raise _friendly(err, source, model) from None
 
 
 def dump_config(cfg: BaseModel) -> str:

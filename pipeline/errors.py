@@ -1,11 +1,42 @@
-"""Per-clip errors. Each becomes one row of ``RUN/failures.jsonl``; the batch goes on.
+"""One error hierarchy for everything dfer reports to the person running it, with its exit code.
 
-Messages are written for the person running the pipeline: they name the clip and say what is
-wrong in words they can act on.
+Every error here is a :class:`DferError`: its message names the file, setting, clip or model at fault
+and says what to do; the CLI's ``main`` prints it as one line (no traceback) and exits with the error's
+``exit_code``. Anything else that escapes is a bug and keeps its traceback.
+
+Two kinds:
+
+* **Per-clip errors** (:class:`ClipError` and below) become one row of ``RUN/failures.jsonl``; the batch
+  goes on. They never reach ``main`` unless ``--strict`` turns the first one into :class:`StrictFailure`.
+* **Run errors** (everything else) stop the command before any clip is processed, or at the point
+  named, without losing what is already in the cache.
+
+Each class also derives from the built-in exception it replaced (``ValueError`` for bad input,
+``RuntimeError`` for an environment that cannot work), so ``except ValueError`` in user code keeps working.
 """
 
+EXIT_OK = 0
+"""Success, or a run that stopped before a model stage whose weights are not available here."""
+EXIT_FAILED_CLIPS = 1
+"""The command finished but some clips failed (listed in ``RUN/failures.jsonl``)."""
+EXIT_USAGE = 2
+"""Bad usage, configuration or input: nothing was computed that was not already cached."""
+EXIT_STOPPED = 3
+"""A ``--strict`` run stopped at its first failure (or before a model stage it could not run)."""
+EXIT_INTERRUPTED = 130
+"""Interrupted (Ctrl-C); finished artifacts and checkpoints are kept, run the same command to go on."""
 
-class ClipError(Exception):
+
+class DferError(Exception):
+    """Root of every error dfer reports to its user."""
+
+    exit_code = EXIT_USAGE
+
+
+# ---------------------------------------------------------------------------------------------- per clip
+
+
+class ClipError(DferError):
     """A problem with one clip (not with the run)."""
 
 
@@ -31,3 +62,93 @@ class UpstreamMissingError(ClipError):
 
 class StageInputError(ClipError):
     """The clip's upstream artifacts do not allow this stage to run (e.g. too few frames)."""
+
+
+class StrictFailure(DferError, RuntimeError):
+    """``--strict``: the first clip failure stops the run."""
+
+    exit_code = EXIT_STOPPED
+
+
+# ---------------------------------------------------------------------------------------------- input and configuration
+
+
+class ConfigError(DferError, ValueError):
+    """A configuration file, preset or override is invalid; the message names the key and the problem."""
+
+
+class InputError(DferError, ValueError):
+    """The input itself (not a single clip) is unusable: missing folder, malformed list file."""
+
+
+class LabelError(DferError, ValueError):
+    """A label set or annotation file cannot be used as written; the message names file and line."""
+
+
+class TemplateError(DferError, ValueError):
+    """A prompt template is missing, has a syntax error or uses a variable the stage does not provide."""
+
+
+class UnknownStageError(DferError, ValueError):
+    """``--until``/``--force`` name a stage that does not exist."""
+
+
+class RunDirError(DferError, ValueError):
+    """A run directory is missing, incomplete or does not hold what was asked for (a video id, a file)."""
+
+
+# ---------------------------------------------------------------------------------------------- environment
+
+
+class CacheError(DferError, RuntimeError):
+    """An artifact on disk is missing, incomplete or unreadable."""
+
+
+class PreflightError(DferError, RuntimeError):
+    """A model stage cannot run with this configuration (bad model id/path, template, label file).
+    Raised before any clip is processed."""
+
+
+class ClusterError(DferError, RuntimeError):
+    """The Ray cluster cannot run this job (not reachable, not authenticated, cache not shared, resources
+    missing). Raised before any clip is scheduled."""
+
+
+class ModelUnavailableError(DferError, RuntimeError):
+    """The weights cannot be had: offline (or the hub is unreachable) and there is no local copy, or a local
+    path that does not exist. The message names the model and says how to point at a local checkpoint."""
+
+
+class ModelLoadError(DferError, RuntimeError):
+    """The model exists but cannot be loaded as the kind of model asked for, or the server is down. The message
+    names the model or the URL."""
+
+
+class BackendRequestError(DferError, RuntimeError):
+    """A request to a model server was rejected or kept failing after all retries (the message has the URL,
+    the HTTP status and the server's own error text)."""
+
+
+class LabelScoringUnsupportedError(DferError, RuntimeError):
+    """The backend cannot score labels (e.g. a server that returns no logprobs), or cannot tell these labels
+    apart (labels that share a first token on a server that scores the first token only)."""
+
+
+class VideoInputUnsupportedError(DferError, RuntimeError):
+    """The model or backend cannot take a :class:`pipeline.backends.base.Video` prompt part (the message names the
+    model)."""
+
+
+# ---------------------------------------------------------------------------------------------- tools
+
+
+class DiagnosticsError(DferError, ValueError):
+    """A diagnostics input cannot work; the message names the model, layer or column at fault."""
+
+
+class FinetuneError(DferError, ValueError):
+    """Fine-tuning cannot start (or resume) with these inputs; the message names the file or setting."""
+
+
+class AdapterError(DferError, ValueError):
+    """An adapter folder is missing, incomplete, or was made for another base model."""

@@ -51,16 +51,12 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Iterator
 
+from pipeline.errors import ClusterError
 from pipeline.cache import Artifact, Cache
 from pipeline.executor import ClipTask, TaskResult, _init_worker, run_task
 
 PROBE_TIMEOUT_S = 120.0
 CONNECT_TIMEOUT_S = 5.0
-
-
-class ClusterError(RuntimeError):
-    """The Ray cluster cannot run this job (not reachable, cache not shared, resources missing).
-    Raised by :meth:`RayExecutor.start`, before any clip is scheduled."""
 
 
 def _import_ray():

@@ -12,13 +12,11 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import InputError
+
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .wmv .flv .3gp .ts .mts .m2ts .ogv".split()
 )
-
-
-class InputError(ValueError):
-    """The input itself (not a single clip) is unusable: missing folder, malformed list file."""
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,11 @@ from typing import Iterable, Mapping, NamedTuple
 
 import yaml
 
+from pipeline.errors import LabelError
+
 LABELS_DIR = Path(__file__).resolve().parent.parent / "prompts" / "labels"
 BUILTIN_LABEL_SETS = ("dfew", "ferv39k", "mafw")
 LABEL_FORMATS = ("csv", "dfew", "ferv39k", "mafw")
-
-
-class LabelError(ValueError):
-    """A label set or annotation file cannot be used as written; the message names file and line."""
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.backends import ModelConfig, ModelLoadError, ModelUnavailableError, check_model_available, load_backend
+from pipeline.errors import PreflightError
+from pipeline.backends import ModelConfig, check_model_available, load_backend
+from pipeline.errors import ModelLoadError, ModelUnavailableError
 from pipeline.facetrack import FaceTrack
-from pipeline.prompts import PromptRenderer, TemplateError
-
-
-class PreflightError(RuntimeError):
-    """A model stage cannot run with this configuration (bad model id/path, template, label file).
-    Raised before any clip is processed."""
+from pipeline.errors import TemplateError
+from pipeline.prompts import PromptRenderer
 
 
 def model_identity(cfg: ModelConfig) -> dict:

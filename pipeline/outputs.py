@@ -7,15 +7,12 @@ scores come from :mod:`pipeline.ranking`, the rule every validation uses too.
 
 from __future__ import annotations
 
-import csv
-import json
-from pathlib import Path
-
 import numpy as np
 
 from pipeline.cache import Cache
 from pipeline.labels import LabelError, load_label_set
 from pipeline.ranking import ranking_scores
+from pipeline.rundir import RunDir
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -24,16 +21,15 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def write_predictions(run_dir: Path, cfg, cache: Cache, refs, keys: dict) -> str:
+def write_predictions(run_dir: RunDir, cfg, cache: Cache, refs, keys: dict) -> str:
     """Write scores.jsonl and predictions.csv for every clip that has classify scores; return a
     one-paragraph summary (clips scored, prompt-token totals against dense sampling)."""
     label_set = load_label_set(cfg.classify.labels)
     names = label_set.names
     norm = cfg.classify.length_norm
     n, tok, dense, dense_frames = 0, 0, 0, 0
-    with open(run_dir / "scores.jsonl", "w", encoding="utf-8") as fs, open(run_dir / "predictions.csv", "w", newline="", encoding="utf-8") as fp:
-        writer = csv.writer(fp)
-        writer.writerow(["video", "prediction", *[f"p_{lab}" for lab in names], "label"])
+    fs, fp = run_dir.score_writers(names)
+    try:
         for ref in refs:
             key = keys.get(ref.id, {}).get("classify")
             art = cache.get("classify", key) if key else None
@@ -50,14 +46,17 @@ def write_predictions(run_dir: Path, cfg, cache: Cache, refs, keys: dict) -> str
                     true = label_set.canonical(ref.label)
                 except LabelError:
                     true = ref.label
-            fs.write(json.dumps({"video": ref.id, "label": true, "labels": names, "scores": scores, "prediction": pred,
-                                 "raw": doc["scores"], "prompt_tokens": doc["prompt_tokens"]}, ensure_ascii=False) + "\n")
-            writer.writerow([ref.id, pred, *[f"{p:.6f}" for p in probs], true or ""])
+            fs.write({"video": ref.id, "label": true, "labels": names, "scores": scores, "prediction": pred,
+                      "raw": doc["scores"], "prompt_tokens": doc["prompt_tokens"]})
+            fp.write(ref.id, pred, probs, true)
             n += 1
             tok += int(doc["prompt_tokens"])
             dense += int(doc["dense_tokens"])
             dense_frames += int(doc["dense_frames"])
-    (run_dir / "labelset.json").write_text(json.dumps({"name": label_set.name, "labels": names}), encoding="utf-8")
+    finally:
+        fs.close()
+        fp.close()
+    run_dir.write_labelset(label_set.name, names)
     if n == 0:
         return "classify: no clip was scored"
     ratio = tok / dense if dense else float("nan")

@@ -15,14 +15,11 @@ from typing import Any
 
 import jinja2
 
+from pipeline.errors import TemplateError
 from pipeline.backends.base import Prompt
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "prompts"
 _MARK = "\u2063IMG{}\u2063"
-
-
-class TemplateError(ValueError):
-    """A template is missing, has a syntax error or uses a variable the stage does not provide."""
 
 
 def template_dir(prompt_dir: str | None) -> Path:

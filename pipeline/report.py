@@ -26,38 +26,26 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
-from pipeline.calibration import calibrate
+from pipeline.calibration import calibrate, prior_from_counts, tau_sweep
 from pipeline.labels import BUILTIN_LABEL_SETS, LabelError, LabelSet, load_label_set, match_labels, read_labels
 from pipeline.metrics import GROUP_NAMES, compute_metrics
+from pipeline.errors import ConfigError, RunDirError
+from pipeline.rundir import FAILURES, LABELSET, SCORES, RunDir
 
 PLOTS = {"confusion": "confusion_matrix.png", "recall": "per_class_recall.png",
          "distribution": "label_distribution.png"}
 LIST_LIMIT = 50  # rows per list in report.md; metrics.json always lists everything
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    """(line number, row) of each non-empty line of a JSON Lines file; [] when the file is absent."""
-    if not path.is_file():
-        return []
-    rows = []
-    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append((no, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{no}: not valid JSON: {e}") from None
-    return rows
-
-
-def _run_labels(run_dir: Path, scores: list[tuple[int, dict]]) -> tuple[str, list[str]]:
-    path = run_dir / "labelset.json"
-    if path.is_file():
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return str(data["name"]), [str(x) for x in data["labels"]]
+def _run_labels(run: RunDir, scores: list[tuple[int, dict]]) -> tuple[str, list[str]]:
+    found = run.labelset()
+    if found is not None:
+        return found
     if scores:
-        warnings.warn(f"{path} is missing; using the label order of the first row of scores.jsonl")
+        warnings.warn(f"{run / LABELSET} is missing; using the label order of the first row of {SCORES}")
         return "unknown", [str(x) for x in scores[0][1]["labels"]]
-    raise ValueError(f"{run_dir}: no labelset.json and no scored clips, so the label set is unknown")
+    raise RunDirError(f"{run.path}: no {LABELSET} and no scored clips, so the label set is unknown "
+                      "(is it the run directory of a `dfer run` that reached classify?)")
 
 
 def _parse_label_set(name: str, labels: list[str], label_set: str | Path | None, label_format: str) -> LabelSet:
@@ -82,7 +70,10 @@ def _train_counts(train_counts: Any, labels: list[str], ls: LabelSet) -> dict[st
     if train_counts is None:
         return None
     if isinstance(train_counts, (str, Path)):
-        train_counts = yaml.safe_load(Path(train_counts).read_text(encoding="utf-8"))
+        try:
+            train_counts = yaml.safe_load(Path(train_counts).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise LabelError(f"training counts {train_counts}: cannot be read as JSON/YAML ({exc})") from None
     if isinstance(train_counts, Mapping):
         out = {lab: 0 for lab in labels}
         for k, v in train_counts.items():
@@ -90,24 +81,29 @@ def _train_counts(train_counts: Any, labels: list[str], ls: LabelSet) -> dict[st
         return out
     counts = [int(x) for x in train_counts]
     if len(counts) != len(labels):
-        raise ValueError(f"train_counts has {len(counts)} entries for {len(labels)} labels")
+        raise LabelError(f"train_counts has {len(counts)} entries for {len(labels)} labels")
     return dict(zip(labels, counts))
 
 
 def build_report(run_dir: str | Path, labels_file: str | Path | None = None, label_format: str = "csv",
                  calibration: str = "none", tau: float = 1.0, train_counts: Any = None,
                  label_set: str | Path | None = None, fold: int | None = None, split: str | None = "test",
-                 n_boot: int = 1000, seed: int = 0, smoothing: float = 0.0) -> dict:
+                 n_boot: int = 1000, seed: int = 0, smoothing: float = 0.0,
+                 taus: Sequence[float] = ()) -> dict:
     """Everything ``metrics.json`` holds, computed in memory (see the module docstring).
+
+    ``taus``: also score the logit adjustment at each temperature (``tau_sweep``: UAR/WAR/macro-F1 per tau, with
+    the training prior when ``train_counts`` is given, else the prior estimated from the run).
 
     ``labels_file`` (read with ``label_format``; ``fold``/``split`` for a DFEW folder) replaces the
     ``label`` field of scores.jsonl. ``train_counts``: dict label -> count, list in label order, or a
     JSON/YAML file with such a dict; used for head/medium/tail groups and by calibration 'prior'.
     """
-    run_dir = Path(run_dir)
-    scores_rows = read_jsonl(run_dir / "scores.jsonl")
-    fail_rows = read_jsonl(run_dir / "failures.jsonl")
-    name, labels = _run_labels(run_dir, scores_rows)
+    run = RunDir(run_dir)
+    run_dir = run.path
+    scores_rows = run.scores()
+    fail_rows = run.failures()
+    name, labels = _run_labels(run, scores_rows)
     ls = _parse_label_set(name, labels, label_set, label_format)
 
     notes: list[str] = []
@@ -116,7 +112,7 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     for no, r in fail_rows:
         vid = str(r.get("video"))
         if vid in fail_label:
-            notes.append(f"{run_dir / 'failures.jsonl'}:{no}: '{vid}' failed twice; the first row is used")
+            notes.append(f"{run / FAILURES}:{no}: '{vid}' failed twice; the first row is used")
             continue
         failures.append({"video": vid, **{k: r.get(k) for k in ("stage", "error", "message")}})
         fail_label[vid] = r.get("label")
@@ -124,7 +120,7 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     seen: dict[str, int] = {}
     for no, r in scores_rows:
         vid = str(r.get("video"))
-        where = f"{run_dir / 'scores.jsonl'}:{no}"
+        where = f"{run / SCORES}:{no}"
         if vid in seen:
             notes.append(f"{where}: '{vid}' scored twice (first at line {seen[vid]}); the first row is used")
             continue
@@ -165,7 +161,10 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     raw = np.array([r["scores"] for r in valid], dtype=float).reshape(len(valid), len(labels))
     tc = _train_counts(train_counts, labels, ls)
     if valid:
-        adjusted, cal_info = calibrate(raw, calibration, tau, tc, labels, smoothing)
+        try:
+            adjusted, cal_info = calibrate(raw, calibration, tau, tc, labels, smoothing)
+        except ValueError as exc:
+            raise ConfigError(f"calibration {calibration!r}: {exc}") from None
     else:
         adjusted, cal_info = raw, {"method": calibration, "tau": tau, "prior": None}
     pred = [labels[i] for i in np.argmax(adjusted, axis=1)] if len(valid) else []
@@ -195,6 +194,11 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     elif valid or failures:
         notes.append("no scored clip has a true label: metrics are not computed")
     n_lab = len(labelled) + len(failed_labelled)
+    sweep = None
+    if taus and labelled:
+        prior = prior_from_counts(tc, labels) if tc else None
+        sweep = {"prior": "training prior" if prior is not None else "prior estimated from this run",
+                 "rows": tau_sweep(raw[labelled], y_true, prior, list(taus), labels)}
     return {
         "run_dir": str(run_dir),
         "label_set": {"name": name, "labels": labels},
@@ -217,7 +221,32 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
         "failed_clips": failures,
         "labels_without_clip": labels_without_clip,
         "warnings": notes,
+        **({"tau_sweep": sweep} if taus else {}),
     }
+
+
+def summary(rep: dict, out_dir: str | Path) -> str:
+    """What ``dfer report`` prints: headline metrics, clip counts, the tau sweep if asked for, files written."""
+    lines = []
+    m, c = rep.get("metrics"), rep["counts"]
+    if m:
+        lines.append(f"UAR {100 * m['uar']:.2f}  WAR {100 * m['war']:.2f}  macro-F1 {100 * m['macro_f1']:.2f}  "
+                     f"({c['scored_labelled']} labelled clips, calibration {rep['calibration']['method']})")
+    else:
+        lines.append("no labelled clip: metrics not computed (pass --labels FILE)")
+    lines.append(f"scored {c['scored']}, failed {c['failed']}, scored without label {c['scored_unlabeled']}, "
+                 f"labels without clip {c['labels_without_clip']}")
+    if "tau_sweep" in rep:
+        sweep = rep["tau_sweep"]
+        if sweep is None:
+            lines.append("tau sweep: no labelled clip")
+        else:
+            lines.append(f"tau sweep ({sweep['prior']}):")
+            lines += [f"  tau {r['tau']:>5.2f}: UAR {100 * r['uar']:.2f}  WAR {100 * r['war']:.2f}  "
+                      f"macro-F1 {100 * r['macro_f1']:.2f}" for r in sweep["rows"]]
+    out = Path(out_dir)
+    lines.append(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and plots")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,7 +330,7 @@ def _markdown(rep: dict, plots: dict[str, str]) -> str:
                        f"{'-' if r['train_count'] is None else r['train_count']} | {r['support']} | "
                        f"{r['predicted']} | {_pct(r['precision'])} | {_pct(r['recall'])} | {_pct(r['f1'])} |")
         g = m["groups"]
-        out += [f"\n## Head / medium / tail\n", f"Groups from {g['source'].replace('_', ' ')}: {g['rule']}.\n",
+        out += ["\n## Head / medium / tail\n", f"Groups from {g['source'].replace('_', ' ')}: {g['rule']}.\n",
                 "| group | labels | clips | UAR (%) | macro-F1 (%) | accuracy (%) |", "|---|---|---|---|---|---|"]
         for name in g["by_group"]:
             d = g["by_group"][name]
@@ -311,7 +340,7 @@ def _markdown(rep: dict, plots: dict[str, str]) -> str:
         out += ["\n## Collapse onto head classes\n",
                 f"- total variation between predicted and true label distributions: {col['total_variation']:.4f}",
                 f"- KL(true || predicted), 0.5 pseudo-count: {col['kl_true_pred']:.4f}",
-                f"- Jensen-Shannon distance (base 2): "
+                "- Jensen-Shannon distance (base 2): "
                 + ("n/a" if col["js_distance"] is None else f"{col['js_distance']:.4f}"),
                 f"- head-class share: true {_pct(col['head_share_true'])} %, predicted {_pct(col['head_share_pred'])} %",
                 f"- tail clips predicted as a head class: {_pct(col['tail_to_head_share'])} % "
@@ -400,11 +429,11 @@ def write_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     """Build the report and write ``metrics.json``, ``report.md`` and the PNG plots into ``out_dir``
     (default: the run directory). Other keyword arguments go to :func:`build_report`."""
     rep = build_report(run_dir, labels_file, label_format, calibration, tau, train_counts, **kwargs)
-    out = Path(out_dir) if out_dir is not None else Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rep["plots"] = _plots(rep, out)
-    (out / "metrics.json").write_text(json.dumps(rep, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(_markdown(rep, rep["plots"]), encoding="utf-8")
+    out = RunDir(out_dir if out_dir is not None else run_dir)
+    out.create()
+    rep["plots"] = _plots(rep, out.path)
+    out.write_metrics(rep)
+    out.write_report(_markdown(rep, rep["plots"]))
     return rep
 
 
@@ -429,16 +458,17 @@ def compare_runs(run_dirs: Sequence[str | Path], **kwargs: Any) -> str:
     """
     dirs = [Path(d) for d in run_dirs]
     if not dirs:
-        raise ValueError("compare_runs needs at least one run directory")
+        raise RunDirError("compare needs at least one run directory")
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        raise RunDirError(f"not a directory: {', '.join(missing)}")
     names = [d.name for d in dirs]
     if len(set(names)) < len(names):
         names = [str(d) for d in dirs]
     reps = []
     for d in dirs:
-        if (d / "metrics.json").is_file() and not kwargs:
-            reps.append(json.loads((d / "metrics.json").read_text(encoding="utf-8")))
-        else:
-            reps.append(build_report(d, **kwargs))
+        saved = RunDir(d).metrics() if not kwargs else None
+        reps.append(saved if saved is not None else build_report(d, **kwargs))
     out = ["| run | calibration | scored | failed | UAR (%) | WAR (%) | macro-F1 (%) |",
            "|---|---|---|---|---|---|---|"]
     for name, rep in zip(names, reps):
@@ -448,8 +478,7 @@ def compare_runs(run_dirs: Sequence[str | Path], **kwargs: Any) -> str:
         out.append(f"| {name} | {cal_text} | {rep['counts']['scored']} | {rep['counts']['failed']} | "
                    f"{_pct(m.get('uar'))} {_ci(ci.get('uar'))} | {_pct(m.get('war'))} {_ci(ci.get('war'))} | "
                    f"{_pct(m.get('macro_f1'))} |")
-    configs = {name: _flatten(yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {})
-               for name, d in zip(names, dirs) if (d / "config.yaml").is_file()}
+    configs = {name: _flatten(cfg) for name, cfg in zip(names, (RunDir(d).config() for d in dirs)) if cfg is not None}
     if len(configs) >= 2:
         keys = sorted({k for c in configs.values() for k in c})
         diff = [k for k in keys if len({(k in c, json.dumps(c.get(k), default=str, sort_keys=True))

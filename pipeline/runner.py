@@ -8,7 +8,6 @@ fails is recorded in ``RUN/failures.jsonl`` and left out of later stages; the ot
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import Counter
@@ -17,20 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from pipeline.errors import ConfigError, StrictFailure, UnknownStageError
 from pipeline.cache import Cache, artifact_key, default_cache_dir
 from pipeline.config import dump_config, key_fields
-from pipeline.executor import ClipTask, LocalExecutor, TaskResult
+from pipeline.executor import ClipTask, LocalExecutor
 from pipeline.inputs import VideoRef, discover, fingerprint, parse_shard, shard_of
 from pipeline.jobs import ClipJob
+from pipeline.rundir import ManifestRow, RunDir
 from stages import STAGE_ORDER, STAGES
-
-
-class StrictFailure(RuntimeError):
-    """``--strict``: the first clip failure stops the run."""
-
-
-class UnknownStageError(ValueError):
-    pass
 
 
 @dataclass
@@ -129,7 +122,7 @@ class Runner:
         check_stage(until, "--until")
         check_stage(force, "--force")
         self.cfg = cfg
-        self.out = Path(out_dir)
+        self.run_dir = RunDir(out_dir)
         self.cache = Cache(cache_dir if cache_dir is not None else default_cache_dir())
         self.until = until
         self.force = force
@@ -138,19 +131,16 @@ class Runner:
         self.quiet = quiet
         self.log = log or sys.stderr
         self.executor = executor or LocalExecutor(cfg.run.workers)
-        self._failures: TextIO | None = None
+        self._failures = None
 
     # ----------------------------------------------------------------------------------------
     def say(self, msg: str) -> None:
         print(msg, file=self.log, flush=True)
 
     def _fail(self, video: str, stage: str, error: str, message: str) -> None:
-        row = {"video": video, "stage": stage, "error": error, "message": message}
-        assert self._failures is not None
-        self._failures.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._failures.flush()
+        self._failures.write({"video": video, "stage": stage, "error": error, "message": message})
         if self.strict:
-            raise StrictFailure(f"[{stage}] {video}: {error}: {message}")
+            raise StrictFailure(f"stopped at the first failure (--strict): [{stage}] {video}: {error}: {message}")
 
     def stages(self) -> list[str]:
         return stages_to_run(self.cfg, self.until)
@@ -160,13 +150,13 @@ class Runner:
         if self.shard:
             i, n = self.shard
             refs = [r for r in refs if shard_of(r.id, n) == i]
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(dump_config(self.cfg), encoding="utf-8")
+        self.run_dir.create()
+        self.run_dir.write_config(dump_config(self.cfg))
         stages = self.stages()
         blocked = self._preflight(stages)
         if hasattr(self.executor, "start"):  # e.g. RayExecutor: connect and check the cluster before any clip
             self.executor.start(self.cache.root)
-        self._failures = open(self.out / "failures.jsonl", "w", encoding="utf-8")
+        self._failures = self.run_dir.failure_log()
         try:
             return self._run(refs, stages, blocked)
         finally:
@@ -233,7 +223,7 @@ class Runner:
         if status == "complete" and "classify" in stages:
             from pipeline.outputs import write_predictions
 
-            summary = write_predictions(self.out, self.cfg, self.cache, refs, keys)
+            summary = write_predictions(self.run_dir, self.cfg, self.cache, refs, keys)
             self.say(summary)
         status_doc = {
             "status": status,
@@ -244,21 +234,12 @@ class Runner:
             "stages": [r.stage for r in reports],
             "seconds": round(time.time() - t_start, 2),
         }
-        (self.out / "status.json").write_text(json.dumps(status_doc, indent=1), encoding="utf-8")
-        return RunResult(self.out, reports, len(refs), n_failed, status, stop_message, keys)
+        self.run_dir.write_status(status_doc)
+        return RunResult(self.run_dir.path, reports, len(refs), n_failed, status, stop_message, keys)
 
     def _write_manifest(self, refs, fps, keys) -> None:
-        with open(self.out / "manifest.jsonl", "w", encoding="utf-8") as f:
-            for r in refs:
-                row = {
-                    "video": r.id,
-                    "path": str(r.path),
-                    "label": r.label,
-                    "fingerprint": fps.get(r.id),
-                    "artifacts": keys.get(r.id, {}),
-                }
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        (self.out / "cache_dir.txt").write_text(str(self.cache.root.resolve()) + "\n", encoding="utf-8")
+        rows = (ManifestRow(r.id, str(r.path), r.label, fps.get(r.id), keys.get(r.id, {})) for r in refs)
+        self.run_dir.write_manifest(rows, self.cache.root)
 
     def _run_stage(self, name, active, by_id, fps, keys, forced) -> tuple[StageReport, set[str]]:
         mod = STAGES[name]
@@ -338,6 +319,17 @@ class Runner:
         from pipeline.batching import run_batched
 
         yield from run_batched(mod, section, todo, self.cache, self.cfg.run.batch_size)
+
+
+def executor_for(kind: str, run_section, address: str | None = None):
+    """The executor ``dfer run --executor KIND [--ray-address ADDR]`` means (``run_section``: ``cfg.run``)."""
+    if kind == "ray":
+        from pipeline.executor_ray import RayExecutor
+
+        return RayExecutor.from_config(run_section, address=address)
+    if address:
+        raise ConfigError("--ray-address needs --executor ray")
+    return LocalExecutor(run_section.workers)
 
 
 def run_pipeline(input_path, out_dir, cfg, **kwargs) -> RunResult:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import time
@@ -11,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache import Cache
 from pipeline.config import load_config
 from pipeline.facetrack import FaceTrack
+from pipeline.rundir import RunDir
 from pipeline.runner import run_pipeline
 
 
@@ -23,24 +22,19 @@ def run(input_path, out, cache, *overrides: str, workers: int = 1, log=None, **k
 
 
 def failures(run_dir) -> list[dict]:
-    p = Path(run_dir) / "failures.jsonl"
-    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row for _, row in RunDir(run_dir).failures()]
 
 
 def manifest(run_dir) -> dict[str, dict]:
-    p = Path(run_dir) / "manifest.jsonl"
-    rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {r["video"]: r for r in rows}
+    return {r.video: r.to_json() for r in RunDir(run_dir).manifest()}
 
 
 def track_of(result, video_id: str) -> FaceTrack:
-    cache = Cache(Path((Path(result.run_dir) / "cache_dir.txt").read_text().strip()))
-    return FaceTrack.load(cache.get("faces", result.keys[video_id]["faces"]))
+    return FaceTrack.load(artifact(result, video_id, "faces"))
 
 
 def artifact(result, video_id: str, stage: str):
-    cache = Cache(Path((Path(result.run_dir) / "cache_dir.txt").read_text().strip()))
-    return cache.get(stage, result.keys[video_id][stage])
+    return RunDir(result.run_dir).cache().get(stage, result.keys[video_id][stage])
 
 
 def leftover_tmp(folder, age_s: float = 0.0) -> Path:
@@ -61,7 +55,8 @@ def copy_run(src, dst, cache=None) -> Path:
     dst = Path(dst)
     shutil.copytree(src, dst)
     if cache is not None:
-        (dst / "cache_dir.txt").write_text(str(Path(cache).resolve()) + "\n", encoding="utf-8")
+        run = RunDir(dst)
+        run.write_manifest(run.manifest(), cache)
     return dst
 
 
@@ -70,37 +65,40 @@ def scale_run(src, dst, n: int, seed: int = 0, fail_every: int = 50) -> Path:
     cached artifacts (crops, keyframes, summaries) of scored clip ``i % k`` and gets head-biased random
     scores and a true label (scores.jsonl, predictions.csv); every ``fail_every``-th clip failed at faces.
     For page-size benchmarks and for tests that need many clips with varied predictions."""
-    src, dst = Path(src), Path(dst)
-    dst.mkdir(parents=True)
-    for name in ("config.yaml", "cache_dir.txt", "labelset.json"):
-        shutil.copyfile(src / name, dst / name)
-    labels = json.loads((src / "labelset.json").read_text(encoding="utf-8"))["labels"]
-    scored = {json.loads(line)["video"] for line in (src / "scores.jsonl").read_text(encoding="utf-8").splitlines()}
-    templates = [r for r in manifest(src).values() if r["video"] in scored]
+    from pipeline.rundir import ManifestRow
+
+    source, run = RunDir(src), RunDir(dst)
+    run.create()
+    run.write_config((source / "config.yaml").read_text(encoding="utf-8"))
+    name, labels = source.labelset()
+    run.write_labelset(name, labels)
+    scored = {row["video"] for _, row in source.scores()}
+    templates = [r for r in source.manifest() if r.video in scored]
     rng = np.random.default_rng(seed)
     bias = np.log(np.linspace(2.0, 0.2, len(labels)))
-    with open(dst / "manifest.jsonl", "w", encoding="utf-8") as fm, \
-            open(dst / "scores.jsonl", "w", encoding="utf-8") as fs, open(dst / "failures.jsonl", "w", encoding="utf-8") as ff, \
-            open(dst / "predictions.csv", "w", encoding="utf-8") as fp:
-        fp.write(",".join(["video", "prediction", *[f"p_{lab}" for lab in labels], "label"]) + "\n")
+    rows = []
+    scores, predictions = run.score_writers(labels)
+    with run.failure_log() as failures_log:
         for i in range(n):
             t = templates[i % len(templates)]
             vid, y = f"clips/{i:05d}.mp4", int(rng.integers(len(labels)))
             failed = fail_every and i % fail_every == fail_every - 1
-            arts = {"faces": t["artifacts"]["faces"]} if failed else t["artifacts"]
-            fm.write(json.dumps({**t, "video": vid, "label": labels[y], "artifacts": arts}) + "\n")
+            arts = {"faces": t.artifacts["faces"]} if failed else t.artifacts
+            rows.append(ManifestRow(vid, t.path, labels[y], t.fingerprint, arts))
             if failed:
-                ff.write(json.dumps({"video": vid, "stage": "faces", "error": "NoFaceError", "message": f"{vid}: no face"}) + "\n")
+                failures_log.write({"video": vid, "stage": "faces", "error": "NoFaceError", "message": f"{vid}: no face"})
                 continue
             s = rng.normal(-8, 1, len(labels)) + bias
             s[y] += 1.2
             s = s.round(4)
-            fs.write(json.dumps({"video": vid, "label": labels[y], "labels": labels,
-                                 "scores": dict(zip(labels, s.tolist())), "prediction": labels[int(np.argmax(s))],
-                                 "raw": {lab: {"logprob": float(v), "n_tokens": 1, "exact": True} for lab, v in zip(labels, s)},
-                                 "prompt_tokens": 250}) + "\n")
-            p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
-            fp.write(",".join([vid, labels[int(np.argmax(s))], *[f"{x:.6f}" for x in p], labels[y]]) + "\n")
-    (dst / "status.json").write_text(json.dumps({"status": "complete", "clips": n, "failed": n // fail_every if fail_every else 0,
-                                                 "stages": ["faces", "keyframes", "context", "classify"]}), encoding="utf-8")
+            scores.write({"video": vid, "label": labels[y], "labels": labels, "scores": dict(zip(labels, s.tolist())),
+                          "prediction": labels[int(np.argmax(s))],
+                          "raw": {lab: {"logprob": float(v), "n_tokens": 1, "exact": True} for lab, v in zip(labels, s)},
+                          "prompt_tokens": 250})
+            predictions.write(vid, labels[int(np.argmax(s))], np.exp(s - s.max()) / np.exp(s - s.max()).sum(), labels[y])
+    scores.close()
+    predictions.close()
+    run.write_manifest(rows, source.cache().root)
+    run.write_status({"status": "complete", "clips": n, "failed": n // fail_every if fail_every else 0,
+                      "stages": ["faces", "keyframes", "context", "classify"]})
     return dst

@@ -69,20 +69,26 @@ def test_console_script_is_installed():
 
 
 def _fake_run(d, shift):
-    import json
+    from pipeline.rundir import RunDir
 
-    d.mkdir(parents=True)
+    run = RunDir(d)
+    run.create()
     labels = ["happy", "sad", "neutral"]
-    (d / "labelset.json").write_text(json.dumps({"name": "mine", "labels": labels}))
-    (d / "config.yaml").write_text(f"classify:\n  shuffle: {str(bool(shift)).lower()}\n")
+    run.write_labelset("mine", labels)
+    run.write_config(f"classify:\n  shuffle: {str(bool(shift)).lower()}\n")
     rows = []
     for i, true in enumerate(["happy"] * 6 + ["sad"] * 3 + ["neutral"]):
         s = {lab: -3.0 for lab in labels}
         s[true] = -1.0 if i % 2 == 0 else -3.5
         s["happy"] += shift  # head-class bias
         rows.append({"video": f"v{i}.mp4", "label": true, "labels": labels, "scores": s, "prediction": max(s, key=s.get)})
-    (d / "scores.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    (d / "failures.jsonl").write_text(json.dumps({"video": "bad.mp4", "stage": "faces", "error": "NoFaceError", "message": "x"}) + "\n")
+    scores, predictions = run.score_writers(labels)
+    for r in rows:
+        scores.write(r)
+    scores.close()
+    predictions.close()
+    with run.failure_log() as log:
+        log.write({"video": "bad.mp4", "stage": "faces", "error": "NoFaceError", "message": "x"})
 
 
 def test_report_and_compare_commands(tmp_path):

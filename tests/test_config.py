@@ -67,3 +67,39 @@ def test_config_show_prints_resolved_config():
     assert list(doc)[:4] == ["run", "faces", "expression", "keyframes"]
     bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "show", "--set", "nope.x=1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown key 'nope'" in bad.stderr
+
+
+def _preset_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    (folder / "fast.yaml").write_text("keyframes:\n  k: 2\n  strategy: uniform\nclassify:\n  labels: mafw\n")
+    monkeypatch.setenv("DFER_PRESET_PATH", str(folder))
+    return folder
+
+
+def test_preset_is_applied_before_config_file_and_overrides(tmp_path, monkeypatch):
+    _preset_folder(tmp_path, monkeypatch)
+    f = tmp_path / "c.yaml"
+    f.write_text("keyframes:\n  k: 3\n")
+    assert load_config(None, preset="fast").keyframes.k == 2
+    cfg = load_config(f, preset="fast")
+    assert (cfg.keyframes.k, cfg.keyframes.strategy, cfg.classify.labels) == (3, "uniform", "mafw")
+    assert load_config(f, ["keyframes.k=5"], preset="fast").keyframes.k == 5
+
+
+def test_unknown_preset_lists_the_available_ones(tmp_path, monkeypatch):
+    _preset_folder(tmp_path, monkeypatch)
+    with pytest.raises(ConfigError, match=r"unknown preset 'fats'; available presets: fast"):
+        load_config(None, preset="fats")
+    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "show", "--preset", "fats"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "available presets: fast" in bad.stderr
+    ok = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "show", "--preset", "fast"],
+                        capture_output=True, text=True, check=True)
+    assert yaml.safe_load(ok.stdout)["keyframes"]["k"] == 2
+
+
+def test_a_model_id_alone_sets_the_model_of_either_model_section():
+    cfg = load_config(None, ["classify.model=/models/qwen", "context.model=org/captioner"])
+    assert cfg.classify.model.model == "/models/qwen" and cfg.classify.model.backend == "transformers"
+    assert cfg.context.model.model == "org/captioner"

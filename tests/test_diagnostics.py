@@ -25,6 +25,7 @@ from pipeline.diagnostics.probe import (
 from pipeline.diagnostics.socialfusion import (
     Example, SocialFusionBackend, SocialFusionModel, TrainSettings, train, write_training_report,
 )
+from pipeline.rundir import RunDir
 from tests.runs import failures, run
 
 LABELS = ["happy", "sad", "angry"]
@@ -316,7 +317,7 @@ def test_probe_and_socialfusion_commands_on_clips(keyframed, clip_dir, tiny_clip
               f"classify.model.model={model_dir}", "classify.use_summaries=false", "classify.image_size=32",
               "classify.model.device=cpu")
     assert res.n_failed == 0, failures(tmp_path / "run")
-    scores = {json.loads(line)["video"]: json.loads(line) for line in (tmp_path / "run" / "scores.jsonl").read_text().splitlines()}
+    scores = {r["video"]: r for _, r in RunDir(tmp_path / "run").scores()}
     assert set(scores) == {"pan.mp4", "odd.avi", "sub/zoom.webm"}
     # the classify stage fed the model the same crops as training: its scores equal scoring the cached features
     model = SocialFusionModel.load(model_dir)

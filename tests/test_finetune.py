@@ -7,19 +7,19 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.config import load_config
-from pipeline.finetune import FinetuneError, finetune
 from pipeline.cli import main as dfer_main
+from pipeline.finetune import FinetuneError, finetune, loop
 from pipeline.finetune.adapter import adapter_hash
 from pipeline.finetune.data import class_weights, split_train_val
 from pipeline.labels import LabelError
 from pipeline.modelstage import PreflightError
+from pipeline.rundir import RunDir
 from tests import media
 from tests.runs import run
 from tests.tiny_models import shared_tiny_model_dir
@@ -77,8 +77,7 @@ def trained(clips, cache, models, tmp_path_factory):
 
 
 def true_label_nll(run_dir) -> dict[str, float]:
-    rows = [json.loads(line) for line in open(Path(run_dir) / "scores.jsonl", encoding="utf-8")]
-    return {r["video"]: -r["raw"][r["label"]]["logprob"] for r in rows}
+    return {r["video"]: -r["raw"][r["label"]]["logprob"] for _, r in RunDir(run_dir).scores()}
 
 
 def stages(res) -> dict:
@@ -124,17 +123,28 @@ def test_training_reduces_the_loss(trained, clips, cache, models, tmp_path):
     assert best["val_loss"] == pytest.approx(sum(after[v] for v in val) / 2, abs=1e-3)  # adapter merged at inference
 
 
-def test_kill_and_resume_gives_the_same_adapter(trained, clips, cache, models, tmp_path):
+def test_kill_and_resume_gives_the_same_adapter(trained, clips, cache, models, tmp_path, monkeypatch):
     out = tmp_path / "ckpt"
-    args = [str(clips), "--out", str(out), "--cache", str(cache), "-q", "--stop-after-steps", "7"]
+    args = [str(clips), "--out", str(out), "--cache", str(cache), "-q"]
     for s in [*model_args(models), *TRAIN]:
         args += ["--set", s]
-    assert dfer_main(["finetune", *args]) == 0  # stops after step 7, as if killed: the last checkpoint is step 6
+    calls = []
+    real_loss = loop._Trainer.batch_loss
+
+    def interrupted_in_step_8(self, batch):  # Ctrl-C during step 8 (grad_accum=1: one batch per step)
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return real_loss(self, batch)
+
+    monkeypatch.setattr(loop._Trainer, "batch_loss", interrupted_in_step_8)
+    assert dfer_main(["finetune", *args]) == 130  # the last checkpoint is step 6 (save_every_steps=2)
+    monkeypatch.setattr(loop._Trainer, "batch_loss", real_loss)
     pointer = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert pointer == {"dir": "step-0000006"} and not (out / "adapter").exists()
     (out / "checkpoints" / ".tmp-step-0000008").mkdir()  # debris of a save killed half-way
     resumed = train(clips, out, cache, models)
-    assert resumed.resumed_from == 6 and resumed.global_step == 8 and not resumed.stopped
+    assert resumed.resumed_from == 6 and resumed.global_step == 8
     assert not (out / "checkpoints" / ".tmp-step-0000008").exists()
     a = load_file(str(trained.last_adapter_dir / "adapter_model.safetensors"))
     b = load_file(str(resumed.last_adapter_dir / "adapter_model.safetensors"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import yaml
 from PIL import Image
 
 from pipeline.report import PLOTS, build_report, compare_runs, write_report
+from pipeline.rundir import RunDir
 
 DFEW = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]
 TRAIN_COUNTS = {"happy": 2000, "sad": 1500, "neutral": 2100, "angry": 1700, "surprise": 1200, "disgust": 120,
@@ -37,16 +37,22 @@ def make_run(root: Path, seed: int = 0, n: int = 140, config: dict | None = None
     bad = dict(rows[0], video="clips/nan.mp4", scores=dict(rows[0]["scores"], fear=float("nan")))
     rows.append(bad)
     truth["nan"] = "fear"
-    with open(root / "scores.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    run = RunDir(root)
+    run.create()
+    scores, predictions = run.score_writers(DFEW)
+    for r in rows:
+        scores.write(r)
+    scores.close()
+    predictions.close()
     fails = [{"video": "clips/broken.mp4", "stage": "faces", "error": "NoFaceError", "message": "no face"},
              {"video": "clips/late.mp4", "stage": "classify", "error": "RuntimeError", "message": "OOM"}]
     truth["broken"] = "disgust"
-    (root / "failures.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fails))
-    (root / "labelset.json").write_text(json.dumps({"name": "dfew", "labels": DFEW}))
+    with run.failure_log() as log:
+        for r in fails:
+            log.write(r)
+    run.write_labelset("dfew", DFEW)
     if config is not None:
-        (root / "config.yaml").write_text(yaml.safe_dump(config))
+        run.write_config(yaml.safe_dump(config))
     return truth
 
 
@@ -70,7 +76,7 @@ def test_write_report_accounts_for_every_clip(tmp_path):
                        n_boot=200)
     for name in PLOTS.values():
         _assert_png(tmp_path / "run" / name)
-    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    saved = RunDir(tmp_path / "run").metrics()
     assert saved["unlabeled_clips"] == ["clips/extra.mp4"]
     failed = {f["video"]: f for f in saved["failed_clips"]}
     assert set(failed) == {"clips/broken.mp4", "clips/late.mp4", "clips/nan.mp4"}

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
-import shutil
 from pathlib import Path
+import shutil
 
 import pytest
 
 from pipeline.modelstage import PreflightError
 from pipeline.prompts import BUILTIN_DIR
+from pipeline.rundir import RunDir
 from tests.conftest import copy_clip
 from stages.classify import dense_indices, strip_times
 from tests.runs import artifact, failures, run, track_of
@@ -60,7 +60,7 @@ def test_run_scores_every_label_of_every_clip(models, two_clips, tmp_path):
     for r in rows:
         probs = [float(r[f"p_{lab}"]) for lab in labels]
         assert abs(sum(probs) - 1) < 1e-4 and r["prediction"] in labels
-    scores = [json.loads(line) for line in open(tmp_path / "run" / "scores.jsonl", encoding="utf-8")]
+    scores = [r for _, r in RunDir(tmp_path / "run").scores()]
     for s in scores:
         assert set(s["scores"]) == set(labels) and all(v < 0 for v in s["scores"].values())
         assert s["prediction"] == max(s["scores"], key=s["scores"].get)
@@ -281,7 +281,7 @@ def test_cli_reports_bad_model_and_offline_default(two_clips, tmp_path, monkeypa
     # default hub models cannot be downloaded here: model-free stages complete, then a clear stop
     assert ok.returncode == 0, ok.stderr
     assert "stopped before a model stage" in ok.stderr and "--set classify.model.model=" in ok.stderr
-    status = json.loads((tmp_path / "r" / "status.json").read_text())
+    status = RunDir(tmp_path / "r").status()
     assert status["status"] == "stopped" and status["stopped_before"] == "context"
     assert status["stages"] == ["faces", "keyframes"]
     strict = subprocess.run(

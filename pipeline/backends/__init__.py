@@ -15,16 +15,12 @@ from __future__ import annotations
 
 from pipeline.backends.base import (
     Backend,
-    BackendRequestError,
     LabelScore,
-    LabelScoringUnsupportedError,
     ModelConfig,
-    ModelLoadError,
-    ModelUnavailableError,
     Prompt,
     Video,
-    VideoInputUnsupportedError,
 )
+from pipeline.errors import BackendRequestError, LabelScoringUnsupportedError, ModelLoadError, ModelUnavailableError, VideoInputUnsupportedError
 
 
 def load_backend(cfg: ModelConfig) -> Backend:

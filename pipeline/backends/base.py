@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.fields import not_in_key
 
@@ -61,6 +61,12 @@ class ModelConfig(BaseModel):
     image_max_side: int | None = Field(None, ge=8)
     """If set, images are downscaled (aspect kept) so that their longer side is at most this many pixels before
     they reach the processor or the server."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _id_alone(cls, data):
+        """``--set classify.model=ID`` (the model id or folder alone) means ``classify.model.model=ID``."""
+        return {"model": data} if isinstance(data, str) else data
 
 
 def frame_rate(timestamps: list[float]) -> float | None:
@@ -186,30 +192,6 @@ class Backend(Protocol):
     def close(self) -> None:
         """Free the model (and its GPU memory) or the connection pool."""
         ...
-
-
-class ModelUnavailableError(RuntimeError):
-    """The weights cannot be had: offline (or the hub is unreachable) and there is no local copy, or a local
-    path that does not exist. The message names the model and says how to point at a local checkpoint."""
-
-
-class ModelLoadError(RuntimeError):
-    """The model exists but cannot be loaded as an image-text-to-text model, or the server is down. The message
-    names the model or the URL."""
-
-
-class BackendRequestError(RuntimeError):
-    """A request to a model server was rejected or kept failing after all retries (the message has the URL,
-    the HTTP status and the server's own error text)."""
-
-
-class LabelScoringUnsupportedError(RuntimeError):
-    """The backend cannot score labels (e.g. a server that returns no logprobs), or cannot tell these labels
-    apart (labels that share a first token on a server that scores the first token only)."""
-
-
-class VideoInputUnsupportedError(RuntimeError):
-    """The model or backend cannot take a :class:`Video` prompt part (the message names the model)."""
 
 
 def prepare_image(image, max_side: int | None = None):

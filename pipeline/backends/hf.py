@@ -70,14 +70,13 @@ from pathlib import Path
 from pipeline.backends.base import (
     LabelScore,
     ModelConfig,
-    ModelLoadError,
-    ModelUnavailableError,
     Prompt,
     Video,
-    VideoInputUnsupportedError,
     how_to_point_at_local_model,
     prepare_image,
 )
+from pipeline.devices import resolve_device
+from pipeline.errors import ModelLoadError, ModelUnavailableError, VideoInputUnsupportedError
 
 log = logging.getLogger(__name__)
 
@@ -273,24 +272,15 @@ def check_hf_video(cfg: ModelConfig) -> None:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def resolve_device(device: str):
-    """Map ``ModelConfig.device`` to ``(device_map, input_device)``."""
+def device_map_for(setting: str):
+    """``ModelConfig.device`` as ``(device_map, input_device)`` for ``from_pretrained``; ``input_device`` is None for
+    ``balanced`` (known once the model is placed)."""
     import torch
 
-    has_cuda = torch.cuda.is_available()
-    if device == "auto":
-        device = "cuda" if has_cuda else "cpu"
+    device = resolve_device(setting, balanced=True)
     if device == "balanced":
-        if not has_cuda:
-            log.warning("device='balanced' but no GPU is visible: loading on cpu")
-            return {"": "cpu"}, torch.device("cpu")
         return "balanced", None
-    if device.startswith("cuda"):
-        if not has_cuda:
-            raise ModelLoadError(f"device={device!r} was requested but CUDA is not available on this machine")
-        dev = torch.device(device if ":" in device else "cuda:0")
-        return {"": str(dev)}, dev
-    dev = torch.device(device)
+    dev = torch.device("cuda:0" if device == "cuda" else device)
     return {"": str(dev)}, dev
 
 
@@ -353,7 +343,7 @@ class TransformersBackend:
         local = is_local_path(cfg.model)
         source, common = _source(cfg)
         local_only = common["local_files_only"]
-        device_map, self.input_device = resolve_device(cfg.device)
+        device_map, self.input_device = device_map_for(cfg.device)
         dtype = resolve_dtype(cfg.dtype, self.input_device)
         try:
             self.processor = AutoProcessor.from_pretrained(source, **common)
@@ -843,6 +833,6 @@ __all__ = [
     "offline_mode",
     "hub_reachable",
     "prepare_image",
-    "resolve_device",
+    "device_map_for",
     "resolve_dtype",
 ]

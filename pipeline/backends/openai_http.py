@@ -67,17 +67,13 @@ from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 
 from pipeline.backends.base import (
-    BackendRequestError,
     LabelScore,
-    LabelScoringUnsupportedError,
     ModelConfig,
-    ModelLoadError,
-    ModelUnavailableError,
     Prompt,
     Video,
-    VideoInputUnsupportedError,
     prepare_image,
 )
+from pipeline.errors import BackendRequestError, LabelScoringUnsupportedError, ModelLoadError, ModelUnavailableError, VideoInputUnsupportedError
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,6 @@ Cache
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import sys
 import time
@@ -48,18 +47,17 @@ from typing import Iterable, Literal, TextIO
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.errors import DiagnosticsError
 from pipeline.cache import Cache, artifact_key
 from pipeline.config import key_fields
+from pipeline.devices import resolve_device
 from pipeline.fields import not_in_key
+from pipeline.rundir import RunDir
 
 FEATURE_STAGE = "features"
 VERSION = 1
 FEATURES_FILE = "features.npz"
 INFO_FILE = "features.json"
-
-
-class DiagnosticsError(ValueError):
-    """A diagnostics input cannot work; the message names the model, layer or column at fault."""
 
 
 class EncoderError(DiagnosticsError):
@@ -253,16 +251,6 @@ def find_vision_tower(model):
     return best[1] if best else None
 
 
-def _device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EncoderError(f"device={device!r} was requested but CUDA is not available on this machine")
-    return torch.device(device)
-
-
 class VisionEncoder:
     """A frozen vision tower plus its image processor. ``encode`` gives pooled features per requested layer."""
 
@@ -278,7 +266,7 @@ class VisionEncoder:
         self.revision = revision
         source, common = _source(model, revision)
         common["trust_remote_code"] = trust_remote_code
-        self.device = _device(device)
+        self.device = torch.device(resolve_device(device))
         self.dtype = getattr(torch, dtype)
         try:
             self.processor = AutoImageProcessor.from_pretrained(source, **common)
@@ -396,18 +384,10 @@ class ClipRef:
 
 
 def clips_from_run(run_dir: str | Path) -> tuple[list[ClipRef], Cache]:
-    """Clips of a run directory (``manifest.jsonl``) and the cache it used (``cache_dir.txt``)."""
-    run_dir = Path(run_dir)
-    manifest = run_dir / "manifest.jsonl"
-    if not manifest.is_file():
-        raise DiagnosticsError(f"{run_dir}: not a run directory (no manifest.jsonl)")
-    clips = []
-    for line in manifest.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if row.get("fingerprint"):
-                clips.append(ClipRef(row["video"], row["fingerprint"], row.get("artifacts") or {}, row.get("label")))
-    return clips, Cache(Path((run_dir / "cache_dir.txt").read_text(encoding="utf-8").strip()))
+    """Clips of a run directory (its manifest) and the cache it used."""
+    run = RunDir(run_dir)
+    clips = [ClipRef(r.video, r.fingerprint, r.artifacts, r.label) for r in run.manifest() if r.fingerprint]
+    return clips, run.cache()
 
 
 @dataclass

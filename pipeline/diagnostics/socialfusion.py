@@ -50,6 +50,7 @@ from typing import Literal, Mapping, Sequence, TextIO
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.devices import resolve_device
 from pipeline.diagnostics.conflict import ConflictLog, task_gradients
 from pipeline.diagnostics.features import DiagnosticsError, encoder_identity
 from pipeline.diagnostics.probe import TaskError, check_tasks, split_by_video
@@ -579,7 +580,7 @@ def write_training_report(report: TrainReport, out_dir: str | Path) -> dict[str,
 
 def check_socialfusion_available(cfg) -> None:
     """Pre-flight for ``backend=socialfusion``: the folder must hold a SocialFusion model (loads no weights)."""
-    from pipeline.backends.base import ModelLoadError
+    from pipeline.errors import ModelLoadError
 
     folder = Path(os.path.expanduser(cfg.model))
     if not folder.is_dir():
@@ -594,14 +595,11 @@ class SocialFusionBackend:
     """:class:`pipeline.backends.base.Backend` over a saved SocialFusion model (see the module docstring)."""
 
     def __init__(self, cfg):
-        from pipeline.backends.base import ModelLoadError
+        from pipeline.errors import ModelLoadError
 
         check_socialfusion_available(cfg)
         self.cfg = cfg
-        torch = _torch()
-        device = cfg.device
-        if device in ("auto", "balanced"):
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(cfg.device)
         self._lock = threading.RLock()
         try:
             self.model = SocialFusionModel.load(cfg.model, device=device)

@@ -10,14 +10,16 @@
 Modules: ``config`` (the ``finetune`` config section), ``data`` (labels, validation split, cached upstream
 artifacts through the runner, the dataset of rendered classify prompts), ``loop`` (training, validation,
 checkpoints, :func:`finetune`), ``checkpoint`` (atomic, resumable checkpoints), ``adapter`` (adapter folders:
-base-model check and content hash for ``classify.adapter``), ``cli`` (``dfer finetune``).
+base-model check and content hash for ``classify.adapter``). The command is ``dfer finetune``
+(:mod:`pipeline.cli.finetune`; several GPUs: ``accelerate launch -m pipeline.cli finetune ...``).
 
 Importing this package is cheap; torch, transformers, peft and accelerate load when training starts.
 """
 
 from __future__ import annotations
 
-from pipeline.finetune.config import FinetuneConfig, FinetuneError
+from pipeline.errors import FinetuneError
+from pipeline.finetune.config import FinetuneConfig
 
 __all__ = ["FinetuneConfig", "FinetuneError", "FinetuneResult", "finetune"]
 

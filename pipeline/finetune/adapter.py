@@ -23,6 +23,7 @@ import logging
 import os
 from pathlib import Path
 
+from pipeline.errors import AdapterError
 from pipeline.backends.base import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_META = "dfer_adapter.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 META_FORMAT = 1
-
-
-class AdapterError(ValueError):
-    """An adapter folder is missing, incomplete, or was made for another base model."""
 
 
 def resolve_adapter_dir(path: str | os.PathLike) -> Path:

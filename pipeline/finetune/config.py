@@ -11,12 +11,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+
 # Settings that do not change the trained weights: a run may resume with other values for these.
 NOT_IN_RESUME_CHECK = frozenset({"num_workers", "save_every_steps", "gradient_checkpointing", "eval_at_start"})
-
-
-class FinetuneError(ValueError):
-    """Fine-tuning cannot start (or resume) with these inputs; the message names the file or setting."""
 
 
 class FinetuneConfig(BaseModel):

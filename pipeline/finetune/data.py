@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pipeline.finetune.config import FinetuneError
+from pipeline.errors import FinetuneError
 from pipeline.inputs import VideoRef
 from pipeline.labels import LabelSet, match_labels, read_labels
 

@@ -50,7 +50,8 @@ from typing import TextIO
 
 from pipeline.finetune import checkpoint as ckpt
 from pipeline.finetune.adapter import base_record, write_adapter_meta
-from pipeline.finetune.config import NOT_IN_RESUME_CHECK, FinetuneError
+from pipeline.errors import FinetuneError
+from pipeline.finetune.config import NOT_IN_RESUME_CHECK
 from pipeline.finetune.data import (
     Example,
     PromptDataset,
@@ -70,8 +71,7 @@ VISION_MODULES = r".*(visual|vision).*"
 class FinetuneResult:
     out_dir: Path
     adapter_dir: Path | None
-    """``CKPT/adapter``: the adapter of the best validation UAR (the last epoch's without validation); None when
-    the call stopped early (``stop_after_steps``)."""
+    """``CKPT/adapter``: the adapter of the best validation UAR (the last epoch's without validation)."""
     last_adapter_dir: Path | None
     """The adapter of the latest checkpoint."""
     history: list[dict]
@@ -86,7 +86,6 @@ class FinetuneResult:
     n_val: int
     train_counts: dict[str, int]
     resumed_from: int | None = None
-    stopped: bool = False
     failed_clips: list[str] = field(default_factory=list)
 
 
@@ -365,8 +364,8 @@ class _Trainer:
         order = [int(i) for i in sampler]
         return order[self.acc.process_index :: self.acc.num_processes]
 
-    def train(self, stop_after_steps: int | None = None) -> bool:
-        """Run (or go on with) the training; False if stopped by ``stop_after_steps``."""
+    def train(self) -> None:
+        """Run (or go on with) the training."""
         import torch
         from torch.utils.data import DataLoader
         from tqdm import tqdm
@@ -379,7 +378,6 @@ class _Trainer:
         bar = tqdm(total=self.total_steps, initial=st["global_step"], desc="finetune", unit="step", file=self.log,
                    dynamic_ncols=True, disable=not self.show)
         last_val = st["history"][-1] if st["history"] else {}
-        done_now = 0
         self.peft.train()
         try:
             for epoch in range(st["epoch"], f.epochs):
@@ -415,14 +413,10 @@ class _Trainer:
                     last_of_epoch = s + 1 == self.steps_per_epoch
                     if f.save_every_steps and st["global_step"] % f.save_every_steps == 0 and not last_of_epoch:
                         self.save_checkpoint()
-                    done_now += 1
-                    if stop_after_steps is not None and done_now >= stop_after_steps:
-                        return False
                 self._end_epoch(epoch)
                 last_val = st["history"][-1]
         finally:
             bar.close()
-        return True
 
     def _end_epoch(self, epoch: int) -> None:
         st = self.state
@@ -464,8 +458,8 @@ def _finish(out: Path, state: dict, names: list[str], train: list[Example]) -> t
 
 
 def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv", val_labels=None,
-             val_label_format: str | None = None, cache_dir=None, quiet: bool = False, log: TextIO | None = None,
-             stop_after_steps: int | None = None) -> FinetuneResult:
+             val_label_format: str | None = None, cache_dir=None, quiet: bool = False,
+             log: TextIO | None = None) -> FinetuneResult:
     """Train LoRA adapters for ``cfg.classify`` on the labelled clips of ``train_input`` (see the module docstring).
 
     ``labels_file``: a label file (``label_format``: csv ``video,label``, dfew, ferv39k, mafw); None: the ``label``
@@ -473,8 +467,7 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
     ``cfg.finetune.val_fraction`` of each class is held out). ``out_dir`` (``CKPT``) receives ``adapter/`` (use it
     with ``classify.adapter=CKPT``), ``checkpoints/``, ``metrics.json``, ``train_counts.json``, ``split.json``,
     ``finetune.yaml`` and ``prepare/`` (the run that computed the upstream artifacts). Calling it again with the
-    same ``out_dir`` resumes. ``stop_after_steps``: return after that many optimizer steps of this call without
-    writing anything more, as if killed (tests, time-boxed jobs).
+    same ``out_dir`` resumes (also after the process was killed or interrupted).
 
     Raises :class:`FinetuneError` / :class:`pipeline.labels.LabelError` / :class:`pipeline.modelstage.PreflightError`
     before any training for unusable inputs.
@@ -568,7 +561,7 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
             accelerator.wait_for_everyone()
             if main:
                 print(f"finetune: {out} is already trained ({old['global_step']} steps); adapter: {adapter}", file=log)
-            return _result(out, old, adapter, last, train, val, counts, None, False, failed)
+            return _result(out, old, adapter, last, train, val, counts, None, failed)
 
     trainer = _Trainer(cfg, accelerator, out, names, train, val, cache_root, setup, log, show)
     try:
@@ -579,11 +572,8 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
             if main:
                 print(f"finetune: resuming from {resume_from} (epoch {trainer.state['epoch'] + 1}, "
                       f"step {resumed}/{trainer.total_steps})", file=log)
-        finished = trainer.train(stop_after_steps)
+        trainer.train()
         st = trainer.state
-        if not finished:
-            last = ckpt.latest(out)
-            return _result(out, st, None, last / "adapter" if last else None, train, val, counts, resumed, True, failed)
         adapter, last = _finish(out, st, names, train) if main else (out / "adapter", ckpt.latest(out) / "adapter")
         accelerator.wait_for_everyone()
         if main:
@@ -591,16 +581,16 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
             note = (f"best val UAR {100 * best['uar']:.2f} (epoch {best['epoch']})" if best else "no validation set: last epoch")
             print(f"finetune: done, {st['global_step']} steps; adapter ({note}): {adapter}\n"
                   f"use it with: --set classify.adapter={out}", file=log)
-        return _result(out, st, adapter, last, train, val, counts, resumed, False, failed)
+        return _result(out, st, adapter, last, train, val, counts, resumed, failed)
     finally:
         trainer.close()
 
 
-def _result(out, st, adapter, last, train, val, counts, resumed, stopped, failed) -> FinetuneResult:
+def _result(out, st, adapter, last, train, val, counts, resumed, failed) -> FinetuneResult:
     return FinetuneResult(out_dir=out, adapter_dir=adapter, last_adapter_dir=last, history=st["history"],
                           steps=st["steps"], best=st.get("best"), global_step=st["global_step"],
                           total_steps=st["total_steps"], n_train=len(train), n_val=len(val), train_counts=counts,
-                          resumed_from=resumed, stopped=stopped, failed_clips=failed)
+                          resumed_from=resumed, failed_clips=failed)
 
 
 __all__ = ["FinetuneResult", "finetune"]

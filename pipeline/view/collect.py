@@ -17,11 +17,9 @@ from typing import Any
 
 from pipeline.cache import Artifact, Cache
 from pipeline.config import ConfigError, load_config
-from pipeline.report import build_report, read_jsonl
-
-
-class RunDirError(ValueError):
-    """The folder is not a run directory that can be shown."""
+from pipeline.errors import RunDirError
+from pipeline.report import build_report
+from pipeline.rundir import read_jsonl
 
 
 @dataclass

@@ -7,30 +7,14 @@ lines, interpolated stretches shaded grey and missing-face stretches shaded red.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache import Cache, CacheError
+from pipeline.errors import CacheError
 from pipeline.facetrack import FaceTrack
+from pipeline.rundir import RunDir
 from pipeline.video import VideoReader, to_rgb
-
-
-def _manifest_row(run_dir: Path, video: str) -> dict:
-    path = run_dir / "manifest.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory written by `dfer run`?")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    exact = [r for r in rows if r["video"] == video]
-    if exact:
-        return exact[0]
-    partial = [r for r in rows if video in r["video"]]
-    if len(partial) == 1:
-        return partial[0]
-    if not partial:
-        raise LookupError(f"no video '{video}' in {path} ({len(rows)} clips listed)")
-    raise LookupError(f"'{video}' matches {len(partial)} clips in {path}: " + ", ".join(r["video"] for r in partial[:5]))
 
 
 def _spans(mask: np.ndarray, t: np.ndarray) -> list[tuple[float, float]]:
@@ -57,26 +41,27 @@ def _frames_at(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
     return got
 
 
-def inspect_clip(run_dir: Path, video: str, output: Path | None = None) -> Path:
+def inspect_clip(run_dir: str | Path, video: str, output: Path | None = None) -> Path:
+    """Draw the clip ``video`` of a run (its id or a unique part of it) into a PNG; returns its path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    row = _manifest_row(run_dir, video)
-    cache_root = Path((run_dir / "cache_dir.txt").read_text(encoding="utf-8").strip())
-    cache = Cache(cache_root)
-    arts = row.get("artifacts", {})
+    run = RunDir(run_dir)
+    row = run.find(video)
+    cache = run.cache()
+    arts = row.artifacts
     faces = cache.get("faces", arts.get("faces", "")) if arts.get("faces") else None
     kf = cache.get("keyframes", arts.get("keyframes", "")) if arts.get("keyframes") else None
     if faces is None or kf is None:
-        raise CacheError(f"{row['video']}: faces/keyframes artifacts are not in {cache_root} (did the clip fail? see failures.jsonl)")
+        raise CacheError(f"{row.video}: faces/keyframes artifacts are not in {cache.root} (did the clip fail? see failures.jsonl)")
     track = FaceTrack.load(faces)
     keyframes = kf.json("keyframes.json")
     curves = kf.npz("motion.npz")
     idx = keyframes["indices"]
-    frames = _frames_at(Path(row["path"]), idx)
+    frames = _frames_at(Path(row.path), idx)
 
     k = max(1, len(idx))
     fig = plt.figure(figsize=(max(8, 2.4 * k), 6.2), dpi=110)
@@ -118,14 +103,14 @@ def inspect_clip(run_dir: Path, video: str, output: Path | None = None) -> Path:
     ax.legend(handles=handles, loc="upper right", fontsize=8)
     n_det = int(track.arrays["detected"].sum())
     fig.suptitle(
-        f"{row['video']} — {len(track)} frames, {n_det} detected, strategy {keyframes['strategy']}"
+        f"{row.video} — {len(track)} frames, {n_det} detected, strategy {keyframes['strategy']}"
         + ("  [no face: full frame]" if track.meta.get("full_frame") else ""),
         fontsize=11,
     )
     fig.tight_layout()
     if output is None:
-        safe = row["video"].replace("/", "__")
-        output = run_dir / "inspect" / f"{safe}.png"
+        safe = row.video.replace("/", "__")
+        output = run.path / "inspect" / f"{safe}.png"
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output)
     plt.close(fig)

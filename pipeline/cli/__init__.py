@@ -1,0 +1,44 @@
+"""``dfer``: the command line. It parses arguments, calls one library function per command, and maps errors
+to exit codes in :func:`main`, once (see :mod:`pipeline.errors`):
+
+0 success (or a run that stopped before a model stage because its weights are not available here; the message
+says how to point at a local model; ``--strict`` turns that into 3); 1 some clips failed; 2 bad usage, config
+or input; 3 a strict run stopped; 130 interrupted.
+
+Each command module (``run``, ``report``, ``finetune``, ``diagnostics``) adds its subcommands with
+``add_parsers(subparsers)`` and sets ``handler`` on each; options shared by several commands are declared
+once in :mod:`pipeline.cli.options`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.cli import diagnostics, finetune, report, run
+from pipeline.errors import EXIT_INTERRUPTED, DferError
+
+COMMAND_MODULES = (run, report, finetune, diagnostics)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dfer", description="Emotion recognition in face videos with VLMs, as a cached staged pipeline."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMAND_MODULES:
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except DferError as exc:
+        print(f"dfer: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dfer: interrupted; finished artifacts and checkpoints are kept: run the same command again to go on",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,47 @@
+"""Options shared by several commands, declared once: ``--config/--set/--preset`` (what the pipeline config
+is) and ``-q`` (quiet). A command that takes them lists the parent parsers below; :func:`load_config` turns
+them into the resolved config."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from pipeline import config
+
+
+def config_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("configuration (defaults < --preset < --config < --set)")
+    g.add_argument("--preset", metavar="NAME",
+                   help="a named set of settings shipped with dfer (or found in $DFER_PRESET_PATH)")
+    g.add_argument("--config", metavar="FILE", help="YAML config file (sections per stage)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value (repeatable), e.g. --set keyframes.k=8")
+    return p
+
+
+def quiet_option() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (for logs)")
+    return p
+
+
+def load_config(args):
+    """The config named by ``--preset/--config/--set``; with ``-q`` progress bars are off, here and in the
+    Hugging Face libraries."""
+    cfg = config.load_config(args.config, args.overrides, preset=args.preset)
+    if getattr(args, "quiet", False):
+        cfg.run.progress = False
+        quiet_libraries()
+    return cfg
+
+
+def quiet_libraries() -> None:
+    """No download/loading progress bars from the Hugging Face libraries."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()

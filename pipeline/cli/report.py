@@ -1,0 +1,84 @@
+"""``dfer report``, ``dfer view`` and ``dfer compare`` (model-free: report and compare import neither torch nor
+transformers)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.errors import EXIT_OK, ConfigError
+
+CALIBRATIONS = ["none", "prior", "estimated"]
+LABEL_FORMATS = ["csv", "dfew", "ferv39k", "mafw"]
+
+
+def _scoring_options() -> argparse.ArgumentParser:
+    """True labels and calibration, as ``dfer report`` applies them (report and view)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("run_dir", metavar="RUN")
+    p.add_argument("--labels", metavar="FILE", help="true labels: CSV video,label or an official split file/folder")
+    p.add_argument("--label-format", default="csv", choices=LABEL_FORMATS, help="format of --labels")
+    p.add_argument("--fold", type=int, help="DFEW fold (1-5) when --labels is the DFEW split folder")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="DFEW split when --labels is a folder")
+    p.add_argument("--calibration", default="none", choices=CALIBRATIONS,
+                   help="none; prior: logit adjustment with --train-counts; estimated: prior estimated from this run")
+    p.add_argument("--tau", type=float, default=1.0, help="temperature of the logit adjustment")
+    p.add_argument("--train-counts", metavar="FILE", help="JSON/YAML {label: count} of the training set (head/tail groups, prior)")
+    return p
+
+
+def add_parsers(sub) -> None:
+    rep = sub.add_parser("report", parents=[_scoring_options()],
+                         help="metrics, Markdown report and plots of a run (no model is called)")
+    rep.add_argument("--tau-sweep", metavar="T1,T2,...", help="also print UAR/WAR for each tau (e.g. 0,0.5,1,1.5,2)")
+    rep.add_argument("--out", metavar="DIR", help="where to write (default: the run directory)")
+    rep.set_defaults(handler=_report)
+
+    view = sub.add_parser("view", parents=[_scoring_options()],
+                          help="one self-contained HTML page of a run: clips, timelines, scores, confusion matrix")
+    view.add_argument("-o", "--output", metavar="FILE.html", help="where to write (default: RUN/view.html)")
+    view.set_defaults(handler=_view)
+
+    cmp_ = sub.add_parser("compare", help="put several runs (ablations) side by side")
+    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN")
+    cmp_.add_argument("--labels", metavar="FILE", help="true labels for all runs (else each run's own)")
+    cmp_.add_argument("--calibration", choices=CALIBRATIONS, help="recompute every run with this calibration")
+    cmp_.add_argument("--tau", type=float, help="temperature for --calibration")
+    cmp_.set_defaults(handler=_compare)
+
+
+def _taus(text: str | None) -> list[float]:
+    try:
+        return [float(x) for x in (text or "").split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--tau-sweep expects numbers separated by commas, got {text!r}") from None
+
+
+def _report(args) -> int:
+    from pipeline.report import summary, write_report
+
+    rep = write_report(
+        args.run_dir, labels_file=args.labels, label_format=args.label_format, calibration=args.calibration,
+        tau=args.tau, train_counts=args.train_counts, out_dir=args.out, fold=args.fold, split=args.split,
+        taus=_taus(args.tau_sweep),
+    )
+    print(summary(rep, Path(args.out or args.run_dir)))
+    return EXIT_OK
+
+
+def _view(args) -> int:
+    from pipeline.view import write_view
+
+    path = write_view(args.run_dir, args.output, labels_file=args.labels, label_format=args.label_format,
+                      calibration=args.calibration, tau=args.tau, train_counts=args.train_counts, fold=args.fold,
+                      split=args.split)
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
+    return EXIT_OK
+
+
+def _compare(args) -> int:
+    from pipeline.report import compare_runs
+
+    kwargs = {"labels_file": args.labels, "calibration": args.calibration, "tau": args.tau}
+    print(compare_runs(args.run_dirs, **{k: v for k, v in kwargs.items() if v is not None}))
+    return EXIT_OK

@@ -1,0 +1,72 @@
+"""``dfer run``, ``dfer config show`` and ``dfer inspect``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pipeline.cli.options import config_options, load_config, quiet_option
+from pipeline.errors import EXIT_FAILED_CLIPS, EXIT_OK, EXIT_STOPPED
+
+
+def add_parsers(sub) -> None:
+    from stages import STAGE_ORDER
+
+    run = sub.add_parser("run", parents=[config_options(), quiet_option()],
+                         help="run the pipeline over a folder, a CSV list or one video")
+    run.add_argument("input", help="folder of clips (recursive), CSV list file (path[,label]) or one video file")
+    run.add_argument("--out", required=True, metavar="RUN", help="run directory to write")
+    run.add_argument("--until", choices=STAGE_ORDER, help="stop after this stage")
+    run.add_argument("--force", choices=STAGE_ORDER, help="recompute this stage and everything downstream")
+    run.add_argument("--shard", metavar="i/N", help="process only shard i of N (deterministic by video id)")
+    run.add_argument("--cache", metavar="DIR", help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
+    run.add_argument("--strict", action="store_true", help="stop at the first failure (exit 3)")
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="where per-clip work and model stages run: local processes, or a Ray cluster (run.ray_* settings)")
+    run.add_argument("--ray-address", metavar="ADDR",
+                     help="--executor ray: the cluster's head, HOST:6379 (default: $RAY_ADDRESS, else a local Ray instance)")
+    run.set_defaults(handler=_run)
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    show = cfg_sub.add_parser("show", parents=[config_options()], help="print the resolved config, defaults included")
+    show.set_defaults(handler=_config_show)
+
+    insp = sub.add_parser("inspect", help="draw one clip's keyframes, face boxes and motion curve as a PNG")
+    insp.add_argument("run_dir", metavar="RUN")
+    insp.add_argument("video", metavar="VIDEO", help="video id as listed in RUN/manifest.jsonl (or a unique part of it)")
+    insp.add_argument("-o", "--output", metavar="PNG", help="where to write (default: RUN/inspect/<video>.png)")
+    insp.set_defaults(handler=_inspect)
+
+
+def _run(args) -> int:
+    from pipeline.runner import executor_for, run_pipeline
+
+    cfg = load_config(args)
+    executor = executor_for(args.executor, cfg.run, args.ray_address)
+    result = run_pipeline(
+        args.input, args.out, cfg, cache_dir=args.cache, until=args.until, force=args.force,
+        shard=args.shard, strict=args.strict, quiet=args.quiet, executor=executor,
+    )
+    print(f"{result.n_clips} clips, {result.n_failed} failed; run directory: {result.run_dir}", file=sys.stderr)
+    if result.n_failed:
+        print(f"failures are listed in {result.run_dir / 'failures.jsonl'}", file=sys.stderr)
+    if result.status == "stopped":
+        print(f"dfer: stopped before a model stage: {result.stop_message}", file=sys.stderr)
+        if args.strict:
+            return EXIT_STOPPED
+    return EXIT_FAILED_CLIPS if result.n_failed else EXIT_OK
+
+
+def _config_show(args) -> int:
+    from pipeline.config import dump_config
+
+    sys.stdout.write(dump_config(load_config(args)))
+    return EXIT_OK
+
+
+def _inspect(args) -> int:
+    from pipeline.clip_figure import inspect_clip
+
+    print(inspect_clip(args.run_dir, args.video, Path(args.output) if args.output else None))
+    return EXIT_OK

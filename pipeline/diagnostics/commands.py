@@ -1,0 +1,226 @@
+"""``dfer probe``, ``dfer conflict`` and ``dfer socialfusion train`` as library functions.
+
+Each takes its options as one pydantic model (the CLI builds it from the command line; a script builds it
+directly) and the pipeline config that the faces/keyframes stages run under. INPUT is what ``dfer run``
+takes (folder, CSV list, one video) or an existing run directory (its manifest and cache are reused). The
+faces (and keyframes) stages run first, cached as usual; an encoder that is not a vision model, a layer out
+of range or a task column with one value stops the command before any of that.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal, TextIO
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.errors import DiagnosticsError
+
+FRAMES = Literal["keyframes", "all"]
+
+
+class ClipOptions(BaseModel):
+    """What every diagnostics command reads: clips, task labels, features."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: str
+    out: str
+    labels: str | None = None
+    tasks: str | None = None
+    label_set: str | None = None
+    pooling: Literal["mean", "cls"] = "mean"
+    frames: FRAMES = "keyframes"
+    max_frames: int = Field(16, ge=1)
+    image_size: int = Field(224, ge=8)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
+    batch_size: int = Field(32, ge=1)
+    val_fraction: float = Field(0.3, ge=0, lt=1)
+    seed: int = 0
+    n_boot: int = Field(1000, ge=0)
+    cache: str | None = None
+    force: bool = False
+    quiet: bool = False
+
+    def task_list(self) -> list[str] | None:
+        return [t.strip() for t in self.tasks.split(",") if t.strip()] if self.tasks else None
+
+
+class ProbeOptions(ClipOptions):
+    encoder: list[str] = Field(min_length=1)
+    layers: str = "-1"
+    C: float = Field(1.0, gt=0)
+
+
+class TrainOptions(ClipOptions):
+    encoder: str
+    layer: int = -1
+    lm: str
+    lora: bool = False
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_targets: str | None = None
+    tokens_per_frame: int = Field(1, ge=1)
+    connector_hidden: int = Field(256, ge=1)
+    default_task: str | None = None
+    steps: int = Field(200, ge=1)
+    train_batch: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    sampler: Literal["instance", "sqrt", "balanced", "progressive"] = "balanced"
+    conflict_every: int = Field(1, ge=0)
+
+
+def split_rev(text: str) -> tuple[str, str | None]:
+    """``MODEL@REV`` -> (model, revision); a local path that contains ``@`` is kept whole."""
+    if "@" in text and not Path(text).expanduser().exists():
+        model, rev = text.rsplit("@", 1)
+        return model, rev or None
+    return text, None
+
+
+def _feature_config(opts: ClipOptions, encoder: str, layers: list[int]):
+    from pipeline.diagnostics.features import FeatureConfig
+
+    model, rev = split_rev(encoder)
+    return FeatureConfig(encoder=model, revision=rev, layers=layers, pooling=opts.pooling, frames=opts.frames,
+                         max_frames=opts.max_frames, image_size=opts.image_size, dtype=opts.dtype, device=opts.device,
+                         batch_size=opts.batch_size)
+
+
+def _upstream(opts: ClipOptions, cfg, out: Path, log: TextIO):
+    """Clips with their faces/keyframes artifacts (running those stages, cached) and the cache."""
+    from pipeline.diagnostics.features import clips_from_run
+    from pipeline.runner import run_pipeline
+
+    src = Path(opts.input).expanduser()
+    if src.is_dir() and (src / "manifest.jsonl").is_file():
+        return clips_from_run(src)
+    until = "keyframes" if opts.frames == "keyframes" else "faces"
+    result = run_pipeline(src, out / "pipeline", cfg, cache_dir=opts.cache, until=until, quiet=opts.quiet, log=log)
+    if result.n_failed:
+        print(f"{result.n_failed} clip(s) failed in the pipeline; see {result.run_dir / 'failures.jsonl'}", file=log)
+    return clips_from_run(out / "pipeline")
+
+
+def _tasks_for(opts: ClipOptions, clips, table):
+    """``{task: {video: label}}`` matched to the clips, and the label order of each task."""
+    from pipeline.diagnostics.probe import TaskError, check_tasks, match_tasks
+
+    if table is None:
+        labelled = {c.video: c.label for c in clips if c.label}
+        if not labelled:
+            raise TaskError("no labels: the input has no 'label' column; pass --labels CSV with a 'video' column and "
+                            "one column per task")
+        tasks = {"label": labelled}
+        check_tasks(tasks, where="the input's 'label' column")
+    else:
+        tasks = match_tasks(table, [c.video for c in clips])
+    order = {}
+    if opts.label_set:
+        from pipeline.labels import load_label_set
+
+        ls = load_label_set(opts.label_set)
+        first = next(iter(tasks))
+        tasks[first] = {v: ls.canonical(lab, f"task '{first}', clip {v}") for v, lab in tasks[first].items()}
+        order[first] = ls.names
+    return tasks, order
+
+
+def _read_table(opts: ClipOptions):
+    from pipeline.diagnostics.probe import read_task_table
+
+    return read_task_table(opts.labels, opts.task_list()) if opts.labels else None
+
+
+def probe(opts: ProbeOptions, cfg, log: TextIO | None = None) -> tuple[list, int]:
+    """Linear probes per encoder and layer; writes ``probe.json``/``probe.md`` into ``opts.out``. Returns the
+    probe results and the number of clips whose features failed."""
+    from pipeline.diagnostics.features import check_encoder, clip_level, extract_features, parse_layers, resolve_layers
+    from pipeline.diagnostics.probe import run_probes, write_probe_report
+
+    log = log or sys.stderr
+    if not 0 < opts.val_fraction < 1:
+        raise DiagnosticsError(f"--val-fraction must be in (0, 1) for a probe, got {opts.val_fraction}")
+    out = Path(opts.out)
+    # cheap checks first: encoders, layers, task columns (nothing is loaded, run or extracted yet)
+    layer_sets = {}
+    for enc in opts.encoder:
+        model, rev = split_rev(enc)
+        info = check_encoder(model, rev)
+        layer_sets[enc] = resolve_layers(parse_layers(opts.layers, info), info)
+    table = _read_table(opts)
+    clips, cache = _upstream(opts, cfg, out, log)
+    tasks, order = _tasks_for(opts, clips, table)
+    wanted = sorted({v for t in tasks.values() for v in t})
+    use = [c for c in clips if c.video in wanted]
+    feats, info_rows, failed = {}, [], 0
+    for enc in opts.encoder:
+        res = extract_features(use, _feature_config(opts, enc, layer_sets[enc]), cache, force=opts.force, log=log)
+        failed += len(res.failed)
+        for vid, msg in res.failed.items():
+            print(f"features: {vid}: {msg}", file=log)
+        ok = [c.video for c in use if c.video in res.keys]
+        feats[enc] = {layer: dict(zip(ok, clip_level(cache, res, layer, ok))) for layer in res.layers}
+        info_rows.append({"encoder": enc, "identity": res.identity, "layers": res.layers, "cached": res.cached,
+                          "computed": res.computed, "failed": res.failed})
+    results = run_probes(feats, tasks, val_fraction=opts.val_fraction, seed=opts.seed, C=opts.C, n_boot=opts.n_boot,
+                         label_order=order)
+    jp, mp = write_probe_report(results, out, {"encoders": info_rows, "pooling": opts.pooling, "frames": opts.frames,
+                                               "image_size": opts.image_size})
+    print(f"wrote {jp} and {mp}", file=log)
+    return results, failed
+
+
+def train(opts: TrainOptions, cfg, save: bool, log: TextIO | None = None):
+    """Train the frozen-encoder + connector + LM model on the task columns; with ``save`` write it to
+    ``opts.out`` (training reports in ``out/training``), else only the reports (``dfer conflict``).
+    Returns the training report and the number of clips whose features failed."""
+    from pipeline.devices import resolve_device
+    from pipeline.diagnostics.features import check_encoder, extract_features, frame_level, resolve_layers
+    from pipeline.diagnostics.socialfusion import (
+        Example, LoraSettings, SocialFusionModel, TrainSettings, check_lm, write_training_report,
+    )
+    from pipeline.diagnostics.socialfusion import train as train_model
+
+    log = log or sys.stderr
+    out = Path(opts.out)
+    enc_model, enc_rev = split_rev(opts.encoder)
+    lm_model, lm_rev = split_rev(opts.lm)
+    info = check_encoder(enc_model, enc_rev)
+    layer = resolve_layers([opts.layer], info)[0]
+    check_lm(lm_model, lm_rev)
+    table = _read_table(opts)
+    settings = TrainSettings(steps=opts.steps, batch_size=opts.train_batch, lr=opts.lr, sampler=opts.sampler,
+                             conflict_every=opts.conflict_every, val_fraction=opts.val_fraction, seed=opts.seed,
+                             n_boot=opts.n_boot, length_norm=cfg.classify.length_norm)
+    report_dir = out / "training" if save else out
+    clips, cache = _upstream(opts, cfg, report_dir, log)
+    tasks, order = _tasks_for(opts, clips, table)
+    wanted = sorted({v for t in tasks.values() for v in t})
+    use = [c for c in clips if c.video in wanted]
+    res = extract_features(use, _feature_config(opts, opts.encoder, [layer]), cache, force=opts.force, log=log)
+    ok = [c.video for c in use if c.video in res.keys]
+    frames = frame_level(cache, res, layer, ok)
+    examples = [Example(v, f, {t: tasks[t][v] for t in tasks if v in tasks[t]}) for v, f in zip(ok, frames) if len(f)]
+    labels = {t: list(order.get(t) or sorted(set(values.values()))) for t, values in tasks.items()}
+    lora = None
+    if opts.lora:
+        targets = [t.strip() for t in opts.lora_targets.split(",")] if opts.lora_targets else None
+        lora = LoraSettings(r=opts.lora_r, alpha=opts.lora_alpha, target_modules=targets)
+    model = SocialFusionModel.create(
+        encoder=enc_model, encoder_revision=enc_rev, feature_dim=int(frames[0].shape[1]), lm=lm_model,
+        lm_revision=lm_rev, tasks=labels, layer=layer, pooling=opts.pooling, image_size=opts.image_size,
+        frames=opts.frames, max_frames=opts.max_frames, tokens_per_frame=opts.tokens_per_frame,
+        connector_hidden=opts.connector_hidden, lora=lora, default_task=opts.default_task, seed=opts.seed,
+        device=resolve_device(opts.device),
+    )
+    report = train_model(model, examples, settings, log_to=log)
+    paths = write_training_report(report, report_dir)
+    if save:
+        model.save(out)
+        print(f"saved the model to {out} (use it with --set classify.model.backend=socialfusion "
+              f"--set classify.model.model={out} --set classify.image_size={opts.image_size})", file=log)
+    print("wrote " + ", ".join(str(p) for p in paths.values()), file=log)
+    return report, len(res.failed)
