@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.devices import resolve_device
 from pipeline.errors import DecodeError, NoFaceError
 from pipeline.facetrack import CROPS_FILE, TRACK_FILE
 from pipeline.fields import not_in_key
@@ -70,14 +71,6 @@ class Config(BaseModel):
     """FFmpeg decoder threads per worker (0: FFmpeg decides)."""
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def open(cfg: Config):  # noqa: A001 - stage protocol name
     """Load MTCNN once per worker process."""
     from facenet_pytorch import MTCNN
@@ -86,7 +79,7 @@ def open(cfg: Config):  # noqa: A001 - stage protocol name
         keep_all=True,
         min_face_size=cfg.min_face_size,
         thresholds=list(cfg.thresholds),
-        device=_device(cfg.device),
+        device=resolve_device(cfg.device),
         select_largest=False,
         post_process=False,
     )
