@@ -96,10 +96,10 @@ def build_checkpoint(out: Path, tiny: bool, device: str, dtype) -> dict:
         Qwen2VLVideoProcessor,
     )
 
-    from tests.tiny_models import QWEN2VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, _train_tokenizer, _wrap_tokenizer
+    from tests.tiny_models import QWEN2VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, train_tokenizer, wrap_tokenizer
 
     torch.manual_seed(0)
-    tokenizer = _wrap_tokenizer(_train_tokenizer(QWEN_SPECIAL_TOKENS), eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer = wrap_tokenizer(train_tokenizer(QWEN_SPECIAL_TOKENS), eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tokenizer.model_max_length = 128000
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     processor = Qwen2_5_VLProcessor(

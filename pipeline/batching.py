@@ -10,7 +10,7 @@ from typing import Iterator
 
 from pipeline.cache import Cache
 from pipeline.errors import ClipError
-from pipeline.executor import ClipTask, TaskResult
+from pipeline.jobs import ClipTask, TaskResult
 
 
 def _error(task: ClipTask, exc: BaseException) -> TaskResult:
@@ -29,29 +29,36 @@ def _store(cache: Cache, task: ClipTask, fill) -> TaskResult:
     return TaskResult(True, meta=art.meta())
 
 
-def run_batched(mod, cfg, todo: list[tuple[str, ClipTask]], cache: Cache, batch_size: int) -> Iterator[tuple[str, TaskResult]]:
-    resources = mod.open(cfg) if hasattr(mod, "open") else None
+def run_batched(stage, cfg, todo: list[tuple[str, ClipTask]], cache: Cache, batch_size: int) -> Iterator[tuple[str, TaskResult]]:
+    """Load the stage's model, run :func:`process_batches`, free the model."""
+    resources = stage.open(cfg)
     try:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            jobs = [task.job for _, task in chunk]
-            try:
-                fills = mod.process_batch(jobs, cfg, resources)
-            except Exception as exc:  # noqa: BLE001 - isolate the clip that broke the batch
-                if len(chunk) == 1:
-                    fills = [exc]
-                else:
-                    fills = []
-                    for _, task in chunk:
-                        try:
-                            fills.extend(mod.process_batch([task.job], cfg, resources))
-                        except Exception as one:  # noqa: BLE001
-                            fills.append(one)
-            for (vid, task), fill in zip(chunk, fills):
-                if isinstance(fill, BaseException):
-                    yield vid, _error(task, fill)
-                else:
-                    yield vid, _store(cache, task, fill)
+        yield from process_batches(stage, cfg, resources, todo, cache, batch_size)
     finally:
-        if hasattr(mod, "close"):
-            mod.close(resources)
+        stage.close(resources)
+
+
+def process_batches(stage, cfg, resources, todo: list[tuple[str, ClipTask]], cache: Cache,
+                    batch_size: int) -> Iterator[tuple[str, TaskResult]]:
+    """Feed ``todo`` to ``stage.process_batch`` in batches of ``batch_size`` with already loaded ``resources``
+    and store each clip's artifact; yields ``(video id, result)`` per clip."""
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        jobs = [task.job for _, task in chunk]
+        try:
+            fills = stage.process_batch(jobs, cfg, resources)
+        except Exception as exc:  # noqa: BLE001 - isolate the clip that broke the batch
+            if len(chunk) == 1:
+                fills = [exc]
+            else:
+                fills = []
+                for _, task in chunk:
+                    try:
+                        fills.extend(stage.process_batch([task.job], cfg, resources))
+                    except Exception as one:  # noqa: BLE001
+                        fills.append(one)
+        for (vid, task), fill in zip(chunk, fills):
+            if isinstance(fill, BaseException):
+                yield vid, _error(task, fill)
+            else:
+                yield vid, _store(cache, task, fill)

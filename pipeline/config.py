@@ -16,45 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import ConfigError
 from pipeline.fields import not_in_key  # noqa: F401  (re-exported)
-from pipeline.finetune.config import FinetuneConfig
-from stages import STAGE_MODULES
+from pipeline.sections import FinetuneConfig, RunSection  # noqa: F401 (RunSection re-exported)
+from stages import PIPELINE
 
 BUILTIN_PRESETS = Path(__file__).resolve().parent.parent / "prompts" / "presets"
 PRESET_PATH_ENV = "DFER_PRESET_PATH"
 
 
-class RunSection(BaseModel):
-    """How the run executes. Nothing here changes any artifact, so none of it enters a cache key."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    workers: int = Field(2, ge=1)
-    """Worker processes for per-clip stages (decode + face detection). Each opens its own decoder."""
-    batch_size: int = Field(8, ge=1)
-    """Clips handed to a model stage at once."""
-    progress: bool = True
-    """Show a progress bar per stage (``--quiet`` turns it off)."""
-    ray_num_cpus_per_task: float = Field(1.0, gt=0)
-    """``--executor ray``: CPUs reserved per clip task (faces, keyframes); torch in the task uses that many threads."""
-    ray_num_gpus_per_task: float = Field(0.0, ge=0)
-    """``--executor ray``: GPUs per clip task (a fraction such as 0.25 shares one); 0: Ray hides the GPUs and face
-    detection runs on CPU."""
-    ray_num_gpus_per_actor: float | None = Field(None, ge=0)
-    """``--executor ray``: GPUs per model actor (context, classify); each actor loads the model once. ``null``: 1 if the
-    cluster has GPUs, else CPU actors. More than 1 with ``*.model.device=balanced`` spreads a large model over them."""
-    ray_num_cpus_per_actor: float = Field(1.0, gt=0)
-    """``--executor ray``: CPUs reserved per model actor (its torch thread count on CPU)."""
-    ray_actors: int | None = Field(None, ge=1)
-    """``--executor ray``: model actors per model stage. ``null``: as many as the cluster's GPUs hold (one per GPU by
-    default), or 1 on a cluster without GPUs."""
-    ray_max_retries: int = Field(3, ge=0)
-    """``--executor ray``: retries of a clip task, and restarts of a model actor, whose worker process dies."""
-
-
 def _stage_sections() -> dict[str, Any]:
     fields: dict[str, Any] = {}
-    for mod in STAGE_MODULES:
-        fields[mod.NAME] = (mod.Config, Field(default_factory=mod.Config))
+    for stage in PIPELINE:
+        fields[stage.name] = (stage.Config, Field(default_factory=stage.Config))
     return fields
 
 
@@ -235,6 +207,9 @@ def validated(model: type[BaseModel], data: Any, source: str) -> BaseModel:
         raise _friendly(err, source, model) from None
 
 
-def dump_config(cfg: BaseModel) -> str:
-    """Fully resolved config as YAML (defaults included), in section order."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+def dump_config(cfg: BaseModel, extra: dict[str, BaseModel] | None = None) -> str:
+    """Fully resolved config as YAML (defaults included), in section order; ``extra`` sections (of tool stages
+    such as ``features``) follow."""
+    doc = cfg.model_dump(mode="json")
+    doc.update({name: section.model_dump(mode="json") for name, section in (extra or {}).items()})
+    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)

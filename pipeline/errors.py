@@ -139,6 +139,18 @@ class VideoInputUnsupportedError(DferError, RuntimeError):
     model)."""
 
 
+class EncoderError(DferError, ValueError):
+    """A vision encoder is not a usable vision model (or cannot be loaded, or cannot pool as asked)."""
+
+
+class LayerError(EncoderError):
+    """A requested layer does not exist in the encoder."""
+
+
+class SocialFusionError(DferError, ValueError):
+    """A SocialFusion model cannot be built, loaded or trained as asked."""
+
+
 # ---------------------------------------------------------------------------------------------- tools
 
 

@@ -8,49 +8,30 @@ travel between processes. ``workers=1`` runs in the calling process.
 
 from __future__ import annotations
 
+import abc
 import multiprocessing as mp
 import os
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Iterator
 
+from pipeline.batching import run_batched
 from pipeline.cache import Cache
 from pipeline.errors import ClipError
-from pipeline.jobs import ClipJob
-
-
-@dataclass
-class ClipTask:
-    stage: str
-    config: dict  # the stage's full config, as JSON data
-    job: ClipJob
-    cache_root: str
-    key: str
-    meta: dict
-    replace: bool = False
-
-
-@dataclass
-class TaskResult:
-    ok: bool
-    meta: dict | None = None
-    error_type: str | None = None
-    message: str | None = None
+from pipeline.jobs import ClipTask, TaskResult
 
 
 _RESOURCES: dict = {}
 
 
-def _resources(stage_mod, cfg, cfg_json: str):
-    key = (stage_mod.NAME, cfg_json)
+def _resources(stage, cfg, cfg_json: str):
+    """The stage's resources in this worker process, loaded once per stage and config."""
+    key = (stage.name, cfg_json)
     if key not in _RESOURCES:
-        for old in [k for k in _RESOURCES if k[0] == stage_mod.NAME]:
-            res = _RESOURCES.pop(old)
-            if hasattr(stage_mod, "close"):
-                stage_mod.close(res)
-        _RESOURCES[key] = stage_mod.open(cfg) if hasattr(stage_mod, "open") else None
+        for old in [k for k in _RESOURCES if k[0] == stage.name]:
+            stage.close(_RESOURCES.pop(old))
+        _RESOURCES[key] = stage.open(cfg)
     return _RESOURCES[key]
 
 
@@ -60,15 +41,15 @@ def run_task(task: ClipTask) -> TaskResult:
 
     from stages import STAGES
 
-    mod = STAGES[task.stage]
+    stage = STAGES[task.stage]
     try:
-        cfg = mod.Config.model_validate(task.config)
-        res = _resources(mod, cfg, json.dumps(task.config, sort_keys=True))
+        cfg = stage.Config.model_validate(task.config)
+        res = _resources(stage, cfg, json.dumps(task.config, sort_keys=True))
         art = Cache(task.cache_root).write(
             task.stage,
             task.key,
             task.meta,
-            lambda out: mod.process(task.job, cfg, res, out),
+            lambda out: stage.process(task.job, cfg, res, out),
             replace=task.replace,
         )
         return TaskResult(True, meta=art.meta())
@@ -84,7 +65,8 @@ def run_task(task: ClipTask) -> TaskResult:
         )
 
 
-def _init_worker(threads: int) -> None:
+def init_worker(threads: int) -> None:
+    """Worker process set-up: thread counts of OpenMP/MKL/OpenBLAS, torch and OpenCV."""
     # OpenMP/MKL pools size themselves at first use from these; without them each worker's pool takes every
     # core and the workers' threads wait on each other (the Ray executor's tasks get the same treatment).
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -103,7 +85,29 @@ def _init_worker(threads: int) -> None:
         pass
 
 
-class LocalExecutor:
+class Executor(abc.ABC):
+    """Where per-clip work and model stages run. The runner calls exactly these methods, on every executor."""
+
+    def start(self, cache_root) -> None:
+        """Connect and check, before any clip is scheduled (default: nothing to do)."""
+
+    @abc.abstractmethod
+    def map(self, tasks: list[ClipTask]) -> Iterator[tuple[int, TaskResult]]:
+        """Run per-clip tasks; yield ``(task index, result)`` as they finish (any order)."""
+
+    def map_batched(self, stage, cfg, todo: list[tuple[str, ClipTask]], cache: Cache,
+                    batch_size: int) -> Iterator[tuple[str, TaskResult]]:
+        """A model stage over ``todo`` in batches; yield ``(video id, result)`` per clip. Default: in this process,
+        the model loaded once (:func:`pipeline.batching.run_batched`)."""
+        yield from run_batched(stage, cfg, todo, cache, batch_size)
+
+    def close(self) -> None:
+        """Free workers and connections (idempotent; default: nothing to free)."""
+
+
+class LocalExecutor(Executor):
+    """Per-clip tasks in a pool of spawned local processes (``workers=1``: in this process)."""
+
     def __init__(self, workers: int = 1):
         self.workers = max(1, workers)
         self._pool: ProcessPoolExecutor | None = None
@@ -114,7 +118,7 @@ class LocalExecutor:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=mp.get_context("spawn"),
-                initializer=_init_worker,
+                initializer=init_worker,
                 initargs=(threads,),
             )
         return self._pool

@@ -16,7 +16,7 @@ change:
   in its constructor (``num_gpus_per_actor`` GPUs each: Ray sets ``CUDA_VISIBLE_DEVICES`` to the
   actor's GPUs, so ``device=auto``/``cuda`` is that GPU and ``balanced`` spreads over them). The
   driver cuts the clips into the same batches as the local path and hands them to idle actors; an
-  actor runs :func:`pipeline.batching.run_batched` on its batch (same failure isolation: a batch that
+  actor runs :func:`pipeline.batching.process_batches` on its batch (same failure isolation: a batch that
   raises is retried clip by clip) and writes the artifacts itself. Actors are restarted by Ray when
   their process dies (the model is reloaded and the batch retried) and killed at the end of the stage,
   so a stage's model is freed before the next stage loads its own.
@@ -53,7 +53,9 @@ from typing import Callable, Iterator
 
 from pipeline.errors import ClusterError
 from pipeline.cache import Artifact, Cache
-from pipeline.executor import ClipTask, TaskResult, _init_worker, run_task
+from pipeline.batching import process_batches
+from pipeline.executor import Executor, init_worker, run_task
+from pipeline.jobs import ClipTask, TaskResult
 
 PROBE_TIMEOUT_S = 120.0
 CONNECT_TIMEOUT_S = 5.0
@@ -104,7 +106,7 @@ def _enter(cwd: str | None, threads: int) -> None:
     """Worker setup: the driver's working directory (when this node has it) and the thread count."""
     if cwd and os.path.isdir(cwd) and os.getcwd() != cwd:
         os.chdir(cwd)
-    _init_worker(threads)
+    init_worker(threads)
 
 
 def _run_in_worker(task_fn: Callable[[ClipTask], TaskResult], task: ClipTask, threads: int, cwd: str | None) -> TaskResult:
@@ -129,16 +131,6 @@ def _probe_worker(root: str, token: str) -> dict:
     return {"ok": True, "host": host, "detail": ""}
 
 
-class _Opened:
-    """A stage module whose resources are already loaded: ``run_batched`` neither opens nor closes it."""
-
-    def __init__(self, mod, resources):
-        self._mod, self._resources = mod, resources
-
-    def process_batch(self, jobs, cfg, _resources):
-        return self._mod.process_batch(jobs, cfg, self._resources)
-
-
 class _ModelWorker:
     """A Ray actor holding one model stage's resources (the model) for the whole stage."""
 
@@ -149,9 +141,9 @@ class _ModelWorker:
         try:
             from stages import STAGES
 
-            self._mod = STAGES[stage]
-            self._cfg = self._mod.Config.model_validate(config)
-            self._resources = self._mod.open(self._cfg) if hasattr(self._mod, "open") else None
+            self._stage = STAGES[stage]
+            self._cfg = self._stage.Config.model_validate(config)
+            self._resources = self._stage.open(self._cfg)
         except Exception as exc:  # noqa: BLE001 - re-raised by ready() in the driver, with its own type
             self._error = exc
 
@@ -161,10 +153,8 @@ class _ModelWorker:
         return socket.gethostname()
 
     def run(self, chunk: list[tuple[str, ClipTask]], cache_root: str, batch_size: int) -> list[tuple[str, TaskResult]]:
-        from pipeline.batching import run_batched
-
-        fn = self._batch_fn or run_batched
-        return list(fn(_Opened(self._mod, self._resources), self._cfg, chunk, Cache(cache_root), batch_size))
+        fn = self._batch_fn or process_batches
+        return list(fn(self._stage, self._cfg, self._resources, chunk, Cache(cache_root), batch_size))
 
 
 # ------------------------------------------------------------------------------------- driver side
@@ -188,7 +178,7 @@ def _died(task: ClipTask, tries: int, exc: BaseException) -> TaskResult:
     )
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     """Per-clip tasks and model actors on a Ray cluster; see the module docstring.
 
     ``address``: ``None`` starts a local Ray instance (or uses ``$RAY_ADDRESS`` when set, as Ray does);
@@ -197,7 +187,7 @@ class RayExecutor:
     ``num_gpus_per_actor=None``: 1 GPU per model actor if the cluster has GPUs, else CPU actors.
     ``actors=None``: as many GPU actors as the cluster's GPUs hold, or 1 CPU actor.
     ``task_fn`` is the function a task runs (default :func:`pipeline.executor.run_task`) and ``batch_fn`` the
-    one a model actor runs on a batch (default :func:`pipeline.batching.run_batched`); tests wrap them.
+    one a model actor runs on its batches (default :func:`pipeline.batching.process_batches`); tests wrap them.
     """
 
     def __init__(
@@ -401,7 +391,7 @@ class RayExecutor:
                 ray.cancel(ref, force=True)
 
     # ------------------------------------------------------------------ model stages
-    def _new_actor(self, mod, config: dict):
+    def _new_actor(self, stage, config: dict):
         ray = self._ray
         cls = ray.remote(_ModelWorker).options(
             num_cpus=self.num_cpus_per_actor,
@@ -409,10 +399,10 @@ class RayExecutor:
             max_restarts=self.max_retries,
             max_task_retries=self.max_retries,
         )
-        return cls.remote(mod.NAME, config, self.actor_threads, self._cwd, self.batch_fn)
+        return cls.remote(stage.name, config, self.actor_threads, self._cwd, self.batch_fn)
 
-    def map_batched(self, mod, cfg, todo: list[tuple[str, ClipTask]], cache: Cache, batch_size: int) -> Iterator[tuple[str, TaskResult]]:
-        """Model stage ``mod`` over ``todo`` in batches of ``batch_size`` on model actors; yields
+    def map_batched(self, stage, cfg, todo: list[tuple[str, ClipTask]], cache: Cache, batch_size: int) -> Iterator[tuple[str, TaskResult]]:
+        """Model stage ``stage`` over ``todo`` in batches of ``batch_size`` on model actors; yields
         ``(video id, result)`` per clip as batches finish."""
         ray = self._ensure()
         if not todo:
@@ -423,7 +413,7 @@ class RayExecutor:
         items = [(vid, _absolute_task(task)) for vid, task in todo]
         chunks = deque(items[i : i + batch_size] for i in range(0, len(items), batch_size))
         config = cfg.model_dump(mode="json")
-        actors = [self._new_actor(mod, config) for _ in range(min(self._n_actors, len(chunks)))]
+        actors = [self._new_actor(stage, config) for _ in range(min(self._n_actors, len(chunks)))]
         inflight: dict = {}
         dead: set[int] = set()  # actors lost for good, replaced once their last batch has reported
         try:
@@ -450,7 +440,7 @@ class RayExecutor:
                     results = [(vid, _died(task, self.max_retries + 1, exc)) for vid, task in chunk]
                 yield from results
                 if slot in dead and all(s != slot for s, _ in inflight.values()):
-                    actors[slot] = self._replace(actors[slot], mod, config)
+                    actors[slot] = self._replace(actors[slot], stage, config)
                     dead.discard(slot)
                 submit(slot)
                 if not inflight and chunks:  # no model actor is left: what remains fails
@@ -465,10 +455,10 @@ class RayExecutor:
                 if a is not None:
                     ray.kill(a, no_restart=True)
 
-    def _replace(self, actor, mod, config: dict):
+    def _replace(self, actor, stage, config: dict):
         ray = self._ray
         ray.kill(actor, no_restart=True)
-        fresh = self._new_actor(mod, config)
+        fresh = self._new_actor(stage, config)
         try:
             ray.get(fresh.ready.remote())
         except Exception:  # noqa: BLE001 - no replacement possible: its remaining batches fail

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ class VideoRef:
     id: str
     path: Path
     label: str | None = None
+    where: str | None = None
+    """``file:line`` of the list file row that named the clip (for error messages)."""
 
 
 def _scan_folder(root: Path) -> list[VideoRef]:
@@ -36,9 +39,22 @@ def _scan_folder(root: Path) -> list[VideoRef]:
     return refs
 
 
+def _list_text(csv_path: Path) -> str:
+    """The list file as text: UTF-8 (a BOM is fine); anything else is an :class:`InputError` that says what it is."""
+    raw = csv_path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            what = "UTF-16 text (what spreadsheets save as 'Unicode text')"
+        else:
+            what = f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at position {exc.start} cannot be decoded)"
+        raise InputError(f"{csv_path}: the list file is {what}; save it as 'CSV UTF-8' (comma separated)") from None
+
+
 def _read_list(csv_path: Path) -> list[VideoRef]:
     root = csv_path.parent
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(_list_text(csv_path), newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "path" not in [c.strip() for c in reader.fieldnames]:
             raise InputError(
@@ -57,7 +73,7 @@ def _read_list(csv_path: Path) -> list[VideoRef]:
             if vid in seen:
                 raise InputError(f"{csv_path}:{line_no}: '{raw}' is listed twice (first on line {seen[vid]})")
             seen[vid] = line_no
-            refs.append(VideoRef(vid, full, row.get("label") or None))
+            refs.append(VideoRef(vid, full, row.get("label") or None, f"{csv_path}:{line_no}"))
     return refs
 
 

@@ -355,12 +355,6 @@ def read_labels(path: str | Path, label_format: str = "csv", label_set: LabelSet
     return read_mafw_split(path, label_set)
 
 
-def count_labels(label_map: Mapping[str, str], label_set: LabelSet) -> dict[str, int]:
-    """Clips per label in label-set order, zeros included (e.g. training counts for calibration)."""
-    counts = Counter(label_set.canonical(v) for v in label_map.values())
-    return {name: counts.get(name, 0) for name in label_set.names}
-
-
 # --------------------------------------------------------------------------------------------------
 # Matching annotation ids to pipeline video ids
 

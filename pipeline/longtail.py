@@ -1,4 +1,4 @@
-"""Long-tail tools: class-aware sampling, logit adjustment, test-prior estimation, balanced exemplars.
+"""Long-tail tools: class-aware sampling, logit adjustment, test-prior estimation.
 
 Sampling strategies are defined by the probability ``p_c`` of drawing class ``c`` (``n_c`` training
 examples, ``C`` classes); every example of a class gets ``p_c / n_c``:
@@ -15,19 +15,25 @@ Epochs count from 0, so the first epoch is instance-balanced and the last one cl
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Hashable, Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import WeightedRandomSampler
 
 STRATEGIES = ("instance", "sqrt", "balanced", "progressive")
 
 
+def _is_tensor(x: Any) -> bool:
+    """A torch tensor, told without importing torch (report-time calibration never needs it)."""
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+def _numpy(x: Any) -> Any:
+    return x.detach().cpu().numpy() if _is_tensor(x) else x
+
+
 def _classes(labels: Sequence[Hashable]) -> tuple[list, np.ndarray, np.ndarray]:
     """Sorted distinct classes, per-sample class index, and per-class counts."""
-    labels = list(labels.tolist() if isinstance(labels, (np.ndarray, torch.Tensor)) else labels)
+    labels = list(labels.tolist() if isinstance(labels, np.ndarray) or _is_tensor(labels) else labels)
     if not labels:
         raise ValueError("labels is empty: need at least one training label")
     classes = sorted(set(labels), key=lambda c: (str(type(c)), c))
@@ -70,13 +76,16 @@ def sampling_weights(labels: Sequence[Hashable], strategy: str, epoch: int = 0,
 
 
 def make_sampler(labels: Sequence[Hashable], strategy: str, num_samples: int | None = None,
-                 epoch: int = 0, total_epochs: int = 1, generator: torch.Generator | None = None,
-                 seed: int = 0) -> WeightedRandomSampler:
+                 epoch: int = 0, total_epochs: int = 1, generator: "torch.Generator | None" = None,  # noqa: F821
+                 seed: int = 0) -> "WeightedRandomSampler":  # noqa: F821
     """A seeded with-replacement sampler drawing ``num_samples`` (default: len(labels)) indices.
 
     Without ``generator``, one is seeded with ``seed + epoch``, so every epoch draws differently and
     a rerun draws the same. For ``progressive``, build a new sampler each epoch.
     """
+    import torch
+    from torch.utils.data import WeightedRandomSampler
+
     w = sampling_weights(labels, strategy, epoch, total_epochs)
     n = len(w) if num_samples is None else int(num_samples)
     if n <= 0:
@@ -88,7 +97,7 @@ def make_sampler(labels: Sequence[Hashable], strategy: str, num_samples: int | N
 
 
 def _check_prior(prior: Any, n_classes: int) -> np.ndarray:
-    p = np.asarray(prior.detach().cpu() if isinstance(prior, torch.Tensor) else prior, dtype=float)
+    p = np.asarray(_numpy(prior), dtype=float)
     if p.ndim != 1 or len(p) != n_classes:
         raise ValueError(f"prior must be a vector of {n_classes} class probabilities, got shape {p.shape}")
     if not np.all(np.isfinite(p)) or np.any(p <= 0):
@@ -102,11 +111,11 @@ def logit_adjust(logits: Any, prior: Any, tau: float = 1.0) -> Any:
     adjustment", ICLR 2021, post-hoc form). Returns the same type as ``logits`` (numpy or torch)."""
     if tau < 0:
         raise ValueError(f"tau must be >= 0, got {tau}")
-    if not isinstance(logits, torch.Tensor):
+    if not _is_tensor(logits):
         logits = np.asarray(logits, dtype=float)
     log_p = np.log(_check_prior(prior, logits.shape[-1]))
-    if isinstance(logits, torch.Tensor):
-        return logits - tau * torch.as_tensor(log_p, dtype=logits.dtype, device=logits.device)
+    if _is_tensor(logits):
+        return logits - tau * logits.new_tensor(log_p)
     return logits - tau * log_p
 
 
@@ -119,7 +128,7 @@ def estimate_prior(probs: Any, iters: int = 1000, init: Any = None, train_prior:
     are treated as class likelihoods). Each step re-weights every posterior by prior / train_prior,
     renormalises it, and takes the mean as the new prior. ``init`` defaults to ``train_prior``.
     """
-    p = np.asarray(probs.detach().cpu() if isinstance(probs, torch.Tensor) else probs, dtype=float)
+    p = np.asarray(_numpy(probs), dtype=float)
     if p.ndim != 2 or p.shape[0] == 0:
         raise ValueError(f"probs must be an N x C matrix with N >= 1, got shape {p.shape}")
     if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p.sum(axis=1) <= 0):
@@ -137,33 +146,3 @@ def estimate_prior(probs: Any, iters: int = 1000, init: Any = None, train_prior:
         if done:
             break
     return prior / prior.sum()
-
-
-def select_balanced_exemplars(labels: Sequence[Hashable], per_class: int, seed: int = 0,
-                              classes: Sequence[Hashable] | None = None) -> list[int]:
-    """Indices of up to ``per_class`` random examples of each class (seeded), interleaved class by
-    class (round robin, in ``classes`` order, default sorted), so no class sits last in a prompt.
-
-    A class with fewer examples gives all it has, and a warning names it (``classes`` lets a class
-    with no example at all be named too).
-    """
-    if per_class < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
-    labels = list(labels)
-    if not labels:
-        raise ValueError("labels is empty: nothing to select exemplars from")
-    if classes is None:
-        classes = sorted(set(labels), key=lambda c: (str(type(c)), c))
-    rng = np.random.default_rng(seed)
-    picked: list[list[int]] = []
-    short: list[str] = []
-    for c in classes:
-        members = [i for i, y in enumerate(labels) if y == c]
-        if len(members) < per_class:
-            short.append(f"{c} ({len(members)})")
-        take = rng.permutation(len(members))[:per_class]
-        picked.append([members[i] for i in take])
-    if short:
-        warnings.warn(f"fewer than {per_class} examples for class(es): {', '.join(short)}; "
-                      "using all they have")
-    return [group[k] for k in range(per_class) for group in picked if k < len(group)]

@@ -23,7 +23,6 @@ import warnings
 from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
-from scipy.spatial.distance import jensenshannon
 from sklearn.metrics import confusion_matrix
 
 GROUP_NAMES = ("head", "medium", "tail")
@@ -143,13 +142,27 @@ def _collapse(t, p, labels, groups) -> dict:
         "pred_distribution": dict(zip(labels, pred_d.tolist())),
         "total_variation": float(0.5 * np.abs(true_d - pred_d).sum()),
         "kl_true_pred": float(np.sum(ts * np.log(ts / ps))),
-        "js_distance": _nan_none(float(jensenshannon(true_d, pred_d, base=2))) if has_pred.any() and len(t) else None,
+        "js_distance": _nan_none(js_distance(true_d, pred_d)) if has_pred.any() and len(t) else None,
         "n_tail_clips": n_tail,
         "tail_to_head_share": _ratio(int(np.isin(p[tail_clips], head).sum()), n_tail),
         "head_share_true": float(true_d[head].sum()),
         "head_share_pred": float(pred_d[head].sum()),
         "classes_never_predicted": [labels[i] for i in range(c) if not np.any(p == i)],
     }
+
+
+def js_distance(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2) of two distributions (normalised first): the square root of
+    ``(KL(p || m) + KL(q || m)) / 2`` with ``m = (p + q) / 2``; 0 for equal, 1 for disjoint distributions."""
+    p = np.asarray(p, float) / np.sum(p)
+    q = np.asarray(q, float) / np.sum(q)
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
+
+    return float(np.sqrt(max((kl(p) + kl(q)) / 2, 0.0)))
 
 
 def _nan_none(x: float) -> float | None:

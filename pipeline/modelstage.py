@@ -1,41 +1,19 @@
-"""What the model stages (context, classify) share: cache identity of a model, pre-flight checks,
-loading/freeing a backend once per stage, and face crops as PIL images."""
+"""What the model stages (context, classify) share: pre-flight checks, loading/freeing a backend once per
+stage, and face crops as PIL images. (A model's cache identity is :func:`pipeline.backends.model_identity`.)"""
 
 from __future__ import annotations
 
 import gc
-import os
-from pathlib import Path
 
 from PIL import Image
 
 from pipeline.errors import PreflightError
+from pipeline import hub
 from pipeline.backends import ModelConfig, check_model_available, load_backend
 from pipeline.errors import ModelLoadError, ModelUnavailableError
 from pipeline.facetrack import FaceTrack
 from pipeline.errors import TemplateError
 from pipeline.prompts import PromptRenderer
-
-
-def model_identity(cfg: ModelConfig) -> dict:
-    """What identifies a model in cache keys. Hub models: id + revision (pin a revision for
-    reproducible keys). Local checkpoints: a content fingerprint, not the path, so moving the
-    folder keeps keys. Servers: the served model name (not the URL)."""
-    if cfg.backend == "socialfusion":  # always a local folder written by `dfer socialfusion train`
-        from pipeline.backends.hf import _local_fingerprint
-
-        path = Path(os.path.expanduser(cfg.model))
-        return {"backend": "socialfusion", "local": _local_fingerprint(path) if path.is_dir() else "missing:" + cfg.model}
-    if cfg.backend == "transformers":
-        from pipeline.backends.hf import _local_fingerprint, is_local_path
-
-        if is_local_path(cfg.model):
-            path = Path(os.path.expanduser(cfg.model))
-            if path.is_dir():
-                return {"backend": "transformers", "local": _local_fingerprint(path)}
-            return {"backend": "transformers", "local": "missing:" + cfg.model}
-        return {"backend": "transformers", "model": cfg.model, "revision": cfg.revision}
-    return {"backend": cfg.backend, "model": cfg.model}
 
 
 def preflight_model(cfg: ModelConfig, setting: str) -> str | None:
@@ -44,11 +22,9 @@ def preflight_model(cfg: ModelConfig, setting: str) -> str | None:
     try:
         check_model_available(cfg)
     except ModelUnavailableError as exc:
-        if cfg.backend == "transformers":
-            from pipeline.backends.hf import is_local_path
-
-            if is_local_path(cfg.model):  # a path the user typed that is not there: their error, not the network's
-                raise PreflightError(f"{setting}: {exc}") from None
+        if cfg.backend == "transformers" and hub.is_local_path(cfg.model):
+            # a path the user typed that is not there: their error, not the network's
+            raise PreflightError(f"{setting}: {exc}") from None
         return f"{setting}: {exc}"
     except ModelLoadError as exc:
         raise PreflightError(f"{setting}: {exc}") from None

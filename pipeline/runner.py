@@ -1,9 +1,11 @@
 """Stage-major runner: each stage runs over all clips (in batches) before the next one starts.
 
 For each stage and clip the runner derives the cache key, reuses a cached artifact when there is
-one, and otherwise computes it (per-clip stages through the executor, model stages in batches in
-this process, or on the executor's model actors when it has ``map_batched``) and says why: new clip, config changed, upstream changed or forced. A clip that
-fails is recorded in ``RUN/failures.jsonl`` and left out of later stages; the others go on.
+one, and otherwise computes it (per-clip stages with the executor's ``map``, model stages in
+batches with its ``map_batched``) and says why: new clip, config changed, upstream changed or
+forced. A clip that fails is recorded in ``RUN/failures.jsonl`` and left out of later stages; the
+others go on. Tools run their own stages the same way (``until="features"`` with a ``sections``
+entry for it), so they get all of this too.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic import BaseModel
+
 from pipeline.errors import ConfigError, StrictFailure, UnknownStageError
 from pipeline.cache import Cache, artifact_key, default_cache_dir
 from pipeline.config import dump_config, key_fields
-from pipeline.executor import ClipTask, LocalExecutor
+from pipeline.executor import Executor, LocalExecutor
 from pipeline.inputs import VideoRef, discover, fingerprint, parse_shard, shard_of
-from pipeline.jobs import ClipJob
+from pipeline.jobs import ClipJob, ClipTask
+from pipeline.labels import load_label_set
 from pipeline.rundir import ManifestRow, RunDir
 from stages import STAGE_ORDER, STAGES
 
@@ -52,26 +57,31 @@ class RunResult:
     keys: dict[str, dict[str, str]] = field(default_factory=dict)  # video id -> stage -> key
 
 
-def stage_upstream(mod, section) -> tuple[str, ...]:
-    """The stages whose artifacts ``mod`` reads under this config (some depend on switches)."""
-    return tuple(mod.upstream(section)) if hasattr(mod, "upstream") else tuple(mod.UPSTREAM)
-
-
-def stages_to_run(cfg, until: str | None = None) -> list[str]:
-    """Stages a run computes: up to ``until`` (default: all), minus those nothing downstream reads
-    under this config (e.g. context when classify.use_summaries is off)."""
-    stop = STAGE_ORDER.index(until) + 1 if until else len(STAGE_ORDER)
-    order = STAGE_ORDER[:stop]
-    needed = {order[-1]}
-    for name in reversed(order):
+def stages_to_run(cfg, until: str | None = None, sections: dict[str, BaseModel] | None = None) -> list[str]:
+    """Stages a run computes: ``until`` (default: the last pipeline stage) and what it reads, transitively, under
+    this config (e.g. not context when classify.use_summaries is off), in execution order. ``sections``: config
+    sections of stages that are not in ``cfg`` (tool stages)."""
+    sections = sections or {}
+    needed = {until or STAGE_ORDER[-1]}
+    for name in reversed(list(STAGES)):
         if name in needed:
-            needed.update(stage_upstream(STAGES[name], getattr(cfg, name)))
-    return [n for n in order if n in needed]
+            needed.update(STAGES[name].upstream_of(sections[name] if name in sections else getattr(cfg, name)))
+    return [n for n in STAGES if n in needed]
 
 
 def check_stage(name: str | None, flag: str) -> None:
     if name is not None and name not in STAGES:
-        raise UnknownStageError(f"{flag} {name}: unknown stage; stages are {', '.join(STAGE_ORDER)}")
+        raise UnknownStageError(f"{flag} {name}: unknown stage; stages are {', '.join(STAGES)}")
+
+
+def check_labels(refs: list[VideoRef], label_set: str) -> None:
+    """Every label a list file gives must be in the label set the clips are scored on; :class:`LabelError` names
+    the file, the line and the known labels (before any clip is processed)."""
+    labelled = [r for r in refs if r.label]
+    if labelled:
+        ls = load_label_set(label_set)
+        for r in labelled:
+            ls.canonical(r.label, r.where or r.id)
 
 
 def _reason(cache: Cache, stage: str, fp: str, upstream: dict, forced: bool) -> str:
@@ -117,7 +127,8 @@ class Runner:
         strict: bool = False,
         quiet: bool = False,
         log: TextIO | None = None,
-        executor=None,
+        executor: Executor | None = None,
+        sections: dict[str, BaseModel] | None = None,
     ):
         check_stage(until, "--until")
         check_stage(force, "--force")
@@ -131,6 +142,7 @@ class Runner:
         self.quiet = quiet
         self.log = log or sys.stderr
         self.executor = executor or LocalExecutor(cfg.run.workers)
+        self.sections = dict(sections or {})  # config sections of stages that are not in cfg (tool stages)
         self._failures = None
 
     # ----------------------------------------------------------------------------------------
@@ -142,20 +154,26 @@ class Runner:
         if self.strict:
             raise StrictFailure(f"stopped at the first failure (--strict): [{stage}] {video}: {error}: {message}")
 
+    def section(self, name: str) -> BaseModel:
+        """The config section of stage ``name``."""
+        return self.sections[name] if name in self.sections else getattr(self.cfg, name)
+
     def stages(self) -> list[str]:
-        return stages_to_run(self.cfg, self.until)
+        """Stages to run (:func:`stages_to_run`)."""
+        return stages_to_run(self.cfg, self.until, self.sections)
 
     # ----------------------------------------------------------------------------------------
     def run(self, refs: list[VideoRef]) -> RunResult:
         if self.shard:
             i, n = self.shard
             refs = [r for r in refs if shard_of(r.id, n) == i]
-        self.run_dir.create()
-        self.run_dir.write_config(dump_config(self.cfg))
         stages = self.stages()
-        blocked = self._preflight(stages)
-        if hasattr(self.executor, "start"):  # e.g. RayExecutor: connect and check the cluster before any clip
-            self.executor.start(self.cache.root)
+        blocked = self._preflight(stages)  # before anything is written: a config that cannot work leaves nothing
+        if "classify" in stages:
+            check_labels(refs, self.cfg.classify.labels)
+        self.run_dir.create()
+        self.run_dir.write_config(dump_config(self.cfg, self.sections))
+        self.executor.start(self.cache.root)  # e.g. Ray: connect and check the cluster before any clip
         self._failures = self.run_dir.failure_log()
         try:
             return self._run(refs, stages, blocked)
@@ -169,12 +187,10 @@ class Runner:
         (returns (stage, message) of the first such stage)."""
         blocked = None
         for name in stages:
-            mod = STAGES[name]
-            if hasattr(mod, "preflight"):
-                message = mod.preflight(getattr(self.cfg, name))
-                if message and blocked is None:
-                    self.say(f"note: the run will stop before stage '{name}': {message}")
-                    blocked = (name, message)
+            message = STAGES[name].preflight(self.section(name))
+            if message and blocked is None:
+                self.say(f"note: the run will stop before stage '{name}': {message}")
+                blocked = (name, message)
         return blocked
 
     def _fingerprints(self, refs: list[VideoRef]) -> dict[str, str]:
@@ -242,20 +258,20 @@ class Runner:
         self.run_dir.write_manifest(rows, self.cache.root)
 
     def _run_stage(self, name, active, by_id, fps, keys, forced) -> tuple[StageReport, set[str]]:
-        mod = STAGES[name]
-        section = getattr(self.cfg, name)
+        stage = STAGES[name]
+        section = self.section(name)
         kcfg = key_fields(section)
-        extras = mod.key_extras(section) if hasattr(mod, "key_extras") else {}
+        extras = stage.key_extras(section)
         report = StageReport(name)
         t0 = time.time()
         self.cache.sweep_stale(name)  # temporary folders of runs killed more than a day ago
         failed: set[str] = set()
         todo: list[tuple[str, ClipTask]] = []
         reasons: dict[str, str] = {}
-        ups = stage_upstream(mod, section)
+        ups = stage.upstream_of(section)
         for vid in active:
             upstream = {u: keys[vid][u] for u in ups}
-            key = artifact_key(name, mod.VERSION, kcfg, upstream, fps[vid], extras)
+            key = artifact_key(name, stage.version, kcfg, upstream, fps[vid], extras)
             keys[vid][name] = key
             if not forced and self.cache.get(name, key) is not None:
                 report.cached += 1
@@ -277,7 +293,7 @@ class Runner:
             meta = {
                 "video_id": vid,
                 "fingerprint": fps[vid],
-                "stage_version": mod.VERSION,
+                "stage_version": stage.version,
                 "config": kcfg,
                 "upstream": upstream,
                 "extras": extras,
@@ -286,7 +302,7 @@ class Runner:
             todo.append((vid, ClipTask(name, section.model_dump(mode="json"), job, str(self.cache.root), key, meta, forced)))
         progress = _Progress(name, len(todo), self.cfg.run.progress and not self.quiet, self.log)
         try:
-            for vid, result in self._compute(mod, section, todo):
+            for vid, result in self._compute(stage, section, todo):
                 if result.ok:
                     report.computed += 1
                     report.reasons[reasons[vid]] += 1
@@ -302,23 +318,14 @@ class Runner:
         report.seconds = time.time() - t0
         return report, failed
 
-    def _compute(self, mod, section, todo):
+    def _compute(self, stage, section, todo):
         if not todo:
             return
-        if hasattr(mod, "process_batch"):
-            yield from self._compute_batched(mod, section, todo)
-        else:
-            tasks = [t for _, t in todo]
-            for i, result in self.executor.map(tasks):
-                yield todo[i][0], result
-
-    def _compute_batched(self, mod, section, todo):
-        if hasattr(self.executor, "map_batched"):  # e.g. RayExecutor: model actors on the cluster
-            yield from self.executor.map_batched(mod, section, todo, self.cache, self.cfg.run.batch_size)
+        if stage.batched:
+            yield from self.executor.map_batched(stage, section, todo, self.cache, self.cfg.run.batch_size)
             return
-        from pipeline.batching import run_batched
-
-        yield from run_batched(mod, section, todo, self.cache, self.cfg.run.batch_size)
+        for i, result in self.executor.map([t for _, t in todo]):
+            yield todo[i][0], result
 
 
 def executor_for(kind: str, run_section, address: str | None = None):

@@ -33,18 +33,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline import modelstage
-from pipeline.backends import (
-    LabelScoringUnsupportedError,
-    VideoInputUnsupportedError,
-    check_label_scoring,
-    check_video_input,
-)
+from pipeline.backends import check_label_scoring, check_video_input, model_identity
 from pipeline.backends.base import ModelConfig, Prompt, Video, frame_rate
+from pipeline.errors import LabelScoringUnsupportedError, VideoInputUnsupportedError
 from pipeline.facetrack import FaceTrack
 from pipeline.fields import not_in_key
 from pipeline.jobs import ClipJob
 from pipeline.labels import LabelError, load_label_set
 from pipeline.prompts import PromptRenderer, image_slots, template_hash, template_path
+from stages.base import Stage
 
 NAME = "classify"
 VERSION = 2  # 2: lead-in/lead-out summaries, shuffled prompts without timestamps, dense frames alone, video input
@@ -126,12 +123,12 @@ UPSTREAM: tuple[str, ...] = ("faces", "keyframes", "context")  # the most it rea
 def key_extras(cfg: Config) -> dict:
     label_set = load_label_set(cfg.labels)
     extras = {
-        "model": modelstage.model_identity(cfg.model),
+        "model": model_identity(cfg.model),
         "template": template_hash(cfg.prompt_dir, cfg.template),
         "labels": label_set.names,
     }
     if cfg.adapter is not None:  # only when set, so keys of runs without an adapter never change
-        from pipeline.finetune.adapter import adapter_hash
+        from pipeline.backends.adapter import adapter_hash
 
         extras["adapter"] = adapter_hash(cfg.adapter)
     return extras
@@ -155,7 +152,7 @@ def preflight(cfg: Config) -> str | None:
         except VideoInputUnsupportedError as exc:
             raise modelstage.PreflightError(f"classify.dense_input=video: {exc}") from None
     if cfg.adapter is not None and message is None:
-        from pipeline.finetune.adapter import AdapterError, check_adapter
+        from pipeline.backends.adapter import AdapterError, check_adapter
 
         try:
             check_adapter(cfg.adapter, cfg.model, label_set.names, template_hash(cfg.prompt_dir, cfg.template))
@@ -190,7 +187,7 @@ def _check_template(cfg: Config, labels: list[str]) -> None:
 def open(cfg: Config):  # noqa: A001 - stage protocol name
     backend = modelstage.open_backend(cfg.model)
     if cfg.adapter is not None:
-        from pipeline.finetune.adapter import resolve_adapter_dir
+        from pipeline.backends.adapter import resolve_adapter_dir
 
         try:
             backend.apply_adapter(resolve_adapter_dir(cfg.adapter))
@@ -320,3 +317,7 @@ def _fill(doc: dict):
         return {"prompt_tokens": doc["prompt_tokens"], "dense_tokens": doc["dense_tokens"]}
 
     return fill
+
+
+STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process_batch=process_batch, reads=upstream, key_extras=key_extras,
+              preflight=preflight, open=open, close=close)

@@ -28,11 +28,13 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.backends import model_identity
 from pipeline.backends.base import ModelConfig, frame_rate
 from pipeline.facetrack import FaceTrack
 from pipeline.jobs import ClipJob
 from pipeline.prompts import PromptRenderer, image_slots, template_hash
 from pipeline import modelstage
+from stages.base import Stage
 
 NAME = "context"
 VERSION = 2  # 2: overlapping windows with the bounding frames, lead-in/lead-out gaps, gap kinds
@@ -66,7 +68,7 @@ class Config(BaseModel):
 
 def key_extras(cfg: Config) -> dict:
     return {
-        "model": modelstage.model_identity(cfg.model),
+        "model": model_identity(cfg.model),
         "templates": {n: template_hash(cfg.prompt_dir, n) for n in TEMPLATES},
     }
 
@@ -206,3 +208,7 @@ def _fill(plan: list[dict], trajectory: str | None):
         return {"n_gaps": len(plan), "n_windows": sum(len(g["windows"]) for g in plan)}
 
     return fill
+
+
+STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process_batch=process_batch, key_extras=key_extras,
+              preflight=preflight, open=open, close=close)

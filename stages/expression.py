@@ -34,6 +34,7 @@ from pipeline.facetrack import FaceTrack
 from pipeline.fields import not_in_key
 from pipeline.jobs import ClipJob
 from pipeline.models.expression import CLASSES, FACE_MARGIN, MODEL_ID, load_model, reframe, weights_sha256
+from stages.base import Stage
 
 NAME = "expression"
 VERSION = 1
@@ -101,3 +102,6 @@ class ExpressionTrack:
 def load(artifact) -> ExpressionTrack:
     arrays = artifact.npz(PROBS_FILE)
     return ExpressionTrack(arrays["probs"], arrays["scored"], arrays["t"], tuple(artifact.meta()["classes"]))
+
+
+STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process=process, key_extras=key_extras, open=open)

@@ -24,6 +24,7 @@ from pipeline.jobs import ClipJob
 from pipeline.memory import release_free_heap
 from pipeline.tracking import PrimaryFaceTracker, Timeline
 from pipeline.video import VideoReader, to_rgb
+from stages.base import Stage
 
 NAME = "faces"
 VERSION = 1
@@ -245,3 +246,6 @@ def process(job: ClipJob, cfg: Config, mtcnn, out) -> dict:
         "max_faces_in_frame": stats["faces_seen_max"],
         "full_frame": full_frame,
     }
+
+
+STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process=process, open=open)

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.errors import StageInputError
 from pipeline.facetrack import FaceTrack
 from pipeline.jobs import ClipJob
+from stages.base import Stage
 
 NAME = "keyframes"
 VERSION = 2  # 2: lead-in/lead-out gaps, gap kinds, duration_s = clip duration
@@ -232,3 +233,6 @@ def process(job: ClipJob, cfg: Config, resources, out) -> dict:
         },
     )
     return {"n_keyframes": len(picks), "requested_k": cfg.k}
+
+
+STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process=process)

@@ -66,6 +66,17 @@ def messages_to_prompt(messages: list[dict]) -> Prompt:
     return Prompt(parts=parts, system=system)
 
 
+
+def next_token_logprobs(backend, prompts):
+    """fp32 log-softmax over the vocabulary at the answer position of a transformers backend, shape
+    ``(len(prompts), vocab)``, on cpu: what a server's ``top_logprobs`` are drawn from."""
+    import torch
+
+    with torch.inference_mode():
+        first, _cache, _inputs, _next = backend._prefill([backend.render_prompt(p) for p in prompts], use_cache=False)
+    return first.cpu()
+
+
 class FakeOpenAIServer:
     def __init__(
         self,
@@ -197,7 +208,7 @@ class FakeOpenAIServer:
         tok = self.backend.tokenizer
         choice: dict = {"index": 0, "finish_reason": "length", "logprobs": None}
         if body.get("logprobs") and self.logprobs:
-            lp = self.backend.next_token_logprobs([prompt])[0]
+            lp = next_token_logprobs(self.backend, [prompt])[0]
             k = int(body.get("top_logprobs") or 0)
             if self.max_top_logprobs is not None:
                 k = min(k, self.max_top_logprobs)

@@ -12,16 +12,16 @@ from PIL import Image
 
 from pipeline.backends import (
     ModelConfig,
-    ModelLoadError,
-    ModelUnavailableError,
     Prompt,
     Video,
-    VideoInputUnsupportedError,
     check_model_available,
     check_video_input,
     load_backend,
+    model_identity,
 )
 from pipeline.backends.base import prepare_image
+from pipeline.errors import ModelLoadError, ModelUnavailableError, VideoInputUnsupportedError
+from tests.fake_openai_server import next_token_logprobs
 from tests.tiny_models import FAMILIES, shared_tiny_model_dir
 
 LABELS = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear", "helplessness", "disappointment"]
@@ -89,12 +89,10 @@ def test_loads_through_auto_classes(backend):
     expected = {"qwen2vl": "Qwen2VLForConditionalGeneration", "idefics3": "Idefics3ForConditionalGeneration"}
     assert type(backend.model).__name__ == expected[backend.family]
     assert type(backend.processor).__name__ in {"Qwen2VLProcessor", "Idefics3Processor"}
-    ident = backend.identity()
-    # a local checkpoint: folder name + content fingerprint, no absolute path (cache keys survive a move)
-    assert ident["backend"] == "transformers" and ident["model"] == f"local:{backend.family}"
-    assert ident["resolved_commit"].startswith("local-sha256:")
+    ident = model_identity(backend.cfg)
+    # a local checkpoint: its content fingerprint, no path (cache keys survive a move)
+    assert ident == {"backend": "transformers", "local": ident["local"]} and ident["local"].startswith("local-sha256:")
     assert "/" not in json.dumps(ident)
-    assert json.dumps(ident)  # plain data, fit for a cache key
 
 
 def test_separator_and_end_of_turn_follow_chat_template(backend):
@@ -162,7 +160,7 @@ def test_generate_batch_of_multi_image_prompts(backend):
 
 def test_next_token_logprobs_match_first_label_token(backend):
     prompts = _prompts()
-    lp = backend.next_token_logprobs(prompts)
+    lp = next_token_logprobs(backend, prompts)
     assert lp.shape[0] == len(prompts)
     scores = backend.score_labels(prompts, ["happy"])
     tok = backend._label_tokens(backend._render(prompts[0]).text, ["happy"])[0].ids[0]
@@ -222,16 +220,16 @@ def test_model_config_rejects_unknown_keys():
 
 
 def test_local_fingerprint_tells_same_size_weights_apart(tmp_path):
-    from pipeline.backends.hf import _local_fingerprint
+    from pipeline.hub import fingerprint
 
     a, b = tmp_path / "a", tmp_path / "b"
     for d, byte in ((a, b"\x01"), (b, b"\x02")):
         d.mkdir()
         (d / "config.json").write_text("{}")
         (d / "model.safetensors").write_bytes(b"\x00" * 3_000_000 + byte + b"\x00" * 10)
-    assert _local_fingerprint(a) != _local_fingerprint(b)
+    assert fingerprint(a) != fingerprint(b)
     (b / "model.safetensors").write_bytes((a / "model.safetensors").read_bytes())
-    assert _local_fingerprint(a) == _local_fingerprint(b)
+    assert fingerprint(a) == fingerprint(b)
 
 
 # ------------------------------------------------------------------------------------------------ video input

@@ -12,20 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.backends import (
-    BackendRequestError,
-    LabelScoringUnsupportedError,
-    ModelConfig,
-    ModelLoadError,
-    ModelUnavailableError,
-    Prompt,
-    check_model_available,
-    load_backend,
-)
+from pipeline.backends import ModelConfig, Prompt, check_model_available, load_backend, model_identity
 from pipeline.backends.openai_http import (
-    OpenAIBackend, check_label_first_tokens, image_to_data_url, match_labels, normalise_token,
+    OpenAIBackend, check_label_first_tokens, image_to_data_url, match_top_tokens, normalise_token,
 )
-from tests.fake_openai_server import FakeOpenAIServer
+from pipeline.errors import BackendRequestError, LabelScoringUnsupportedError, ModelLoadError, ModelUnavailableError
+from tests.fake_openai_server import FakeOpenAIServer, next_token_logprobs
 from tests.tiny_models import shared_tiny_model_dir
 
 LABELS = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear", "helplessness"]
@@ -83,7 +75,7 @@ def test_scores_agree_with_hf_first_token(server, hf_backend):
     prompts = _prompts(2)
     got = client.score_labels(prompts, LABELS)
     local = [_as_server_sees(p) for p in prompts]
-    lp = hf_backend.next_token_logprobs(local)
+    lp = next_token_logprobs(hf_backend, local)
     exact = hf_backend.score_labels(local, LABELS)
     texts = [normalise_token(tok.decode([i])) for i in range(lp.shape[1])]
     for i in range(len(prompts)):
@@ -107,7 +99,7 @@ def test_top_k_misses_are_upper_bounds(server, hf_backend):
     client = _client(server.url, top_logprobs=5)
     prompt = _prompts(1, seed=4)[0]
     got = client.score_labels([prompt], LABELS)[0]
-    lp = hf_backend.next_token_logprobs([_as_server_sees(prompt)])[0]
+    lp = next_token_logprobs(hf_backend, [_as_server_sees(prompt)])[0]
     fifth = float(lp.topk(5).values[-1])
     misses = [lab for lab in LABELS if not got[lab].exact]
     assert misses, "with k=5 over a ~1000-token vocabulary most labels are absent"
@@ -131,7 +123,7 @@ def test_generate_and_count_tokens_through_server(server, hf_backend):
     assert [c["type"] for c in content] == ["image_url", "image_url", "text"]
     assert content[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
     assert body["temperature"] == 0
-    assert client.identity() == {"backend": "openai", "model": "tiny-vlm", "revision": None}
+    assert model_identity(client.cfg) == {"backend": "openai", "model": "tiny-vlm"}  # no URL in cache keys
     client.close()
 
 
@@ -209,9 +201,9 @@ def test_missing_server_url():
         load_backend(ModelConfig(model="m", backend="openai"))
 
 
-def test_match_labels_heuristic():
+def test_match_top_tokens_heuristic():
     top = [(" Happy", -0.5), ("happy", -1.5), ("sa", -2.0), ("\u0120sad", -2.5), ("a", -3.0), (" ", -3.5)]
-    got = match_labels(top, ["happy", "sad", "anger", "fear"])
+    got = match_top_tokens(top, ["happy", "sad", "anger", "fear"])
     assert got["happy"].logprob == pytest.approx(_logsumexp([-0.5, -1.5]))
     assert got["sad"].logprob == pytest.approx(-2.5)  # the longest matching text wins over "sa"
     assert got["anger"].logprob == pytest.approx(-3.0) and got["anger"].exact  # documented limit: "a" matches

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -15,16 +16,17 @@ import pytest
 from pipeline.cache import Cache
 from pipeline.cli import main as dfer_main
 from pipeline.diagnostics.conflict import ConflictLog, pairwise_cosines, task_gradients
-from pipeline.diagnostics.features import (
-    FEATURE_STAGE, EncoderError, FeatureConfig, LayerError, VisionEncoder, check_encoder, clip_level,
-    clips_from_run, extract_features, frame_level, load_features,
-)
+from pipeline.backends import ModelConfig, model_identity
+from pipeline.backends.socialfusion import SocialFusionBackend
+from pipeline.config import load_config
+from pipeline.diagnostics.features import FeatureConfig, clips_of, extract
+from pipeline.errors import EncoderError, LayerError, SocialFusionError
 from pipeline.diagnostics.probe import (
     TaskError, probe_table, read_task_table, run_probes, split_by_video, train_probe, write_probe_report,
 )
-from pipeline.diagnostics.socialfusion import (
-    Example, SocialFusionBackend, SocialFusionModel, TrainSettings, train, write_training_report,
-)
+from pipeline.diagnostics.socialfusion import FeatureClip, TrainSettings, train, write_training_report
+from pipeline.models.socialfusion import SocialFusionModel
+from pipeline.models.vision import VisionEncoder, check_encoder
 from pipeline.rundir import RunDir
 from tests.runs import failures, run
 
@@ -55,10 +57,10 @@ def tiny_lm(tmp_path_factory) -> str:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from tests.tiny_models import QWEN_SPECIAL_TOKENS, _train_tokenizer, _wrap_tokenizer
+    from tests.tiny_models import QWEN_SPECIAL_TOKENS, train_tokenizer, wrap_tokenizer
 
     out = tmp_path_factory.mktemp("lm") / "qwen2-tiny"
-    tok = _wrap_tokenizer(_train_tokenizer(QWEN_SPECIAL_TOKENS), eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok = wrap_tokenizer(train_tokenizer(QWEN_SPECIAL_TOKENS), eos_token="<|im_end|>", pad_token="<|endoftext|>")
     torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -142,14 +144,14 @@ def test_split_is_by_video_and_keeps_groups_together():
 # ------------------------------------------------------------------------------------------------ gradient conflict
 
 
-def _examples(n: int = 48, dim: int = 32, seed: int = 0) -> list[Example]:
+def _examples(n: int = 48, dim: int = 32, seed: int = 0) -> list[FeatureClip]:
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         y = i % 3
         f = rng.normal(size=(3, dim)).astype(np.float32)
         f[:, y] += 3.0
-        out.append(Example(f"v{i:02d}", f, {"emotion": LABELS[y], "valence": "positive" if y == 0 else "negative"}))
+        out.append(FeatureClip(f"v{i:02d}", f, {"emotion": LABELS[y], "valence": "positive" if y == 0 else "negative"}))
     return out
 
 
@@ -185,7 +187,7 @@ def test_gradient_cosine_of_identical_tasks_is_one_and_of_opposed_tasks_negative
 def test_socialfusion_trains_with_falling_loss_and_round_trips(tiny_lm, tiny_clip, tmp_path):
     from PIL import Image
 
-    from pipeline.backends.base import ModelConfig, Prompt
+    from pipeline.backends.base import Prompt
 
     model = SocialFusionModel.create(encoder=tiny_clip, feature_dim=32, lm=tiny_lm, layer=2, image_size=32,
                                      connector_hidden=32, lora={"r": 4}, seed=0,
@@ -214,7 +216,8 @@ def test_socialfusion_trains_with_falling_loss_and_round_trips(tiny_lm, tiny_cli
     # the classify backend: images -> frozen CLIP features -> the loaded model
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
-    backend = SocialFusionBackend(ModelConfig(model=str(folder), backend="socialfusion", device="cpu"))
+    sf_cfg = ModelConfig(model=str(folder), backend="socialfusion", device="cpu")
+    backend = SocialFusionBackend(sf_cfg)
     prompt = Prompt([images[0], "some text the model ignores", images[1], "Which emotion?"])
     scores = backend.score_labels([prompt], ["happy", "sad"])[0]
     enc = VisionEncoder(tiny_clip)
@@ -225,42 +228,100 @@ def test_socialfusion_trains_with_falling_loss_and_round_trips(tiny_lm, tiny_cli
         assert scores[lab].n_tokens == 1
     assert backend.count_prompt_tokens(prompt) == loaded.n_prompt_tokens(2)
     assert isinstance(backend.generate([prompt], max_new_tokens=3)[0], str)
-    ident = backend.identity()
-    assert ident["backend"] == "socialfusion" and ident["resolved_commit"].startswith("local-sha256:")
+    ident = model_identity(sf_cfg)
+    assert ident["backend"] == "socialfusion" and ident["local"].startswith("local-sha256:")
     assert str(tmp_path) not in json.dumps(ident)
     backend.close()
+
+
+def test_socialfusion_training_resumes_from_its_checkpoint_to_the_same_weights(tiny_lm, tmp_path, monkeypatch):
+    import torch
+
+    def model():
+        return SocialFusionModel.create(encoder=tiny_lm, feature_dim=32, lm=tiny_lm, connector_hidden=16, seed=0,
+                                        lora={"r": 2}, tasks={"emotion": LABELS, "valence": ["positive", "negative"]})
+
+    settings = TrainSettings(steps=6, batch_size=4, lr=1e-2, conflict_every=2, val_fraction=0.25, n_boot=0, save_every=2)
+    whole = model()
+    done = train(whole, _examples(), settings, out_dir=tmp_path / "a")
+    calls = []
+    real_loss = SocialFusionModel.loss
+
+    def interrupted_in_step_5(self, *args):  # two tasks: two losses per step
+        calls.append(1)
+        if len(calls) == 9:
+            raise KeyboardInterrupt
+        return real_loss(self, *args)
+
+    monkeypatch.setattr(SocialFusionModel, "loss", interrupted_in_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(model(), _examples(), settings, out_dir=tmp_path / "b")
+    monkeypatch.setattr(SocialFusionModel, "loss", real_loss)
+    assert json.loads((tmp_path / "b" / "checkpoints" / "latest.json").read_text()) == {"dir": "step-0000004"}
+    resumed_model = model()
+    resumed = train(resumed_model, _examples(), settings, out_dir=tmp_path / "b")
+    assert resumed.resumed_from == 4 and [r["step"] for r in resumed.losses] == list(range(1, 7))
+    assert [r["total"] for r in resumed.losses] == pytest.approx([r["total"] for r in done.losses], abs=1e-6)
+    for (name, a), (_, b) in zip(whole.connector.state_dict().items(), resumed_model.connector.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    with pytest.raises(SocialFusionError, match="another model, settings or set of clips"):
+        train(model(), _examples(seed=3), settings, out_dir=tmp_path / "b")
 
 
 # ------------------------------------------------------------------------------------------------ real clips
 
 
-def test_probe_features_from_clips_are_cached(keyframed, tiny_clip):
+def _extract(run_dir, fcfg, cache, out, **kwargs):
+    clips, _ = clips_of(run_dir)
+    cfg = load_config(None, ["run.progress=false", "run.workers=1"])
+    return extract(clips, fcfg, cfg, out, cache_dir=cache, log=io.StringIO(), **kwargs)
+
+
+def test_probe_features_are_a_cached_stage_of_the_runner(keyframed, tiny_clip, tmp_path):
     run_dir, cache_dir = keyframed
-    clips, cache = clips_from_run(run_dir)
-    assert len(clips) == 3
     cfg = FeatureConfig(encoder=tiny_clip, layers=[0, -1], image_size=32, batch_size=5)
     loads = VisionEncoder.loads
-    first = extract_features(clips, cfg, cache)
-    assert (first.computed, first.cached, first.failed) == (3, 0, {})
+    first = _extract(run_dir, cfg, cache_dir, tmp_path / "f1")
+    assert (first.report.computed, first.report.cached, first.failed) == (3, 0, {})
     assert first.layers == [0, 2] and VisionEncoder.loads == loads + 1
-    kf = cache.get("keyframes", clips[0].artifacts["keyframes"]).json("keyframes.json")["indices"]
-    f = load_features(cache, first.keys[clips[0].video])
+    videos = sorted(first.keys)
+    cache = Cache(cache_dir)
+    kf = cache.get("keyframes", RunDir(run_dir).find(videos[0]).artifacts["keyframes"]).json("keyframes.json")["indices"]
+    f = first.load(videos[0])
     assert list(f.frame_indices) == kf and f.layers[2].shape == (len(kf), 32) and f.layers[2].dtype == np.float32
-    assert clip_level(cache, first, 2, [c.video for c in clips]).shape == (3, 32)
-    assert frame_level(cache, first, 0, [clips[1].video])[0].shape == (len(kf), 32)
+    assert first.clip_level(2, videos).shape == (3, 32)
+    assert first.frame_level(0, [videos[1]])[0].shape[1] == 32
+    # a run directory of its own: the features section in its config, the stage line with its counts
+    assert RunDir(tmp_path / "f1").config()["features"]["layers"] == [0, -1] and RunDir(tmp_path / "f1").status()["stages"][-1] == "features"
 
-    # same settings (layer -1 spelled 2): nothing computed, no encoder loaded, same keys
-    again = extract_features(clips, cfg.model_copy(update={"layers": [2, 0], "batch_size": 1, "device": "cpu"}), cache)
-    assert (again.computed, again.cached) == (0, 3) and again.keys == first.keys
+    # same settings (layer -1 spelled 2, other batch size and device): nothing computed, no encoder loaded, same keys
+    again = _extract(run_dir, cfg.model_copy(update={"layers": [2, 0], "batch_size": 1, "device": "cpu"}), cache_dir,
+                     tmp_path / "f2")
+    assert (again.report.computed, again.report.cached) == (0, 3) and again.keys == first.keys
     assert VisionEncoder.loads == loads + 1
+    forced = _extract(run_dir, cfg, cache_dir, tmp_path / "f3", force=True)
+    assert forced.report.computed == 3 and forced.report.reasons == {"forced": 3} and forced.keys == first.keys
 
     # another layer set or frame choice is another artifact
-    other = extract_features(clips, cfg.model_copy(update={"layers": [1]}), cache)
-    assert other.computed == 3 and set(other.keys.values()).isdisjoint(first.keys.values())
-    dense = extract_features(clips, cfg.model_copy(update={"frames": "all", "max_frames": 5}), cache)
-    assert dense.computed == 3
-    assert all(len(load_features(cache, k).frame_indices) == 5 for k in dense.keys.values())
-    assert len(list((Path(cache_dir) / FEATURE_STAGE).glob("*/*/meta.json"))) == 9
+    other = _extract(run_dir, cfg.model_copy(update={"layers": [1]}), cache_dir, tmp_path / "f4")
+    assert other.report.computed == 3 and set(other.keys.values()).isdisjoint(first.keys.values())
+    dense = _extract(run_dir, cfg.model_copy(update={"frames": "all", "max_frames": 5}), cache_dir, tmp_path / "f5")
+    assert dense.report.computed == 3
+    assert all(len(dense.load(v).frame_indices) == 5 for v in dense.keys)
+    assert len(list((Path(cache_dir) / "features").glob("*/*/meta.json"))) == 9
+
+
+def test_a_clip_whose_features_fail_is_recorded_and_the_others_go_on(keyframed, tiny_clip, tmp_path):
+    run_dir, cache_dir = keyframed
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_dir, cache)
+    victim = sorted(RunDir(run_dir).manifest(), key=lambda r: r.video)[0]
+    faces = Cache(cache).get("faces", victim.artifacts["faces"])
+    (faces.root / "crops.jpg.bin").write_bytes(b"not a jpeg")  # a damaged artifact of one clip
+    res = _extract(run_dir, FeatureConfig(encoder=tiny_clip, image_size=32), cache, tmp_path / "f")
+    assert set(res.failed) == {victim.video} and len(res.keys) == 2
+    rows = [r for _, r in RunDir(tmp_path / "f").failures()]
+    assert [(r["video"], r["stage"]) for r in rows] == [(victim.video, "features")]
 
 
 def test_probe_and_socialfusion_commands_on_clips(keyframed, clip_dir, tiny_clip, tiny_lm, tmp_path):
@@ -321,10 +382,10 @@ def test_probe_and_socialfusion_commands_on_clips(keyframed, clip_dir, tiny_clip
     assert set(scores) == {"pan.mp4", "odd.avi", "sub/zoom.webm"}
     # the classify stage fed the model the same crops as training: its scores equal scoring the cached features
     model = SocialFusionModel.load(model_dir)
-    clips, cache = clips_from_run(tmp_path / "run")
-    feats = extract_features(clips, FeatureConfig(encoder=tiny_clip, layers=[2], image_size=32), cache)
-    assert feats.computed == 0
-    direct = model.label_scores(frame_level(cache, feats, 2, ["pan.mp4"]), ["happy", "fear"])[0]
+    feats = _extract(tmp_path / "run", FeatureConfig(encoder=tiny_clip, layers=[2], image_size=32), cache_dir,
+                     tmp_path / "feats")
+    assert feats.report.computed == 0
+    direct = model.label_scores(feats.frame_level(2, ["pan.mp4"]), ["happy", "fear"])[0]
     stage = res.keys["pan.mp4"]["classify"]
     stored = Cache(cache_dir).get("classify", stage).json("scores.json")["scores"]
     assert stored["happy"]["logprob"] == pytest.approx(direct["happy"][0], abs=1e-4)
@@ -372,10 +433,11 @@ def test_socialfusion_validation_reports_the_uar_dfer_report_computes(clip_dir, 
     assert rep["metrics"]["uar"] == pytest.approx(val["uar"], abs=1e-12)
     # on every clip: the model's own prediction (what validation calls) is the run's
     model = SocialFusionModel.load(model_dir)
-    clips_, cache = clips_from_run(tmp_path / "run")
-    feats = extract_features(clips_, FeatureConfig(encoder=tiny_clip, layers=[2], image_size=32), cache)
+    feats = _extract(tmp_path / "run", FeatureConfig(encoder=tiny_clip, layers=[2], image_size=32), cache_dir,
+                     tmp_path / "feats")
+    assert feats.report.computed == 0  # training's features, from the cache
     videos = sorted(named)
-    assert dict(zip(videos, model.predict(frame_level(cache, feats, 2, videos), "emotion"))) == rep["predictions"]
+    assert dict(zip(videos, model.predict(feats.frame_level(2, videos), "emotion"))) == rep["predictions"]
     assert val["predictions"] == {v: rep["predictions"][v] for v in val_videos}  # training.json lists them
 
 
@@ -383,21 +445,17 @@ def test_socialfusion_validation_reports_the_uar_dfer_report_computes(clip_dir, 
 
 
 def test_text_only_model_is_not_an_encoder_and_nothing_is_extracted(keyframed, tiny_lm, tmp_path):
-    clips, _ = clips_from_run(keyframed[0])
-    cache = Cache(tmp_path / "fresh-cache")
     with pytest.raises(EncoderError, match=r"qwen2-tiny.*is not a vision model \(model_type 'qwen2'"):
-        extract_features(clips, FeatureConfig(encoder=tiny_lm), cache)
-    assert not (tmp_path / "fresh-cache").exists()
+        _extract(keyframed[0], FeatureConfig(encoder=tiny_lm), tmp_path / "fresh-cache", tmp_path / "out")
+    assert not (tmp_path / "fresh-cache").exists() and not (tmp_path / "out").exists()
 
 
 def test_layer_out_of_range_is_refused_before_extraction(keyframed, tiny_clip, tmp_path):
-    clips, _ = clips_from_run(keyframed[0])
-    cache = Cache(tmp_path / "fresh-cache")
     loads = VisionEncoder.loads
     with pytest.raises(LayerError, match=r"clip-vision.*layer 3 is out of range; its vision tower has 2 layers"):
-        extract_features(clips, FeatureConfig(encoder=tiny_clip, layers=[-1, 3]), cache)
+        _extract(keyframed[0], FeatureConfig(encoder=tiny_clip, layers=[-1, 3]), tmp_path / "fresh-cache", tmp_path / "o")
     with pytest.raises(LayerError, match=r"layer -4 is out of range"):
-        extract_features(clips, FeatureConfig(encoder=tiny_clip, layers=[-4]), cache)
+        _extract(keyframed[0], FeatureConfig(encoder=tiny_clip, layers=[-4]), tmp_path / "fresh-cache", tmp_path / "o")
     assert VisionEncoder.loads == loads and not (tmp_path / "fresh-cache").exists()
     assert check_encoder(tiny_clip).n_layers == 2
 

@@ -189,15 +189,15 @@ def test_model_stages_on_actors_match_the_local_run(cluster, clip_dir, tmp_path)
     assert_same_outputs(tmp_path / "r-local", tmp_path / "c-local", tmp_path / "r-ray2", tmp_path / "c-ray")
 
 
-def _die_once_in_classify(mod, cfg, chunk, cache, batch_size):
+def _die_once_in_classify(stage, cfg, resources, chunk, cache, batch_size):
     """Test hook run in a model actor: the first classify batch that holds b.avi kills the actor's process."""
-    from pipeline.batching import run_batched
+    from pipeline.batching import process_batches
 
     marker = Path(cache.root).parent / "actor-died"
     if chunk[0][1].stage == "classify" and "b.avi" in [vid for vid, _ in chunk] and not marker.exists():
         marker.write_text(str(os.getpid()))
         os._exit(1)
-    return run_batched(mod, cfg, chunk, cache, batch_size)
+    return process_batches(stage, cfg, resources, chunk, cache, batch_size)
 
 
 # --- the driver killed mid-run ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from pipeline.config import load_config
 from pipeline.cli import main as dfer_main
 from pipeline.finetune import FinetuneError, finetune, loop
-from pipeline.finetune.adapter import adapter_hash
+from pipeline.backends.adapter import adapter_hash
 from pipeline.finetune.data import class_weights, split_train_val
 from pipeline.labels import LabelError
 from pipeline.modelstage import PreflightError

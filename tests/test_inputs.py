@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from pipeline.inputs import InputError, discover, parse_shard, shard_of
@@ -61,3 +64,33 @@ def test_shards_are_deterministic_and_cover_everything():
     for bad in ("4/4", "x", "1/0", "-1/3"):
         with pytest.raises(InputError):
             parse_shard(bad)
+
+
+def test_a_list_file_that_is_not_utf8_is_named_with_its_encoding(tmp_path):
+    _touch(tmp_path / "a.mp4")
+    lst = tmp_path / "list.csv"
+    lst.write_text("path,label\na.mp4,happy\n", encoding="utf-16")  # a spreadsheet's "Unicode text"
+    with pytest.raises(InputError, match=r"list\.csv: the list file is UTF-16 text.*save it as 'CSV UTF-8'"):
+        discover(lst)
+    lst.write_bytes("path,label\na.mp4,fröhlich\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"list\.csv: the list file is not UTF-8 text \(byte 0xf6"):
+        discover(lst)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(lst), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "list.csv: the list file is not UTF-8" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_labels_outside_the_label_set_stop_the_run_before_any_clip(tmp_path):
+    from pipeline.errors import LabelError
+    from tests.runs import run
+
+    _touch(tmp_path / "a.mp4")
+    _touch(tmp_path / "b.mp4")
+    lst = tmp_path / "list.csv"
+    lst.write_text("path,label\na.mp4,Happy\nb.mp4,joyful\n")
+    with pytest.raises(LabelError, match=r"list\.csv:3: unknown label 'joyful' for label set 'dfew'.*known labels: happy"):
+        run(lst, tmp_path / "run", tmp_path / "cache")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+    # the model-free stages do not score labels: a run that stops before classify does not check them
+    res = run(lst, tmp_path / "run2", tmp_path / "cache", until="faces")
+    assert res.n_failed == 2  # the one-byte files fail as clips, not the run as a label error

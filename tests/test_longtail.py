@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.longtail import (STRATEGIES, class_probabilities, estimate_prior, logit_adjust, make_sampler,
-                               sampling_weights, select_balanced_exemplars)
+                               sampling_weights)
 
 LABELS = ["a"] * 400 + ["b"] * 100 + ["c"] * 25 + ["d"] * 4
 COUNTS = np.array([400, 100, 25, 4], dtype=float)
@@ -106,17 +106,3 @@ def test_estimate_prior_recovers_shifted_prior(train_prior):
     np.testing.assert_allclose(est, test_prior, atol=0.02)
     naive = post.mean(axis=0)  # the average posterior is pulled towards the training prior
     assert np.abs(est - test_prior).sum() < np.abs(naive - test_prior).sum()
-
-
-@pytest.mark.filterwarnings("ignore:fewer than 6 examples")
-def test_select_balanced_exemplars():
-    with pytest.warns(UserWarning, match=r"class\(es\): d \(4\), e \(0\)"):
-        idx = select_balanced_exemplars(LABELS, per_class=6, seed=1, classes=["a", "b", "c", "d", "e"])
-    got = [LABELS[i] for i in idx]
-    assert {c: got.count(c) for c in "abcd"} == {"a": 6, "b": 6, "c": 6, "d": 4}
-    assert got[:4] == ["a", "b", "c", "d"]  # round robin
-    assert len(set(idx)) == len(idx)
-    assert idx == select_balanced_exemplars(LABELS, per_class=6, seed=1, classes=["a", "b", "c", "d", "e"])
-    assert idx != select_balanced_exemplars(LABELS, per_class=6, seed=2, classes=["a", "b", "c", "d", "e"])
-    with pytest.raises(ValueError, match="per_class must be >= 1"):
-        select_balanced_exemplars(LABELS, 0)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import os
 import shutil
@@ -82,7 +84,8 @@ def test_config_change_and_version_bump_invalidate_only_downstream(small_folder,
     assert "faces: 0 cached, 2 computed (2 config changed)" in log.getvalue()
     assert "keyframes: 0 cached, 2 computed (2 upstream changed)" in log.getvalue()
 
-    monkeypatch.setattr(stages.keyframes, "VERSION", stages.keyframes.VERSION + 1)
+    bumped = dataclasses.replace(stages.STAGES["keyframes"], version=stages.STAGES["keyframes"].version + 1)
+    monkeypatch.setitem(stages.STAGES, "keyframes", bumped)
     vb = run(small_folder, tmp_path / "r3", tmp_path / "c")
     for vid in base.keys:
         assert vb.keys[vid]["faces"] == base.keys[vid]["faces"]

@@ -145,7 +145,7 @@ def _corpus(seed: int = _SEED) -> list[str]:
     return lines
 
 
-def _train_tokenizer(special_tokens: list[str], vocab_size: int = 1000):
+def train_tokenizer(special_tokens: list[str], vocab_size: int = 1000):
     """A GPT-2/Qwen-style byte-level BPE, trained on the synthetic corpus."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -163,7 +163,7 @@ def _train_tokenizer(special_tokens: list[str], vocab_size: int = 1000):
     return tok
 
 
-def _wrap_tokenizer(tok, **special):
+def wrap_tokenizer(tok, **special):
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False, **special)
@@ -207,8 +207,8 @@ def _make_tiny_qwen(dir: str | os.PathLike, version: str) -> str:
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
     _seed_everything()
-    tok = _train_tokenizer(QWEN_SPECIAL_TOKENS)
-    tokenizer = _wrap_tokenizer(tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok = train_tokenizer(QWEN_SPECIAL_TOKENS)
+    tokenizer = wrap_tokenizer(tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tokenizer.model_max_length = 4096
     _check_multi_token(tokenizer, "")
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
@@ -275,8 +275,8 @@ def make_tiny_idefics3(dir: str | os.PathLike) -> str:
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
     _seed_everything()
-    tok = _train_tokenizer(IDEFICS3_SPECIAL_TOKENS)
-    tokenizer = _wrap_tokenizer(
+    tok = train_tokenizer(IDEFICS3_SPECIAL_TOKENS)
+    tokenizer = wrap_tokenizer(
         tok, bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|endoftext|>"
     )
     tokenizer.model_max_length = 4096

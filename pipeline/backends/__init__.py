@@ -1,4 +1,4 @@
-"""Model backends: a local transformers model or an OpenAI-compatible server, behind one small interface.
+"""Model backends behind one small interface, picked by name from :mod:`pipeline.backends.registry`.
 
     from pipeline.backends import ModelConfig, Prompt, load_backend, check_model_available
 
@@ -8,102 +8,43 @@
     scores = backend.score_labels([Prompt([img1, img2, "Which emotion? Answer with one word."])], ["happy", "sad"])
     backend.close()
 
-Heavy imports (torch, transformers, requests) happen inside the functions, so importing this package is cheap.
+Heavy imports (torch, transformers, requests) happen when a backend is used, so importing this package is cheap.
 """
 
 from __future__ import annotations
 
-from pipeline.backends.base import (
-    Backend,
-    LabelScore,
-    ModelConfig,
-    Prompt,
-    Video,
-)
-from pipeline.errors import BackendRequestError, LabelScoringUnsupportedError, ModelLoadError, ModelUnavailableError, VideoInputUnsupportedError
+from pipeline.backends.base import Backend, LabelScore, ModelConfig, Prompt, Video
+from pipeline.backends.registry import BACKENDS, backend_class
 
 
 def load_backend(cfg: ModelConfig) -> Backend:
     """Load the model (``transformers``, ``socialfusion``) or connect to the server (``openai``)."""
-    if cfg.backend == "transformers":
-        from pipeline.backends.hf import TransformersBackend
-
-        return TransformersBackend(cfg)
-    if cfg.backend == "openai":
-        from pipeline.backends.openai_http import OpenAIBackend
-
-        return OpenAIBackend(cfg)
-    if cfg.backend == "socialfusion":
-        from pipeline.diagnostics.socialfusion import SocialFusionBackend
-
-        return SocialFusionBackend(cfg)
-    raise ValueError(f"unknown backend {cfg.backend!r}")
+    return backend_class(cfg.backend)(cfg)
 
 
 def check_model_available(cfg: ModelConfig) -> None:
-    """Cheap pre-flight before any clip is processed; loads no weights.
-
-    ``transformers``: a local path must exist and hold a ``config.json``; a hub id must be in the local HF cache
-    or resolvable on the hub (only ``config.json`` is fetched). ``openai``: the server must answer
-    ``GET {server_url}/models`` and list the model. Raises :class:`ModelUnavailableError` or
-    :class:`ModelLoadError` with a message that names the model or URL.
-    """
-    if cfg.backend == "transformers":
-        from pipeline.backends.hf import check_hf_available
-
-        check_hf_available(cfg)
-    elif cfg.backend == "openai":
-        from pipeline.backends.openai_http import check_server_available
-
-        check_server_available(cfg)
-    elif cfg.backend == "socialfusion":
-        from pipeline.diagnostics.socialfusion import check_socialfusion_available
-
-        check_socialfusion_available(cfg)
-    else:
-        raise ValueError(f"unknown backend {cfg.backend!r}")
+    """Cheap pre-flight before any clip is processed; loads no weights (see ``Backend.check_available``)."""
+    backend_class(cfg.backend).check_available(cfg)
 
 
 def check_label_scoring(cfg: ModelConfig, labels: list[str]) -> None:
-    """Cheap pre-flight: can this backend tell ``labels`` apart? Raises :class:`LabelScoringUnsupportedError`
-    naming the labels it cannot (``openai``: labels sharing a first token, see ``openai_http.py``). Backends
-    that score every token of a label always can."""
-    if cfg.backend == "openai":
-        from pipeline.backends.openai_http import check_label_first_tokens
-
-        check_label_first_tokens(cfg, labels)
+    """Cheap pre-flight: can this backend tell ``labels`` apart? Raises
+    :class:`pipeline.errors.LabelScoringUnsupportedError` naming the labels it cannot (``Backend.check_labels``)."""
+    backend_class(cfg.backend).check_labels(cfg, labels)
 
 
 def check_video_input(cfg: ModelConfig) -> None:
     """Cheap pre-flight for prompts with :class:`Video` parts; loads no weights. Raises
-    :class:`VideoInputUnsupportedError` naming the model when it cannot take video: a server (dfer sends servers
-    images only), a SocialFusion model, or a transformers checkpoint whose processor has no video processor or
-    whose chat template has no video slot. A transformers model whose files are not available here passes
-    (its availability is reported by :func:`check_model_available`)."""
-    if cfg.backend == "transformers":
-        from pipeline.backends.hf import check_hf_video
-
-        check_hf_video(cfg)
-        return
-    raise VideoInputUnsupportedError(
-        f"model {cfg.model!r} (backend {cfg.backend!r}) cannot take video input: only the transformers backend "
-        "sends videos, for models whose processor has a video processor (Qwen2-VL, Qwen2.5-VL, ...)"
-    )
+    :class:`pipeline.errors.VideoInputUnsupportedError` naming the model when it cannot take video
+    (``Backend.check_video``)."""
+    backend_class(cfg.backend).check_video(cfg)
 
 
-__all__ = [
-    "Backend",
-    "BackendRequestError",
-    "LabelScore",
-    "LabelScoringUnsupportedError",
-    "ModelConfig",
-    "ModelLoadError",
-    "ModelUnavailableError",
-    "Prompt",
-    "Video",
-    "VideoInputUnsupportedError",
-    "check_label_scoring",
-    "check_model_available",
-    "check_video_input",
-    "load_backend",
-]
+def model_identity(cfg: ModelConfig) -> dict:
+    """The model's identity in cache keys: the backend name plus what that backend says identifies it (hub id +
+    revision, a local folder's content fingerprint, a served model's name), never a path or a URL."""
+    return {"backend": cfg.backend, **backend_class(cfg.backend).identity(cfg)}
+
+
+__all__ = ["BACKENDS", "Backend", "LabelScore", "ModelConfig", "Prompt", "Video", "backend_class",
+           "check_label_scoring", "check_model_available", "check_video_input", "load_backend", "model_identity"]

@@ -1,11 +1,12 @@
-"""Model backend contract: configuration, prompt and score types, errors, and the ``Backend`` protocol.
+"""Model backend contract: configuration, prompt and score types, and the :class:`Backend` base class.
 
-Two implementations live next to this file:
+Implementations live next to this file and are listed in :mod:`pipeline.backends.registry`:
 
 * ``hf.py`` (``backend="transformers"``): a local ``AutoModelForImageTextToText`` with its own processor and
   chat template; exact, batched label scoring.
 * ``openai_http.py`` (``backend="openai"``): an OpenAI-compatible chat-completions server (vLLM, SGLang,
   Ollama, llama.cpp); first-token label scoring from ``top_logprobs``.
+* ``socialfusion.py`` (``backend="socialfusion"``): a saved SocialFusion model (:mod:`pipeline.models.socialfusion`).
 
 Use :func:`pipeline.backends.load_backend` to get one, and :func:`pipeline.backends.check_model_available` for a
 cheap pre-flight check before any clip is processed.
@@ -13,12 +14,15 @@ cheap pre-flight check before any clip is processed.
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.backends.registry import BACKENDS
+from pipeline.errors import AdapterError, VideoInputUnsupportedError
 from pipeline.fields import not_in_key
 
 
@@ -30,10 +34,10 @@ class ModelConfig(BaseModel):
     model: str
     """Hugging Face hub id (``org/name``) or a local checkpoint folder (one with a ``config.json``). For the
     ``openai`` backend: the model name the server serves (as listed by ``GET /models``)."""
-    backend: Literal["transformers", "openai", "socialfusion"] = "transformers"
-    """``transformers``: load the model in this process. ``openai``: call an OpenAI-compatible server.
-    ``socialfusion``: a frozen-encoder + connector + LM model saved by ``dfer socialfusion train`` (``model`` is its
-    folder; it reads the prompt's images only)."""
+    backend: str = "transformers"
+    """A name of the backend registry (:mod:`pipeline.backends.registry`). ``transformers``: load the model in this
+    process. ``openai``: call an OpenAI-compatible server. ``socialfusion``: a frozen-encoder + connector + LM model
+    saved by ``dfer socialfusion train`` (``model`` is its folder; it reads the prompt's images only)."""
     revision: str | None = None
     """Hub branch, tag or commit to load (ignored for local folders). Pin a commit for reproducible runs."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -61,6 +65,13 @@ class ModelConfig(BaseModel):
     image_max_side: int | None = Field(None, ge=8)
     """If set, images are downscaled (aspect kept) so that their longer side is at most this many pixels before
     they reach the processor or the server."""
+
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r}; backends: {', '.join(BACKENDS)}")
+        return name
 
     @model_validator(mode="before")
     @classmethod
@@ -167,31 +178,61 @@ class LabelScore:
             raise ValueError("label log-probability is NaN")
 
 
-@runtime_checkable
-class Backend(Protocol):
+class Backend(abc.ABC):
+    """What every backend provides; a subclass that misses an abstract method cannot be instantiated.
+    Register a new one in :mod:`pipeline.backends.registry`."""
+
+    cfg: ModelConfig
+
+    @classmethod
+    @abc.abstractmethod
+    def check_available(cls, cfg: ModelConfig) -> None:
+        """Cheap pre-flight before any clip is processed (loads no weights): raises
+        :class:`pipeline.errors.ModelUnavailableError` when the model cannot be had here, or
+        :class:`pipeline.errors.ModelLoadError` when it cannot work at all; the message names the model or URL."""
+
+    @classmethod
+    def identity(cls, cfg: ModelConfig) -> dict:
+        """What identifies the model in cache keys (the backend name is added by
+        :func:`pipeline.backends.model_identity`). Default: the model name as configured."""
+        return {"model": cfg.model}
+
+    @abc.abstractmethod
     def generate(self, prompts: list[Prompt], max_new_tokens: int | None = None) -> list[str]:
         """Greedy answers, one per prompt (batched)."""
-        ...
 
+    @abc.abstractmethod
     def score_labels(self, prompts: list[Prompt], labels: list[str]) -> list[dict[str, LabelScore]]:
         """For each prompt, ``{label: LabelScore}`` for every label (batched)."""
-        ...
 
+    @abc.abstractmethod
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         """Tokens the model sees for this prompt (image placeholders included)."""
-        ...
 
-    def supports_video(self) -> bool:
-        """Whether prompts may hold :class:`Video` parts (the model's native video input)."""
-        ...
-
-    def identity(self) -> dict:
-        """What goes into cache keys: ``backend``, ``model``, ``revision`` and ``resolved_commit`` when known."""
-        ...
-
+    @abc.abstractmethod
     def close(self) -> None:
         """Free the model (and its GPU memory) or the connection pool."""
-        ...
+
+    @classmethod
+    def check_labels(cls, cfg: ModelConfig, labels: list[str]) -> None:
+        """Cheap pre-flight: raise :class:`pipeline.errors.LabelScoringUnsupportedError` naming the labels this
+        backend cannot tell apart. Default: a backend that scores every token of a label always can."""
+
+    @classmethod
+    def check_video(cls, cfg: ModelConfig) -> None:
+        """Cheap pre-flight for prompts with :class:`Video` parts (loads no weights). Default: not supported."""
+        raise VideoInputUnsupportedError(
+            f"model {cfg.model!r} (backend {cfg.backend!r}) cannot take video input: only the transformers backend "
+            "sends videos, for models whose processor has a video processor (Qwen2-VL, Qwen2.5-VL, ...)"
+        )
+
+    def supports_video(self) -> bool:
+        """Whether prompts may hold :class:`Video` parts (the model's native video input). Default: no."""
+        return False
+
+    def apply_adapter(self, adapter_dir) -> None:
+        """Merge LoRA adapters into the loaded model (``classify.adapter``). Default: not possible."""
+        raise AdapterError(f"backend {self.cfg.backend!r} cannot apply LoRA adapters (use backend 'transformers')")
 
 
 def prepare_image(image, max_side: int | None = None):
@@ -205,14 +246,3 @@ def prepare_image(image, max_side: int | None = None):
         size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         img = img.resize(size, Image.Resampling.BICUBIC)
     return img
-
-
-def how_to_point_at_local_model(model: str) -> str:
-    """The standard hint appended to availability errors."""
-    return (
-        "To use a local copy, point the model setting at the checkpoint folder, e.g. "
-        "`--set classify.model.model=/path/to/local/checkpoint` (or `context.model.model=...` for the captioner); "
-        f"or pre-download it on a machine with internet access with `huggingface-cli download {model}` and "
-        "make its cache visible here through HF_HOME (HF_HUB_OFFLINE=1 then loads it without network)."
-    )
-

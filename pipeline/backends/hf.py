@@ -58,23 +58,15 @@ from __future__ import annotations
 
 import copy
 import gc
-import hashlib
 import inspect
 import logging
 import os
 import threading
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
-from pipeline.backends.base import (
-    LabelScore,
-    ModelConfig,
-    Prompt,
-    Video,
-    how_to_point_at_local_model,
-    prepare_image,
-)
+from pipeline import hub
+from pipeline.backends.base import Backend, LabelScore, ModelConfig, Prompt, Video, prepare_image
+from pipeline.models.quiet import quiet_peft
 from pipeline.devices import resolve_device
 from pipeline.errors import ModelLoadError, ModelUnavailableError, VideoInputUnsupportedError
 
@@ -85,97 +77,6 @@ _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 # --------------------------------------------------------------------------------------------- availability
-
-
-def is_local_path(model: str) -> bool:
-    """True if ``model`` names a folder rather than a hub id.
-
-    Existing paths, absolute paths, ``./``/``../``/``~`` paths and anything with more than one ``/`` are paths;
-    ``org/name`` that does not exist locally is a hub id.
-    """
-    if os.path.exists(os.path.expanduser(model)):
-        return True
-    if os.path.isabs(model) or model.startswith(("./", "../", "~", ".\\", "..\\")) or "\\" in model:
-        return True
-    return model.count("/") > 1
-
-
-def offline_mode() -> bool:
-    """``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` read from the environment now (not at import time)."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
-            return True
-    try:
-        import huggingface_hub
-
-        return bool(huggingface_hub.is_offline_mode())
-    except Exception:  # pragma: no cover - very old huggingface_hub
-        return False
-
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """One quick HEAD request to the hub endpoint (honours ``HF_ENDPOINT`` and proxy settings)."""
-    import requests
-
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    try:
-        requests.head(endpoint, timeout=timeout_s, allow_redirects=False)
-        return True
-    except requests.RequestException:
-        return False
-
-
-def _cached_config(model: str, revision: str | None) -> str | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(model, "config.json", revision=revision)
-    except Exception:
-        return None
-    return found if isinstance(found, str) else None
-
-
-def check_hf_available(cfg: ModelConfig) -> None:
-    """Cheap pre-flight: raises :class:`ModelUnavailableError` / :class:`ModelLoadError`, loads nothing."""
-    model = cfg.model
-    if is_local_path(model):
-        path = Path(os.path.expanduser(model))
-        if not path.exists():
-            raise ModelUnavailableError(
-                f"Model {model!r}: the local path does not exist. " + how_to_point_at_local_model(model)
-            )
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"Model {model!r}: the folder exists but has no config.json, so it is not a transformers "
-                "checkpoint (point at the folder that holds config.json, the weights and the processor files)."
-            )
-        return
-    if _cached_config(model, cfg.revision) is not None:
-        return
-    if offline_mode():
-        raise ModelUnavailableError(
-            f"Model {model!r}{_rev(cfg)} is not in the local Hugging Face cache and offline mode is on "
-            "(HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE). " + how_to_point_at_local_model(model)
-        )
-    if not hub_reachable():
-        raise ModelUnavailableError(
-            f"Model {model!r}{_rev(cfg)} is not in the local Hugging Face cache and the hub "
-            f"({os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}) cannot be reached. "
-            + how_to_point_at_local_model(model)
-        )
-    try:
-        from huggingface_hub import hf_hub_download
-
-        hf_hub_download(model, "config.json", revision=cfg.revision)
-    except Exception as exc:  # repository missing, gated, revision missing, network trouble
-        raise ModelUnavailableError(
-            f"Model {model!r}{_rev(cfg)} cannot be resolved on the hub: {type(exc).__name__}: {exc}. "
-            + how_to_point_at_local_model(model)
-        ) from exc
-
-
-def _rev(cfg: ModelConfig) -> str:
-    return f" (revision {cfg.revision!r})" if cfg.revision else ""
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -202,30 +103,10 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 
 def _source(cfg: ModelConfig) -> tuple[str, dict]:
-    """Where ``from_pretrained`` loads ``cfg.model`` from, and its common keyword arguments (revision,
-    ``trust_remote_code``, ``local_files_only``). Raises :class:`ModelUnavailableError` if it cannot be had."""
-    local = is_local_path(cfg.model)
-    if local:
-        check_hf_available(cfg)
-        source = os.path.expanduser(cfg.model)
-        local_only = True
-    else:
-        source = cfg.model
-        if offline_mode():
-            local_only = True
-        elif hub_reachable():
-            local_only = False
-        elif _cached_config(cfg.model, cfg.revision) is not None:
-            local_only = True  # cached, hub unreachable: skip the network instead of retrying for minutes
-        else:
-            raise ModelUnavailableError(
-                f"Model {cfg.model!r}{_rev(cfg)} is not in the local Hugging Face cache and the hub cannot be "
-                "reached. " + how_to_point_at_local_model(cfg.model)
-            )
-    common = dict(trust_remote_code=cfg.trust_remote_code, local_files_only=local_only)
-    if not local:
-        common["revision"] = cfg.revision
-    return source, common
+    """Where ``from_pretrained`` loads ``cfg.model`` from, and its keyword arguments (:func:`pipeline.hub.source`
+    plus ``trust_remote_code``). Raises :class:`ModelUnavailableError` if it cannot be had."""
+    source, common = hub.source(cfg.model, cfg.revision)
+    return source, {**common, "trust_remote_code": cfg.trust_remote_code}
 
 
 def processor_takes_video(processor) -> bool:
@@ -318,7 +199,7 @@ class _LabelTokens:
 # --------------------------------------------------------------------------------------------- backend
 
 
-class TransformersBackend:
+class TransformersBackend(Backend):
     """See the module docstring. Thread-safe (one lock around the model)."""
 
     def __init__(self, cfg: ModelConfig):
@@ -340,7 +221,6 @@ class TransformersBackend:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         cfg = self.cfg
-        local = is_local_path(cfg.model)
         source, common = _source(cfg)
         local_only = common["local_files_only"]
         device_map, self.input_device = device_map_for(cfg.device)
@@ -355,11 +235,11 @@ class TransformersBackend:
         except Exception as exc:
             if _is_unavailable(exc):
                 raise ModelUnavailableError(
-                    f"Model {cfg.model!r}{_rev(cfg)} is not available here ({'offline, ' if local_only else ''}"
-                    f"no usable local copy): {exc}. " + how_to_point_at_local_model(cfg.model)
+                    f"Model {cfg.model!r}{hub.revision_note(cfg.revision)} is not available here ({'offline, ' if local_only else ''}"
+                    f"no usable local copy): {exc}. " + hub.how_to_point_at_local_model(cfg.model)
                 ) from exc
             raise ModelLoadError(
-                f"Model {cfg.model!r}{_rev(cfg)} could not be loaded as an image-text-to-text model "
+                f"Model {cfg.model!r}{hub.revision_note(cfg.revision)} could not be loaded as an image-text-to-text model "
                 f"(AutoProcessor + AutoModelForImageTextToText): {type(exc).__name__}: {exc}"
             ) from exc
         self.model.eval()
@@ -379,22 +259,10 @@ class TransformersBackend:
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         self.pad_id = tok.pad_token_id
-        self._resolved_commit = self._find_resolved_commit(local)
         inner = getattr(self.model, "model", None)
         self._rope_index = getattr(inner, "get_rope_index", None)
         self._position_rows = 0
         self._video = processor_takes_video(self.processor)
-
-    def _find_resolved_commit(self, local: bool) -> str | None:
-        if local:
-            return _local_fingerprint(Path(os.path.expanduser(self.cfg.model)))
-        found = _cached_config(self.cfg.model, self.cfg.revision)
-        if found:
-            parts = Path(found).parts
-            if "snapshots" in parts:
-                return parts[parts.index("snapshots") + 1]
-        commit = getattr(self.model.config, "_commit_hash", None)
-        return commit if isinstance(commit, str) else None
 
     def _analyse_template(self) -> tuple[str, str | None]:
         """Separator between generation prompt and answer, and the special token that ends the turn."""
@@ -425,18 +293,18 @@ class TransformersBackend:
         return sep, end
 
     # ------------------------------------------------------------------ public API
-    def identity(self) -> dict:
-        """``{"backend", "model", "revision", "resolved_commit"}``. A hub model is its id, the requested revision
-        and the snapshot commit it resolved to. A local checkpoint is ``"local:<folder name>"`` plus a content
-        fingerprint (``resolved_commit="local-sha256:..."``, see :func:`_local_fingerprint`), never its absolute
-        path, so moving the folder keeps cache keys and two different checkpoints never share one."""
-        model = self.cfg.model
-        if is_local_path(model):
-            model = "local:" + Path(os.path.expanduser(model)).resolve().name
-        ident = {"backend": "transformers", "model": model, "revision": self.cfg.revision}
-        if self._resolved_commit:
-            ident["resolved_commit"] = self._resolved_commit
-        return ident
+    @classmethod
+    def check_available(cls, cfg: ModelConfig) -> None:
+        hub.check_available(cfg.model, cfg.revision)
+
+    @classmethod
+    def identity(cls, cfg: ModelConfig) -> dict:
+        """Hub id + revision, or a local checkpoint's content fingerprint (:func:`pipeline.hub.model_identity`)."""
+        return hub.model_identity(cfg.model, cfg.revision)
+
+    @classmethod
+    def check_video(cls, cfg: ModelConfig) -> None:
+        check_hf_video(cfg)
 
     def supports_video(self) -> bool:
         """True when the processor has a video processor and the chat template a video slot."""
@@ -477,16 +345,6 @@ class TransformersBackend:
                 out += [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
         return out
 
-    def next_token_logprobs(self, prompts: list[Prompt]):
-        """fp32 log-softmax over the vocabulary at the answer position, shape ``(len(prompts), vocab)``, on cpu."""
-        torch = self._torch
-        rows = []
-        with self._lock, torch.inference_mode():
-            for chunk in _chunks(prompts, self.cfg.batch_size):
-                first, _cache, _inputs, _next = self._prefill([self._render(p) for p in chunk], use_cache=False)
-                rows.append(first.cpu())
-        return torch.cat(rows, 0)
-
     def score_labels(self, prompts: list[Prompt], labels: list[str]) -> list[dict[str, LabelScore]]:
         if not labels:
             raise ValueError("score_labels needs at least one label")
@@ -510,15 +368,14 @@ class TransformersBackend:
     def apply_adapter(self, path: str | os.PathLike) -> None:
         """Load LoRA adapters (a PEFT adapter folder, e.g. from ``dfer finetune``) onto the loaded model and merge
         them into its weights, so scoring and generation run at the base model's speed. Checking that the
-        adapter was made for this base model is the caller's job (``pipeline.finetune.adapter``)."""
+        adapter was made for this base model is the caller's job (:mod:`pipeline.backends.adapter`)."""
         try:
             from peft import PeftModel
         except ImportError as exc:  # pragma: no cover - peft is a dependency
             raise ModelLoadError("applying an adapter needs the 'peft' package") from exc
         with self._lock:
             try:
-                with warnings.catch_warnings():  # peft reads the deprecated `is_gradient_checkpointing` name
-                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                with quiet_peft():
                     peft_model = PeftModel.from_pretrained(self.model, str(path), is_trainable=False)
             except Exception as exc:
                 raise ModelLoadError(f"adapter {str(path)!r} cannot be loaded onto model {self.cfg.model!r}: {exc}") from exc
@@ -808,31 +665,5 @@ def video_metadata(video: Video) -> dict:
             "duration": span + (1.0 / fps if fps else 0.0)}
 
 
-def _local_fingerprint(path: Path, sample_bytes: int = 1 << 20) -> str:
-    """Content fingerprint of a local checkpoint that does not read all the weights: small text files (configs,
-    processor and tokenizer files, chat template) are hashed in full; every other file by name, size and three
-    1 MiB samples (start, middle, end), which tells two fine-tunes of one architecture apart."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
-        size = f.stat().st_size
-        h.update(f"{f.name}\0{size}\0".encode())
-        if f.suffix in {".json", ".jinja", ".txt", ".model", ".py"} and size < 64 * sample_bytes:
-            h.update(f.read_bytes())
-            continue
-        with f.open("rb") as fh:
-            for offset in sorted({0, max(0, size // 2 - sample_bytes // 2), max(0, size - sample_bytes)}):
-                fh.seek(offset)
-                h.update(fh.read(sample_bytes))
-    return "local-sha256:" + h.hexdigest()[:16]
-
-
-__all__ = [
-    "TransformersBackend",
-    "check_hf_available",
-    "is_local_path",
-    "offline_mode",
-    "hub_reachable",
-    "prepare_image",
-    "device_map_for",
-    "resolve_dtype",
-]
+__all__ = ["TransformersBackend", "device_map_for", "prepare_image", "processor_takes_video", "resolve_dtype",
+           "video_metadata"]

@@ -67,6 +67,7 @@ from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 
 from pipeline.backends.base import (
+    Backend,
     LabelScore,
     ModelConfig,
     Prompt,
@@ -111,7 +112,7 @@ def normalise_token(text: str) -> str:
     return text.replace("\u0120", " ").replace("\u2581", " ").replace("\u010a", "\n").strip().casefold()
 
 
-def match_labels(top: list[tuple[str, float]], labels: list[str]) -> dict[str, LabelScore]:
+def match_top_tokens(top: list[tuple[str, float]], labels: list[str]) -> dict[str, LabelScore]:
     """Apply the first-token matching heuristic (module docstring) to one position's top-k list."""
     if not top:
         raise LabelScoringUnsupportedError("the server returned an empty top_logprobs list")
@@ -266,7 +267,7 @@ def check_label_first_tokens(cfg: ModelConfig, labels: list[str]) -> str:
     return source
 
 
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     """See the module docstring.
 
     ``top_logprobs``: k for label scoring (servers usually cap it at 20). ``backoff_base_s``/``backoff_cap_s``:
@@ -378,7 +379,7 @@ class OpenAIBackend:
 
         def one(p: Prompt) -> dict[str, LabelScore]:
             data = self._post(self._payload(p, max_tokens=1, logprobs=True, top_logprobs=self.top_logprobs))
-            return match_labels(self._top_logprobs(data), labels)
+            return match_top_tokens(self._top_logprobs(data), labels)
 
         return self._map(one, prompts)
 
@@ -412,11 +413,13 @@ class OpenAIBackend:
             raise BackendRequestError(f"The server at {self.cfg.server_url} does not report usage.prompt_tokens")
         return int(n)
 
-    def supports_video(self) -> bool:
-        return False
+    @classmethod
+    def check_available(cls, cfg: ModelConfig) -> None:
+        check_server_available(cfg)
 
-    def identity(self) -> dict:
-        return {"backend": "openai", "model": self.cfg.model, "revision": self.cfg.revision}
+    @classmethod
+    def check_labels(cls, cfg: ModelConfig, labels: list[str]) -> None:
+        check_label_first_tokens(cfg, labels)
 
     def close(self) -> None:
         self._closed = True
@@ -428,7 +431,7 @@ __all__ = [
     "check_label_first_tokens",
     "check_server_available",
     "image_to_data_url",
-    "match_labels",
+    "match_top_tokens",
     "normalise_token",
     "prompt_to_messages",
 ]

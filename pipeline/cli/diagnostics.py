@@ -50,6 +50,8 @@ def _train_options() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["instance", "sqrt", "balanced", "progressive"], default="balanced",
                    help="per-task sampler of pipeline/longtail.py")
     p.add_argument("--conflict-every", type=int, default=1, help="record per-task gradients every N steps (0: never)")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="write a resumable checkpoint every N steps (0: none); the same command resumes from it")
     return p
 
 

@@ -1,14 +1,16 @@
 """``dfer probe``, ``dfer conflict`` and ``dfer socialfusion train`` as library functions.
 
 Each takes its options as one pydantic model (the CLI builds it from the command line; a script builds it
-directly) and the pipeline config that the faces/keyframes stages run under. INPUT is what ``dfer run``
-takes (folder, CSV list, one video) or an existing run directory (its manifest and cache are reused). The
-faces (and keyframes) stages run first, cached as usual; an encoder that is not a vision model, a layer out
-of range or a task column with one value stops the command before any of that.
+directly) and the pipeline config that the stages run under. INPUT is what ``dfer run`` takes (folder, CSV
+list, one video) or an existing run directory (its clips). Features come from the ``features`` stage, run
+through the runner once per encoder (:func:`pipeline.diagnostics.features.extract`: cached, failures listed,
+local processes or Ray); an encoder that is not a vision model, a layer out of range or a task column with
+one value stops the command before any clip is processed.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Literal, TextIO
@@ -70,6 +72,7 @@ class TrainOptions(ClipOptions):
     lr: float = Field(1e-3, gt=0)
     sampler: Literal["instance", "sqrt", "balanced", "progressive"] = "balanced"
     conflict_every: int = Field(1, ge=0)
+    save_every: int = Field(0, ge=0)
 
 
 def split_rev(text: str) -> tuple[str, str | None]:
@@ -89,19 +92,8 @@ def _feature_config(opts: ClipOptions, encoder: str, layers: list[int]):
                          batch_size=opts.batch_size)
 
 
-def _upstream(opts: ClipOptions, cfg, out: Path, log: TextIO):
-    """Clips with their faces/keyframes artifacts (running those stages, cached) and the cache."""
-    from pipeline.diagnostics.features import clips_from_run
-    from pipeline.runner import run_pipeline
-
-    src = Path(opts.input).expanduser()
-    if src.is_dir() and (src / "manifest.jsonl").is_file():
-        return clips_from_run(src)
-    until = "keyframes" if opts.frames == "keyframes" else "faces"
-    result = run_pipeline(src, out / "pipeline", cfg, cache_dir=opts.cache, until=until, quiet=opts.quiet, log=log)
-    if result.n_failed:
-        print(f"{result.n_failed} clip(s) failed in the pipeline; see {result.run_dir / 'failures.jsonl'}", file=log)
-    return clips_from_run(out / "pipeline")
+def _slug(encoder: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", encoder).strip("_") or "encoder"
 
 
 def _tasks_for(opts: ClipOptions, clips, table):
@@ -109,14 +101,14 @@ def _tasks_for(opts: ClipOptions, clips, table):
     from pipeline.diagnostics.probe import TaskError, check_tasks, match_tasks
 
     if table is None:
-        labelled = {c.video: c.label for c in clips if c.label}
+        labelled = {c.id: c.label for c in clips if c.label}
         if not labelled:
             raise TaskError("no labels: the input has no 'label' column; pass --labels CSV with a 'video' column and "
                             "one column per task")
         tasks = {"label": labelled}
         check_tasks(tasks, where="the input's 'label' column")
     else:
-        tasks = match_tasks(table, [c.video for c in clips])
+        tasks = match_tasks(table, [c.id for c in clips])
     order = {}
     if opts.label_set:
         from pipeline.labels import load_label_set
@@ -134,11 +126,18 @@ def _read_table(opts: ClipOptions):
     return read_task_table(opts.labels, opts.task_list()) if opts.labels else None
 
 
-def probe(opts: ProbeOptions, cfg, log: TextIO | None = None) -> tuple[list, int]:
-    """Linear probes per encoder and layer; writes ``probe.json``/``probe.md`` into ``opts.out``. Returns the
-    probe results and the number of clips whose features failed."""
-    from pipeline.diagnostics.features import check_encoder, clip_level, extract_features, parse_layers, resolve_layers
+def _say_failed(feats, log: TextIO) -> None:
+    for vid, msg in feats.failed.items():
+        print(f"features: {vid}: {msg}", file=log)
+
+
+def probe(opts: ProbeOptions, cfg, log: TextIO | None = None, executor=None) -> tuple[list, int]:
+    """Linear probes per encoder and layer; writes ``probe.json``/``probe.md`` into ``opts.out`` and, per encoder,
+    the run directory of its features (``out/runs/<encoder>``). Returns the probe results and the number of clips
+    whose features failed."""
+    from pipeline.diagnostics.features import clips_of, extract
     from pipeline.diagnostics.probe import run_probes, write_probe_report
+    from pipeline.models.vision import check_encoder, parse_layers, resolve_layers
 
     log = log or sys.stderr
     if not 0 < opts.val_fraction < 1:
@@ -151,38 +150,41 @@ def probe(opts: ProbeOptions, cfg, log: TextIO | None = None) -> tuple[list, int
         info = check_encoder(model, rev)
         layer_sets[enc] = resolve_layers(parse_layers(opts.layers, info), info)
     table = _read_table(opts)
-    clips, cache = _upstream(opts, cfg, out, log)
+    clips, run_cache = clips_of(opts.input)
     tasks, order = _tasks_for(opts, clips, table)
-    wanted = sorted({v for t in tasks.values() for v in t})
-    use = [c for c in clips if c.video in wanted]
-    feats, info_rows, failed = {}, [], 0
-    for enc in opts.encoder:
-        res = extract_features(use, _feature_config(opts, enc, layer_sets[enc]), cache, force=opts.force, log=log)
-        failed += len(res.failed)
-        for vid, msg in res.failed.items():
-            print(f"features: {vid}: {msg}", file=log)
-        ok = [c.video for c in use if c.video in res.keys]
-        feats[enc] = {layer: dict(zip(ok, clip_level(cache, res, layer, ok))) for layer in res.layers}
-        info_rows.append({"encoder": enc, "identity": res.identity, "layers": res.layers, "cached": res.cached,
-                          "computed": res.computed, "failed": res.failed})
+    wanted = {v for t in tasks.values() for v in t}
+    use = [c for c in clips if c.id in wanted]
+    feats, info_rows, failed = {}, [], set()
+    for i, enc in enumerate(opts.encoder):
+        run_dir = out / "runs" / f"{i}-{_slug(enc)}"
+        res = extract(use, _feature_config(opts, enc, layer_sets[enc]), cfg, run_dir, cache_dir=opts.cache or run_cache,
+                      force=opts.force, quiet=opts.quiet, log=log, executor=executor)
+        _say_failed(res, log)
+        failed.update(res.failed)
+        ok = [c.id for c in use if c.id in res.keys]
+        feats[enc] = {layer: dict(zip(ok, res.clip_level(layer, ok))) for layer in res.layers}
+        info_rows.append({"encoder": enc, "identity": res.identity, "layers": res.layers, "run": str(run_dir),
+                          "cached": res.report.cached if res.report else 0,
+                          "computed": res.report.computed if res.report else 0, "failed": res.failed})
     results = run_probes(feats, tasks, val_fraction=opts.val_fraction, seed=opts.seed, C=opts.C, n_boot=opts.n_boot,
                          label_order=order)
     jp, mp = write_probe_report(results, out, {"encoders": info_rows, "pooling": opts.pooling, "frames": opts.frames,
                                                "image_size": opts.image_size})
     print(f"wrote {jp} and {mp}", file=log)
-    return results, failed
+    return results, len(failed)
 
 
-def train(opts: TrainOptions, cfg, save: bool, log: TextIO | None = None):
+def train(opts: TrainOptions, cfg, save: bool, log: TextIO | None = None, executor=None):
     """Train the frozen-encoder + connector + LM model on the task columns; with ``save`` write it to
     ``opts.out`` (training reports in ``out/training``), else only the reports (``dfer conflict``).
+    Checkpoints go to the report folder (``--save-every``); the same command resumes from them.
     Returns the training report and the number of clips whose features failed."""
     from pipeline.devices import resolve_device
-    from pipeline.diagnostics.features import check_encoder, extract_features, frame_level, resolve_layers
-    from pipeline.diagnostics.socialfusion import (
-        Example, LoraSettings, SocialFusionModel, TrainSettings, check_lm, write_training_report,
-    )
+    from pipeline.diagnostics.features import clips_of, extract
+    from pipeline.diagnostics.socialfusion import FeatureClip, TrainSettings, write_training_report
     from pipeline.diagnostics.socialfusion import train as train_model
+    from pipeline.models.socialfusion import LoraSettings, SocialFusionModel, check_lm
+    from pipeline.models.vision import check_encoder, resolve_layers
 
     log = log or sys.stderr
     out = Path(opts.out)
@@ -194,16 +196,20 @@ def train(opts: TrainOptions, cfg, save: bool, log: TextIO | None = None):
     table = _read_table(opts)
     settings = TrainSettings(steps=opts.steps, batch_size=opts.train_batch, lr=opts.lr, sampler=opts.sampler,
                              conflict_every=opts.conflict_every, val_fraction=opts.val_fraction, seed=opts.seed,
-                             n_boot=opts.n_boot, length_norm=cfg.classify.length_norm)
+                             n_boot=opts.n_boot, length_norm=cfg.classify.length_norm, save_every=opts.save_every)
     report_dir = out / "training" if save else out
-    clips, cache = _upstream(opts, cfg, report_dir, log)
+    clips, run_cache = clips_of(opts.input)
     tasks, order = _tasks_for(opts, clips, table)
-    wanted = sorted({v for t in tasks.values() for v in t})
-    use = [c for c in clips if c.video in wanted]
-    res = extract_features(use, _feature_config(opts, opts.encoder, [layer]), cache, force=opts.force, log=log)
-    ok = [c.video for c in use if c.video in res.keys]
-    frames = frame_level(cache, res, layer, ok)
-    examples = [Example(v, f, {t: tasks[t][v] for t in tasks if v in tasks[t]}) for v, f in zip(ok, frames) if len(f)]
+    wanted = {v for t in tasks.values() for v in t}
+    use = [c for c in clips if c.id in wanted]
+    res = extract(use, _feature_config(opts, opts.encoder, [layer]), cfg, report_dir / "run", cache_dir=opts.cache or run_cache,
+                  force=opts.force, quiet=opts.quiet, log=log, executor=executor)
+    _say_failed(res, log)
+    ok = [c.id for c in use if c.id in res.keys]
+    frames = res.frame_level(layer, ok)
+    examples = [FeatureClip(v, f, {t: tasks[t][v] for t in tasks if v in tasks[t]}) for v, f in zip(ok, frames) if len(f)]
+    if not examples:
+        raise DiagnosticsError("no clip has features to train on (see the failures above)")
     labels = {t: list(order.get(t) or sorted(set(values.values()))) for t, values in tasks.items()}
     lora = None
     if opts.lora:
@@ -216,7 +222,7 @@ def train(opts: TrainOptions, cfg, save: bool, log: TextIO | None = None):
         connector_hidden=opts.connector_hidden, lora=lora, default_task=opts.default_task, seed=opts.seed,
         device=resolve_device(opts.device),
     )
-    report = train_model(model, examples, settings, log_to=log)
+    report = train_model(model, examples, settings, log_to=log, out_dir=report_dir)
     paths = write_training_report(report, report_dir)
     if save:
         model.save(out)

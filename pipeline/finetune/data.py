@@ -2,9 +2,8 @@
 
 1. :func:`collect_labels` reads the training labels (a label file, or the ``label`` column of a CSV list) and
    resolves them through the classify label set: a label outside it is an error naming the file and line.
-2. :func:`split_train_val` holds out validation clips by video id: a given ``--val-labels`` file, or per class
-   a deterministic share ``val_fraction`` (ordered by a seeded hash of the video id, so the split does not
-   depend on list order). :func:`check_training_set` refuses a training set with fewer than two classes.
+2. :func:`split_train_val` holds out validation clips by video id: a given ``--val-labels`` file, or the
+   toolkit's stratified split (:mod:`pipeline.training.split`). :func:`check_training_set` refuses a training set with fewer than two classes.
 3. :func:`prepare` runs the normal pipeline (:class:`pipeline.runner.Runner`) up to the last stage classify
    reads (``context``, or ``keyframes`` when classify shows no summaries), so every artifact comes from, and
    goes to, the shared cache; a clip that fails there is left out (listed in ``CKPT/prepare/failures.jsonl``).
@@ -14,8 +13,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,10 +21,11 @@ from typing import TextIO
 from pipeline.errors import FinetuneError
 from pipeline.inputs import VideoRef
 from pipeline.labels import LabelSet, match_labels, read_labels
+from pipeline.training.split import stratified_split
 
 
 @dataclass(frozen=True)
-class Example:
+class LabelledClip:
     """One labelled clip and the cache keys of the artifacts its prompt is rendered from."""
 
     video: str
@@ -53,26 +51,16 @@ def collect_labels(refs: list[VideoRef], label_set: LabelSet, labels_file: str |
     return out
 
 
-def _rank(seed: int, video: str) -> str:
-    return hashlib.sha256(f"{seed}:{video}".encode("utf-8")).hexdigest()
-
-
 def split_train_val(labels: dict[str, str], val_fraction: float, seed: int,
                     val_labels: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
-    """(train, val) label maps. With ``val_labels`` the validation clips are those; otherwise a stratified,
-    seeded share of each class (rounded; a class always keeps at least one training clip)."""
+    """(train, val) label maps. With ``val_labels`` the validation clips are those; otherwise
+    :func:`pipeline.training.split.stratified_split` (a seeded, stratified share of each class by video)."""
     if val_labels is not None:
         val = dict(val_labels)
         return {v: y for v, y in labels.items() if v not in val}, val
-    by_class: dict[str, list[str]] = {}
-    for vid, y in labels.items():
-        by_class.setdefault(y, []).append(vid)
-    val: dict[str, str] = {}
-    for y, vids in by_class.items():
-        vids.sort(key=lambda v: _rank(seed, v))
-        n_val = min(len(vids) - 1, math.floor(val_fraction * len(vids) + 0.5))
-        for v in vids[:max(0, n_val)]:
-            val[v] = y
+    videos = sorted(labels)
+    _, val_idx = stratified_split(videos, [labels[v] for v in videos], val_fraction, seed)
+    val = {videos[i]: labels[videos[i]] for i in val_idx}
     return {v: y for v, y in labels.items() if v not in val}, val
 
 
@@ -89,7 +77,7 @@ def check_training_set(train: dict[str, str], source: str) -> None:
         )
 
 
-def class_counts(labels: dict[str, str] | list[str], names: list[str]) -> dict[str, int]:
+def clips_per_class(labels: dict[str, str] | list[str], names: list[str]) -> dict[str, int]:
     """Clips per class in label-set order (zeros included)."""
     c = Counter(labels.values() if isinstance(labels, dict) else labels)
     return {n: int(c.get(n, 0)) for n in names}
@@ -115,16 +103,16 @@ def class_weights(counts: dict[str, int], mode: str, beta: float = 0.999) -> dic
 
 
 def prepare(cfg, refs: list[VideoRef], labels: dict[str, str], run_dir: Path, cache_dir, quiet: bool,
-            log: TextIO) -> tuple[list[Example], list[str]]:
+            log: TextIO) -> tuple[list[LabelledClip], list[str]]:
     """Compute (or find in the cache) the artifacts classify reads, through the normal runner.
 
     Returns the examples of the clips whose artifacts exist and the ids of the clips that failed.
     """
     from pipeline.cache import Cache
-    from pipeline.runner import Runner, stage_upstream
+    from pipeline.runner import Runner
     from stages import STAGES
 
-    upstream = stage_upstream(STAGES["classify"], cfg.classify)
+    upstream = STAGES["classify"].upstream_of(cfg.classify)
     runner = Runner(cfg, run_dir, cache_dir=cache_dir, until=upstream[-1], quiet=quiet, log=log)
     wanted = [r for r in refs if r.id in labels]
     result = runner.run(wanted)
@@ -136,7 +124,7 @@ def prepare(cfg, refs: list[VideoRef], labels: dict[str, str], run_dir: Path, ca
         keys = result.keys.get(r.id, {})
         if all(u in keys and cache.get(u, keys[u]) is not None for u in upstream):
             fp = cache.get(upstream[0], keys[upstream[0]]).meta().get("fingerprint", "")
-            examples.append(Example(r.id, str(r.path), fp, labels[r.id], {u: keys[u] for u in upstream}))
+            examples.append(LabelledClip(r.id, str(r.path), fp, labels[r.id], {u: keys[u] for u in upstream}))
         else:
             failed.append(r.id)
     return examples, failed
@@ -146,7 +134,7 @@ class PromptDataset:
     """Map-style dataset: item ``i`` is ``{"video", "prompt", "label"}``, the prompt rendered exactly as the
     classify stage renders it (same template, timeline, images), the label an index into ``label_names``."""
 
-    def __init__(self, examples: list[Example], classify_cfg, label_names: list[str], cache_root: str | Path):
+    def __init__(self, examples: list[LabelledClip], classify_cfg, label_names: list[str], cache_root: str | Path):
         from pipeline.cache import Cache
         from pipeline.prompts import PromptRenderer
 
@@ -190,6 +178,6 @@ def collate(items: list[dict]) -> Batch:
 
 
 __all__ = [
-    "Batch", "Example", "PromptDataset", "check_training_set", "class_counts", "class_weights",
+    "Batch", "LabelledClip", "PromptDataset", "check_training_set", "clips_per_class", "class_weights",
     "collate", "collect_labels", "prepare", "split_train_val",
 ]

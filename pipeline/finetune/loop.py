@@ -16,7 +16,8 @@ Sampling and steps
     Every epoch draws ``samples_per_epoch`` training clips (default: as many as there are) with replacement from
     ``pipeline.longtail.make_sampler`` (``instance``, ``sqrt``, ``balanced``, ``progressive``; seeded by
     ``seed + epoch``), rounded up to whole optimizer steps of ``batch_size x grad_accum x devices`` clips; each
-    device takes every n-th draw. Learning rate: linear warm-up, then cosine/linear decay or constant.
+    device takes every n-th draw. Learning rate: ``transformers.get_scheduler`` (linear warm-up, then
+    cosine/linear decay or constant), optimizer, LoRA and checkpoints from :mod:`pipeline.training`.
 
 Validation
     After each epoch (and before training, ``eval_at_start``) every validation clip is scored over the whole
@@ -25,7 +26,7 @@ Validation
 
 Checkpoints and resume
     At the end of every epoch (and every ``save_every_steps`` steps) adapter, optimizer, scheduler, RNG states,
-    epoch and step are written atomically (see ``checkpoint.py``). Running the same command with the same
+    epoch and step are written atomically (see :mod:`pipeline.training.checkpoint`). Running the same command with the same
     ``--out`` resumes from the last checkpoint and ends with the same weights as an uninterrupted run; a changed
     setup (config, data, base model) is refused with the list of what changed.
 
@@ -43,20 +44,20 @@ import json
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from pipeline.finetune import checkpoint as ckpt
-from pipeline.finetune.adapter import base_record, write_adapter_meta
+from pipeline.backends.adapter import base_record, write_adapter_meta
 from pipeline.errors import FinetuneError
-from pipeline.finetune.config import NOT_IN_RESUME_CHECK
+from pipeline.training import checkpoint as ckpt
+from pipeline.training.lora import VISION_MODULES, add_lora
+from pipeline.training.optim import make_optimizer, make_scheduler
 from pipeline.finetune.data import (
-    Example,
+    LabelledClip,
     PromptDataset,
     check_training_set,
-    class_counts,
+    clips_per_class,
     class_weights,
     collate,
     collect_labels,
@@ -64,8 +65,8 @@ from pipeline.finetune.data import (
     split_train_val,
 )
 
-VISION_MODULES = r".*(visual|vision).*"
-
+# Settings that do not change the trained weights: a run may resume with other values for these.
+NOT_IN_RESUME_CHECK = frozenset({"num_workers", "save_every_steps", "gradient_checkpointing", "eval_at_start"})
 
 @dataclass
 class FinetuneResult:
@@ -92,24 +93,11 @@ class FinetuneResult:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _lr_lambda(total: int, warmup: int, kind: str):
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        progress = min(max(progress, 0.0), 1.0)
-        return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
-
-    return f
-
-
 def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def _setup(cfg, label_names, train: list[Example], val: list[Example], nproc: int) -> dict:
+def _setup(cfg, label_names, train: list[LabelledClip], val: list[LabelledClip], nproc: int) -> dict:
     """Everything the trained weights depend on; a resumed run must have the same."""
     from pipeline.config import key_fields
     from pipeline.prompts import template_hash
@@ -155,39 +143,13 @@ def _make_accelerator(fcfg, device: str):
     return Accelerator(mixed_precision=mp, gradient_accumulation_steps=fcfg.grad_accum, cpu=on_cpu)
 
 
-def _lora_config(fcfg, model):
-    """The peft LoraConfig; checks first that ``lora_targets`` name linear layers of this model."""
-    import re
-
-    import torch
-    from peft import LoraConfig
-
-    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    usable = [n for n in linear if fcfg.lora_vision or not re.fullmatch(VISION_MODULES, n)]
-    leaves = sorted({n.rsplit(".", 1)[-1] for n in usable})
-    if not set(fcfg.lora_targets) & set(leaves):
-        raise FinetuneError(
-            f"finetune.lora_targets {fcfg.lora_targets} names no linear layer of {model.config.name_or_path!r}"
-            f"{'' if fcfg.lora_vision else ' outside its vision tower'}; its linear layers are: {', '.join(leaves)}"
-        )
-    return LoraConfig(
-        r=fcfg.lora_r,
-        lora_alpha=fcfg.lora_alpha,
-        lora_dropout=fcfg.lora_dropout,
-        target_modules=list(fcfg.lora_targets),
-        exclude_modules=None if fcfg.lora_vision else VISION_MODULES,
-        bias="none",
-    )
-
-
 class _Trainer:
     """The model, optimizer and data of one ``finetune`` call (see the module docstring)."""
 
-    def __init__(self, cfg, accelerator, out: Path, names: list[str], train: list[Example], val: list[Example],
+    def __init__(self, cfg, accelerator, out: Path, names: list[str], train: list[LabelledClip], val: list[LabelledClip],
                  cache_root, setup: dict, log: TextIO, show_progress: bool):
         import torch
         from accelerate.utils import set_seed
-        from peft import get_peft_model
 
         from pipeline.backends.hf import TransformersBackend
         from pipeline.labels import load_label_set
@@ -206,11 +168,9 @@ class _Trainer:
                 base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        lora = _lora_config(f, base)
         set_seed(f.seed)
-        with warnings.catch_warnings():  # peft asks for the deprecated `is_gradient_checkpointing` name
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            self.peft = get_peft_model(base, lora)
+        self.peft = add_lora(base, r=f.lora_r, alpha=f.lora_alpha, dropout=f.lora_dropout, targets=f.lora_targets,
+                             exclude=None if f.lora_vision else VISION_MODULES, setting="finetune.lora_targets")
         trainable = [p for p in self.peft.parameters() if p.requires_grad]
         n_train_p = sum(p.numel() for p in trainable)
         n_all = sum(p.numel() for p in self.peft.parameters())
@@ -218,16 +178,16 @@ class _Trainer:
                  f"({100 * n_train_p / n_all:.2f}% of {n_all:,}); device {accelerator.device}, "
                  f"mixed precision {accelerator.mixed_precision}, {accelerator.num_processes} process(es)")
         self.trainable = trainable
-        optimizer = torch.optim.AdamW(trainable, lr=f.lr, weight_decay=f.weight_decay)
+        optimizer = make_optimizer(trainable, f.lr, f.weight_decay)
         nproc = accelerator.num_processes
         self.per_step = f.batch_size * f.grad_accum * nproc
         spe = f.samples_per_epoch or len(train)
         self.steps_per_epoch = max(1, math.ceil(spe / self.per_step))
         self.total_steps = self.steps_per_epoch * f.epochs
         warmup = math.ceil(f.warmup_ratio * self.total_steps) if f.warmup_ratio else 0
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(self.total_steps, warmup, f.lr_schedule))
+        self.scheduler = make_scheduler(optimizer, f.lr_schedule, self.total_steps, warmup)
         self.model, self.optimizer = accelerator.prepare(self.peft, optimizer)
-        counts = class_counts([e.label for e in train], names)
+        counts = clips_per_class([e.label for e in train], names)
         w = class_weights(counts, f.loss_weights, f.cb_beta)
         self.weights = torch.tensor([w[n] for n in names], dtype=torch.float32, device=accelerator.device)
         self.train_ds = PromptDataset(train, cfg.classify, names, cache_root)
@@ -283,9 +243,7 @@ class _Trainer:
             self._unwrapped().save_pretrained(str(tmp / "adapter"))
             self._adapter_meta(tmp / "adapter", {"epoch": st["epoch"], "step": st["global_step"], "checkpoint": True})
             ckpt.optimizer_to_files(self.optimizer.state_dict(), tmp)
-            sched = self.scheduler.state_dict()
-            sched["lr_lambdas"] = [None] * len(sched.get("lr_lambdas", [None]))
-            ckpt.write_json(tmp / "scheduler.json", sched)
+            ckpt.write_json(tmp / "scheduler.json", ckpt.scheduler_state(self.scheduler))
             ckpt.write_json(tmp / "state.json", st)
         acc.wait_for_everyone()
         ckpt.write_json(tmp / f"rng-{acc.process_index}.json", ckpt.rng_state())
@@ -444,12 +402,12 @@ class _Trainer:
 # ------------------------------------------------------------------------------------------ entry point
 
 
-def _finish(out: Path, state: dict, names: list[str], train: list[Example]) -> tuple[Path, Path]:
+def _finish(out: Path, state: dict, names: list[str], train: list[LabelledClip]) -> tuple[Path, Path]:
     """Materialise ``CKPT/adapter`` (best, or last without validation) and the summary files."""
     last = ckpt.latest(out)
     src = ckpt.root(out) / state["best"]["dir"] if state.get("best") else last / "adapter"
     ckpt.replace_dir_from(src, out / "adapter")
-    counts = class_counts([e.label for e in train], names)
+    counts = clips_per_class([e.label for e in train], names)
     ckpt.write_json(out / "train_counts.json", counts)
     ckpt.write_json(out / "metrics.json", {"best": state.get("best"), "history": state["history"],
                                            "global_step": state["global_step"], "total_steps": state["total_steps"],
@@ -533,10 +491,10 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
             time.sleep(5)
     accelerator.wait_for_everyone()
     split = ckpt.read_json(split_file)
-    train = [Example(**d) for d in split["train"]]
-    val = [Example(**d) for d in split["val"]]
+    train = [LabelledClip(**d) for d in split["train"]]
+    val = [LabelledClip(**d) for d in split["val"]]
     check_training_set({e.video: e.label for e in train}, source)
-    counts = class_counts([e.label for e in train], names)
+    counts = clips_per_class([e.label for e in train], names)
     if main:
         print(f"finetune: {len(train)} training clips ({', '.join(f'{k} {v}' for k, v in counts.items() if v)}), "
               f"{len(val)} validation clips; sampling {fcfg.sampling}, loss weights {fcfg.loss_weights}", file=log)

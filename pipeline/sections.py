@@ -1,7 +1,7 @@
-"""The ``finetune`` config section (used only by ``dfer finetune``; not a stage, never in a cache key).
-
-Importing this module is cheap (pydantic only): ``pipeline.config`` composes it into ``PipelineConfig``,
-so ``--config``/``--set finetune.x=y`` work like every other section.
+"""The config sections that are not a stage's: how a run executes (``run``) and how ``dfer finetune`` trains
+(``finetune``). Inert pydantic data (importing this module is cheap); :mod:`pipeline.config` composes them with
+the stages' sections into ``PipelineConfig``, so ``--config``/``--set run.x=y``/``--set finetune.x=y`` work like
+every other section. None of their settings enters a cache key.
 """
 
 from __future__ import annotations
@@ -11,9 +11,32 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+class RunSection(BaseModel):
+    """How the run executes. Nothing here changes any artifact, so none of it enters a cache key."""
 
-# Settings that do not change the trained weights: a run may resume with other values for these.
-NOT_IN_RESUME_CHECK = frozenset({"num_workers", "save_every_steps", "gradient_checkpointing", "eval_at_start"})
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    workers: int = Field(2, ge=1)
+    """Worker processes for per-clip stages (decode + face detection). Each opens its own decoder."""
+    batch_size: int = Field(8, ge=1)
+    """Clips handed to a model stage at once."""
+    progress: bool = True
+    """Show a progress bar per stage (``--quiet`` turns it off)."""
+    ray_num_cpus_per_task: float = Field(1.0, gt=0)
+    """``--executor ray``: CPUs reserved per clip task (faces, keyframes); torch in the task uses that many threads."""
+    ray_num_gpus_per_task: float = Field(0.0, ge=0)
+    """``--executor ray``: GPUs per clip task (a fraction such as 0.25 shares one); 0: Ray hides the GPUs and face
+    detection runs on CPU."""
+    ray_num_gpus_per_actor: float | None = Field(None, ge=0)
+    """``--executor ray``: GPUs per model actor (context, classify); each actor loads the model once. ``null``: 1 if the
+    cluster has GPUs, else CPU actors. More than 1 with ``*.model.device=balanced`` spreads a large model over them."""
+    ray_num_cpus_per_actor: float = Field(1.0, gt=0)
+    """``--executor ray``: CPUs reserved per model actor (its torch thread count on CPU)."""
+    ray_actors: int | None = Field(None, ge=1)
+    """``--executor ray``: model actors per model stage. ``null``: as many as the cluster's GPUs hold (one per GPU by
+    default), or 1 on a cluster without GPUs."""
+    ray_max_retries: int = Field(3, ge=0)
+    """``--executor ray``: retries of a clip task, and restarts of a model actor, whose worker process dies."""
 
 
 class FinetuneConfig(BaseModel):

@@ -1,8 +1,8 @@
-"""Adapter folders made by ``dfer finetune`` and how ``classify.adapter`` checks and identifies them.
+"""LoRA adapter folders, the format ``classify.adapter`` reads at inference (written by ``dfer finetune``).
 
 An adapter folder is a PEFT LoRA adapter (``adapter_config.json`` + ``adapter_model.safetensors``) plus
 ``dfer_adapter.json``, which records the base model it was trained on (the id or path as configured, its
-cache identity from :func:`pipeline.modelstage.model_identity`, and the sha256 of its ``config.json``), the
+cache identity from :func:`pipeline.backends.model_identity`, and the sha256 of its ``config.json``), the
 label set and the classify template it was trained with.
 
 * :func:`resolve_adapter_dir` accepts the adapter folder itself or a ``dfer finetune`` output folder
@@ -24,6 +24,8 @@ import os
 from pathlib import Path
 
 from pipeline.errors import AdapterError
+from pipeline import hub
+from pipeline.backends import model_identity
 from pipeline.backends.base import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -85,12 +87,10 @@ def _config_sha256(cfg: ModelConfig) -> str | None:
     """sha256 of the base model's ``config.json`` (local folder, or the local Hugging Face cache)."""
     if cfg.backend != "transformers":
         return None
-    from pipeline.backends.hf import _cached_config, is_local_path
-
-    if is_local_path(cfg.model):
+    if hub.is_local_path(cfg.model):
         found = Path(os.path.expanduser(cfg.model)) / "config.json"
     else:
-        cached = _cached_config(cfg.model, cfg.revision)
+        cached = hub.cached_config(cfg.model, cfg.revision)
         found = Path(cached) if cached else None
     if found is None or not found.is_file():
         return None
@@ -99,8 +99,6 @@ def _config_sha256(cfg: ModelConfig) -> str | None:
 
 def base_record(cfg: ModelConfig) -> dict:
     """What ``dfer_adapter.json`` records about the base model (and what :func:`check_adapter` compares)."""
-    from pipeline.modelstage import model_identity
-
     return {"model": cfg.model, "identity": model_identity(cfg), "config_sha256": _config_sha256(cfg)}
 
 

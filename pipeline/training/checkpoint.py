@@ -1,6 +1,6 @@
-"""Resumable fine-tuning checkpoints, written atomically and without pickle.
+"""Resumable training checkpoints, written atomically and without pickle (``dfer finetune``, SocialFusion).
 
-Layout under the output folder ``CKPT``::
+Layout under a training output folder ``OUT`` (``dfer finetune``'s shown)::
 
     checkpoints/latest.json          {"dir": "step-0000040"}: the checkpoint to resume from
     checkpoints/step-0000040/        adapter/ (PEFT adapter + dfer_adapter.json), optimizer.safetensors +
@@ -156,3 +156,12 @@ def replace_dir_from(src: Path, dest: Path) -> None:
 
 
 write_json = _write_json
+
+
+def scheduler_state(scheduler) -> dict:
+    """A learning-rate scheduler's ``state_dict`` as JSON data (its ``lr_lambdas`` are functions: dropped; the
+    scheduler that loads it rebuilds them from the same settings)."""
+    state = dict(scheduler.state_dict())
+    if "lr_lambdas" in state:
+        state["lr_lambdas"] = [None] * len(state["lr_lambdas"])
+    return state

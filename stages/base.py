@@ -1,0 +1,76 @@
+"""The stage interface: what the runner and the executors call, with its defaults in one place.
+
+Each stage module ends with one ``STAGE = Stage(...)`` that names its functions; everything it does not name
+gets the default below, so no caller ever asks a module whether it has a function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+
+def no_resources(cfg) -> None:
+    """Default ``open``: the stage loads nothing once per process."""
+    return None
+
+
+def nothing_to_close(resources) -> None:
+    """Default ``close``."""
+
+
+def no_extras(cfg) -> dict:
+    """Default ``key_extras``: the stage's own config section is all its key needs."""
+    return {}
+
+
+def nothing_to_check(cfg) -> None:
+    """Default ``preflight``: the stage can always run."""
+    return None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage.
+
+    ``name``, ``version`` (bumped by hand when the output changes meaning), ``Config`` (its pydantic section)
+    and ``upstream`` (the most stages it reads) identify it. Exactly one of:
+
+    * ``process(job, cfg, resources, out) -> dict | None``: per-clip work, run by the executor's workers
+      (``out`` is an :class:`pipeline.cache.ArtifactWriter`; the return value is extra meta);
+    * ``process_batch(jobs, cfg, resources) -> list[fill | Exception]``: a model stage, fed batches of clips
+      where its model is loaded (``fill(out) -> dict | None`` writes one clip's artifact).
+
+    Optional, with defaults: ``reads(cfg)`` (the upstream stages actually read under this config; default
+    ``upstream``), ``key_extras(cfg)`` (more inputs of the cache key: model identity, prompt hashes),
+    ``preflight(cfg)`` (checks before any clip: raises on a configuration that cannot work, returns a message
+    when the run must stop before this stage because model weights are not available here), and
+    ``open(cfg)``/``close(resources)`` (load a model once per process).
+    """
+
+    name: str
+    version: int
+    Config: type[BaseModel]
+    upstream: tuple[str, ...] = ()
+    process: Callable[..., Any] | None = None
+    process_batch: Callable[..., list] | None = None
+    reads: Callable[[Any], tuple[str, ...]] | None = None
+    key_extras: Callable[[Any], dict] = no_extras
+    preflight: Callable[[Any], str | None] = nothing_to_check
+    open: Callable[[Any], Any] = no_resources
+    close: Callable[[Any], None] = nothing_to_close
+
+    def __post_init__(self) -> None:
+        if (self.process is None) == (self.process_batch is None):
+            raise TypeError(f"stage {self.name}: give exactly one of process (per clip) or process_batch (model stage)")
+
+    @property
+    def batched(self) -> bool:
+        """A model stage: batches of clips go where its model is loaded."""
+        return self.process_batch is not None
+
+    def upstream_of(self, cfg) -> tuple[str, ...]:
+        """The stages whose artifacts this stage reads under ``cfg`` (some depend on switches)."""
+        return tuple(self.reads(cfg)) if self.reads is not None else self.upstream
