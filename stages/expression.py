@@ -33,7 +33,7 @@ from pipeline.errors import StageInputError
 from pipeline.facetrack import FaceTrack
 from pipeline.fields import not_in_key
 from pipeline.jobs import ClipJob
-from pipeline.models.expression import CLASSES, FACE_MARGIN, MODEL_ID, load_model, reframe, weights_sha256
+from pipeline.models.expression import CLASSES, FACE_MARGIN, MODEL_ID, reframe, weights_sha256
 from stages.base import Stage
 
 NAME = "expression"
@@ -60,7 +60,9 @@ def key_extras(cfg: Config) -> dict:
 
 
 def open(cfg: Config):  # noqa: A001 - stage protocol name
-    """Load the model once per worker process (an :class:`pipeline.models.mini_xception.ExpressionNet`)."""
+    """Load the model once per worker process (an :class:`pipeline.models.mini_xception.ExpressionNet`; imports torch)."""
+    from pipeline.models.mini_xception import load_model
+
     return load_model()
 
 

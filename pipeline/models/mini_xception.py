@@ -133,3 +133,8 @@ def _load(path: str, fused: bool) -> ExpressionNet:
         raise ValueError(f"{path}: not the expression model's weights (missing {missing}, unexpected {res.unexpected_keys})")
     net = net.eval().requires_grad_(False)
     return net.fuse().to(memory_format=torch.channels_last) if fused else net
+
+
+def load_model(path: str | Path | None = None, fused: bool = True) -> ExpressionNet:
+    """The network with the shipped weights (:meth:`ExpressionNet.load`)."""
+    return ExpressionNet.load(path, fused)
