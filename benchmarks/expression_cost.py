@@ -49,7 +49,7 @@ from pipeline.cache import Cache  # noqa: E402
 from pipeline.facetrack import FaceTrack  # noqa: E402
 from pipeline.jobs import ClipJob  # noqa: E402
 from pipeline.models import mini_xception  # noqa: E402
-from pipeline.models.expression import load_model  # noqa: E402
+from pipeline.models.mini_xception import load_model  # noqa: E402
 from tests.media import make_face_clip  # noqa: E402
 
 pc = time.perf_counter

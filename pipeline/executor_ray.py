@@ -98,6 +98,20 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         ) from None
 
 
+def auth_hint() -> str:
+    """What to set when a cluster that answers on its port refuses this client: Ray (2.5x) enables token
+    authentication on a cluster started with ``ray start --head`` when a token exists (``~/.ray/auth_token``), and a
+    client that names an address sends its token only when ``RAY_AUTH_MODE=token``."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return (". RAY_AUTH_MODE=token is set: check that this machine has the head node's token (~/.ray/auth_token, "
+                "or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH)")
+    return (". The head answers on that port, so it most likely refused this client for lack of an authentication "
+            "token: a cluster started with `ray start --head` uses token authentication when a token exists "
+            "(~/.ray/auth_token), and a client that names an address sends its token only with RAY_AUTH_MODE=token. "
+            "Set RAY_AUTH_MODE=token (the token is read from ~/.ray/auth_token, or from RAY_AUTH_TOKEN / "
+            "RAY_AUTH_TOKEN_PATH; copy it from the head node) and run again")
+
+
 # ------------------------------------------------------------------------------------- worker side
 # Module-level functions and classes: Ray pickles them by reference, so workers import this module.
 
@@ -257,7 +271,8 @@ class RayExecutor(Executor):
             try:
                 ray.init(address=address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ClusterError(f"cannot connect to the Ray cluster at {address or 'a new local instance'}: {exc}") from None
+                hint = auth_hint() if address and address not in ("auto", "local") else ""
+                raise ClusterError(f"cannot connect to the Ray cluster at {address or 'a new local instance'}: {exc}{hint}") from None
             self._owns = True
         try:
             self._check_resources()

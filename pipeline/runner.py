@@ -171,9 +171,9 @@ class Runner:
         blocked = self._preflight(stages)  # before anything is written: a config that cannot work leaves nothing
         if "classify" in stages:
             check_labels(refs, self.cfg.classify.labels)
+        self.executor.start(self.cache.root)  # e.g. Ray: connect and check the cluster before any clip
         self.run_dir.create()
         self.run_dir.write_config(dump_config(self.cfg, self.sections))
-        self.executor.start(self.cache.root)  # e.g. Ray: connect and check the cluster before any clip
         self._failures = self.run_dir.failure_log()
         try:
             return self._run(refs, stages, blocked)

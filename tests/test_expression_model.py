@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from pipeline.labels import load_label_set
-from pipeline.models.expression import CLASSES, FACE_MARGIN, WEIGHTS_FILE, class_indices, load_model, preprocess, reframe
+from pipeline.models.expression import CLASSES, FACE_MARGIN, WEIGHTS_FILE, class_indices, preprocess, reframe
+from pipeline.models.mini_xception import load_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
