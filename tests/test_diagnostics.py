@@ -22,12 +22,13 @@ from pipeline.config import load_config
 from pipeline.diagnostics.features import FeatureConfig, clips_of, extract
 from pipeline.errors import EncoderError, LayerError, SocialFusionError
 from pipeline.diagnostics.probe import (
-    TaskError, probe_table, read_task_table, run_probes, split_by_video, train_probe, write_probe_report,
+    TaskError, probe_table, read_task_table, run_probes, train_probe, write_probe_report,
 )
 from pipeline.diagnostics.socialfusion import FeatureClip, TrainSettings, train, write_training_report
 from pipeline.models.socialfusion import SocialFusionModel
 from pipeline.models.vision import VisionEncoder, check_encoder
 from pipeline.rundir import RunDir
+from pipeline.training.split import stratified_split
 from tests.runs import failures, run
 
 LABELS = ["happy", "sad", "angry"]
@@ -94,7 +95,7 @@ def _features(n: int, dim: int, classes: int, seed: int, noise: float):
 def test_probe_is_near_perfect_on_separable_features_and_at_chance_on_shuffled_labels():
     x, y = _features(400, 16, 4, seed=0, noise=0.5)
     videos = [f"v{i:03d}" for i in range(400)]
-    tr, va = split_by_video(videos, y, val_fraction=0.5, seed=0)
+    tr, va = stratified_split(videos, y, val_fraction=0.5, seed=0)
     assert len(va) == 200 and not set(tr) & set(va)
     good = train_probe(x[tr], [y[i] for i in tr], x[va], [y[i] for i in va], n_boot=200)
     # Class means 5*sqrt(2) apart with noise sd 0.5: the Bayes error is ~1e-12, so every miss is the fit's. 2% of
@@ -133,11 +134,11 @@ def test_split_is_by_video_and_keeps_groups_together():
     videos = [f"src{i // 3}/clip{i}" for i in range(60)]  # 20 source videos cut into 3 clips each
     groups = [v.split("/")[0] for v in videos]
     labels = [["a", "b"][(i // 3) % 2] for i in range(60)]
-    tr, va = split_by_video(videos, labels, 0.25, seed=4, groups=groups)
+    tr, va = stratified_split(videos, labels, 0.25, seed=4, groups=groups)
     assert sorted([*tr, *va]) == list(range(60))
     assert not {groups[i] for i in tr} & {groups[i] for i in va}  # no source video on both sides
     assert {labels[i] for i in va} == {"a", "b"}  # stratified
-    again = split_by_video(videos, labels, 0.25, seed=4, groups=groups)
+    again = stratified_split(videos, labels, 0.25, seed=4, groups=groups)
     assert (again[0] == tr).all() and (again[1] == va).all()
 
 

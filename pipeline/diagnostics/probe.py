@@ -2,7 +2,7 @@
 
 * **Unit = clip.** Each clip is one row: the mean over its frames of the pooled per-frame features
   (:func:`pipeline.diagnostics.features.clip_level`). Frames of one clip never end up on both sides.
-* **Split by video**, stratified by label (:func:`split_by_video`); clips that share a group (e.g. the same
+* **Split by video**, stratified by label (:func:`pipeline.training.split.stratified_split`); clips that share a group (e.g. the same
   source video cut into several clips) stay together. The same split is used for every encoder and layer of a
   task, so their numbers are comparable side by side.
 * **Probe**: features standardised on the training clips, then scikit-learn ``LogisticRegression`` (lbfgs,
@@ -19,14 +19,14 @@ from __future__ import annotations
 import csv
 import json
 import warnings
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.diagnostics.features import DiagnosticsError
+from pipeline.errors import DiagnosticsError
+from pipeline.training.split import stratified_split
 
 
 class TaskError(DiagnosticsError):
@@ -105,43 +105,6 @@ def match_tasks(table: Mapping[str, Mapping[str, str]], videos: Iterable[str]) -
             out[task] = dict(match_labels(dict(values), videos).matched)
     check_tasks(out, where="clips matched to the task table")
     return out
-
-
-# ------------------------------------------------------------------------------------------------ split
-
-
-def split_by_video(videos: Sequence[str], labels: Sequence[str], val_fraction: float = 0.3, seed: int = 0,
-                   groups: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation indices into ``videos``, split by video (or by ``groups``), stratified by label.
-
-    Each group (default: each video) goes wholly to one side. Per class (of a group's most common label),
-    ``round(val_fraction * n)`` groups go to validation, at least one and never all of them when the class has
-    two or more groups; a class with one group stays in training. Seeded and deterministic.
-    """
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if len(videos) != len(labels):
-        raise ValueError(f"{len(videos)} videos but {len(labels)} labels")
-    groups = list(groups) if groups is not None else list(videos)
-    members: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    by_class: dict[str, list[str]] = {}
-    for g, idx in members.items():
-        label = Counter(labels[i] for i in idx).most_common(1)[0][0]
-        by_class.setdefault(label, []).append(g)
-    rng = np.random.default_rng(seed)
-    val_groups: set[str] = set()
-    for label in sorted(by_class):
-        gs = sorted(by_class[label])
-        if len(gs) < 2:
-            continue
-        n_val = min(max(1, int(round(val_fraction * len(gs)))), len(gs) - 1)
-        for j in rng.permutation(len(gs))[:n_val]:
-            val_groups.add(gs[j])
-    val = np.array([i for i, g in enumerate(groups) if g in val_groups], dtype=np.int64)
-    train = np.array([i for i, g in enumerate(groups) if g not in val_groups], dtype=np.int64)
-    return train, val
 
 
 # ------------------------------------------------------------------------------------------------ probe
@@ -227,7 +190,7 @@ def run_probes(features: Mapping[str, Mapping[int, Mapping[str, np.ndarray]]], t
         if len(set(y)) < 2:
             raise TaskError(f"task '{task}': fewer than two classes among the {len(videos)} clip(s) with features")
         order = list(label_order[task]) if label_order and task in label_order else sorted(set(y))
-        train, val = split_by_video(videos, y, val_fraction, seed, [groups.get(v, v) for v in videos] if groups else None)
+        train, val = stratified_split(videos, y, val_fraction, seed, [groups.get(v, v) for v in videos] if groups else None)
         if len(val) == 0:
             raise TaskError(f"task '{task}': too few clips to hold out a validation split ({len(videos)} clips; need at "
                             "least two clips in some class)")
