@@ -4,10 +4,13 @@ A cache key is the identity of an artifact on every machine that shares a cache:
 runner, the config or the stage interface changes the key of ``faces`` or ``keyframes`` for the same
 clip and the same settings, every existing cache silently stops matching and a user pays for a full
 recompute (face detection is the expensive part of a run). The expected keys below were computed with
-the code as it was before the restructuring of issue 12 (commit d55cb6a), on a clip committed to the
-repository (so its content fingerprint is fixed), with the default settings and with one set of
-non-default settings. They may change only on purpose: a stage's VERSION bump or a change of what its
-config means, and then this file is updated in the same commit, saying why.
+the code as it was before the restructuring of issue 12, on a clip committed to the repository (so its
+content fingerprint is fixed), with the default settings and with one set of non-default settings. They
+may change only on purpose: a stage's VERSION bump or a change of what its config means, and then this
+file is updated in the same commit, saying why.
+
+History: faces, as of commit d55cb6a; keyframes re-pinned for keyframes VERSION 2 (lead-in/lead-out gaps,
+issue 11, commit 3971874), computed with that commit's code, which the restructured code reproduces.
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ PINNED = {
         (),
         {
             "faces": "fcdb68201cb16e6b19fdf7014b77a37d5f03dead44cbbe4e01182775302e082d",
-            "keyframes": "21fd4b2ff08c25665351449de5de28e73a5d1ce0b99c71574cddd7cc870e47ed",
+            "keyframes": "eed1a0ca3e9a01293625c95185dff7f26dc90e712c8da8b36965159997b8ab30",
         },
     ),
     "changed settings": (
         ("faces.crop_size=112", "faces.margin=0.3", "keyframes.k=6", "keyframes.strategy=uniform"),
         {
             "faces": "e57741474d18622f35345543fe786eb82c0de41734893f59ea20c1c3b5370c68",
-            "keyframes": "78f369c809f816083abd7239dd69742f4df7f9d31c67fd378c16f8da38269425",
+            "keyframes": "70f24b5e9a26bf42a1fdc27378904f9bf645e4494abe8a64b693d8f7634df5e4",
         },
     ),
 }
