@@ -138,9 +138,8 @@ class LabelScore:
       OpenAI-compatible server returned only its top-k tokens and none matched this label, so the label's
       first token has probability at most that of the k-th token, whose logprob is reported.
     * ``end_logprob``: ``log P(end-of-turn | prompt, label)`` (the token that closes the assistant turn in the
-      model's chat template, e.g. ``<|im_end|>``), or ``None`` where it is unknown (HTTP backend). Add it to
-      ``logprob`` to score the label as a *complete* answer rather than as a prefix of a longer one
-      (``surprise`` vs ``surprised ...``).
+      model's chat template, e.g. ``<|im_end|>``), or ``None`` where it is unknown (HTTP backend). Stored, never
+      part of the ranking (:mod:`pipeline.ranking`).
     """
 
     logprob: float
@@ -148,30 +147,11 @@ class LabelScore:
     exact: bool = True
     end_logprob: float | None = None
 
-    @property
-    def mean_logprob(self) -> float:
-        """Per-token mean (``logprob / n_tokens``)."""
-        return self.logprob / max(self.n_tokens, 1)
-
-    @property
-    def complete_logprob(self) -> float:
-        """``logprob + end_logprob`` (label as a whole answer); falls back to ``logprob`` if unknown."""
-        return self.logprob + (self.end_logprob if self.end_logprob is not None else 0.0)
-
     def to_dict(self) -> dict:
         d = {"logprob": self.logprob, "n_tokens": self.n_tokens, "exact": self.exact}
         if self.end_logprob is not None:
             d["end_logprob"] = self.end_logprob
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LabelScore":
-        return cls(
-            logprob=float(d["logprob"]),
-            n_tokens=int(d["n_tokens"]),
-            exact=bool(d.get("exact", True)),
-            end_logprob=None if d.get("end_logprob") is None else float(d["end_logprob"]),
-        )
 
     def __post_init__(self) -> None:
         if math.isnan(self.logprob):
