@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import types
+import typing
+
+from pydantic import BaseModel
 
 from pipeline import config
 
@@ -24,6 +28,38 @@ def config_options() -> argparse.ArgumentParser:
 def quiet_option() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (for logs)")
+    return p
+
+
+def model_options(model: type[BaseModel], positional: tuple[str, ...] = (), skip: tuple[str, ...] = ()):
+    """A parent parser with one option per field of an options model: ``--field-name``, its help the field's
+    docstring, its default, choices (``Literal``) and type from the model, ``store_true`` for booleans,
+    repeatable for lists, required where the model requires it; ``positional`` fields are arguments."""
+    p = argparse.ArgumentParser(add_help=False)
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        kw: dict = {"help": (field.description or "").replace("%", "%%")}
+        ann = field.annotation
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union:
+            ann = args[0]
+        if typing.get_origin(ann) is typing.Literal:
+            kw["choices"] = list(typing.get_args(ann))
+        elif ann is bool:
+            kw["action"] = "store_true"
+        elif typing.get_origin(ann) is list:
+            kw.update(action="append", type=typing.get_args(ann)[0])
+        else:
+            kw["type"] = ann
+        if name in positional:
+            p.add_argument(name, metavar=name.upper(), **kw)
+            continue
+        if field.is_required():
+            kw["required"] = True
+        elif kw.get("action") != "append":
+            kw["default"] = field.default
+        p.add_argument("--" + name.replace("_", "-"), dest=name, **kw)
     return p
 
 

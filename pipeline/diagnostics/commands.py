@@ -23,28 +23,50 @@ FRAMES = Literal["keyframes", "all"]
 
 
 class ClipOptions(BaseModel):
-    """What every diagnostics command reads: clips, task labels, features."""
+    """What every diagnostics command reads: clips, task labels, features. The field docstrings are the
+    command-line help (:func:`pipeline.cli.options.model_options`)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
     input: str
+    """folder of clips, CSV list (path[,label]), one video, or a run directory"""
     out: str
+    """output folder (probe: probe.json/probe.md; conflict: conflict.* and training.json; socialfusion train: the
+    model, its training reports in OUT/training)"""
     labels: str | None = None
+    """task table: a 'video' column and one column per task (default: the input CSV's 'label' column, as task
+    'label')"""
     tasks: str | None = None
+    """columns of --labels to use, comma separated (default: all)"""
     label_set: str | None = None
+    """canonicalise the first task's values with this label set (dfew, ferv39k, mafw or a YAML file) and use its
+    label order"""
     pooling: Literal["mean", "cls"] = "mean"
+    """token pooling per image"""
     frames: FRAMES = "keyframes"
+    """which frames of each clip"""
     max_frames: int = Field(16, ge=1)
+    """with --frames all: at most this many, evenly spaced"""
     image_size: int = Field(224, ge=8)
+    """face crop side handed to the image processor"""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """encoder dtype"""
     device: str = "auto"
+    """auto, cpu, cuda, cuda:1"""
     batch_size: int = Field(32, ge=1)
+    """images per encoder forward pass"""
     val_fraction: float = Field(0.3, ge=0, lt=1)
+    """share of videos held out (split by video)"""
     seed: int = 0
+    """seed of the split, the sampler and the initialisation"""
     n_boot: int = Field(1000, ge=0)
+    """bootstrap resamples for the CIs"""
     cache: str | None = None
+    """cache directory (default: $DFER_CACHE, ~/.cache/dfer, or the cache of a run directory given as INPUT)"""
     force: bool = False
+    """recompute the features even if cached"""
     quiet: bool = False
+    """no progress bars"""
 
     def task_list(self) -> list[str] | None:
         return [t.strip() for t in self.tasks.split(",") if t.strip()] if self.tasks else None
@@ -52,27 +74,46 @@ class ClipOptions(BaseModel):
 
 class ProbeOptions(ClipOptions):
     encoder: list[str] = Field(min_length=1)
+    """vision encoder to probe, MODEL[@REV] (repeatable): a VLM (its vision tower), CLIP/SigLIP, a vision model"""
     layers: str = "-1"
+    """hidden-state indices, e.g. -1 or 4,8,-1 or all (0 = patch embedding)"""
     C: float = Field(1.0, gt=0)
+    """inverse L2 strength of the logistic regression"""
 
 
 class TrainOptions(ClipOptions):
     encoder: str
+    """frozen vision encoder, MODEL[@REV] (VLM, CLIP/SigLIP, vision model)"""
     layer: int = -1
+    """encoder hidden-state index feeding the connector"""
     lm: str
+    """causal language model, MODEL[@REV] (hub id or folder)"""
     lora: bool = False
+    """train LoRA adapters on the LM (peft)"""
     lora_r: int = Field(8, ge=1)
+    """LoRA rank"""
     lora_alpha: float = Field(16.0, gt=0)
+    """LoRA scaling numerator"""
     lora_targets: str | None = None
+    """LM modules to adapt, comma separated (default: peft's for the architecture)"""
     tokens_per_frame: int = Field(1, ge=1)
+    """LM input embeddings per frame"""
     connector_hidden: int = Field(256, ge=1)
+    """width of the connector's hidden layer"""
     default_task: str | None = None
+    """task the classify backend scores (default: the first task)"""
     steps: int = Field(200, ge=1)
+    """optimizer steps"""
     train_batch: int = Field(8, ge=1)
+    """clips per task per step"""
     lr: float = Field(1e-3, gt=0)
+    """learning rate (AdamW)"""
     sampler: Literal["instance", "sqrt", "balanced", "progressive"] = "balanced"
+    """per-task sampler of pipeline/longtail.py"""
     conflict_every: int = Field(1, ge=0)
+    """record per-task gradients every N steps (0: never)"""
     save_every: int = Field(0, ge=0)
+    """write a resumable checkpoint every N steps (0: none); the same command resumes from it"""
 
 
 def split_rev(text: str) -> tuple[str, str | None]:
