@@ -9,6 +9,7 @@ each window, over the clip's duration).
 
     python benchmarks/msce_coverage.py                      # 4 s at 25 fps: default and paper-like settings
     python benchmarks/msce_coverage.py --seconds 2.5 --fps 30
+    python benchmarks/msce_coverage.py --preset msce        # the defaults and a preset's settings, side by side
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ import argparse
 
 import numpy as np
 
+from pipeline.config import load_config
 from pipeline.facetrack import clip_duration
 from stages import context, keyframes
 
 SETTINGS = {
-    "default (keyframes.strategy=hybrid, k=4; still face: uniform fill)": ({}, {}),
-    "paper-like as suggested (keyframes.strategy=uniform, context.min_frames_per_gap=4)": (
-        {"strategy": "uniform"}, {"min_frames_per_gap": 4}),
-    "paper-like, four in-between frames per 1 s gap (... and context.min_fps=4)": (
-        {"strategy": "uniform"}, {"min_frames_per_gap": 4, "min_fps": 4.0}),
+    "default (keyframes.strategy=hybrid, k=4; still face: uniform fill)": [],
+    "paper-like as suggested (keyframes.strategy=uniform, context.min_frames_per_gap=4)": [
+        "keyframes.strategy=uniform", "context.min_frames_per_gap=4"],
+    "paper-like, four in-between frames per 1 s gap (... and context.min_fps=4)": [
+        "keyframes.strategy=uniform", "context.min_frames_per_gap=4", "context.min_fps=4"],
 }
 
 
@@ -41,9 +43,8 @@ def spanned(intervals: list[tuple[float, float]]) -> float:
     return total + (0.0 if cur is None else cur[1] - cur[0])
 
 
-def measure(name: str, kf_over: dict, ctx_over: dict, n: int, fps: float) -> None:
+def measure(name: str, kcfg: keyframes.Config, ccfg: context.Config, n: int, fps: float) -> None:
     t = np.arange(n) / fps
-    kcfg, ccfg = keyframes.Config(**kf_over), context.Config(**ctx_over)
     flat = {"expression": np.zeros(n), "motion": np.zeros(n)}
     picks = keyframes.choose(t, flat, kcfg, np.ones(n, bool))
     plan = context.plan_windows(t, {"gaps": keyframes.gaps(picks, t, kcfg.edge_gap_min_s)}, ccfg)
@@ -67,12 +68,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--fps", type=float, default=25.0)
+    ap.add_argument("--preset", action="append", default=[], metavar="NAME",
+                    help="measure the defaults and this preset (repeatable) instead of the built-in settings")
     args = ap.parse_args()
     n = int(round(args.seconds * args.fps))
     print(f"clip: {args.seconds} s at {args.fps} fps ({n} frames), k={keyframes.Config().k}, "
           f"context.window_size={context.Config().window_size}, keyframes.edge_gap_min_s={keyframes.Config().edge_gap_min_s}")
-    for name, (kf_over, ctx_over) in SETTINGS.items():
-        measure(name, kf_over, ctx_over, n, args.fps)
+    settings = [(name, load_config(None, over)) for name, over in SETTINGS.items()]
+    if args.preset:
+        settings = settings[:1] + [(f"--preset {p}", load_config(preset=p)) for p in args.preset]
+    for name, cfg in settings:
+        measure(name, cfg.keyframes, cfg.context, n, args.fps)
 
 
 if __name__ == "__main__":

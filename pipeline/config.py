@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
 from pipeline.fields import not_in_key  # noqa: F401  (re-exported)
@@ -21,6 +21,9 @@ from stages import PIPELINE
 
 BUILTIN_PRESETS = Path(__file__).resolve().parent.parent / "prompts" / "presets"
 PRESET_PATH_ENV = "DFER_PRESET_PATH"
+CLASSIFIER = "classify.model"
+"""``context.model: classify.model``: the captioner is the classifier, whatever model ``classify.model`` ends up
+being after the preset, the config file and ``--set`` (see :func:`_captioner_from_classifier`)."""
 
 
 def _stage_sections() -> dict[str, Any]:
@@ -30,12 +33,28 @@ def _stage_sections() -> dict[str, Any]:
     return fields
 
 
+def _captioner_from_classifier(cls, data: Any, handler):
+    """``context.model`` given as the words ``classify.model`` becomes a copy of the validated ``classify.model``
+    (every setting, ``max_new_tokens`` included: the classifier never generates, so it is the captions' length
+    limit). It resolves while the config is validated, before any cache key is computed, so the captioner's key
+    holds the classifier's real identity and ``--set classify.model.model=X`` makes X caption too."""
+    context = data.get("context") if isinstance(data, dict) else None
+    same = isinstance(context, dict) and context.get("model") == CLASSIFIER
+    if same:
+        data = {**data, "context": {k: v for k, v in context.items() if k != "model"}}
+    cfg = handler(data)
+    if same:
+        cfg.context.model = cfg.classify.model.model_copy(deep=True)
+    return cfg
+
+
 def _build_pipeline_config() -> type[BaseModel]:
     from pydantic import create_model
 
     return create_model(
         "PipelineConfig",
         __config__=ConfigDict(extra="forbid"),
+        __validators__={"captioner_from_classifier": model_validator(mode="wrap")(_captioner_from_classifier)},
         run=(RunSection, Field(default_factory=RunSection)),
         **_stage_sections(),
         finetune=(FinetuneConfig, Field(default_factory=FinetuneConfig)),  # used by `dfer finetune` only

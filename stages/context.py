@@ -47,11 +47,13 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(model="HuggingFaceTB/SmolVLM-256M-Instruct", max_new_tokens=40))
-    """The captioner (any image-text-to-text model; may be the classifier itself)."""
+    """The captioner (any image-text-to-text model). ``classify.model`` (the words) makes it the classifier itself,
+    whatever model that is: resolved when the config is loaded, so the cache key holds the real model."""
     min_frames_per_gap: int = Field(4, ge=1)
     """At least this many in-between frames are captioned per gap (fewer only if the gap has fewer)."""
-    min_fps: float = Field(5.0, gt=0)
-    """...and at least this many frames per second of gap."""
+    min_fps: float = Field(5.0, ge=0)
+    """...and at least this many frames per second of gap (0: no rate floor, so every gap gets
+    ``min_frames_per_gap`` frames whatever its length, as in ``--preset msce``)."""
     window_size: int = Field(4, ge=2)
     """Most frames in one captioning window (one caption each). A gap's frames (its bounding keyframes and
     the sampled frames between them) are split into windows of even sizes, at least 2 frames each, that
