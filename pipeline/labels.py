@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -250,6 +251,34 @@ def read_label_csv(path: str | Path, label_set: LabelSet) -> dict[str, str]:
     path = Path(path)
     rows, id_col, label_col = _read_csv_rows(path, ("video", "path"))
     return _from_rows(path, rows, id_col, label_col, label_set)
+
+
+def read_label_counts(path: str | Path, label_set: LabelSet) -> dict[str, float]:
+    """A CSV with header ``label,count`` (other columns ignored; e.g. how often each emotion word occurs in a web
+    corpus): ``{canonical label: count}``. A missing column, a label not in ``label_set`` (names and aliases match),
+    a label listed twice, or a count that is not a positive number is a :class:`LabelError` naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabelError(f"{path}: label frequency file not found")
+    rows, count_col, label_col = _read_csv_rows(path, ("count",))
+    out: dict[str, float] = {}
+    first: dict[str, str] = {}
+    for no, row in rows:
+        where = f"{path}:{no}"
+        if len(row) <= max(count_col, label_col):
+            raise LabelError(f"{where}: expected at least {max(count_col, label_col) + 1} columns, got {row}")
+        label = label_set.canonical(row[label_col].strip(), where)
+        text = row[count_col].strip()
+        try:
+            count = float(text)
+        except ValueError:
+            raise LabelError(f"{where}: count {text!r} of '{label}' is not a number") from None
+        if not math.isfinite(count) or count <= 0:
+            raise LabelError(f"{where}: count {text!r} of '{label}' must be a positive number (log scale)")
+        if label in out:
+            raise LabelError(f"{where}: '{label}' is listed twice (first at {first[label]})")
+        out[label], first[label] = count, where
+    return out
 
 
 def _dfew_split_file(root: Path, fold: int | None, split: str | None) -> Path:

@@ -258,3 +258,35 @@ def compute_metrics(y_true: Sequence, y_pred: Sequence, labels: Sequence[Hashabl
         "collapse": _collapse(t, p, labels, groups),
         "warnings": notes,
     }
+
+
+def average_ranks(values: Sequence[float]) -> np.ndarray:
+    """1-based ranks of ``values``; tied values share the mean of the ranks they occupy."""
+    a = np.asarray(values, dtype=float)
+    order = np.argsort(a, kind="stable")
+    ranks = np.empty(len(a))
+    ranks[order] = np.arange(1, len(a) + 1)
+    for v in np.unique(a):
+        tied = a == v
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation: the Pearson correlation of the average ranks of ``x`` and ``y`` (ties share
+    their mean rank). None for fewer than 3 pairs or when either side is constant (undefined)."""
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} values but y has {len(y)}")
+    if len(x) < 3:
+        return None
+    rx, ry = average_ranks(x) - (len(x) + 1) / 2, average_ranks(y) - (len(y) + 1) / 2
+    denom = float(np.sqrt((rx @ rx) * (ry @ ry)))
+    return float(rx @ ry / denom) if denom > 0 else None
+
+
+def mean_std(values: Sequence[float | None]) -> dict:
+    """Mean and sample standard deviation (ddof=1) of the values that are not None, and how many there are
+    (``std`` is None for fewer than two values; both None for none)."""
+    v = np.array([x for x in values if x is not None], dtype=float)
+    return {"mean": float(v.mean()) if len(v) else None, "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+            "n": int(len(v))}

@@ -2,7 +2,8 @@
 
 Reads ``RUN/scores.jsonl`` (one clip per line: video, label, labels, scores, prediction),
 ``RUN/failures.jsonl`` (video, stage, error, message; may be absent) and ``RUN/labelset.json``
-(name, labels), and writes ``metrics.json``, ``report.md`` and three PNG plots.
+(name, labels), and writes ``metrics.json``, ``report.md`` and three PNG plots (a fourth with
+``label_frequency``: per-class F1 against how often each label word occurs, e.g. in a web corpus).
 
 Accounting rule: every clip ends up in exactly one bucket, and every bucket is counted and listed by
 name in ``metrics.json`` (the Markdown shows the first 50 of each): scored with a label, scored
@@ -15,7 +16,6 @@ so a run cannot look better by failing on hard clips.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections import Counter
@@ -27,13 +27,15 @@ import yaml
 from matplotlib.figure import Figure
 
 from pipeline.calibration import calibrate, prior_from_counts, tau_sweep
-from pipeline.labels import BUILTIN_LABEL_SETS, LabelError, LabelSet, load_label_set, match_labels, read_labels
-from pipeline.metrics import GROUP_NAMES, compute_metrics
+from pipeline.labels import (BUILTIN_LABEL_SETS, LabelError, LabelSet, load_label_set, match_labels, read_label_counts,
+                             read_labels)
+from pipeline.metrics import GROUP_NAMES, compute_metrics, spearman
 from pipeline.errors import ConfigError, RunDirError
 from pipeline.rundir import FAILURES, LABELSET, SCORES, RunDir
 
 PLOTS = {"confusion": "confusion_matrix.png", "recall": "per_class_recall.png",
          "distribution": "label_distribution.png"}
+FREQUENCY_PLOT = "f1_vs_label_frequency.png"  # with label_frequency
 LIST_LIMIT = 50  # rows per list in report.md; metrics.json always lists everything
 
 
@@ -89,8 +91,11 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
                  calibration: str = "none", tau: float = 1.0, train_counts: Any = None,
                  label_set: str | Path | None = None, fold: int | None = None, split: str | None = "test",
                  n_boot: int = 1000, seed: int = 0, smoothing: float = 0.0,
-                 taus: Sequence[float] = ()) -> dict:
+                 taus: Sequence[float] = (), label_frequency: str | Path | None = None) -> dict:
     """Everything ``metrics.json`` holds, computed in memory (see the module docstring).
+
+    ``label_frequency``: a CSV ``label,count`` (:func:`pipeline.labels.read_label_counts`); adds each class's F1
+    against its count and their Spearman rank correlation (``label_frequency`` in the result).
 
     ``taus``: also score the logit adjustment at each temperature (``tau_sweep``: UAR/WAR/macro-F1 per tau, with
     the training prior when ``train_counts`` is given, else the prior estimated from the run).
@@ -105,6 +110,7 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     fail_rows = run.failures()
     name, labels = _run_labels(run, scores_rows)
     ls = _parse_label_set(name, labels, label_set, label_format)
+    frequency = read_label_counts(label_frequency, ls) if label_frequency is not None else None
 
     notes: list[str] = []
     failures: list[dict] = []
@@ -222,7 +228,22 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
         "labels_without_clip": labels_without_clip,
         "warnings": notes,
         **({"tau_sweep": sweep} if taus else {}),
+        **({"label_frequency": _f1_by_frequency(label_frequency, frequency, metrics, notes)}
+           if frequency is not None else {}),
     }
+
+
+def _f1_by_frequency(path: str | Path, counts: dict[str, float], metrics: dict | None, notes: list[str]) -> dict:
+    """Each class's count and F1, and the Spearman rank correlation over the classes that have both."""
+    rows = [{"label": r["label"], "count": counts.get(r["label"]), "f1": r["f1"]}
+            for r in (metrics["per_class"] if metrics else [])]
+    used = [r for r in rows if r["count"] is not None and r["f1"] is not None]
+    left_out = [r["label"] for r in rows if r not in used]
+    if left_out:
+        notes.append(f"label frequency: left out of the correlation (no count in {path}, or no test example): "
+                     + ", ".join(left_out))
+    return {"path": str(path), "rows": rows, "left_out": left_out, "n": len(used),
+            "spearman": spearman([r["count"] for r in used], [r["f1"] for r in used])}
 
 
 def summary(rep: dict, out_dir: str | Path) -> str:
@@ -244,6 +265,10 @@ def summary(rep: dict, out_dir: str | Path) -> str:
             lines.append(f"tau sweep ({sweep['prior']}):")
             lines += [f"  tau {r['tau']:>5.2f}: UAR {100 * r['uar']:.2f}  WAR {100 * r['war']:.2f}  "
                       f"macro-F1 {100 * r['macro_f1']:.2f}" for r in sweep["rows"]]
+    if "label_frequency" in rep:
+        lf = rep["label_frequency"]
+        lines.append(f"per-class F1 against label frequency: Spearman rank correlation {_rho(lf['spearman'])} "
+                     f"over {lf['n']} classes")
     out = Path(out_dir)
     lines.append(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and plots")
     return "\n".join(lines)
@@ -253,12 +278,18 @@ def summary(rep: dict, out_dir: str | Path) -> str:
 # Markdown
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
+    """A share as a percentage with two decimals (``n/a`` for None)."""
     return "n/a" if x is None else f"{100 * x:.2f}"
 
 
-def _ci(ci: list[float] | None) -> str:
+def ci_text(ci: list[float] | None) -> str:
+    """A confidence interval ``[lo, hi]`` in percent (empty when there is none)."""
     return "" if not ci else f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+
+
+def _rho(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.3f}"
 
 
 def _listing(title: str, items: list, fmt=str) -> list[str]:
@@ -297,8 +328,8 @@ def _markdown(rep: dict, plots: dict[str, str]) -> str:
         line = f"\nCoverage: {cov['labelled_scored']} of {cov['labelled_clips']} labelled clips scored."
         fw = cov["failures_as_wrong"]
         if fw:
-            line += (f" Failures counted as wrong: UAR={_pct(fw['uar'])} %, WAR={_pct(fw['war'])} %, "
-                     f"macro-F1={_pct(fw['macro_f1'])} %.")
+            line += (f" Failures counted as wrong: UAR={pct(fw['uar'])} %, WAR={pct(fw['war'])} %, "
+                     f"macro-F1={pct(fw['macro_f1'])} %.")
         elif not c["failed"]:
             line += " No clip failed."
         if c["failed"] > c["failed_labelled"]:
@@ -312,13 +343,13 @@ def _markdown(rep: dict, plots: dict[str, str]) -> str:
         out += [f"\n## Overall ({m['n']} scored, labelled clips)\n",
                 f"| metric | value | {int(100 * ci['level'])} % CI ({ci['n_boot']} bootstrap resamples) |",
                 "|---|---|---|",
-                f"| UAR (%) | {_pct(m['uar'])} | {_ci(ci['uar'])} |",
-                f"| WAR (%) | {_pct(m['war'])} | {_ci(ci['war'])} |",
-                f"| macro-F1 (%) | {_pct(m['macro_f1'])} | {_ci(ci['macro_f1'])} |"]
+                f"| UAR (%) | {pct(m['uar'])} | {ci_text(ci['uar'])} |",
+                f"| WAR (%) | {pct(m['war'])} | {ci_text(ci['war'])} |",
+                f"| macro-F1 (%) | {pct(m['macro_f1'])} | {ci_text(ci['macro_f1'])} |"]
         raw = rep["metrics_uncalibrated"]
         if raw:
-            out.append(f"\nWithout calibration: UAR={_pct(raw['uar'])} %, WAR={_pct(raw['war'])} %, "
-                       f"macro-F1={_pct(raw['macro_f1'])} %.")
+            out.append(f"\nWithout calibration: UAR={pct(raw['uar'])} %, WAR={pct(raw['war'])} %, "
+                       f"macro-F1={pct(raw['macro_f1'])} %.")
         order, basis = _freq_order(m)
         group_of = {lab: g for g, d in m["groups"]["by_group"].items() for lab in d["labels"]}
         out += [f"\n## Per class (sorted by {basis})\n",
@@ -328,27 +359,36 @@ def _markdown(rep: dict, plots: dict[str, str]) -> str:
             r = m["per_class"][i]
             out.append(f"| {r['label']} | {group_of.get(r['label'], '-')} | "
                        f"{'-' if r['train_count'] is None else r['train_count']} | {r['support']} | "
-                       f"{r['predicted']} | {_pct(r['precision'])} | {_pct(r['recall'])} | {_pct(r['f1'])} |")
+                       f"{r['predicted']} | {pct(r['precision'])} | {pct(r['recall'])} | {pct(r['f1'])} |")
         g = m["groups"]
         out += ["\n## Head / medium / tail\n", f"Groups from {g['source'].replace('_', ' ')}: {g['rule']}.\n",
                 "| group | labels | clips | UAR (%) | macro-F1 (%) | accuracy (%) |", "|---|---|---|---|---|---|"]
         for name in g["by_group"]:
             d = g["by_group"][name]
-            out.append(f"| {name} | {', '.join(map(str, d['labels']))} | {d['n']} | {_pct(d['uar'])} | "
-                       f"{_pct(d['macro_f1'])} | {_pct(d['accuracy'])} |")
+            out.append(f"| {name} | {', '.join(map(str, d['labels']))} | {d['n']} | {pct(d['uar'])} | "
+                       f"{pct(d['macro_f1'])} | {pct(d['accuracy'])} |")
         col = m["collapse"]
         out += ["\n## Collapse onto head classes\n",
                 f"- total variation between predicted and true label distributions: {col['total_variation']:.4f}",
                 f"- KL(true || predicted), 0.5 pseudo-count: {col['kl_true_pred']:.4f}",
                 "- Jensen-Shannon distance (base 2): "
                 + ("n/a" if col["js_distance"] is None else f"{col['js_distance']:.4f}"),
-                f"- head-class share: true {_pct(col['head_share_true'])} %, predicted {_pct(col['head_share_pred'])} %",
-                f"- tail clips predicted as a head class: {_pct(col['tail_to_head_share'])} % "
+                f"- head-class share: true {pct(col['head_share_true'])} %, predicted {pct(col['head_share_pred'])} %",
+                f"- tail clips predicted as a head class: {pct(col['tail_to_head_share'])} % "
                 f"of {col['n_tail_clips']}",
                 f"- classes never predicted: {', '.join(map(str, col['classes_never_predicted'])) or 'none'}"]
         if m["classes_without_examples"]:
             out.append(f"- classes with no test example (left out of UAR/macro-F1): "
                        f"{', '.join(map(str, m['classes_without_examples']))}")
+    if "label_frequency" in rep and m is not None:
+        lf = rep["label_frequency"]
+        out += ["\n## Per-class F1 against label frequency\n",
+                f"Counts from `{lf['path']}`. Spearman rank correlation between count and F1: {_rho(lf['spearman'])} "
+                f"over {lf['n']} classes" + (f" (left out: {', '.join(lf['left_out'])})" if lf["left_out"] else "")
+                + ".\n", "| label | count | F1 (%) |", "|---|---|---|"]
+        for r in sorted(lf["rows"], key=lambda r: -(r["count"] or 0)):
+            count = "-" if r["count"] is None else f"{r['count']:g}"
+            out.append(f"| {r['label']} | {count} | {pct(r['f1'])} |")
     if plots:
         out.append("\n## Plots\n")
         out += [f"![{k}]({v})" for k, v in plots.items()]
@@ -420,7 +460,30 @@ def _plots(rep: dict, out_dir: Path) -> dict[str, str]:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / PLOTS["distribution"], dpi=100)
-    return dict(PLOTS)
+    plots = dict(PLOTS)
+    lf = rep.get("label_frequency")
+    if lf and lf["n"]:
+        _frequency_plot(lf, out_dir / FREQUENCY_PLOT)
+        plots["f1_vs_frequency"] = FREQUENCY_PLOT
+    return plots
+
+
+def _frequency_plot(lf: dict, path: Path) -> None:
+    """Per-class F1 (y) against the label's count (x, log scale), each point labelled, Spearman's rho in the title."""
+    used = [r for r in lf["rows"] if r["label"] not in lf["left_out"]]
+    fig = Figure(figsize=(7, 5))
+    ax = fig.add_subplot()
+    x, y = [r["count"] for r in used], [r["f1"] for r in used]
+    ax.scatter(x, y)
+    for r in used:
+        ax.annotate(str(r["label"]), (r["count"], r["f1"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel(f"label frequency ({Path(lf['path']).name}, log scale)")
+    ax.set_ylabel("F1")
+    ax.set_title(f"Per-class F1 against label frequency (Spearman rho = {_rho(lf['spearman'])}, {lf['n']} classes)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def write_report(run_dir: str | Path, labels_file: str | Path | None = None, label_format: str = "csv",
@@ -435,61 +498,3 @@ def write_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     out.write_metrics(rep)
     out.write_report(_markdown(rep, rep["plots"]))
     return rep
-
-
-# --------------------------------------------------------------------------------------------------
-# Comparing runs
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, Mapping):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-def compare_runs(run_dirs: Sequence[str | Path], **kwargs: Any) -> str:
-    """Markdown table of several runs side by side, plus the ``config.yaml`` keys that differ.
-
-    A run's ``metrics.json`` is used when present and no keyword arguments are given; otherwise its
-    metrics are computed with :func:`build_report` (``kwargs`` go there), without writing anything.
-    """
-    dirs = [Path(d) for d in run_dirs]
-    if not dirs:
-        raise RunDirError("compare needs at least one run directory")
-    missing = [str(d) for d in dirs if not d.is_dir()]
-    if missing:
-        raise RunDirError(f"not a directory: {', '.join(missing)}")
-    names = [d.name for d in dirs]
-    if len(set(names)) < len(names):
-        names = [str(d) for d in dirs]
-    reps = []
-    for d in dirs:
-        saved = RunDir(d).metrics() if not kwargs else None
-        reps.append(saved if saved is not None else build_report(d, **kwargs))
-    out = ["| run | calibration | scored | failed | UAR (%) | WAR (%) | macro-F1 (%) |",
-           "|---|---|---|---|---|---|---|"]
-    for name, rep in zip(names, reps):
-        m, cal = rep["metrics"] or {}, rep["calibration"]
-        ci = m.get("ci", {})
-        cal_text = cal["method"] + (f" (tau={cal['tau']})" if cal["method"] != "none" else "")
-        out.append(f"| {name} | {cal_text} | {rep['counts']['scored']} | {rep['counts']['failed']} | "
-                   f"{_pct(m.get('uar'))} {_ci(ci.get('uar'))} | {_pct(m.get('war'))} {_ci(ci.get('war'))} | "
-                   f"{_pct(m.get('macro_f1'))} |")
-    configs = {name: _flatten(cfg) for name, cfg in zip(names, (RunDir(d).config() for d in dirs)) if cfg is not None}
-    if len(configs) >= 2:
-        keys = sorted({k for c in configs.values() for k in c})
-        diff = [k for k in keys if len({(k in c, json.dumps(c.get(k), default=str, sort_keys=True))
-                                        for c in configs.values()}) > 1]
-        out += ["", f"Config keys that differ ({len(diff)}):" if diff else "Configs are identical.", ""]
-        if diff:
-            cols = list(configs)
-            out += ["| key | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-            for k in diff:
-                out.append(f"| {k} | " + " | ".join(
-                    "(absent)" if k not in configs[c] else f"`{configs[c][k]}`" for c in cols) + " |")
-    elif configs:
-        out += ["", "Only one run has a config.yaml; no config diff."]
-    return "\n".join(out) + "\n"

@@ -58,6 +58,8 @@ def _fake_run(root: Path) -> Path:
 
 def test_report_compare_and_config_show_load_neither_torch_nor_transformers(tmp_path):
     a, b = _fake_run(tmp_path / "a"), _fake_run(tmp_path / "b")
+    freq = tmp_path / "web.csv"
+    freq.write_text("label,count\nhappy,900\nsad,40\n")
     script = (
         "import io, json, sys, contextlib\n"
         "from pipeline.cli import main\n"
@@ -65,12 +67,14 @@ def test_report_compare_and_config_show_load_neither_torch_nor_transformers(tmp_
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         f"    codes.append(main(['report', {str(a)!r}, '--calibration', 'estimated', '--tau-sweep', '0,1']))\n"
         f"    codes.append(main(['compare', {str(a)!r}, {str(b)!r}]))\n"
+        f"    codes.append(main(['compare', '--folds', {str(a)!r}, {str(b)!r}]))\n"
+        f"    codes.append(main(['report', {str(b)!r}, '--label-frequency', {str(freq)!r}]))\n"
         "    codes.append(main(['config', 'show', '--set', 'keyframes.k=3']))\n"
         "print(json.dumps({'codes': codes, 'loaded': [m for m in ('torch', 'transformers') if m in sys.modules]}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.splitlines()[-1]) == {"codes": [0, 0, 0], "loaded": []}
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"codes": [0, 0, 0, 0, 0], "loaded": []}
 
 
 def test_every_registered_backend_implements_the_interface():

@@ -10,7 +10,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
                              precision_recall_fscore_support)
 
 from pipeline.calibration import calibrate, prior_from_counts, softmax, tau_sweep
-from pipeline.metrics import compute_metrics, macro_f1, make_groups, uar, war
+from pipeline.metrics import compute_metrics, macro_f1, make_groups, mean_std, spearman, uar, war
 
 LABELS = ["happy", "sad", "neutral"]
 
@@ -138,3 +138,23 @@ def test_calibration_errors():
     with pytest.raises(ValueError, match=r"zero training count for \['b'\]"):
         prior_from_counts({"a": 3, "b": 0}, ["a", "b"])
     np.testing.assert_allclose(prior_from_counts({"a": 3, "b": 0}, ["a", "b"], smoothing=1), [0.8, 0.2])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_spearman_without_ties_is_the_rank_difference_formula(seed):
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=9), rng.normal(size=9)
+    d = np.argsort(np.argsort(x)) - np.argsort(np.argsort(y))  # rank differences (no ties in random floats)
+    assert spearman(x, y) == pytest.approx(1 - 6 * np.sum(d ** 2) / (9 * (81 - 1)))
+    assert spearman(x, np.exp(x)) == pytest.approx(1.0) and spearman(x, -x) == pytest.approx(-1.0)
+
+
+def test_spearman_gives_tied_values_their_mean_rank():
+    x, y = [10, 20, 20, 40], [1.0, 3.0, 2.0, 4.0]
+    assert spearman(x, y) == pytest.approx(np.corrcoef([1, 2.5, 2.5, 4], [1, 3, 2, 4])[0, 1])
+    assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1, 2], [2, 1]) is None  # undefined
+
+
+def test_mean_std_is_over_the_values_present():
+    assert mean_std([0.2, None, 0.6]) == pytest.approx({"mean": 0.4, "std": np.std([0.2, 0.6], ddof=1), "n": 2})
+    assert mean_std([0.5]) == {"mean": 0.5, "std": None, "n": 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.report import PLOTS, build_report, compare_runs, write_report
+from pipeline.compare import compare_runs
+from pipeline.report import PLOTS, build_report, write_report
+from pipeline.errors import LabelError
 from pipeline.rundir import RunDir
 
 DFEW = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]
@@ -138,3 +141,39 @@ def test_official_dfew_labels_file(tmp_path):
     rep = build_report(tmp_path / "run", labels_file=tmp_path / "DFEW", label_format="dfew", fold=1, n_boot=0)
     assert rep["counts"]["scored_labelled"] == 140 and rep["unlabeled_clips"] == ["clips/extra.mp4"]
     assert rep["labels_without_clip"] == []
+
+
+FREQUENCY = {"happy": 5000, "sad": 2000, "neutral": 9000, "angry": 1500, "surprise": 800, "disgust": 90, "fear": 600}
+
+
+def test_label_frequency_gives_f1_against_count_with_rank_correlation(tmp_path):
+    make_run(tmp_path / "run")
+    freq = tmp_path / "web.csv"
+    freq.write_text("label,count\n" + "".join(f"{k},{v}\n" for k, v in FREQUENCY.items()))
+    rep = write_report(tmp_path / "run", n_boot=0, label_frequency=freq)
+    lf = RunDir(tmp_path / "run").metrics()["label_frequency"]
+    f1 = {r["label"]: r["f1"] for r in rep["metrics"]["per_class"]}
+    assert {r["label"]: (r["count"], r["f1"]) for r in lf["rows"]} == {k: (v, f1[k]) for k, v in FREQUENCY.items()}
+    labels = list(FREQUENCY)
+    ranks_f, ranks_c = (np.argsort(np.argsort([d[k] for k in labels])) for d in (f1, FREQUENCY))
+    assert len(set(f1.values())) == 7  # no ties, so the rank-difference formula holds
+    assert lf["spearman"] == pytest.approx(1 - 6 * np.sum((ranks_f - ranks_c) ** 2) / (7 * 48)) and lf["n"] == 7
+    _assert_png(tmp_path / "run" / "f1_vs_label_frequency.png")
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "## Per-class F1 against label frequency" in md and f"{lf['spearman']:+.3f} over 7 classes" in md
+    assert f"| disgust | 90 | {100 * f1['disgust']:.2f} |" in md
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    ("word,count\nhappy,5\n", 1, "expected a header with columns count and 'label'"),
+    ("label,count\nhappy,5\njoy,7\n", 3, "unknown label 'joy'"),
+    ("label,count\nhappy,many\n", 2, "count 'many' of 'happy' is not a number"),
+    ("label,count\nhappy,5\nHappy,6\n", 3, "'happy' is listed twice"),
+])
+def test_bad_label_frequency_file_names_file_and_line(tmp_path, text, where, problem):
+    make_run(tmp_path / "run")
+    freq = tmp_path / "web.csv"
+    freq.write_text(text)
+    with pytest.raises(LabelError, match=f"{re.escape(str(freq))}:{where}: .*{re.escape(problem)}"):
+        write_report(tmp_path / "run", n_boot=0, label_frequency=freq)
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -25,6 +25,29 @@ def config_options() -> argparse.ArgumentParser:
     return p
 
 
+def label_options() -> argparse.ArgumentParser:
+    """The true labels of the clips, as ``dfer report`` reads them (report, view, sweep)."""
+    from pipeline.labels import LABEL_FORMATS
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--labels", metavar="FILE", help="true labels: CSV video,label or an official split file/folder")
+    p.add_argument("--label-format", default="csv", choices=LABEL_FORMATS, help="format of --labels")
+    p.add_argument("--fold", type=int, help="DFEW fold (1-5) when --labels is the DFEW split folder")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="DFEW split when --labels is a folder")
+    return p
+
+
+def execution_options() -> argparse.ArgumentParser:
+    """Where a run's artifacts go and where its work runs (run, sweep)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--cache", metavar="DIR", help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where per-clip work and model stages run: local processes, or a Ray cluster (run.ray_* settings)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="--executor ray: the cluster's head, HOST:6379 (default: $RAY_ADDRESS, else a local Ray instance)")
+    return p
+
+
 def quiet_option() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (for logs)")

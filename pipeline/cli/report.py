@@ -6,20 +6,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.cli.options import label_options
 from pipeline.errors import EXIT_OK, ConfigError
 
 CALIBRATIONS = ["none", "prior", "estimated"]
-LABEL_FORMATS = ["csv", "dfew", "ferv39k", "mafw"]
 
 
 def _scoring_options() -> argparse.ArgumentParser:
     """True labels and calibration, as ``dfer report`` applies them (report and view)."""
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser(add_help=False, parents=[label_options()])
     p.add_argument("run_dir", metavar="RUN")
-    p.add_argument("--labels", metavar="FILE", help="true labels: CSV video,label or an official split file/folder")
-    p.add_argument("--label-format", default="csv", choices=LABEL_FORMATS, help="format of --labels")
-    p.add_argument("--fold", type=int, help="DFEW fold (1-5) when --labels is the DFEW split folder")
-    p.add_argument("--split", default="test", choices=["train", "test"], help="DFEW split when --labels is a folder")
     p.add_argument("--calibration", default="none", choices=CALIBRATIONS,
                    help="none; prior: logit adjustment with --train-counts; estimated: prior estimated from this run")
     p.add_argument("--tau", type=float, default=1.0, help="temperature of the logit adjustment")
@@ -31,6 +27,9 @@ def add_parsers(sub) -> None:
     rep = sub.add_parser("report", parents=[_scoring_options()],
                          help="metrics, Markdown report and plots of a run (no model is called)")
     rep.add_argument("--tau-sweep", metavar="T1,T2,...", help="also print UAR/WAR for each tau (e.g. 0,0.5,1,1.5,2)")
+    rep.add_argument("--label-frequency", metavar="FILE",
+                     help="CSV label,count (e.g. how often each emotion word occurs in a web corpus): per-class F1 "
+                          "against it (table, scatter plot, Spearman rank correlation)")
     rep.add_argument("--out", metavar="DIR", help="where to write (default: the run directory)")
     rep.set_defaults(handler=_report)
 
@@ -39,8 +38,11 @@ def add_parsers(sub) -> None:
     view.add_argument("-o", "--output", metavar="FILE.html", help="where to write (default: RUN/view.html)")
     view.set_defaults(handler=_view)
 
-    cmp_ = sub.add_parser("compare", help="put several runs (ablations) side by side")
+    cmp_ = sub.add_parser("compare", help="put several runs (ablations) side by side, or aggregate folds (--folds)")
     cmp_.add_argument("run_dirs", nargs="+", metavar="RUN")
+    cmp_.add_argument("--folds", action="store_true",
+                      help="the runs are the folds of one protocol (e.g. DFEW's five): mean ± std of UAR, WAR, "
+                           "macro-F1 and each class's recall")
     cmp_.add_argument("--labels", metavar="FILE", help="true labels for all runs (else each run's own)")
     cmp_.add_argument("--calibration", choices=CALIBRATIONS, help="recompute every run with this calibration")
     cmp_.add_argument("--tau", type=float, help="temperature for --calibration")
@@ -60,7 +62,7 @@ def _report(args) -> int:
     rep = write_report(
         args.run_dir, labels_file=args.labels, label_format=args.label_format, calibration=args.calibration,
         tau=args.tau, train_counts=args.train_counts, out_dir=args.out, fold=args.fold, split=args.split,
-        taus=_taus(args.tau_sweep),
+        taus=_taus(args.tau_sweep), label_frequency=args.label_frequency,
     )
     print(summary(rep, Path(args.out or args.run_dir)))
     return EXIT_OK
@@ -77,8 +79,9 @@ def _view(args) -> int:
 
 
 def _compare(args) -> int:
-    from pipeline.report import compare_runs
+    from pipeline.compare import compare_folds, compare_runs
 
     kwargs = {"labels_file": args.labels, "calibration": args.calibration, "tau": args.tau}
-    print(compare_runs(args.run_dirs, **{k: v for k, v in kwargs.items() if v is not None}))
+    compare = compare_folds if args.folds else compare_runs
+    print(compare(args.run_dirs, **{k: v for k, v in kwargs.items() if v is not None}))
     return EXIT_OK

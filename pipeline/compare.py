@@ -1,0 +1,179 @@
+"""``dfer compare``: several run directories side by side (ablations), or as the folds of one protocol (``--folds``,
+e.g. DFEW's five). No model is called.
+
+Every number is ``dfer report``'s: a run's ``metrics.json`` when it has one and nothing is to be recomputed, else
+:func:`pipeline.report.build_report` on the run (``kwargs``: true labels, calibration), without writing anything.
+
+- :func:`compare_runs`: the headline metrics with their bootstrap CIs, each class's recall, and how far each run's
+  predictions collapse onto head classes, one column per run; then the ``config.yaml`` keys that differ.
+- :func:`fold_summary` / :func:`compare_folds`: mean and sample standard deviation (ddof=1) over the folds of UAR,
+  WAR, macro-F1 and each class's recall. The folds must share one label set. A class with no test example in a
+  fold has no recall there: its mean and std are over the folds that have it, and the table says how many.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from pipeline.errors import LabelError, RunDirError
+from pipeline.metrics import mean_std
+from pipeline.report import build_report, ci_text, pct
+from pipeline.rundir import RunDir
+
+HEADLINE = ("uar", "war", "macro_f1")
+COLLAPSE_ROWS = (
+    ("total variation, true vs predicted", "total_variation", "{:.4f}"),
+    ("KL(true ‖ predicted), 0.5 pseudo-count", "kl_true_pred", "{:.4f}"),
+    ("Jensen-Shannon distance", "js_distance", "{:.4f}"),
+    ("head-class share, true (%)", "head_share_true", None),
+    ("head-class share, predicted (%)", "head_share_pred", None),
+    ("tail clips predicted as head (%)", "tail_to_head_share", None),
+)
+
+
+def load_reports(run_dirs: Sequence[str | Path], **kwargs: Any) -> tuple[list[str], list[dict]]:
+    """Column names (the folders' names, or their paths when two share a name) and each run's report."""
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise RunDirError("compare needs at least one run directory")
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        raise RunDirError(f"not a directory: {', '.join(missing)}")
+    names = [d.name for d in dirs]
+    if len(set(names)) < len(names):
+        names = [str(d) for d in dirs]
+    reps = []
+    for d in dirs:
+        saved = RunDir(d).metrics() if not kwargs else None
+        reps.append(saved if saved is not None else build_report(d, **kwargs))
+    return names, reps
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _class_labels(reps: list[dict]) -> list[str]:
+    """Every label of every run, in the order they first appear."""
+    return list(dict.fromkeys(lab for rep in reps for lab in rep["label_set"]["labels"]))
+
+
+def _recall_cell(rep: dict, label: str) -> str:
+    """A class's recall in one run: a percentage, ``n/a`` (no test example), or ``-`` (not in its label set)."""
+    rows = {r["label"]: r for r in (rep["metrics"] or {}).get("per_class", [])}
+    if label not in rep["label_set"]["labels"]:
+        return "-"
+    return pct(rows[label]["recall"]) if label in rows else "n/a"
+
+
+def _collapse_rows(reps: list[dict]) -> list[list[str]]:
+    out = []
+    for title, key, fmt in COLLAPSE_ROWS:
+        cells = []
+        for rep in reps:
+            value = ((rep["metrics"] or {}).get("collapse") or {}).get(key)
+            cells.append("n/a" if value is None else fmt.format(value) if fmt else pct(value))
+        out.append([title, *cells])
+    never = [", ".join(map(str, ((rep["metrics"] or {}).get("collapse") or {}).get("classes_never_predicted", [])))
+             or "none" for rep in reps]
+    return out + [["classes never predicted", *never]]
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, Mapping):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _config_diff(names: list[str], dirs: list[Path]) -> list[str]:
+    configs = {name: _flatten(cfg) for name, cfg in zip(names, (RunDir(d).config() for d in dirs)) if cfg is not None}
+    if len(configs) < 2:
+        return ["", "Only one run has a config.yaml; no config diff."] if configs else []
+    keys = sorted({k for c in configs.values() for k in c})
+    diff = [k for k in keys if len({(k in c, json.dumps(c.get(k), default=str, sort_keys=True))
+                                    for c in configs.values()}) > 1]
+    out = ["", f"Config keys that differ ({len(diff)}):" if diff else "Configs are identical."]
+    if diff:
+        cols = list(configs)
+        out += [""] + _table(["key", *cols], [[k, *("(absent)" if k not in configs[c] else f"`{configs[c][k]}`"
+                                                     for c in cols)] for k in diff])
+    return out
+
+
+def compare_runs(run_dirs: Sequence[str | Path], **kwargs: Any) -> str:
+    """Markdown: the runs' headline metrics, per-class recall and collapse measures side by side, then the
+    ``config.yaml`` keys that differ (see the module docstring)."""
+    names, reps = load_reports(run_dirs, **kwargs)
+    rows = []
+    for name, rep in zip(names, reps):
+        m, cal = rep["metrics"] or {}, rep["calibration"]
+        ci = m.get("ci", {})
+        cal_text = cal["method"] + (f" (tau={cal['tau']})" if cal["method"] != "none" else "")
+        rows.append([name, cal_text, str(rep["counts"]["scored"]), str(rep["counts"]["failed"]),
+                     *(f"{pct(m.get(k))} {ci_text(ci.get(k))}".strip() for k in HEADLINE)])
+    out = _table(["run", "calibration", "scored", "failed", "UAR (%)", "WAR (%)", "macro-F1 (%)"], rows)
+    if any(rep["metrics"] for rep in reps):
+        out += ["", "Recall per class (%; n/a: no test example of the class, -: not in the run's label set):", ""]
+        out += _table(["class", *names], [[lab, *(_recall_cell(rep, lab) for rep in reps)] for lab in _class_labels(reps)])
+        out += ["", "Collapse onto head classes:", ""]
+        out += _table(["measure", *names], _collapse_rows(reps))
+    out += _config_diff(names, [Path(d) for d in run_dirs])
+    return "\n".join(out) + "\n"
+
+
+def fold_summary(run_dirs: Sequence[str | Path], **kwargs: Any) -> dict:
+    """The folds' metrics and their mean ± std: ``{"folds": [{run, n, uar, war, macro_f1, recall: {label: r}}],
+    "mean_std": {metric: {mean, std, n}}, "recall": {label: {mean, std, n}}, "labels", "n_folds"}``.
+
+    :class:`LabelError` when the folds do not share one label set; :class:`RunDirError` for a fold without metrics.
+    """
+    names, reps = load_reports(run_dirs, **kwargs)
+    sets = {name: rep["label_set"]["labels"] for name, rep in zip(names, reps)}
+    first = names[0]
+    odd = [n for n in names if sorted(sets[n]) != sorted(sets[first])]
+    if odd:
+        raise LabelError("folds of one protocol must share one label set: " + "; ".join(
+            f"{n} has {rep['label_set']['name']} ({', '.join(sets[n])})" for n, rep in zip(names, reps)
+            if n in odd or n == first))
+    empty = [n for n, rep in zip(names, reps) if not rep["metrics"]]
+    if empty:
+        raise RunDirError(f"no metrics for {', '.join(empty)}: no scored clip has a true label (pass --labels FILE)")
+    labels = sets[first]
+    folds = []
+    for name, rep in zip(names, reps):
+        m = rep["metrics"]
+        folds.append({"run": name, "n": m["n"], **{k: m[k] for k in HEADLINE},
+                      "recall": {r["label"]: r["recall"] for r in m["per_class"]}})
+    return {"labels": labels, "n_folds": len(folds), "folds": folds,
+            "mean_std": {k: mean_std([f[k] for f in folds]) for k in HEADLINE},
+            "recall": {lab: mean_std([f["recall"][lab] for f in folds]) for lab in labels}}
+
+
+def _mean_std_text(s: dict) -> str:
+    if s["mean"] is None:
+        return "n/a"
+    return pct(s["mean"]) + (f" ± {pct(s['std'])}" if s["std"] is not None else " ± n/a")
+
+
+def compare_folds(run_dirs: Sequence[str | Path], **kwargs: Any) -> str:
+    """Markdown of :func:`fold_summary`: one row per fold and the mean ± std, then each class's recall."""
+    s = fold_summary(run_dirs, **kwargs)
+    n = s["n_folds"]
+    rows = [[f["run"], str(f["n"]), *(pct(f[k]) for k in HEADLINE)] for f in s["folds"]]
+    rows.append([f"**mean ± std** ({n} folds)", str(sum(f["n"] for f in s["folds"])),
+                 *(_mean_std_text(s["mean_std"][k]) for k in HEADLINE)])
+    out = [f"Folds: {n}; mean ± sample standard deviation (ddof=1) over the folds.", ""]
+    out += _table(["fold", "clips", "UAR (%)", "WAR (%)", "macro-F1 (%)"], rows)
+    out += ["", "Recall per class (%; n/a: no test example in that fold):", ""]
+    recall_rows = []
+    for lab in s["labels"]:
+        st = s["recall"][lab]
+        folds_with = "" if st["n"] == n else f" (over {st['n']} of {n} folds)"
+        recall_rows.append([lab, *(pct(f["recall"][lab]) for f in s["folds"]), _mean_std_text(st) + folds_with])
+    out += _table(["class", *(f["run"] for f in s["folds"]), "mean ± std"], recall_rows)
+    return "\n".join(out) + "\n"
