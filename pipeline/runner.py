@@ -168,9 +168,7 @@ class Runner:
             i, n = self.shard
             refs = [r for r in refs if shard_of(r.id, n) == i]
         stages = self.stages()
-        blocked = self._preflight(stages)  # before anything is written: a config that cannot work leaves nothing
-        if "classify" in stages:
-            check_labels(refs, self.cfg.classify.labels)
+        blocked = self.check(refs)  # before anything is written: a config that cannot work leaves nothing
         self.executor.start(self.cache.root)  # e.g. Ray: connect and check the cluster before any clip
         self.run_dir.create()
         self.run_dir.write_config(dump_config(self.cfg, self.sections))
@@ -180,6 +178,16 @@ class Runner:
         finally:
             self._failures.close()
             self.executor.close()
+
+    def check(self, refs: list[VideoRef]) -> tuple[str, str] | None:
+        """What :meth:`run` checks before it writes anything: every stage's preflight and the labels of a list
+        file. Raises on a configuration that cannot work; returns (stage, message) of the first stage the run
+        will stop before (its model weights are not available here), else None. Writes nothing."""
+        stages = self.stages()
+        blocked = self._preflight(stages)
+        if "classify" in stages:
+            check_labels(refs, self.cfg.classify.labels)
+        return blocked
 
     def _preflight(self, stages: list[str]) -> tuple[str, str] | None:
         """Checks of every stage to run, before any clip is processed. A configuration that cannot

@@ -5,7 +5,7 @@ to exit codes in :func:`main`, once (see :mod:`pipeline.errors`):
 says how to point at a local model; ``--strict`` turns that into 3); 1 some clips failed; 2 bad usage, config
 or input; 3 a strict run stopped; 130 interrupted.
 
-Each command module (``run``, ``report``, ``finetune``, ``diagnostics``) adds its subcommands with
+Each command module (``run``, ``sweep``, ``report``, ``finetune``, ``diagnostics``) adds its subcommands with
 ``add_parsers(subparsers)`` and sets ``handler`` on each; options shared by several commands are declared
 once in :mod:`pipeline.cli.options`.
 """
@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import diagnostics, finetune, report, run
+from pipeline.cli import diagnostics, finetune, report, run, sweep
 from pipeline.errors import EXIT_INTERRUPTED, DferError
 
-COMMAND_MODULES = (run, report, finetune, diagnostics)
+COMMAND_MODULES = (run, sweep, report, finetune, diagnostics)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,26 +5,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.cli.options import config_options, load_config, quiet_option
+from pipeline.cli.options import config_options, execution_options, load_config, quiet_option
 from pipeline.errors import EXIT_FAILED_CLIPS, EXIT_OK, EXIT_STOPPED
 
 
 def add_parsers(sub) -> None:
     from stages import STAGE_ORDER
 
-    run = sub.add_parser("run", parents=[config_options(), quiet_option()],
+    run = sub.add_parser("run", parents=[config_options(), quiet_option(), execution_options()],
                          help="run the pipeline over a folder, a CSV list or one video")
     run.add_argument("input", help="folder of clips (recursive), CSV list file (path[,label]) or one video file")
     run.add_argument("--out", required=True, metavar="RUN", help="run directory to write")
     run.add_argument("--until", choices=STAGE_ORDER, help="stop after this stage")
     run.add_argument("--force", choices=STAGE_ORDER, help="recompute this stage and everything downstream")
     run.add_argument("--shard", metavar="i/N", help="process only shard i of N (deterministic by video id)")
-    run.add_argument("--cache", metavar="DIR", help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
     run.add_argument("--strict", action="store_true", help="stop at the first failure (exit 3)")
-    run.add_argument("--executor", choices=["local", "ray"], default="local",
-                     help="where per-clip work and model stages run: local processes, or a Ray cluster (run.ray_* settings)")
-    run.add_argument("--ray-address", metavar="ADDR",
-                     help="--executor ray: the cluster's head, HOST:6379 (default: $RAY_ADDRESS, else a local Ray instance)")
     run.set_defaults(handler=_run)
 
     cfg = sub.add_parser("config", help="configuration tools")
