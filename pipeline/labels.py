@@ -232,17 +232,23 @@ def _read_csv_rows(path: Path, id_columns: tuple[str, ...]) -> tuple[list[tuple[
     return rows[1:], id_col, cols.index("label")
 
 
+def _cells(path, rows, key_col: int, label_col: int) -> Iterable[tuple[str, str, str]]:
+    """``("file:line", key cell, label cell)`` of each row (stripped); a row too short is an error naming its line."""
+    for no, row in rows:
+        where = f"{path}:{no}"
+        if len(row) <= max(key_col, label_col):
+            raise LabelError(f"{where}: expected at least {max(key_col, label_col) + 1} columns, got {row}")
+        yield where, row[key_col].strip(), row[label_col].strip()
+
+
 def _from_rows(path, rows, id_col, label_col, label_set, fix_id=lambda v: v) -> dict[str, str]:
     out: dict[str, str] = {}
     first: dict[str, str] = {}
-    for no, row in rows:
-        where = f"{path}:{no}"
-        if len(row) <= max(id_col, label_col):
-            raise LabelError(f"{where}: expected at least {max(id_col, label_col) + 1} columns, got {row}")
-        vid = fix_id(row[id_col].strip())
+    for where, vid, label in _cells(path, rows, id_col, label_col):
+        vid = fix_id(vid)
         if not vid:
             raise LabelError(f"{where}: empty video id")
-        _add(out, first, vid, label_set.canonical(row[label_col].strip(), where), where)
+        _add(out, first, vid, label_set.canonical(label, where), where)
     return out
 
 
@@ -263,12 +269,8 @@ def read_label_counts(path: str | Path, label_set: LabelSet) -> dict[str, float]
     rows, count_col, label_col = _read_csv_rows(path, ("count",))
     out: dict[str, float] = {}
     first: dict[str, str] = {}
-    for no, row in rows:
-        where = f"{path}:{no}"
-        if len(row) <= max(count_col, label_col):
-            raise LabelError(f"{where}: expected at least {max(count_col, label_col) + 1} columns, got {row}")
-        label = label_set.canonical(row[label_col].strip(), where)
-        text = row[count_col].strip()
+    for where, text, word in _cells(path, rows, count_col, label_col):
+        label = label_set.canonical(word, where)
         try:
             count = float(text)
         except ValueError:
