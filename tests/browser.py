@@ -59,6 +59,18 @@ def open_page(driver, path_or_url: str | Path, timeout: float = 20.0) -> None:
         time.sleep(0.02)
 
 
+def wait_for(condition, timeout: float = 10.0):
+    """Poll ``condition()`` until it is truthy and return its value. The page applies a filter after the
+    ``hashchange`` event and a search after a short debounce, so the DOM changes a moment after a click or a
+    key press (longer on a loaded machine); a test waits for the change it caused instead of reading at once."""
+    end = time.time() + timeout
+    while True:
+        value = condition()
+        if value or time.time() > end:
+            return value
+        time.sleep(0.02)
+
+
 def console_errors(driver) -> list[str]:
     """Console errors and uncaught exceptions since the last call (the log is drained)."""
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]

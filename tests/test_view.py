@@ -14,7 +14,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.report import build_report
 from pipeline.view import RunDirError, build_view, write_view
-from tests.browser import console_errors, open_page, screenshot_stats, start_browser
+from tests.browser import console_errors, open_page, screenshot_stats, start_browser, wait_for
 from tests.conftest import copy_clip
 from tests.runs import artifact, copy_run, run, scale_run
 from tests.tiny_models import shared_tiny_model_dir
@@ -120,6 +120,7 @@ def test_confusion_cell_filters_the_cards_to_its_true_and_predicted_pair(browser
     cell = browser.find_element("css selector", f'.cell[data-true="{pair[0]}"][data-pred="{pair[1]}"]')
     assert int(cell.text) == len(expected)
     cell.click()
+    wait_for(lambda: shown_count(browser) != 60)
     assert card_ids(browser) == expected and shown_count(browser) == len(expected)
     assert console_errors(browser) == []
 
@@ -128,6 +129,7 @@ def test_url_fragment_keeps_the_filter_across_a_reload(browser, many):
     pair = discriminating_pair(predictions(many[0]))
     open_page(browser, many[1])
     browser.find_element("css selector", f'.cell[data-true="{pair[0]}"][data-pred="{pair[1]}"]').click()
+    wait_for(lambda: shown_count(browser) != 60)
     url = browser.current_url
     assert f"true={pair[0]}" in url and f"pred={pair[1]}" in url
     filtered = card_ids(browser)
@@ -174,14 +176,15 @@ def test_keyboard_moves_between_cards_searches_and_resets(browser, page):
     assert active() == "b.mp4"
     keys.send_keys("/").perform()
     assert active() == "f-q"
-    keys.send_keys("webm").pause(0.4).perform()
-    assert card_ids(browser) == ["c.webm"]
+    keys.send_keys("webm").perform()
+    assert wait_for(lambda: card_ids(browser) == ["c.webm"])
     keys.send_keys(Keys.ESCAPE).perform()
-    assert shown_count(browser) == 5
+    assert wait_for(lambda: shown_count(browser) == 5)
     cell = browser.find_element("css selector", ".cell.diag")
     browser.execute_script("arguments[0].focus()", cell)
     keys.send_keys(Keys.ENTER).perform()
-    assert browser.find_element("id", "f-pred").get_attribute("value") == cell.get_attribute("data-pred")
+    pred = cell.get_attribute("data-pred")
+    assert wait_for(lambda: browser.find_element("id", "f-pred").get_attribute("value") == pred)
 
 
 def test_narrow_window_has_no_horizontal_overflow(browser, page):
