@@ -109,5 +109,5 @@ def test_a_backend_that_misses_a_method_cannot_be_made():
 
     with pytest.raises(TypeError, match="score_labels"):
         NoScoring()
-    with pytest.raises(ValueError, match="unknown backend 'nope'; backends: transformers, openai, socialfusion"):
+    with pytest.raises(ValueError, match="unknown backend 'nope'; backends: transformers, openai, socialfusion, expression"):
         ModelConfig(model="m", backend="nope")

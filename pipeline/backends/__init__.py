@@ -13,12 +13,12 @@ Heavy imports (torch, transformers, requests) happen when a backend is used, so 
 
 from __future__ import annotations
 
-from pipeline.backends.base import Backend, LabelScore, ModelConfig, Prompt, Video
+from pipeline.backends.base import Backend, LabelScore, ModelConfig, Prompt, Video, model_name
 from pipeline.backends.registry import BACKENDS, backend_class
 
 
 def load_backend(cfg: ModelConfig) -> Backend:
-    """Load the model (``transformers``, ``socialfusion``) or connect to the server (``openai``)."""
+    """Load the model (``transformers``, ``socialfusion``, ``expression``) or connect to the server (``openai``)."""
     return backend_class(cfg.backend)(cfg)
 
 
@@ -47,4 +47,4 @@ def model_identity(cfg: ModelConfig) -> dict:
 
 
 __all__ = ["BACKENDS", "Backend", "LabelScore", "ModelConfig", "Prompt", "Video", "backend_class",
-           "check_label_scoring", "check_model_available", "check_video_input", "load_backend", "model_identity"]
+           "check_label_scoring", "check_model_available", "check_video_input", "load_backend", "model_identity", "model_name"]

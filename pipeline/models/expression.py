@@ -30,7 +30,8 @@ side. The faces stage's crops are that square plus ``faces.margin`` (0.2) of the
 Classes, in the model's output order: :data:`CLASSES` (the FER2013 order). They are DFEW's and
 FERV39k's seven labels; MAFW knows them too (as anger, disgust, fear, happiness, sadness, surprise,
 neutral) plus four the model does not (contempt, anxiety, helplessness, disappointment).
-:func:`class_indices` resolves them against a label set through its aliases (``prompts/labels/*.yaml``).
+:func:`class_indices` resolves them against a label set through its names and aliases and the spellings the
+built-in label sets give the seven classes (``prompts/labels/*.yaml``, :func:`class_words`).
 """
 from __future__ import annotations
 
@@ -98,16 +99,40 @@ def preprocess(crops: np.ndarray) -> np.ndarray:
 # Label sets
 
 
+@lru_cache(maxsize=1)
+def class_words() -> dict[str, int]:
+    """Every word that names one of the model's classes (casefolded) -> its class index: the class names, and the
+    names and (non-numeric) aliases of the built-in label sets' labels that are one of the classes (MAFW's
+    ``happiness``, ``anger``, ``sadness``; spellings such as ``fearful``, ``surprised``), from ``prompts/labels``."""
+    from pipeline.labels import BUILTIN_LABEL_SETS, load_label_set
+
+    words = {name: i for i, name in enumerate(CLASSES)}
+    for set_name in BUILTIN_LABEL_SETS:
+        label_set = load_label_set(set_name)
+        for i, name in enumerate(CLASSES):
+            if name in label_set:
+                label = label_set.labels[label_set.index(name)]
+                for word in (label.name, *label.aliases):
+                    if not word.strip().isdigit():
+                        words.setdefault(word.strip().casefold(), i)
+    return words
+
+
 def class_indices(label_set) -> tuple[dict[str, int], list[str]]:
-    """Map a :class:`pipeline.labels.LabelSet` onto the model's classes through the set's names and aliases.
+    """Map a :class:`pipeline.labels.LabelSet` onto the model's classes: a label is a class when its name or one of
+    its aliases is a word of :func:`class_words`.
 
     Returns ``({label name: model class index}, [labels of the set the model does not know])``; e.g. for
-    MAFW ``happiness -> 3`` (its alias ``happy``) and the unknown ``contempt, anxiety, helplessness,
-    disappointment``.
+    MAFW ``happiness -> 3`` and the unknown ``contempt, anxiety, helplessness, disappointment``. A set given by
+    its names alone (:meth:`LabelSet.from_names`) maps the same way for the built-in sets' spellings.
     """
+    words = class_words()
     mapping: dict[str, int] = {}
-    for i, cls_name in enumerate(CLASSES):
-        if cls_name in label_set:
-            mapping[label_set.canonical(cls_name)] = i
+    for label in label_set.labels:
+        for word in (label.name, *label.aliases):
+            i = words.get(word.strip().casefold())
+            if i is not None:
+                mapping[label.name] = i
+                break
     unknown = [name for name in label_set.names if name not in mapping]
     return mapping, unknown
