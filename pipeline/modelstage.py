@@ -1,19 +1,23 @@
-"""What the model stages (context, classify) share: pre-flight checks, loading/freeing a backend once per
-stage, and face crops as PIL images. (A model's cache identity is :func:`pipeline.backends.model_identity`.)"""
+"""What the model stages (context, classify) share: pre-flight checks, the embedded model as a fallback,
+loading/freeing a backend once per stage, the per-frame inputs a backend reads, and face crops as PIL images.
+(A model's cache identity is :func:`pipeline.backends.model_identity`.)"""
 
 from __future__ import annotations
 
 import gc
 
+import numpy as np
 from PIL import Image
 
-from pipeline.errors import PreflightError
 from pipeline import hub
-from pipeline.backends import ModelConfig, check_model_available, load_backend
-from pipeline.errors import ModelLoadError, ModelUnavailableError
+from pipeline.backends import ModelConfig, backend_class, check_model_available, load_backend, model_name
+from pipeline.errors import ModelLoadError, ModelUnavailableError, PreflightError, StageInputError, TemplateError
 from pipeline.facetrack import FaceTrack
-from pipeline.errors import TemplateError
+from pipeline.jobs import ClipJob
 from pipeline.prompts import PromptRenderer
+
+INPUT_STAGES = {"expression": "expression", "landmarks": "faces"}
+"""The stage each per-frame input of a backend (:data:`pipeline.backends.base.FRAME_INPUTS`) comes from."""
 
 
 def preflight_model(cfg: ModelConfig, setting: str) -> str | None:
@@ -29,6 +33,44 @@ def preflight_model(cfg: ModelConfig, setting: str) -> str | None:
     except ModelLoadError as exc:
         raise PreflightError(f"{setting}: {exc}") from None
     return None
+
+
+def embedded_fallback(section):
+    """A model stage's section with the embedded expression model (backend ``expression``) as its model, the other
+    settings kept (a :class:`stages.base.Fallback`): what the stage runs when its model cannot be had here (``run.fallback=embedded``). The model
+    section is rebuilt from the stage's defaults, as ``--set <stage>.model.backend=expression`` would build it, so
+    both give the same cache key."""
+    from stages.base import Fallback  # not at import time: the stages package imports this module
+
+    swapped = type(section).model_validate({**section.model_dump(), "model": {"backend": "expression"}})
+    return Fallback(swapped, model_name(section.model), model_name(swapped.model))
+
+
+def input_stages(cfg: ModelConfig) -> tuple[str, ...]:
+    """The stages a model stage reads for its backend's per-frame inputs, besides faces (read anyway)."""
+    return tuple(dict.fromkeys(INPUT_STAGES[n] for n in backend_class(cfg.backend).reads if INPUT_STAGES[n] != "faces"))
+
+
+class FrameInputs:
+    """One clip's per-frame inputs that a backend reads (``Backend.reads``), to hand to its prompts."""
+
+    def __init__(self, reads: tuple[str, ...], job: ClipJob, track: FaceTrack):
+        self.arrays: dict[str, np.ndarray] = {}
+        if "landmarks" in reads:
+            self.arrays["landmarks"] = track.arrays["landmarks"]
+        if "expression" in reads:
+            from stages import expression  # not at import time: the stages package imports this module
+
+            probs = expression.load(job.upstream["expression"]).probs
+            if len(probs) != len(track):
+                raise StageInputError(f"{job.path}: the expression artifact has {len(probs)} frames, the faces artifact "
+                                      f"{len(track)}")
+            self.arrays["expression"] = probs
+
+    def of(self, indices) -> dict[str, np.ndarray]:
+        """The inputs of frames ``indices`` (in time order), for :attr:`pipeline.backends.Prompt.inputs`."""
+        idx = sorted(set(int(i) for i in indices))
+        return {name: a[idx] for name, a in self.arrays.items()}
 
 
 def check_template(prompt_dir: str | None, name: str, variables: dict) -> None:

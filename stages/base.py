@@ -31,6 +31,21 @@ def nothing_to_check(cfg) -> None:
     return None
 
 
+def no_fallback(cfg) -> None:
+    """Default ``fallback``: nothing can stand in for the stage's model."""
+    return None
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """What a model stage runs instead when its model cannot be had here: ``section`` (its config section with the
+    embedded model), and how messages name the model asked for (``asked``) and the one that runs (``ran``)."""
+
+    section: Any
+    asked: str
+    ran: str
+
+
 @dataclass(frozen=True)
 class Stage:
     """One pipeline stage.
@@ -46,8 +61,9 @@ class Stage:
     Optional, with defaults: ``reads(cfg)`` (the upstream stages actually read under this config; default
     ``upstream``), ``key_extras(cfg)`` (more inputs of the cache key: model identity, prompt hashes),
     ``preflight(cfg)`` (checks before any clip: raises on a configuration that cannot work, returns a message
-    when the run must stop before this stage because model weights are not available here), and
-    ``open(cfg)``/``close(resources)`` (load a model once per process).
+    when model weights are not available here), ``fallback(cfg)`` (a :class:`Fallback`: what runs instead when
+    ``preflight`` returned a message, or None: the run stops before this stage), and ``open(cfg)``/``close(resources)``
+    (load a model once per process).
     """
 
     name: str
@@ -59,6 +75,7 @@ class Stage:
     reads: Callable[[Any], tuple[str, ...]] | None = None
     key_extras: Callable[[Any], dict] = no_extras
     preflight: Callable[[Any], str | None] = nothing_to_check
+    fallback: Callable[[Any], Fallback | None] = no_fallback
     open: Callable[[Any], Any] = no_resources
     close: Callable[[Any], None] = nothing_to_close
 

@@ -14,6 +14,12 @@ Ablation switches (each changes only this stage's key): ``use_summaries``, ``use
 own unless ``use_keyframes``/``use_summaries`` are set to true; ``dense_input=video`` sends them as the
 model's native video input). ``keyframes.k`` sets the number of keyframes upstream.
 
+``classify.model.backend=expression``: the embedded expression model as a clip-level baseline (mean per-frame
+log-probability of each label's class over the frames the prompt shows; see ``pipeline/backends/expression.py``).
+It reads the expression stage's probabilities (an extra upstream, :func:`pipeline.modelstage.input_stages`).
+When ``classify.model`` cannot be had here (offline, not in the local cache), the embedded model stands in
+(:func:`fallback`; ``run.fallback=stop`` or ``--strict``: the run stops before this stage instead).
+
 ``adapter``: LoRA adapters trained with ``dfer finetune`` (``pipeline/finetune/``, which renders
 its training prompts with :func:`render` and trains on the label tokens this stage scores) are
 merged into the model at load time; their content hash joins the cache key.
@@ -33,26 +39,28 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline import modelstage
-from pipeline.backends import check_label_scoring, check_video_input, model_identity
-from pipeline.backends.base import ModelConfig, Prompt, Video, frame_rate
+from pipeline.backends import check_label_scoring, check_video_input, model_identity, model_name
+from pipeline.backends.base import Prompt, Video, frame_rate, stage_model
 from pipeline.errors import LabelScoringUnsupportedError, VideoInputUnsupportedError
 from pipeline.facetrack import FaceTrack
 from pipeline.fields import not_in_key
 from pipeline.jobs import ClipJob
 from pipeline.labels import LabelError, load_label_set
 from pipeline.prompts import PromptRenderer, image_slots, template_hash, template_path
-from stages.base import Stage
+from stages.base import Fallback, Stage
 
 NAME = "classify"
 VERSION = 2  # 2: lead-in/lead-out summaries, shuffled prompts without timestamps, dense frames alone, video input
 SCORES_FILE = "scores.json"
+ClassifierModel = stage_model(model="Qwen/Qwen2.5-VL-3B-Instruct")
 
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(model="Qwen/Qwen2.5-VL-3B-Instruct"))
-    """The classifier VLM (hub id or local checkpoint folder)."""
+    model: ClassifierModel = Field(default_factory=dict, validate_default=True)
+    """The classifier VLM (hub id or local checkpoint folder), or the embedded expression model
+    (``backend: expression``)."""
     labels: str = "dfew"
     """Label set: dfew, ferv39k, mafw, or a path to a YAML label file (see prompts/labels/)."""
     use_keyframes: bool | None = None
@@ -112,12 +120,24 @@ class Config(BaseModel):
 
 
 def upstream(cfg: Config) -> tuple[str, ...]:
-    """Summaries come from the context stage; without them classify does not depend on it."""
-    ups = ("faces", "keyframes")
+    """Summaries come from the context stage; without them classify does not depend on it. A backend that reads
+    per-frame inputs adds the stage they come from (the embedded model: expression)."""
+    ups = ("faces", "keyframes") + modelstage.input_stages(cfg.model)
     return ups + ("context",) if cfg.show_summaries else ups
 
 
-UPSTREAM: tuple[str, ...] = ("faces", "keyframes", "context")  # the most it reads; see upstream()
+UPSTREAM: tuple[str, ...] = ("faces", "expression", "keyframes", "context")  # the most it reads; see upstream()
+
+
+def scored_by(cfg: Config) -> str:
+    """How ``predictions.csv``, ``scores.jsonl`` and reports name the model of this section (with its adapter)."""
+    return model_name(cfg.model) + (f" + adapter {cfg.adapter}" if cfg.adapter else "")
+
+
+def fallback(cfg: Config) -> Fallback | None:
+    """The embedded model in place of ``classify.model`` (:func:`pipeline.modelstage.embedded_fallback`); none for a
+    run with LoRA adapters, which are meant for the model asked for."""
+    return None if cfg.adapter is not None else modelstage.embedded_fallback(cfg)
 
 
 def key_extras(cfg: Config) -> dict:
@@ -259,8 +279,10 @@ def build_timeline(job: ClipJob, cfg: Config, track: FaceTrack) -> tuple[list[di
     return items, slots, trajectory
 
 
-def render(job: ClipJob, cfg: Config, renderer: PromptRenderer, labels: list[str]) -> tuple[Prompt, FaceTrack, list[int]]:
-    """The classify prompt of one clip, its face track, and the frame indices it shows (in prompt order)."""
+def render(job: ClipJob, cfg: Config, renderer: PromptRenderer, labels: list[str],
+           reads: tuple[str, ...] = ()) -> tuple[Prompt, FaceTrack, list[int]]:
+    """The classify prompt of one clip, its face track, and the frame indices it shows (in prompt order). ``reads``:
+    the per-frame inputs the backend reads (``Backend.reads``), given for the frames shown."""
     track = FaceTrack.load(job.upstream["faces"])
     items, slots, trajectory = build_timeline(job, cfg, track)
     flat = [i for s in slots for i in (s if isinstance(s, list) else [s])]
@@ -275,6 +297,8 @@ def render(job: ClipJob, cfg: Config, renderer: PromptRenderer, labels: list[str
             it["video"] = next(names)
             media.append(Video([next(crops) for _ in it["indices"]], it["timestamps"]))
     prompt = renderer.render(media, timeline=items, trajectory=trajectory, labels=labels, timestamps=not cfg.shuffle)
+    if reads:
+        prompt.inputs = modelstage.FrameInputs(reads, job, track).of(flat)
     return prompt, track, flat
 
 
@@ -292,7 +316,7 @@ def dense_cost(backend, prompt: Prompt, track: FaceTrack, fps: float, image_size
 def process_batch(jobs: list[ClipJob], cfg: Config, backend) -> list:
     label_set = load_label_set(cfg.labels)
     renderer = PromptRenderer(cfg.prompt_dir, cfg.template)
-    rendered = [render(job, cfg, renderer, label_set.names) for job in jobs]
+    rendered = [render(job, cfg, renderer, label_set.names, backend.reads) for job in jobs]
     prompts = [r[0] for r in rendered]
     scores = backend.score_labels(prompts, label_set.names)
     fills = []
@@ -320,4 +344,4 @@ def _fill(doc: dict):
 
 
 STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process_batch=process_batch, reads=upstream, key_extras=key_extras,
-              preflight=preflight, open=open, close=close)
+              preflight=preflight, fallback=fallback, open=open, close=close)

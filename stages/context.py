@@ -13,6 +13,13 @@ condensed into one sentence (``prompts/condense.j2``; or joined, with ``condense
 into one clip-level trajectory sentence (``trajectory.j2``). All prompts of a batch of clips go to the
 model together.
 
+``context.model.backend=expression``: the embedded captioner, no language model: each window's sentence is
+built from its frames' expression probabilities (the expression stage, then an extra upstream) and landmarks
+(:mod:`pipeline.models.motion_text`); a condense prompt carries all the frames of its gap, so the gap's summary
+is the same kind of sentence over the whole gap, and the trajectory one over every gap's frames. When
+``context.model`` cannot be had here (offline, not in the local cache), the embedded captioner stands in
+(``run.fallback=stop`` or ``--strict``: the run stops before this stage instead).
+
 Output ``context.json``::
 
     {"gaps": [{"kind", "t_start", "t_end", "start_index", "end_index",
@@ -29,7 +36,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.backends import model_identity
-from pipeline.backends.base import ModelConfig, frame_rate
+from pipeline.backends.base import Prompt, frame_rate, stage_model
 from pipeline.facetrack import FaceTrack
 from pipeline.jobs import ClipJob
 from pipeline.prompts import PromptRenderer, image_slots, template_hash
@@ -38,17 +45,19 @@ from stages.base import Stage
 
 NAME = "context"
 VERSION = 2  # 2: overlapping windows with the bounding frames, lead-in/lead-out gaps, gap kinds
-UPSTREAM: tuple[str, ...] = ("faces", "keyframes")
+UPSTREAM: tuple[str, ...] = ("faces", "expression", "keyframes")  # the most it reads; see upstream()
 CONTEXT_FILE = "context.json"
 TEMPLATES = ("caption.j2", "condense.j2", "trajectory.j2")
+CaptionerModel = stage_model(model="HuggingFaceTB/SmolVLM-256M-Instruct", max_new_tokens=40)
 
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(model="HuggingFaceTB/SmolVLM-256M-Instruct", max_new_tokens=40))
-    """The captioner (any image-text-to-text model). ``classify.model`` (the words) makes it the classifier itself,
-    whatever model that is: resolved when the config is loaded, so the cache key holds the real model."""
+    model: CaptionerModel = Field(default_factory=dict, validate_default=True)
+    """The captioner (any image-text-to-text model), or the embedded captioner (``backend: expression``).
+    ``classify.model`` (the words) makes it the classifier itself, whatever model that is: resolved when the config
+    is loaded, so the cache key holds the real model."""
     min_frames_per_gap: int = Field(4, ge=1)
     """At least this many in-between frames are captioned per gap (fewer only if the gap has fewer)."""
     min_fps: float = Field(5.0, ge=0)
@@ -66,6 +75,11 @@ class Config(BaseModel):
     """Also write one clip-level sentence about how the expression develops."""
     prompt_dir: str | None = None
     """Folder with caption.j2 / condense.j2 / trajectory.j2 (default: the built-in prompts/)."""
+
+
+def upstream(cfg: Config) -> tuple[str, ...]:
+    """faces and keyframes, and the stage of the captioner's per-frame inputs (the embedded captioner: expression)."""
+    return ("faces",) + modelstage.input_stages(cfg.model) + ("keyframes",)
 
 
 def key_extras(cfg: Config) -> dict:
@@ -152,36 +166,47 @@ def plan_windows(t: np.ndarray, keyframes: dict, cfg: Config) -> list[dict]:
     return gaps
 
 
+def _frames(gaps: list[dict]) -> list[int]:
+    """Every frame index the windows of these gaps show."""
+    return sorted({i for g in gaps for w in g["windows"] for i in w["indices"]})
+
+
+def _caption_prompt(template: PromptRenderer, track: FaceTrack, window: dict, cfg: Config) -> Prompt:
+    imgs = modelstage.pil_crops(track, window["indices"], cfg.image_size)
+    frames = [{"t": t, "image": s} for t, s in zip(window["timestamps"], image_slots(len(imgs)))]
+    ts = window["timestamps"]
+    return template.render(imgs, frames=frames, t_start=ts[0], t_end=ts[-1], fps=frame_rate(ts))
+
+
 def process_batch(jobs: list[ClipJob], cfg: Config, backend) -> list:
-    caption_t = PromptRenderer(cfg.prompt_dir, "caption.j2")
-    plans, prompts, owners = [], [], []
+    caption_t = PromptRenderer(cfg.prompt_dir, "caption.j2") if backend.reads_prompt else None
+    plans, inputs, prompts, owners = [], [], [], []
     for j, job in enumerate(jobs):
         track = FaceTrack.load(job.upstream["faces"])
         plan = plan_windows(track.t, job.upstream["keyframes"].json("keyframes.json"), cfg)
         plans.append(plan)
+        inputs.append(modelstage.FrameInputs(backend.reads, job, track))
         for gi, gap in enumerate(plan):
             for wi, w in enumerate(gap["windows"]):
-                imgs = modelstage.pil_crops(track, w["indices"], cfg.image_size)
-                slots = image_slots(len(imgs))
-                frames = [{"t": t, "image": s} for t, s in zip(w["timestamps"], slots)]
-                ts = w["timestamps"]
-                prompts.append(caption_t.render(imgs, frames=frames, t_start=ts[0], t_end=ts[-1], fps=frame_rate(ts)))
+                prompt = _caption_prompt(caption_t, track, w, cfg) if backend.reads_prompt else Prompt([])
+                prompt.inputs = inputs[j].of(w["indices"])
+                prompts.append(prompt)
                 owners.append((j, gi, wi))
     captions = backend.generate(prompts, cfg.model.max_new_tokens) if prompts else []
     for (j, gi, wi), text in zip(owners, captions):
         plans[j][gi]["windows"][wi]["caption"] = text.strip()
-    _condense(plans, cfg, backend)
-    trajectories = _trajectories(plans, cfg, backend)
+    _condense(plans, inputs, cfg, backend)
+    trajectories = _trajectories(plans, inputs, cfg, backend)
     return [_fill(plan, traj) for plan, traj in zip(plans, trajectories)]
 
 
-def _condense(plans: list[list[dict]], cfg: Config, backend) -> None:
+def _condense(plans: list[list[dict]], inputs: list, cfg: Config, backend) -> None:
     if cfg.condense == "join":
         for plan in plans:
             for gap in plan:
                 gap["summary"] = " ".join(w["caption"] for w in gap["windows"])
         return
-    condense_t = PromptRenderer(cfg.prompt_dir, "condense.j2")
+    condense_t = PromptRenderer(cfg.prompt_dir, "condense.j2") if backend.reads_prompt else None
     prompts, owners = [], []
     for j, plan in enumerate(plans):
         for gi, gap in enumerate(plan):
@@ -189,18 +214,26 @@ def _condense(plans: list[list[dict]], cfg: Config, backend) -> None:
             if len(caps) == 1:
                 gap["summary"] = caps[0]["text"]  # nothing to condense
                 continue
-            prompts.append(condense_t.render([], captions=caps, t_start=gap["t_start"], t_end=gap["t_end"]))
+            prompt = (condense_t.render([], captions=caps, t_start=gap["t_start"], t_end=gap["t_end"])
+                      if backend.reads_prompt else Prompt([]))
+            prompt.inputs = inputs[j].of(_frames([gap]))
+            prompts.append(prompt)
             owners.append((j, gi))
     outs = backend.generate(prompts, cfg.model.max_new_tokens) if prompts else []
     for (j, gi), text in zip(owners, outs):
         plans[j][gi]["summary"] = text.strip()
 
 
-def _trajectories(plans: list[list[dict]], cfg: Config, backend) -> list[str | None]:
+def _trajectories(plans: list[list[dict]], inputs: list, cfg: Config, backend) -> list[str | None]:
     if not cfg.trajectory:
         return [None] * len(plans)
-    t = PromptRenderer(cfg.prompt_dir, "trajectory.j2")
-    prompts = [t.render([], gaps=[{"t_start": g["t_start"], "t_end": g["t_end"], "summary": g["summary"]} for g in plan]) for plan in plans]
+    t = PromptRenderer(cfg.prompt_dir, "trajectory.j2") if backend.reads_prompt else None
+    prompts = []
+    for plan, frames in zip(plans, inputs):
+        gaps = [{"t_start": g["t_start"], "t_end": g["t_end"], "summary": g["summary"]} for g in plan]
+        prompt = t.render([], gaps=gaps) if backend.reads_prompt else Prompt([])
+        prompt.inputs = frames.of(_frames(plan))
+        prompts.append(prompt)
     return [s.strip() for s in backend.generate(prompts, cfg.model.max_new_tokens)]
 
 
@@ -212,5 +245,5 @@ def _fill(plan: list[dict], trajectory: str | None):
     return fill
 
 
-STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process_batch=process_batch, key_extras=key_extras,
-              preflight=preflight, open=open, close=close)
+STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process_batch=process_batch, reads=upstream, key_extras=key_extras,
+              preflight=preflight, fallback=modelstage.embedded_fallback, open=open, close=close)

@@ -12,7 +12,11 @@ mouth), at a small working size:
 Strategies: ``uniform`` (evenly spaced in time: what VLMs do today), ``motion_apex`` (the K highest
 peaks of the smoothed expression curve, at least ``min_separation_s`` apart; uniform fill when a
 clip has fewer peaks that stand out), ``hybrid`` (up to K/2 apexes, the rest uniform in time,
-kept apart from the apexes).
+kept apart from the apexes), ``expression_apex`` (as ``motion_apex``, on the expression intensity
+1 - p(neutral) of the embedded expression model instead: the expression stage's probabilities, smoothed
+like the motion curves, missing faces bridged linearly; a peak must also rise
+:data:`INTENSITY_MIN_RISE` above the clip's median intensity. Only this strategy reads the expression
+stage, so the others' cache keys do not depend on it).
 
 Gaps (``keyframes.json``'s ``gaps``, in time order, each with its ``kind``): ``between`` two consecutive
 keyframes; ``lead_in`` from the clip's first frame to the first keyframe and ``lead_out`` from the last
@@ -33,11 +37,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.errors import StageInputError
 from pipeline.facetrack import FaceTrack
 from pipeline.jobs import ClipJob
+from pipeline.models.expression import CLASSES
+from stages import expression
 from stages.base import Stage
 
 NAME = "keyframes"
 VERSION = 2  # 2: lead-in/lead-out gaps, gap kinds, duration_s = clip duration
-UPSTREAM: tuple[str, ...] = ("faces",)
+UPSTREAM: tuple[str, ...] = ("faces", "expression")  # the most it reads; see upstream()
+
+INTENSITY_MIN_RISE = 0.1
+"""``expression_apex``: a peak of the expression intensity (a probability) must be at least this far above the clip's
+median intensity, besides ``apex_min_z`` robust standard deviations: a face that keeps one expression has a flat
+intensity whose small wiggles are not apexes."""
 
 MOTION_FILE = "motion.npz"
 KEYFRAMES_FILE = "keyframes.json"
@@ -48,7 +59,7 @@ class Config(BaseModel):
 
     k: int = Field(4, ge=1, le=64)
     """Number of keyframes."""
-    strategy: Literal["uniform", "motion_apex", "hybrid"] = "hybrid"
+    strategy: Literal["uniform", "motion_apex", "hybrid", "expression_apex"] = "hybrid"
     """How keyframes are chosen (see the module docstring)."""
     work_size: int = Field(64, ge=16, le=256)
     """Crops are measured at this size (pixels)."""
@@ -138,18 +149,19 @@ def uniform_indices(t: np.ndarray, k: int, allowed: np.ndarray) -> list[int]:
     return [_nearest_allowed(t, x, allowed) for x in targets]
 
 
-def apex_indices(t: np.ndarray, curve: np.ndarray, k: int, min_sep: float, allowed: np.ndarray, min_z: float = 3.0) -> list[int]:
+def apex_indices(t: np.ndarray, curve: np.ndarray, k: int, min_sep: float, allowed: np.ndarray, min_z: float = 3.0,
+                 min_rise: float = 0.0) -> list[int]:
     """Up to K local maxima of ``curve``, highest first, at least ``min_sep`` seconds apart.
 
     Only peaks that stand out from the clip's own baseline count: above the median by more than
-    ``min_z`` robust standard deviations (1.4826 x MAD). A still face has no apex.
+    ``min_z`` robust standard deviations (1.4826 x MAD), and by at least ``min_rise``. A still face has no apex.
     """
     n = len(curve)
     if n < 3 or k <= 0:
         return []
     med = float(np.median(curve))
     spread = 1.4826 * float(np.median(np.abs(curve - med)))
-    floor = med + min_z * max(spread, 1e-6 * max(abs(med), 1e-6))
+    floor = med + max(min_z * max(spread, 1e-6 * max(abs(med), 1e-6)), min_rise)
     peak = np.zeros(n, bool)
     peak[1:-1] = (curve[1:-1] >= curve[:-2]) & (curve[1:-1] > curve[2:]) & (curve[1:-1] > floor)
     cands = [i for i in np.argsort(-curve, kind="stable") if peak[i] and allowed[i]]
@@ -168,6 +180,8 @@ def choose(t: np.ndarray, curves: dict[str, np.ndarray], cfg: Config, allowed: n
     k = min(cfg.k, n)
     if cfg.strategy == "uniform":
         picks = uniform_indices(t, k, allowed)
+    elif cfg.strategy == "expression_apex":
+        picks = apex_indices(t, curves["intensity"], k, cfg.min_separation_s, allowed, cfg.apex_min_z, INTENSITY_MIN_RISE)
     else:
         n_apex = k if cfg.strategy == "motion_apex" else max(1, k // 2)
         picks = apex_indices(t, curves["expression"], n_apex, cfg.min_separation_s, allowed, cfg.apex_min_z)
@@ -211,12 +225,31 @@ def gaps(picks: list[int], t: np.ndarray, edge_min_s: float = 0.2) -> list[dict]
     ]
 
 
+def intensity_curve(probs: np.ndarray, t: np.ndarray, smooth_s: float) -> np.ndarray:
+    """Expression intensity 1 - p(neutral) per frame from the expression stage's probabilities (N, 7), frames without
+    a face (NaN rows) bridged linearly in time (0 when no frame has a face), smoothed like the motion curves."""
+    y = 1.0 - np.asarray(probs, np.float64)[:, CLASSES.index("neutral")]
+    seen = np.isfinite(y)
+    y = np.interp(t, t[seen], y[seen]) if seen.any() else np.zeros(len(t))
+    return _gauss_smooth(y, t, smooth_s).astype(np.float32)
+
+
+def upstream(cfg: Config) -> tuple[str, ...]:
+    """faces, and the expression stage under ``strategy=expression_apex`` only."""
+    return ("faces", "expression") if cfg.strategy == "expression_apex" else ("faces",)
+
+
 def process(job: ClipJob, cfg: Config, resources, out) -> dict:
     track = FaceTrack.load(job.upstream["faces"])
     n = len(track)
     if n == 0:
         raise StageInputError(f"{job.path}: the faces artifact has no frames")
     curves = motion_curves(track, cfg)
+    if cfg.strategy == "expression_apex":
+        probs = expression.load(job.upstream["expression"]).probs
+        if len(probs) != n:
+            raise StageInputError(f"{job.path}: the expression artifact has {len(probs)} frames, the faces artifact {n}")
+        curves["intensity"] = intensity_curve(probs, track.t, cfg.smooth_s)
     present = track.arrays["present"]
     allowed = present if (cfg.avoid_missing and present.any()) else np.ones(n, bool)
     picks = choose(track.t, curves, cfg, allowed)
@@ -235,4 +268,4 @@ def process(job: ClipJob, cfg: Config, resources, out) -> dict:
     return {"n_keyframes": len(picks), "requested_k": cfg.k}
 
 
-STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process=process)
+STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process=process, reads=upstream)

@@ -34,7 +34,7 @@ def test_unknown_key_names_it_and_lists_allowed(tmp_path):
 def test_bad_value_names_key_and_expected_type():
     with pytest.raises(ConfigError, match=r"bad value for 'keyframes\.k'.*integer.*'many'"):
         load_config(None, ["keyframes.k=many"])
-    with pytest.raises(ConfigError, match=r"bad value for 'keyframes\.strategy'.*'uniform', 'motion_apex' or 'hybrid'"):
+    with pytest.raises(ConfigError, match=r"bad value for 'keyframes\.strategy'.*'uniform', 'motion_apex', 'hybrid' or 'expression_apex'"):
         load_config(None, ["keyframes.strategy=random"])
     with pytest.raises(ConfigError, match=r"--set expects section\.key=value"):
         load_config(None, ["keyframes.k"])
@@ -103,3 +103,26 @@ def test_a_model_id_alone_sets_the_model_of_either_model_section():
     cfg = load_config(None, ["classify.model=/models/qwen", "context.model=org/captioner"])
     assert cfg.classify.model.model == "/models/qwen" and cfg.classify.model.backend == "transformers"
     assert cfg.context.model.model == "org/captioner"
+
+
+@pytest.mark.parametrize("override", ["context.model.model=org/captioner", "context.model=org/captioner"])
+def test_a_partial_model_override_keeps_the_stages_other_model_defaults(override):
+    cfg = load_config(None, [override])
+    assert cfg.context.model.model == "org/captioner"
+    assert cfg.context.model.max_new_tokens == 40  # the captioner's default, not ModelConfig's 48
+    assert load_config(None, ["context.model.batch_size=2"]).context.model.model == "HuggingFaceTB/SmolVLM-256M-Instruct"
+
+
+def test_a_partial_model_section_in_a_config_file_keeps_the_stages_defaults(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("context:\n  model:\n    dtype: bfloat16\nclassify:\n  model:\n    revision: abc\n")
+    cfg = load_config(f, [])
+    assert (cfg.context.model.model, cfg.context.model.max_new_tokens, cfg.context.model.dtype) == (
+        "HuggingFaceTB/SmolVLM-256M-Instruct", 40, "bfloat16")
+    assert (cfg.classify.model.model, cfg.classify.model.revision) == ("Qwen/Qwen2.5-VL-3B-Instruct", "abc")
+
+
+def test_naming_a_backend_with_a_model_of_its_own_gives_that_model():
+    cfg = load_config(None, ["context.model.backend=expression"])
+    assert cfg.context.model.model == "fer-mini-xception-fer2013" and cfg.context.model.max_new_tokens == 40
+    assert load_config(None, ["classify.model.backend=openai"]).classify.model.model == "Qwen/Qwen2.5-VL-3B-Instruct"
