@@ -1,4 +1,5 @@
-"""Run-level outputs of the classify stage: ``RUN/scores.jsonl`` and ``RUN/predictions.csv``.
+"""Run-level outputs of the classify stage: ``RUN/scores.jsonl`` and ``RUN/predictions.csv``, each naming the
+model that scored the clip (the embedded model where classify fell back to it).
 
 Cheap and model-free: they are rebuilt from the cached raw scores on every run, so changing
 ``classify.length_norm`` (or calibrating later with ``dfer report``) never calls a model. The ranking
@@ -13,6 +14,7 @@ from pipeline.cache import Cache
 from pipeline.labels import LabelError, load_label_set
 from pipeline.ranking import ranking_scores
 from pipeline.rundir import RunDir
+from stages.classify import scored_by
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -22,11 +24,12 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def write_predictions(run_dir: RunDir, cfg, cache: Cache, refs, keys: dict) -> str:
-    """Write scores.jsonl and predictions.csv for every clip that has classify scores; return a
-    one-paragraph summary (clips scored, prompt-token totals against dense sampling)."""
-    label_set = load_label_set(cfg.classify.labels)
+    """Write scores.jsonl and predictions.csv for every clip that has classify scores (``cfg``: the classify section
+    that ran); return a one-paragraph summary (clips scored, prompt-token totals against dense sampling)."""
+    label_set = load_label_set(cfg.labels)
     names = label_set.names
-    norm = cfg.classify.length_norm
+    norm = cfg.length_norm
+    model = scored_by(cfg)
     n, tok, dense, dense_frames = 0, 0, 0, 0
     fs, fp = run_dir.score_writers(names)
     try:
@@ -47,8 +50,8 @@ def write_predictions(run_dir: RunDir, cfg, cache: Cache, refs, keys: dict) -> s
                 except LabelError:
                     true = ref.label
             fs.write({"video": ref.id, "label": true, "labels": names, "scores": scores, "prediction": pred,
-                      "raw": doc["scores"], "prompt_tokens": doc["prompt_tokens"]})
-            fp.write(ref.id, pred, probs, true)
+                      "raw": doc["scores"], "prompt_tokens": doc["prompt_tokens"], "model": model})
+            fp.write(ref.id, pred, probs, true, model)
             n += 1
             tok += int(doc["prompt_tokens"])
             dense += int(doc["dense_tokens"])
@@ -59,9 +62,12 @@ def write_predictions(run_dir: RunDir, cfg, cache: Cache, refs, keys: dict) -> s
     run_dir.write_labelset(label_set.name, names)
     if n == 0:
         return "classify: no clip was scored"
+    scored = f"scored {n} clips with {model} -> {run_dir / 'predictions.csv'}"
+    if tok == 0:  # a model that reads no prompt (the embedded expression model)
+        return scored
     ratio = tok / dense if dense else float("nan")
     return (
-        f"scored {n} clips -> {run_dir / 'predictions.csv'}\n"
+        f"{scored}\n"
         f"prompt tokens: {tok} in total ({tok / n:.0f} per clip); dense 5 fps frames at the same size would need "
         f"{dense} ({dense / n:.0f} per clip, {dense_frames / n:.1f} frames): {ratio:.2f}x"
     )

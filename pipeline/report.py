@@ -141,7 +141,7 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
             fail_label.setdefault(vid, r.get("label"))
             continue
         valid.append({"video": vid, "label": r.get("label"), "scores": vals, "prediction": r.get("prediction"),
-                      "where": where})
+                      "where": where, "model": r.get("model")})
     scored_ids = {r["video"] for r in valid}
     rescued = sorted({f["video"] for f in failures if f["video"] in scored_ids})
     if rescued:
@@ -208,6 +208,8 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     return {
         "run_dir": str(run_dir),
         "label_set": {"name": name, "labels": labels},
+        "models": dict(Counter(str(r["model"]) for r in valid if r["model"])),
+        "fallbacks": list((run.status() or {}).get("fallbacks") or []),
         "labels_file": None if labels_file is None else {"path": str(labels_file), "format": label_format},
         "calibration": cal_info,
         "train_counts": tc,
@@ -310,6 +312,17 @@ def _freq_order(m: dict) -> tuple[list[int], str]:
     return sorted(range(len(rows)), key=lambda i: (-rows[i][key], i)), ("training count" if use_train else "test support")
 
 
+def _models_markdown(rep: dict) -> list[str]:
+    """Which model scored the clips, and the stages that fell back to the embedded model."""
+    out = []
+    if rep["models"]:
+        out.append("Scored by: " + ", ".join(f"{name} ({n} clips)" for name, n in rep["models"].items()) + ".\n")
+    for fb in rep["fallbacks"]:
+        out.append(f"**Fallback:** stage `{fb['stage']}` ran the embedded model {fb['ran']} in place of {fb['asked']}, "
+                   "which could not be had on the machine of the run.\n")
+    return out
+
+
 def _markdown(rep: dict, plots: dict[str, str]) -> str:
     c, cov, m, cal = rep["counts"], rep["coverage"], rep["metrics"], rep["calibration"]
     cal_text = cal["method"] + (f" (tau={cal['tau']})" if cal["method"] != "none" else "")
@@ -318,6 +331,7 @@ def _markdown(rep: dict, plots: dict[str, str]) -> str:
            f"Label set: {rep['label_set']['name']} ({len(rep['label_set']['labels'])} labels). "
            f"Calibration: {cal_text}. True labels from: "
            + (f"`{src['path']}` ({src['format']})" if src else "scores.jsonl") + ".\n",
+           *_models_markdown(rep),
            "## Clips\n", "| bucket | clips |", "|---|---|",
            f"| scored | {c['scored']} |", f"| scored, with label | {c['scored_labelled']} |",
            f"| scored, without label | {c['scored_unlabeled']} |",

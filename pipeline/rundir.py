@@ -6,9 +6,10 @@ A run directory is a view over the cache (deleting it loses nothing a model comp
     RUN/manifest.jsonl    one row per clip: video, path, label, fingerprint, artifacts {stage: cache key}
     RUN/cache_dir.txt     absolute path of the cache the artifacts are in
     RUN/failures.jsonl    one row per failed clip and stage: video, stage, error, message
-    RUN/status.json       complete | stopped (and before which stage, why), clip and failure counts, stages, seconds
-    RUN/scores.jsonl      classify only: video, label, labels, scores, prediction, raw, prompt_tokens
-    RUN/predictions.csv   classify only: video, prediction, p_<label>..., label
+    RUN/status.json       complete | stopped (and before which stage, why), clip and failure counts, stages, seconds,
+                          fallbacks (stages that ran the embedded model: which model was asked for, which ran, why)
+    RUN/scores.jsonl      classify only: video, label, labels, scores, prediction, raw, prompt_tokens, model
+    RUN/predictions.csv   classify only: video, prediction, p_<label>..., label, model (the model that scored it)
     RUN/labelset.json     classify only: name and labels of the label set the scores are over
     RUN/metrics.json, RUN/report.md and plots: written by ``dfer report``
 
@@ -191,15 +192,16 @@ class RunDir:
 
 
 class PredictionWriter:
-    """``predictions.csv``: ``video, prediction, p_<label>..., label`` (probabilities with 6 decimals)."""
+    """``predictions.csv``: ``video, prediction, p_<label>..., label, model`` (probabilities with 6 decimals; the model
+    that scored the clip)."""
 
     def __init__(self, path: Path, labels: list[str]):
         self._f = open(path, "w", newline="", encoding="utf-8")
         self._w = csv.writer(self._f)
-        self._w.writerow(["video", "prediction", *[f"p_{lab}" for lab in labels], "label"])
+        self._w.writerow(["video", "prediction", *[f"p_{lab}" for lab in labels], "label", "model"])
 
-    def write(self, video: str, prediction: str, probs: Iterable[float], label: str | None) -> None:
-        self._w.writerow([video, prediction, *[f"{p:.6f}" for p in probs], label or ""])
+    def write(self, video: str, prediction: str, probs: Iterable[float], label: str | None, model: str | None = None) -> None:
+        self._w.writerow([video, prediction, *[f"{p:.6f}" for p in probs], label or "", model or ""])
 
     def close(self) -> None:
         self._f.close()

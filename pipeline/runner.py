@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel
 
-from pipeline.errors import ConfigError, StrictFailure, UnknownStageError
+from pipeline.errors import ConfigError, PreflightError, StrictFailure, UnknownStageError
 from pipeline.cache import Cache, artifact_key, default_cache_dir
 from pipeline.config import dump_config, key_fields
 from pipeline.executor import Executor, LocalExecutor
@@ -39,11 +39,13 @@ class StageReport:
     failed: int = 0
     reasons: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    note: str = ""
 
     def line(self) -> str:
         why = ", ".join(f"{n} {r}" for r, n in self.reasons.most_common())
         computed = f"{self.computed} computed" + (f" ({why})" if why else "")
-        return f"{self.stage}: {self.cached} cached, {computed}, {self.failed} failed [{self.seconds:.1f} s]"
+        note = f"; {self.note}" if self.note else ""
+        return f"{self.stage}: {self.cached} cached, {computed}, {self.failed} failed [{self.seconds:.1f} s]{note}"
 
 
 @dataclass
@@ -143,6 +145,8 @@ class Runner:
         self.log = log or sys.stderr
         self.executor = executor or LocalExecutor(cfg.run.workers)
         self.sections = dict(sections or {})  # config sections of stages that are not in cfg (tool stages)
+        self.swapped: dict[str, BaseModel] = {}  # sections run in place of the config's (the embedded model's fallback)
+        self.fallbacks: dict[str, dict] = {}  # stage -> what was asked for, what ran, why
         self._failures = None
 
     # ----------------------------------------------------------------------------------------
@@ -155,20 +159,23 @@ class Runner:
             raise StrictFailure(f"stopped at the first failure (--strict): [{stage}] {video}: {error}: {message}")
 
     def section(self, name: str) -> BaseModel:
-        """The config section of stage ``name``."""
-        return self.sections[name] if name in self.sections else getattr(self.cfg, name)
+        """The config section stage ``name`` runs with (its fallback's, if it fell back)."""
+        for sections in (self.swapped, self.sections):
+            if name in sections:
+                return sections[name]
+        return getattr(self.cfg, name)
 
     def stages(self) -> list[str]:
         """Stages to run (:func:`stages_to_run`)."""
-        return stages_to_run(self.cfg, self.until, self.sections)
+        return stages_to_run(self.cfg, self.until, {**self.sections, **self.swapped})
 
     # ----------------------------------------------------------------------------------------
     def run(self, refs: list[VideoRef]) -> RunResult:
         if self.shard:
             i, n = self.shard
             refs = [r for r in refs if shard_of(r.id, n) == i]
-        stages = self.stages()
         blocked = self.check(refs)  # before anything is written: a config that cannot work leaves nothing
+        stages = self.stages()  # a fallback may read more (the embedded model reads the expression stage)
         self.executor.start(self.cache.root)  # e.g. Ray: connect and check the cluster before any clip
         self.run_dir.create()
         self.run_dir.write_config(dump_config(self.cfg, self.sections))
@@ -180,26 +187,50 @@ class Runner:
             self.executor.close()
 
     def check(self, refs: list[VideoRef]) -> tuple[str, str] | None:
-        """What :meth:`run` checks before it writes anything: every stage's preflight and the labels of a list
-        file. Raises on a configuration that cannot work; returns (stage, message) of the first stage the run
-        will stop before (its model weights are not available here), else None. Writes nothing."""
-        stages = self.stages()
-        blocked = self._preflight(stages)
-        if "classify" in stages:
+        """What :meth:`run` checks before it writes anything: every stage's preflight (which may make a stage fall
+        back to the embedded model) and the labels of a list file. Raises on a configuration that cannot work;
+        returns (stage, message) of the first stage the run will stop before (its model weights are not available
+        here and nothing can stand in), else None. Writes nothing."""
+        blocked = self._preflight()
+        if "classify" in self.stages():
             check_labels(refs, self.cfg.classify.labels)
         return blocked
 
-    def _preflight(self, stages: list[str]) -> tuple[str, str] | None:
+    def _preflight(self) -> tuple[str, str] | None:
         """Checks of every stage to run, before any clip is processed. A configuration that cannot
-        work raises; weights that are not available here make the run stop before that stage
-        (returns (stage, message) of the first such stage)."""
-        blocked = None
-        for name in stages:
-            message = STAGES[name].preflight(self.section(name))
-            if message and blocked is None:
-                self.say(f"note: the run will stop before stage '{name}': {message}")
-                blocked = (name, message)
+        work raises; weights that are not available here make the stage fall back to the embedded model
+        (:meth:`_fall_back`) or, where it cannot, the run stop before that stage (returns (stage, message)
+        of the first such stage)."""
+        blocked, checked = None, set()
+        while todo := [n for n in self.stages() if n not in checked]:  # a fallback may add stages to check
+            for name in todo:
+                checked.add(name)
+                message = STAGES[name].preflight(self.section(name))
+                if message and not self._fall_back(name, message) and blocked is None:
+                    self.say(f"note: the run will stop before stage '{name}': {message}")
+                    blocked = (name, message)
         return blocked
+
+    def _fall_back(self, name: str, message: str) -> bool:
+        """Run stage ``name`` with the embedded model (its ``fallback``) since its model cannot be had here, loudly;
+        False where it must not (``run.fallback=stop``, ``--strict``) or cannot (no fallback, or one that would not
+        pass the stage's checks either)."""
+        if self.strict or self.cfg.run.fallback == "stop":
+            return False
+        fb = STAGES[name].fallback(self.section(name))
+        if fb is None:
+            return False
+        try:
+            if STAGES[name].preflight(fb.section) is not None:
+                return False
+        except PreflightError as exc:
+            self.say(f"note: the embedded model cannot stand in for {fb.asked} in stage '{name}': {exc}")
+            return False
+        self.swapped[name] = fb.section
+        self.fallbacks[name] = {"stage": name, "asked": fb.asked, "ran": fb.ran, "reason": message}
+        self.say(f"warning: {message}\nwarning: stage '{name}' falls back to the embedded model {fb.ran} instead of "
+                 f"{fb.asked} (run.fallback=stop or --strict stop the run before it instead)")
+        return True
 
     def _fingerprints(self, refs: list[VideoRef]) -> dict[str, str]:
         def fp(ref: VideoRef):
@@ -239,6 +270,8 @@ class Runner:
                 break
             forced = forced or name == self.force
             report, failed_ids = self._run_stage(name, active, by_id, fps, keys, forced)
+            if name in self.fallbacks:
+                report.note = f"fallback: {self.fallbacks[name]['ran']} instead of {self.fallbacks[name]['asked']}"
             reports.append(report)
             n_failed += len(failed_ids)
             active = [v for v in active if v not in failed_ids]
@@ -247,7 +280,7 @@ class Runner:
         if status == "complete" and "classify" in stages:
             from pipeline.outputs import write_predictions
 
-            summary = write_predictions(self.run_dir, self.cfg, self.cache, refs, keys)
+            summary = write_predictions(self.run_dir, self.section("classify"), self.cache, refs, keys)
             self.say(summary)
         status_doc = {
             "status": status,
@@ -256,6 +289,7 @@ class Runner:
             "clips": len(refs),
             "failed": n_failed,
             "stages": [r.stage for r in reports],
+            "fallbacks": [self.fallbacks[r.stage] for r in reports if r.stage in self.fallbacks],
             "seconds": round(time.time() - t_start, 2),
         }
         self.run_dir.write_status(status_doc)

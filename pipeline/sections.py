@@ -22,6 +22,10 @@ class RunSection(BaseModel):
     """Clips handed to a model stage at once."""
     progress: bool = True
     """Show a progress bar per stage (``--quiet`` turns it off)."""
+    fallback: Literal["embedded", "stop"] = "embedded"
+    """When ``context.model`` or ``classify.model`` cannot be had here (offline and not in the local Hugging Face cache):
+    ``embedded`` runs the stage with the embedded expression model instead, with a warning, and records it in
+    ``status.json``; ``stop`` stops the run before that stage (as ``--strict`` does)."""
     ray_num_cpus_per_task: float = Field(1.0, gt=0)
     """``--executor ray``: CPUs reserved per clip task (faces, keyframes); torch in the task uses that many threads."""
     ray_num_gpus_per_task: float = Field(0.0, ge=0)

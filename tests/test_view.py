@@ -278,7 +278,7 @@ def test_malformed_scores_line_names_file_and_line(scored, tmp_path):
 
 def test_run_stopped_before_classify_shows_what_exists_and_says_what_is_missing(clips, scored, browser, tmp_path):
     cache = (scored.run_dir / "cache_dir.txt").read_text().strip()
-    res = run(clips, tmp_path / "run", cache)  # default models are not downloadable here: stops before context
+    res = run(clips, tmp_path / "run", cache, "run.fallback=stop")  # default models are not here: stop before context
     assert res.status == "stopped"
     open_page(browser, write_view(res.run_dir))
     assert console_errors(browser) == []

@@ -260,7 +260,7 @@ def test_bad_model_template_and_labels_fail_before_any_clip(models, two_clips, t
     assert not (tmp_path / "c" / "faces").exists()
 
 
-def test_cli_reports_bad_model_and_offline_default(two_clips, tmp_path, monkeypatch):
+def test_cli_reports_bad_model_and_stops_offline_when_told_not_to_fall_back(two_clips, tmp_path, monkeypatch):
     import subprocess
     import sys
 
@@ -274,18 +274,31 @@ def test_cli_reports_bad_model_and_offline_default(two_clips, tmp_path, monkeypa
         capture_output=True, text=True, env=full_env, timeout=300,
     )
     assert bad.returncode == 2 and "context.model" in bad.stderr and "missing-model" in bad.stderr
-    ok = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", str(two_clips), "--out", str(tmp_path / "r"), "-q", "--set", "run.workers=1"],
+    stop = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(two_clips), "--out", str(tmp_path / "r"), "-q", "--set", "run.workers=1",
+         "--set", "run.fallback=stop"],
         capture_output=True, text=True, env=full_env, timeout=300,
     )
-    # default hub models cannot be downloaded here: model-free stages complete, then a clear stop
-    assert ok.returncode == 0, ok.stderr
-    assert "stopped before a model stage" in ok.stderr and "--set classify.model.model=" in ok.stderr
+    # run.fallback=stop: default hub models cannot be downloaded here: model-free stages complete, then a clear stop
+    assert stop.returncode == 0, stop.stderr
+    assert "stopped before a model stage" in stop.stderr and "--set classify.model.model=" in stop.stderr
     status = RunDir(tmp_path / "r").status()
     assert status["status"] == "stopped" and status["stopped_before"] == "context"
-    assert status["stages"] == ["faces", "keyframes"]
+    assert status["stages"] == ["faces", "keyframes"] and status["fallbacks"] == []
     strict = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "run", str(two_clips), "--out", str(tmp_path / "r"), "-q", "--strict"],
         capture_output=True, text=True, env=full_env, timeout=300,
     )
     assert strict.returncode == 3 and "faces: 2 cached" in strict.stderr
+
+
+def test_a_run_with_the_models_at_hand_recomputes_what_the_embedded_fallback_computed(models, two_clips, tmp_path):
+    fell_back = run(two_clips, tmp_path / "r1", tmp_path / "c")  # the default models are not available here
+    assert [f["stage"] for f in RunDir(fell_back.run_dir).status()["fallbacks"]] == ["context", "classify"]
+    real = run(two_clips, tmp_path / "r2", tmp_path / "c", *model_args(models))
+    assert RunDir(real.run_dir).status()["fallbacks"] == []
+    assert reports(real) == {"faces": (2, 0), "keyframes": (2, 0), "context": (0, 2), "classify": (0, 2)}
+    for video in ("a.mp4", "b.mp4"):
+        assert real.keys[video]["classify"] != fell_back.keys[video]["classify"]
+    rows = list(csv.DictReader(open(real.run_dir / "predictions.csv", encoding="utf-8")))
+    assert {r["model"] for r in rows} == {f"{models['qwen']} (transformers)"}

@@ -19,7 +19,11 @@ def add_parsers(sub) -> None:
     run.add_argument("--until", choices=STAGE_ORDER, help="stop after this stage")
     run.add_argument("--force", choices=STAGE_ORDER, help="recompute this stage and everything downstream")
     run.add_argument("--shard", metavar="i/N", help="process only shard i of N (deterministic by video id)")
-    run.add_argument("--strict", action="store_true", help="stop at the first failure (exit 3)")
+    run.add_argument("--strict", action="store_true",
+                     help="stop at the first failure (exit 3), and before a model stage whose model cannot be had here "
+                          "instead of falling back to the embedded model")
+    run.add_argument("--report", action="store_true",
+                     help="then write the report of the run as `dfer report RUN` does (metrics.json, report.md, plots)")
     run.set_defaults(handler=_run)
 
     cfg = sub.add_parser("config", help="configuration tools")
@@ -50,7 +54,20 @@ def _run(args) -> int:
         print(f"dfer: stopped before a model stage: {result.stop_message}", file=sys.stderr)
         if args.strict:
             return EXIT_STOPPED
+    if args.report:
+        _report(result)
     return EXIT_FAILED_CLIPS if result.n_failed else EXIT_OK
+
+
+def _report(result) -> None:
+    """``dfer run --report``: the report of a run that scored clips (what ``dfer report RUN`` writes and prints)."""
+    from pipeline.report import summary, write_report
+    from pipeline.rundir import PREDICTIONS
+
+    if not (result.run_dir / PREDICTIONS).is_file():
+        print("dfer: no report: the run did not reach classify, so there are no scores to report", file=sys.stderr)
+        return
+    print(summary(write_report(result.run_dir), result.run_dir))
 
 
 def _config_show(args) -> int:

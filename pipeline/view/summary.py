@@ -48,9 +48,11 @@ def build_summary(run: RunData, labels: list[str]) -> dict:
     cfg = run.config
     settings = {}
     if cfg is not None:
+        ran = {fb["stage"]: f"{fb['ran']}, the fallback for {fb['asked']} (not available on the machine of the run)"
+               for fb in (run.status or {}).get("fallbacks") or []}
         settings = {
-            "classifier": f"{cfg.classify.model.model} ({cfg.classify.model.backend})",
-            "captioner": f"{cfg.context.model.model} ({cfg.context.model.backend})",
+            "classifier": ran.get("classify", f"{cfg.classify.model.model} ({cfg.classify.model.backend})"),
+            "captioner": ran.get("context", f"{cfg.context.model.model} ({cfg.context.model.backend})"),
             "keyframes": f"{cfg.keyframes.k}, {cfg.keyframes.strategy}",
             "prompt": ", ".join(name for name, on in (
                 ("keyframes", cfg.classify.use_keyframes), ("motion summaries", cfg.classify.use_summaries
