@@ -2,8 +2,9 @@
 """Write the small synthetic example clips in examples/clips/ and their labels.csv.
 
 The clips are made by tests/media.py from scikit-image's astronaut photograph;
-the labels are arbitrary.  Output is deterministic, so re-running it reproduces
-the committed files.
+the label of every clip is what the photograph shows, happy (the astronaut
+smiles), and the file names say what each clip exercises.  Output is
+deterministic, so re-running it reproduces the committed files.
 
     python scripts/make_example_clips.py [--out examples/clips]
 """
@@ -24,14 +25,14 @@ from tests import media  # noqa: E402
 # (file name, label, make_face_clip keyword arguments)
 EXAMPLES = [
     ("happy_pan.mp4", "happy", dict(codec="h264", motion="pan", seconds=2.0, seed=1)),
-    ("surprise_expression.mp4", "surprise",
+    ("happy_mouth_opening.mp4", "happy",
      dict(codec="h264", motion="static", seconds=3.0, expression=(1.0, 2.0), seed=2)),
-    ("neutral_portrait_rotated.mp4", "neutral",
+    ("happy_portrait_rotated.mp4", "happy",
      dict(codec="h264", size=(240, 320), rotation=90, motion="pan_zoom", seconds=2.0, seed=3)),
-    ("sad_zoom.webm", "sad", dict(codec="vp9", motion="zoom", seconds=2.5, seed=4)),
-    ("angry_two_faces_vfr.mp4", "angry",
+    ("happy_zoom.webm", "happy", dict(codec="vp9", motion="zoom", seconds=2.5, seed=4)),
+    ("happy_two_faces_vfr.mp4", "happy",
      dict(codec="h264", faces=2, motion="pan", vfr=True, seconds=2.0, seed=5)),
-    ("fear_odd_size.avi", "fear",
+    ("happy_odd_size.avi", "happy",
      dict(codec="mpeg4", size=(321, 243), motion="static", seconds=2.0, seed=6)),
 ]
 
