@@ -28,10 +28,30 @@ def test_ci_runs_the_readme_setup_and_test_command():
     assert test_cmd in ci.splitlines(), "the README's test command must appear verbatim in .ci/run"
     for step in setup_and_run.split(" && "):
         if step.startswith("dfer run"):
-            # CI runs the same job on the same input (into its own run and cache folders)
-            assert step.split(" --out")[0] in ci, f"README main job not exercised by CI: {step}"
+            # CI runs the main job exactly as written (offline, so that it falls back to the embedded model)
+            assert any(line.endswith(f" {step}") or line == step for line in ci.splitlines()), \
+                f"README main job not run verbatim by CI: {step}"
+            assert "--report" in step, "the README's main job must end with a report"
         else:
             assert step in ci, f"setup step missing from .ci/run: {step}"
+
+
+def test_the_embedded_models_weights_are_package_data_so_wheel_and_image_carry_them():
+    import fnmatch
+    import tomllib
+
+    doc = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    globs = doc["tool"]["setuptools"]["package-data"]["pipeline.models"]
+    weights = ROOT / "pipeline" / "models" / "weights"
+    files = sorted(p.relative_to(weights.parent).as_posix() for p in weights.iterdir() if p.is_file())
+    assert "weights/expression_fer2013.safetensors" in files
+    assert [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)] == []
+    docker = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert "COPY pipeline ./pipeline" in docker  # the wheel is built from the copied tree: nothing may leave it out
+    ignore = ROOT / ".dockerignore"
+    patterns = [ln.strip() for ln in ignore.read_text(encoding="utf-8").splitlines()] if ignore.exists() else []
+    for path in ("pipeline", "pipeline/models", "pipeline/models/weights", "pipeline/models/weights/expression_fer2013.safetensors"):
+        assert not [p for p in patterns if p and not p.startswith("#") and fnmatch.fnmatch(path, p.lstrip("/"))], path
 
 
 def test_dockerfile_keeps_the_base_images_torch_installs_no_dev_tools_and_passes_hadolint():
