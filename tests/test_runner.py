@@ -46,7 +46,8 @@ def test_moving_cache_and_input_root_keeps_keys(small_folder, tmp_path):
     shutil.copytree(small_folder, moved_input)
     second = run(moved_input, tmp_path / "r2", tmp_path / "cacheB")
     assert keys_of(first) == keys_of(second)
-    assert [(r.cached, r.computed) for r in second.reports] == [(2, 0), (2, 0)]
+    assert [r.stage for r in second.reports] == [r.stage for r in first.reports]
+    assert [(r.cached, r.computed) for r in second.reports] == [(2, 0)] * len(first.reports)
 
 
 def test_yaml_key_order_does_not_change_keys(small_folder, tmp_path):
@@ -57,7 +58,7 @@ def test_yaml_key_order_does_not_change_keys(small_folder, tmp_path):
     ra = run_pipeline(small_folder, tmp_path / "ra", cfg_a, cache_dir=tmp_path / "c", log=io.StringIO())
     rb = run_pipeline(small_folder, tmp_path / "rb", cfg_b, cache_dir=tmp_path / "c", log=io.StringIO())
     assert ra.keys == rb.keys
-    assert [r.computed for r in rb.reports] == [0, 0]
+    assert [r.computed for r in rb.reports] == [0] * len(ra.reports)
 
 
 def test_non_output_settings_do_not_change_keys(small_folder, tmp_path):
