@@ -59,7 +59,7 @@ def _direct_scores(b, prompt: Prompt, labels: list[str]) -> dict[str, tuple[floa
     Written independently of the backend's scoring code: only the rendered prompt text and the processor and
     model are shared. Label tokens = processed(prompt + sep + label) minus processed(prompt), checked as prefix.
     """
-    r = b._render(prompt)
+    r = b.render_prompt(prompt)
     sep = SEPARATOR[b.family]
     images = [r.images] if r.images else None
     add = not r.text.startswith(b.tokenizer.bos_token or "\0")
@@ -98,7 +98,7 @@ def test_loads_through_auto_classes(backend):
 def test_separator_and_end_of_turn_follow_chat_template(backend):
     assert backend.label_separator == SEPARATOR[backend.family]
     assert backend.end_of_turn == {"qwen2vl": "<|im_end|>", "idefics3": "<end_of_utterance>"}[backend.family]
-    text = backend._render(Prompt(["hi"])).text
+    text = backend.render_prompt(Prompt(["hi"])).text
     toks = backend._label_tokens(text, ["happy", "helplessness"])
     pieces = [backend.tokenizer.convert_ids_to_tokens(t.ids) for t in toks]
     space = "\u0120" if backend.family == "idefics3" else ""
@@ -163,7 +163,7 @@ def test_next_token_logprobs_match_first_label_token(backend):
     lp = next_token_logprobs(backend, prompts)
     assert lp.shape[0] == len(prompts)
     scores = backend.score_labels(prompts, ["happy"])
-    tok = backend._label_tokens(backend._render(prompts[0]).text, ["happy"])[0].ids[0]
+    tok = backend._label_tokens(backend.render_prompt(prompts[0]).text, ["happy"])[0].ids[0]
     assert float(lp[0, tok]) == pytest.approx(scores[0]["happy"].logprob, abs=1e-4)
 
 
@@ -256,7 +256,7 @@ def _video_prompts(seed=0, fps=5.0):
 def _direct_video_scores(b, prompt: Prompt, labels: list[str], fps: float) -> dict[str, float]:
     """Reference, as ``_direct_scores``: each ``prompt + label + end-of-turn`` in full through the processor (the
     video's frames as they are, told ``fps``) and the model; the sum of the label tokens' log-probs."""
-    r = b._render(prompt)
+    r = b.render_prompt(prompt)
     frames = [[prepare_image(f) for f in v.frames] for v in prompt.videos]
     meta = [{"total_num_frames": len(f), "fps": fps, "frames_indices": list(range(len(f)))} for f in frames]
 

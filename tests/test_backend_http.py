@@ -88,7 +88,7 @@ def test_scores_agree_with_hf_first_token(server, hf_backend):
             assert s.exact and s.n_tokens == 1
             assert s.logprob == pytest.approx(expected, abs=1e-4)
             # the hf backend's own first-token log-prob is one of the variants added up
-            first_tok = hf_backend._label_tokens(hf_backend._render(local[i]).text, [label])[0].ids[0]
+            first_tok = hf_backend._label_tokens(hf_backend.render_prompt(local[i]).text, [label])[0].ids[0]
             assert s.logprob >= float(lp[i, first_tok]) - 1e-5
             if exact[i][label].n_tokens == 1:
                 assert s.logprob >= exact[i][label].logprob - 1e-5

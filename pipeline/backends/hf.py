@@ -62,7 +62,7 @@ import inspect
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline import hub
 from pipeline.backends.base import Backend, LabelScore, ModelConfig, Prompt, Video, prepare_image
@@ -73,7 +73,6 @@ from pipeline.errors import ModelLoadError, ModelUnavailableError, VideoInputUns
 log = logging.getLogger(__name__)
 
 _SENTINEL = "\u2063DFER_LABEL_SENTINEL\u2063"
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 # --------------------------------------------------------------------------------------------- availability
@@ -128,26 +127,14 @@ def processor_takes_video(processor) -> bool:
         return False
 
 
+_NO_VIDEO_SLOT = "its processor has no video processor or its chat template no video slot"
+
+
 def _video_error(model: str, why: str) -> VideoInputUnsupportedError:
     return VideoInputUnsupportedError(
         f"model {model!r} cannot take video input ({why}); use classify.dense_input=images (the dense frames as "
         "images) or a model whose processor takes videos (Qwen2-VL, Qwen2.5-VL, ...)"
     )
-
-
-def check_hf_video(cfg: ModelConfig) -> None:
-    """Pre-flight of :func:`pipeline.backends.check_video_input` for this backend: loads the processor only."""
-    from transformers import AutoProcessor
-
-    try:
-        source, common = _source(cfg)
-        processor = AutoProcessor.from_pretrained(source, **common)
-    except Exception as exc:
-        if isinstance(exc, ModelUnavailableError) or _is_unavailable(exc):
-            return  # not here: check_model_available says so
-        raise _video_error(cfg.model, f"its processor cannot be loaded: {type(exc).__name__}: {exc}") from exc
-    if not processor_takes_video(processor):
-        raise _video_error(cfg.model, "its processor has no video processor or its chat template no video slot")
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -171,7 +158,7 @@ def resolve_dtype(dtype: str, input_device):
     if dtype == "auto":
         on_cpu = input_device is not None and input_device.type == "cpu"
         return torch.float32 if on_cpu else "auto"
-    return getattr(torch, _DTYPES[dtype])
+    return getattr(torch, dtype)
 
 
 def _chunks(seq: list, n: int):
@@ -183,11 +170,7 @@ def _chunks(seq: list, n: int):
 class _Rendered:
     text: str
     images: list
-    videos: list = None  # Video parts, frames prepared
-
-    def __post_init__(self) -> None:
-        if self.videos is None:
-            self.videos = []
+    videos: list = field(default_factory=list)  # Video parts, frames prepared
 
 
 @dataclass
@@ -230,8 +213,6 @@ class TransformersBackend(Backend):
             self.model = AutoModelForImageTextToText.from_pretrained(
                 source, dtype=dtype, device_map=device_map, **common
             )
-        except (ModelLoadError, ModelUnavailableError):
-            raise
         except Exception as exc:
             if _is_unavailable(exc):
                 raise ModelUnavailableError(
@@ -304,7 +285,18 @@ class TransformersBackend(Backend):
 
     @classmethod
     def check_video(cls, cfg: ModelConfig) -> None:
-        check_hf_video(cfg)
+        """Pre-flight for video prompts: loads the processor only."""
+        from transformers import AutoProcessor
+
+        try:
+            source, common = _source(cfg)
+            processor = AutoProcessor.from_pretrained(source, **common)
+        except Exception as exc:
+            if isinstance(exc, ModelUnavailableError) or _is_unavailable(exc):
+                return  # not here: check_available says so
+            raise _video_error(cfg.model, f"its processor cannot be loaded: {type(exc).__name__}: {exc}") from exc
+        if not processor_takes_video(processor):
+            raise _video_error(cfg.model, _NO_VIDEO_SLOT)
 
     def supports_video(self) -> bool:
         """True when the processor has a video processor and the chat template a video slot."""
@@ -321,7 +313,7 @@ class TransformersBackend(Backend):
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         with self._lock:
-            r = self._render(prompt)
+            r = self.render_prompt(prompt)
             inputs = self._encode([r], padding_side="right")
             return int(inputs["attention_mask"][0].sum())
 
@@ -339,7 +331,7 @@ class TransformersBackend(Backend):
             gen_cfg.max_new_tokens = limit
             gen_cfg.pad_token_id = self.pad_id
             for chunk in _chunks(prompts, self.cfg.batch_size):
-                inputs = self._encode([self._render(p) for p in chunk], padding_side="left")
+                inputs = self._encode([self.render_prompt(p) for p in chunk], padding_side="left")
                 seqs = self.model.generate(**inputs, generation_config=gen_cfg)
                 new = seqs[:, inputs["input_ids"].shape[1] :]
                 out += [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
@@ -356,7 +348,7 @@ class TransformersBackend(Backend):
         results: list[dict[str, LabelScore]] = []
         with self._lock, torch.inference_mode():
             for chunk in _chunks(prompts, self.cfg.batch_size):
-                rendered = [self._render(p) for p in chunk]
+                rendered = [self.render_prompt(p) for p in chunk]
                 if not self._verified and self.scoring_mode == "kv":
                     self._verify_kv_route(rendered[0], labels)
                 if self.scoring_mode == "kv":
@@ -388,9 +380,6 @@ class TransformersBackend(Backend):
         """The prompt as the model's chat template renders it (one user turn, generation prompt added): text with
         the template's image placeholders, and the prepared images in order. Every scoring route, and
         fine-tuning, feeds the processor this."""
-        return self._render(prompt)
-
-    def _render(self, prompt: Prompt) -> _Rendered:
         from PIL import Image
 
         content, images, videos = [], [], []
@@ -402,7 +391,7 @@ class TransformersBackend(Backend):
                 images.append(prepare_image(part, self.cfg.image_max_side))
             elif isinstance(part, Video):
                 if not self._video:
-                    raise _video_error(self.cfg.model, "its processor has no video processor or its chat template no video slot")
+                    raise _video_error(self.cfg.model, _NO_VIDEO_SLOT)
                 content.append({"type": "video"})
                 frames = [prepare_image(f, self.cfg.image_max_side) for f in part.frames]
                 videos.append(Video(frames, list(part.timestamps)))
@@ -568,17 +557,10 @@ class TransformersBackend(Backend):
         results = []
         for r in rendered:
             lps, n_tokens = self.label_token_logprobs([r] * len(labels), labels, include_end=True)
-            row = {}
-            for j, label in enumerate(labels):
-                n = n_tokens[j]
-                vals = lps[j].tolist()
-                row[label] = LabelScore(
-                    logprob=sum(vals[:n]),
-                    n_tokens=n,
-                    exact=True,
-                    end_logprob=vals[n] if self.end_of_turn else None,
-                )
-            results.append(row)
+            rows = [(n, lps[j].tolist()) for j, n in enumerate(n_tokens)]
+            results.append({label: LabelScore(logprob=sum(vals[:n]), n_tokens=n, exact=True,
+                                              end_logprob=vals[n] if self.end_of_turn else None)
+                            for label, (n, vals) in zip(labels, rows)})
         return results
 
     def label_token_logprobs(self, rendered: list[_Rendered], labels: list[str], include_end: bool = False, model=None):
@@ -665,5 +647,4 @@ def video_metadata(video: Video) -> dict:
             "duration": span + (1.0 / fps if fps else 0.0)}
 
 
-__all__ = ["TransformersBackend", "device_map_for", "prepare_image", "processor_takes_video", "resolve_dtype",
-           "video_metadata"]
+__all__ = ["TransformersBackend", "device_map_for", "processor_takes_video", "resolve_dtype", "video_metadata"]
