@@ -14,11 +14,8 @@ from pipeline.jobs import ClipTask, TaskResult
 
 
 def _error(task: ClipTask, exc: BaseException) -> TaskResult:
-    if isinstance(exc, ClipError):
-        return TaskResult(False, error_type=type(exc).__name__, message=str(exc))
-    return TaskResult(
-        False, error_type=type(exc).__name__, message=f"{task.job.path}: unexpected error in stage {task.stage}: {exc}"
-    )
+    message = str(exc) if isinstance(exc, ClipError) else f"{task.job.path}: unexpected error in stage {task.stage}: {exc}"
+    return TaskResult(False, error_type=type(exc).__name__, message=message)
 
 
 def _store(cache: Cache, task: ClipTask, fill) -> TaskResult:

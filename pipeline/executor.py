@@ -9,6 +9,7 @@ travel between processes. ``workers=1`` runs in the calling process.
 from __future__ import annotations
 
 import abc
+import contextlib
 import multiprocessing as mp
 import os
 import traceback
@@ -45,13 +46,8 @@ def run_task(task: ClipTask) -> TaskResult:
     try:
         cfg = stage.Config.model_validate(task.config)
         res = _resources(stage, cfg, json.dumps(task.config, sort_keys=True))
-        art = Cache(task.cache_root).write(
-            task.stage,
-            task.key,
-            task.meta,
-            lambda out: stage.process(task.job, cfg, res, out),
-            replace=task.replace,
-        )
+        art = Cache(task.cache_root).write(task.stage, task.key, task.meta, lambda out: stage.process(task.job, cfg, res, out),
+                                          replace=task.replace)
         return TaskResult(True, meta=art.meta())
     except ClipError as exc:
         return TaskResult(False, error_type=type(exc).__name__, message=str(exc))
@@ -60,9 +56,8 @@ def run_task(task: ClipTask) -> TaskResult:
     except Exception as exc:  # a bug or an unexpected library error: keep the batch going, keep the trace
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno}" if tb else ""
-        return TaskResult(
-            False, error_type=type(exc).__name__, message=f"{task.job.path}: unexpected error in stage {task.stage}{where}: {exc}"
-        )
+        return TaskResult(False, error_type=type(exc).__name__,
+                          message=f"{task.job.path}: unexpected error in stage {task.stage}{where}: {exc}")
 
 
 def init_worker(threads: int) -> None:
@@ -71,18 +66,14 @@ def init_worker(threads: int) -> None:
     # core and the workers' threads wait on each other (the Ray executor's tasks get the same treatment).
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
-    try:
+    with contextlib.suppress(ImportError):
         import torch
 
         torch.set_num_threads(threads)
-    except ImportError:
-        pass
-    try:
+    with contextlib.suppress(ImportError):
         import cv2
 
         cv2.setNumThreads(1)
-    except ImportError:
-        pass
 
 
 class Executor(abc.ABC):
@@ -115,12 +106,8 @@ class LocalExecutor(Executor):
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             threads = max(1, (os.cpu_count() or 1) // self.workers)
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=mp.get_context("spawn"),
-                initializer=init_worker,
-                initargs=(threads,),
-            )
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=init_worker, initargs=(threads,))
         return self._pool
 
     def map(self, tasks: list[ClipTask]) -> Iterator[tuple[int, TaskResult]]:
@@ -143,22 +130,18 @@ class LocalExecutor(Executor):
                 while remaining:
                     done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
                     for fut in done:
-                        result = fut.result()
-                        i = futures[fut]
-                        todo.discard(i)
-                        yield i, result
+                        result = fut.result()  # raises BrokenProcessPool before the clip leaves ``todo``
+                        todo.discard(futures[fut])
+                        yield futures[fut], result
             except BrokenProcessPool:
                 self._pool = None
                 for i in sorted(todo):
                     deaths[i] += 1
                     if deaths[i] >= 2:
                         todo.discard(i)
-                        yield i, TaskResult(
-                            False,
-                            error_type="WorkerDied",
-                            message=f"{tasks[i].job.path}: the worker process died twice while computing stage "
-                            f"{tasks[i].stage} (killed, or out of memory)",
-                        )
+                        yield i, TaskResult(False, error_type="WorkerDied",
+                                            message=f"{tasks[i].job.path}: the worker process died twice while computing "
+                                            f"stage {tasks[i].stage} (killed, or out of memory)")
 
     def close(self) -> None:
         if self._pool is not None:

@@ -89,8 +89,7 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     if hp is None:
         return
     try:
-        with socket.create_connection(hp, timeout=timeout_s):
-            pass
+        socket.create_connection(hp, timeout=timeout_s).close()
     except OSError as exc:
         raise ClusterError(
             f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start the head node with "
@@ -184,12 +183,9 @@ def _absolute_task(task: ClipTask) -> ClipTask:
 
 
 def _died(task: ClipTask, tries: int, exc: BaseException) -> TaskResult:
-    return TaskResult(
-        False,
-        error_type="WorkerDied",
-        message=f"{task.job.path}: the Ray worker died {tries} times while computing stage {task.stage} "
-        f"(killed, out of memory, or its node was lost): {type(exc).__name__}",
-    )
+    return TaskResult(False, error_type="WorkerDied",
+                      message=f"{task.job.path}: the Ray worker died {tries} times while computing stage {task.stage} "
+                      f"(killed, out of memory, or its node was lost): {type(exc).__name__}")
 
 
 class RayExecutor(Executor):
@@ -204,21 +200,11 @@ class RayExecutor(Executor):
     one a model actor runs on its batches (default :func:`pipeline.batching.process_batches`); tests wrap them.
     """
 
-    def __init__(
-        self,
-        address: str | None = None,
-        num_cpus_per_task: float = 1,
-        num_gpus_per_task: float = 0,
-        num_gpus_per_actor: float | None = None,
-        num_cpus_per_actor: float = 1,
-        actors: int | None = None,
-        max_retries: int = 3,
-        task_threads: int | None = None,
-        actor_threads: int | None = None,
-        task_fn: Callable[[ClipTask], TaskResult] | None = None,
-        batch_fn: Callable | None = None,
-        init_kwargs: dict | None = None,
-    ):
+    def __init__(self, address: str | None = None, num_cpus_per_task: float = 1, num_gpus_per_task: float = 0,
+                 num_gpus_per_actor: float | None = None, num_cpus_per_actor: float = 1, actors: int | None = None,
+                 max_retries: int = 3, task_threads: int | None = None, actor_threads: int | None = None,
+                 task_fn: Callable[[ClipTask], TaskResult] | None = None, batch_fn: Callable | None = None,
+                 init_kwargs: dict | None = None):
         self.address = address
         self.num_cpus_per_task = num_cpus_per_task
         self.num_gpus_per_task = num_gpus_per_task
@@ -234,23 +220,15 @@ class RayExecutor(Executor):
         self._ray = None
         self._owns = False
         self._cwd = os.getcwd()
-        self._gpus_per_actor = 0.0
-        self._n_actors = 1
-        self._window = 8
+        self._gpus_per_actor, self._n_actors, self._window = 0.0, 1, 8
 
     @classmethod
     def from_config(cls, run_section, address: str | None = None, **kwargs) -> "RayExecutor":
         """From the ``run`` section of a :class:`pipeline.config.PipelineConfig` (``run.ray_*`` settings)."""
-        return cls(
-            address=address,
-            num_cpus_per_task=run_section.ray_num_cpus_per_task,
-            num_gpus_per_task=run_section.ray_num_gpus_per_task,
-            num_gpus_per_actor=run_section.ray_num_gpus_per_actor,
-            num_cpus_per_actor=run_section.ray_num_cpus_per_actor,
-            actors=run_section.ray_actors,
-            max_retries=run_section.ray_max_retries,
-            **kwargs,
-        )
+        r = run_section
+        return cls(address=address, num_cpus_per_task=r.ray_num_cpus_per_task, num_gpus_per_task=r.ray_num_gpus_per_task,
+                   num_gpus_per_actor=r.ray_num_gpus_per_actor, num_cpus_per_actor=r.ray_num_cpus_per_actor,
+                   actors=r.ray_actors, max_retries=r.ray_max_retries, **kwargs)
 
     # ------------------------------------------------------------------ setup and checks
     def where(self) -> str:
@@ -297,9 +275,7 @@ class RayExecutor(Executor):
             raise ClusterError(f"run.ray_num_cpus_per_task={self.num_cpus_per_task:g}: no node of {where} has that many CPUs ({desc})")
         if self.num_gpus_per_task and max(gpus, default=0) < self.num_gpus_per_task:
             raise ClusterError(f"run.ray_num_gpus_per_task={self.num_gpus_per_task:g}: no node of {where} has that many GPUs ({desc})")
-        per_actor = self.num_gpus_per_actor
-        if per_actor is None:
-            per_actor = 1.0 if total_gpus >= 1 else 0.0
+        per_actor = self.num_gpus_per_actor if self.num_gpus_per_actor is not None else float(total_gpus >= 1)
         self._gpus_per_actor = float(per_actor)
         ca = self.num_cpus_per_actor
 
@@ -408,12 +384,8 @@ class RayExecutor(Executor):
     # ------------------------------------------------------------------ model stages
     def _new_actor(self, stage, config: dict):
         ray = self._ray
-        cls = ray.remote(_ModelWorker).options(
-            num_cpus=self.num_cpus_per_actor,
-            num_gpus=self._gpus_per_actor,
-            max_restarts=self.max_retries,
-            max_task_retries=self.max_retries,
-        )
+        cls = ray.remote(_ModelWorker).options(num_cpus=self.num_cpus_per_actor, num_gpus=self._gpus_per_actor,
+                                               max_restarts=self.max_retries, max_task_retries=self.max_retries)
         return cls.remote(stage.name, config, self.actor_threads, self._cwd, self.batch_fn)
 
     def map_batched(self, stage, cfg, todo: list[tuple[str, ClipTask]], cache: Cache, batch_size: int) -> Iterator[tuple[str, TaskResult]]:
@@ -448,11 +420,10 @@ class RayExecutor(Executor):
                 slot, chunk = inflight.pop(ref)
                 try:
                     results = ray.get(ref)
-                except RayActorError as exc:  # the actor died more often than it may be restarted
-                    results = [(vid, _died(task, self.max_retries + 1, exc)) for vid, task in chunk]
-                    dead.add(slot)
                 except RayError as exc:
                     results = [(vid, _died(task, self.max_retries + 1, exc)) for vid, task in chunk]
+                    if isinstance(exc, RayActorError):  # the actor died more often than it may be restarted
+                        dead.add(slot)
                 yield from results
                 if slot in dead and all(s != slot for s, _ in inflight.values()):
                     actors[slot] = self._replace(actors[slot], stage, config)
