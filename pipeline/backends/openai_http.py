@@ -66,15 +66,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 
-from pipeline.backends.base import (
-    Backend,
-    LabelScore,
-    ModelConfig,
-    Prompt,
-    Video,
-    prepare_image,
-)
-from pipeline.errors import BackendRequestError, LabelScoringUnsupportedError, ModelLoadError, ModelUnavailableError, VideoInputUnsupportedError
+from pipeline.backends.base import Backend, LabelScore, ModelConfig, Prompt, Video, prepare_image
+from pipeline.errors import (BackendRequestError, LabelScoringUnsupportedError, ModelLoadError, ModelUnavailableError,
+                             VideoInputUnsupportedError)
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +94,8 @@ def prompt_to_messages(prompt: Prompt, image_max_side: int | None = None) -> lis
             raise VideoInputUnsupportedError("the openai backend sends images only; use classify.dense_input=images")
         else:
             content.append({"type": "image_url", "image_url": {"url": image_to_data_url(part, image_max_side)}})
-    messages = []
-    if prompt.system:
-        messages.append({"role": "system", "content": prompt.system})
-    messages.append({"role": "user", "content": content})
-    return messages
+    system = [{"role": "system", "content": prompt.system}] if prompt.system else []
+    return [*system, {"role": "user", "content": content}]
 
 
 def normalise_token(text: str) -> str:
@@ -133,6 +124,7 @@ def match_top_tokens(top: list[tuple[str, float]], labels: list[str]) -> dict[st
 
 
 def _retry_after_s(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (a number, or an HTTP date); None if absent or unreadable."""
     if not value:
         return None
     try:
@@ -140,26 +132,20 @@ def _retry_after_s(value: str | None) -> float | None:
     except ValueError:
         pass
     try:
-        when = parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
 
 
 def _base_url(cfg: ModelConfig) -> str:
     if not cfg.server_url:
-        raise ModelLoadError(
-            f"backend='openai' for model {cfg.model!r} needs server_url (e.g. http://127.0.0.1:8000/v1)"
-        )
+        raise ModelLoadError(f"backend='openai' for model {cfg.model!r} needs server_url (e.g. http://127.0.0.1:8000/v1)")
     return cfg.server_url.rstrip("/")
 
 
 def _headers(cfg: ModelConfig) -> dict:
-    headers = {"Content-Type": "application/json"}
     key = os.environ.get(cfg.api_key_env)
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    return headers
+    return {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
 
 
 def check_server_available(cfg: ModelConfig, timeout_s: float = 10.0) -> None:
@@ -182,10 +168,8 @@ def check_server_available(cfg: ModelConfig, timeout_s: float = 10.0) -> None:
     except (ValueError, AttributeError) as exc:
         raise ModelLoadError(f"The model server at {cfg.server_url} returned a malformed /models answer") from exc
     if served and cfg.model not in served:
-        raise ModelUnavailableError(
-            f"The server at {cfg.server_url} does not serve model {cfg.model!r}; it serves {served}. "
-            "Set the model name to one of these."
-        )
+        raise ModelUnavailableError(f"The server at {cfg.server_url} does not serve model {cfg.model!r}; it serves "
+                                    f"{served}. Set the model name to one of these.")
 
 
 def _tokenize_on_server(cfg: ModelConfig, texts: list[str], timeout_s: float = 10.0) -> list[list[int]] | None:
@@ -276,13 +260,7 @@ class OpenAIBackend(Backend):
     and the label token ids are unknown without the server's tokenizer.)
     """
 
-    def __init__(
-        self,
-        cfg: ModelConfig,
-        top_logprobs: int = 20,
-        backoff_base_s: float = 0.5,
-        backoff_cap_s: float = 20.0,
-    ):
+    def __init__(self, cfg: ModelConfig, top_logprobs: int = 20, backoff_base_s: float = 0.5, backoff_cap_s: float = 20.0):
         if cfg.backend != "openai":
             raise ValueError(f"OpenAIBackend got backend={cfg.backend!r}")
         self.cfg = cfg
@@ -298,11 +276,9 @@ class OpenAIBackend(Backend):
     def _session(self):
         import requests
 
-        s = getattr(self._local, "session", None)
-        if s is None:
-            s = requests.Session()
-            self._local.session = s
-        return s
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
 
     def _post(self, payload: dict) -> dict:
         import requests
@@ -312,9 +288,8 @@ class OpenAIBackend(Backend):
         for attempt in range(self.cfg.max_retries + 1):
             wait = None
             try:
-                resp = self._session().post(
-                    url, json=payload, headers=_headers(self.cfg), timeout=(min(10.0, self.cfg.timeout_s), self.cfg.timeout_s)
-                )
+                resp = self._session().post(url, json=payload, headers=_headers(self.cfg),
+                                            timeout=(min(10.0, self.cfg.timeout_s), self.cfg.timeout_s))
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
                 connection_failed = True
@@ -337,13 +312,10 @@ class OpenAIBackend(Backend):
             log.info("POST %s failed (%s); retry %d/%d in %.2fs", url, last_error, attempt + 1, self.cfg.max_retries, delay)
             time.sleep(delay)
         if connection_failed:
-            raise ModelLoadError(
-                f"The model server at {self.cfg.server_url} cannot be reached after {self.cfg.max_retries + 1} "
-                f"attempts ({last_error})"
-            )
-        raise BackendRequestError(
-            f"POST {url} for model {self.cfg.model!r} still failing after {self.cfg.max_retries + 1} attempts: {last_error}"
-        )
+            raise ModelLoadError(f"The model server at {self.cfg.server_url} cannot be reached after "
+                                 f"{self.cfg.max_retries + 1} attempts ({last_error})")
+        raise BackendRequestError(f"POST {url} for model {self.cfg.model!r} still failing after {self.cfg.max_retries + 1} "
+                                  f"attempts: {last_error}")
 
     def _map(self, fn, items: list) -> list:
         if self._closed:
@@ -351,14 +323,8 @@ class OpenAIBackend(Backend):
         return list(self._pool.map(fn, items))
 
     def _payload(self, prompt: Prompt, **extra) -> dict:
-        return {
-            "model": self.cfg.model,
-            "messages": prompt_to_messages(prompt, self.cfg.image_max_side),
-            "temperature": 0,
-            "n": 1,
-            "stream": False,
-            **extra,
-        }
+        return {"model": self.cfg.model, "messages": prompt_to_messages(prompt, self.cfg.image_max_side), "temperature": 0,
+                "n": 1, "stream": False, **extra}
 
     # ------------------------------------------------------------------ public API
     def generate(self, prompts: list[Prompt], max_new_tokens: int | None = None) -> list[str]:
@@ -426,12 +392,5 @@ class OpenAIBackend(Backend):
         self._pool.shutdown(wait=True)
 
 
-__all__ = [
-    "OpenAIBackend",
-    "check_label_first_tokens",
-    "check_server_available",
-    "image_to_data_url",
-    "match_top_tokens",
-    "normalise_token",
-    "prompt_to_messages",
-]
+__all__ = ["OpenAIBackend", "check_label_first_tokens", "check_server_available", "image_to_data_url", "match_top_tokens",
+           "normalise_token", "prompt_to_messages"]
