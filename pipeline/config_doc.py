@@ -45,14 +45,9 @@ def config_reference() -> str:
 
     out = []
     for section, info in PipelineConfig.model_fields.items():
-        out.append(f"#### `{section}`\n")
-        out.append("| key | type | default | meaning |")
-        out.append("|---|---|---|---|")
-        out += _rows(info.annotation, f"{section}.", info.get_default(call_default_factory=True))
-        out.append("")
+        out += [f"#### `{section}`\n", "| key | type | default | meaning |", "|---|---|---|---|",
+                *_rows(info.annotation, f"{section}.", info.get_default(call_default_factory=True)), ""]
     return "\n".join(out)
-
-
 
 
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"

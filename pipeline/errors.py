@@ -56,10 +56,6 @@ class NoFaceError(ClipError):
     """No face was found in the clip (policy ``faces.no_face=fail``)."""
 
 
-class UpstreamMissingError(ClipError):
-    """An upstream artifact this stage needs is not in the cache."""
-
-
 class StageInputError(ClipError):
     """The clip's upstream artifacts do not allow this stage to run (e.g. too few frames)."""
 

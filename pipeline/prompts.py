@@ -45,12 +45,8 @@ class ImageSlot(str):
 
 
 def _env(prompt_dir: str | None) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_dir(prompt_dir))),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=False,
-        autoescape=False,
-    )
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir(prompt_dir))), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=False, autoescape=False)
 
 
 class PromptRenderer:

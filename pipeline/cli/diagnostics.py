@@ -4,6 +4,7 @@ each command's options are its options model's fields (:func:`pipeline.cli.optio
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 from pipeline.cli.options import config_options, load_config, model_options, quiet_option
 from pipeline.diagnostics.commands import ProbeOptions, TrainOptions
@@ -18,11 +19,11 @@ def add_parsers(sub) -> None:
     train = [model_options(TrainOptions, ("input",), ("quiet",)), *common]
     conflict = sub.add_parser("conflict", parents=train, help="train the frozen-encoder + connector + LM model on "
                               "several tasks and report gradient conflict between them (no model saved)")
-    conflict.set_defaults(handler=_conflict)
+    conflict.set_defaults(handler=partial(_train, save=False))
     sf = sub.add_parser("socialfusion", help="frozen encoder + connector + LM baseline (SocialFusion)")
     sf_sub = sf.add_subparsers(dest="sf_command", required=True)
     tr = sf_sub.add_parser("train", parents=train, help="train and save a model usable as classify.model.backend=socialfusion")
-    tr.set_defaults(handler=_socialfusion_train)
+    tr.set_defaults(handler=partial(_train, save=True))
 
 
 def _options(model, args):
@@ -50,11 +51,3 @@ def _train(args, save: bool) -> int:
         print(report.conflict.markdown())
     sys.stdout.flush()
     return EXIT_FAILED_CLIPS if failed else EXIT_OK
-
-
-def _conflict(args) -> int:
-    return _train(args, save=False)
-
-
-def _socialfusion_train(args) -> int:
-    return _train(args, save=True)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pipeline.cli.options import config_options, load_config, quiet_option
 from pipeline.errors import EXIT_OK
-
-LABEL_FORMATS = ["csv", "dfew", "ferv39k", "mafw"]
+from pipeline.labels import LABEL_FORMATS
 
 
 def add_parsers(sub) -> None:
