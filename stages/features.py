@@ -97,10 +97,6 @@ def open(cfg: Config):  # noqa: A001 - stage interface name
     return encoder
 
 
-def close(encoder) -> None:
-    encoder.close()
-
-
 def frame_indices(cfg: Config, job: ClipJob, track: FaceTrack) -> list[int]:
     if cfg.frames == "keyframes":
         return list(job.upstream["keyframes"].json("keyframes.json")["indices"])
@@ -126,26 +122,23 @@ def process_batch(jobs: list[ClipJob], cfg: Config, encoder) -> list:
     images = [im for _, _, ims in clips for im in ims]
     parts = [encoder.encode(images[a:a + cfg.batch_size], layers, cfg.pooling) for a in range(0, len(images), cfg.batch_size)]
     stacked = {layer: np.concatenate([p[layer] for p in parts]) for layer in layers}
-    fills, at = [], 0
+    fills, at, identity = [], 0, hub.model_identity(cfg.encoder, cfg.revision)
     for idx, ts, ims in clips:
         arrays = {f"layer_{layer}": stacked[layer][at:at + len(ims)] for layer in layers}
         at += len(ims)
         arrays["frame_indices"] = np.asarray(idx, np.int64)
         arrays["timestamps"] = np.asarray(ts, np.float64)
-        doc = {"encoder": hub.model_identity(cfg.encoder, cfg.revision), "encoder_name": cfg.encoder, "layers": layers,
+        doc = {"encoder": identity, "encoder_name": cfg.encoder, "layers": layers,
                "pooling": cfg.pooling, "frames": cfg.frames, "image_size": cfg.image_size, "n_frames": len(ims),
                "dim": int(stacked[layers[0]].shape[1])}
-        fills.append(_fill(arrays, doc))
+
+        def fill(out, arrays=arrays, doc=doc):
+            out.npz(FEATURES_FILE, **arrays)
+            out.json(INFO_FILE, doc)
+            return {"n_frames": doc["n_frames"]}
+
+        fills.append(fill)
     return fills
-
-
-def _fill(arrays: dict, doc: dict):
-    def fill(out):
-        out.npz(FEATURES_FILE, **arrays)
-        out.json(INFO_FILE, doc)
-        return {"n_frames": doc["n_frames"]}
-
-    return fill
 
 
 @dataclass
@@ -163,4 +156,4 @@ def load(artifact: Artifact) -> ClipFeatures:
 
 
 STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process_batch=process_batch, reads=reads, key_extras=key_extras,
-              preflight=preflight, open=open, close=close)
+              preflight=preflight, open=open, close=VisionEncoder.close)

@@ -59,10 +59,11 @@ class SocialFusionBackend(Backend):
     def _encoder_(self) -> VisionEncoder:
         if self._encoder is None:
             c = self.model.cfg
-            self._encoder = VisionEncoder(c.encoder, c.encoder_revision, device=str(self.model.device))
-            if c.encoder_identity and self._encoder.identity() != c.encoder_identity:
+            current = hub.model_identity(c.encoder, c.encoder_revision)
+            if c.encoder_identity and current != c.encoder_identity:
                 raise ModelLoadError(f"SocialFusion model {self.cfg.model!r}: the encoder {c.encoder!r} is not the one it "
-                                     f"was trained with (identity {self._encoder.identity()} != {c.encoder_identity})")
+                                     f"was trained with (identity {current} != {c.encoder_identity})")
+            self._encoder = VisionEncoder(c.encoder, c.encoder_revision, device=str(self.model.device))
         return self._encoder
 
     def features(self, prompt) -> np.ndarray:

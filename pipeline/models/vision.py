@@ -55,20 +55,9 @@ def _source(model: str, revision: str | None) -> tuple[str, dict]:
         raise EncoderError(str(exc)) from None
 
 
-def _depth(cfg) -> int | None:
-    for attr in ("num_hidden_layers", "depth", "num_layers"):
-        v = getattr(cfg, attr, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
-def _hidden(cfg) -> int | None:
-    for attr in ("embed_dim", "hidden_size"):  # Qwen2-VL: embed_dim is the blocks' width, hidden_size the merger's
-        v = getattr(cfg, attr, None)
-        if isinstance(v, int):
-            return v
-    return None
+def _int_attr(cfg, attrs: tuple[str, ...], positive: bool = False) -> int | None:
+    """The first of ``attrs`` that ``cfg`` holds as an int (a positive one with ``positive``), else None."""
+    return next((v for a in attrs if isinstance(v := getattr(cfg, a, None), int) and (v > 0 or not positive)), None)
 
 
 def _is_vision_config(cfg) -> bool:
@@ -101,10 +90,11 @@ def check_encoder(model: str, revision: str | None = None, trust_remote_code: bo
             f"encoder {model!r} is not a vision model (model_type {mt!r}, architectures {archs}): it has no vision "
             "tower. Give a VLM (its vision encoder is used), a CLIP/SigLIP-family model, or a vision-only model."
         )
-    n = _depth(vcfg)
+    n = _int_attr(vcfg, ("num_hidden_layers", "depth", "num_layers"), positive=True)
     if n is None:
         raise EncoderError(f"encoder {model!r}: cannot tell how many layers its vision tower has (model_type {mt!r})")
-    return EncoderInfo(model, kind, mt, n, _hidden(vcfg))
+    # Qwen2-VL: embed_dim is the blocks' width, hidden_size the merger's
+    return EncoderInfo(model, kind, mt, n, _int_attr(vcfg, ("embed_dim", "hidden_size")))
 
 
 def resolve_layers(layers: Iterable[int], info: EncoderInfo) -> list[int]:
@@ -185,7 +175,6 @@ class VisionEncoder:
 
         self.info = check_encoder(model, revision, trust_remote_code)
         self.model_name = model
-        self.revision = revision
         source, common = _source(model, revision)
         common["trust_remote_code"] = trust_remote_code
         self.device = torch.device(resolve_device(device))
@@ -215,13 +204,8 @@ class VisionEncoder:
         from transformers import AutoModel, AutoModelForImageTextToText
 
         kind, mt = self.info.kind, self.info.model_type
-        if kind == "vlm":
-            full = AutoModelForImageTextToText.from_pretrained(source, dtype=self.dtype, **common)
-            tower = find_vision_tower(full)
-            if tower is None:
-                raise EncoderError(f"encoder {self.model_name!r}: no vision tower found inside the {mt} model")
-            del full
-            return tower
+        if kind == "vision":
+            return AutoModel.from_pretrained(source, dtype=self.dtype, **common)
         if kind == "dual":
             import transformers
 
@@ -229,15 +213,11 @@ class VisionEncoder:
             cls = getattr(transformers, f"{prefix}VisionModel", None) if prefix else None
             if cls is not None:
                 return cls.from_pretrained(source, dtype=self.dtype, **common)
-            full = AutoModel.from_pretrained(source, dtype=self.dtype, **common)
-            tower = find_vision_tower(full)
-            if tower is None:
-                raise EncoderError(f"encoder {self.model_name!r}: no vision tower found inside the {mt} model")
-            return tower
-        return AutoModel.from_pretrained(source, dtype=self.dtype, **common)
-
-    def identity(self) -> dict:
-        return hub.model_identity(self.model_name, self.revision)
+        full = (AutoModelForImageTextToText if kind == "vlm" else AutoModel).from_pretrained(source, dtype=self.dtype, **common)
+        tower = find_vision_tower(full)  # the rest of the model is dropped on return
+        if tower is None:
+            raise EncoderError(f"encoder {self.model_name!r}: no vision tower found inside the {mt} model")
+        return tower
 
     def encode(self, images: list, layers: list[int], pooling: str = "mean") -> dict[int, np.ndarray]:
         """Pooled features ``{layer: float32 (len(images), dim)}`` of PIL images (layers already absolute)."""
@@ -253,15 +233,13 @@ class VisionEncoder:
         if pv.ndim == 5:  # (1 sample, N images, C, H, W): Idefics3-style processors
             pv = pv.flatten(0, 1)
         kwargs = {"output_hidden_states": True}
-        counts = None
         for k, v in batch.items():
             if k == "pixel_values":
                 continue
             name = "grid_thw" if (k == "image_grid_thw" and self._grid) else k
             if name in self._params and isinstance(v, torch.Tensor):
                 kwargs[name] = v.to(self.device)
-        if self._grid:
-            counts = batch["image_grid_thw"].prod(-1).tolist()
+        counts = batch["image_grid_thw"].prod(-1).tolist() if self._grid else None
         with torch.inference_mode():
             out = self.tower(pv.to(device=self.device, dtype=self.dtype), **kwargs)
         hs = getattr(out, "hidden_states", None)
@@ -290,6 +268,3 @@ class VisionEncoder:
         for name in ("tower", "processor"):
             if hasattr(self, name):
                 delattr(self, name)
-
-
-# ------------------------------------------------------------------------------------------------ clips and cache
