@@ -124,23 +124,18 @@ def split_rev(text: str) -> tuple[str, str | None]:
     return text, None
 
 
-def _feature_config(opts: ClipOptions, encoder: str, layers: list[int]):
-    from pipeline.diagnostics.features import FeatureConfig
-
-    model, rev = split_rev(encoder)
-    return FeatureConfig(encoder=model, revision=rev, layers=layers, pooling=opts.pooling, frames=opts.frames,
-                         max_frames=opts.max_frames, image_size=opts.image_size, dtype=opts.dtype, device=opts.device,
-                         batch_size=opts.batch_size)
-
-
 def _slug(encoder: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", encoder).strip("_") or "encoder"
 
 
-def _tasks_for(opts: ClipOptions, clips, table):
-    """``{task: {video: label}}`` matched to the clips, and the label order of each task."""
-    from pipeline.diagnostics.probe import TaskError, check_tasks, match_tasks
+def _labelled_clips(opts: ClipOptions):
+    """``(clips, run cache, tasks, order)``: the clips of ``opts.input`` with a label for some task, the cache of a
+    run directory given as input, ``{task: {video: label}}`` matched to the clips, and the label order of tasks."""
+    from pipeline.diagnostics.features import clips_of
+    from pipeline.diagnostics.probe import TaskError, check_tasks, match_tasks, read_task_table
 
+    table = read_task_table(opts.labels, opts.task_list()) if opts.labels else None
+    clips, run_cache = clips_of(opts.input)
     if table is None:
         labelled = {c.id: c.label for c in clips if c.label}
         if not labelled:
@@ -158,25 +153,30 @@ def _tasks_for(opts: ClipOptions, clips, table):
         first = next(iter(tasks))
         tasks[first] = {v: ls.canonical(lab, f"task '{first}', clip {v}") for v, lab in tasks[first].items()}
         order[first] = ls.names
-    return tasks, order
+    wanted = {v for t in tasks.values() for v in t}
+    return [c for c in clips if c.id in wanted], run_cache, tasks, order
 
 
-def _read_table(opts: ClipOptions):
-    from pipeline.diagnostics.probe import read_task_table
+def _extract(opts: ClipOptions, clips, run_cache, encoder: str, layers: list[int], cfg, run_dir: Path, log, executor):
+    """The ``features`` stage over ``clips`` for one encoder (failures printed); returns the features and the ids of
+    the clips that have them."""
+    from pipeline.diagnostics.features import FeatureConfig, extract
 
-    return read_task_table(opts.labels, opts.task_list()) if opts.labels else None
-
-
-def _say_failed(feats, log: TextIO) -> None:
-    for vid, msg in feats.failed.items():
+    model, rev = split_rev(encoder)
+    fcfg = FeatureConfig(encoder=model, revision=rev, layers=layers, pooling=opts.pooling, frames=opts.frames,
+                         max_frames=opts.max_frames, image_size=opts.image_size, dtype=opts.dtype, device=opts.device,
+                         batch_size=opts.batch_size)
+    res = extract(clips, fcfg, cfg, run_dir, cache_dir=opts.cache or run_cache, force=opts.force, quiet=opts.quiet,
+                  log=log, executor=executor)
+    for vid, msg in res.failed.items():
         print(f"features: {vid}: {msg}", file=log)
+    return res, [c.id for c in clips if c.id in res.keys]
 
 
 def probe(opts: ProbeOptions, cfg, log: TextIO | None = None, executor=None) -> tuple[list, int]:
     """Linear probes per encoder and layer; writes ``probe.json``/``probe.md`` into ``opts.out`` and, per encoder,
     the run directory of its features (``out/runs/<encoder>``). Returns the probe results and the number of clips
     whose features failed."""
-    from pipeline.diagnostics.features import clips_of, extract
     from pipeline.diagnostics.probe import run_probes, write_probe_report
     from pipeline.models.vision import check_encoder, parse_layers, resolve_layers
 
@@ -190,19 +190,12 @@ def probe(opts: ProbeOptions, cfg, log: TextIO | None = None, executor=None) -> 
         model, rev = split_rev(enc)
         info = check_encoder(model, rev)
         layer_sets[enc] = resolve_layers(parse_layers(opts.layers, info), info)
-    table = _read_table(opts)
-    clips, run_cache = clips_of(opts.input)
-    tasks, order = _tasks_for(opts, clips, table)
-    wanted = {v for t in tasks.values() for v in t}
-    use = [c for c in clips if c.id in wanted]
+    use, run_cache, tasks, order = _labelled_clips(opts)
     feats, info_rows, failed = {}, [], set()
     for i, enc in enumerate(opts.encoder):
         run_dir = out / "runs" / f"{i}-{_slug(enc)}"
-        res = extract(use, _feature_config(opts, enc, layer_sets[enc]), cfg, run_dir, cache_dir=opts.cache or run_cache,
-                      force=opts.force, quiet=opts.quiet, log=log, executor=executor)
-        _say_failed(res, log)
+        res, ok = _extract(opts, use, run_cache, enc, layer_sets[enc], cfg, run_dir, log, executor)
         failed.update(res.failed)
-        ok = [c.id for c in use if c.id in res.keys]
         feats[enc] = {layer: dict(zip(ok, res.clip_level(layer, ok))) for layer in res.layers}
         info_rows.append({"encoder": enc, "identity": res.identity, "layers": res.layers, "run": str(run_dir),
                           "cached": res.report.cached if res.report else 0,
@@ -221,7 +214,6 @@ def train(opts: TrainOptions, cfg, save: bool, log: TextIO | None = None, execut
     Checkpoints go to the report folder (``--save-every``); the same command resumes from them.
     Returns the training report and the number of clips whose features failed."""
     from pipeline.devices import resolve_device
-    from pipeline.diagnostics.features import clips_of, extract
     from pipeline.diagnostics.socialfusion import FeatureClip, TrainSettings, write_training_report
     from pipeline.diagnostics.socialfusion import train as train_model
     from pipeline.models.socialfusion import LoraSettings, SocialFusionModel, check_lm
@@ -234,19 +226,12 @@ def train(opts: TrainOptions, cfg, save: bool, log: TextIO | None = None, execut
     info = check_encoder(enc_model, enc_rev)
     layer = resolve_layers([opts.layer], info)[0]
     check_lm(lm_model, lm_rev)
-    table = _read_table(opts)
+    use, run_cache, tasks, order = _labelled_clips(opts)
     settings = TrainSettings(steps=opts.steps, batch_size=opts.train_batch, lr=opts.lr, sampler=opts.sampler,
                              conflict_every=opts.conflict_every, val_fraction=opts.val_fraction, seed=opts.seed,
                              n_boot=opts.n_boot, length_norm=cfg.classify.length_norm, save_every=opts.save_every)
     report_dir = out / "training" if save else out
-    clips, run_cache = clips_of(opts.input)
-    tasks, order = _tasks_for(opts, clips, table)
-    wanted = {v for t in tasks.values() for v in t}
-    use = [c for c in clips if c.id in wanted]
-    res = extract(use, _feature_config(opts, opts.encoder, [layer]), cfg, report_dir / "run", cache_dir=opts.cache or run_cache,
-                  force=opts.force, quiet=opts.quiet, log=log, executor=executor)
-    _say_failed(res, log)
-    ok = [c.id for c in use if c.id in res.keys]
+    res, ok = _extract(opts, use, run_cache, opts.encoder, [layer], cfg, report_dir / "run", log, executor)
     frames = res.frame_level(layer, ok)
     examples = [FeatureClip(v, f, {t: tasks[t][v] for t in tasks if v in tasks[t]}) for v, f in zip(ok, frames) if len(f)]
     if not examples:

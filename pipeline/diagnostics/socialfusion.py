@@ -17,6 +17,7 @@ the same model, settings and clips resumes from the last one and ends with the s
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -215,20 +216,16 @@ def train(model: SocialFusionModel, examples: Sequence[FeatureClip], settings: T
                for i, t in enumerate(tasks)}
     groups = model.trainable_groups()
     params = [p for g in groups.values() for p in g]
-    slices, at = {}, 0
-    for name, ps in groups.items():
-        n = sum(p.numel() for p in ps)
-        slices[name] = slice(at, at + n)
-        at += n
+    sizes = [sum(p.numel() for p in ps) for ps in groups.values()]
+    slices = {name: slice(end - n, end) for name, n, end in zip(groups, sizes, itertools.accumulate(sizes))}
     opt = make_optimizer(params, s.lr, s.weight_decay)
     sched = make_scheduler(opt, s.lr_schedule, s.steps, s.warmup_steps)
     saver = _Checkpoints(Path(out_dir) if out_dir is not None else None, _setup(model, s, examples))
     done = saver.resume(_named_trainable(model), opt, sched, report)
-    if done:
-        report.resumed_from = done
-        for _ in range(done):  # the batches those steps drew
-            for t in tasks:
-                next(streams[t])
+    report.resumed_from = done or None
+    for _ in range(done):  # the batches those steps drew
+        for t in tasks:
+            next(streams[t])
     model.train()
     for step in range(done + 1, s.steps + 1):
         losses = {}
@@ -243,18 +240,15 @@ def train(model: SocialFusionModel, examples: Sequence[FeatureClip], settings: T
             grads = task_gradients(losses, params)
             report.conflict.record_groups(step, grads, slices)
             flat = sum(weights[t] * grads[t] for t in tasks)
-            off = 0
-            for p in params:
-                p.grad = flat[off:off + p.numel()].view_as(p).to(p.dtype).clone()
-                off += p.numel()
+            for p, g in zip(params, torch.split(flat, [p.numel() for p in params])):
+                p.grad = g.view_as(p).to(p.dtype).clone()
         else:
             total.backward()
         if s.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
         opt.step()
         sched.step()
-        row = {"step": step, "total": float(total.item())}
-        row.update({t: float(v.item()) for t, v in losses.items()})
+        row = {"step": step, "total": float(total.item()), **{t: float(v.item()) for t, v in losses.items()}}
         report.losses.append(row)
         if log_to is not None and (step == 1 or step % max(1, s.steps // 10) == 0 or step == s.steps):
             print(f"step {step}/{s.steps}: loss {row['total']:.4f} (" +
