@@ -151,7 +151,7 @@ class _Checkpoints:
         from safetensors.torch import save_file
 
         name = f"step-{step:07d}"
-        tmp = ckpt.new_tmp(self.out, name)
+        tmp = ckpt.tmp_dir(self.out, name)
         save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(tmp / "trainable.safetensors"))
         ckpt.optimizer_to_files(opt.state_dict(), tmp)
         ckpt.write_json(tmp / "scheduler.json", ckpt.scheduler_state(sched))

@@ -53,17 +53,8 @@ from pipeline.errors import FinetuneError
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.lora import VISION_MODULES, add_lora
 from pipeline.training.optim import make_optimizer, make_scheduler
-from pipeline.finetune.data import (
-    LabelledClip,
-    PromptDataset,
-    check_training_set,
-    clips_per_class,
-    class_weights,
-    collate,
-    collect_labels,
-    prepare,
-    split_train_val,
-)
+from pipeline.finetune.data import (LabelledClip, PromptDataset, check_training_set, class_weights, clips_per_class,
+                                   collate, collect_labels, prepare, split_train_val)
 
 # Settings that do not change the trained weights: a run may resume with other values for these.
 NOT_IN_RESUME_CHECK = frozenset({"num_workers", "save_every_steps", "gradient_checkpointing", "eval_at_start"})
@@ -193,9 +184,7 @@ class _Trainer:
         self.train_ds = PromptDataset(train, cfg.classify, names, cache_root)
         self.val_ds = PromptDataset(val, cfg.classify, names, cache_root)
         self.meta_base = base_record(cfg.classify.model)
-        from pipeline.prompts import template_hash
-
-        self.template_sha = template_hash(cfg.classify.prompt_dir, cfg.classify.template)
+        self.template_sha = setup["template"]
         self.label_set = load_label_set(cfg.classify.labels).name
         self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "history": [], "steps": [],
                       "done": False, "total_steps": self.total_steps, "setup": setup}
@@ -233,13 +222,8 @@ class _Trainer:
     def save_checkpoint(self) -> None:
         acc, st = self.acc, self.state
         name = f"step-{st['global_step']:07d}"
-        tmp = ckpt.root(self.out) / f".tmp-{name}"
+        tmp = ckpt.tmp_dir(self.out, name, create=acc.is_main_process)
         if acc.is_main_process:
-            import shutil
-
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
             self._unwrapped().save_pretrained(str(tmp / "adapter"))
             self._adapter_meta(tmp / "adapter", {"epoch": st["epoch"], "step": st["global_step"], "checkpoint": True})
             ckpt.optimizer_to_files(self.optimizer.state_dict(), tmp)
@@ -258,12 +242,7 @@ class _Trainer:
         st = self.state
         name = f"best-step-{st['global_step']:07d}"
         if self.acc.is_main_process:
-            import shutil
-
-            tmp = ckpt.root(self.out) / f".tmp-{name}"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.tmp_dir(self.out, name)
             self._unwrapped().save_pretrained(str(tmp))
             self._adapter_meta(tmp, {"epoch": epoch, "step": st["global_step"], "val": ev,
                                      "sampling": self.fcfg.sampling, "loss_weights": self.fcfg.loss_weights})
@@ -402,12 +381,11 @@ class _Trainer:
 # ------------------------------------------------------------------------------------------ entry point
 
 
-def _finish(out: Path, state: dict, names: list[str], train: list[LabelledClip]) -> tuple[Path, Path]:
+def _finish(out: Path, state: dict, counts: dict[str, int]) -> tuple[Path, Path]:
     """Materialise ``CKPT/adapter`` (best, or last without validation) and the summary files."""
     last = ckpt.latest(out)
     src = ckpt.root(out) / state["best"]["dir"] if state.get("best") else last / "adapter"
     ckpt.replace_dir_from(src, out / "adapter")
-    counts = clips_per_class([e.label for e in train], names)
     ckpt.write_json(out / "train_counts.json", counts)
     ckpt.write_json(out / "metrics.json", {"best": state.get("best"), "history": state["history"],
                                            "global_step": state["global_step"], "total_steps": state["total_steps"],
@@ -506,45 +484,34 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
     if main:
         ckpt.remove_stale(out)
     resume_from = ckpt.latest(out)
-    if resume_from is not None:
-        old = ckpt.read_json(resume_from / "state.json")
-        diff = _setup_diff(old["setup"], setup)
-        if diff:
-            raise FinetuneError(
-                f"{out} holds a fine-tuning run with another setup, so it cannot be resumed: " + "; ".join(diff)
-                + f". Use another --out, or delete {ckpt.root(out)} to start over."
-            )
-        if old.get("done"):
-            adapter, last = _finish(out, old, names, train) if main else (out / "adapter", resume_from / "adapter")
-            accelerator.wait_for_everyone()
-            if main:
-                print(f"finetune: {out} is already trained ({old['global_step']} steps); adapter: {adapter}", file=log)
-            return _result(out, old, adapter, last, train, val, counts, None, failed)
-
-    trainer = _Trainer(cfg, accelerator, out, names, train, val, cache_root, setup, log, show)
-    try:
-        resumed = None
-        if resume_from is not None:
-            trainer.resume(resume_from)
-            resumed = trainer.state["global_step"]
-            if main:
-                print(f"finetune: resuming from {resume_from} (epoch {trainer.state['epoch'] + 1}, "
-                      f"step {resumed}/{trainer.total_steps})", file=log)
-        trainer.train()
+    st = ckpt.read_json(resume_from / "state.json") if resume_from is not None else None
+    diff = _setup_diff(st["setup"], setup) if st is not None else []
+    if diff:
+        raise FinetuneError(f"{out} holds a fine-tuning run with another setup, so it cannot be resumed: " + "; ".join(diff)
+                            + f". Use another --out, or delete {ckpt.root(out)} to start over.")
+    trained_before, resumed = bool(st and st.get("done")), None
+    if not trained_before:
+        trainer = _Trainer(cfg, accelerator, out, names, train, val, cache_root, setup, log, show)
+        try:
+            if resume_from is not None:
+                trainer.resume(resume_from)
+                resumed = trainer.state["global_step"]
+                if main:
+                    print(f"finetune: resuming from {resume_from} (epoch {trainer.state['epoch'] + 1}, "
+                          f"step {resumed}/{trainer.total_steps})", file=log)
+            trainer.train()
+        finally:
+            trainer.close()
         st = trainer.state
-        adapter, last = _finish(out, st, names, train) if main else (out / "adapter", ckpt.latest(out) / "adapter")
-        accelerator.wait_for_everyone()
-        if main:
-            best = st.get("best")
-            note = (f"best val UAR {100 * best['uar']:.2f} (epoch {best['epoch']})" if best else "no validation set: last epoch")
-            print(f"finetune: done, {st['global_step']} steps; adapter ({note}): {adapter}\n"
-                  f"use it with: --set classify.adapter={out}", file=log)
-        return _result(out, st, adapter, last, train, val, counts, resumed, failed)
-    finally:
-        trainer.close()
-
-
-def _result(out, st, adapter, last, train, val, counts, resumed, failed) -> FinetuneResult:
+    adapter, last = _finish(out, st, counts) if main else (out / "adapter", ckpt.latest(out) / "adapter")
+    accelerator.wait_for_everyone()
+    if main and trained_before:
+        print(f"finetune: {out} is already trained ({st['global_step']} steps); adapter: {adapter}", file=log)
+    elif main:
+        best = st.get("best")
+        note = (f"best val UAR {100 * best['uar']:.2f} (epoch {best['epoch']})" if best else "no validation set: last epoch")
+        print(f"finetune: done, {st['global_step']} steps; adapter ({note}): {adapter}\n"
+              f"use it with: --set classify.adapter={out}", file=log)
     return FinetuneResult(out_dir=out, adapter_dir=adapter, last_adapter_dir=last, history=st["history"],
                           steps=st["steps"], best=st.get("best"), global_step=st["global_step"],
                           total_steps=st["total_steps"], n_train=len(train), n_val=len(val), train_counts=counts,

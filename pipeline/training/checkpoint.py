@@ -30,7 +30,7 @@ CHECKPOINTS = "checkpoints"
 POINTER = "latest.json"
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, path)
@@ -57,7 +57,7 @@ def optimizer_to_files(sd: dict, folder: Path) -> None:
                 out[k] = {"value": v}
         state[str(pid)] = out
     save_file(tensors, str(folder / "optimizer.safetensors"))
-    _write_json(folder / "optimizer.json", {"state": state, "param_groups": sd["param_groups"]})
+    write_json(folder / "optimizer.json", {"state": state, "param_groups": sd["param_groups"]})
 
 
 def optimizer_from_files(folder: Path) -> dict:
@@ -119,11 +119,13 @@ def remove_stale(out_dir: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def new_tmp(out_dir: Path, name: str) -> Path:
-    r = root(out_dir)
-    r.mkdir(parents=True, exist_ok=True)
-    tmp = r / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+def tmp_dir(out_dir: Path, name: str, create: bool = True) -> Path:
+    """The hidden folder checkpoint ``name`` is written into before :func:`publish`; ``create``: emptied (the
+    leftover of a killed save removed) and created (the other processes of a multi-GPU run only need its path)."""
+    tmp = root(out_dir) / f".tmp-{name}"
+    if create:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     return tmp
 
 
@@ -136,7 +138,7 @@ def publish(tmp: Path, final: Path) -> None:
 
 def point_to(out_dir: Path, name: str, keep: set[str]) -> None:
     """Make ``name`` the checkpoint to resume from; then remove checkpoints and best adapters not in ``keep``."""
-    _write_json(root(out_dir) / POINTER, {"dir": name})
+    write_json(root(out_dir) / POINTER, {"dir": name})
     for p in root(out_dir).iterdir():
         if p.is_dir() and (p.name.startswith("step-") or p.name.startswith("best-")) and p.name not in keep | {name}:
             shutil.rmtree(p, ignore_errors=True)
@@ -153,9 +155,6 @@ def replace_dir_from(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-write_json = _write_json
 
 
 def scheduler_state(scheduler) -> dict:
