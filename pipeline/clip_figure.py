@@ -18,16 +18,9 @@ from pipeline.video import VideoReader, to_rgb
 
 
 def _spans(mask: np.ndarray, t: np.ndarray) -> list[tuple[float, float]]:
-    spans, start = [], None
-    for i, m in enumerate(mask):
-        if m and start is None:
-            start = i
-        if not m and start is not None:
-            spans.append((t[start], t[i - 1]))
-            start = None
-    if start is not None:
-        spans.append((t[start], t[-1]))
-    return spans
+    """``(first, last)`` time of every run of True in ``mask``."""
+    edges = np.flatnonzero(np.diff(np.r_[0, np.asarray(mask, int), 0]))
+    return [(t[a], t[b - 1]) for a, b in zip(edges[::2], edges[1::2])]
 
 
 def _frames_at(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
@@ -47,14 +40,13 @@ def inspect_clip(run_dir: str | Path, video: str, output: Path | None = None) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
+    from matplotlib.patches import Patch, Rectangle
 
     run = RunDir(run_dir)
     row = run.find(video)
     cache = run.cache()
     arts = row.artifacts
-    faces = cache.get("faces", arts.get("faces", "")) if arts.get("faces") else None
-    kf = cache.get("keyframes", arts.get("keyframes", "")) if arts.get("keyframes") else None
+    faces, kf = (cache.get(stage, arts[stage]) if arts.get(stage) else None for stage in ("faces", "keyframes"))
     if faces is None or kf is None:
         raise CacheError(f"{row.video}: faces/keyframes artifacts are not in {cache.root} (did the clip fail? see failures.jsonl)")
     track = FaceTrack.load(faces)
@@ -96,8 +88,6 @@ def inspect_clip(run_dir: str | Path, video: str, output: Path | None = None) ->
         ax.axvline(track.t[i], color="k", ls="--", lw=1)
     ax.set_xlabel("time (s)")
     ax.set_xlim(float(t[0]), float(t[-1]) if len(t) > 1 else 1.0)
-    from matplotlib.patches import Patch
-
     handles, _ = ax.get_legend_handles_labels()
     handles += [Patch(color="0.85", label="box interpolated"), Patch(color="tab:red", alpha=0.25, label="face missing")]
     ax.legend(handles=handles, loc="upper right", fontsize=8)
@@ -109,8 +99,7 @@ def inspect_clip(run_dir: str | Path, video: str, output: Path | None = None) ->
     )
     fig.tight_layout()
     if output is None:
-        safe = row.video.replace("/", "__")
-        output = run.path / "inspect" / f"{safe}.png"
+        output = run.path / "inspect" / f"{row.video.replace('/', '__')}.png"
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output)
     plt.close(fig)

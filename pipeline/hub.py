@@ -87,6 +87,10 @@ def revision_note(revision: str | None) -> str:
     return f" (revision {revision!r})" if revision else ""
 
 
+def _unavailable(what: str, model: str, revision: str | None, why: str) -> ModelUnavailableError:
+    return ModelUnavailableError(f"{what} {model!r}{revision_note(revision)} {why}. " + how_to_point_at_local_model(model))
+
+
 def local_folder(model: str, what: str = "Model") -> Path:
     """The checkpoint folder ``model`` names; :class:`ModelUnavailableError` if it does not exist,
     :class:`ModelLoadError` if it holds no ``config.json``."""
@@ -111,24 +115,17 @@ def check_available(model: str, revision: str | None = None, what: str = "Model"
     if cached_config(model, revision) is not None:
         return
     if offline_mode():
-        raise ModelUnavailableError(
-            f"{what} {model!r}{revision_note(revision)} is not in the local Hugging Face cache and offline mode is on "
-            "(HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE). " + how_to_point_at_local_model(model)
-        )
+        raise _unavailable(what, model, revision, "is not in the local Hugging Face cache and offline mode is on "
+                                                  "(HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE)")
     if not hub_reachable():
-        raise ModelUnavailableError(
-            f"{what} {model!r}{revision_note(revision)} is not in the local Hugging Face cache and the hub "
-            f"({endpoint()}) cannot be reached. " + how_to_point_at_local_model(model)
-        )
+        raise _unavailable(what, model, revision, f"is not in the local Hugging Face cache and the hub ({endpoint()}) "
+                                                  "cannot be reached")
     try:
         from huggingface_hub import hf_hub_download
 
         hf_hub_download(model, "config.json", revision=revision)
     except Exception as exc:  # noqa: BLE001 - repository missing, gated, revision missing, network trouble
-        raise ModelUnavailableError(
-            f"{what} {model!r}{revision_note(revision)} cannot be resolved on the hub: {type(exc).__name__}: {exc}. "
-            + how_to_point_at_local_model(model)
-        ) from exc
+        raise _unavailable(what, model, revision, f"cannot be resolved on the hub: {type(exc).__name__}: {exc}") from exc
 
 
 def source(model: str, revision: str | None = None, what: str = "Model") -> tuple[str, dict]:
@@ -143,10 +140,7 @@ def source(model: str, revision: str | None = None, what: str = "Model") -> tupl
     elif cached_config(model, revision) is not None:
         local_only = True
     else:
-        raise ModelUnavailableError(
-            f"{what} {model!r}{revision_note(revision)} is not in the local Hugging Face cache and the hub cannot be "
-            "reached. " + how_to_point_at_local_model(model)
-        )
+        raise _unavailable(what, model, revision, "is not in the local Hugging Face cache and the hub cannot be reached")
     return model, {"revision": revision, "local_files_only": local_only}
 
 

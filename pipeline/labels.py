@@ -202,16 +202,19 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
     return [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
 
 
-def _add(out: dict[str, str], where_first: dict[str, str], vid: str, label: str, where: str) -> None:
-    if vid in out:
-        if out[vid] != label:
-            raise LabelError(
-                f"{where}: '{vid}' is labelled '{label}' but was labelled '{out[vid]}' at {where_first[vid]}"
-            )
-        warnings.warn(f"{where}: '{vid}' is listed twice with the same label (first at {where_first[vid]})")
-        return
-    out[vid] = label
-    where_first[vid] = where
+def _collect(rows: Iterable[tuple[str, str, str]]) -> dict[str, str]:
+    """``{video id: label}`` from ``(where, video id, label)`` rows; an id listed twice warns (same label) or is an
+    error naming both lines (another label)."""
+    out: dict[str, str] = {}
+    first: dict[str, str] = {}
+    for where, vid, label in rows:
+        if vid not in out:
+            out[vid], first[vid] = label, where
+        elif out[vid] != label:
+            raise LabelError(f"{where}: '{vid}' is labelled '{label}' but was labelled '{out[vid]}' at {first[vid]}")
+        else:
+            warnings.warn(f"{where}: '{vid}' is listed twice with the same label (first at {first[vid]})")
+    return out
 
 
 def _read_csv_rows(path: Path, id_columns: tuple[str, ...]) -> tuple[list[tuple[int, list[str]]], int, int]:
@@ -242,14 +245,14 @@ def _cells(path, rows, key_col: int, label_col: int) -> Iterable[tuple[str, str,
 
 
 def _from_rows(path, rows, id_col, label_col, label_set, fix_id=lambda v: v) -> dict[str, str]:
-    out: dict[str, str] = {}
-    first: dict[str, str] = {}
-    for where, vid, label in _cells(path, rows, id_col, label_col):
-        vid = fix_id(vid)
-        if not vid:
-            raise LabelError(f"{where}: empty video id")
-        _add(out, first, vid, label_set.canonical(label, where), where)
-    return out
+    def read():
+        for where, vid, label in _cells(path, rows, id_col, label_col):
+            vid = fix_id(vid)
+            if not vid:
+                raise LabelError(f"{where}: empty video id")
+            yield where, vid, label_set.canonical(label, where)
+
+    return _collect(read())
 
 
 def read_label_csv(path: str | Path, label_set: LabelSet) -> dict[str, str]:
@@ -336,17 +339,11 @@ def _split_words(path: Path, label_set: LabelSet, tab_first: bool) -> list[tuple
 def read_ferv39k_split(path: str | Path, label_set: LabelSet | None = None) -> dict[str, str]:
     """Read FERV39k ``train_All.csv`` / ``test_All.csv``: space separated, no header,
     ``Action/Sad/0010 Sad``. Warns when the label word differs from the emotion folder in the path."""
-    path = Path(path)
     label_set = label_set or load_label_set("ferv39k")
-    out: dict[str, str] = {}
-    first: dict[str, str] = {}
-    mismatched = []
-    for where, vid, label in _split_words(path, label_set, tab_first=False):
-        parts = vid.split("/")
-        if len(parts) >= 2 and parts[-2] in label_set and \
-                label_set.canonical(parts[-2]) != label:
-            mismatched.append(f"{where} ({vid} labelled {label})")
-        _add(out, first, vid, label, where)
+    rows = _split_words(Path(path), label_set, tab_first=False)
+    out = _collect(rows)
+    mismatched = [f"{where} ({vid} labelled {label})" for where, vid, label in rows
+                  if len(parts := vid.split("/")) >= 2 and parts[-2] in label_set and label_set.canonical(parts[-2]) != label]
     if mismatched:
         warnings.warn(f"{len(mismatched)} FERV39k line(s) whose label differs from the emotion folder "
                       f"in the path, e.g. {', '.join(mismatched[:5])}")
@@ -359,15 +356,9 @@ def read_mafw_split(path: str | Path, label_set: LabelSet | None = None) -> dict
 
     Compound labels (``anger_disgust``) are unknown to the 11-class set and raise an error; pass a
     label set containing them to read the compound benchmark."""
-    path = Path(path)
     label_set = label_set or load_label_set("mafw")
-    out: dict[str, str] = {}
-    first: dict[str, str] = {}
-    for where, vid, label in _split_words(path, label_set, tab_first=True):
-        if vid.casefold().endswith(".mp4"):
-            vid = vid[:-4]
-        _add(out, first, vid, label, where)
-    return out
+    return _collect((where, vid[:-4] if vid.casefold().endswith(".mp4") else vid, label)
+                    for where, vid, label in _split_words(Path(path), label_set, tab_first=True))
 
 
 def read_labels(path: str | Path, label_format: str = "csv", label_set: LabelSet | None = None,

@@ -70,12 +70,11 @@ class SocialFusionBackend(Backend):
         """Per-frame features ``(images, dim)`` of a prompt's images, as the model was trained on."""
         from PIL import Image
 
-        images = [im for im in prompt.parts if not isinstance(im, str)]
-        if not images:
+        if not prompt.images:
             raise ValueError("the SocialFusion backend needs at least one image in the prompt (it reads frames, not text)")
         size = self.model.cfg.image_size
         fixed = []
-        for im in images:
+        for im in prompt.images:
             im = im.convert("RGB")
             if im.size != (size, size):
                 if "size" not in self._warned:
@@ -106,8 +105,7 @@ class SocialFusionBackend(Backend):
                     for p in prompts]
 
     def count_prompt_tokens(self, prompt) -> int:
-        n_images = sum(1 for p in prompt.parts if not isinstance(p, str))
-        return self.model.n_prompt_tokens(n_images)
+        return self.model.n_prompt_tokens(len(prompt.images))
 
     def close(self) -> None:
         with self._lock:

@@ -19,31 +19,26 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
-def flat_grad(loss, params: Sequence) -> "torch.Tensor":  # noqa: F821
-    """d loss / d params, flattened into one float32 vector (zeros for parameters the loss does not touch)."""
-    import torch
-
-    grads = torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).float() for p, g in zip(params, grads)])
-
-
 def task_gradients(losses: Mapping[str, "torch.Tensor"], params: Sequence) -> dict[str, "torch.Tensor"]:  # noqa: F821
-    """One flattened gradient per task over the same ``params`` (the graph is kept for a later backward)."""
-    return {task: flat_grad(loss, params) for task, loss in losses.items()}
-
-
-def cosine(a, b) -> float:
-    """Cosine similarity of two vectors; NaN when either is zero."""
+    """One gradient per task over the same ``params``, flattened into a float32 vector (zeros for parameters the
+    task's loss does not touch); the graph is kept for a later backward."""
     import torch
 
-    na, nb = float(torch.linalg.vector_norm(a)), float(torch.linalg.vector_norm(b))
-    if na == 0.0 or nb == 0.0:
-        return float("nan")
-    return float(torch.dot(a.double(), b.double()) / (na * nb))
+    params, out = list(params), {}
+    for task, loss in losses.items():
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        out[task] = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).float() for p, g in zip(params, grads)])
+    return out
 
 
 def pairwise_cosines(grads: Mapping[str, "torch.Tensor"]) -> dict[tuple[str, str], float]:  # noqa: F821
-    """``{(task_a, task_b): cosine}`` for every unordered pair, in task order."""
+    """``{(task_a, task_b): cosine}`` for every unordered pair, in task order; NaN when a gradient is zero."""
+    import torch
+
+    def cosine(a, b) -> float:
+        na, nb = float(torch.linalg.vector_norm(a)), float(torch.linalg.vector_norm(b))
+        return float("nan") if na == 0.0 or nb == 0.0 else float(torch.dot(a.double(), b.double()) / (na * nb))
+
     return {(a, b): cosine(grads[a], grads[b]) for a, b in itertools.combinations(list(grads), 2)}
 
 

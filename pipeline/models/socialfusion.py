@@ -139,8 +139,7 @@ class SocialFusionModel:
         self.lm = lm
         self.tokenizer = tokenizer
         self.device = torch.device(device)
-        d_lm = lm.get_input_embeddings().weight.shape[1]
-        self.d_lm = d_lm
+        self.d_lm = d_lm = lm.get_input_embeddings().weight.shape[1]
         if connector is None:
             connector = nn.Sequential(
                 nn.LayerNorm(cfg.feature_dim),
@@ -174,7 +173,6 @@ class SocialFusionModel:
             raise SocialFusionError(f"task(s) {few}: each task needs two or more distinct labels, each listed once")
         if "{task}" not in prompt:
             raise SocialFusionError(f"prompt {prompt!r} must contain '{{task}}' so that the tasks can be told apart")
-        lora = LoraSettings.model_validate(lora) if isinstance(lora, dict) else lora
         lm_model, tok = load_lm(lm, lm_revision)
         cfg = SocialFusionConfig(
             encoder=encoder, encoder_revision=encoder_revision, encoder_identity=hub.model_identity(encoder, encoder_revision),
