@@ -91,10 +91,8 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     try:
         socket.create_connection(hp, timeout=timeout_s).close()
     except OSError as exc:
-        raise ClusterError(
-            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start the head node with "
-            "'ray start --head' and pass its address (HOST:6379) with --ray-address"
-        ) from None
+        raise ClusterError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start the head node with "
+                           "'ray start --head' and pass its address (HOST:6379) with --ray-address") from None
 
 
 def auth_hint() -> str:
@@ -231,9 +229,6 @@ class RayExecutor(Executor):
                    actors=r.ray_actors, max_retries=r.ray_max_retries, **kwargs)
 
     # ------------------------------------------------------------------ setup and checks
-    def where(self) -> str:
-        return f"the Ray cluster at {self.address}" if self.address else "the Ray cluster"
-
     def start(self, cache_root: str | os.PathLike) -> None:
         """Connect (or start a local instance), then check resources and the cache from every node.
         Raises :class:`ClusterError` with what is wrong; nothing has been scheduled then."""
@@ -267,7 +262,7 @@ class RayExecutor(Executor):
         cpus = [n["Resources"].get("CPU", 0.0) for n in nodes]
         gpus = [n["Resources"].get("GPU", 0.0) for n in nodes]
         total_gpus = sum(gpus)
-        where = self.where()
+        where = f"the Ray cluster at {self.address}" if self.address else "the Ray cluster"
         desc = f"{len(nodes)} node(s), {sum(cpus):g} CPUs, {total_gpus:g} GPUs" + (
             f" (per node: {', '.join(f'{g:g}' for g in gpus)})" if total_gpus else ""
         )

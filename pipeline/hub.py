@@ -98,10 +98,8 @@ def local_folder(model: str, what: str = "Model") -> Path:
     if not path.exists():
         raise ModelUnavailableError(f"{what} {model!r}: the local path does not exist. " + how_to_point_at_local_model(model))
     if not (path / "config.json").is_file():
-        raise ModelLoadError(
-            f"{what} {model!r}: the folder exists but has no config.json, so it is not a transformers "
-            "checkpoint (point at the folder that holds config.json, the weights and the processor files)."
-        )
+        raise ModelLoadError(f"{what} {model!r}: the folder exists but has no config.json, so it is not a transformers "
+                             "checkpoint (point at the folder that holds config.json, the weights and the processor files).")
     return path
 
 

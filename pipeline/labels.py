@@ -57,10 +57,8 @@ class LabelSet:
             for word in (label.name, *label.aliases):
                 key = word.strip().casefold()
                 if key in lookup and lookup[key] != i:
-                    raise LabelError(
-                        f"{self.source}: '{word}' is used by both '{self.labels[lookup[key]].name}' "
-                        f"and '{label.name}'"
-                    )
+                    raise LabelError(f"{self.source}: '{word}' is used by both '{self.labels[lookup[key]].name}' "
+                                     f"and '{label.name}'")
                 lookup[key] = i
         self._lookup.update(lookup)
 
@@ -89,10 +87,8 @@ class LabelSet:
         i = self._lookup.get(str(word).strip().casefold())
         if i is None:
             prefix = f"{where}: " if where else ""
-            raise LabelError(
-                f"{prefix}unknown label '{word}' for label set '{self.name}' ({self.source}); "
-                f"known labels: {', '.join(self.names)} (aliases are matched case-insensitively)"
-            )
+            raise LabelError(f"{prefix}unknown label '{word}' for label set '{self.name}' ({self.source}); "
+                             f"known labels: {', '.join(self.names)} (aliases are matched case-insensitively)")
         return i
 
     def canonical(self, word: str, where: str | None = None) -> str:
@@ -158,10 +154,8 @@ def _parse_label_yaml(text: str, source: str) -> LabelSet:
                 other, other_line = seen[key]
                 if other == name and word != name:  # an alias repeating its own name in another case
                     continue
-                raise LabelError(
-                    f"{source}:{word_line}: duplicate label name/alias '{word}' in label '{name}' "
-                    f"(already used by label '{other}' at line {other_line})"
-                )
+                raise LabelError(f"{source}:{word_line}: duplicate label name/alias '{word}' in label '{name}' "
+                                 f"(already used by label '{other}' at line {other_line})")
             seen[key] = (name, word_line)
         extra = {k: yaml.safe_load(yaml.serialize(v)) for k, v in entry.items() if k not in ("name", "aliases")}
         labels.append(Label(name, tuple(a for _, a in aliases), extra))
@@ -176,10 +170,8 @@ def load_label_set(name_or_path: str | Path) -> LabelSet:
     else:
         path = Path(name_or_path)
         if not path.is_file():
-            raise LabelError(
-                f"label set '{name_or_path}' is neither a built-in ({', '.join(BUILTIN_LABEL_SETS)}) "
-                f"nor an existing YAML file"
-            )
+            raise LabelError(f"label set '{name_or_path}' is neither a built-in ({', '.join(BUILTIN_LABEL_SETS)}) "
+                             f"nor an existing YAML file")
     return _parse_label_yaml(path.read_text(encoding="utf-8"), str(path))
 
 
@@ -228,10 +220,8 @@ def _read_csv_rows(path: Path, id_columns: tuple[str, ...]) -> tuple[list[tuple[
     cols = [c.strip().casefold() for c in header]
     id_col = next((cols.index(c) for c in id_columns if c in cols), None)
     if id_col is None or "label" not in cols:
-        raise LabelError(
-            f"{path}:{header_no}: expected a header with columns {' or '.join(id_columns)} and 'label', "
-            f"got {header}"
-        )
+        raise LabelError(f"{path}:{header_no}: expected a header with columns {' or '.join(id_columns)} and 'label', "
+                         f"got {header}")
     return rows[1:], id_col, cols.index("label")
 
 

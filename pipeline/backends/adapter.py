@@ -156,8 +156,6 @@ def check_adapter(path: str | os.PathLike, model_cfg: ModelConfig, labels: list[
         same_config = (declared_cfg.is_file() and current_sha is not None
                        and hashlib.sha256(declared_cfg.read_bytes()).hexdigest() == current_sha)
         if not (same_name or same_config):
-            raise AdapterError(
-                f"{setting}: the adapter {d} was made for another base model: {ADAPTER_CONFIG} names "
-                f"{declared!r}, but classify.model.model is {model_cfg.model!r}"
-            )
+            raise AdapterError(f"{setting}: the adapter {d} was made for another base model: {ADAPTER_CONFIG} names "
+                               f"{declared!r}, but classify.model.model is {model_cfg.model!r}")
     return d

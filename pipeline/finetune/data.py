@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -34,9 +34,6 @@ class LabelledClip:
     label: str
     upstream: dict
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def collect_labels(refs: list[VideoRef], label_set: LabelSet, labels_file: str | Path | None,
                    label_format: str = "csv", source: str = "the input list") -> dict[str, str]:
@@ -44,11 +41,7 @@ def collect_labels(refs: list[VideoRef], label_set: LabelSet, labels_file: str |
     if labels_file is not None:
         annotations = read_labels(labels_file, label_format, label_set)
         return match_labels(annotations, [r.id for r in refs]).matched
-    out = {}
-    for r in refs:
-        if r.label:
-            out[r.id] = label_set.canonical(r.label, where=f"{source} (clip {r.id})")
-    return out
+    return {r.id: label_set.canonical(r.label, where=f"{source} (clip {r.id})") for r in refs if r.label}
 
 
 def split_train_val(labels: dict[str, str], val_fraction: float, seed: int,
@@ -57,10 +50,10 @@ def split_train_val(labels: dict[str, str], val_fraction: float, seed: int,
     :func:`pipeline.training.split.stratified_split` (a seeded, stratified share of each class by video)."""
     if val_labels is not None:
         val = dict(val_labels)
-        return {v: y for v, y in labels.items() if v not in val}, val
-    videos = sorted(labels)
-    _, val_idx = stratified_split(videos, [labels[v] for v in videos], val_fraction, seed)
-    val = {videos[i]: labels[videos[i]] for i in val_idx}
+    else:
+        videos = sorted(labels)
+        _, val_idx = stratified_split(videos, [labels[v] for v in videos], val_fraction, seed)
+        val = {videos[i]: labels[videos[i]] for i in val_idx}
     return {v: y for v, y in labels.items() if v not in val}, val
 
 
@@ -177,7 +170,5 @@ def collate(items: list[dict]) -> Batch:
                  torch.tensor([it["label"] for it in items], dtype=torch.long))
 
 
-__all__ = [
-    "Batch", "LabelledClip", "PromptDataset", "check_training_set", "clips_per_class", "class_weights",
-    "collate", "collect_labels", "prepare", "split_train_val",
-]
+__all__ = ["Batch", "LabelledClip", "PromptDataset", "check_training_set", "clips_per_class", "class_weights", "collate",
+           "collect_labels", "prepare", "split_train_val"]

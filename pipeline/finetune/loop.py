@@ -44,7 +44,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -460,8 +460,8 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
             print(f"note: {len(failed)} clip(s) failed in the pipeline and are left out "
                   f"(see {out / 'prepare' / 'failures.jsonl'})", file=log)
         by_id = {e.video: e for e in examples}
-        split = {"train": [by_id[v].to_dict() for v in sorted(train_map) if v in by_id],
-                 "val": [by_id[v].to_dict() for v in sorted(val_map) if v in by_id],
+        split = {"train": [asdict(by_id[v]) for v in sorted(train_map) if v in by_id],
+                 "val": [asdict(by_id[v]) for v in sorted(val_map) if v in by_id],
                  "failed": failed, "labels": names, "unlabelled": len(refs) - len(labels)}
         ckpt.write_json(split_file, split)
     else:  # preparing may take hours on a large set: poll instead of a collective that would time out

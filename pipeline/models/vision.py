@@ -182,10 +182,8 @@ class VisionEncoder:
         try:
             self.processor = AutoImageProcessor.from_pretrained(source, **common)
         except Exception as exc:  # noqa: BLE001
-            raise EncoderError(
-                f"encoder {model!r}: no image processor could be loaded (AutoImageProcessor: "
-                f"{type(exc).__name__}: {exc}); the folder needs its preprocessor_config.json"
-            ) from exc
+            raise EncoderError(f"encoder {model!r}: no image processor could be loaded (AutoImageProcessor: "
+                               f"{type(exc).__name__}: {exc}); the folder needs its preprocessor_config.json") from exc
         try:
             tower = self._load_tower(source, common)
         except EncoderError:
