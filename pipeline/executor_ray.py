@@ -1,9 +1,7 @@
 """Run the same pipeline on a Ray cluster (``dfer run ... --executor ray [--ray-address ADDR]``).
 
-:class:`RayExecutor` has the interface of :class:`pipeline.executor.LocalExecutor`
-(``map(tasks)``, ``close()``) plus ``start(cache_root)`` (connect and check the cluster before any
-clip is scheduled) and ``map_batched(...)`` (model stages), so the runner and the stages do not
-change:
+:class:`RayExecutor` is a :class:`pipeline.executor.Executor` like the local one, so the runner and the
+stages do not change; ``start(cache_root)`` connects and checks the cluster before any clip is scheduled:
 
 * **Per-clip stages** (faces, keyframes): one Ray task per clip running
   :func:`pipeline.executor.run_task`, which computes the artifact in the worker and writes it into

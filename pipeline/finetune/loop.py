@@ -95,16 +95,10 @@ def _setup(cfg, label_names, train: list[LabelledClip], val: list[LabelledClip],
 
     fine = {k: v for k, v in cfg.finetune.model_dump(mode="json").items() if k not in NOT_IN_RESUME_CHECK}
     classify = {k: v for k, v in key_fields(cfg.classify).items() if k not in ("model", "adapter")}
-    return {
-        "finetune": fine,
-        "classify": classify,
-        "model": base_record(cfg.classify.model)["identity"],
-        "template": template_hash(cfg.classify.prompt_dir, cfg.classify.template),
-        "labels": label_names,
-        "train": _sha([[e.video, e.label, e.upstream] for e in train]),
-        "val": _sha([[e.video, e.label, e.upstream] for e in val]),
-        "devices": nproc,
-    }
+    return {"finetune": fine, "classify": classify, "model": base_record(cfg.classify.model)["identity"],
+            "template": template_hash(cfg.classify.prompt_dir, cfg.classify.template), "labels": label_names,
+            "train": _sha([[e.video, e.label, e.upstream] for e in train]),
+            "val": _sha([[e.video, e.label, e.upstream] for e in val]), "devices": nproc}
 
 
 def _setup_diff(old: dict, new: dict) -> list[str]:
@@ -146,12 +140,9 @@ class _Trainer:
         from pipeline.labels import load_label_set
 
         self.cfg, self.fcfg, self.acc, self.out, self.names = cfg, cfg.finetune, accelerator, out, names
-        self.train_ex, self.val_ex, self.setup, self.log, self.show = train, val, setup, log, show_progress
-        self.torch = torch
+        self.train_ex, self.log, self.show = train, log, show_progress
         f = self.fcfg
-        device = cfg.classify.model.device
-        if device != "balanced":
-            device = str(accelerator.device)
+        device = "balanced" if cfg.classify.model.device == "balanced" else str(accelerator.device)
         self.backend = TransformersBackend(cfg.classify.model.model_copy(update={"device": device}))
         base = self.backend.model
         if f.gradient_checkpointing:
@@ -162,18 +153,15 @@ class _Trainer:
         set_seed(f.seed)
         self.peft = add_lora(base, r=f.lora_r, alpha=f.lora_alpha, dropout=f.lora_dropout, targets=f.lora_targets,
                              exclude=None if f.lora_vision else VISION_MODULES, setting="finetune.lora_targets")
-        trainable = [p for p in self.peft.parameters() if p.requires_grad]
-        n_train_p = sum(p.numel() for p in trainable)
+        self.trainable = [p for p in self.peft.parameters() if p.requires_grad]
+        n_train_p = sum(p.numel() for p in self.trainable)
         n_all = sum(p.numel() for p in self.peft.parameters())
         self.say(f"LoRA r={f.lora_r} on {', '.join(f.lora_targets)}: {n_train_p:,} trainable parameters "
                  f"({100 * n_train_p / n_all:.2f}% of {n_all:,}); device {accelerator.device}, "
                  f"mixed precision {accelerator.mixed_precision}, {accelerator.num_processes} process(es)")
-        self.trainable = trainable
-        optimizer = make_optimizer(trainable, f.lr, f.weight_decay)
-        nproc = accelerator.num_processes
-        self.per_step = f.batch_size * f.grad_accum * nproc
-        spe = f.samples_per_epoch or len(train)
-        self.steps_per_epoch = max(1, math.ceil(spe / self.per_step))
+        optimizer = make_optimizer(self.trainable, f.lr, f.weight_decay)
+        self.per_step = f.batch_size * f.grad_accum * accelerator.num_processes
+        self.steps_per_epoch = max(1, math.ceil((f.samples_per_epoch or len(train)) / self.per_step))
         self.total_steps = self.steps_per_epoch * f.epochs
         warmup = math.ceil(f.warmup_ratio * self.total_steps) if f.warmup_ratio else 0
         self.scheduler = make_scheduler(optimizer, f.lr_schedule, self.total_steps, warmup)
