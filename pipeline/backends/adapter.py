@@ -83,18 +83,18 @@ def adapter_hash(path: str | os.PathLike) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def _file_sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def _config_sha256(cfg: ModelConfig) -> str | None:
     """sha256 of the base model's ``config.json`` (local folder, or the local Hugging Face cache)."""
     if cfg.backend != "transformers":
         return None
     if hub.is_local_path(cfg.model):
-        found = Path(os.path.expanduser(cfg.model)) / "config.json"
-    else:
-        cached = hub.cached_config(cfg.model, cfg.revision)
-        found = Path(cached) if cached else None
-    if found is None or not found.is_file():
-        return None
-    return hashlib.sha256(found.read_bytes()).hexdigest()
+        return _file_sha256(Path(os.path.expanduser(cfg.model)) / "config.json")
+    cached = hub.cached_config(cfg.model, cfg.revision)
+    return _file_sha256(Path(cached)) if cached else None
 
 
 def base_record(cfg: ModelConfig) -> dict:
@@ -151,10 +151,8 @@ def check_adapter(path: str | os.PathLike, model_cfg: ModelConfig, labels: list[
     declared = _read_json(d / ADAPTER_CONFIG).get("base_model_name_or_path")
     if declared:
         same_name = Path(str(declared).rstrip("/")).name == Path(str(model_cfg.model).rstrip("/")).name
-        declared_cfg = Path(os.path.expanduser(str(declared))) / "config.json"
         current_sha = _config_sha256(model_cfg)
-        same_config = (declared_cfg.is_file() and current_sha is not None
-                       and hashlib.sha256(declared_cfg.read_bytes()).hexdigest() == current_sha)
+        same_config = current_sha is not None and _file_sha256(Path(os.path.expanduser(str(declared))) / "config.json") == current_sha
         if not (same_name or same_config):
             raise AdapterError(f"{setting}: the adapter {d} was made for another base model: {ADAPTER_CONFIG} names "
                                f"{declared!r}, but classify.model.model is {model_cfg.model!r}")

@@ -246,8 +246,7 @@ def train(opts: TrainOptions, cfg, save: bool, log: TextIO | None = None, execut
         lm_revision=lm_rev, tasks=labels, layer=layer, pooling=opts.pooling, image_size=opts.image_size,
         frames=opts.frames, max_frames=opts.max_frames, tokens_per_frame=opts.tokens_per_frame,
         connector_hidden=opts.connector_hidden, lora=lora, default_task=opts.default_task, seed=opts.seed,
-        device=resolve_device(opts.device),
-    )
+        device=resolve_device(opts.device))
     report = train_model(model, examples, settings, log_to=log, out_dir=report_dir)
     paths = write_training_report(report, report_dir)
     if save:

@@ -155,35 +155,28 @@ class SocialFusionModel:
 
     # -------------------------------------------------------------- building
     @classmethod
-    def create(cls, *, encoder: str, feature_dim: int, lm: str, tasks: Mapping[str, Sequence[str]],
-               layer: int = -1, encoder_revision: str | None = None, lm_revision: str | None = None,
-               pooling: str = "mean", image_size: int = 224, frames: str = "keyframes", max_frames: int = 16,
-               tokens_per_frame: int = 1, connector_hidden: int = 256, lora: LoraSettings | dict | None = None,
-               default_task: str | None = None, prompt: str = "Task: {task}. Answer:", seed: int = 0,
-               device: str = "cpu") -> "SocialFusionModel":
-        """A new model with a randomly initialised connector (seeded). ``lora`` is recorded; the trainer attaches
-        fresh adapters with the training toolkit (:func:`pipeline.training.lora.add_lora`)."""
-        torch = _torch()
-
+    def create(cls, *, encoder: str, lm: str, tasks: Mapping[str, Sequence[str]], encoder_revision: str | None = None,
+               lm_revision: str | None = None, default_task: str | None = None, seed: int = 0, device: str = "cpu",
+               **settings) -> "SocialFusionModel":
+        """A new model with a randomly initialised connector (seeded). ``settings`` are the other fields of
+        :class:`SocialFusionConfig` (``feature_dim`` at least; the rest have defaults there). ``lora`` is recorded;
+        the trainer attaches fresh adapters with the training toolkit (:func:`pipeline.training.lora.add_lora`)."""
         tasks = {t: list(v) for t, v in tasks.items()}
         if not tasks:
             raise SocialFusionError("no task given")
         few = [t for t, labels in tasks.items() if len(set(labels)) < 2 or len(set(labels)) != len(labels)]
         if few:
             raise SocialFusionError(f"task(s) {few}: each task needs two or more distinct labels, each listed once")
-        if "{task}" not in prompt:
-            raise SocialFusionError(f"prompt {prompt!r} must contain '{{task}}' so that the tasks can be told apart")
-        lm_model, tok = load_lm(lm, lm_revision)
-        cfg = SocialFusionConfig(
-            encoder=encoder, encoder_revision=encoder_revision, encoder_identity=hub.model_identity(encoder, encoder_revision),
-            layer=layer, pooling=pooling, image_size=image_size, frames=frames, max_frames=max_frames,
-            feature_dim=feature_dim, lm=lm, lm_revision=lm_revision, lm_identity=hub.model_identity(lm, lm_revision),
-            tokens_per_frame=tokens_per_frame, connector_hidden=connector_hidden, lora=lora, tasks=tasks,
-            default_task=default_task or next(iter(tasks)), prompt=prompt,
-        )
+        cfg = SocialFusionConfig(encoder=encoder, encoder_revision=encoder_revision, lm=lm, lm_revision=lm_revision,
+                                 encoder_identity=hub.model_identity(encoder, encoder_revision), tasks=tasks,
+                                 lm_identity=hub.model_identity(lm, lm_revision),
+                                 default_task=default_task or next(iter(tasks)), **settings)
+        if "{task}" not in cfg.prompt:
+            raise SocialFusionError(f"prompt {cfg.prompt!r} must contain '{{task}}' so that the tasks can be told apart")
         if cfg.default_task not in tasks:
             raise SocialFusionError(f"default task {cfg.default_task!r} is not one of the tasks {list(tasks)}")
-        torch.manual_seed(seed)
+        lm_model, tok = load_lm(lm, lm_revision)
+        _torch().manual_seed(seed)
         return cls(cfg, lm_model, tok, device=device)
 
     # -------------------------------------------------------------- parameters
