@@ -119,14 +119,13 @@ def logit_adjust(logits: Any, prior: Any, tau: float = 1.0) -> Any:
     return logits - tau * log_p
 
 
-def estimate_prior(probs: Any, iters: int = 1000, init: Any = None, train_prior: Any = None,
-                   tol: float = 1e-10) -> np.ndarray:
+def estimate_prior(probs: Any, iters: int = 1000, train_prior: Any = None, tol: float = 1e-10) -> np.ndarray:
     """Estimate the class prior of an unlabelled test set by EM (Saerens, Latinne & Decaestecker,
     "Adjusting the outputs of a classifier to new a priori probabilities", Neural Computation 2002).
 
     ``probs`` (N x C) are posteriors computed under ``train_prior`` (default: uniform, i.e. the scores
     are treated as class likelihoods). Each step re-weights every posterior by prior / train_prior,
-    renormalises it, and takes the mean as the new prior. ``init`` defaults to ``train_prior``.
+    renormalises it, and takes the mean as the new prior, starting from ``train_prior``.
     """
     p = np.asarray(_numpy(probs), dtype=float)
     if p.ndim != 2 or p.shape[0] == 0:
@@ -136,7 +135,7 @@ def estimate_prior(probs: Any, iters: int = 1000, init: Any = None, train_prior:
     p = p / p.sum(axis=1, keepdims=True)
     c = p.shape[1]
     base = np.full(c, 1.0 / c) if train_prior is None else _check_prior(train_prior, c)
-    prior = base.copy() if init is None else _check_prior(init, c)
+    prior = base.copy()
     for _ in range(int(iters)):
         q = p * (prior / base)
         q /= np.clip(q.sum(axis=1, keepdims=True), 1e-300, None)

@@ -98,11 +98,11 @@ class ConflictLog:
                               "a step conflicts when cosine < 0",
                 "summary": self.summary(), "steps": rows}
 
-    def write(self, out_dir: str | Path, stem: str = "conflict") -> dict[str, Path]:
-        """``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` in ``out_dir``."""
+    def write(self, out_dir: str | Path) -> dict[str, Path]:
+        """``conflict.json``, ``conflict.md`` and ``conflict.png`` in ``out_dir``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
+        paths = {ext: out / f"conflict.{ext}" for ext in ("json", "md", "png")}
         paths["json"].write_text(json.dumps(self.to_json(), indent=1), encoding="utf-8")
         paths["md"].write_text("# Gradient conflict between tasks\n\n" + self.markdown(), encoding="utf-8")
         self.plot(paths["png"])

@@ -2,9 +2,8 @@
 
 * **Unit = clip.** Each clip is one row: the mean over its frames of the pooled per-frame features
   (:func:`pipeline.diagnostics.features.clip_level`). Frames of one clip never end up on both sides.
-* **Split by video**, stratified by label (:func:`pipeline.training.split.stratified_split`); clips that share a group (e.g. the same
-  source video cut into several clips) stay together. The same split is used for every encoder and layer of a
-  task, so their numbers are comparable side by side.
+* **Split by video**, stratified by label (:func:`pipeline.training.split.stratified_split`). The same split is
+  used for every encoder and layer of a task, so their numbers are comparable side by side.
 * **Probe**: features standardised on the training clips, then scikit-learn ``LogisticRegression`` (lbfgs,
   multinomial, L2 with ``C``) with ``class_weight="balanced"``, so a head class cannot win by frequency.
 * **Metrics** on the validation clips with :func:`pipeline.metrics.compute_metrics`: UAR, WAR, macro-F1 and their
@@ -130,7 +129,7 @@ class ProbeResult:
 
 
 def train_probe(x_train: np.ndarray, y_train: Sequence[str], x_val: np.ndarray, y_val: Sequence[str],
-                labels: Sequence[str] | None = None, *, C: float = 1.0, max_iter: int = 2000, n_boot: int = 1000,
+                labels: Sequence[str] | None = None, *, C: float = 1.0, n_boot: int = 1000,
                 seed: int = 0, task: str = "label", encoder: str = "", layer: int = -1) -> ProbeResult:
     """Fit a class-balanced logistic-regression probe on ``x_train`` and evaluate it on ``x_val``."""
     from sklearn.linear_model import LogisticRegression
@@ -144,7 +143,7 @@ def train_probe(x_train: np.ndarray, y_train: Sequence[str], x_val: np.ndarray, 
     if len(y_val) == 0:
         raise TaskError(f"task '{task}': the validation split is empty (too few clips per class)")
     scaler = StandardScaler().fit(x_train)
-    clf = LogisticRegression(C=C, class_weight="balanced", max_iter=max_iter, random_state=seed)
+    clf = LogisticRegression(C=C, class_weight="balanced", max_iter=2000, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning on tiny/noisy sets: the metrics say how it did
         clf.fit(scaler.transform(x_train), list(y_train))
@@ -175,8 +174,7 @@ def probe_table(results: Sequence[ProbeResult]) -> str:
 
 def run_probes(features: Mapping[str, Mapping[int, Mapping[str, np.ndarray]]], tasks: Mapping[str, Mapping[str, str]],
                *, val_fraction: float = 0.3, seed: int = 0, C: float = 1.0, n_boot: int = 1000,
-               label_order: Mapping[str, Sequence[str]] | None = None,
-               groups: Mapping[str, str] | None = None) -> list[ProbeResult]:
+               label_order: Mapping[str, Sequence[str]] | None = None) -> list[ProbeResult]:
     """Probe every task on every encoder and layer.
 
     ``features``: ``{encoder name: {layer: {video: clip-level vector}}}``; ``tasks``: ``{task: {video: label}}``.
@@ -190,7 +188,7 @@ def run_probes(features: Mapping[str, Mapping[int, Mapping[str, np.ndarray]]], t
         if len(set(y)) < 2:
             raise TaskError(f"task '{task}': fewer than two classes among the {len(videos)} clip(s) with features")
         order = list(label_order[task]) if label_order and task in label_order else sorted(set(y))
-        train, val = stratified_split(videos, y, val_fraction, seed, [groups.get(v, v) for v in videos] if groups else None)
+        train, val = stratified_split(videos, y, val_fraction, seed)
         if len(val) == 0:
             raise TaskError(f"task '{task}': too few clips to hold out a validation split ({len(videos)} clips; need at "
                             "least two clips in some class)")

@@ -79,34 +79,35 @@ class SocialFusionConfig(BaseModel):
 
 
 def _lm_source(model: str, revision: str | None) -> tuple[str, dict]:
+    """``hub.source`` for the LM, never trusting its remote code."""
     try:
-        return hub.source(model, revision, what="Language model")
+        source, common = hub.source(model, revision, what="Language model")
     except (ModelUnavailableError, ModelLoadError) as exc:
         raise SocialFusionError(str(exc)) from None
+    return source, {**common, "trust_remote_code": False}
 
 
-def check_lm(model: str, revision: str | None = None, trust_remote_code: bool = False) -> None:
+def check_lm(model: str, revision: str | None = None) -> None:
     """Config-only check that ``model`` is a causal LM (nothing is loaded); :class:`SocialFusionError` otherwise."""
     from transformers import AutoConfig
     from transformers.models.auto import modeling_auto
 
     source, common = _lm_source(model, revision)
     try:
-        cfg = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **common)
+        cfg = AutoConfig.from_pretrained(source, **common)
     except Exception as exc:  # noqa: BLE001
         raise SocialFusionError(f"language model {model!r}: cannot read its config: {type(exc).__name__}: {exc}") from exc
     mt = getattr(cfg, "model_type", "")
-    if mt not in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not trust_remote_code:
+    if mt not in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise SocialFusionError(f"language model {model!r} is not a causal language model (model_type {mt!r}); give a "
                                 "decoder-only LM such as Qwen2/Llama/SmolLM")
 
 
-def load_lm(model: str, revision: str | None = None, trust_remote_code: bool = False):
+def load_lm(model: str, revision: str | None = None):
     """(causal LM, tokenizer) in float32, frozen."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, common = _lm_source(model, revision)
-    common["trust_remote_code"] = trust_remote_code
     try:
         tok = AutoTokenizer.from_pretrained(source, **common)
         lm = AutoModelForCausalLM.from_pretrained(source, dtype="float32", **common)
