@@ -515,21 +515,15 @@ class TransformersBackend(Backend):
                 [self._torch.nn.functional.pad(p, (0, 0, 0, T - p.shape[1])) for p in parts], 0
             )
         del cache
-        results = []
-        for i in range(B):
-            row = {}
-            for j, label in enumerate(labels):
-                t = toks[i][j]
-                r = i * L + j
-                lp = float(first[i, t.ids[0]])
-                for k in range(1, len(t.ids)):
-                    lp += float(later[r, k - 1, t.ids[k]])
-                end_lp = None
-                if t.end_id is not None:
-                    end_lp = float(later[r, len(t.ids) - 1, t.end_id])
-                row[label] = LabelScore(logprob=lp, n_tokens=len(t.ids), exact=True, end_logprob=end_lp)
-            results.append(row)
-        return results
+
+        def score(i: int, j: int, t: _LabelTokens) -> LabelScore:  # label j of prompt i: continuation row i*L + j
+            r, lp = i * L + j, float(first[i, t.ids[0]])
+            for k in range(1, len(t.ids)):
+                lp += float(later[r, k - 1, t.ids[k]])
+            end = float(later[r, len(t.ids) - 1, t.end_id]) if t.end_id is not None else None
+            return LabelScore(logprob=lp, n_tokens=len(t.ids), exact=True, end_logprob=end)
+
+        return [{label: score(i, j, toks[i][j]) for j, label in enumerate(labels)} for i in range(B)]
 
     def _continue(self, cache, prompt_mask, next_pos, seqs: list[list[int]], L: int):
         """One batched pass over the label continuations of some prompts. ``cache`` holds those prompts (one row

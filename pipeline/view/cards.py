@@ -145,14 +145,8 @@ def build_card(clip: Clip, run: RunData, labels: list[str], thumb_size: int = 80
     true = (rep.get("true_labels") or {}).get(clip.video)
     if true is None and not rep:
         true = clip.label
-    if failure is not None:
-        outcome = "failed"
-    elif pred is None:
-        outcome = "unscored"
-    elif true is None:
-        outcome = "unlabelled"
-    else:
-        outcome = "correct" if pred == true else "incorrect"
+    outcome = ("failed" if failure is not None else "unscored" if pred is None else "unlabelled" if true is None
+               else "correct" if pred == true else "incorrect")
     conf = margin = None
     if probs is not None and failure is None:
         top = sorted(probs, reverse=True)
