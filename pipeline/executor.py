@@ -111,11 +111,8 @@ class LocalExecutor(Executor):
         return self._pool
 
     def map(self, tasks: list[ClipTask]) -> Iterator[tuple[int, TaskResult]]:
-        """Run tasks; yield ``(task index, result)`` as they finish (any order).
-
-        If a worker process dies (killed, out of memory), the pool is rebuilt and unfinished
-        clips are retried once; a clip that was in flight during two deaths is recorded as failed.
-        """
+        """If a worker process dies (killed, out of memory), the pool is rebuilt and unfinished clips are retried
+        once; a clip that was in flight during two deaths is recorded as failed."""
         if self.workers == 1 or len(tasks) <= 1:
             for i, t in enumerate(tasks):
                 yield i, run_task(t)

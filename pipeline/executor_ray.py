@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import socket
 import uuid
 from collections import deque
@@ -331,8 +332,6 @@ class RayExecutor(Executor):
                     "file system that every node mounts at the same path (NFS, Lustre, ...); pass it with --cache"
                 )
         finally:
-            import shutil
-
             shutil.rmtree(probe, ignore_errors=True)
 
     def _ensure(self):

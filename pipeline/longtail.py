@@ -140,8 +140,7 @@ def estimate_prior(probs: Any, iters: int = 1000, train_prior: Any = None, tol: 
         q = p * (prior / base)
         q /= np.clip(q.sum(axis=1, keepdims=True), 1e-300, None)
         new = q.mean(axis=0)
-        done = np.abs(new - prior).max() < tol
-        prior = new
+        done, prior = np.abs(new - prior).max() < tol, new
         if done:
             break
     return prior / prior.sum()

@@ -13,7 +13,6 @@ checkpoints, :func:`finetune`), and the training toolkit :mod:`pipeline.training
 ``finetune`` config section is :class:`pipeline.sections.FinetuneConfig` and the adapter format
 :mod:`pipeline.backends.adapter`. The command is ``dfer finetune``
 (:mod:`pipeline.cli.finetune`; several GPUs: ``accelerate launch -m pipeline.cli finetune ...``).
-
 """
 
 from __future__ import annotations

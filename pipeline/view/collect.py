@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.cache import Artifact, Cache
+from pipeline.cache import Artifact
 from pipeline.config import ConfigError, load_config
 from pipeline.errors import RunDirError
 from pipeline.report import build_report
@@ -79,14 +79,11 @@ def collect_run(run_dir: str | Path, **report_kwargs: Any) -> RunData:
         notes.append(f"{run / CONFIG} is missing; timelines assume the default classify settings")
     status = run.status()
 
-    cache = None
-    if (run / CACHE_DIR).is_file():
-        root = run.cache().root
-        if root.is_dir():
-            cache = Cache(root)
-        else:
-            notes.append(f"the cache folder {root} named in {CACHE_DIR} does not exist: faces, keyframes and motion "
-                         "summaries cannot be shown")
+    cache = run.cache() if (run / CACHE_DIR).is_file() else None
+    if cache is not None and not cache.root.is_dir():
+        notes.append(f"the cache folder {cache.root} named in {CACHE_DIR} does not exist: faces, keyframes and motion "
+                     "summaries cannot be shown")
+        cache = None
 
     rows = []
     if (run / MANIFEST).is_file():
@@ -105,7 +102,5 @@ def collect_run(run_dir: str | Path, **report_kwargs: Any) -> RunData:
         clip = clips.setdefault(str(row["video"]), Clip(str(row["video"])))
         clip.failure = clip.failure or row
 
-    report = None
-    if scores:
-        report = build_report(run_dir, **report_kwargs)
+    report = build_report(run_dir, **report_kwargs) if scores else None
     return RunData(run_dir, config, status, list(clips.values()), cache.root if cache else None, report, notes)
