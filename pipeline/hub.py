@@ -126,20 +126,28 @@ def check_available(model: str, revision: str | None = None, what: str = "Model"
         raise _unavailable(what, model, revision, f"cannot be resolved on the hub: {type(exc).__name__}: {exc}") from exc
 
 
-def source(model: str, revision: str | None = None, what: str = "Model") -> tuple[str, dict]:
+def source(model: str, revision: str | None = None, what: str = "Model", *, trust_remote_code: bool = False,
+           error: type[Exception] | None = None) -> tuple[str, dict]:
     """``(name or folder, kwargs)`` for ``from_pretrained``: ``local_files_only`` for a local folder, offline, or
-    a cached model whose hub cannot be reached (instead of retrying for minutes); ``revision`` for hub ids."""
-    if is_local_path(model):
-        return str(local_folder(model, what)), {"local_files_only": True}
-    if offline_mode():
-        local_only = True
-    elif hub_reachable():
-        local_only = False
-    elif cached_config(model, revision) is not None:
-        local_only = True
-    else:
-        raise _unavailable(what, model, revision, "is not in the local Hugging Face cache and the hub cannot be reached")
-    return model, {"revision": revision, "local_files_only": local_only}
+    a cached model whose hub cannot be reached (instead of retrying for minutes); ``revision`` for hub ids;
+    ``trust_remote_code``. Raises :class:`ModelUnavailableError` / :class:`ModelLoadError`, or ``error`` (e.g.
+    :class:`EncoderError` for an encoder) with the same message."""
+    try:
+        if is_local_path(model):
+            return str(local_folder(model, what)), {"local_files_only": True, "trust_remote_code": trust_remote_code}
+        if offline_mode():
+            local_only = True
+        elif hub_reachable():
+            local_only = False
+        elif cached_config(model, revision) is not None:
+            local_only = True
+        else:
+            raise _unavailable(what, model, revision, "is not in the local Hugging Face cache and the hub cannot be reached")
+    except (ModelUnavailableError, ModelLoadError) as exc:
+        if error is None:
+            raise
+        raise error(str(exc)) from None
+    return model, {"revision": revision, "local_files_only": local_only, "trust_remote_code": trust_remote_code}
 
 
 def fingerprint(path: Path, sample_bytes: int = 1 << 20) -> str:

@@ -101,13 +101,6 @@ def _is_unavailable(exc: BaseException) -> bool:
     return False
 
 
-def _source(cfg: ModelConfig) -> tuple[str, dict]:
-    """Where ``from_pretrained`` loads ``cfg.model`` from, and its keyword arguments (:func:`pipeline.hub.source`
-    plus ``trust_remote_code``). Raises :class:`ModelUnavailableError` if it cannot be had."""
-    source, common = hub.source(cfg.model, cfg.revision)
-    return source, {**common, "trust_remote_code": cfg.trust_remote_code}
-
-
 def processor_takes_video(processor) -> bool:
     """The processor has a video processor and its chat template puts something in the text for a video part."""
     if getattr(processor, "video_processor", None) is None:
@@ -204,7 +197,7 @@ class TransformersBackend(Backend):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         cfg = self.cfg
-        source, common = _source(cfg)
+        source, common = hub.source(cfg.model, cfg.revision, trust_remote_code=cfg.trust_remote_code)
         local_only = common["local_files_only"]
         device_map, self.input_device = device_map_for(cfg.device)
         dtype = resolve_dtype(cfg.dtype, self.input_device)
@@ -289,7 +282,7 @@ class TransformersBackend(Backend):
         from transformers import AutoProcessor
 
         try:
-            source, common = _source(cfg)
+            source, common = hub.source(cfg.model, cfg.revision, trust_remote_code=cfg.trust_remote_code)
             processor = AutoProcessor.from_pretrained(source, **common)
         except Exception as exc:
             if isinstance(exc, ModelUnavailableError) or _is_unavailable(exc):

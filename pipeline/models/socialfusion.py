@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline import hub
 from pipeline.models.quiet import quiet_peft
-from pipeline.errors import ModelLoadError, ModelUnavailableError, SocialFusionError
+from pipeline.errors import SocialFusionError
 from pipeline.ranking import predict
 
 CONFIG_FILE = "socialfusion.json"
@@ -78,21 +78,12 @@ class SocialFusionConfig(BaseModel):
 # ------------------------------------------------------------------------------------------------ LM loading
 
 
-def _lm_source(model: str, revision: str | None) -> tuple[str, dict]:
-    """``hub.source`` for the LM, never trusting its remote code."""
-    try:
-        source, common = hub.source(model, revision, what="Language model")
-    except (ModelUnavailableError, ModelLoadError) as exc:
-        raise SocialFusionError(str(exc)) from None
-    return source, {**common, "trust_remote_code": False}
-
-
 def check_lm(model: str, revision: str | None = None) -> None:
     """Config-only check that ``model`` is a causal LM (nothing is loaded); :class:`SocialFusionError` otherwise."""
     from transformers import AutoConfig
     from transformers.models.auto import modeling_auto
 
-    source, common = _lm_source(model, revision)
+    source, common = hub.source(model, revision, "Language model", error=SocialFusionError)
     try:
         cfg = AutoConfig.from_pretrained(source, **common)
     except Exception as exc:  # noqa: BLE001
@@ -107,7 +98,7 @@ def load_lm(model: str, revision: str | None = None):
     """(causal LM, tokenizer) in float32, frozen."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source, common = _lm_source(model, revision)
+    source, common = hub.source(model, revision, "Language model", error=SocialFusionError)
     try:
         tok = AutoTokenizer.from_pretrained(source, **common)
         lm = AutoModelForCausalLM.from_pretrained(source, dtype="float32", **common)

@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline import hub
 from pipeline.devices import resolve_device
-from pipeline.errors import EncoderError, LayerError, ModelLoadError, ModelUnavailableError
+from pipeline.errors import EncoderError, LayerError
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,6 @@ class EncoderInfo:
     model_type: str
     n_layers: int
     hidden_size: int | None
-
-
-def _source(model: str, revision: str | None) -> tuple[str, dict]:
-    try:
-        return hub.source(model, revision, what="Encoder")
-    except (ModelUnavailableError, ModelLoadError) as exc:
-        raise EncoderError(str(exc)) from None
 
 
 def _int_attr(cfg, attrs: tuple[str, ...], positive: bool = False) -> int | None:
@@ -71,9 +64,9 @@ def check_encoder(model: str, revision: str | None = None, trust_remote_code: bo
     from transformers import AutoConfig
     from transformers.models.auto import modeling_auto
 
-    source, common = _source(model, revision)
+    source, common = hub.source(model, revision, "Encoder", trust_remote_code=trust_remote_code, error=EncoderError)
     try:
-        cfg = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **common)
+        cfg = AutoConfig.from_pretrained(source, **common)
     except Exception as exc:  # noqa: BLE001 - any loading error becomes one message naming the model
         raise EncoderError(f"encoder {model!r}: cannot read its config: {type(exc).__name__}: {exc}") from exc
     mt = getattr(cfg, "model_type", "") or ""
@@ -175,8 +168,7 @@ class VisionEncoder:
 
         self.info = check_encoder(model, revision, trust_remote_code)
         self.model_name = model
-        source, common = _source(model, revision)
-        common["trust_remote_code"] = trust_remote_code
+        source, common = hub.source(model, revision, "Encoder", trust_remote_code=trust_remote_code, error=EncoderError)
         self.device = torch.device(resolve_device(device))
         self.dtype = getattr(torch, dtype)
         try:
