@@ -56,6 +56,10 @@ class NoFaceError(ClipError):
     """No face was found in the clip (policy ``faces.no_face=fail``)."""
 
 
+class UpstreamMissingError(ClipError):
+    """An upstream artifact this stage needs is not in the cache (the runner records it under this name)."""
+
+
 class StageInputError(ClipError):
     """The clip's upstream artifacts do not allow this stage to run (e.g. too few frames)."""
 

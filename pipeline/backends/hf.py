@@ -15,7 +15,7 @@ Prompts
     video processor as its frames, unsampled (``do_sample_frames=False``), with ``video_metadata`` giving the frame
     rate measured from the frames' timestamps (:func:`video_metadata`); a model whose processor has no video
     processor or whose chat template has no video slot raises :class:`VideoInputUnsupportedError`
-    (:func:`check_hf_video` says so before any weights are loaded).
+    (:meth:`TransformersBackend.check_video` says so before any weights are loaded).
 
 Label scoring (``score_labels``)
     The score of a label is ``log P(label tokens | prompt)`` summed over the label's tokens, from an fp32
