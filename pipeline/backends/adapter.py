@@ -41,11 +41,8 @@ def resolve_adapter_dir(path: str | os.PathLike) -> Path:
     p = Path(os.path.expanduser(str(path)))
     if not p.exists():
         raise AdapterError(f"adapter {str(path)!r}: no such folder")
-    if (p / ADAPTER_CONFIG).is_file():
-        d = p
-    elif (p / "adapter" / ADAPTER_CONFIG).is_file():
-        d = p / "adapter"
-    else:
+    d = next((c for c in (p, p / "adapter") if (c / ADAPTER_CONFIG).is_file()), None)
+    if d is None:
         raise AdapterError(
             f"adapter {str(path)!r}: not a PEFT adapter folder (no {ADAPTER_CONFIG}, neither there nor in "
             f"{p / 'adapter'}); point classify.adapter at the output folder of `dfer finetune` or at its adapter/"
