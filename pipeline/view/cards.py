@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 
+from pipeline.backends.base import model_name
 from pipeline.cache import CacheError
 from pipeline.calibration import softmax
 from pipeline.facetrack import FaceTrack
@@ -109,9 +110,7 @@ def _model_name(clip: Clip, run: RunData) -> str | None:
         return str(row["model"])
     if run.config is None or clip.score is None:
         return None
-    m = run.config.classify.model
-    name = f"{m.model} ({m.backend})"
-    return name + (f" + adapter {run.config.classify.adapter}" if run.config.classify.adapter else "")
+    return model_name(run.config.classify.model) + (f" + adapter {run.config.classify.adapter}" if run.config.classify.adapter else "")
 
 
 def _probabilities(clip: Clip, labels: list[str], calibration: dict) -> tuple[list[float] | None, list[str]]:

@@ -3,6 +3,7 @@ and what the run has not computed yet. Every number comes from :func:`pipeline.r
 
 from __future__ import annotations
 
+from pipeline.backends.base import model_name
 from pipeline.config import load_config
 from pipeline.labels import LabelError, LabelSet, load_label_set
 from pipeline.runner import stages_to_run
@@ -51,8 +52,8 @@ def build_summary(run: RunData, labels: list[str]) -> dict:
         ran = {fb["stage"]: f"{fb['ran']}, the fallback for {fb['asked']} (not available on the machine of the run)"
                for fb in (run.status or {}).get("fallbacks") or []}
         settings = {
-            "classifier": ran.get("classify", f"{cfg.classify.model.model} ({cfg.classify.model.backend})"),
-            "captioner": ran.get("context", f"{cfg.context.model.model} ({cfg.context.model.backend})"),
+            "classifier": ran.get("classify", model_name(cfg.classify.model)),
+            "captioner": ran.get("context", model_name(cfg.context.model)),
             "keyframes": f"{cfg.keyframes.k}, {cfg.keyframes.strategy}",
             "prompt": ", ".join(name for name, on in (
                 ("keyframes", cfg.classify.use_keyframes), ("motion summaries", cfg.classify.use_summaries
