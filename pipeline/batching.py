@@ -9,20 +9,14 @@ from __future__ import annotations
 from typing import Iterator
 
 from pipeline.cache import Cache
-from pipeline.errors import ClipError
-from pipeline.jobs import ClipTask, TaskResult
-
-
-def _error(task: ClipTask, exc: BaseException) -> TaskResult:
-    message = str(exc) if isinstance(exc, ClipError) else f"{task.job.path}: unexpected error in stage {task.stage}: {exc}"
-    return TaskResult(False, error_type=type(exc).__name__, message=message)
+from pipeline.jobs import ClipTask, TaskResult, task_failure
 
 
 def _store(cache: Cache, task: ClipTask, fill) -> TaskResult:
     try:
         art = cache.write(task.stage, task.key, task.meta, fill, replace=task.replace)
     except Exception as exc:  # noqa: BLE001 - recorded as the clip's failure
-        return _error(task, exc)
+        return task_failure(task, exc)
     return TaskResult(True, meta=art.meta())
 
 
@@ -56,6 +50,6 @@ def process_batches(stage, cfg, resources, todo: list[tuple[str, ClipTask]], cac
                         fills.append(one)
         for (vid, task), fill in zip(chunk, fills):
             if isinstance(fill, BaseException):
-                yield vid, _error(task, fill)
+                yield vid, task_failure(task, fill)
             else:
                 yield vid, _store(cache, task, fill)

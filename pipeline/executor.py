@@ -12,15 +12,13 @@ import abc
 import contextlib
 import multiprocessing as mp
 import os
-import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator
 
 from pipeline.batching import run_batched
 from pipeline.cache import Cache
-from pipeline.errors import ClipError
-from pipeline.jobs import ClipTask, TaskResult
+from pipeline.jobs import ClipTask, TaskResult, task_failure
 
 
 _RESOURCES: dict = {}
@@ -49,15 +47,8 @@ def run_task(task: ClipTask) -> TaskResult:
         art = Cache(task.cache_root).write(task.stage, task.key, task.meta, lambda out: stage.process(task.job, cfg, res, out),
                                           replace=task.replace)
         return TaskResult(True, meta=art.meta())
-    except ClipError as exc:
-        return TaskResult(False, error_type=type(exc).__name__, message=str(exc))
-    except MemoryError:
-        return TaskResult(False, error_type="MemoryError", message=f"{task.job.path}: out of memory in stage {task.stage}")
-    except Exception as exc:  # a bug or an unexpected library error: keep the batch going, keep the trace
-        tb = traceback.extract_tb(exc.__traceback__)
-        where = f" at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno}" if tb else ""
-        return TaskResult(False, error_type=type(exc).__name__,
-                          message=f"{task.job.path}: unexpected error in stage {task.stage}{where}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - recorded as the clip's failure; the batch goes on
+        return task_failure(task, exc)
 
 
 def init_worker(threads: int) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.cache import Artifact
+from pipeline.errors import ClipError
 
 
 @dataclass
@@ -36,3 +39,16 @@ class TaskResult:
     meta: dict | None = None
     error_type: str | None = None
     message: str | None = None
+
+
+def task_failure(task: ClipTask, exc: BaseException) -> TaskResult:
+    """The failure row of one clip: a :class:`ClipError`'s own message; out of memory; or, for a bug or an
+    unexpected library error, the message with the file and line it came from (per-clip and model stages alike)."""
+    if isinstance(exc, ClipError):
+        return TaskResult(False, error_type=type(exc).__name__, message=str(exc))
+    if isinstance(exc, MemoryError):
+        return TaskResult(False, error_type="MemoryError", message=f"{task.job.path}: out of memory in stage {task.stage}")
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno}" if tb else ""
+    return TaskResult(False, error_type=type(exc).__name__,
+                      message=f"{task.job.path}: unexpected error in stage {task.stage}{where}: {exc}")

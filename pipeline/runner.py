@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel
 
-from pipeline.errors import ConfigError, PreflightError, StrictFailure, UnknownStageError
+from pipeline.errors import ConfigError, PreflightError, StrictFailure, UnknownStageError, UpstreamMissingError
 from pipeline.cache import Cache, artifact_key, default_cache_dir
 from pipeline.config import dump_config, key_fields
 from pipeline.executor import Executor, LocalExecutor
@@ -329,7 +329,7 @@ class Runner:
             missing = [u for u, a in job.upstream.items() if a is None]
             if missing:
                 failed.add(vid)
-                self._fail(vid, name, "UpstreamMissingError", f"{ref.path}: upstream artifact(s) {missing} missing from the cache")
+                self._fail(vid, name, UpstreamMissingError.__name__, f"{ref.path}: upstream artifact(s) {missing} missing from the cache")
                 continue
             reason = _reason(self.cache, name, fps[vid], upstream, forced)
             meta = {

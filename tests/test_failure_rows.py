@@ -1,0 +1,42 @@
+"""Failure rows of per-clip and model stages: one rule (``pipeline.jobs.task_failure``) for both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from pipeline.batching import process_batches
+from pipeline.cache import Cache
+from pipeline.errors import NoFaceError
+from pipeline.jobs import ClipJob, ClipTask, task_failure
+
+
+def _task(vid: str) -> ClipTask:
+    return ClipTask("classify", {}, ClipJob(vid, Path(f"/data/{vid}"), "fp"), "/nowhere", "k" * 64, {})
+
+
+def _broken_model(jobs, cfg, resources):
+    if any(j.video_id == "bad.mp4" for j in jobs):
+        raise IndexError("list index out of range")
+    return [lambda out: None for _ in jobs]
+
+
+def test_an_unexpected_error_in_a_model_stage_names_the_clip_the_stage_and_where_it_came_from(tmp_path):
+    stage = SimpleNamespace(process_batch=_broken_model)
+    todo = [("good.mp4", _task("good.mp4")), ("bad.mp4", _task("bad.mp4"))]
+    rows = dict(process_batches(stage, None, None, todo, Cache(tmp_path), batch_size=2))
+    assert rows["good.mp4"].ok  # the clip that broke the batch is isolated, the other is stored
+    bad = rows["bad.mp4"]
+    assert not bad.ok and bad.error_type == "IndexError"
+    assert bad.message.startswith("/data/bad.mp4: unexpected error in stage classify at test_failure_rows.py:")
+    assert bad.message.endswith(": list index out of range")
+
+
+def test_a_clip_error_keeps_its_own_message():
+    row = task_failure(_task("a.mp4"), NoFaceError("/data/a.mp4: no face in any frame"))
+    assert (row.error_type, row.message) == ("NoFaceError", "/data/a.mp4: no face in any frame")
+
+
+def test_out_of_memory_is_named_as_such():
+    row = task_failure(_task("a.mp4"), MemoryError())
+    assert (row.error_type, row.message) == ("MemoryError", "/data/a.mp4: out of memory in stage classify")
