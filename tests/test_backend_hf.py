@@ -279,7 +279,6 @@ def _direct_video_scores(b, prompt: Prompt, labels: list[str], fps: float) -> di
 
 def test_video_label_scores_equal_direct_computation(video_backend):
     b = video_backend
-    assert b.supports_video()
     prompts = _video_prompts()
     got = b.score_labels(prompts, LABELS)
     assert b.scoring_mode == "kv"  # the cached route passed its self-check on a video prompt
@@ -323,7 +322,6 @@ def test_model_without_video_input_is_refused_naming_it():
     with pytest.raises(VideoInputUnsupportedError, match="openai"):
         check_video_input(ModelConfig(model="served", backend="openai", server_url="http://127.0.0.1:9/v1"))
     b = load_backend(cfg)
-    assert not b.supports_video()
     rng = np.random.default_rng(0)
     with pytest.raises(VideoInputUnsupportedError, match="dense_input=images"):
         b.score_labels([Prompt([Video([_img(rng)] * 2, [0.0, 0.2]), "x"])], ["happy"])

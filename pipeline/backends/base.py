@@ -142,7 +142,7 @@ class Video:
 @dataclass
 class Prompt:
     """One user turn. ``parts`` are in order; each is a ``str`` (text), a ``PIL.Image.Image`` or a :class:`Video`
-    (only for backends whose ``supports_video`` is true).
+    (only for backends whose ``check_video`` passes).
 
     ``inputs``: per-frame data of the frames the prompt is about, for backends that read them (``Backend.reads``),
     by name (:data:`FRAME_INPUTS`); the model stages fill in what their backend reads."""
@@ -258,10 +258,6 @@ class Backend(abc.ABC):
             f"model {cfg.model!r} (backend {cfg.backend!r}) cannot take video input: only the transformers backend "
             "sends videos, for models whose processor has a video processor (Qwen2-VL, Qwen2.5-VL, ...)"
         )
-
-    def supports_video(self) -> bool:
-        """Whether prompts may hold :class:`Video` parts (the model's native video input). Default: no."""
-        return False
 
     def apply_adapter(self, adapter_dir) -> None:
         """Merge LoRA adapters into the loaded model (``classify.adapter``). Default: not possible."""

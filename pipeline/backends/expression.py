@@ -79,9 +79,6 @@ class ExpressionBackend(Backend):
     def check_video(cls, cfg: ModelConfig) -> None:
         """Video parts are fine: the frames are what it reads (:attr:`Prompt.inputs`), whatever form the prompt gives them."""
 
-    def supports_video(self) -> bool:
-        return True
-
     def __init__(self, cfg: ModelConfig):
         self.check_available(cfg)
         self.cfg = cfg

@@ -291,10 +291,6 @@ class TransformersBackend(Backend):
         if not processor_takes_video(processor):
             raise _video_error(cfg.model, _NO_VIDEO_SLOT)
 
-    def supports_video(self) -> bool:
-        """True when the processor has a video processor and the chat template a video slot."""
-        return self._video
-
     def close(self) -> None:
         with self._lock:
             for name in ("model", "processor", "tokenizer"):
