@@ -12,28 +12,13 @@ from typing import Any, Callable
 from pydantic import BaseModel
 
 
-def no_resources(cfg) -> None:
-    """Default ``open``: the stage loads nothing once per process."""
-    return None
-
-
-def nothing_to_close(resources) -> None:
-    """Default ``close``."""
+def nothing(_) -> None:
+    """Default ``open``, ``close``, ``preflight`` and ``fallback``: nothing to load, free or check, no stand-in."""
 
 
 def no_extras(cfg) -> dict:
     """Default ``key_extras``: the stage's own config section is all its key needs."""
     return {}
-
-
-def nothing_to_check(cfg) -> None:
-    """Default ``preflight``: the stage can always run."""
-    return None
-
-
-def no_fallback(cfg) -> None:
-    """Default ``fallback``: nothing can stand in for the stage's model."""
-    return None
 
 
 @dataclass(frozen=True)
@@ -74,10 +59,10 @@ class Stage:
     process_batch: Callable[..., list] | None = None
     reads: Callable[[Any], tuple[str, ...]] | None = None
     key_extras: Callable[[Any], dict] = no_extras
-    preflight: Callable[[Any], str | None] = nothing_to_check
-    fallback: Callable[[Any], Fallback | None] = no_fallback
-    open: Callable[[Any], Any] = no_resources
-    close: Callable[[Any], None] = nothing_to_close
+    preflight: Callable[[Any], str | None] = nothing
+    fallback: Callable[[Any], Fallback | None] = nothing
+    open: Callable[[Any], Any] = nothing
+    close: Callable[[Any], None] = nothing
 
     def __post_init__(self) -> None:
         if (self.process is None) == (self.process_batch is None):
