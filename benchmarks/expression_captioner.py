@@ -92,7 +92,7 @@ def main() -> int:
         embedded = load_config(None, ["context.model.backend=expression"]).context
         vlm = load_config(None, [f"context.model.model={tiny_model_dir('idefics3', root / 'models')}",
                                  "context.model.device=cpu"]).context
-        backends = {"embedded": context.open(embedded), "vlm": context.open(vlm)}
+        backends = {"embedded": context.STAGE.open(embedded), "vlm": context.STAGE.open(vlm)}
         cfgs = {"embedded": embedded, "vlm": vlm}
         for name in backends:  # warm-up
             timed(cfgs[name], backends[name], jobs, root / "out" / "warm" / name)
@@ -101,7 +101,7 @@ def main() -> int:
             for name in (("embedded", "vlm") if r % 2 == 0 else ("vlm", "embedded")):
                 secs[name].append(timed(cfgs[name], backends[name], jobs, root / "out" / str(r) / name))
         for b in backends.values():
-            context.close(b)
+            context.STAGE.close(b)
     n = len(jobs)
     rate = {k: n / statistics.median(v) for k, v in secs.items()}
     ratio = statistics.median(v / e for e, v in zip(secs["embedded"], secs["vlm"]))

@@ -93,8 +93,9 @@ def _walk(obj):
         yield obj
 
 
-def open_backend(cfg: ModelConfig):
-    return load_backend(cfg)
+def open_model(section):
+    """A model stage's ``open``: its section's ``model`` loaded once per process."""
+    return load_backend(section.model)
 
 
 def close_backend(backend) -> None:

@@ -205,7 +205,7 @@ def _check_template(cfg: Config, labels: list[str]) -> None:
 
 
 def open(cfg: Config):  # noqa: A001 - stage protocol name
-    backend = modelstage.open_backend(cfg.model)
+    backend = modelstage.open_model(cfg)
     if cfg.adapter is not None:
         from pipeline.backends.adapter import resolve_adapter_dir
 
@@ -215,10 +215,6 @@ def open(cfg: Config):  # noqa: A001 - stage protocol name
             modelstage.close_backend(backend)
             raise
     return backend
-
-
-def close(backend) -> None:
-    modelstage.close_backend(backend)
 
 
 def dense_indices(t: np.ndarray, fps: float) -> list[int]:
@@ -344,4 +340,4 @@ def _fill(doc: dict):
 
 
 STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process_batch=process_batch, reads=upstream, key_extras=key_extras,
-              preflight=preflight, fallback=fallback, open=open, close=close)
+              preflight=preflight, fallback=fallback, open=open, close=modelstage.close_backend)

@@ -90,27 +90,16 @@ def key_extras(cfg: Config) -> dict:
 
 
 def preflight(cfg: Config) -> str | None:
-    for n in TEMPLATES:
-        modelstage.check_template(cfg.prompt_dir, n, _dummy_variables(n))
+    slots = image_slots(2)
+    stand_ins = {  # a value of every variable each template gets
+        "caption.j2": {"frames": [{"t": 0.0, "image": slots[0]}, {"t": 0.2, "image": slots[1]}], "t_start": 0.0,
+                       "t_end": 0.2, "fps": 5.0},
+        "condense.j2": {"captions": [{"t_start": 0.0, "t_end": 0.1, "text": "x"}], "t_start": 0.0, "t_end": 0.1},
+        "trajectory.j2": {"gaps": [{"t_start": 0.0, "t_end": 0.1, "summary": "x"}]},
+    }
+    for name in TEMPLATES:
+        modelstage.check_template(cfg.prompt_dir, name, stand_ins[name])
     return modelstage.preflight_model(cfg.model, f"{NAME}.model")
-
-
-def _dummy_variables(name: str) -> dict:
-    if name == "caption.j2":
-        slots = image_slots(2)
-        return {"frames": [{"t": 0.0, "image": slots[0]}, {"t": 0.2, "image": slots[1]}], "t_start": 0.0, "t_end": 0.2,
-                "fps": 5.0}
-    if name == "condense.j2":
-        return {"captions": [{"t_start": 0.0, "t_end": 0.1, "text": "x"}], "t_start": 0.0, "t_end": 0.1}
-    return {"gaps": [{"t_start": 0.0, "t_end": 0.1, "summary": "x"}]}
-
-
-def open(cfg: Config):  # noqa: A001 - stage protocol name
-    return modelstage.open_backend(cfg.model)
-
-
-def close(backend) -> None:
-    modelstage.close_backend(backend)
 
 
 def sample_gap(t: np.ndarray, gap: dict, min_frames: int, min_fps: float) -> list[int]:
@@ -150,19 +139,10 @@ def plan_windows(t: np.ndarray, keyframes: dict, cfg: Config) -> list[dict]:
     ``t``: the clip's frame timestamps; ``keyframes``: the keyframes stage's ``keyframes.json``."""
     gaps = []
     for g in keyframes["gaps"]:
-        inner = sample_gap(t, g, cfg.min_frames_per_gap, cfg.min_fps)
-        seq = [g["start_index"], *inner, g["end_index"]]
+        seq = [g["start_index"], *sample_gap(t, g, cfg.min_frames_per_gap, cfg.min_fps), g["end_index"]]
         windows = [seq[a : b + 1] for a, b in split_windows(len(seq), cfg.window_size)]
-        gaps.append(
-            {
-                "kind": g.get("kind", "between"),
-                "t_start": g["t_start"],
-                "t_end": g["t_end"],
-                "start_index": g["start_index"],
-                "end_index": g["end_index"],
-                "windows": [{"indices": w, "timestamps": [float(t[i]) for i in w]} for w in windows],
-            }
-        )
+        gaps.append({"kind": g.get("kind", "between"), **{k: g[k] for k in ("t_start", "t_end", "start_index", "end_index")},
+                     "windows": [{"indices": w, "timestamps": [float(t[i]) for i in w]} for w in windows]})
     return gaps
 
 
@@ -246,4 +226,5 @@ def _fill(plan: list[dict], trajectory: str | None):
 
 
 STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process_batch=process_batch, reads=upstream, key_extras=key_extras,
-              preflight=preflight, fallback=modelstage.embedded_fallback, open=open, close=close)
+              preflight=preflight, fallback=modelstage.embedded_fallback, open=modelstage.open_model,
+              close=modelstage.close_backend)
