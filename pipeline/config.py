@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from pipeline.errors import ConfigError
-from pipeline.fields import not_in_key  # noqa: F401  (re-exported)
-from pipeline.sections import FinetuneConfig, RunSection  # noqa: F401 (RunSection re-exported)
+from pipeline.sections import FinetuneConfig, RunSection
 from stages import PIPELINE
 
 BUILTIN_PRESETS = Path(__file__).resolve().parent.parent / "prompts" / "presets"
@@ -24,13 +23,6 @@ PRESET_PATH_ENV = "DFER_PRESET_PATH"
 CLASSIFIER = "classify.model"
 """``context.model: classify.model``: the captioner is the classifier, whatever model ``classify.model`` ends up
 being after the preset, the config file and ``--set`` (see :func:`_captioner_from_classifier`)."""
-
-
-def _stage_sections() -> dict[str, Any]:
-    fields: dict[str, Any] = {}
-    for stage in PIPELINE:
-        fields[stage.name] = (stage.Config, Field(default_factory=stage.Config))
-    return fields
 
 
 def _captioner_from_classifier(cls, data: Any, handler):
@@ -48,32 +40,20 @@ def _captioner_from_classifier(cls, data: Any, handler):
     return cfg
 
 
-def _build_pipeline_config() -> type[BaseModel]:
-    from pydantic import create_model
-
-    return create_model(
-        "PipelineConfig",
-        __config__=ConfigDict(extra="forbid"),
-        __validators__={"captioner_from_classifier": model_validator(mode="wrap")(_captioner_from_classifier)},
-        run=(RunSection, Field(default_factory=RunSection)),
-        **_stage_sections(),
-        finetune=(FinetuneConfig, Field(default_factory=FinetuneConfig)),  # used by `dfer finetune` only
-    )
-
-
-PipelineConfig = _build_pipeline_config()
+PipelineConfig = create_model(
+    "PipelineConfig",
+    __config__=ConfigDict(extra="forbid"),
+    __validators__={"captioner_from_classifier": model_validator(mode="wrap")(_captioner_from_classifier)},
+    run=(RunSection, Field(default_factory=RunSection)),
+    **{stage.name: (stage.Config, Field(default_factory=stage.Config)) for stage in PIPELINE},
+    finetune=(FinetuneConfig, Field(default_factory=FinetuneConfig)),  # used by `dfer finetune` only
+)
 
 
 def key_fields(section: BaseModel) -> dict[str, Any]:
     """The part of a stage's config that enters its cache key (recursively drops non-key fields)."""
-    out: dict[str, Any] = {}
-    for name, info in type(section).model_fields.items():
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        if extra.get("cache_key") is False:
-            continue
-        value = getattr(section, name)
-        out[name] = key_fields(value) if isinstance(value, BaseModel) else _plain(value)
-    return out
+    return {name: _plain(getattr(section, name)) for name, info in type(section).model_fields.items()
+            if not (isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("cache_key") is False)}
 
 
 def _plain(value: Any) -> Any:
@@ -116,10 +96,6 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _allowed_keys(model: type[BaseModel]) -> list[str]:
-    return sorted(model.model_fields)
-
-
 def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     model: Any = root
     for part in loc[:-1]:
@@ -140,12 +116,11 @@ def _friendly(err: ValidationError, source: str, root: type[BaseModel]) -> Confi
         dotted = ".".join(str(p) for p in loc)
         if e["type"] == "extra_forbidden":
             model = _model_at(root, loc)
-            allowed = ", ".join(_allowed_keys(model)) if model else "?"
+            allowed = ", ".join(sorted(model.model_fields)) if model else "?"
             section = ".".join(str(p) for p in loc[:-1]) or "top level"
             lines.append(f"unknown key '{dotted}' ({source}); allowed keys in [{section}]: {allowed}")
         else:
-            got = e.get("input")
-            lines.append(f"bad value for '{dotted}' ({source}): {e['msg']}; got {got!r}")
+            lines.append(f"bad value for '{dotted}' ({source}): {e['msg']}; got {e.get('input')!r}")
     return ConfigError("\n".join(lines))
 
 
