@@ -63,11 +63,14 @@ def summarize(support: np.ndarray, tp: np.ndarray, predicted: np.ndarray) -> tup
     return float(recall.mean()), float(tp.sum() / support.sum()), float(f1.mean())
 
 
+def _summary(y_true: Sequence, y_pred: Sequence, labels: Sequence[Hashable] | None) -> tuple[float, float, float]:
+    labels = list(labels) if labels is not None else sorted(set(y_true) | {y for y in y_pred if y is not None})
+    return summarize(*class_counts(*encode_labels(y_true, y_pred, labels), len(labels)))
+
+
 def uar(y_true: Sequence, y_pred: Sequence, labels: Sequence[Hashable] | None = None) -> float:
     """Unweighted average recall over classes with at least one true example."""
-    labels = list(labels) if labels is not None else sorted(set(y_true) | {y for y in y_pred if y is not None})
-    t, p = encode_labels(y_true, y_pred, labels)
-    return summarize(*class_counts(t, p, len(labels)))[0]
+    return _summary(y_true, y_pred, labels)[0]
 
 
 def war(y_true: Sequence, y_pred: Sequence) -> float:
@@ -81,26 +84,11 @@ def war(y_true: Sequence, y_pred: Sequence) -> float:
 
 def macro_f1(y_true: Sequence, y_pred: Sequence, labels: Sequence[Hashable] | None = None) -> float:
     """Mean F1 over classes with at least one true example."""
-    labels = list(labels) if labels is not None else sorted(set(y_true) | {y for y in y_pred if y is not None})
-    t, p = encode_labels(y_true, y_pred, labels)
-    return summarize(*class_counts(t, p, len(labels)))[2]
+    return _summary(y_true, y_pred, labels)[2]
 
 
 def _ratio(a: float, b: float) -> float | None:
     return float(a / b) if b > 0 else None
-
-
-def per_class(y_true: Sequence, y_pred: Sequence, labels: Sequence[Hashable]) -> list[dict]:
-    """Per-class support, predicted count, true positives, precision, recall and F1 (None = undefined)."""
-    t, p = encode_labels(y_true, y_pred, labels)
-    support, tp, predicted = class_counts(t, p, len(labels))
-    rows = []
-    for i, lab in enumerate(labels):
-        rec = _ratio(tp[i], support[i])
-        f1 = _ratio(2 * tp[i], support[i] + predicted[i]) if support[i] > 0 else None
-        rows.append({"label": lab, "support": int(support[i]), "predicted": int(predicted[i]),
-                     "tp": int(tp[i]), "precision": _ratio(tp[i], predicted[i]), "recall": rec, "f1": f1})
-    return rows
 
 
 def make_groups(labels: Sequence[Hashable], counts: Sequence[int]) -> dict[str, list]:
@@ -110,9 +98,8 @@ def make_groups(labels: Sequence[Hashable], counts: Sequence[int]) -> dict[str, 
     return {name: [labels[i] for i in part] for name, part in zip(GROUP_NAMES, parts)}
 
 
-def _group_metrics(t, p, labels, groups) -> dict:
+def _group_metrics(support, tp, predicted, labels, groups) -> dict:
     pos = {lab: i for i, lab in enumerate(labels)}
-    support, tp, predicted = class_counts(t, p, len(labels))
     out = {}
     for name, members in groups.items():
         idx = [pos[m] for m in members]
@@ -123,15 +110,14 @@ def _group_metrics(t, p, labels, groups) -> dict:
     return out
 
 
-def _collapse(t, p, labels, groups) -> dict:
-    c = len(labels)
-    has_pred = p >= 0
-    true_d = np.bincount(t, minlength=c) / max(len(t), 1)
-    pred_d = np.bincount(p[has_pred], minlength=c) / max(int(has_pred.sum()), 1)
+def _collapse(t, p, support, predicted, labels, groups) -> dict:
+    c, n_pred = len(labels), int(predicted.sum())
+    true_d = support / max(len(t), 1)
+    pred_d = predicted / max(n_pred, 1)
     # KL(true || pred) on counts smoothed with 0.5 per class (Jeffreys), else a class never predicted
     # makes it infinite; JS distance (base 2, in [0, 1]) needs no smoothing.
-    ts = (np.bincount(t, minlength=c) + 0.5) / (len(t) + 0.5 * c)
-    ps = (np.bincount(p[has_pred], minlength=c) + 0.5) / (has_pred.sum() + 0.5 * c)
+    ts = (support + 0.5) / (len(t) + 0.5 * c)
+    ps = (predicted + 0.5) / (n_pred + 0.5 * c)
     pos = {lab: i for i, lab in enumerate(labels)}
     head = [pos[x] for x in groups.get("head", [])]
     tail = [pos[x] for x in groups.get("tail", [])]
@@ -142,12 +128,12 @@ def _collapse(t, p, labels, groups) -> dict:
         "pred_distribution": dict(zip(labels, pred_d.tolist())),
         "total_variation": float(0.5 * np.abs(true_d - pred_d).sum()),
         "kl_true_pred": float(np.sum(ts * np.log(ts / ps))),
-        "js_distance": _nan_none(js_distance(true_d, pred_d)) if has_pred.any() and len(t) else None,
+        "js_distance": _nan_none(js_distance(true_d, pred_d)) if n_pred and len(t) else None,
         "n_tail_clips": n_tail,
         "tail_to_head_share": _ratio(int(np.isin(p[tail_clips], head).sum()), n_tail),
         "head_share_true": float(true_d[head].sum()),
         "head_share_pred": float(pred_d[head].sum()),
-        "classes_never_predicted": [labels[i] for i in range(c) if not np.any(p == i)],
+        "classes_never_predicted": [lab for lab, n in zip(labels, predicted) if n == 0],
     }
 
 
@@ -235,9 +221,10 @@ def compute_metrics(y_true: Sequence, y_pred: Sequence, labels: Sequence[Hashabl
                      "undefined (null), left out of UAR and macro-F1")
         warnings.warn(notes[-1])
     u, w, f = summarize(support, tp, predicted)
-    rows = per_class(y_true, y_pred, labels)
-    for row, i in zip(rows, range(c)):
-        row["train_count"] = tc[i] if tc is not None else None
+    rows = [{"label": lab, "support": int(support[i]), "predicted": int(predicted[i]), "tp": int(tp[i]),
+             "precision": _ratio(tp[i], predicted[i]), "recall": _ratio(tp[i], support[i]),
+             "f1": _ratio(2 * tp[i], support[i] + predicted[i]) if support[i] > 0 else None,
+             "train_count": tc[i] if tc is not None else None} for i, lab in enumerate(labels)]
     mask = p >= 0
     cm = confusion_matrix(t[mask], p[mask], labels=list(range(c))) if mask.any() else np.zeros((c, c), int)
     return {
@@ -254,8 +241,8 @@ def compute_metrics(y_true: Sequence, y_pred: Sequence, labels: Sequence[Hashabl
         "groups": {"source": group_source,
                    "rule": "user-given" if group_source == "user" else
                    "classes sorted by count (desc), split into thirds by rank (numpy.array_split)",
-                   "by_group": _group_metrics(t, p, labels, groups)},
-        "collapse": _collapse(t, p, labels, groups),
+                   "by_group": _group_metrics(support, tp, predicted, labels, groups)},
+        "collapse": _collapse(t, p, support, predicted, labels, groups),
         "warnings": notes,
     }
 
