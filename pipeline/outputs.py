@@ -11,16 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.cache import Cache
+from pipeline.calibration import softmax
 from pipeline.labels import LabelError, load_label_set
 from pipeline.ranking import ranking_scores
 from pipeline.rundir import RunDir
 from stages.classify import scored_by
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max()
-    e = np.exp(z)
-    return e / e.sum()
 
 
 def write_predictions(run_dir: RunDir, cfg, cache: Cache, refs, keys: dict) -> str:
@@ -41,7 +36,7 @@ def write_predictions(run_dir: RunDir, cfg, cache: Cache, refs, keys: dict) -> s
             doc = art.json("scores.json")
             scores = ranking_scores(doc["scores"], names, norm)
             vec = np.array([scores[lab] for lab in names], dtype=np.float64)
-            probs = _softmax(vec)
+            probs = softmax(vec)
             pred = names[int(np.argmax(vec))]
             true = None
             if ref.label:
