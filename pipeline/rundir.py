@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, TextIO
 
@@ -90,8 +90,7 @@ class ManifestRow:
     artifacts: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"video": self.video, "path": self.path, "label": self.label, "fingerprint": self.fingerprint,
-                "artifacts": self.artifacts}
+        return asdict(self)
 
 
 class RunDir:
@@ -137,12 +136,19 @@ class RunDir:
         (self.path / REPORT).write_text(markdown, encoding="utf-8")
 
     # ------------------------------------------------------------------ reading
-    def manifest(self) -> list[ManifestRow]:
-        path = self.path / MANIFEST
+    def _written_by_run(self, name: str) -> Path:
+        path = self.path / name
         if not path.is_file():
             raise RunDirError(f"{path} not found: is {self.path} a run directory written by `dfer run`?")
+        return path
+
+    def _json(self, name: str) -> Any:
+        path = self.path / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def manifest(self) -> list[ManifestRow]:
         return [ManifestRow(r["video"], r["path"], r.get("label"), r.get("fingerprint"), r.get("artifacts") or {})
-                for _, r in read_jsonl(path)]
+                for _, r in read_jsonl(self._written_by_run(MANIFEST))]
 
     def find(self, video: str) -> ManifestRow:
         """The clip ``video`` (its id, or a part of exactly one id)."""
@@ -160,10 +166,7 @@ class RunDir:
 
     def cache(self) -> Cache:
         """The cache the run's artifacts are in."""
-        path = self.path / CACHE_DIR
-        if not path.is_file():
-            raise RunDirError(f"{path} not found: is {self.path} a run directory written by `dfer run`?")
-        return Cache(Path(path.read_text(encoding="utf-8").strip()))
+        return Cache(Path(self._written_by_run(CACHE_DIR).read_text(encoding="utf-8").strip()))
 
     def failures(self) -> list[tuple[int, dict]]:
         return read_jsonl(self.path / FAILURES)
@@ -172,23 +175,18 @@ class RunDir:
         return read_jsonl(self.path / SCORES)
 
     def labelset(self) -> tuple[str, list[str]] | None:
-        path = self.path / LABELSET
-        if not path.is_file():
-            return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return str(data["name"]), [str(x) for x in data["labels"]]
+        data = self._json(LABELSET)
+        return None if data is None else (str(data["name"]), [str(x) for x in data["labels"]])
 
     def status(self) -> dict | None:
-        path = self.path / STATUS
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return self._json(STATUS)
 
     def config(self) -> dict[str, Any] | None:
         path = self.path / CONFIG
         return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else None
 
     def metrics(self) -> dict | None:
-        path = self.path / METRICS
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return self._json(METRICS)
 
 
 class PredictionWriter:
