@@ -39,7 +39,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline import modelstage
-from pipeline.backends import check_label_scoring, check_video_input, model_identity, model_name
+from pipeline.backends import backend_class, check_video_input, model_identity, model_name
 from pipeline.backends.base import Prompt, Video, frame_rate, stage_model
 from pipeline.errors import LabelScoringUnsupportedError, VideoInputUnsupportedError
 from pipeline.facetrack import FaceTrack
@@ -163,7 +163,7 @@ def preflight(cfg: Config) -> str | None:
     message = modelstage.preflight_model(cfg.model, f"{NAME}.model")
     if message is None:
         try:
-            check_label_scoring(cfg.model, label_set.names)
+            backend_class(cfg.model.backend).check_labels(cfg.model, label_set.names)
         except LabelScoringUnsupportedError as exc:
             raise modelstage.PreflightError(f"classify.labels={cfg.labels}: {exc}") from None
     if cfg.dense_input == "video" and message is None:

@@ -27,12 +27,6 @@ def check_model_available(cfg: ModelConfig) -> None:
     backend_class(cfg.backend).check_available(cfg)
 
 
-def check_label_scoring(cfg: ModelConfig, labels: list[str]) -> None:
-    """Cheap pre-flight: can this backend tell ``labels`` apart? Raises
-    :class:`pipeline.errors.LabelScoringUnsupportedError` naming the labels it cannot (``Backend.check_labels``)."""
-    backend_class(cfg.backend).check_labels(cfg, labels)
-
-
 def check_video_input(cfg: ModelConfig) -> None:
     """Cheap pre-flight for prompts with :class:`Video` parts; loads no weights. Raises
     :class:`pipeline.errors.VideoInputUnsupportedError` naming the model when it cannot take video
@@ -47,4 +41,4 @@ def model_identity(cfg: ModelConfig) -> dict:
 
 
 __all__ = ["BACKENDS", "Backend", "LabelScore", "ModelConfig", "Prompt", "Video", "backend_class",
-           "check_label_scoring", "check_model_available", "check_video_input", "load_backend", "model_identity", "model_name"]
+           "check_model_available", "check_video_input", "load_backend", "model_identity", "model_name"]

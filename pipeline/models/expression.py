@@ -36,7 +36,7 @@ built-in label sets give the seven classes (``prompts/labels/*.yaml``, :func:`cl
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -53,10 +53,10 @@ MODEL_ID = "fer-mini-xception-fer2013"
 WEIGHTS_FILE = Path(__file__).resolve().parent / "weights" / "expression_fer2013.safetensors"
 
 
-@lru_cache(maxsize=4)
-def weights_sha256(path: str | Path = WEIGHTS_FILE) -> str:
-    """sha256 of a weights file (the model's identity in cache keys)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+@cache
+def weights_sha256() -> str:
+    """sha256 of the weights file (the model's identity in cache keys)."""
+    return hashlib.sha256(WEIGHTS_FILE.read_bytes()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def preprocess(crops: np.ndarray) -> np.ndarray:
 # Label sets
 
 
-@lru_cache(maxsize=1)
+@cache
 def class_words() -> dict[str, int]:
     """Every word that names one of the model's classes (casefolded) -> its class index: the class names, and the
     names and (non-numeric) aliases of the built-in label sets' labels that are one of the classes (MAFW's

@@ -99,13 +99,6 @@ class ExpressionNet(nn.Module):
             block.fuse()
         return self
 
-    @classmethod
-    def load(cls, path: str | Path | None = None, fused: bool = True) -> "ExpressionNet":
-        """The model with the shipped weights (or those of ``path``), on CPU in eval mode, BatchNorm folded
-        into the convolutions and channels-last (``fused=False``: as the weights file has it); cached per
-        process (load it once per worker; do not modify it)."""
-        return _load(str(Path(path).resolve()) if path else str(WEIGHTS_FILE), fused)
-
     @torch.inference_mode()
     def predict_proba(self, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Class probabilities (N, 7) float32 for uint8 face crops (see :func:`preprocess`), ``batch_size``
@@ -136,5 +129,7 @@ def _load(path: str, fused: bool) -> ExpressionNet:
 
 
 def load_model(path: str | Path | None = None, fused: bool = True) -> ExpressionNet:
-    """The network with the shipped weights (:meth:`ExpressionNet.load`)."""
-    return ExpressionNet.load(path, fused)
+    """The model with the shipped weights (or those of ``path``), on CPU in eval mode, BatchNorm folded into the
+    convolutions and channels-last (``fused=False``: as the weights file has it); cached per process (load it once
+    per worker; do not modify it)."""
+    return _load(str(Path(path).resolve()) if path else str(WEIGHTS_FILE), fused)
