@@ -19,17 +19,16 @@ from typing import Any, Mapping, Sequence
 
 from pipeline.errors import LabelError, RunDirError
 from pipeline.metrics import mean_std
-from pipeline.report import build_report, ci_text, pct
+from pipeline.report import HEADLINE, build_report, calibration_text, markdown_table, pct, pct_ci
 from pipeline.rundir import RunDir
 
-HEADLINE = ("uar", "war", "macro_f1")
 COLLAPSE_ROWS = (
-    ("total variation, true vs predicted", "total_variation", "{:.4f}"),
-    ("KL(true ‖ predicted), 0.5 pseudo-count", "kl_true_pred", "{:.4f}"),
-    ("Jensen-Shannon distance", "js_distance", "{:.4f}"),
-    ("head-class share, true (%)", "head_share_true", None),
-    ("head-class share, predicted (%)", "head_share_pred", None),
-    ("tail clips predicted as head (%)", "tail_to_head_share", None),
+    ("total variation, true vs predicted", "total_variation", "{:.4f}".format),
+    ("KL(true ‖ predicted), 0.5 pseudo-count", "kl_true_pred", "{:.4f}".format),
+    ("Jensen-Shannon distance", "js_distance", "{:.4f}".format),
+    ("head-class share, true (%)", "head_share_true", pct),
+    ("head-class share, predicted (%)", "head_share_pred", pct),
+    ("tail clips predicted as head (%)", "tail_to_head_share", pct),
 )
 
 
@@ -51,10 +50,6 @@ def load_reports(run_dirs: Sequence[str | Path], **kwargs: Any) -> tuple[list[st
     return names, reps
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
-
-
 def _class_labels(reps: list[dict]) -> list[str]:
     """Every label of every run, in the order they first appear."""
     return list(dict.fromkeys(lab for rep in reps for lab in rep["label_set"]["labels"]))
@@ -69,25 +64,16 @@ def _recall_cell(rep: dict, label: str) -> str:
 
 
 def _collapse_rows(reps: list[dict]) -> list[list[str]]:
-    out = []
-    for title, key, fmt in COLLAPSE_ROWS:
-        cells = []
-        for rep in reps:
-            value = ((rep["metrics"] or {}).get("collapse") or {}).get(key)
-            cells.append("n/a" if value is None else fmt.format(value) if fmt else pct(value))
-        out.append([title, *cells])
-    never = [", ".join(map(str, ((rep["metrics"] or {}).get("collapse") or {}).get("classes_never_predicted", [])))
-             or "none" for rep in reps]
-    return out + [["classes never predicted", *never]]
+    cols = [(rep["metrics"] or {}).get("collapse") or {} for rep in reps]
+    rows = [[title, *("n/a" if c.get(key) is None else fmt(c[key]) for c in cols)] for title, key, fmt in COLLAPSE_ROWS]
+    return rows + [["classes never predicted",
+                    *(", ".join(map(str, c.get("classes_never_predicted", []))) or "none" for c in cols)]]
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, Mapping):
         return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
+    return {key: v for k, sub in d.items() for key, v in _flatten(sub, f"{prefix}.{k}" if prefix else str(k)).items()}
 
 
 def _config_diff(names: list[str], dirs: list[Path]) -> list[str]:
@@ -100,8 +86,8 @@ def _config_diff(names: list[str], dirs: list[Path]) -> list[str]:
     out = ["", f"Config keys that differ ({len(diff)}):" if diff else "Configs are identical."]
     if diff:
         cols = list(configs)
-        out += [""] + _table(["key", *cols], [[k, *("(absent)" if k not in configs[c] else f"`{configs[c][k]}`"
-                                                     for c in cols)] for k in diff])
+        out += [""] + markdown_table(["key", *cols], [[k, *("(absent)" if k not in configs[c] else f"`{configs[c][k]}`"
+                                                            for c in cols)] for k in diff])
     return out
 
 
@@ -111,17 +97,16 @@ def compare_runs(run_dirs: Sequence[str | Path], **kwargs: Any) -> str:
     names, reps = load_reports(run_dirs, **kwargs)
     rows = []
     for name, rep in zip(names, reps):
-        m, cal = rep["metrics"] or {}, rep["calibration"]
-        ci = m.get("ci", {})
-        cal_text = cal["method"] + (f" (tau={cal['tau']})" if cal["method"] != "none" else "")
-        rows.append([name, cal_text, str(rep["counts"]["scored"]), str(rep["counts"]["failed"]),
-                     *(f"{pct(m.get(k))} {ci_text(ci.get(k))}".strip() for k in HEADLINE)])
-    out = _table(["run", "calibration", "scored", "failed", "UAR (%)", "WAR (%)", "macro-F1 (%)"], rows)
+        m = rep["metrics"] or {}
+        rows.append([name, calibration_text(rep["calibration"]), rep["counts"]["scored"], rep["counts"]["failed"],
+                     *(pct_ci(m.get(k), m.get("ci", {}).get(k)) for k, _ in HEADLINE)])
+    out = markdown_table(["run", "calibration", "scored", "failed", *(f"{name} (%)" for _, name in HEADLINE)], rows)
     if any(rep["metrics"] for rep in reps):
         out += ["", "Recall per class (%; n/a: no test example of the class, -: not in the run's label set):", ""]
-        out += _table(["class", *names], [[lab, *(_recall_cell(rep, lab) for rep in reps)] for lab in _class_labels(reps)])
+        out += markdown_table(["class", *names],
+                              [[lab, *(_recall_cell(rep, lab) for rep in reps)] for lab in _class_labels(reps)])
         out += ["", "Collapse onto head classes:", ""]
-        out += _table(["measure", *names], _collapse_rows(reps))
+        out += markdown_table(["measure", *names], _collapse_rows(reps))
     out += _config_diff(names, [Path(d) for d in run_dirs])
     return "\n".join(out) + "\n"
 
@@ -144,36 +129,30 @@ def fold_summary(run_dirs: Sequence[str | Path], **kwargs: Any) -> dict:
     if empty:
         raise RunDirError(f"no metrics for {', '.join(empty)}: no scored clip has a true label (pass --labels FILE)")
     labels = sets[first]
-    folds = []
-    for name, rep in zip(names, reps):
-        m = rep["metrics"]
-        folds.append({"run": name, "n": m["n"], **{k: m[k] for k in HEADLINE},
-                      "recall": {r["label"]: r["recall"] for r in m["per_class"]}})
+    folds = [{"run": name, "n": m["n"], **{k: m[k] for k, _ in HEADLINE},
+              "recall": {r["label"]: r["recall"] for r in m["per_class"]}}
+             for name, m in zip(names, (rep["metrics"] for rep in reps))]
     return {"labels": labels, "n_folds": len(folds), "folds": folds,
-            "mean_std": {k: mean_std([f[k] for f in folds]) for k in HEADLINE},
+            "mean_std": {k: mean_std([f[k] for f in folds]) for k, _ in HEADLINE},
             "recall": {lab: mean_std([f["recall"][lab] for f in folds]) for lab in labels}}
 
 
 def _mean_std_text(s: dict) -> str:
-    if s["mean"] is None:
-        return "n/a"
-    return pct(s["mean"]) + (f" ± {pct(s['std'])}" if s["std"] is not None else " ± n/a")
+    return "n/a" if s["mean"] is None else f"{pct(s['mean'])} ± {pct(s['std'])}"
 
 
 def compare_folds(run_dirs: Sequence[str | Path], **kwargs: Any) -> str:
     """Markdown of :func:`fold_summary`: one row per fold and the mean ± std, then each class's recall."""
     s = fold_summary(run_dirs, **kwargs)
     n = s["n_folds"]
-    rows = [[f["run"], str(f["n"]), *(pct(f[k]) for k in HEADLINE)] for f in s["folds"]]
-    rows.append([f"**mean ± std** ({n} folds)", str(sum(f["n"] for f in s["folds"])),
-                 *(_mean_std_text(s["mean_std"][k]) for k in HEADLINE)])
+    rows = [[f["run"], f["n"], *(pct(f[k]) for k, _ in HEADLINE)] for f in s["folds"]]
+    rows.append([f"**mean ± std** ({n} folds)", sum(f["n"] for f in s["folds"]),
+                 *(_mean_std_text(s["mean_std"][k]) for k, _ in HEADLINE)])
     out = [f"Folds: {n}; mean ± sample standard deviation (ddof=1) over the folds.", ""]
-    out += _table(["fold", "clips", "UAR (%)", "WAR (%)", "macro-F1 (%)"], rows)
+    out += markdown_table(["fold", "clips", *(f"{name} (%)" for _, name in HEADLINE)], rows)
     out += ["", "Recall per class (%; n/a: no test example in that fold):", ""]
-    recall_rows = []
-    for lab in s["labels"]:
-        st = s["recall"][lab]
-        folds_with = "" if st["n"] == n else f" (over {st['n']} of {n} folds)"
-        recall_rows.append([lab, *(pct(f["recall"][lab]) for f in s["folds"]), _mean_std_text(st) + folds_with])
-    out += _table(["class", *(f["run"] for f in s["folds"]), "mean ± std"], recall_rows)
+    out += markdown_table(["class", *(f["run"] for f in s["folds"]), "mean ± std"], [
+        [lab, *(pct(f["recall"][lab]) for f in s["folds"]),
+         _mean_std_text(st) + ("" if st["n"] == n else f" (over {st['n']} of {n} folds)")]
+        for lab, st in s["recall"].items()])
     return "\n".join(out) + "\n"

@@ -20,7 +20,7 @@ import math
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import yaml
@@ -37,6 +37,7 @@ PLOTS = {"confusion": "confusion_matrix.png", "recall": "per_class_recall.png",
          "distribution": "label_distribution.png"}
 FREQUENCY_PLOT = "f1_vs_label_frequency.png"  # with label_frequency
 LIST_LIMIT = 50  # rows per list in report.md; metrics.json always lists everything
+HEADLINE = (("uar", "UAR"), ("war", "WAR"), ("macro_f1", "macro-F1"))  # key in metrics.json, name in tables
 
 
 def _run_labels(run: RunDir, scores: list[tuple[int, dict]]) -> tuple[str, list[str]]:
@@ -87,32 +88,10 @@ def _train_counts(train_counts: Any, labels: list[str], ls: LabelSet) -> dict[st
     return dict(zip(labels, counts))
 
 
-def build_report(run_dir: str | Path, labels_file: str | Path | None = None, label_format: str = "csv",
-                 calibration: str = "none", tau: float = 1.0, train_counts: Any = None,
-                 label_set: str | Path | None = None, fold: int | None = None, split: str | None = "test",
-                 n_boot: int = 1000, seed: int = 0, smoothing: float = 0.0,
-                 taus: Sequence[float] = (), label_frequency: str | Path | None = None) -> dict:
-    """Everything ``metrics.json`` holds, computed in memory (see the module docstring).
-
-    ``label_frequency``: a CSV ``label,count`` (:func:`pipeline.labels.read_label_counts`); adds each class's F1
-    against its count and their Spearman rank correlation (``label_frequency`` in the result).
-
-    ``taus``: also score the logit adjustment at each temperature (``tau_sweep``: UAR/WAR/macro-F1 per tau, with
-    the training prior when ``train_counts`` is given, else the prior estimated from the run).
-
-    ``labels_file`` (read with ``label_format``; ``fold``/``split`` for a DFEW folder) replaces the
-    ``label`` field of scores.jsonl. ``train_counts``: dict label -> count, list in label order, or a
-    JSON/YAML file with such a dict; used for head/medium/tail groups and by calibration 'prior'.
-    """
-    run = RunDir(run_dir)
-    run_dir = run.path
-    scores_rows = run.scores()
-    fail_rows = run.failures()
-    name, labels = _run_labels(run, scores_rows)
-    ls = _parse_label_set(name, labels, label_set, label_format)
-    frequency = read_label_counts(label_frequency, ls) if label_frequency is not None else None
-
-    notes: list[str] = []
+def _clips(run: RunDir, scores_rows: list[tuple[int, dict]], fail_rows: list[tuple[int, dict]], labels: list[str],
+           notes: list[str]) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """The scored clips with usable scores, the failed clips (an unusable scored row is a failure of stage
+    ``report``; a clip both failed and scored counts as scored) and the label failures.jsonl gives each failed clip."""
     failures: list[dict] = []
     fail_label: dict[str, str | None] = {}
     for no, r in fail_rows:
@@ -148,18 +127,49 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
         notes.append(f"{len(rescued)} clip(s) are in failures.jsonl but also scored; counted as scored: "
                      + ", ".join(rescued[:10]))
         failures = [f for f in failures if f["video"] not in scored_ids]
+    return valid, failures, fail_label
+
+
+def build_report(run_dir: str | Path, labels_file: str | Path | None = None, label_format: str = "csv",
+                 calibration: str = "none", tau: float = 1.0, train_counts: Any = None,
+                 label_set: str | Path | None = None, fold: int | None = None, split: str | None = "test",
+                 n_boot: int = 1000, seed: int = 0, smoothing: float = 0.0,
+                 taus: Sequence[float] = (), label_frequency: str | Path | None = None) -> dict:
+    """Everything ``metrics.json`` holds, computed in memory (see the module docstring).
+
+    ``label_frequency``: a CSV ``label,count`` (:func:`pipeline.labels.read_label_counts`); adds each class's F1
+    against its count and their Spearman rank correlation (``label_frequency`` in the result).
+
+    ``taus``: also score the logit adjustment at each temperature (``tau_sweep``: UAR/WAR/macro-F1 per tau, with
+    the training prior when ``train_counts`` is given, else the prior estimated from the run).
+
+    ``labels_file`` (read with ``label_format``; ``fold``/``split`` for a DFEW folder) replaces the
+    ``label`` field of scores.jsonl. ``train_counts``: dict label -> count, list in label order, or a
+    JSON/YAML file with such a dict; used for head/medium/tail groups and by calibration 'prior'.
+    """
+    run = RunDir(run_dir)
+    run_dir = run.path
+    scores_rows = run.scores()
+    fail_rows = run.failures()
+    name, labels = _run_labels(run, scores_rows)
+    ls = _parse_label_set(name, labels, label_set, label_format)
+    frequency = read_label_counts(label_frequency, ls) if label_frequency is not None else None
+
+    notes: list[str] = []
+    valid, failures, fail_label = _clips(run, scores_rows, fail_rows, labels, notes)
+    clip_ids = [r["video"] for r in valid] + [f["video"] for f in failures]
 
     # True labels, for scored and failed clips alike.
     labels_without_clip: list[str] = []
     if labels_file is not None:
         with warnings.catch_warnings(record=True) as caught:  # keep reader/matcher warnings in the report
             warnings.simplefilter("always")
-            label_map = read_labels(labels_file, label_format, ls, fold, split)
-            all_ids = [r["video"] for r in valid] + [f["video"] for f in failures]
-            matched, _, labels_without_clip = match_labels(label_map, all_ids)
+            matched, _, labels_without_clip = match_labels(read_labels(labels_file, label_format, ls, fold, split),
+                                                           clip_ids)
         notes.extend(str(w.message) for w in caught)
         truth = dict(matched)
     else:
+        scored_ids = {r["video"] for r in valid}
         truth = {r["video"]: ls.canonical(r["label"], r["where"]) for r in valid if r["label"] is not None}
         truth.update({v: ls.canonical(lab, "failures.jsonl") for v, lab in fail_label.items()
                       if lab is not None and v not in scored_ids})
@@ -173,8 +183,7 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
             raise ConfigError(f"calibration {calibration!r}: {exc}") from None
     else:
         adjusted, cal_info = raw, {"method": calibration, "tau": tau, "prior": None}
-    pred = [labels[i] for i in np.argmax(adjusted, axis=1)] if len(valid) else []
-    raw_pred = [labels[i] for i in np.argmax(raw, axis=1)] if len(valid) else []
+    pred, raw_pred = ([labels[i] for i in np.argmax(x, axis=1)] if valid else [] for x in (adjusted, raw))
     differs = [r["video"] for r, p in zip(valid, raw_pred) if r["prediction"] is not None and r["prediction"] != p]
     if differs:
         notes.append(f"{len(differs)} clip(s) whose recorded prediction is not the argmax of their raw scores "
@@ -191,7 +200,7 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
             metrics = compute_metrics(y_true, [pred[i] for i in labelled], labels, tc, n_boot, seed)
             if calibration != "none":
                 m = compute_metrics(y_true, [raw_pred[i] for i in labelled], labels, tc, 0, seed)
-                metrics_raw = {k: m[k] for k in ("uar", "war", "macro_f1")}
+                metrics_raw = {k: m[k] for k, _ in HEADLINE}
             if failed_labelled:
                 m = compute_metrics(y_true + [truth[v] for v in failed_labelled],
                                     [pred[i] for i in labelled] + [None] * len(failed_labelled),
@@ -224,7 +233,7 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
         "metrics": metrics,
         "metrics_uncalibrated": metrics_raw,
         "predictions": {r["video"]: p for r, p in zip(valid, pred)},
-        "true_labels": {v: truth[v] for v in [r["video"] for r in valid] + [f["video"] for f in failures] if v in truth},
+        "true_labels": {v: truth[v] for v in clip_ids if v in truth},
         "unlabeled_clips": unlabeled,
         "failed_clips": failures,
         "labels_without_clip": labels_without_clip,
@@ -250,23 +259,18 @@ def _f1_by_frequency(path: str | Path, counts: dict[str, float], metrics: dict |
 
 def summary(rep: dict, out_dir: str | Path) -> str:
     """What ``dfer report`` prints: headline metrics, clip counts, the tau sweep if asked for, files written."""
-    lines = []
     m, c = rep.get("metrics"), rep["counts"]
-    if m:
-        lines.append(f"UAR {100 * m['uar']:.2f}  WAR {100 * m['war']:.2f}  macro-F1 {100 * m['macro_f1']:.2f}  "
-                     f"({c['scored_labelled']} labelled clips, calibration {rep['calibration']['method']})")
-    else:
-        lines.append("no labelled clip: metrics not computed (pass --labels FILE)")
-    lines.append(f"scored {c['scored']}, failed {c['failed']}, scored without label {c['scored_unlabeled']}, "
-                 f"labels without clip {c['labels_without_clip']}")
+    lines = [f"{_headline(m)}  ({c['scored_labelled']} labelled clips, calibration {rep['calibration']['method']})"
+             if m else "no labelled clip: metrics not computed (pass --labels FILE)",
+             f"scored {c['scored']}, failed {c['failed']}, scored without label {c['scored_unlabeled']}, "
+             f"labels without clip {c['labels_without_clip']}"]
     if "tau_sweep" in rep:
         sweep = rep["tau_sweep"]
         if sweep is None:
             lines.append("tau sweep: no labelled clip")
         else:
             lines.append(f"tau sweep ({sweep['prior']}):")
-            lines += [f"  tau {r['tau']:>5.2f}: UAR {100 * r['uar']:.2f}  WAR {100 * r['war']:.2f}  "
-                      f"macro-F1 {100 * r['macro_f1']:.2f}" for r in sweep["rows"]]
+            lines += [f"  tau {r['tau']:>5.2f}: {_headline(r)}" for r in sweep["rows"]]
     if "label_frequency" in rep:
         lf = rep["label_frequency"]
         lines.append(f"per-class F1 against label frequency: Spearman rank correlation {_rho(lf['spearman'])} "
@@ -288,6 +292,27 @@ def pct(x: float | None) -> str:
 def ci_text(ci: list[float] | None) -> str:
     """A confidence interval ``[lo, hi]`` in percent (empty when there is none)."""
     return "" if not ci else f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+
+
+def pct_ci(x: float | None, ci: list[float] | None) -> str:
+    """A share in percent followed by its confidence interval, if any."""
+    return f"{pct(x)} {ci_text(ci)}".strip()
+
+
+def calibration_text(cal: dict) -> str:
+    """The calibration of a report: its method, with its tau unless it is ``none``."""
+    return cal["method"] + (f" (tau={cal['tau']})" if cal["method"] != "none" else "")
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
+    """The lines of a Markdown table (cells written with ``str``)."""
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|",
+            *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
+
+
+def _headline(m: dict, template: str = "{} {}", sep: str = "  ") -> str:
+    """UAR, WAR and macro-F1 of ``m`` in percent, e.g. ``UAR 51.20  WAR 60.00  macro-F1 48.31``."""
+    return sep.join(template.format(name, pct(m[k])) for k, name in HEADLINE)
 
 
 def _rho(x: float | None) -> str:
@@ -323,91 +348,75 @@ def _models_markdown(rep: dict) -> list[str]:
     return out
 
 
+def _metrics_markdown(m: dict, uncalibrated: dict | None) -> list[str]:
+    """The overall metrics with their CIs, each class, head/medium/tail and the collapse onto head classes."""
+    ci, g, col = m["ci"], m["groups"], m["collapse"]
+    out = [f"\n## Overall ({m['n']} scored, labelled clips)\n",
+           *markdown_table(["metric", "value", f"{int(100 * ci['level'])} % CI ({ci['n_boot']} bootstrap resamples)"],
+                           [(f"{name} (%)", pct(m[k]), ci_text(ci[k])) for k, name in HEADLINE])]
+    if uncalibrated:
+        out.append(f"\nWithout calibration: {_headline(uncalibrated, '{}={} %', ', ')}.")
+    order, basis = _freq_order(m)
+    group_of = {lab: name for name, d in g["by_group"].items() for lab in d["labels"]}
+    out += [f"\n## Per class (sorted by {basis})\n",
+            *markdown_table(["label", "group", "train", "support", "predicted", "precision", "recall", "F1"],
+                            [(r["label"], group_of.get(r["label"], "-"), "-" if r["train_count"] is None else r["train_count"],
+                              r["support"], r["predicted"], pct(r["precision"]), pct(r["recall"]), pct(r["f1"]))
+                             for r in (m["per_class"][i] for i in order)]),
+            "\n## Head / medium / tail\n", f"Groups from {g['source'].replace('_', ' ')}: {g['rule']}.\n",
+            *markdown_table(["group", "labels", "clips", "UAR (%)", "macro-F1 (%)", "accuracy (%)"],
+                            [(name, ", ".join(map(str, d["labels"])), d["n"], pct(d["uar"]), pct(d["macro_f1"]),
+                              pct(d["accuracy"])) for name, d in g["by_group"].items()]),
+            "\n## Collapse onto head classes\n",
+            f"- total variation between predicted and true label distributions: {col['total_variation']:.4f}",
+            f"- KL(true || predicted), 0.5 pseudo-count: {col['kl_true_pred']:.4f}",
+            "- Jensen-Shannon distance (base 2): " + ("n/a" if col["js_distance"] is None else f"{col['js_distance']:.4f}"),
+            f"- head-class share: true {pct(col['head_share_true'])} %, predicted {pct(col['head_share_pred'])} %",
+            f"- tail clips predicted as a head class: {pct(col['tail_to_head_share'])} % of {col['n_tail_clips']}",
+            f"- classes never predicted: {', '.join(map(str, col['classes_never_predicted'])) or 'none'}"]
+    if m["classes_without_examples"]:
+        out.append(f"- classes with no test example (left out of UAR/macro-F1): "
+                   f"{', '.join(map(str, m['classes_without_examples']))}")
+    return out
+
+
 def _markdown(rep: dict, plots: dict[str, str]) -> str:
-    c, cov, m, cal = rep["counts"], rep["coverage"], rep["metrics"], rep["calibration"]
-    cal_text = cal["method"] + (f" (tau={cal['tau']})" if cal["method"] != "none" else "")
-    src = rep["labels_file"]
+    c, cov, m, src = rep["counts"], rep["coverage"], rep["metrics"], rep["labels_file"]
+    by_stage = ", ".join(f"{k}: {v}" for k, v in c["failed_by_stage"].items()) or "-"
     out = [f"# Report: {Path(rep['run_dir']).name}\n",
            f"Label set: {rep['label_set']['name']} ({len(rep['label_set']['labels'])} labels). "
-           f"Calibration: {cal_text}. True labels from: "
+           f"Calibration: {calibration_text(rep['calibration'])}. True labels from: "
            + (f"`{src['path']}` ({src['format']})" if src else "scores.jsonl") + ".\n",
            *_models_markdown(rep),
-           "## Clips\n", "| bucket | clips |", "|---|---|",
-           f"| scored | {c['scored']} |", f"| scored, with label | {c['scored_labelled']} |",
-           f"| scored, without label | {c['scored_unlabeled']} |",
-           f"| failed | {c['failed']} ({', '.join(f'{k}: {v}' for k, v in c['failed_by_stage'].items()) or '-'}) |",
-           f"| failed, with label | {c['failed_labelled']} |",
-           f"| labels without clip | {c['labels_without_clip']} |"]
+           "## Clips\n",
+           *markdown_table(["bucket", "clips"], [
+               ("scored", c["scored"]), ("scored, with label", c["scored_labelled"]),
+               ("scored, without label", c["scored_unlabeled"]), ("failed", f"{c['failed']} ({by_stage})"),
+               ("failed, with label", c["failed_labelled"]), ("labels without clip", c["labels_without_clip"])])]
     if cov["labelled_clips"]:
         line = f"\nCoverage: {cov['labelled_scored']} of {cov['labelled_clips']} labelled clips scored."
-        fw = cov["failures_as_wrong"]
-        if fw:
-            line += (f" Failures counted as wrong: UAR={pct(fw['uar'])} %, WAR={pct(fw['war'])} %, "
-                     f"macro-F1={pct(fw['macro_f1'])} %.")
+        if cov["failures_as_wrong"]:
+            line += f" Failures counted as wrong: {_headline(cov['failures_as_wrong'], '{}={} %', ', ')}."
         elif not c["failed"]:
             line += " No clip failed."
         if c["failed"] > c["failed_labelled"]:
             line += (f" {c['failed'] - c['failed_labelled']} failed clip(s) have no known label "
                      "(pass a labels file to count them as wrong).")
         out.append(line)
-    if m is None:
-        out.append("\nNo scored clip has a true label, so no metrics were computed.")
-    else:
-        ci = m["ci"]
-        out += [f"\n## Overall ({m['n']} scored, labelled clips)\n",
-                f"| metric | value | {int(100 * ci['level'])} % CI ({ci['n_boot']} bootstrap resamples) |",
-                "|---|---|---|",
-                f"| UAR (%) | {pct(m['uar'])} | {ci_text(ci['uar'])} |",
-                f"| WAR (%) | {pct(m['war'])} | {ci_text(ci['war'])} |",
-                f"| macro-F1 (%) | {pct(m['macro_f1'])} | {ci_text(ci['macro_f1'])} |"]
-        raw = rep["metrics_uncalibrated"]
-        if raw:
-            out.append(f"\nWithout calibration: UAR={pct(raw['uar'])} %, WAR={pct(raw['war'])} %, "
-                       f"macro-F1={pct(raw['macro_f1'])} %.")
-        order, basis = _freq_order(m)
-        group_of = {lab: g for g, d in m["groups"]["by_group"].items() for lab in d["labels"]}
-        out += [f"\n## Per class (sorted by {basis})\n",
-                "| label | group | train | support | predicted | precision | recall | F1 |",
-                "|---|---|---|---|---|---|---|---|"]
-        for i in order:
-            r = m["per_class"][i]
-            out.append(f"| {r['label']} | {group_of.get(r['label'], '-')} | "
-                       f"{'-' if r['train_count'] is None else r['train_count']} | {r['support']} | "
-                       f"{r['predicted']} | {pct(r['precision'])} | {pct(r['recall'])} | {pct(r['f1'])} |")
-        g = m["groups"]
-        out += ["\n## Head / medium / tail\n", f"Groups from {g['source'].replace('_', ' ')}: {g['rule']}.\n",
-                "| group | labels | clips | UAR (%) | macro-F1 (%) | accuracy (%) |", "|---|---|---|---|---|---|"]
-        for name in g["by_group"]:
-            d = g["by_group"][name]
-            out.append(f"| {name} | {', '.join(map(str, d['labels']))} | {d['n']} | {pct(d['uar'])} | "
-                       f"{pct(d['macro_f1'])} | {pct(d['accuracy'])} |")
-        col = m["collapse"]
-        out += ["\n## Collapse onto head classes\n",
-                f"- total variation between predicted and true label distributions: {col['total_variation']:.4f}",
-                f"- KL(true || predicted), 0.5 pseudo-count: {col['kl_true_pred']:.4f}",
-                "- Jensen-Shannon distance (base 2): "
-                + ("n/a" if col["js_distance"] is None else f"{col['js_distance']:.4f}"),
-                f"- head-class share: true {pct(col['head_share_true'])} %, predicted {pct(col['head_share_pred'])} %",
-                f"- tail clips predicted as a head class: {pct(col['tail_to_head_share'])} % "
-                f"of {col['n_tail_clips']}",
-                f"- classes never predicted: {', '.join(map(str, col['classes_never_predicted'])) or 'none'}"]
-        if m["classes_without_examples"]:
-            out.append(f"- classes with no test example (left out of UAR/macro-F1): "
-                       f"{', '.join(map(str, m['classes_without_examples']))}")
+    out += (_metrics_markdown(m, rep["metrics_uncalibrated"]) if m is not None
+            else ["\nNo scored clip has a true label, so no metrics were computed."])
     if "label_frequency" in rep and m is not None:
         lf = rep["label_frequency"]
         out += ["\n## Per-class F1 against label frequency\n",
                 f"Counts from `{lf['path']}`. Spearman rank correlation between count and F1: {_rho(lf['spearman'])} "
                 f"over {lf['n']} classes" + (f" (left out: {', '.join(lf['left_out'])})" if lf["left_out"] else "")
-                + ".\n", "| label | count | F1 (%) |", "|---|---|---|"]
-        for r in sorted(lf["rows"], key=lambda r: -(r["count"] or 0)):
-            count = "-" if r["count"] is None else f"{r['count']:g}"
-            out.append(f"| {r['label']} | {count} | {pct(r['f1'])} |")
+                + ".\n",
+                *markdown_table(["label", "count", "F1 (%)"], [
+                    (r["label"], "-" if r["count"] is None else f"{r['count']:g}", pct(r["f1"]))
+                    for r in sorted(lf["rows"], key=lambda r: -(r["count"] or 0))])]
     if plots:
-        out.append("\n## Plots\n")
-        out += [f"![{k}]({v})" for k, v in plots.items()]
-    notes = rep["warnings"] + (m["warnings"] if m else [])
-    out += _listing("Warnings", notes)
+        out += ["\n## Plots\n", *(f"![{k}]({v})" for k, v in plots.items())]
+    out += _listing("Warnings", rep["warnings"] + (m["warnings"] if m else []))
     out += _listing("Failed clips", rep["failed_clips"],
                     lambda f: f"`{f['video']}` ({f['stage']}, {f['error']}): {f['message']}")
     out += _listing("Scored clips without a label", rep["unlabeled_clips"], lambda v: f"`{v}`")

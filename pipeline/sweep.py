@@ -35,10 +35,9 @@ from pipeline.config import load_config, parse_override
 from pipeline.errors import ConfigError, DferError
 from pipeline.inputs import discover
 from pipeline.labels import load_label_set, read_labels
-from pipeline.report import ci_text, pct, write_report
+from pipeline.report import HEADLINE, markdown_table, pct_ci, write_report
 from pipeline.runner import RunResult, Runner, executor_for
 
-METRICS = (("uar", "UAR"), ("war", "WAR"), ("macro_f1", "macro-F1"))
 FILES = {"table": "sweep.md", "plot": "sweep.png", "json": "sweep.json"}
 
 
@@ -239,7 +238,7 @@ def sweep_json(result: SweepResult) -> dict:
                     "scored": counts.get("scored"),
                     "failed": counts.get("failed", row.result.n_failed if row.result else None),
                     "computed": row.computed(),
-                    **{k: m.get(k) for k, _ in METRICS}, "ci": {k: (m.get("ci") or {}).get(k) for k, _ in METRICS}})
+                    **{k: m.get(k) for k, _ in HEADLINE}, "ci": {k: (m.get("ci") or {}).get(k) for k, _ in HEADLINE}})
     return {"grid": [{"key": a.key, "values": list(a.texts)} for a in result.axes], "rows": out}
 
 
@@ -247,23 +246,21 @@ def sweep_markdown(result: SweepResult) -> str:
     """``sweep.md``: one row per combination (see the module docstring)."""
     data = sweep_json(result)
     head = ["run", *(a.key for a in result.axes), "status", "scored", "failed",
-            *(f"{title} (%) [95% CI]" for _, title in METRICS), "computed (the rest from the cache)"]
-    lines = [f"# Sweep over {', '.join(a.key for a in result.axes)}\n",
-             f"{len(result.rows)} combinations, one run directory each, one shared cache. Metrics are `dfer report`'s "
-             "on each run directory (its report.md has the rest).\n",
-             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    notes = []
+            *(f"{title} (%) [95% CI]" for _, title in HEADLINE), "computed (the rest from the cache)"]
+    rows, notes = [], []
     for row, d in zip(result.rows, data["rows"]):
         status = row.status
         if row.message:
             notes.append(f"- `{row.combination.name}` ({row.status}): {row.message}")
             status += f" [{len(notes)}]"
-        cells = [f"[{d['name']}]({d['name']}/report.md)" if row.report else d["name"],
-                 *(f"`{d['values'][a.key]}`" for a in result.axes), status,
-                 "-" if d["scored"] is None else str(d["scored"]), "-" if d["failed"] is None else str(d["failed"]),
-                 *(f"{pct(d[k])} {ci_text(d['ci'][k])}".strip() if d[k] is not None else "-" for k, _ in METRICS),
-                 ", ".join(f"{s} {n}" for s, n in d["computed"].items()) or ("nothing" if row.result else "-")]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append([f"[{d['name']}]({d['name']}/report.md)" if row.report else d["name"],
+                     *(f"`{d['values'][a.key]}`" for a in result.axes), status,
+                     "-" if d["scored"] is None else d["scored"], "-" if d["failed"] is None else d["failed"],
+                     *(pct_ci(d[k], d["ci"][k]) if d[k] is not None else "-" for k, _ in HEADLINE),
+                     ", ".join(f"{s} {n}" for s, n in d["computed"].items()) or ("nothing" if row.result else "-")])
+    lines = [f"# Sweep over {', '.join(a.key for a in result.axes)}\n",
+             f"{len(result.rows)} combinations, one run directory each, one shared cache. Metrics are `dfer report`'s "
+             "on each run directory (its report.md has the rest).\n", *markdown_table(head, rows)]
     if notes:
         lines += ["\n## Notes\n", *notes]
     lines.append(f"\n![metrics against the swept values]({FILES['plot']})")
@@ -274,15 +271,15 @@ def sweep_figure(result: SweepResult) -> Figure:
     """``sweep.png``: each metric (columns) against each swept key (rows): one line per combination of the other keys, with its
     bootstrap CI as a band; numeric values on a numeric axis, others (``null``, words) as categories."""
     axes = result.axes
-    fig = Figure(figsize=(4.4 * len(METRICS), 3.4 * len(axes)))
+    fig = Figure(figsize=(4.4 * len(HEADLINE), 3.4 * len(axes)))
     for r, axis in enumerate(axes):
         others = [a for a in axes if a is not axis]
         x_of = {t: (v if axis.numeric else i) for i, (t, v) in enumerate(zip(axis.texts, axis.values))}
         lines: dict[tuple, list[SweepRow]] = {}
         for row in result.rows:
             lines.setdefault(tuple(row.combination.texts[o.key] for o in others), []).append(row)
-        for j, (key, title) in enumerate(METRICS):
-            ax = fig.add_subplot(len(axes), len(METRICS), r * len(METRICS) + j + 1)
+        for j, (key, title) in enumerate(HEADLINE):
+            ax = fig.add_subplot(len(axes), len(HEADLINE), r * len(HEADLINE) + j + 1)
             for group, rows in lines.items():
                 pts = sorted((x_of[row.combination.texts[axis.key]], _metrics(row)[key], _metrics(row)["ci"][key])
                              for row in rows if _metrics(row).get(key) is not None)
