@@ -141,12 +141,8 @@ def fallback(cfg: Config) -> Fallback | None:
 
 
 def key_extras(cfg: Config) -> dict:
-    label_set = load_label_set(cfg.labels)
-    extras = {
-        "model": model_identity(cfg.model),
-        "template": template_hash(cfg.prompt_dir, cfg.template),
-        "labels": label_set.names,
-    }
+    extras = {"model": model_identity(cfg.model), "template": template_hash(cfg.prompt_dir, cfg.template),
+              "labels": load_label_set(cfg.labels).names}
     if cfg.adapter is not None:  # only when set, so keys of runs without an adapter never change
         from pipeline.backends.adapter import adapter_hash
 
@@ -161,24 +157,25 @@ def preflight(cfg: Config) -> str | None:
         raise modelstage.PreflightError(f"classify.labels: {exc}") from None
     _check_template(cfg, label_set.names)
     message = modelstage.preflight_model(cfg.model, f"{NAME}.model")
-    if message is None:
-        try:
-            backend_class(cfg.model.backend).check_labels(cfg.model, label_set.names)
-        except LabelScoringUnsupportedError as exc:
-            raise modelstage.PreflightError(f"classify.labels={cfg.labels}: {exc}") from None
-    if cfg.dense_input == "video" and message is None:
+    if message is not None:  # weights not here: what follows would need them
+        return message
+    try:
+        backend_class(cfg.model.backend).check_labels(cfg.model, label_set.names)
+    except LabelScoringUnsupportedError as exc:
+        raise modelstage.PreflightError(f"classify.labels={cfg.labels}: {exc}") from None
+    if cfg.dense_input == "video":
         try:
             check_video_input(cfg.model)
         except VideoInputUnsupportedError as exc:
             raise modelstage.PreflightError(f"classify.dense_input=video: {exc}") from None
-    if cfg.adapter is not None and message is None:
+    if cfg.adapter is not None:
         from pipeline.backends.adapter import AdapterError, check_adapter
 
         try:
             check_adapter(cfg.adapter, cfg.model, label_set.names, template_hash(cfg.prompt_dir, cfg.template))
         except AdapterError as exc:
             raise modelstage.PreflightError(str(exc)) from None
-    return message
+    return None
 
 
 def _check_template(cfg: Config, labels: list[str]) -> None:
@@ -319,15 +316,9 @@ def process_batch(jobs: list[ClipJob], cfg: Config, backend) -> list:
     for (prompt, track, frame_idx), row in zip(rendered, scores):
         prompt_tokens = backend.count_prompt_tokens(prompt)
         dense_tokens, n_dense = dense_cost(backend, prompt, track, 5.0, cfg.image_size)
-        doc = {
-            "labels": label_set.names,
-            "scores": {lab: row[lab].to_dict() for lab in label_set.names},
-            "frame_indices": frame_idx,
-            "prompt_tokens": prompt_tokens,
-            "dense_tokens": dense_tokens,
-            "dense_frames": n_dense,
-        }
-        fills.append(_fill(doc))
+        fills.append(_fill({"labels": label_set.names, "scores": {lab: row[lab].to_dict() for lab in label_set.names},
+                            "frame_indices": frame_idx, "prompt_tokens": prompt_tokens, "dense_tokens": dense_tokens,
+                            "dense_frames": n_dense}))
     return fills
 
 
