@@ -6,17 +6,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.calibration import METHODS
 from pipeline.cli.options import label_options
 from pipeline.errors import EXIT_OK, ConfigError
-
-CALIBRATIONS = ["none", "prior", "estimated"]
 
 
 def _scoring_options() -> argparse.ArgumentParser:
     """True labels and calibration, as ``dfer report`` applies them (report and view)."""
     p = argparse.ArgumentParser(add_help=False, parents=[label_options()])
     p.add_argument("run_dir", metavar="RUN")
-    p.add_argument("--calibration", default="none", choices=CALIBRATIONS,
+    p.add_argument("--calibration", default="none", choices=METHODS,
                    help="none; prior: logit adjustment with --train-counts; estimated: prior estimated from this run")
     p.add_argument("--tau", type=float, default=1.0, help="temperature of the logit adjustment")
     p.add_argument("--train-counts", metavar="FILE", help="JSON/YAML {label: count} of the training set (head/tail groups, prior)")
@@ -44,7 +43,7 @@ def add_parsers(sub) -> None:
                       help="the runs are the folds of one protocol (e.g. DFEW's five): mean ± std of UAR, WAR, "
                            "macro-F1 and each class's recall")
     cmp_.add_argument("--labels", metavar="FILE", help="true labels for all runs (else each run's own)")
-    cmp_.add_argument("--calibration", choices=CALIBRATIONS, help="recompute every run with this calibration")
+    cmp_.add_argument("--calibration", choices=METHODS, help="recompute every run with this calibration")
     cmp_.add_argument("--tau", type=float, help="temperature for --calibration")
     cmp_.set_defaults(handler=_compare)
 
