@@ -148,7 +148,6 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     JSON/YAML file with such a dict; used for head/medium/tail groups and by calibration 'prior'.
     """
     run = RunDir(run_dir)
-    run_dir = run.path
     scores_rows = run.scores()
     fail_rows = run.failures()
     name, labels = _run_labels(run, scores_rows)
@@ -215,7 +214,7 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
         sweep = {"prior": "training prior" if prior is not None else "prior estimated from this run",
                  "rows": tau_sweep(raw[labelled], y_true, prior, list(taus), labels)}
     return {
-        "run_dir": str(run_dir),
+        "run_dir": str(run.path),
         "label_set": {"name": name, "labels": labels},
         "models": dict(Counter(str(r["model"]) for r in valid if r["model"])),
         "fallbacks": list((run.status() or {}).get("fallbacks") or []),
@@ -439,9 +438,10 @@ def _plots(rep: dict, out_dir: Path) -> dict[str, str]:
     support = np.array([m["per_class"][i]["support"] for i in order])
     norm = cm / np.maximum(support, 1)[:, None]
     size = max(5.0, 0.6 * n + 2)
+    figures = {"confusion": Figure(figsize=(size, size)), "recall": Figure(figsize=(size + 1, 4)),
+               "distribution": Figure(figsize=(size + 1, 4))}
 
-    fig = Figure(figsize=(size, size))
-    ax = fig.add_subplot()
+    ax = figures["confusion"].add_subplot()
     im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
     for i in range(n):
         for j in range(n):
@@ -452,14 +452,11 @@ def _plots(rep: dict, out_dir: Path) -> dict[str, str]:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"Confusion matrix (rows normalised; classes by {basis})")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(out_dir / PLOTS["confusion"], dpi=100)
+    figures["confusion"].colorbar(im, ax=ax, fraction=0.046)
 
     group_of = {lab: g for g, d in m["groups"]["by_group"].items() for lab in d["labels"]}
     colors = dict(zip(GROUP_NAMES, ("tab:blue", "tab:orange", "tab:red")))
-    fig = Figure(figsize=(size + 1, 4))
-    ax = fig.add_subplot()
+    ax = figures["recall"].add_subplot()
     recall = [m["per_class"][i]["recall"] for i in order]
     ax.bar(range(n), [0 if r is None else r for r in recall], color=[colors.get(group_of.get(x), "gray") for x in names])
     for i, (r, s) in enumerate(zip(recall, support)):
@@ -468,12 +465,9 @@ def _plots(rep: dict, out_dir: Path) -> dict[str, str]:
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("recall")
     ax.set_title(f"Per-class recall (classes by {basis}; blue head, orange medium, red tail)")
-    fig.tight_layout()
-    fig.savefig(out_dir / PLOTS["recall"], dpi=100)
 
     col = m["collapse"]
-    fig = Figure(figsize=(size + 1, 4))
-    ax = fig.add_subplot()
+    ax = figures["distribution"].add_subplot()
     x = np.arange(n)
     ax.bar(x - 0.2, [col["true_distribution"][k] for k in names], 0.4, label="true")
     ax.bar(x + 0.2, [col["pred_distribution"][k] for k in names], 0.4, label="predicted")
@@ -481,8 +475,9 @@ def _plots(rep: dict, out_dir: Path) -> dict[str, str]:
     ax.set_ylabel("share of clips")
     ax.set_title(f"True vs predicted label distribution (TV = {col['total_variation']:.3f})")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / PLOTS["distribution"], dpi=100)
+    for key, fig in figures.items():
+        fig.tight_layout()
+        fig.savefig(out_dir / PLOTS[key], dpi=100)
     plots = dict(PLOTS)
     lf = rep.get("label_frequency")
     if lf and lf["n"]:
@@ -509,12 +504,10 @@ def _frequency_plot(lf: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def write_report(run_dir: str | Path, labels_file: str | Path | None = None, label_format: str = "csv",
-                 calibration: str = "none", tau: float = 1.0, train_counts: Any = None,
-                 out_dir: str | Path | None = None, **kwargs: Any) -> dict:
-    """Build the report and write ``metrics.json``, ``report.md`` and the PNG plots into ``out_dir``
-    (default: the run directory). Other keyword arguments go to :func:`build_report`."""
-    rep = build_report(run_dir, labels_file, label_format, calibration, tau, train_counts, **kwargs)
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, **kwargs: Any) -> dict:
+    """Build the report (``kwargs``: those of :func:`build_report`) and write ``metrics.json``, ``report.md`` and the
+    PNG plots into ``out_dir`` (default: the run directory)."""
+    rep = build_report(run_dir, **kwargs)
     out = RunDir(out_dir if out_dir is not None else run_dir)
     out.create()
     rep["plots"] = _plots(rep, out.path)

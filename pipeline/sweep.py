@@ -212,7 +212,8 @@ def run_sweep(input_path: str | Path, out_dir: str | Path, grid: Sequence[str], 
         row.status, row.message = row.result.status, row.result.stop_message
         if row.status == "complete":
             try:
-                row.report = write_report(row.run_dir, labels_file, label_format, fold=fold, split=split, n_boot=n_boot)
+                row.report = write_report(row.run_dir, labels_file=labels_file, label_format=label_format, fold=fold,
+                                          split=split, n_boot=n_boot)
             except DferError as exc:
                 row.message = f"dfer report: {exc}"
         rows.append(row)
