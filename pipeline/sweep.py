@@ -207,9 +207,8 @@ def run_sweep(input_path: str | Path, out_dir: str | Path, grid: Sequence[str], 
             row.result = runner.run(refs)
         except DferError as exc:  # this combination only (e.g. a model that fails to load); the others go on
             row.message = str(exc)
-            rows.append(row)
-            continue
-        row.status, row.message = row.result.status, row.result.stop_message
+        else:
+            row.status, row.message = row.result.status, row.result.stop_message
         if row.status == "complete":
             try:
                 row.report = write_report(row.run_dir, labels_file=labels_file, label_format=label_format, fold=fold,
@@ -234,10 +233,8 @@ def sweep_json(result: SweepResult) -> dict:
     for row in result.rows:
         m, counts = _metrics(row), (row.report or {}).get("counts") or {}
         out.append({"name": row.combination.name, "values": row.combination.texts, "run_dir": str(row.run_dir),
-                    "status": row.status, "message": row.message,
-                    "clips": row.result.n_clips if row.result else None,
-                    "scored": counts.get("scored"),
-                    "failed": counts.get("failed", row.result.n_failed if row.result else None),
+                    "status": row.status, "message": row.message, "clips": row.result.n_clips if row.result else None,
+                    "scored": counts.get("scored"), "failed": counts.get("failed", row.result.n_failed if row.result else None),
                     "computed": row.computed(),
                     **{k: m.get(k) for k, _ in HEADLINE}, "ci": {k: (m.get("ci") or {}).get(k) for k, _ in HEADLINE}})
     return {"grid": [{"key": a.key, "values": list(a.texts)} for a in result.axes], "rows": out}

@@ -160,21 +160,19 @@ def _caption_prompt(template: PromptRenderer, track: FaceTrack, window: dict, cf
 
 def process_batch(jobs: list[ClipJob], cfg: Config, backend) -> list:
     caption_t = PromptRenderer(cfg.prompt_dir, "caption.j2") if backend.reads_prompt else None
-    plans, inputs, prompts, owners = [], [], [], []
-    for j, job in enumerate(jobs):
+    plans, inputs, prompts, windows = [], [], [], []
+    for job in jobs:
         track = FaceTrack.load(job.upstream["faces"])
-        plan = plan_windows(track.t, job.upstream["keyframes"].json("keyframes.json"), cfg)
-        plans.append(plan)
+        plans.append(plan_windows(track.t, job.upstream["keyframes"].json("keyframes.json"), cfg))
         inputs.append(modelstage.FrameInputs(backend.reads, job, track))
-        for gi, gap in enumerate(plan):
-            for wi, w in enumerate(gap["windows"]):
+        for gap in plans[-1]:
+            for w in gap["windows"]:
                 prompt = _caption_prompt(caption_t, track, w, cfg) if backend.reads_prompt else Prompt([])
-                prompt.inputs = inputs[j].of(w["indices"])
+                prompt.inputs = inputs[-1].of(w["indices"])
                 prompts.append(prompt)
-                owners.append((j, gi, wi))
-    captions = backend.generate(prompts, cfg.model.max_new_tokens) if prompts else []
-    for (j, gi, wi), text in zip(owners, captions):
-        plans[j][gi]["windows"][wi]["caption"] = text.strip()
+                windows.append(w)
+    for w, text in zip(windows, backend.generate(prompts, cfg.model.max_new_tokens) if prompts else []):
+        w["caption"] = text.strip()
     _condense(plans, inputs, cfg, backend)
     trajectories = _trajectories(plans, inputs, cfg, backend)
     return [_fill(plan, traj) for plan, traj in zip(plans, trajectories)]
@@ -187,21 +185,20 @@ def _condense(plans: list[list[dict]], inputs: list, cfg: Config, backend) -> No
                 gap["summary"] = " ".join(w["caption"] for w in gap["windows"])
         return
     condense_t = PromptRenderer(cfg.prompt_dir, "condense.j2") if backend.reads_prompt else None
-    prompts, owners = [], []
-    for j, plan in enumerate(plans):
-        for gi, gap in enumerate(plan):
+    prompts, gaps = [], []
+    for plan, frames in zip(plans, inputs):
+        for gap in plan:
             caps = [{"t_start": w["timestamps"][0], "t_end": w["timestamps"][-1], "text": w["caption"]} for w in gap["windows"]]
             if len(caps) == 1:
                 gap["summary"] = caps[0]["text"]  # nothing to condense
                 continue
             prompt = (condense_t.render([], captions=caps, t_start=gap["t_start"], t_end=gap["t_end"])
                       if backend.reads_prompt else Prompt([]))
-            prompt.inputs = inputs[j].of(_frames([gap]))
+            prompt.inputs = frames.of(_frames([gap]))
             prompts.append(prompt)
-            owners.append((j, gi))
-    outs = backend.generate(prompts, cfg.model.max_new_tokens) if prompts else []
-    for (j, gi), text in zip(owners, outs):
-        plans[j][gi]["summary"] = text.strip()
+            gaps.append(gap)
+    for gap, text in zip(gaps, backend.generate(prompts, cfg.model.max_new_tokens) if prompts else []):
+        gap["summary"] = text.strip()
 
 
 def _trajectories(plans: list[list[dict]], inputs: list, cfg: Config, backend) -> list[str | None]:
