@@ -40,8 +40,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline import modelstage
 from pipeline.backends import backend_class, check_video_input, model_identity, model_name
+from pipeline.backends.adapter import adapter_hash, check_adapter, resolve_adapter_dir
 from pipeline.backends.base import Prompt, Video, frame_rate, stage_model
-from pipeline.errors import LabelScoringUnsupportedError, VideoInputUnsupportedError
+from pipeline.errors import AdapterError, LabelScoringUnsupportedError, VideoInputUnsupportedError
 from pipeline.facetrack import FaceTrack
 from pipeline.fields import not_in_key
 from pipeline.jobs import ClipJob
@@ -144,8 +145,6 @@ def key_extras(cfg: Config) -> dict:
     extras = {"model": model_identity(cfg.model), "template": template_hash(cfg.prompt_dir, cfg.template),
               "labels": load_label_set(cfg.labels).names}
     if cfg.adapter is not None:  # only when set, so keys of runs without an adapter never change
-        from pipeline.backends.adapter import adapter_hash
-
         extras["adapter"] = adapter_hash(cfg.adapter)
     return extras
 
@@ -169,8 +168,6 @@ def preflight(cfg: Config) -> str | None:
         except VideoInputUnsupportedError as exc:
             raise modelstage.PreflightError(f"classify.dense_input=video: {exc}") from None
     if cfg.adapter is not None:
-        from pipeline.backends.adapter import AdapterError, check_adapter
-
         try:
             check_adapter(cfg.adapter, cfg.model, label_set.names, template_hash(cfg.prompt_dir, cfg.template))
         except AdapterError as exc:
@@ -204,8 +201,6 @@ def _check_template(cfg: Config, labels: list[str]) -> None:
 def open(cfg: Config):  # noqa: A001 - stage protocol name
     backend = modelstage.open_model(cfg)
     if cfg.adapter is not None:
-        from pipeline.backends.adapter import resolve_adapter_dir
-
         try:
             backend.apply_adapter(resolve_adapter_dir(cfg.adapter))
         except BaseException:
