@@ -42,6 +42,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.labels import BUILTIN_LABEL_SETS, load_label_set
+
 CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 """Output order of the model (FER2013's class ids 0..6)."""
 INPUT_SIZE = 64
@@ -104,8 +106,6 @@ def class_words() -> dict[str, int]:
     """Every word that names one of the model's classes (casefolded) -> its class index: the class names, and the
     names and (non-numeric) aliases of the built-in label sets' labels that are one of the classes (MAFW's
     ``happiness``, ``anger``, ``sadness``; spellings such as ``fearful``, ``surprised``), from ``prompts/labels``."""
-    from pipeline.labels import BUILTIN_LABEL_SETS, load_label_set
-
     words = {name: i for i, name in enumerate(CLASSES)}
     for set_name in BUILTIN_LABEL_SETS:
         label_set = load_label_set(set_name)
