@@ -5,6 +5,7 @@ loading/freeing a backend once per stage, the per-frame inputs a backend reads, 
 from __future__ import annotations
 
 import gc
+import sys
 
 import numpy as np
 from PIL import Image
@@ -102,13 +103,9 @@ def close_backend(backend) -> None:
     if backend is not None:
         backend.close()
     gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
+    torch = sys.modules.get("torch")  # only a backend that imported torch can have left GPU memory in its cache
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def pil_crops(track: FaceTrack, indices, size: int) -> list[Image.Image]:
