@@ -74,12 +74,11 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
         raise ConfigError(f"--set {dotted}=...: empty key segment")
     node = tree
     for p in parts[:-1]:
-        nxt = node.get(p)
-        if nxt is None:
-            nxt = node[p] = {}
-        elif not isinstance(nxt, dict):
+        if node.get(p) is None:
+            node[p] = {}
+        elif not isinstance(node[p], dict):
             raise ConfigError(f"--set {dotted}: '{p}' is a value, not a section")
-        node = nxt
+        node = node[p]
     node[parts[-1]] = value
 
 

@@ -151,7 +151,7 @@ def js_distance(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def _nan_none(x: float) -> float | None:
-    return None if x is None or not np.isfinite(x) else float(x)
+    return float(x) if np.isfinite(x) else None
 
 
 def bootstrap_ci(t: np.ndarray, p: np.ndarray, n_classes: int, n_boot: int = 1000, seed: int = 0,
@@ -198,13 +198,12 @@ def compute_metrics(y_true: Sequence, y_pred: Sequence, labels: Sequence[Hashabl
     c = len(labels)
     support, tp, predicted = class_counts(t, p, c)
     notes: list[str] = []
+    tc = None
     if train_counts is not None:
         tc = [int(train_counts.get(lab, 0)) for lab in labels] if isinstance(train_counts, Mapping) \
             else [int(x) for x in train_counts]
         if len(tc) != c:
             raise ValueError(f"train_counts has {len(tc)} entries for {c} labels")
-    else:
-        tc = None
     if groups is not None:
         groups = {k: list(v) for k, v in groups.items()}
         unknown = sorted({str(x) for v in groups.values() for x in v if x not in labels})

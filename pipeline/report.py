@@ -321,8 +321,7 @@ def _rho(x: float | None) -> str:
 def _listing(title: str, items: list, fmt=str) -> list[str]:
     if not items:
         return []
-    lines = [f"\n## {title} ({len(items)})\n"]
-    lines += [f"- {fmt(x)}" for x in items[:LIST_LIMIT]]
+    lines = [f"\n## {title} ({len(items)})\n", *(f"- {fmt(x)}" for x in items[:LIST_LIMIT])]
     if len(items) > LIST_LIMIT:
         lines.append(f"- ... and {len(items) - LIST_LIMIT} more (all listed in metrics.json)")
     return lines
@@ -338,13 +337,10 @@ def _freq_order(m: dict) -> tuple[list[int], str]:
 
 def _models_markdown(rep: dict) -> list[str]:
     """Which model scored the clips, and the stages that fell back to the embedded model."""
-    out = []
-    if rep["models"]:
-        out.append("Scored by: " + ", ".join(f"{name} ({n} clips)" for name, n in rep["models"].items()) + ".\n")
-    for fb in rep["fallbacks"]:
-        out.append(f"**Fallback:** stage `{fb['stage']}` ran the embedded model {fb['ran']} in place of {fb['asked']}, "
-                   "which could not be had on the machine of the run.\n")
-    return out
+    models = ", ".join(f"{name} ({n} clips)" for name, n in rep["models"].items())
+    fallbacks = [f"**Fallback:** stage `{fb['stage']}` ran the embedded model {fb['ran']} in place of {fb['asked']}, "
+                 "which could not be had on the machine of the run.\n" for fb in rep["fallbacks"]]
+    return ([f"Scored by: {models}.\n"] if models else []) + fallbacks
 
 
 def _metrics_markdown(m: dict, uncalibrated: dict | None) -> list[str]:
@@ -357,11 +353,11 @@ def _metrics_markdown(m: dict, uncalibrated: dict | None) -> list[str]:
         out.append(f"\nWithout calibration: {_headline(uncalibrated, '{}={} %', ', ')}.")
     order, basis = _freq_order(m)
     group_of = {lab: name for name, d in g["by_group"].items() for lab in d["labels"]}
+    per_class = [(r["label"], group_of.get(r["label"], "-"), "-" if r["train_count"] is None else r["train_count"],
+                  r["support"], r["predicted"], *(pct(r[k]) for k in ("precision", "recall", "f1")))
+                 for r in (m["per_class"][i] for i in order)]
     out += [f"\n## Per class (sorted by {basis})\n",
-            *markdown_table(["label", "group", "train", "support", "predicted", "precision", "recall", "F1"],
-                            [(r["label"], group_of.get(r["label"], "-"), "-" if r["train_count"] is None else r["train_count"],
-                              r["support"], r["predicted"], pct(r["precision"]), pct(r["recall"]), pct(r["f1"]))
-                             for r in (m["per_class"][i] for i in order)]),
+            *markdown_table(["label", "group", "train", "support", "predicted", "precision", "recall", "F1"], per_class),
             "\n## Head / medium / tail\n", f"Groups from {g['source'].replace('_', ' ')}: {g['rule']}.\n",
             *markdown_table(["group", "labels", "clips", "UAR (%)", "macro-F1 (%)", "accuracy (%)"],
                             [(name, ", ".join(map(str, d["labels"])), d["n"], pct(d["uar"]), pct(d["macro_f1"]),

@@ -234,8 +234,8 @@ def sweep_json(result: SweepResult) -> dict:
         m, counts = _metrics(row), (row.report or {}).get("counts") or {}
         out.append({"name": row.combination.name, "values": row.combination.texts, "run_dir": str(row.run_dir),
                     "status": row.status, "message": row.message, "clips": row.result.n_clips if row.result else None,
-                    "scored": counts.get("scored"), "failed": counts.get("failed", row.result.n_failed if row.result else None),
-                    "computed": row.computed(),
+                    "scored": counts.get("scored"),
+                    "failed": counts.get("failed", row.result.n_failed if row.result else None), "computed": row.computed(),
                     **{k: m.get(k) for k, _ in HEADLINE}, "ci": {k: (m.get("ci") or {}).get(k) for k, _ in HEADLINE}})
     return {"grid": [{"key": a.key, "values": list(a.texts)} for a in result.axes], "rows": out}
 
