@@ -27,17 +27,15 @@ import numpy as np
 RULES = ("sum", "mean")
 
 
-def ranking_score(raw: Mapping, rule: str = "sum") -> float:
-    """One label's ranking score from its raw score ``{"logprob", "n_tokens", ...}``."""
+def ranking_scores(raw_row: Mapping[str, Mapping], labels: Sequence[str], rule: str = "sum") -> dict[str, float]:
+    """``{label: ranking score}`` for one clip, in ``labels`` order, from each label's raw score
+    ``{"logprob", "n_tokens", ...}``."""
     if rule not in RULES:
         raise ValueError(f"unknown ranking rule {rule!r}; choose one of {', '.join(RULES)}")
-    lp = float(raw["logprob"])
-    return lp / max(int(raw["n_tokens"]), 1) if rule == "mean" else lp
-
-
-def ranking_scores(raw_row: Mapping[str, Mapping], labels: Sequence[str], rule: str = "sum") -> dict[str, float]:
-    """``{label: ranking score}`` for one clip, in ``labels`` order."""
-    return {lab: ranking_score(raw_row[lab], rule) for lab in labels}
+    scores = {lab: float(raw_row[lab]["logprob"]) for lab in labels}
+    if rule == "mean":
+        return {lab: s / max(int(raw_row[lab]["n_tokens"]), 1) for lab, s in scores.items()}
+    return scores
 
 
 def predict(raw_row: Mapping[str, Mapping], labels: Sequence[str], rule: str = "sum") -> str:
