@@ -184,8 +184,7 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | tu
         tree = _merge(tree, _read_yaml(path, "config file"))
         sources.append(str(path))
     for text in overrides:
-        key, value = parse_override(text)
-        _set_path(tree, key, value)
+        _set_path(tree, *parse_override(text))
     if overrides:
         sources.append("--set")
     return validated(PipelineConfig, tree, " + ".join(sources) or "defaults")

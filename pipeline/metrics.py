@@ -177,9 +177,7 @@ def bootstrap_ci(t: np.ndarray, p: np.ndarray, n_classes: int, n_boot: int = 100
         with np.errstate(invalid="ignore", divide="ignore"):
             rec = np.where(support > 0, tp / support, np.nan)
             f1 = np.where(support > 0, 2 * tp / (support + pred), np.nan)
-        stats[start:start + b, 0] = np.nanmean(rec, axis=1)
-        stats[start:start + b, 1] = tp.sum(axis=1) / n
-        stats[start:start + b, 2] = np.nanmean(f1, axis=1)
+        stats[start:start + b] = np.stack([np.nanmean(rec, axis=1), tp.sum(axis=1) / n, np.nanmean(f1, axis=1)], axis=1)
     lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     q = np.percentile(stats, [lo, hi], axis=0)
     return {name: [float(q[0, j]), float(q[1, j])] for j, name in enumerate(("uar", "war", "macro_f1"))}

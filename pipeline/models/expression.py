@@ -61,10 +61,6 @@ def weights_sha256() -> str:
     return hashlib.sha256(WEIGHTS_FILE.read_bytes()).hexdigest()
 
 
-# ----------------------------------------------------------------------------------------------
-# Preprocessing
-
-
 def reframe(crops: np.ndarray, crop_margin: float, margin: float = FACE_MARGIN) -> np.ndarray:
     """Centre-cut square crops framed with ``crop_margin`` around the face box down to ``margin``.
 
@@ -95,10 +91,6 @@ def preprocess(crops: np.ndarray) -> np.ndarray:
     out *= 2.0 / 255.0
     out -= 1.0
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Label sets
 
 
 @cache
