@@ -1,9 +1,5 @@
 """``dfer``: the command line. It parses arguments, calls one library function per command, and maps errors
-to exit codes in :func:`main`, once (see :mod:`pipeline.errors`):
-
-0 success (or a run that stopped before a model stage because its weights are not available here; the message
-says how to point at a local model; ``--strict`` turns that into 3); 1 some clips failed; 2 bad usage, config
-or input; 3 a strict run stopped; 130 interrupted.
+to exit codes in :func:`main`, once (the codes and their meaning: :mod:`pipeline.errors`).
 
 Each command module (``run``, ``sweep``, ``report``, ``finetune``, ``diagnostics``) adds its subcommands with
 ``add_parsers(subparsers)`` and sets ``handler`` on each; options shared by several commands are declared
