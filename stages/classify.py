@@ -295,8 +295,7 @@ def dense_cost(backend, prompt: Prompt, track: FaceTrack, fps: float, image_size
     the prompt's text tokens plus (number of dense frames) x (tokens of one image)."""
     n_dense = len(dense_indices(track.t, fps))
     one = modelstage.pil_crops(track, [0], image_size)[0]
-    text_only = Prompt([p for p in prompt.parts if isinstance(p, str)])
-    text_tokens = backend.count_prompt_tokens(text_only)
+    text_tokens = backend.count_prompt_tokens(Prompt([p for p in prompt.parts if isinstance(p, str)]))
     per_image = backend.count_prompt_tokens(Prompt([one, " "])) - backend.count_prompt_tokens(Prompt([" "]))
     return text_tokens + n_dense * per_image, n_dense
 
@@ -305,8 +304,7 @@ def process_batch(jobs: list[ClipJob], cfg: Config, backend) -> list:
     label_set = load_label_set(cfg.labels)
     renderer = PromptRenderer(cfg.prompt_dir, cfg.template)
     rendered = [render(job, cfg, renderer, label_set.names, backend.reads) for job in jobs]
-    prompts = [r[0] for r in rendered]
-    scores = backend.score_labels(prompts, label_set.names)
+    scores = backend.score_labels([prompt for prompt, _, _ in rendered], label_set.names)
     fills = []
     for (prompt, track, frame_idx), row in zip(rendered, scores):
         prompt_tokens = backend.count_prompt_tokens(prompt)
