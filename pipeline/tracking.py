@@ -48,30 +48,54 @@ class PrimaryFaceTracker:
         self.last_box: np.ndarray | None = None
         self.last_t: float | None = None
 
-    def update(self, index: int, t: float, boxes, scores, landmarks) -> Anchor:
-        """Pick the primary face among one frame's detections (arrays or None)."""
+    def _confident(self, boxes, scores, landmarks):
         if boxes is None or len(boxes) == 0:
-            return Anchor(index, t)
+            return None
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         scores = np.asarray(scores, dtype=np.float32).reshape(-1)
-        lms = np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2)
         keep = scores >= self.min_score
         if not keep.any():
+            return None
+        lms = None if landmarks is None else np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2)[keep]
+        return boxes[keep], scores[keep], lms
+
+    def _follow(self, boxes: np.ndarray, reference: np.ndarray | None) -> int | None:
+        """Index of the detection that overlaps ``reference`` best (at least ``iou_min``), else None."""
+        if reference is None:
+            return None
+        overlaps = iou(reference, boxes)
+        best = int(np.argmax(overlaps))
+        return best if overlaps[best] >= self.iou_min else None
+
+    @staticmethod
+    def _largest(boxes: np.ndarray, scores: np.ndarray) -> int:
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        return int(np.argmax(area * scores))
+
+    def update(self, index: int, t: float, boxes, scores, landmarks) -> Anchor:
+        """Pick the primary face among one frame's detections (arrays or None)."""
+        found = self._confident(boxes, scores, landmarks)
+        if found is None:
             return Anchor(index, t)
-        boxes, scores, lms = boxes[keep], scores[keep], lms[keep]
-        pick = None
-        if self.last_box is not None:
-            overlaps = iou(self.last_box, boxes)
-            best = int(np.argmax(overlaps))
-            if overlaps[best] >= self.iou_min:
-                pick = best
-            elif self.last_t is not None and t - self.last_t <= self.max_gap_s:
-                return Anchor(index, t, n_faces=len(boxes))  # lost for now; do not jump to another face
+        boxes, scores, lms = found
+        pick = self._follow(boxes, self.last_box)
+        if pick is None and self.last_box is not None and self.last_t is not None and t - self.last_t <= self.max_gap_s:
+            return Anchor(index, t, n_faces=len(boxes))  # lost for now; do not jump to another face
         if pick is None:
-            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            pick = int(np.argmax(area * scores))
+            pick = self._largest(boxes, scores)
         self.last_box, self.last_t = boxes[pick], t
         return Anchor(index, t, boxes[pick], lms[pick], float(scores[pick]), len(boxes))
+
+    def likely_primary(self, boxes, scores, reference: np.ndarray | None) -> np.ndarray | None:
+        """The box this tracker would most likely follow among one frame's detections if ``reference`` were
+        its last primary box: the best-overlapping confident face, else the largest. Changes no state
+        (used to place detection regions before the frames in between are detected)."""
+        found = self._confident(boxes, scores, None)
+        if found is None:
+            return None
+        boxes, scores, _ = found
+        pick = self._follow(boxes, reference)
+        return boxes[pick if pick is not None else self._largest(boxes, scores)]
 
 
 def smooth_one(anchors: list[Anchor], k: int, window: int, max_gap_s: float) -> Anchor:
@@ -130,13 +154,14 @@ class Timeline:
     Anchor ``k`` is final once ``anchors[k + h]`` exists (``h = window // 2``), so each anchor is
     smoothed for good once; the last ``h`` are smoothed provisionally at every :meth:`settle`.
     Same results as smoothing the whole clip's anchors at once and looking each frame up among them,
-    in time linear in the clip's length.
+    in time linear in the clip's length; with :meth:`forget_before` its memory stays bounded too.
     """
 
     def __init__(self, window: int, max_gap_s: float):
         self.window, self.max_gap_s = window, max_gap_s
         self.h = max(0, window // 2)
-        self.anchors: list[Anchor] = []
+        self.anchors: list[Anchor] = []  # anchors[k - self._base] is the clip's k-th anchor
+        self._base = 0
         self._n_final = 0
         self._present: list[Anchor] = []  # final smoothed anchors with a box, in time order
         self._times: list[float] = []
@@ -146,24 +171,41 @@ class Timeline:
     def add(self, anchor: Anchor) -> None:
         self.anchors.append(anchor)
 
+    def _count(self) -> int:
+        return self._base + len(self.anchors)
+
     def horizon(self) -> float:
         """Time of the last anchor whose smoothed box is final (-inf before there is one)."""
-        n = len(self.anchors)
-        return self.anchors[n - 1 - self.h].t if n > self.h else -np.inf
+        n = self._count()
+        return self.anchors[n - 1 - self.h - self._base].t if n > self.h else -np.inf
+
+    def _smooth(self, k: int) -> Anchor:
+        return smooth_one(self.anchors, k - self._base, self.window, self.max_gap_s)
 
     def settle(self, final: bool = False) -> None:
         """Smooth what can be smoothed for good (everything when ``final``); the rest provisionally."""
-        n = len(self.anchors)
+        n = self._count()
         upto = n if final else max(self._n_final, n - self.h)
         for k in range(self._n_final, upto):
-            a = smooth_one(self.anchors, k, self.window, self.max_gap_s)
+            a = self._smooth(k)
             if a.box is not None:
                 self._present.append(a)
                 self._times.append(a.t)
         self._n_final = upto
-        self._tail = [a for a in (smooth_one(self.anchors, k, self.window, self.max_gap_s) for k in range(upto, n))
-                      if a.box is not None]
+        self._tail = [a for a in (self._smooth(k) for k in range(upto, n)) if a.box is not None]
         self._tail_times = [a.t for a in self._tail]
+
+    def forget_before(self, t: float) -> None:
+        """Drop what no frame at ``t`` or later can need: anchors already smoothed for good and out of
+        reach of the smoothing window, and final anchors before the last one preceding ``t``."""
+        drop = max(0, min(self._n_final - self.h, self._count()) - self._base)
+        if drop:
+            del self.anchors[:drop]
+            self._base += drop
+        j = bisect.bisect_left(self._times, t) - 1
+        if j > 0:
+            del self._present[:j]
+            del self._times[:j]
 
     def box_at(self, t: float, index: int) -> FrameBox:
         j = bisect.bisect_left(self._times, t)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import av
+import cv2
 import numpy as np
 
 from pipeline.errors import DecodeError, NotAVideoError, UnreadableFileError
@@ -191,3 +192,89 @@ def to_rgb(frame: av.VideoFrame, rotation: int, width: int | None = None, height
     else:
         arr = frame.to_ndarray(format="rgb24")
     return upright(arr, rotation)
+
+
+class FramePixels:
+    """The upright RGB picture of one decoded frame, converted from YUV only where it is read.
+
+    ``pixels[y0:y1, x0:x1]`` and ``pixels.shape`` behave like those of ``to_rgb(frame, rotation)``
+    and give the same bytes. For the common case (yuv420p, no rotation) only the requested region is
+    converted: its planes are copied (widened to even coordinates) into a small frame that goes
+    through the same swscale conversion as the whole frame would, so the pixels are byte-identical
+    (``tests/test_video.py`` checks it) at a fraction of the cost when the region is small.
+    Anything else is converted whole, once.
+    """
+
+    _SUBFRAMES_KEPT = 16  # small frames (and their swscale contexts) reused by region size
+
+    _subframes: dict = {}
+
+    def __init__(self, frame: av.VideoFrame, rotation: int):
+        self.frame, self.rotation = frame, rotation
+        w, h = frame.width, frame.height
+        self.shape = (w, h, 3) if rotation in (90, 270) else (h, w, 3)
+        # odd-sized frames go through another swscale path whose pixels a region conversion does not reproduce
+        self._region_ok = rotation == 0 and frame.format.name == "yuv420p" and w % 2 == 0 and h % 2 == 0
+        self._full: np.ndarray | None = None
+        self._kept: tuple[int, int, int, int, np.ndarray] | None = None
+
+    def keep(self, x0: int, y0: int, x1: int, y1: int) -> None:
+        """Convert the region ``[y0:y1, x0:x1]`` (clipped to the frame) now and serve later requests inside it
+        from it (e.g. several crops around one face)."""
+        h, w = self.shape[:2]
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if x1 > x0 and y1 > y0:
+            self._kept = None
+            self._kept = (x0, y0, x1, y1, self[y0:y1, x0:x1])
+
+    def full(self) -> np.ndarray:
+        if self._full is None:
+            self._full = to_rgb(self.frame, self.rotation)
+        return self._full
+
+    def __getitem__(self, key) -> np.ndarray:
+        ys, xs = key
+        h, w = self.shape[:2]
+        y0, y1, _ = ys.indices(h)
+        x0, x1, _ = xs.indices(w)
+        if y1 <= y0 or x1 <= x0:
+            return np.zeros((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)
+        if self._kept is not None:
+            kx0, ky0, kx1, ky1, kept = self._kept
+            if kx0 <= x0 and ky0 <= y0 and x1 <= kx1 and y1 <= ky1:
+                return kept[y0 - ky0 : y1 - ky0, x0 - kx0 : x1 - kx0]
+        sub = self._subframe(x0, y0, x1, y1)
+        if sub is None:
+            return self.full()[y0:y1, x0:x1]
+        frame, ax0, ay0 = sub
+        return frame.to_ndarray(format="rgb24")[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0]
+
+    @staticmethod
+    def _span(a: int, b: int, limit: int, step: int = 32) -> tuple[int, int]:
+        """Start and length of an even-aligned span covering ``[a, b)``, its length rounded up to ``step`` (so that
+        regions of slightly different sizes share a small frame) and kept inside ``[0, limit)``."""
+        start = a - a % 2
+        length = min(-(-(b - start) // step) * step, limit)
+        return min(start, limit - length), length
+
+    def _subframe(self, x0: int, y0: int, x1: int, y1: int):
+        """The region's planes in a small yuv420p frame: (frame, x0, y0 of its corner), or None when only a
+        whole-frame conversion can give the same pixels."""
+        if not self._region_ok or self._full is not None:
+            return None
+        ax0, ww = self._span(x0, x1, self.frame.width)
+        ay0, hh = self._span(y0, y1, self.frame.height)
+        kept = FramePixels._subframes
+        sub = kept.pop((ww, hh), None)
+        if sub is None:
+            sub = av.VideoFrame(ww, hh, "yuv420p")
+            if len(kept) >= self._SUBFRAMES_KEPT:
+                kept.pop(next(iter(kept)))
+        kept[(ww, hh)] = sub  # most recently used last
+        for k, (src_plane, dst_plane) in enumerate(zip(self.frame.planes, sub.planes)):
+            d = 1 if k == 0 else 2
+            src = np.frombuffer(src_plane, np.uint8).reshape(src_plane.height, src_plane.line_size)
+            dst = np.frombuffer(dst_plane, np.uint8).reshape(dst_plane.height, dst_plane.line_size)
+            dst[:, : ww // d] = src[ay0 // d : (ay0 + hh) // d, ax0 // d : (ax0 + ww) // d]
+        sub.colorspace, sub.color_range = self.frame.colorspace, self.frame.color_range
+        return sub, ax0, ay0

@@ -29,6 +29,7 @@ timestamp plus its frame time, :attr:`pipeline.facetrack.FaceTrack.duration_s`).
 
 from __future__ import annotations
 
+import tempfile
 from typing import Literal
 
 import numpy as np
@@ -77,10 +78,9 @@ class Config(BaseModel):
     below the shortest micro-expression (0.25 s)."""
 
 
-def _region_masks(track: FaceTrack, size: int) -> np.ndarray:
-    """Per-frame weights (N, size, size): eye+brow boxes and the mouth box from landmarks."""
-    n = len(track)
-    lm = track.landmarks_in_crop(size)
+def _region_masks(lm: np.ndarray, size: int) -> np.ndarray:
+    """Per-frame weights (K, size, size) from landmarks in crop pixels (K, 5, 2): eye+brow boxes and the mouth box."""
+    n = len(lm)
     masks = np.zeros((n, size, size), np.float32)
     yy, xx = np.mgrid[0:size, 0:size]
     for i in range(n):
@@ -113,24 +113,72 @@ def _gauss_smooth(y: np.ndarray, t: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
+CHUNK = 256  # frames measured at a time: memory stays flat in the clip's length
+
+
+class _PixelMedian:
+    """Exact per-pixel median of uint8 images seen one chunk at a time, from per-pixel value counts: the same
+    float32 numbers as ``np.median`` over the stacked ``images / 255`` (the mean of the two middle values
+    for an even count), in memory independent of the number of images."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape, self.n = shape, 0
+        self.px = int(np.prod(shape))
+        self.counts = np.zeros(self.px * 256, np.int64)
+
+    def add(self, images: np.ndarray) -> None:
+        flat = images.reshape(len(images), self.px).astype(np.int64) + np.arange(self.px) * 256
+        self.counts += np.bincount(flat.ravel(), minlength=self.px * 256)
+        self.n += len(images)
+
+    def median(self) -> np.ndarray:
+        cum = self.counts.reshape(self.px, 256).cumsum(axis=1)
+        ranks = [(self.n - 1) // 2, self.n // 2]  # the two middle ranks (equal for an odd count)
+        values = np.arange(256, dtype=np.float32) / 255.0
+        middle = np.stack([values[(cum <= r).sum(axis=1)] for r in ranks]).reshape(2, *self.shape)
+        return np.median(middle, axis=0) if self.n % 2 == 0 else middle[0]
+
+
 def motion_curves(track: FaceTrack, cfg: Config) -> dict[str, np.ndarray]:
+    """The motion and expression curves of a clip, streamed: the crops are decoded ``CHUNK`` at a time, kept
+    as small uint8 images in a temporary file for the second pass (distance from the clip's median face),
+    never all in memory."""
     n = len(track)
     s = cfg.work_size
-    gray = track.crops(range(n), size=s, gray=True).astype(np.float32) / 255.0
-    masks = _region_masks(track, s)
-    wsum = masks.reshape(n, -1).sum(axis=1)
     t = track.t
+    lm = track.landmarks_in_crop(s)
     motion = np.zeros(n, np.float32)
-    if n > 1:
-        diff = np.abs(gray[1:] - gray[:-1]) * masks[1:]
-        dt = np.maximum(np.diff(t), 1e-3)
-        motion[1:] = diff.reshape(n - 1, -1).sum(axis=1) / wsum[1:] / dt
-    neutral = np.median(gray, axis=0)
-    expression = (np.abs(gray - neutral) * masks).reshape(n, -1).sum(axis=1) / wsum
+    wsum = np.zeros(n, np.float32)
+    median = _PixelMedian((s, s))
+    prev = None
+    with tempfile.TemporaryFile() as spool:
+        for lo in range(0, n, CHUNK):
+            hi = min(n, lo + CHUNK)
+            small = track.crops(range(lo, hi), size=s, gray=True)
+            spool.write(small.tobytes())
+            median.add(small)
+            gray = small.astype(np.float32) / 255.0
+            masks = _region_masks(lm[lo:hi], s)
+            wsum[lo:hi] = masks.reshape(hi - lo, -1).sum(axis=1)
+            before = gray if prev is None else np.concatenate([prev, gray])
+            first = lo if prev is None else lo - 1
+            if len(before) > 1:  # frame i against frame i-1, for i in [max(lo, 1), hi)
+                diff = np.abs(before[1:] - before[:-1]) * masks[len(masks) - (len(before) - 1) :]
+                dt = np.maximum(np.diff(t[first:hi]), 1e-3)
+                motion[first + 1 : hi] = diff.reshape(len(diff), -1).sum(axis=1) / wsum[first + 1 : hi] / dt
+            prev = gray[-1:]
+        neutral = median.median()
+        expression = np.zeros(n, np.float32)
+        spool.seek(0)
+        for lo in range(0, n, CHUNK):
+            hi = min(n, lo + CHUNK)
+            gray = np.frombuffer(spool.read((hi - lo) * s * s), np.uint8).reshape(hi - lo, s, s).astype(np.float32) / 255.0
+            masks = _region_masks(lm[lo:hi], s)
+            expression[lo:hi] = (np.abs(gray - neutral) * masks).reshape(hi - lo, -1).sum(axis=1) / wsum[lo:hi]
     return {
         "t": t,
         "motion": _gauss_smooth(motion, t, cfg.smooth_s).astype(np.float32),
-        "expression": _gauss_smooth(expression.astype(np.float32), t, cfg.smooth_s).astype(np.float32),
+        "expression": _gauss_smooth(expression, t, cfg.smooth_s).astype(np.float32),
     }
 
 
