@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterator
 
 import av
-import cv2
 import numpy as np
 
 from pipeline.errors import DecodeError, NotAVideoError, UnreadableFileError
