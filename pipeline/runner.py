@@ -24,7 +24,8 @@ from pipeline.errors import ConfigError, PreflightError, StrictFailure, UnknownS
 from pipeline.cache import Cache, artifact_key, default_cache_dir
 from pipeline.config import dump_config, key_fields
 from pipeline.executor import Executor, LocalExecutor
-from pipeline.inputs import VideoRef, discover, fingerprint, parse_shard, shard_of
+from pipeline.fingerprints import FingerprintMemo
+from pipeline.inputs import VideoRef, discover, parse_shard, shard_of
 from pipeline.jobs import ClipJob, ClipTask
 from pipeline.labels import load_label_set
 from pipeline.rundir import ManifestRow, RunDir
@@ -131,6 +132,7 @@ class Runner:
         log: TextIO | None = None,
         executor: Executor | None = None,
         sections: dict[str, BaseModel] | None = None,
+        rehash: bool = False,
     ):
         check_stage(until, "--until")
         check_stage(force, "--force")
@@ -147,6 +149,7 @@ class Runner:
         self.sections = dict(sections or {})  # config sections of stages that are not in cfg (tool stages)
         self.swapped: dict[str, BaseModel] = {}  # sections run in place of the config's (the embedded model's fallback)
         self.fallbacks: dict[str, dict] = {}  # stage -> what was asked for, what ran, why
+        self.fingerprints = FingerprintMemo(self.cache.root, rehash=rehash)
         self._failures = None
 
     # ----------------------------------------------------------------------------------------
@@ -235,7 +238,7 @@ class Runner:
     def _fingerprints(self, refs: list[VideoRef]) -> dict[str, str]:
         def fp(ref: VideoRef):
             try:
-                return ref, fingerprint(ref.path), None
+                return ref, self.fingerprints.fingerprint(ref.path), None
             except FileNotFoundError:
                 return ref, None, ("UnreadableFileError", f"{ref.path}: file not found")
             except PermissionError:

@@ -24,6 +24,9 @@ def add_parsers(sub) -> None:
                           "instead of falling back to the embedded model")
     run.add_argument("--report", action="store_true",
                      help="then write the report of the run as `dfer report RUN` does (metrics.json, report.md, plots)")
+    run.add_argument("--rehash", action="store_true",
+                     help="read every video to fingerprint it, ignoring the fingerprints remembered in the cache "
+                          "(for files changed without a change of size or modification time)")
     run.set_defaults(handler=_run)
 
     cfg = sub.add_parser("config", help="configuration tools")
@@ -45,7 +48,7 @@ def _run(args) -> int:
     executor = executor_for(args.executor, cfg.run, args.ray_address)
     result = run_pipeline(
         args.input, args.out, cfg, cache_dir=args.cache, until=args.until, force=args.force,
-        shard=args.shard, strict=args.strict, quiet=args.quiet, executor=executor,
+        shard=args.shard, strict=args.strict, quiet=args.quiet, executor=executor, rehash=args.rehash,
     )
     print(f"{result.n_clips} clips, {result.n_failed} failed; run directory: {result.run_dir}", file=sys.stderr)
     if result.n_failed:

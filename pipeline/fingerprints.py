@@ -1,0 +1,68 @@
+"""Content fingerprints of the input videos, remembered in the cache so that a warm run need not read
+every video again.
+
+A clip's fingerprint is the sha256 of its bytes (:func:`pipeline.inputs.fingerprint`); it goes into
+every cache key. Computing it means reading the whole file, which on a dataset that is already fully
+cached costs more than everything else a run does. So the cache keeps one small memo per file,
+``CACHE/fingerprints/<h[:2]>/<h>.json`` (``h`` = sha256 of the file's absolute path), holding the
+path, size, modification time (ns), inode and the sha256. A memo entry is used only when the file's
+size, mtime and inode all still match; otherwise the file is hashed again and the entry replaced.
+Entries are written to a temporary sibling and renamed into place, so a run never reads a half-written
+one and two runs sharing a cache can write the same entry at once. An unreadable or malformed entry
+counts as missing. ``dfer run --rehash`` ignores the memo (and rewrites it), for files changed in place
+without a change of size or mtime (e.g. restored with their old timestamps).
+
+A memo entry only saves reading the file: the fingerprint, and so every cache key, is the content hash
+either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+from pipeline.inputs import fingerprint
+
+MEMO_DIR = "fingerprints"
+
+
+class FingerprintMemo:
+    """Fingerprints of files, remembered under ``cache_root`` (``rehash``: always read the file)."""
+
+    def __init__(self, cache_root: str | Path, rehash: bool = False):
+        self.root = Path(cache_root).expanduser() / MEMO_DIR
+        self.rehash = rehash
+
+    def _entry(self, path: Path) -> Path:
+        h = hashlib.sha256(str(path).encode("utf-8", "surrogateescape")).hexdigest()
+        return self.root / h[:2] / f"{h}.json"
+
+    def fingerprint(self, path: str | Path) -> str:
+        """The sha256 of the file's content; OSError (with the path) when the file cannot be read."""
+        path = Path(path).absolute()
+        st = os.stat(path)
+        stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+        entry = self._entry(path)
+        if not self.rehash:
+            try:
+                memo = json.loads(entry.read_text(encoding="utf-8"))
+                if {k: memo.get(k) for k in stamp} == stamp and isinstance(memo.get("sha256"), str):
+                    return memo["sha256"]
+            except (OSError, ValueError):
+                pass  # no entry yet, or one we cannot use: hash the file
+        value = fingerprint(path)
+        self._write(entry, {**stamp, "sha256": value})
+        return value
+
+    @staticmethod
+    def _write(entry: Path, record: dict) -> None:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+            tmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+            os.replace(tmp, entry)
+        except OSError:
+            pass  # a read-only cache still works, only without the memo
