@@ -525,6 +525,16 @@ def make_audio_only(path: PathLike, seconds: float = 1.0, sample_rate: int = 441
     return path
 
 
+def make_tiny_video(path: PathLike, size: tuple[int, int] = (2, 2), n_frames: int = 5, fps: int = 25) -> Path:
+    """A valid H.264 clip of ``size`` pixels (even numbers), one grey frame repeated: far too small for a face."""
+    path = Path(path)
+    rate = Fraction(fps)
+    out, stream = _open_video(path, "h264", size[0], size[1], rate, 1 / rate, 0)
+    grey = np.full((size[1], size[0], 3), 128, np.uint8)
+    _encode(out, stream, ((i, grey) for i in range(n_frames)), 1 / rate)
+    return path
+
+
 def make_unreadable(path: PathLike, src: Optional[PathLike] = None) -> Path:
     """A file with mode 000: a copy of ``src`` (default: a tiny valid clip).
 
@@ -603,7 +613,7 @@ def decode_all(path: PathLike) -> tuple[list[np.ndarray], list[float], list[int]
 
 __all__: Sequence[str] = (
     "ClipSpec", "make_face_clip", "upright", "decode_all",
-    "make_zero_byte", "make_text_as_video", "make_truncated", "make_audio_only",
+    "make_zero_byte", "make_text_as_video", "make_truncated", "make_audio_only", "make_tiny_video",
     "make_unreadable", "is_root", "unprivileged_subprocess_kwargs", "file_modes_enforced",
     "unicode_name", "UNICODE_NAME", "REFERENCE_FACE_BOX",
 )

@@ -16,6 +16,7 @@ EXPECTED = {
     "notes.mp4": ("NotAVideoError", "not a video file"),
     "cut.mp4": ("DecodeError", "truncated"),
     "tone.mp4": ("NotAVideoError", "no video stream"),
+    "tiny.mp4": ("NoFaceError", "2x2 pixels, smaller than the smallest face the detector finds"),
 }
 
 
@@ -27,6 +28,7 @@ def _bad_folder(root: Path, good_spec) -> Path:
     media.make_text_as_video(folder / "notes.mp4")
     media.make_truncated(good_spec, folder / "cut.mp4", keep_fraction=0.5)
     media.make_audio_only(folder / "tone.mp4")
+    media.make_tiny_video(folder / "tiny.mp4", size=(2, 2))
     return folder
 
 

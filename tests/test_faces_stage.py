@@ -1,12 +1,18 @@
-"""faces stage on real encoded clips: boxes, timestamps, rotation, primary face, no-face policy."""
+"""faces stage on real encoded clips: boxes, timestamps, rotation, primary face, no-face policy, O-net refinement."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pipeline.face_refine import refine
 from pipeline.tracking import iou
+from pipeline.video import FramePixels, VideoReader
+from stages import faces
 from stages.faces import Config
+from tests import media
 from tests.runs import failures, run, track_of
 
 
@@ -82,3 +88,45 @@ def test_no_face_fails_by_default_and_full_frame_is_flagged(special_clips, tmp_p
     assert track.meta["full_frame"] is True
     assert not track.arrays["present"].any()
     assert track.crops([0]).shape == (1, 224, 224, 3)
+
+
+def test_frames_smaller_than_a_face_can_be_kept_as_whole_frames(tmp_path):
+    tiny = media.make_tiny_video(tmp_path / "tiny.mp4", size=(2, 2))
+    res = run(tiny, tmp_path / "run", tmp_path / "cache", "faces.no_face=full_frame", until="keyframes")
+    assert res.n_failed == 0, failures(tmp_path / "run")
+    track = track_of(res, "tiny.mp4")
+    assert track.meta["full_frame"] is True and len(track) == 5
+    assert track.crops([0]).shape == (1, 224, 224, 3)
+
+
+def test_rows_kept_in_small_blocks_give_the_same_artifact(clip_dir, tmp_path, monkeypatch):
+    one = run(clip_dir["pan.mp4"].path, tmp_path / "a", tmp_path / "cache-a", until="faces")
+    monkeypatch.setattr(faces._Writer, "BLOCK", 7)  # 50 frames: 8 blocks, the last one partly filled
+    many = run(clip_dir["pan.mp4"].path, tmp_path / "b", tmp_path / "cache-b", until="faces")
+    a, b = track_of(one, "pan.mp4"), track_of(many, "pan.mp4")
+    assert a.crops_path.read_bytes() == b.crops_path.read_bytes()
+    assert (Path(a.crops_path).parent / "track.npz").read_bytes() == (Path(b.crops_path).parent / "track.npz").read_bytes()
+
+
+def test_the_onet_finds_the_face_where_it_is_and_not_where_it_is_not(clip_dir):
+    spec = clip_dir["pan.mp4"]
+    mtcnn = faces.open(Config(device="cpu"))
+    with VideoReader(spec.path) as reader:
+        frames = [FramePixels(f, reader.frame_rotation(f)) for (_, f), _ in zip(reader.frames(), range(10))]
+    truth = [np.asarray(spec.face_boxes[i], np.float32) for i in range(10)]
+    nudged = [b + np.float32([6, -4, 6, -4]) for b in truth]  # where a track would expect it, a little off
+    boxes, probs, lms = refine(mtcnn.onet, list(zip(frames, nudged)))
+    assert (probs > 0.9).all()
+    assert min(iou(t, b[None])[0] for t, b in zip(truth, boxes)) > 0.6
+    assert all(t[0] < lm[:, 0].mean() < t[2] and t[1] < lm[:, 1].mean() < t[3] for t, lm in zip(truth, lms))
+    empty = [np.float32([5, 5, 45, 45])] * 10  # the top left corner: background
+    _, probs, _ = refine(mtcnn.onet, list(zip(frames, empty)))
+    assert (probs < 0.9).all()
+
+
+def test_with_regions_off_every_detection_is_on_the_whole_frame(clip_dir, tmp_path):
+    on = run(clip_dir["pan.mp4"].path, tmp_path / "a", tmp_path / "cache", until="faces")
+    off = run(clip_dir["pan.mp4"].path, tmp_path / "b", tmp_path / "cache", "faces.full_frame_every_s=0", until="faces")
+    d_on, d_off = track_of(on, "pan.mp4").meta["detections"], track_of(off, "pan.mp4").meta["detections"]
+    assert d_on["region"] > d_on["full"] and d_on["region_missed"] == 0
+    assert d_off == {"full": 25, "region": 0, "region_missed": 0}

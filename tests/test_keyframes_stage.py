@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from stages import keyframes
 from stages.keyframes import Config, apex_indices, choose, gaps, uniform_indices
-from tests.runs import artifact, run
+from tests.runs import artifact, run, track_of
 
 
 def test_uniform_is_even_in_time_not_in_frame_index():
@@ -107,3 +108,41 @@ def test_gaps_plan_is_pure_and_respects_the_edge_threshold():
         ("lead_in", 0, 12), ("between", 12, 37), ("between", 37, 62), ("between", 62, 87), ("lead_out", 87, 99)]
     assert [x["kind"] for x in gaps([0, 37, 62, 99], t, edge_min_s=0.2)] == ["between"] * 3
     assert [x["kind"] for x in gaps([12, 37, 62, 87], t, edge_min_s=0.48)] == ["between"] * 3  # 0.48 s is not longer
+
+
+def whole_clip_motion_curves(track, cfg):
+    """The straightforward computation with every crop of the clip in memory at once: the oracle."""
+    n, s, t = len(track), cfg.work_size, track.t
+    gray = track.crops(range(n), size=s, gray=True).astype(np.float32) / 255.0
+    masks = keyframes._region_masks(track.landmarks_in_crop(s), s)
+    wsum = masks.reshape(n, -1).sum(axis=1)
+    motion = np.zeros(n, np.float32)
+    if n > 1:
+        diff = np.abs(gray[1:] - gray[:-1]) * masks[1:]
+        motion[1:] = diff.reshape(n - 1, -1).sum(axis=1) / wsum[1:] / np.maximum(np.diff(t), 1e-3)
+    expression = (np.abs(gray - np.median(gray, axis=0)) * masks).reshape(n, -1).sum(axis=1) / wsum
+    return {"t": t, "motion": keyframes._gauss_smooth(motion, t, cfg.smooth_s).astype(np.float32),
+            "expression": keyframes._gauss_smooth(expression.astype(np.float32), t, cfg.smooth_s).astype(np.float32)}
+
+
+@pytest.mark.parametrize("chunk", [7, 256])
+def test_streamed_motion_curves_equal_the_whole_clip_computation(clip_dir, special_clips, tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(keyframes, "CHUNK", chunk)
+    for spec in (clip_dir["pan.mp4"], special_clips["expr"]):  # 50 and 75 frames: even and odd medians
+        res = run(spec.path, tmp_path / f"run-{spec.path.name}", tmp_path / "cache", until="faces")
+        track = track_of(res, spec.path.name)
+        assert len(track) == spec.n_frames
+        got, want = keyframes.motion_curves(track, Config()), whole_clip_motion_curves(track, Config())
+        for name in ("t", "motion", "expression"):
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"{spec.path.name} {name}")
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 6])
+def test_streamed_pixel_median_is_numpys_median(n):
+    images = np.random.default_rng(n).integers(0, 256, (n, 9, 11), dtype=np.uint8)
+    med = keyframes._PixelMedian((9, 11))
+    for lo in range(0, n, 2):
+        med.add(images[lo : lo + 2])
+    want = np.median(images.astype(np.float32) / 255.0, axis=0)
+    assert med.median().dtype == want.dtype
+    np.testing.assert_array_equal(med.median(), want)

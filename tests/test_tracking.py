@@ -46,6 +46,8 @@ def test_timeline_matches_whole_clip_smoothing(window, max_gap_s):
             while k < len(frame_times) and frame_times[k][1] + max_gap_s <= tl.horizon():
                 got.append(tl.box_at(frame_times[k][1], frame_times[k][0]))
                 k += 1
+            if k < len(frame_times):  # what the stage does: forget what the frames still waiting cannot need
+                tl.forget_before(frame_times[k][1])
     tl.settle(final=True)
     got += [tl.box_at(t, idx) for idx, t in frame_times[k:]]
 
@@ -61,3 +63,17 @@ def test_timeline_matches_whole_clip_smoothing(window, max_gap_s):
             np.testing.assert_array_equal(g.box, w.box)
             np.testing.assert_array_equal(g.landmarks, w.landmarks)
     assert n_interp > 0  # the case exercises interpolation, not only detection frames
+
+
+def test_timeline_memory_stays_bounded_when_it_forgets():
+    rng = np.random.default_rng(1)
+    anchors = _anchors(rng, 3000, 0.1)
+    tl = Timeline(5, 1.0)
+    sizes = []
+    for i, a in enumerate(anchors):
+        tl.add(a)
+        if i % 10 == 9:
+            tl.settle(final=False)
+            tl.forget_before(anchors[max(0, i - 20)].t)  # frames of the last ~20 anchors still wait
+            sizes.append(len(tl.anchors) + len(tl._present))
+    assert max(sizes[-100:]) <= 60, max(sizes)  # not growing with the 3000 anchors fed
