@@ -1,42 +1,23 @@
-"""Peak memory of the faces stage: a short and a long clip of the same size, each in a fresh process.
+"""Peak memory of a whole ``dfer run --until keyframes`` process on clips of 10 s to 60 min, as ratios to the 10 s clip.
 
-The stage streams the video (a bounded window of decoded frames waits for its boxes), so its peak
-memory should hardly depend on the clip's length. Measured here: the RSS high-water mark
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) of a fresh child process (``python <this file>
---child ...``) that
+Each measurement is a fresh process, ``python -m pipeline.cli run CLIP --until keyframes --set run.workers=1``
+(so decoding, face detection, tracking, crops and keyframes all run in that one process), on an empty cache;
+its peak resident memory is the ``ru_maxrss`` that ``os.wait4`` reports for it. The same command runs for the
+code *before* the change (``--before REF``, default :data:`baseline_tree.BEFORE`, unpacked with ``git archive``
+and imported through ``PYTHONPATH``) and for the working tree (*after*), one process at a time, interleaved
+round by round so that the noise of a shared machine hits both alike. Printed: peak RSS per clip length and
+its ratio to the 10 s clip (median of the per-round ratios). Target: <= 1.2 at 10 and 60 min.
 
-* ``stage``: imports the stage, loads MTCNN (``stages.faces.open``) and runs the faces stage on
-  one clip exactly as a runner worker does (``Cache.write`` + ``stages.faces.process``, default
-  config, ``device="cpu"``, artifact written to a temporary cache), nothing else;
-* ``baseline``: the same imports (``stages.faces``, ``pipeline.cache``, torch, facenet-pytorch,
-  PyAV, OpenCV) and ``stages.faces.open`` (MTCNN loaded), but no clip: subtracted from ``stage``
-  it gives the stage's own memory (decoder, frame window, detector activations, rows, and what
-  the C allocator keeps);
-* ``torch_facenet``: only ``import torch, facenet_pytorch`` and ``MTCNN(...)``, for reference.
+Also measured (``--trim``, working tree only): the ``faces.release_memory_every`` policy, glibc
+``malloc_trim(0)`` after every Nth detector call (0: never), with the run's wall time, to choose its default.
 
-Clips: code-generated (``tests/media.py``), 640x360 30 fps H.264, ``motion="pan_zoom"``, 10 s and
-120 s (``--quick``: 10 s and 40 s). Children run one at a time, interleaved round by round; the
-medians over the rounds are printed. Target: peak RSS of the long clip / short clip <= 1.3.
+Clips: code-generated (``tests/media.py``), 640x360 30 fps H.264, the astronaut face with ``motion="pan_zoom"``
+over the whole clip. A 60-minute clip takes a while to make (minutes), so clips are kept in ``--clips-dir``
+(default ``$DFER_BENCH_CLIPS`` or ``~/.cache/dfer-bench/clips``) and reused by later runs.
 
-Variants (``--variants``, each run on both clips; the repository files are untouched, the child
-applies the change to the imported module / config):
-
-* ``trim``: glibc ``malloc_trim(0)`` after every MTCNN batch, i.e. one line at the end of
-  ``run_detector`` in ``stages.faces.process``;
-* ``mmap``: ``mallopt(M_MMAP_THRESHOLD, 1 MiB)`` before MTCNN is loaded (one call in
-  ``stages.faces.open``); this switches off glibc's dynamic mmap threshold, so every buffer of
-  1 MiB or more is returned to the system when freed;
-* ``batch4``: the config setting ``faces.detect_batch=4`` (not part of the cache key) instead of 16;
-* ``notrim``: ``faces.release_memory_every=0``, i.e. the stage without its periodic ``malloc_trim``
-  (the default trims after every 4th MTCNN batch, :mod:`pipeline.memory`).
-
-Why: without them the process's peak RSS creeps up with the clip's length although the frame
-window is bounded, because glibc keeps freed large buffers (detector activations, decoded
-frames) in its heap instead of returning them to the system; ``mmap`` makes the growth vanish.
-
-Run: ``python benchmarks/faces_memory.py`` (about 4 min on 2 otherwise idle cores; variant
-``trim``), ``--variants notrim,trim,mmap,batch4`` (about 8 min), ``--variants none``, ``--quick``
-(10 s vs 40 s clips, 2 rounds, about 1.5 min).
+Run: ``python benchmarks/faces_memory.py`` (10 s, 2 min, 10 min, 60 min; before on 10 s, 2 min, 10 min:
+the code before keeps a 60-minute clip's crops in memory, several GB), ``--lengths 10,120 --rounds 1``
+for a quick look, ``--before-lengths 10,120,600,3600`` to include the 60-minute clip before the change.
 """
 
 from __future__ import annotations
@@ -44,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -53,179 +33,128 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baseline_tree import BEFORE, REPO, env_for, unpack  # noqa: E402
 
 med = statistics.median
-VARIANTS = {
-    "trim": "malloc_trim(0) after every MTCNN batch",
-    "mmap": "mallopt(M_MMAP_THRESHOLD, 1 MiB) at load",
-    "batch4": "faces.detect_batch=4 (default 16)",
-    "notrim": "faces.release_memory_every=0 (default 4)",
-}
 
 
-def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def clip_for(folder: Path, seconds: float, size: tuple[int, int]) -> tuple[Path, int]:
+    """The clip of this length from ``folder``, made first if missing; (path, frames)."""
+    sys.path.insert(0, str(REPO))
+    from tests.media import make_face_clip
+
+    w, h = size
+    path = folder / f"pan_zoom_{w}x{h}_30fps_{seconds:g}s.mp4"
+    done = path.with_suffix(".json")
+    if not done.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.mp4")
+        spec = make_face_clip(tmp, codec="h264", size=size, fps=30, seconds=seconds, motion="pan_zoom")
+        os.replace(tmp, path)
+        done.write_text(json.dumps({"frames": spec.n_frames, "made_in_s": round(time.perf_counter() - t0, 1)}))
+        print(f"made {path.name}: {spec.n_frames} frames in {time.perf_counter() - t0:.0f} s", flush=True)
+    return path, json.loads(done.read_text())["frames"]
 
 
-def _libc():
-    import ctypes
-
-    return ctypes.CDLL("libc.so.6")
-
-
-def child(mode: str, clip: str | None, cache_dir: str | None, variant: str | None = None) -> None:
-    """Runs in the fresh subprocess; prints one JSON line."""
-    out: dict = {"mode": mode, "variant": variant}
-    if variant == "mmap" and _libc().mallopt(-3, 1 << 20) != 1:  # M_MMAP_THRESHOLD
-        raise SystemExit("mallopt(M_MMAP_THRESHOLD) failed")
-    if mode == "torch_facenet":
-        import facenet_pytorch
-        import torch  # noqa: F401
-
-        facenet_pytorch.MTCNN(keep_all=True, min_face_size=20, thresholds=[0.6, 0.7, 0.7], device="cpu", post_process=False)
-    else:
-        import stages.faces as faces
-        from pipeline.cache import Cache
-        from pipeline.jobs import ClipJob
-
-        extra = {"batch4": {"detect_batch": 4}, "notrim": {"release_memory_every": 0}}.get(variant or "", {})
-        cfg = faces.Config(device="cpu", **extra)
-        mtcnn = faces.open(cfg)
-        out["rss_after_load_mib"] = _maxrss_mib()
-        if variant == "trim":
-            libc, detect = _libc(), mtcnn.detect
-
-            def detect_then_trim(*a, **k):
-                result = detect(*a, **k)
-                libc.malloc_trim(0)
-                return result
-
-            mtcnn.detect = detect_then_trim
-        if mode == "stage":
-            job = ClipJob(Path(clip).name, Path(clip), "bench")
-            t0 = time.perf_counter()
-            art = Cache(cache_dir).write(
-                "faces", os.urandom(32).hex(), {"video_id": job.video_id}, lambda w: faces.process(job, cfg, mtcnn, w)
-            )
-            out["seconds"] = time.perf_counter() - t0
-            meta = art.meta()
-            out["n_frames"] = meta["n_frames"]
-            out["n_detected"] = meta["n_detected"]
-    out["maxrss_mib"] = _maxrss_mib()
-    print(json.dumps(out))
-
-
-def run_child(mode: str, clip: Path | None = None, cache_dir: Path | None = None, variant: str | None = None) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode]
-    if clip is not None:
-        cmd += ["--clip", str(clip), "--cache", str(cache_dir)]
-    if variant:
-        cmd += ["--variant", variant]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
+def measure(tree: Path, clip: Path, work: Path, sets: list[str]) -> dict:
+    """One fresh ``dfer run --until keyframes`` process on an empty cache: peak RSS (MiB) and wall seconds."""
+    cache, out = work / "cache", work / "run"
+    shutil.rmtree(work, ignore_errors=True)
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(clip), "--out", str(out), "--cache", str(cache),
+           "--until", "keyframes", "-q", "--set", "run.workers=1", "--set", "faces.device=cpu"]
+    for s in sets:
+        cmd += ["--set", s]
+    t0 = time.perf_counter()
+    with open(work.parent / "child.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=tree, env=env_for(tree), stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"child {mode} {variant or ''} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(work.parent / 'child.log').read_text()[-3000:]}")
+    shutil.rmtree(work, ignore_errors=True)
+    return {"rss_mib": usage.ru_maxrss / 1024, "seconds": seconds}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="10 s vs 40 s clips, 2 rounds")
-    ap.add_argument("--short", type=float, default=10.0, help="short clip length in seconds (default 10)")
-    ap.add_argument("--long", type=float, default=None, help="long clip length in seconds (default 120; --quick 40)")
-    ap.add_argument("--size", default="640x360", help="frame size WxH, even numbers (default 640x360)")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 3; --quick 2)")
-    ap.add_argument("--variants", default="trim", help="comma-separated: trim, mmap, batch4, or none (default trim)")
-    ap.add_argument("--child", choices=("stage", "baseline", "torch_facenet"), help=argparse.SUPPRESS)
-    ap.add_argument("--variant", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
-    ap.add_argument("--clip", help=argparse.SUPPRESS)
-    ap.add_argument("--cache", help=argparse.SUPPRESS)
+    ap.add_argument("--lengths", default="10,120,600,3600", help="clip lengths in seconds, the first is the reference")
+    ap.add_argument("--before-lengths", default="10,120,600", help="lengths also run with the code before ('' for none)")
+    ap.add_argument("--before", default=BEFORE, help=f"git revision of the code before (default {BEFORE})")
+    ap.add_argument("--trim", default="0,1", help="faces.release_memory_every values also measured (working tree, "
+                    "first and fourth length) besides the default ('' for none)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--size", default="640x360")
+    ap.add_argument("--clips-dir", default=os.environ.get("DFER_BENCH_CLIPS", str(Path.home() / ".cache" / "dfer-bench" / "clips")))
     args = ap.parse_args()
-    if args.child:
-        child(args.child, args.clip, args.cache, args.variant)
-        return 0
-
-    from tests.media import make_face_clip
-
-    variants = [v for v in args.variants.split(",") if v and v != "none"]
-    for v in variants:
-        if v not in VARIANTS:
-            ap.error(f"--variants: unknown variant {v!r} ({', '.join(VARIANTS)}, none)")
-        if v in ("trim", "mmap") and not sys.platform.startswith("linux"):
-            ap.error(f"--variants {v} needs glibc (Linux)")
-    long_s = args.long or (40.0 if args.quick else 120.0)
-    rounds = args.rounds or (2 if args.quick else 3)
-    w, h = (int(v) for v in args.size.lower().split("x"))
+    lengths = [float(v) for v in args.lengths.split(",")]
+    before_lengths = [float(v) for v in args.before_lengths.split(",") if v]
+    trims = [int(v) for v in args.trim.split(",") if v]
+    size = tuple(int(v) for v in args.size.lower().split("x"))
     t_start = time.perf_counter()
+    clips = {s: clip_for(Path(args.clips_dir), s, size) for s in sorted(set(lengths) | set(before_lengths))}
     tmp = Path(tempfile.mkdtemp(prefix="dfer-bench-mem-"))
     try:
-        clips = {}
-        for name, secs in (("short", args.short), ("long", long_s)):
-            t0 = time.perf_counter()
-            path = tmp / f"{name}_{w}x{h}_{secs:g}s.mp4"
-            spec = make_face_clip(path, codec="h264", size=(w, h), fps=30, seconds=secs, motion="pan_zoom")
-            clips[name] = (path, spec)
-            print(f"clip {name}: {w}x{h} 30 fps H.264, {secs:g} s, {spec.n_frames} frames, "
-                  f"{path.stat().st_size / 1e6:.1f} MB (made in {time.perf_counter() - t0:.1f} s)", flush=True)
+        before_tree, commit = unpack(args.before, tmp / "before") if before_lengths else (None, None)
+        from importlib import import_module
 
-        setups = [""] + variants  # "" = the stage as it is
-        kinds = ["torch_facenet", "baseline"] + [f"{c}+{v}" if v else c for v in setups for c in ("short", "long")]
-        res: dict = {k: [] for k in kinds}
-        for r in range(rounds):
-            order = kinds if r % 2 == 0 else kinds[::-1]
-            for what in order:
-                if what.startswith(("short", "long")):
-                    name, _, variant = what.partition("+")
-                    out = run_child("stage", clips[name][0], tmp / "cache", variant or None)
-                    shutil.rmtree(tmp / "cache", ignore_errors=True)
-                else:
-                    out = run_child(what)
-                res[what].append(out)
-            print(f"round {r + 1}/{rounds}: " + "  ".join(f"{k} {res[k][-1]['maxrss_mib']:.0f}" for k in kinds) + "  (MiB)",
-                  flush=True)
+        sys.path.insert(0, str(REPO))
+        default_trim = import_module("stages.faces").Config().release_memory_every
+        trim_lengths = [lengths[0]] + ([lengths[3]] if len(lengths) > 3 else lengths[-1:])
+        jobs = [("after", s, None) for s in lengths] + [("before", s, None) for s in before_lengths]
+        jobs += [("after", s, t) for t in trims if t != default_trim for s in trim_lengths]
+        res: dict = {j: [] for j in jobs}
+        for r in range(args.rounds):
+            for job in (jobs if r % 2 == 0 else jobs[::-1]):
+                which, secs, trim = job
+                tree = REPO if which == "after" else before_tree
+                sets = [] if trim is None else [f"faces.release_memory_every={trim}"]
+                out = measure(tree, clips[secs][0], tmp / "work", sets)
+                res[job].append(out)
+                label = f"{which} {secs:g} s" + ("" if trim is None else f" trim={trim}")
+                print(f"round {r + 1}/{args.rounds}: {label:28s} peak RSS {out['rss_mib']:7.1f} MiB  {out['seconds']:7.1f} s",
+                      flush=True)
 
-        def peak(kind):
-            return med([o["maxrss_mib"] for o in res[kind]])
-
-        def fps(kind):
-            return med([o["n_frames"] / o["seconds"] for o in res[kind]])
-
-        def ratio(num, den, key=lambda o: o["maxrss_mib"]):
-            return med([key(a) / key(b) for a, b in zip(res[num], res[den])])
-
-        base = peak("baseline")
-        n_frames = {k: res[k][0]["n_frames"] for k in ("short", "long")}
-        print()
-        print(f"=== faces stage peak memory: {w}x{h} 30 fps H.264, a fresh child process per measurement, "
-              f"ru_maxrss, median of {rounds} rounds; torch default threads; cpu ===")
-        print(f"{'child process':66s} {'peak RSS MiB':>12s}   per round")
-        rows = [
-            ("torch_facenet", "import torch + facenet_pytorch, MTCNN(...) loaded"),
-            ("baseline", "baseline: stage imports + stages.faces.open (MTCNN), no clip"),
-            ("short", f"faces stage on the {args.short:g} s clip ({n_frames['short']} frames)"),
-            ("long", f"faces stage on the {long_s:g} s clip ({n_frames['long']} frames)"),
-        ]
-        for v in variants:
-            rows += [(f"short+{v}", f"  {v}: short clip"), (f"long+{v}", f"  {v}: long clip")]
-        for k, label in rows:
-            print(f"{label:66s} {peak(k):12.1f}   " + ", ".join(f"{o['maxrss_mib']:.1f}" for o in res[k]))
+        def ratio(job, ref):
+            return med([a["rss_mib"] / b["rss_mib"] for a, b in zip(res[job], res[ref])])
 
         print()
-        print(f"{'setup':48s} {'short':>8s} {'long':>8s} {'long/short':>10s} {'own short':>10s} {'own long':>9s} "
-              f"{'own l/s':>8s} {'frames/s long':>14s}")
-        for v in setups:
-            s, lg = (f"short+{v}", f"long+{v}") if v else ("short", "long")
-            r_ls = ratio(lg, s)
-            own_s, own_l = peak(s) - base, peak(lg) - base
-            label = "stage as it is" if not v else f"{v}: {VARIANTS[v]}"
-            fps_note = "" if not v else f" ({ratio(lg, 'long', key=lambda o: o['n_frames'] / o['seconds']):.2f}x)"
-            print(f"{label:48s} {peak(s):8.1f} {peak(lg):8.1f} {r_ls:10.3f} {own_s:10.1f} {own_l:9.1f} "
-                  f"{own_l / own_s if own_s > 0 else float('nan'):8.2f} {fps(lg):8.1f}{fps_note}")
-        r0 = ratio("long", "short")
-        print(f"\ntarget: long/short peak RSS <= 1.3 -> stage as it is: {r0:.3f} ({'met' if r0 <= 1.3 else 'NOT met'})")
-        print("('own' = peak minus the baseline child; long/short and the frames/s ratio in brackets, variant vs the "
-              "stage as it is on the long clip, are medians of per-round ratios)")
+        print(f"=== peak RSS of a whole `dfer run --until keyframes` process (run.workers=1, cpu), {size[0]}x{size[1]} 30 fps "
+              f"H.264 pan_zoom clips; median of {args.rounds} rounds; ratio = median of per-round ratios to the "
+              f"{lengths[0]:g} s clip ===")
+        print(f"before = {commit[:12] if commit else '-'} ({args.before}); after = working tree "
+              f"(faces.release_memory_every={default_trim})")
+        print(f"{'clip':>8s} {'frames':>7s} | {'before MiB':>10s} {'ratio':>6s} {'s':>7s} | {'after MiB':>10s} {'ratio':>6s} {'s':>7s}")
+        for s in lengths:
+            b = ("before", s, None)
+            bcol = (f"{med([o['rss_mib'] for o in res[b]]):10.1f} {ratio(b, ('before', before_lengths[0], None)):6.3f} "
+                    f"{med([o['seconds'] for o in res[b]]):7.1f}") if b in res else f"{'-':>10s} {'-':>6s} {'-':>7s}"
+            a = ("after", s, None)
+            print(f"{s:7g}s {clips[s][1]:7d} | {bcol} | {med([o['rss_mib'] for o in res[a]]):10.1f} "
+                  f"{ratio(a, ('after', lengths[0], None)):6.3f} {med([o['seconds'] for o in res[a]]):7.1f}")
+        for s in before_lengths:
+            if s not in lengths:
+                b = ("before", s, None)
+                print(f"{s:7g}s {clips[s][1]:7d} | {med([o['rss_mib'] for o in res[b]]):10.1f} "
+                      f"{ratio(b, ('before', before_lengths[0], None)):6.3f} {med([o['seconds'] for o in res[b]]):7.1f} |")
+        checks = [s for s in (600.0, 3600.0) if s in lengths]
+        for s in checks:
+            v = ratio(("after", s, None), ("after", lengths[0], None))
+            print(f"target after {s / 60:g} min / {lengths[0]:g} s <= 1.2: {v:.3f} ({'met' if v <= 1.2 else 'NOT met'})")
+        if len(res) > len(lengths) + len(before_lengths):
+            print()
+            print("faces.release_memory_every (malloc_trim after every Nth detector call; 0 = never), working tree:")
+            print(f"{'setting':>10s} " + " ".join(f"{f'{s:g} s MiB':>12s} {'wall s':>8s}" for s in trim_lengths) +
+                  f" {'ratio':>7s} {'time vs default':>16s}")
+            for t in [default_trim] + [t for t in trims if t != default_trim]:
+                key = (lambda s: ("after", s, None)) if t == default_trim else (lambda s, t=t: ("after", s, t))
+                cells = " ".join(f"{med([o['rss_mib'] for o in res[key(s)]]):12.1f} {med([o['seconds'] for o in res[key(s)]]):8.1f}"
+                                 for s in trim_lengths)
+                r = ratio(key(trim_lengths[-1]), key(trim_lengths[0]))
+                tv = med([a["seconds"] / b["seconds"] for a, b in zip(res[key(trim_lengths[-1])], res[("after", trim_lengths[-1], None)])])
+                print(f"{t:10d} {cells} {r:7.3f} {tv:16.3f}")
         print(f"\n(total benchmark time {time.perf_counter() - t_start:.0f} s)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
