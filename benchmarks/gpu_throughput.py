@@ -1,32 +1,40 @@
-"""GPU throughput of the model stages (context + classify) with a 3B-class Qwen2.5-VL, in clips per second.
+"""GPU throughput of the whole pipeline with a 3B-class Qwen2.5-VL: clips/s per stage, a batch-size sweep, peak GPU
+memory, and the projected wall time for DFEW's 16,372 clips. One command, results written to a JSON file:
 
-    python benchmarks/gpu_throughput.py [--clips 32] [--seconds 3] [--new-tokens 16] [--clip-batch 16]
-                                        [--model-batch 8] [--image-size 224] [--warmup 2] [--workdir DIR]
-    python benchmarks/gpu_throughput.py --allow-cpu --tiny --clips 2     # smoke run without a GPU
+    python benchmarks/gpu_throughput.py --out gpu_throughput.json          # on a CUDA GPU, about 5-8 min on an H100
+    python benchmarks/gpu_throughput.py --allow-cpu --tiny --clips 2 --out /tmp/smoke.json   # smoke run without a GPU
 
-No weights are downloaded. The model is a *randomly initialised* ``Qwen2_5_VLForConditionalGeneration`` with
-the dimensions of Qwen2.5-VL-3B-Instruct, typed in below from that model's published ``config.json``
-(Qwen/Qwen2.5-VL-3B-Instruct on the Hugging Face hub): text 2048 hidden, 11008 MLP, 36 layers, 16 query /
-2 key-value heads, vocabulary 151936, M-RoPE sections [16, 24, 24], tied embeddings; vision tower 32 blocks of
-1280 hidden (3420 MLP, 16 heads), patch 14, temporal patch 2, spatial merge 2, window 112, full attention in
-blocks 7/15/23/31, output 2048. The processor is the real ``Qwen2_5_VLProcessor`` with the published image
-preprocessing (patch 14, merge 2, 3136..12845056 pixels), so a 224x224 face crop costs 64 image tokens as it
-does with the real model; its tokenizer is a small BPE trained on the spot (``tests/tiny_models.py``): only
-token ids matter to the arithmetic, and the random model is restricted to those ids (the embedding rows of
-the other ids are zeroed, so their logits are 0 and greedy decoding never picks them; the LM head still
-multiplies over all 151936 rows). Generation has no end-of-sequence token, so every caption and summary
-is exactly ``--new-tokens`` tokens long (checked).
+What runs (every stage through the real runner, ``pipeline.runner.Runner``, on one cache):
 
-The checkpoint is saved to ``--workdir`` (about 7.5 GB in bf16) and loaded back by the pipeline exactly as
-a user's checkpoint is. Synthetic face clips (tests/media.py) go through the whole pipeline: faces and
-keyframes on CPU worker processes (untimed), then context (captions of the in-between frames + one
-condensing generation per gap) and classify (keyframes + summaries, 7 DFEW labels scored with KV reuse).
-For each model stage the model is loaded once (timed apart) and the stage's batches are timed with CUDA
-synchronised; a warm-up run on ``--warmup`` other clips comes first. Prints clips/s per stage and for
-context + classify together (model loading excluded).
+1. **faces** with MTCNN on the GPU (``faces.device=cuda``), ``--clips`` synthetic clips (``tests/media.py``, the
+   astronaut face with a 0.4 s expression, ``--clip-size`` at 25 fps, ``--seconds`` long), in this process
+   (``run.workers=1``) so that its peak GPU memory can be read; clips/s;
+2. **keyframes** on the CPU (clips/s);
+3. **context** (captions of the in-between frames + one condensing generation per gap) and **classify**
+   (keyframes + summaries, the 7 DFEW labels scored with KV reuse) with a *randomly initialised*
+   ``Qwen2_5_VLForConditionalGeneration`` of Qwen2.5-VL-3B-Instruct's dimensions; for each model stage the model
+   is loaded once (timed apart) and its batches are timed with CUDA synchronised; clips/s and peak GPU memory
+   (``torch.cuda.max_memory_allocated``) per stage;
+4. a **batch-size sweep**: context and classify again (``--force context``) at each ``--sweep`` value of
+   ``*.model.batch_size`` (prompts per forward pass), until ``--budget-s`` seconds have passed since the start
+   (the rest is skipped and said so), so that the whole command stays within a short GPU lease;
+5. the **projection** for DFEW (16,372 clips, ``--dataset-clips``): per stage, clips / measured clips/s at the best
+   batch size, summed (stages run one after another over all clips), for one GPU.
 
-Runs in bf16 on a CUDA GPU. Without one it stops with a message, unless ``--allow-cpu --tiny`` asks for a
-smoke run (float32, a much smaller model of the same architecture; its numbers mean nothing).
+No weights are downloaded. The model's dimensions are typed in below from Qwen/Qwen2.5-VL-3B-Instruct's published
+``config.json``: text 2048 hidden, 11008 MLP, 36 layers, 16 query / 2 key-value heads, vocabulary 151936, M-RoPE
+sections [16, 24, 24], tied embeddings; vision tower 32 blocks of 1280 hidden (3420 MLP, 16 heads), patch 14,
+temporal patch 2, spatial merge 2, window 112, full attention in blocks 7/15/23/31, output 2048. The processor is
+the real ``Qwen2_5_VLProcessor`` with the published image preprocessing (patch 14, merge 2, 3136..12845056
+pixels), so a 224x224 face crop costs 64 image tokens as with the real model; its tokenizer is a small BPE trained
+on the spot (``tests/tiny_models.py``): only token ids matter to the arithmetic, and the random model is restricted
+to those ids (the embedding rows of the other ids are zeroed, so greedy decoding never picks them; the LM head
+still multiplies over all 151936 rows). Generation has no end-of-sequence token, so every caption and summary is
+exactly ``--new-tokens`` tokens long (checked). The checkpoint is saved to ``--workdir`` (about 7.5 GB in bf16)
+and loaded back by the pipeline exactly as a user's checkpoint is.
+
+Runs in bf16 on a CUDA GPU. Without one it stops with a message, unless ``--allow-cpu --tiny`` asks for a smoke run
+(float32, a much smaller model of the same architecture, MTCNN on the CPU; its numbers mean nothing).
 Needs the dev extras (scikit-image for the clips).
 """
 
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import shutil
 import sys
@@ -207,16 +216,47 @@ class TimedExecutor:
         yield from results
 
 
+DFEW_CLIPS = 16372
+
+
+def _peak_reset() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+class PeakExecutor(TimedExecutor):
+    """:class:`TimedExecutor` that also records each model stage's peak GPU memory."""
+
+    def map_batched(self, mod, cfg, todo, cache, batch_size):
+        _peak_reset()
+        yield from super().map_batched(mod, cfg, todo, cache, batch_size)
+        self.stats[mod.NAME]["peak_gib"] = _peak_gib()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="gpu_throughput.json", help="JSON file the results are written to")
     ap.add_argument("--clips", type=int, default=32, help="timed clips")
-    ap.add_argument("--seconds", type=float, default=3.0, help="length of each synthetic clip")
+    ap.add_argument("--seconds", type=float, default=3.0, help="length of each synthetic clip (DFEW clips are 2-5 s)")
+    ap.add_argument("--clip-size", default="640x360", help="frame size of the synthetic clips, WxH")
     ap.add_argument("--new-tokens", type=int, default=16, help="tokens generated per caption and per gap summary (fixed)")
     ap.add_argument("--clip-batch", type=int, default=16, help="clips per stage batch (run.batch_size)")
-    ap.add_argument("--model-batch", type=int, default=8, help="prompts per forward pass (*.model.batch_size)")
+    ap.add_argument("--model-batch", type=int, default=8, help="prompts per forward pass (*.model.batch_size) of the main run")
+    ap.add_argument("--sweep", default="16,32", help="more *.model.batch_size values for context + classify ('' for none)")
+    ap.add_argument("--budget-s", type=float, default=420.0, help="start no sweep point after this many seconds")
     ap.add_argument("--image-size", type=int, default=224, help="face crop side sent to the model (64 tokens at 224)")
-    ap.add_argument("--warmup", type=int, default=2, help="clips of an untimed warm-up run")
-    ap.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)), help="CPU workers for faces/keyframes")
+    ap.add_argument("--warmup", type=int, default=2, help="clips of an untimed warm-up run (all stages)")
+    ap.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)), help="CPU workers for keyframes")
+    ap.add_argument("--dataset-clips", type=int, default=DFEW_CLIPS, help="clips of the projected dataset (DFEW: 16,372)")
     ap.add_argument("--workdir", default=None, help="where to save the random checkpoint (default: a temporary folder)")
     ap.add_argument("--tiny", action="store_true", help="a much smaller model of the same architecture (smoke runs)")
     ap.add_argument("--allow-cpu", action="store_true", help="with --tiny: run on CPU in float32 (numbers are meaningless)")
@@ -238,61 +278,129 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.runner import Runner
     from tests import media
 
+    t_start = time.perf_counter()
+    width, height = (int(v) for v in args.clip_size.lower().split("x"))
+    sweep = [int(v) for v in args.sweep.split(",") if v.strip()]
+    result: dict = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "CPU (smoke run)", "dtype": dtype_name,
+                    "torch": torch.__version__, "args": vars(args), "stages": {}, "sweep": [], "skipped_sweep": []}
     own_tmp = args.workdir is None
     work = Path(tempfile.mkdtemp(prefix="dfer-gpu-bench-") if own_tmp else args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    out_path = Path(args.out)
+
+    def save() -> None:
+        result["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=1), encoding="utf-8")
+
     try:
         t0 = time.perf_counter()
         built = build_checkpoint(work / "model", args.tiny, device, dtype)
-        t_build = time.perf_counter() - t0
+        result["model"] = {"params": built["params"], "size": "tiny (smoke run)" if args.tiny else "Qwen2.5-VL-3B dimensions",
+                           "build_and_save_s": round(time.perf_counter() - t0, 1)}
+        print(f"model: random Qwen2.5-VL, {result['model']['size']}, {built['params'] / 1e9:.2f} B parameters, {dtype_name} "
+              f"on {result['device']}; built and saved in {result['model']['build_and_save_s']} s", flush=True)
 
         def clips(folder: Path, n: int, seed0: int):
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                media.make_face_clip(folder / f"c{i:03d}.mp4", seconds=args.seconds, seed=seed0 + i, motion="static",
-                                     expression=(args.seconds * 0.5, args.seconds * 0.5 + 0.4))
+                media.make_face_clip(folder / f"c{i:03d}.mp4", size=(width, height), seconds=args.seconds, seed=seed0 + i,
+                                     motion="static", expression=(args.seconds * 0.5, args.seconds * 0.5 + 0.4))
             return discover(folder)
 
         model_dir = str(work / "model")
-        overrides = ["run.progress=false", f"run.workers={args.workers}", f"run.batch_size={args.clip_batch}"]
-        for stage in ("context", "classify"):
-            overrides += [
-                f"{stage}.model.model={model_dir}", f"{stage}.model.dtype={dtype_name}", f"{stage}.model.device={device}",
-                f"{stage}.model.batch_size={args.model_batch}", f"{stage}.model.max_new_tokens={args.new_tokens}",
-                f"{stage}.image_size={args.image_size}",
-            ]
-        cfg = load_config(None, overrides)
 
-        def run(name: str, refs) -> TimedExecutor:
-            ex = TimedExecutor(args.workers)
-            res = Runner(cfg, work / f"run-{name}", cache_dir=work / "cache", log=io.StringIO(), executor=ex).run(refs)
+        def config(model_batch: int, workers: int):
+            overrides = ["run.progress=false", f"run.workers={workers}", f"run.batch_size={args.clip_batch}",
+                         f"faces.device={device}"]
+            for stage in ("context", "classify"):
+                overrides += [
+                    f"{stage}.model.model={model_dir}", f"{stage}.model.dtype={dtype_name}", f"{stage}.model.device={device}",
+                    f"{stage}.model.batch_size={model_batch}", f"{stage}.model.max_new_tokens={args.new_tokens}",
+                    f"{stage}.image_size={args.image_size}",
+                ]
+            return load_config(None, overrides)
+
+        def run(name: str, refs, cfg, **kw):
+            ex = PeakExecutor(cfg.run.workers)
+            res = Runner(cfg, work / f"run-{name}", cache_dir=work / "cache", log=io.StringIO(), executor=ex, **kw).run(refs)
             if res.n_failed or res.status != "complete":
                 raise SystemExit(f"{name} run: {res.n_failed} failed, status {res.status}: see {work / f'run-{name}'}")
-            return ex
+            return res, ex
 
         if args.warmup:
-            run("warmup", clips(work / "warmup", args.warmup, 500))
-        ex = run("timed", clips(work / "clips", args.clips, 0))
+            run("warmup", clips(work / "warmup", args.warmup, 500), config(args.model_batch, args.workers))
+        refs = clips(work / "clips", args.clips, 0)
+
+        # faces on the GPU, in this process (peak memory readable), then keyframes on CPU workers
+        _peak_reset()
+        res, _ = run("faces", refs, config(args.model_batch, 1), until="faces")
+        faces_s = res.reports[0].seconds
+        result["stages"]["faces"] = {"clips": args.clips, "seconds": round(faces_s, 3), "clips_per_s": args.clips / faces_s,
+                                     "peak_gib": _peak_gib(), "device": device, "workers": 1}
+        res, _ = run("keyframes", refs, config(args.model_batch, args.workers), until="keyframes")
+        kf_s = next(r.seconds for r in res.reports if r.stage == "keyframes")
+        result["stages"]["keyframes"] = {"clips": args.clips, "seconds": round(kf_s, 3), "clips_per_s": args.clips / kf_s,
+                                         "device": "cpu", "workers": args.workers}
+        save()
+
+        for i, bs in enumerate([args.model_batch] + [b for b in sweep if b != args.model_batch]):
+            if i and time.perf_counter() - t_start > args.budget_s:
+                result["skipped_sweep"].append(bs)
+                continue
+            _, ex = run(f"models-bs{bs}", refs, config(bs, args.workers), force="context" if i else None)
+            point = {"model_batch": bs}
+            for name in ("context", "classify"):
+                st = ex.stats[name]
+                if st["generations"] and st["lengths"] != [args.new_tokens]:
+                    print(f"warning: {name} generation lengths {st['lengths']} != {args.new_tokens}", file=sys.stderr)
+                point[name] = {"clips_per_s": st["clips"] / st["compute_s"], "compute_s": round(st["compute_s"], 3),
+                               "load_s": round(st["load_s"], 2), "peak_gib": st.get("peak_gib"),
+                               "generations": st["generations"], "new_tokens": st["new_tokens"]}
+            point["context_plus_classify_clips_per_s"] = args.clips / (point["context"]["compute_s"] + point["classify"]["compute_s"])
+            result["sweep"].append(point)
+            print(f"model batch {bs:3d}: context {point['context']['clips_per_s']:.3f} clips/s "
+                  f"(peak {point['context']['peak_gib'] or 0:.1f} GiB), classify {point['classify']['clips_per_s']:.3f} clips/s "
+                  f"(peak {point['classify']['peak_gib'] or 0:.1f} GiB)", flush=True)
+            save()
     finally:
         if own_tmp:
             shutil.rmtree(work, ignore_errors=True)
 
-    ctx, cls = ex.stats["context"], ex.stats["classify"]
-    for st in (ctx, cls):
-        if st["generations"] and st["lengths"] != [args.new_tokens]:
-            print(f"warning: generation lengths {st['lengths']} != {args.new_tokens}", file=sys.stderr)
-    where = torch.cuda.get_device_name(0) if device == "cuda" else "CPU (smoke run)"
-    size = "tiny (smoke run)" if args.tiny else "Qwen2.5-VL-3B dimensions"
-    print(f"model: random Qwen2.5-VL, {size}, {built['params'] / 1e9:.2f} B parameters, {dtype_name} on {where}")
-    print(f"checkpoint built and saved in {t_build:.1f} s; {args.clips} clips of {args.seconds:g} s; "
-          f"{args.clip_batch} clips per stage batch, {args.model_batch} prompts per forward; "
-          f"{args.image_size}px crops; {args.new_tokens} generated tokens per caption/summary")
-    for name, st in (("context", ctx), ("classify", cls)):
-        gen = f", {st['generations']} generations / {st['new_tokens']} new tokens" if st["generations"] else ""
-        print(f"  {name:<9}: model load {st['load_s']:6.1f} s; {st['clips']} clips in {st['compute_s']:7.2f} s "
-              f"= {st['clips'] / st['compute_s']:.3f} clips/s{gen}")
-    total = ctx["compute_s"] + cls["compute_s"]
-    print(f"  context + classify: {args.clips / total:.3f} clips/s (model loading excluded)")
+    best = {name: max(result["sweep"], key=lambda p: p[name]["clips_per_s"]) for name in ("context", "classify")}
+    per_clip = {"faces": 1 / result["stages"]["faces"]["clips_per_s"], "keyframes": 1 / result["stages"]["keyframes"]["clips_per_s"],
+                "context": 1 / best["context"]["context"]["clips_per_s"], "classify": 1 / best["classify"]["classify"]["clips_per_s"]}
+    total_h = args.dataset_clips * sum(per_clip.values()) / 3600
+    result["projection"] = {
+        "dataset_clips": args.dataset_clips,
+        "hours_per_stage": {k: args.dataset_clips * v / 3600 for k, v in per_clip.items()},
+        "best_model_batch": {k: best[k]["model_batch"] for k in best},
+        "total_hours": total_h,
+        "note": "one GPU, stages one after another over all clips, faces in one process, keyframes on CPU workers, "
+                "model loading excluded, best batch size per model stage",
+    }
+    save()
+
+    print()
+    print(f"=== {result['device']}, {dtype_name}; {args.clips} clips of {args.seconds:g} s at {args.clip_size}; "
+          f"{args.new_tokens} generated tokens per caption/summary; {args.image_size}px crops ===")
+    f, k = result["stages"]["faces"], result["stages"]["keyframes"]
+    print(f"faces (MTCNN on {device}, 1 process): {f['clips_per_s']:.2f} clips/s, peak GPU memory "
+          f"{f['peak_gib'] if f['peak_gib'] is None else round(f['peak_gib'], 2)} GiB")
+    print(f"keyframes (CPU, {k['workers']} workers): {k['clips_per_s']:.2f} clips/s")
+    print(f"{'model batch':>11s} {'context clips/s':>16s} {'peak GiB':>9s} {'load s':>7s} {'classify clips/s':>17s} {'peak GiB':>9s} "
+          f"{'load s':>7s} {'ctx+cls clips/s':>16s}")
+    for p in result["sweep"]:
+        c, q = p["context"], p["classify"]
+        print(f"{p['model_batch']:11d} {c['clips_per_s']:16.3f} {c['peak_gib'] or 0:9.2f} {c['load_s']:7.1f} "
+              f"{q['clips_per_s']:17.3f} {q['peak_gib'] or 0:9.2f} {q['load_s']:7.1f} {p['context_plus_classify_clips_per_s']:16.3f}")
+    if result["skipped_sweep"]:
+        print(f"sweep points skipped (past --budget-s {args.budget_s:g} s): {result['skipped_sweep']}")
+    hs = result["projection"]["hours_per_stage"]
+    print(f"projected wall time for {args.dataset_clips} clips on this GPU: {total_h:.2f} h "
+          f"(faces {hs['faces']:.2f} h, keyframes {hs['keyframes']:.2f} h, context {hs['context']:.2f} h, "
+          f"classify {hs['classify']:.2f} h; best batch {result['projection']['best_model_batch']})")
+    print(f"results written to {out_path} (total {time.perf_counter() - t_start:.0f} s)")
     return 0
 
 
