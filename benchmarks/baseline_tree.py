@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BEFORE = "d55cb6a"
+BEFORE = "3fb5e25"
 
 
 def unpack(ref: str, dest: Path | None = None) -> tuple[Path, str]:

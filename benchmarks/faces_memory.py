@@ -8,7 +8,8 @@ and imported through ``PYTHONPATH``) and for the working tree (*after*), one pro
 round by round so that the noise of a shared machine hits both alike. Printed: peak RSS per clip length and
 its ratio to the 10 s clip (median of the per-round ratios). Target: <= 1.2 at 10 and 60 min.
 
-Also measured (``--trim``, working tree only): the ``faces.release_memory_every`` policy, glibc
+Also measured, working tree only: ``dfer run --until expression`` (faces + the per-frame expression stage) on the
+shortest and the longest clip; and (``--trim``, on the first and third length) the ``faces.release_memory_every`` policy, glibc
 ``malloc_trim(0)`` after every Nth detector call (0: never), with the run's wall time, to choose its default.
 
 Clips: code-generated (``tests/media.py``), 640x360 30 fps H.264, the astronaut face with ``motion="pan_zoom"``
@@ -58,12 +59,12 @@ def clip_for(folder: Path, seconds: float, size: tuple[int, int]) -> tuple[Path,
     return path, json.loads(done.read_text())["frames"]
 
 
-def measure(tree: Path, clip: Path, work: Path, sets: list[str]) -> dict:
-    """One fresh ``dfer run --until keyframes`` process on an empty cache: peak RSS (MiB) and wall seconds."""
+def measure(tree: Path, clip: Path, work: Path, sets: list[str], until: str = "keyframes") -> dict:
+    """One fresh ``dfer run --until UNTIL`` process on an empty cache: peak RSS (MiB) and wall seconds."""
     cache, out = work / "cache", work / "run"
     shutil.rmtree(work, ignore_errors=True)
     cmd = [sys.executable, "-m", "pipeline.cli", "run", str(clip), "--out", str(out), "--cache", str(cache),
-           "--until", "keyframes", "-q", "--set", "run.workers=1", "--set", "faces.device=cpu"]
+           "--until", until, "-q", "--set", "run.workers=1", "--set", "faces.device=cpu"]
     for s in sets:
         cmd += ["--set", s]
     t0 = time.perf_counter()
@@ -84,7 +85,10 @@ def main() -> int:
     ap.add_argument("--before-lengths", default="10,120,600", help="lengths also run with the code before ('' for none)")
     ap.add_argument("--before", default=BEFORE, help=f"git revision of the code before (default {BEFORE})")
     ap.add_argument("--trim", default="0,1", help="faces.release_memory_every values also measured (working tree, "
-                    "first and fourth length) besides the default ('' for none)")
+                    "first and third length) besides the default ('' for none)")
+    ap.add_argument("--no-expression", dest="expression", action="store_false",
+                    help="skip `dfer run --until expression` (faces + the expression stage; working tree, shortest and "
+                    "longest clip)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--size", default="640x360")
     ap.add_argument("--clips-dir", default=os.environ.get("DFER_BENCH_CLIPS", str(Path.home() / ".cache" / "dfer-bench" / "clips")))
@@ -102,16 +106,18 @@ def main() -> int:
 
         sys.path.insert(0, str(REPO))
         default_trim = import_module("stages.faces").Config().release_memory_every
-        trim_lengths = [lengths[0]] + ([lengths[3]] if len(lengths) > 3 else lengths[-1:])
+        trim_lengths = [lengths[0], lengths[min(2, len(lengths) - 1)]]  # the trim policy: 10 s and 10 min by default
+        expr_lengths = [lengths[0], lengths[-1]]
         jobs = [("after", s, None) for s in lengths] + [("before", s, None) for s in before_lengths]
         jobs += [("after", s, t) for t in trims if t != default_trim for s in trim_lengths]
+        jobs += [("expression", s, None) for s in expr_lengths] if args.expression else []
         res: dict = {j: [] for j in jobs}
         for r in range(args.rounds):
             for job in (jobs if r % 2 == 0 else jobs[::-1]):
                 which, secs, trim = job
-                tree = REPO if which == "after" else before_tree
+                tree = before_tree if which == "before" else REPO
                 sets = [] if trim is None else [f"faces.release_memory_every={trim}"]
-                out = measure(tree, clips[secs][0], tmp / "work", sets)
+                out = measure(tree, clips[secs][0], tmp / "work", sets, "expression" if which == "expression" else "keyframes")
                 res[job].append(out)
                 label = f"{which} {secs:g} s" + ("" if trim is None else f" trim={trim}")
                 print(f"round {r + 1}/{args.rounds}: {label:28s} peak RSS {out['rss_mib']:7.1f} MiB  {out['seconds']:7.1f} s",
@@ -143,7 +149,7 @@ def main() -> int:
         for s in checks:
             v = ratio(("after", s, None), ("after", lengths[0], None))
             print(f"target after {s / 60:g} min / {lengths[0]:g} s <= 1.2: {v:.3f} ({'met' if v <= 1.2 else 'NOT met'})")
-        if len(res) > len(lengths) + len(before_lengths):
+        if any(t != default_trim for t in trims):
             print()
             print("faces.release_memory_every (malloc_trim after every Nth detector call; 0 = never), working tree:")
             print(f"{'setting':>10s} " + " ".join(f"{f'{s:g} s MiB':>12s} {'wall s':>8s}" for s in trim_lengths) +
@@ -155,6 +161,12 @@ def main() -> int:
                 r = ratio(key(trim_lengths[-1]), key(trim_lengths[0]))
                 tv = med([a["seconds"] / b["seconds"] for a, b in zip(res[key(trim_lengths[-1])], res[("after", trim_lengths[-1], None)])])
                 print(f"{t:10d} {cells} {r:7.3f} {tv:16.3f}")
+        if args.expression:
+            e0, e1 = (("expression", s, None) for s in expr_lengths)
+            print()
+            print(f"`dfer run --until expression` (faces + the expression stage), working tree: "
+                  + ", ".join(f"{s:g} s {med([o['rss_mib'] for o in res[('expression', s, None)]]):.1f} MiB" for s in expr_lengths)
+                  + f"; ratio {ratio(e1, e0):.3f}")
         print(f"\n(total benchmark time {time.perf_counter() - t_start:.0f} s)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
