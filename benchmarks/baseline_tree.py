@@ -7,8 +7,10 @@ pass ``--before REF`` to a benchmark to compare with another revision.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -38,3 +40,28 @@ def env_for(tree: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])
     return env
+
+
+class TreeProcess:
+    """A long-lived child process ``python SCRIPT --child ARGS...`` that imports from ``tree``; it reads one JSON
+    command per line on stdin and answers one JSON object per line (``{"error": ...}`` when the command failed)."""
+
+    def __init__(self, script: Path, tree: Path, *args: str):
+        self.tree = tree
+        self.proc = subprocess.Popen([sys.executable, str(script), "--child", *args], cwd=tree, env=env_for(tree),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"child for {self.tree} died (exit {self.proc.wait()}) on {cmd}")
+        out = json.loads(line)
+        if "error" in out:
+            raise SystemExit(f"child for {self.tree}: {out['error']}")
+        return out
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()

@@ -164,7 +164,7 @@ def main() -> int:
         if args.expression:
             e0, e1 = (("expression", s, None) for s in expr_lengths)
             print()
-            print(f"`dfer run --until expression` (faces + the expression stage), working tree: "
+            print("`dfer run --until expression` (faces + the expression stage), working tree: "
                   + ", ".join(f"{s:g} s {med([o['rss_mib'] for o in res[('expression', s, None)]]):.1f} MiB" for s in expr_lengths)
                   + f"; ratio {ratio(e1, e0):.3f}")
         print(f"\n(total benchmark time {time.perf_counter() - t_start:.0f} s)")

@@ -43,14 +43,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline_tree import BEFORE, REPO, env_for, unpack  # noqa: E402
+from baseline_tree import BEFORE, REPO, TreeProcess, unpack  # noqa: E402
 
 med = statistics.median
 ACCURACY_CLIPS = {
@@ -64,29 +63,6 @@ ACCURACY_CLIPS = {
 # ----------------------------------------------------------------------------------------------
 # child processes: one per code tree (stage runs) and one for the tree-independent measurements
 # ----------------------------------------------------------------------------------------------
-
-
-class Child:
-    def __init__(self, tree: Path, role: str, work: Path, threads: int):
-        self.tree = tree
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", role, "--work", str(work),
-                                      "--threads", str(threads)],
-                                     cwd=tree, env=env_for(tree), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def ask(self, **cmd) -> dict:
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"child for {self.tree} died (exit {self.proc.wait()})")
-        out = json.loads(line)
-        if "error" in out:
-            raise SystemExit(f"child for {self.tree}: {out['error']}")
-        return out
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
 
 
 def child_main(role: str, work: Path, threads: int) -> None:
@@ -265,9 +241,10 @@ def main() -> int:
               f"{spec.n_frames} frames, pan_zoom, {clip.stat().st_size / 1e6:.2f} MB", flush=True)
         print(f"machine: {os.cpu_count()} CPU cores (shared); torch {torch.__version__}, {args.threads} thread(s) per child; "
               f"before = {commit[:12]} ({args.before}), after = working tree", flush=True)
-        before = Child(before_tree, "tree", tmp / "w-before", args.threads)
-        after = Child(REPO, "tree", tmp / "w-after", args.threads)
-        tools = Child(tmp, "tools", tmp / "w-tools", args.threads)
+        script = Path(__file__).resolve()
+        before = TreeProcess(script, before_tree, "tree", "--work", str(tmp / "w-before"), "--threads", str(args.threads))
+        after = TreeProcess(script, REPO, "tree", "--work", str(tmp / "w-after"), "--threads", str(args.threads))
+        tools = TreeProcess(script, tmp, "tools", "--work", str(tmp / "w-tools"), "--threads", str(args.threads))
         children = [before, after, tools]
         for c in (before, after):  # warm-up (first-call allocations), excluded
             c.ask(op="stage", clip=str(clip))

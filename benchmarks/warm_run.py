@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -75,8 +74,8 @@ def main() -> int:
     folder = Path(args.clips_dir or Path.home() / ".cache" / "dfer-bench" / f"warm-{args.clips}-{args.seconds:g}s")
     t_start = time.perf_counter()
     make_clips(folder, args.clips, args.seconds)
-    tmp = Path(tempfile.mkdtemp(prefix="dfer-bench-warm-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="dfer-bench-warm-") as tmp_name:
+        tmp = Path(tmp_name)
         cache = tmp / "cache"
         print("cold run (empty cache):", flush=True)
         cold = dfer_run(folder, cache, tmp / "run-cold")
@@ -87,17 +86,15 @@ def main() -> int:
                     warm.append(dfer_run(folder, cache, tmp / "run-warm"))
                 else:
                     rehash.append(dfer_run(folder, cache, tmp / "run-rehash", "--rehash"))
-        print()
-        print(f"=== {args.clips} clips of {args.seconds:g} s, `dfer run --until faces` (whole command); warm runs: median of "
-              f"{args.rounds} ===")
-        print(f"cold {cold:.2f} s; warm {med(warm):.2f} s ({', '.join(f'{v:.2f}' for v in warm)}); "
-              f"warm --rehash {med(rehash):.2f} s ({', '.join(f'{v:.2f}' for v in rehash)})")
-        print(f"warm / cold            {med(warm) / cold:.4f}")
-        print(f"warm --rehash / cold   {med(rehash) / cold:.4f}")
-        print(f"warm / warm --rehash   {med([w / h for w, h in zip(warm, rehash)]):.3f}  (median of per-round ratios)")
-        print(f"\n(total benchmark time {time.perf_counter() - t_start:.0f} s)")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print(f"=== {args.clips} clips of {args.seconds:g} s, `dfer run --until faces` (whole command); warm runs: median of "
+          f"{args.rounds} ===")
+    print(f"cold {cold:.2f} s; warm {med(warm):.2f} s ({', '.join(f'{v:.2f}' for v in warm)}); "
+          f"warm --rehash {med(rehash):.2f} s ({', '.join(f'{v:.2f}' for v in rehash)})")
+    print(f"warm / cold            {med(warm) / cold:.4f}")
+    print(f"warm --rehash / cold   {med(rehash) / cold:.4f}")
+    print(f"warm / warm --rehash   {med([w / h for w, h in zip(warm, rehash)]):.3f}  (median of per-round ratios)")
+    print(f"(total benchmark time {time.perf_counter() - t_start:.0f} s)")
     return 0
 
 

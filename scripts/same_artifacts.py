@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -29,7 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from baseline_tree import BEFORE, env_for, unpack  # noqa: E402
+from baseline_tree import BEFORE, TreeProcess, unpack  # noqa: E402
 
 KEYFRAME_CONFIGS = [{}, {"strategy": "uniform"}, {"strategy": "motion_apex", "k": 3}, {"strategy": "hybrid", "k": 6}]
 OLD_METHOD = {"full_frame_every_s": 0, "detect_every": 5}
@@ -62,22 +61,8 @@ def child() -> None:
         print(json.dumps({"dir": str(art.root)}), flush=True)
 
 
-class Tree:
-    def __init__(self, tree: Path):
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child"], cwd=tree, env=env_for(tree),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def run(self, **cmd) -> Path:
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"child failed (exit {self.proc.wait()}) on {cmd}")
-        return Path(json.loads(line)["dir"])
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
+def run(tree: TreeProcess, **cmd) -> Path:
+    return Path(tree.ask(**cmd)["dir"])
 
 
 def clips(folder: Path) -> dict[str, Path]:
@@ -119,19 +104,20 @@ def main() -> int:
     trees = []
     try:
         before_dir, commit = unpack(args.before, tmp / "before")
-        before, after = Tree(before_dir), Tree(REPO)
+        script = Path(__file__).resolve()
+        before, after = TreeProcess(script, before_dir), TreeProcess(script, REPO)
         trees = [before, after]
         cache = str(tmp / "cache")
         rows, ok = [], True
         for name, path in clips(tmp / "clips").items():
-            faces_before = before.run(stage="faces", config={"device": "cpu"}, clip=str(path), cache=cache)
-            faces_old = after.run(stage="faces", config={"device": "cpu", **OLD_METHOD}, clip=str(path), cache=cache,
+            faces_before = run(before, stage="faces", config={"device": "cpu"}, clip=str(path), cache=cache)
+            faces_old = run(after, stage="faces", config={"device": "cpu", **OLD_METHOD}, clip=str(path), cache=cache,
                                   default_layout=True)
             f_same = same(faces_before, faces_old, ("track.npz", "crops.jpg.bin"))
             k_same = []
             for kcfg in KEYFRAME_CONFIGS:
-                a = before.run(stage="keyframes", config=kcfg, clip=str(path), cache=cache, faces=str(faces_before))
-                b = after.run(stage="keyframes", config=kcfg, clip=str(path), cache=cache, faces=str(faces_before))
+                a = run(before, stage="keyframes", config=kcfg, clip=str(path), cache=cache, faces=str(faces_before))
+                b = run(after, stage="keyframes", config=kcfg, clip=str(path), cache=cache, faces=str(faces_before))
                 k_same.append(same(a, b, ("motion.npz", "keyframes.json")))
             ok = ok and f_same and all(k_same)
             rows.append((name, f_same, k_same))
