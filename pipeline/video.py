@@ -204,7 +204,8 @@ class FramePixels:
     Anything else is converted whole, once.
     """
 
-    _SUBFRAMES_KEPT = 16  # small frames (and their swscale contexts) reused by region size
+    _SUBFRAMES_KEPT = 8  # small frames (and their swscale contexts) reused by region size ...
+    _SUBFRAMES_PIXELS = 8 << 20  # ... at most this many pixels in all (12 MiB of yuv420p)
 
     _subframes: dict = {}
 
@@ -267,7 +268,7 @@ class FramePixels:
         sub = kept.pop((ww, hh), None)
         if sub is None:
             sub = av.VideoFrame(ww, hh, "yuv420p")
-            if len(kept) >= self._SUBFRAMES_KEPT:
+            while kept and (len(kept) >= self._SUBFRAMES_KEPT or sum(w * h for w, h in kept) + ww * hh > self._SUBFRAMES_PIXELS):
                 kept.pop(next(iter(kept)))
         kept[(ww, hh)] = sub  # most recently used last
         for k, (src_plane, dst_plane) in enumerate(zip(self.frame.planes, sub.planes)):
