@@ -80,8 +80,10 @@ class Config(BaseModel):
     detect_batch: int = not_in_key(16, ge=1)
     """Frames per MTCNN batch."""
     release_memory_every: int = not_in_key(4, ge=0)
-    """Give freed heap memory back to the OS after every Nth MTCNN batch (glibc ``malloc_trim``; 0: never). Keeps
-    a worker's memory flat on long clips; costs a few percent of speed (``benchmarks/faces_memory.py``)."""
+    """Give freed heap memory back to the OS after every Nth detector call (glibc ``malloc_trim``; 0: never), against
+    heap fragmentation by MTCNN's variable-size activations. Measured with whole-frame detection every 0.5 s: peak
+    memory the same for 0, 1 and 4; 1 costs 23% of the speed, 4 nothing measurable (``benchmarks/faces_memory.py``,
+    ``faces_throughput.py``)."""
     decoder_threads: int = not_in_key(0, ge=0)
     """FFmpeg decoder threads per worker (0: FFmpeg decides)."""
 
