@@ -10,7 +10,10 @@ may change only on purpose: a stage's VERSION bump or a change of what its confi
 file is updated in the same commit, saying why.
 
 History: faces, as of commit d55cb6a; keyframes re-pinned for keyframes VERSION 2 (lead-in/lead-out gaps,
-issue 11, commit 3971874), computed with that commit's code, which the restructured code reproduces.
+issue 11, commit 3971874), computed with that commit's code, which the restructured code reproduces. Both
+re-pinned for faces VERSION 2 (issue 15: O-net refinement where the face is expected between whole-frame
+detections, the new key field ``faces.full_frame_every_s``, default ``detect_every`` 5 -> 2; the keyframes key
+follows its upstream faces key, keyframes itself unchanged).
 """
 
 from __future__ import annotations
@@ -27,15 +30,15 @@ PINNED = {
     "defaults": (
         (),
         {
-            "faces": "fcdb68201cb16e6b19fdf7014b77a37d5f03dead44cbbe4e01182775302e082d",
-            "keyframes": "eed1a0ca3e9a01293625c95185dff7f26dc90e712c8da8b36965159997b8ab30",
+            "faces": "67b0d6f5c45972afd0611b1acaa615057935c5843309dc3b5cbc6d45391699a3",
+            "keyframes": "5034d921798381ec4aef52901e4c9df138fd54e7e4f37e7618f592366c43e34c",
         },
     ),
     "changed settings": (
         ("faces.crop_size=112", "faces.margin=0.3", "keyframes.k=6", "keyframes.strategy=uniform"),
         {
-            "faces": "e57741474d18622f35345543fe786eb82c0de41734893f59ea20c1c3b5370c68",
-            "keyframes": "70f24b5e9a26bf42a1fdc27378904f9bf645e4494abe8a64b693d8f7634df5e4",
+            "faces": "dd95424125812a35d126ddb5f8b81ea3c69a4eec01373c769a84998afa78cc3f",
+            "keyframes": "6a98992e91212611caa4392f3a14ae9326f0231ba3eb63f255d695e767f393e0",
         },
     ),
 }
