@@ -116,7 +116,10 @@ def test_training_reduces_the_loss(trained, clips, cache, models, tmp_path):
     val = [e["video"] for e in split["val"]]
     fitted = [v for v in before if v not in val]
     mean_before, mean_after = (sum(d[v] for v in fitted) / len(fitted) for d in (before, after))
-    assert mean_after < mean_before - 1.0, (before, after)
+    # the base model and an adapter that learned nothing score alike (difference ~0); trained: 0.83 nats lower with
+    # the faces stage's crops of VERSION 2 (more than 1.0 with those of VERSION 1: the tiny model's numbers follow
+    # the exact pixels)
+    assert mean_after < mean_before - 0.5, (before, after)
     # validation saw exactly classify's prompts and scores: its loss is classify's, before and after training
     best = next(h for h in hist if h["epoch"] == trained.best["epoch"])
     assert hist[0]["val_loss"] == pytest.approx(sum(before[v] for v in val) / 2, abs=1e-5)
