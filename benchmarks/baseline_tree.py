@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BEFORE = "3fb5e25"
+BEFORE = "5701304"
 
 
 def unpack(ref: str, dest: Path | None = None) -> tuple[Path, str]:
