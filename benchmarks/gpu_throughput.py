@@ -151,71 +151,6 @@ def build_checkpoint(out: Path, tiny: bool, device: str, dtype) -> dict:
     return {"params": n_params, "tokenizer_ids": len(tokenizer)}
 
 
-class _Loaded:
-    """A stage whose model is already loaded (``run_batched`` does not load or free it)."""
-
-    def __init__(self, mod, resources):
-        self._mod, self._resources = mod, resources
-
-    def process_batch(self, jobs, cfg, _resources):
-        return self._mod.process_batch(jobs, cfg, self._resources)
-
-
-class TimedExecutor:
-    """Per-clip stages on the local process pool; model stages in this process with the model load and the
-    batches timed apart (CUDA synchronised), and every generation's length recorded."""
-
-    def __init__(self, workers: int):
-        from pipeline.executor import LocalExecutor
-
-        self.local = LocalExecutor(workers)
-        self.stats: dict[str, dict] = {}
-
-    def map(self, tasks):
-        return self.local.map(tasks)
-
-    def close(self) -> None:
-        self.local.close()
-
-    @staticmethod
-    def _sync() -> float:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def map_batched(self, mod, cfg, todo, cache, batch_size):
-        from pipeline.batching import run_batched
-
-        t0 = self._sync()
-        resources = mod.open(cfg)
-        t1 = self._sync()
-        lengths: list[int] = []
-        model = getattr(resources, "model", None)
-        if model is not None:
-            inner = model.generate
-
-            def generate(*a, **kw):
-                out = inner(*a, **kw)
-                lengths.extend([out.shape[1] - kw["input_ids"].shape[1]] * out.shape[0])
-                return out
-
-            model.generate = generate
-        try:
-            t2 = self._sync()
-            results = list(run_batched(_Loaded(mod, resources), cfg, todo, cache, batch_size))
-            t3 = self._sync()
-        finally:
-            mod.close(resources)
-        self.stats[mod.NAME] = {
-            "clips": len(todo), "load_s": t1 - t0, "compute_s": t3 - t2, "generations": len(lengths),
-            "new_tokens": sum(lengths), "lengths": sorted(set(lengths)),
-            "failed": sum(1 for _, r in results if not r.ok),
-        }
-        yield from results
-
-
 DFEW_CLIPS = 16372
 
 
@@ -233,13 +168,56 @@ def _peak_gib() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
-class PeakExecutor(TimedExecutor):
-    """:class:`TimedExecutor` that also records each model stage's peak GPU memory."""
+def timed_executor(workers: int):
+    """A :class:`pipeline.executor.LocalExecutor` (per-clip stages on the local process pool) whose model stages run
+    in this process with the model load and the batches timed apart (CUDA synchronised), every generation's length
+    recorded and the peak GPU memory of each model stage read."""
+    from pipeline.batching import process_batches
+    from pipeline.executor import LocalExecutor
 
-    def map_batched(self, mod, cfg, todo, cache, batch_size):
-        _peak_reset()
-        yield from super().map_batched(mod, cfg, todo, cache, batch_size)
-        self.stats[mod.NAME]["peak_gib"] = _peak_gib()
+    class TimedExecutor(LocalExecutor):
+        stats: dict[str, dict] = {}
+
+        @staticmethod
+        def _sync() -> float:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        def map_batched(self, stage, cfg, todo, cache, batch_size):
+            _peak_reset()
+            t0 = self._sync()
+            resources = stage.open(cfg)
+            t1 = self._sync()
+            lengths: list[int] = []
+            model = getattr(resources, "model", None)
+            if model is not None:
+                inner = model.generate
+
+                def generate(*a, **kw):
+                    out = inner(*a, **kw)
+                    lengths.extend([out.shape[1] - kw["input_ids"].shape[1]] * out.shape[0])
+                    return out
+
+                model.generate = generate
+            try:
+                t2 = self._sync()
+                results = list(process_batches(stage, cfg, resources, todo, cache, batch_size))
+                t3 = self._sync()
+            finally:
+                stage.close(resources)
+            self.stats[stage.name] = {
+                "clips": len(todo), "load_s": t1 - t0, "compute_s": t3 - t2, "generations": len(lengths),
+                "new_tokens": sum(lengths), "lengths": sorted(set(lengths)),
+                "failed": sum(1 for _, r in results if not r.ok), "peak_gib": _peak_gib(),
+            }
+            yield from results
+
+    ex = TimedExecutor(workers)
+    ex.stats = {}
+    return ex
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             return load_config(None, overrides)
 
         def run(name: str, refs, cfg, **kw):
-            ex = PeakExecutor(cfg.run.workers)
+            ex = timed_executor(cfg.run.workers)
             res = Runner(cfg, work / f"run-{name}", cache_dir=work / "cache", log=io.StringIO(), executor=ex, **kw).run(refs)
             if res.n_failed or res.status != "complete":
                 raise SystemExit(f"{name} run: {res.n_failed} failed, status {res.status}: see {work / f'run-{name}'}")
