@@ -1,11 +1,21 @@
 """Primary-face tracking, box smoothing and interpolation between detections (pure numpy).
 
-**Primary-face rule.** The primary face is the largest confident face (area x detector score)
-on the first detection frame where any face passes ``min_score``. On later detection frames it is
-followed by overlap: the detection with the highest IoU (at least ``iou_min``) with the last
-primary box. If no detection overlaps it for longer than ``max_gap_s``, the track is re-seeded with
-the largest confident face of the current frame. So a face that briefly passes in front is not
-picked up, and a cut to another shot re-acquires the new main face.
+**Primary-face rule.** The primary face is the largest confident face (area x score) on the first
+detection frame where any face passes ``min_score``. On each later detection frame it is followed:
+
+1. by overlap: the detection with the highest IoU (at least ``iou_min``) with the last primary box;
+2. else by distance, for a face that moved fast (a head turn, a camera pan; detections a fifth of a
+   second apart can leave no overlap): the detection nearest to the last primary box whose size is
+   similar (side, the square root of the area, within a factor ``SIZE_RATIO``) and whose centre lies
+   within ``reach`` of the last box's centre, ``reach = side * min(REACH_BASE + REACH_PER_S * dt,
+   REACH_MAX)`` (``dt``: seconds since that box) - a face moving up to 4 of its widths a second, never
+   more than 1.5 widths from where it was. A detection that continues another face (one seen beside
+   the primary on an earlier detection frame, overlapping it) is never taken this way, so the rule
+   does not jump from one person to the next; nor does a face of another size or further away.
+
+If no detection qualifies for longer than ``max_gap_s``, the track is re-seeded with the largest
+confident face of the current frame. So a face that briefly passes in front is not picked up, and a
+cut to another shot re-acquires the new main face.
 """
 
 from __future__ import annotations
@@ -40,6 +50,20 @@ class Anchor:
     n_faces: int = 0
 
 
+SIZE_RATIO = 1.5  # a face followed by distance has a side within this factor of the last primary box's
+REACH_BASE = 0.5  # its centre within (REACH_BASE + REACH_PER_S * seconds elapsed) sides of the last box's centre,
+REACH_PER_S = 4.0
+REACH_MAX = 1.5  # and never more than REACH_MAX sides away
+
+
+def _sides(boxes: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+
+
+def _centres(boxes: np.ndarray) -> np.ndarray:
+    return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
+
+
 class PrimaryFaceTracker:
     def __init__(self, min_score: float = 0.9, iou_min: float = 0.2, max_gap_s: float = 1.0):
         self.min_score = min_score
@@ -47,6 +71,8 @@ class PrimaryFaceTracker:
         self.max_gap_s = max_gap_s
         self.last_box: np.ndarray | None = None
         self.last_t: float | None = None
+        self.others: np.ndarray = np.empty((0, 4), np.float32)  # other faces seen beside the primary
+        self.others_t: float | None = None
 
     def _confident(self, boxes, scores, landmarks):
         if boxes is None or len(boxes) == 0:
@@ -59,13 +85,35 @@ class PrimaryFaceTracker:
         lms = None if landmarks is None else np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2)[keep]
         return boxes[keep], scores[keep], lms
 
-    def _follow(self, boxes: np.ndarray, reference: np.ndarray | None) -> int | None:
-        """Index of the detection that overlaps ``reference`` best (at least ``iou_min``), else None."""
+    def _follow(self, boxes: np.ndarray, reference: np.ndarray | None, dt: float | None = None,
+                others: np.ndarray | None = None) -> int | None:
+        """Index of the detection that continues ``reference`` (the primary-face rule: overlap, else a fast
+        move of similar size within reach after ``dt`` seconds, not continuing one of ``others``), else None."""
         if reference is None:
             return None
         overlaps = iou(reference, boxes)
         best = int(np.argmax(overlaps))
-        return best if overlaps[best] >= self.iou_min else None
+        if overlaps[best] >= self.iou_min:
+            return best
+        if dt is None:
+            return None
+        side = float(_sides(reference[None])[0])
+        if side <= 0:
+            return None
+        ratio = _sides(boxes) / side
+        distance = np.linalg.norm(_centres(boxes) - _centres(reference[None]), axis=1) / side
+        ok = (ratio <= SIZE_RATIO) & (ratio >= 1 / SIZE_RATIO) & (distance <= min(REACH_BASE + REACH_PER_S * max(dt, 0.0), REACH_MAX))
+        if others is not None and len(others):
+            ok &= ~np.array([(iou(b, others) >= self.iou_min).any() for b in boxes])
+        if not ok.any():
+            return None
+        return int(np.flatnonzero(ok)[np.argmin(distance[ok])])
+
+    def _others(self, t: float) -> np.ndarray | None:
+        """The other faces last seen beside the primary, if seen within ``max_gap_s`` of ``t``."""
+        if self.others_t is None or t - self.others_t > self.max_gap_s:
+            return None
+        return self.others
 
     @staticmethod
     def _largest(boxes: np.ndarray, scores: np.ndarray) -> int:
@@ -78,23 +126,26 @@ class PrimaryFaceTracker:
         if found is None:
             return Anchor(index, t)
         boxes, scores, lms = found
-        pick = self._follow(boxes, self.last_box)
-        if pick is None and self.last_box is not None and self.last_t is not None and t - self.last_t <= self.max_gap_s:
+        dt = None if self.last_t is None else t - self.last_t
+        pick = self._follow(boxes, self.last_box, dt, self._others(t))
+        if pick is None and self.last_box is not None and dt is not None and dt <= self.max_gap_s:
             return Anchor(index, t, n_faces=len(boxes))  # lost for now; do not jump to another face
         if pick is None:
             pick = self._largest(boxes, scores)
         self.last_box, self.last_t = boxes[pick], t
+        if len(boxes) > 1:
+            self.others, self.others_t = np.delete(boxes, pick, axis=0), t
         return Anchor(index, t, boxes[pick], lms[pick], float(scores[pick]), len(boxes))
 
-    def likely_primary(self, boxes, scores, reference: np.ndarray | None) -> np.ndarray | None:
+    def likely_primary(self, boxes, scores, reference: np.ndarray | None, dt: float | None = None) -> np.ndarray | None:
         """The box this tracker would most likely follow among one frame's detections if ``reference`` were
-        its last primary box: the best-overlapping confident face, else the largest. Changes no state
-        (used to place detection regions before the frames in between are detected)."""
+        its last primary box, ``dt`` seconds earlier: the one the primary-face rule follows, else the largest.
+        Changes no state (used to place detection regions before the frames in between are detected)."""
         found = self._confident(boxes, scores, None)
         if found is None:
             return None
         boxes, scores, _ = found
-        pick = self._follow(boxes, reference)
+        pick = self._follow(boxes, reference, dt)
         return boxes[pick if pick is not None else self._largest(boxes, scores)]
 
 

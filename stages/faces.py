@@ -34,7 +34,7 @@ from pipeline.video import FramePixels, VideoReader, to_rgb
 from stages.base import Stage
 
 NAME = "faces"
-VERSION = 2  # 2: region detections between full-frame ones (boxes differ slightly)
+VERSION = 2  # 2: region detections between full-frame ones (boxes differ slightly); a face that moved fast is followed
 UPSTREAM: tuple[str, ...] = ()
 
 
@@ -286,12 +286,13 @@ class _Detector:
         self._detect_full([s for s in batch if s.full])
         # where the primary face is likely to be on each whole-frame detection (the tracker's own rule)
         known: list[tuple[float, np.ndarray | None]] = []
-        ref = self.anchor_before[1] if self.anchor_before else self.tracker.last_box
+        ref_t, ref = self.anchor_before if self.anchor_before else (self.tracker.last_t, self.tracker.last_box)
         for s in batch:
             if s.full:
-                box = self.tracker.likely_primary(s.boxes, s.probs, ref)
+                box = self.tracker.likely_primary(s.boxes, s.probs, ref, None if ref_t is None else s.t - ref_t)
                 known.append((s.t, box))
-                ref = box if box is not None else ref
+                if box is not None:
+                    ref_t, ref = s.t, box
         work, fallback = [], []
         before, k = self.anchor_before, 0
         for s in batch:

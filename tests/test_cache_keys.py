@@ -12,8 +12,11 @@ file is updated in the same commit, saying why.
 History: faces, as of commit d55cb6a; keyframes re-pinned for keyframes VERSION 2 (lead-in/lead-out gaps,
 issue 11, commit 3971874), computed with that commit's code, which the restructured code reproduces. Both
 re-pinned for faces VERSION 2 (issue 15: O-net refinement where the face is expected between whole-frame
-detections, the new key field ``faces.full_frame_every_s``, default ``detect_every`` 5 -> 2; the keyframes key
-follows its upstream faces key, keyframes itself unchanged).
+detections, the new key field ``faces.full_frame_every_s``, default ``detect_every`` 5 -> 2, and the primary-face
+rule following a face that moved fast; the keyframes key follows its upstream faces key, keyframes itself
+unchanged). Re-derived after rebasing onto main with issue 11's and 13's changes (presets, the expression
+backend and keyframes.strategy=expression_apex): those left both keys as they were, the same values
+before and after the rebase; only faces VERSION 2 and its config change them.
 """
 
 from __future__ import annotations

@@ -1,11 +1,54 @@
-"""Incremental smoothing (Timeline) gives exactly what smoothing the whole clip at once gives."""
+"""The primary-face rule (PrimaryFaceTracker), and incremental smoothing (Timeline) giving exactly what
+smoothing the whole clip at once gives."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.tracking import Anchor, Timeline, box_between, smooth_one
+from pipeline.tracking import Anchor, PrimaryFaceTracker, Timeline, box_between, iou, smooth_one
+
+
+def _seen(tracker, t, *boxes):
+    """Feed one detection frame with ``boxes`` (all confident); the primary box picked, or None."""
+    arr = np.array(boxes, np.float32).reshape(-1, 4)
+    return tracker.update(0, t, arr, np.full(len(arr), 0.999), np.zeros((len(arr), 5, 2))).box
+
+
+# frames 15 and 20 of the tests' VFR fast-pan clip (320x240), 0.24 s apart: the face moved 0.75 of its width
+FAST_PAN = ([90, 87, 159, 175], [139, 72, 207, 158])
+
+
+def test_a_face_that_moved_fast_without_overlap_is_followed():
+    a, b = FAST_PAN
+    assert iou(np.float32(a), np.float32([b]))[0] < 0.2  # overlap alone cannot follow it
+    tracker = PrimaryFaceTracker()
+    _seen(tracker, 0.627, a)
+    np.testing.assert_array_equal(_seen(tracker, 0.867, b), b)
+
+
+def test_a_fast_face_is_followed_rather_than_another_face_further_away():
+    a, b = FAST_PAN
+    far = [260, 60, 330, 150]  # same size, 2 widths further on
+    tracker = PrimaryFaceTracker()
+    _seen(tracker, 0.627, a)
+    np.testing.assert_array_equal(_seen(tracker, 0.867, far, b), b)
+
+
+def test_the_tracker_does_not_jump_to_a_face_it_saw_beside_the_primary():
+    primary, other = [100, 100, 170, 180], [185, 100, 255, 180]  # same size, centres 1.2 widths apart
+    tracker = PrimaryFaceTracker()
+    np.testing.assert_array_equal(_seen(tracker, 0.0, primary, other), primary)
+    assert _seen(tracker, 0.2, other) is None  # the primary is not detected: lost for now, not the neighbour
+
+
+def test_a_face_too_far_or_of_another_size_is_not_taken_for_the_primary():
+    primary = [100, 100, 170, 180]
+    tracker = PrimaryFaceTracker()
+    _seen(tracker, 0.0, primary)
+    assert _seen(tracker, 0.1, [200, 100, 270, 180]) is None  # 1.3 widths away after 0.1 s (reach 0.9)
+    assert _seen(tracker, 0.2, [150, 100, 185, 140]) is None  # half the size, close by
+    assert _seen(tracker, 0.3, [280, 100, 350, 180]) is None  # 2.3 widths away: beyond any reach
 
 
 def whole_clip_boxes(anchors, window, max_gap_s, frames):
