@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BEFORE = "5701304"
+BEFORE = "4902b3a"  # main when this work was rebased on it (its faces, tracking and video code: as at 5701304)
 
 
 def unpack(ref: str, dest: Path | None = None) -> tuple[Path, str]:
