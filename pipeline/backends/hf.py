@@ -467,14 +467,16 @@ class TransformersBackend(Backend):
             self._position_rows = position_ids.shape[0]
             # next text position = max position of the prompt + 1 = len + rope_delta (same on every axis)
             next_pos = lens + deltas.view(-1).to(lens.device)
-        last = (lens - 1).view(-1, 1)
-        keep = {"logits_to_keep": last} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
+        # logits_to_keep as a 1-D tensor of the distinct last positions: every transformers 5.x slices hidden states
+        # with it alike ((B, K) rows); a per-row 2-D tensor is read as positions only since 5.2x (older releases
+        # index with it and return 4-D logits)
+        last = lens - 1
+        kept = torch.unique(last)  # sorted
+        keep = {"logits_to_keep": kept} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
         out = self.model(**inputs, **extra, use_cache=use_cache, **keep)
         logits = out.logits
-        if keep and logits.shape[1] == 1:
-            logits = logits[:, 0, :]
-        else:  # full logits came back: pick each row's last real position
-            logits = torch.take_along_dim(logits, last.to(logits.device)[..., None], dim=1)[:, 0, :]
+        column = torch.searchsorted(kept, last) if keep else last  # without logits_to_keep: every position's logits
+        logits = torch.take_along_dim(logits, column.to(logits.device).view(-1, 1, 1), dim=1)[:, 0, :]
         first = torch.log_softmax(logits.float(), dim=-1)
         return first, (out.past_key_values if use_cache else None), inputs, next_pos
 
