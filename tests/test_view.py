@@ -216,6 +216,10 @@ def test_summary_metrics_and_calibration_come_from_the_report(scored, tmp_path):
         assert data["summary"]["labels"][p.index(max(p))] == pred
 
 
+def test_summary_names_what_a_default_prompt_holds(scored):
+    assert build_view(scored.run_dir)["summary"]["settings"]["prompt"] == "keyframes, motion summaries"
+
+
 def test_failed_clip_card_names_its_stage_and_message(browser, page, scored):
     fail = json.loads((scored.run_dir / "failures.jsonl").read_text(encoding="utf-8").splitlines()[0])
     open_page(browser, page)
@@ -247,6 +251,7 @@ def test_dense_video_run_shows_the_frames_the_video_held(clips, scored, tmp_path
         assert card["timeline"] and {it["type"] for it in card["timeline"]} == {"frame"}
         assert all(it["src"].startswith("data:image/jpeg;base64,") for it in card["timeline"])
         assert any("as one video at" in n for n in card["notes"])
+    assert build_view(res.run_dir)["summary"]["settings"]["prompt"] == "dense frames at 5.0 fps"
 
 
 # -------------------------------------------------------------------------------------------------

@@ -56,8 +56,7 @@ def build_summary(run: RunData, labels: list[str]) -> dict:
             "captioner": ran.get("context", model_name(cfg.context.model)),
             "keyframes": f"{cfg.keyframes.k}, {cfg.keyframes.strategy}",
             "prompt": ", ".join(name for name, on in (
-                ("keyframes", cfg.classify.use_keyframes), ("motion summaries", cfg.classify.use_summaries
-                                                            and cfg.classify.dense_fps is None),
+                ("keyframes", cfg.classify.show_keyframes), ("motion summaries", cfg.classify.show_summaries),
                 (f"dense frames at {cfg.classify.dense_fps} fps", cfg.classify.dense_fps is not None),
                 ("shuffled order", cfg.classify.shuffle)) if on),
         }
