@@ -381,8 +381,8 @@ def process(job: ClipJob, cfg: Config, mtcnn, out) -> dict:
     if n_det == 0:
         if cfg.no_face == "fail":
             raise NoFaceError(
-                f"{job.path}: no face found in {n} frames (detector saw every {cfg.detect_every}th frame at "
-                f"{cfg.detect_max_side}px; set faces.no_face=full_frame to keep such clips, or lower faces.min_score)"
+                f"{job.path}: no face found in {n} frames (the detector looked at "
+                f"{'every frame' if cfg.detect_every == 1 else f'one frame in {cfg.detect_every}'} at {cfg.detect_max_side}px; set faces.no_face=full_frame to keep such clips, or lower faces.min_score)"
             )
         full_frame = True
     fps_est = (n - 1) / last_t if last_t > 0 else None
