@@ -356,6 +356,8 @@ def read_labels(path: str | Path, label_format: str = "csv", label_set: LabelSet
     """Dispatch to the reader for ``label_format`` (one of ``LABEL_FORMATS``)."""
     if label_format not in LABEL_FORMATS:
         raise LabelError(f"unknown label format '{label_format}'; allowed: {', '.join(LABEL_FORMATS)}")
+    if not Path(path).exists():
+        raise LabelError(f"{path}: no such labels file or folder")
     if label_format == "csv":
         if label_set is None:
             raise LabelError("label format 'csv' needs a label set")

@@ -177,3 +177,11 @@ def test_bad_label_frequency_file_names_file_and_line(tmp_path, text, where, pro
     with pytest.raises(LabelError, match=f"{re.escape(str(freq))}:{where}: .*{re.escape(problem)}"):
         write_report(tmp_path / "run", n_boot=0, label_frequency=freq)
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_labels_file_that_does_not_exist_is_named(tmp_path):
+    make_run(tmp_path / "run")
+    missing = tmp_path / "dfew_labels.csv"
+    with pytest.raises(LabelError, match=f"{re.escape(str(missing))}: no such labels file or folder"):
+        write_report(tmp_path / "run", n_boot=0, labels_file=missing)
+    assert not (tmp_path / "run" / "metrics.json").exists()
