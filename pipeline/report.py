@@ -31,11 +31,8 @@ from pipeline.labels import (BUILTIN_LABEL_SETS, LabelError, LabelSet, load_labe
                              read_labels)
 from pipeline.metrics import GROUP_NAMES, compute_metrics, spearman
 from pipeline.errors import ConfigError, RunDirError
-from pipeline.rundir import FAILURES, LABELSET, SCORES, RunDir
+from pipeline.rundir import FAILURES, FREQUENCY_PLOT, LABELSET, PLOTS, SCORES, RunDir
 
-PLOTS = {"confusion": "confusion_matrix.png", "recall": "per_class_recall.png",
-         "distribution": "label_distribution.png"}
-FREQUENCY_PLOT = "f1_vs_label_frequency.png"  # with label_frequency
 LIST_LIMIT = 50  # rows per list in report.md; metrics.json always lists everything
 HEADLINE = (("uar", "UAR"), ("war", "WAR"), ("macro_f1", "macro-F1"))  # key in metrics.json, name in tables
 

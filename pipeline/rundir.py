@@ -40,6 +40,13 @@ PREDICTIONS = "predictions.csv"
 LABELSET = "labelset.json"
 METRICS = "metrics.json"
 REPORT = "report.md"
+PLOTS = {"confusion": "confusion_matrix.png", "recall": "per_class_recall.png",
+         "distribution": "label_distribution.png"}  # dfer report's, beside report.md
+FREQUENCY_PLOT = "f1_vs_label_frequency.png"  # dfer report --label-frequency
+VIEW = "view.html"  # dfer view
+# what a run writes, and what report and view make from it: a new run in the same directory removes an earlier
+# run's first, so that nothing there describes another run (config.yaml and failures.jsonl are rewritten at once)
+RUN_OUTPUTS = (MANIFEST, STATUS, SCORES, PREDICTIONS, LABELSET, METRICS, REPORT, *PLOTS.values(), FREQUENCY_PLOT, VIEW)
 
 
 class JsonlWriter:
@@ -106,6 +113,16 @@ class RunDir:
     # ------------------------------------------------------------------ writing
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def begin_run(self) -> list[str]:
+        """Make the directory for a run, removing what an earlier run left there (:data:`RUN_OUTPUTS`: its
+        predictions, manifest and status, and the report and page made from them; artifacts stay in the cache).
+        Returns the names removed."""
+        self.create()
+        removed = [name for name in RUN_OUTPUTS if (self.path / name).is_file()]
+        for name in removed:
+            (self.path / name).unlink()
+        return removed
 
     def write_config(self, text: str) -> None:
         (self.path / CONFIG).write_text(text, encoding="utf-8")

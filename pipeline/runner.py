@@ -28,7 +28,7 @@ from pipeline.fingerprints import FingerprintMemo
 from pipeline.inputs import VideoRef, discover, parse_shard, shard_of
 from pipeline.jobs import ClipJob, ClipTask
 from pipeline.labels import load_label_set
-from pipeline.rundir import ManifestRow, RunDir
+from pipeline.rundir import LABELSET, MANIFEST, PREDICTIONS, SCORES, STATUS, ManifestRow, RunDir
 from stages import STAGE_ORDER, STAGES
 
 
@@ -180,7 +180,10 @@ class Runner:
         blocked = self.check(refs)  # before anything is written: a config that cannot work leaves nothing
         stages = self.stages()  # a fallback may read more (the embedded model reads the expression stage)
         self.executor.start(self.cache.root)  # e.g. Ray: connect and check the cluster before any clip
-        self.run_dir.create()
+        rewritten = {MANIFEST, STATUS} | ({SCORES, PREDICTIONS, LABELSET} if "classify" in stages else set())
+        gone = [name for name in self.run_dir.begin_run() if name not in rewritten]
+        if gone:  # they described an earlier run in this directory (its artifacts stay in the cache)
+            self.say(f"{self.run_dir.path}: removed {', '.join(gone)} of an earlier run there")
         self.run_dir.write_config(dump_config(self.cfg, self.sections))
         self._failures = self.run_dir.failure_log()
         try:

@@ -21,7 +21,9 @@ import stages.keyframes
 from pipeline.cache import Cache
 from pipeline.config import load_config
 from pipeline.facetrack import FaceTrack
+from pipeline.report import write_report
 from pipeline.runner import run_pipeline
+from pipeline.view import write_view
 from tests import media
 from tests.conftest import copy_clip
 from tests.runs import failures, leftover_tmp, manifest, run
@@ -223,3 +225,18 @@ def test_a_run_clears_week_old_leftovers_of_killed_runs_but_not_fresh_ones(small
     assert res.n_failed == 0
     assert not old.exists(), "a temporary folder untouched for a week was left in the cache"
     assert fresh.exists(), "a temporary folder that a concurrent run may still be writing was removed"
+
+
+def test_a_new_run_in_a_used_directory_leaves_nothing_of_the_earlier_run(small_folder, tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    run(small_folder, out, cache)  # scored by the embedded model (no VLM weights here)
+    write_report(out)
+    write_view(out)
+    earlier = {p.name for p in out.iterdir()}
+    assert {"predictions.csv", "scores.jsonl", "report.md", "metrics.json", "view.html"} <= earlier
+    log = io.StringIO()
+    run(small_folder, out, cache, until="keyframes", log=log)
+    left = {p.name for p in out.iterdir()}
+    assert left == {"config.yaml", "failures.jsonl", "cache_dir.txt", "manifest.jsonl", "status.json"}
+    said = log.getvalue()
+    assert "removed" in said and "predictions.csv" in said and "view.html" in said and "manifest.jsonl" not in said

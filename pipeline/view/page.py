@@ -11,6 +11,7 @@ from typing import Any
 import jinja2
 
 from pipeline.labels import LabelError
+from pipeline.rundir import VIEW
 from pipeline.view.cards import build_card
 from pipeline.view.collect import collect_run
 from pipeline.view.summary import build_summary, run_label_set
@@ -53,7 +54,7 @@ def write_view(run_dir: str | Path, output: str | Path | None = None, **kwargs: 
     """Write the page of a run (default ``RUN/view.html``) and return its path. ``kwargs`` go to
     :func:`build_view` (thumbnail size, and the report's labels file and calibration)."""
     data = build_view(run_dir, **kwargs)
-    out = Path(output) if output is not None else Path(run_dir) / "view.html"
+    out = Path(output) if output is not None else Path(run_dir) / VIEW
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(render_page(data), encoding="utf-8")
