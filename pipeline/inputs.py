@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def _read_list(csv_path: Path) -> list[VideoRef]:
             raw = row.get("path", "")
             if not raw:
                 raise InputError(f"{csv_path}:{line_no}: empty 'path'")
+            if "\\" in raw and os.sep == "/" and not (root / raw).exists():  # a list written on Windows
+                raw = raw.replace("\\", "/")
             p = Path(raw)
             full = p if p.is_absolute() else root / p
             vid = p.as_posix() if not p.is_absolute() else _id_for_absolute(p, root)

@@ -94,3 +94,11 @@ def test_labels_outside_the_label_set_stop_the_run_before_any_clip(tmp_path):
     # the model-free stages do not score labels: a run that stops before classify does not check them
     res = run(lst, tmp_path / "run2", tmp_path / "cache", until="faces")
     assert res.n_failed == 2  # the one-byte files fail as clips, not the run as a label error
+
+
+def test_csv_list_written_on_windows_uses_its_folders(tmp_path):
+    _touch(tmp_path / "Train" / "clip 1.mp4")
+    lst = tmp_path / "l.csv"
+    lst.write_text("path,label\nTrain\\clip 1.mp4,happy\n")
+    ref = discover(lst)[0]
+    assert ref.id == "Train/clip 1.mp4" and ref.path == tmp_path / "Train" / "clip 1.mp4"
