@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -174,13 +175,17 @@ class FrameBox:
     score: float = 0.0  # the detector's score on a detection frame; 0 elsewhere
 
 
-def box_between(t: float, index: int, prev: Anchor | None, nxt: Anchor | None, max_gap_s: float) -> FrameBox:
+def box_between(t: float, index: int, prev: Anchor | None, nxt: Anchor | None, max_gap_s: float,
+                seen_empty: Callable[[float, float], bool] | None = None) -> FrameBox:
     """The primary face box for frame ``index`` at time ``t``, given the last smoothed present anchor before
     ``t`` and the first at or after it.
 
     Between two anchors closer than ``max_gap_s`` the box is linearly interpolated in time; within
-    ``max_gap_s / 2`` of a single anchor it is held; otherwise the face is missing for this frame
-    (``present=False``; the nearest box, if any, is still returned so the crop stays on the last known face).
+    ``max_gap_s / 2`` of a single anchor (before the first detection, after the last, beside a longer gap) it is
+    held, but not across a detection frame where the primary face was not found (``seen_empty(t0, t1)``: is
+    there one at a time in ``[t0, t1]``?), so the frames of a fade-in or a cut before the face appears stay
+    without it; otherwise the face is missing for this frame (``present=False``; the nearest box, if any, is
+    still returned so the crop stays on the last known face).
     """
     if prev is None and nxt is None:
         return FrameBox(None, None, False, False, False)
@@ -195,7 +200,7 @@ def box_between(t: float, index: int, prev: Anchor | None, nxt: Anchor | None, m
         return FrameBox(box.astype(np.float32), lm.astype(np.float32), False, True, True)
     cands = [a for a in (prev, nxt) if a is not None]
     near = min(cands, key=lambda a: abs(a.t - t))
-    held = abs(near.t - t) <= max_gap_s / 2
+    held = abs(near.t - t) <= max_gap_s / 2 and not (seen_empty and seen_empty(min(t, near.t), max(t, near.t)))
     return FrameBox(near.box, near.landmarks, False, held, held)
 
 
@@ -218,9 +223,17 @@ class Timeline:
         self._times: list[float] = []
         self._tail: list[Anchor] = []  # provisional smoothed anchors with a box (the last h)
         self._tail_times: list[float] = []
+        self._empty_times: list[float] = []  # detection frames without the primary face
 
     def add(self, anchor: Anchor) -> None:
         self.anchors.append(anchor)
+        if anchor.box is None:
+            self._empty_times.append(anchor.t)
+
+    def seen_empty(self, t0: float, t1: float) -> bool:
+        """Whether a detection frame at a time in ``[t0, t1]`` had no primary face."""
+        i = bisect.bisect_left(self._empty_times, t0)
+        return i < len(self._empty_times) and self._empty_times[i] <= t1
 
     def _count(self) -> int:
         return self._base + len(self.anchors)
@@ -257,12 +270,15 @@ class Timeline:
         if j > 0:
             del self._present[:j]
             del self._times[:j]
+        keep_from = min(t, self._times[0]) if self._times else t  # a frame at t or later looks back to there at most
+        del self._empty_times[: bisect.bisect_left(self._empty_times, keep_from)]
 
     def box_at(self, t: float, index: int) -> FrameBox:
         j = bisect.bisect_left(self._times, t)
         if j < len(self._present):
-            return box_between(t, index, self._present[j - 1] if j > 0 else None, self._present[j], self.max_gap_s)
+            return box_between(t, index, self._present[j - 1] if j > 0 else None, self._present[j], self.max_gap_s,
+                               self.seen_empty)
         k = bisect.bisect_left(self._tail_times, t)
         prev = self._tail[k - 1] if k > 0 else (self._present[-1] if self._present else None)
         nxt = self._tail[k] if k < len(self._tail) else None
-        return box_between(t, index, prev, nxt, self.max_gap_s)
+        return box_between(t, index, prev, nxt, self.max_gap_s, self.seen_empty)

@@ -34,7 +34,8 @@ from pipeline.video import FramePixels, VideoReader, to_rgb
 from stages.base import Stage
 
 NAME = "faces"
-VERSION = 2  # 2: region detections between full-frame ones (boxes differ slightly); a face that moved fast is followed
+VERSION = 2  # 2: region detections between full-frame ones (boxes differ slightly); a face that moved fast is followed;
+# no box held across a detection frame without the face (a cut to the face)
 UPSTREAM: tuple[str, ...] = ()
 
 

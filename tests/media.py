@@ -611,8 +611,24 @@ def decode_all(path: PathLike) -> tuple[list[np.ndarray], list[float], list[int]
     return frames, times, rotations
 
 
+def make_cut_in(path: PathLike, black_s: float = 1.0, fps: int = 25, **face_clip: object) -> float:
+    """A clip that opens on ``black_s`` seconds of black frames and cuts to a face clip (``make_face_clip``'s
+    arguments; H.264 .mp4, constant rate). Returns the time of the first frame with the face."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    face = make_face_clip(path.with_name(f".face-{path.name}"), fps=fps, **face_clip)
+    frames, _, _ = decode_all(face.path)
+    face.path.unlink()
+    n_black = round(black_s * fps)
+    rate = Fraction(fps)
+    out, stream = _open_video(path, "h264", frames[0].shape[1], frames[0].shape[0], rate, 1 / rate, 0)
+    black = np.zeros_like(frames[0])
+    _encode(out, stream, enumerate([black] * n_black + frames), 1 / rate)
+    return n_black / fps
+
+
 __all__: Sequence[str] = (
-    "ClipSpec", "make_face_clip", "upright", "decode_all",
+    "ClipSpec", "make_face_clip", "make_cut_in", "upright", "decode_all",
     "make_zero_byte", "make_text_as_video", "make_truncated", "make_audio_only", "make_tiny_video",
     "make_unreadable", "is_root", "unprivileged_subprocess_kwargs", "file_modes_enforced",
     "unicode_name", "UNICODE_NAME", "REFERENCE_FACE_BOX",

@@ -13,7 +13,7 @@ from pipeline.video import FramePixels, VideoReader
 from stages import faces
 from stages.faces import Config
 from tests import media
-from tests.runs import failures, run, track_of
+from tests.runs import artifact, failures, run, track_of
 
 
 def _box_ious(track, spec) -> np.ndarray:
@@ -65,6 +65,18 @@ def test_a_face_on_a_fast_pan_is_followed_on_every_frame(special_clips, tmp_path
     assert track.arrays["present"].all(), np.flatnonzero(~track.arrays["present"])
     ious = _box_ious(track, spec)
     assert ious.min() >= 0.5, np.round(ious, 2)
+
+
+def test_frames_before_a_cut_to_the_face_are_without_it_and_never_keyframes(tmp_path):
+    first = media.make_cut_in(tmp_path / "in" / "cut_in.mp4", black_s=1.0, size=(320, 240), seconds=2.0, motion="static")
+    res = run(tmp_path / "in", tmp_path / "run", tmp_path / "cache", until="keyframes")
+    assert res.n_failed == 0, failures(tmp_path / "run")
+    a = track_of(res, "cut_in.mp4").arrays
+    every = Config().detect_every
+    assert not a["present"][a["t"] < first - every / 25].any()  # held at most over frames the detector skipped
+    assert a["present"][a["t"] >= first].all()
+    kf = artifact(res, "cut_in.mp4", "keyframes").json("keyframes.json")
+    assert min(kf["timestamps"]) >= first - every / 25, kf["timestamps"]
 
 
 def test_rotation_metadata_makes_frames_upright(special_clips, tmp_path):

@@ -54,11 +54,13 @@ def test_a_face_too_far_or_of_another_size_is_not_taken_for_the_primary():
 def whole_clip_boxes(anchors, window, max_gap_s, frames):
     """The straightforward way: smooth every anchor of the finished clip, then look each frame up."""
     present = [a for a in (smooth_one(anchors, k, window, max_gap_s) for k in range(len(anchors))) if a.box is not None]
+    empty = [a.t for a in anchors if a.box is None]
     out = []
     for idx, t in frames:
         before = [a for a in present if a.t < t]
         after = [a for a in present if a.t >= t]
-        out.append(box_between(t, idx, before[-1] if before else None, after[0] if after else None, max_gap_s))
+        out.append(box_between(t, idx, before[-1] if before else None, after[0] if after else None, max_gap_s,
+                               lambda t0, t1: any(t0 <= e <= t1 for e in empty)))
     return out
 
 
@@ -120,3 +122,15 @@ def test_timeline_memory_stays_bounded_when_it_forgets():
             tl.forget_before(anchors[max(0, i - 20)].t)  # frames of the last ~20 anchors still wait
             sizes.append(len(tl.anchors) + len(tl._present))
     assert max(sizes[-100:]) <= 60, max(sizes)  # not growing with the 3000 anchors fed
+
+
+def test_a_box_is_not_held_across_a_detection_frame_that_found_no_face():
+    box, lm = np.array([10, 20, 60, 80], np.float32), np.zeros((5, 2), np.float32)
+    tl = Timeline(1, 1.0)
+    for i, t in enumerate((0.0, 0.2, 0.4)):  # a fade-in: the detector looked and found no face
+        tl.add(Anchor(5 * i, t))
+    tl.add(Anchor(15, 0.6, box, lm, 0.99, 1))
+    tl.add(Anchor(20, 0.8))  # a cut away after it
+    tl.settle(final=True)
+    assert [tl.box_at(t, i).present for i, t in ((8, 0.32), (10, 0.4), (12, 0.48), (18, 0.72), (20, 0.8), (21, 0.84))] \
+        == [False, False, True, True, False, False]
