@@ -22,7 +22,8 @@ EXIT_FAILED_CLIPS = 1
 EXIT_USAGE = 2
 """Bad usage, configuration or input: nothing was computed that was not already cached."""
 EXIT_STOPPED = 3
-"""A ``--strict`` run stopped at its first failure (or before a model stage it could not run)."""
+"""A ``--strict`` run stopped at its first failure (or before a model stage it could not run), or a run stopped
+because the disk it writes to is full."""
 EXIT_INTERRUPTED = 130
 """Interrupted (Ctrl-C); finished artifacts and checkpoints are kept, run the same command to go on."""
 
@@ -68,6 +69,20 @@ class StrictFailure(DferError, RuntimeError):
     """``--strict``: the first clip failure stops the run."""
 
     exit_code = EXIT_STOPPED
+
+
+class DiskFullError(DferError, OSError):
+    """The disk of the cache or the run directory is full (or over quota): not a problem of the clip being
+    written, and every later one would fail alike, so the run stops; what is finished stays in the cache."""
+
+    exit_code = EXIT_STOPPED
+
+
+DISK_FULL_ERRNOS = (28, 122)  # ENOSPC, EDQUOT (Linux)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 # ---------------------------------------------------------------------------------------------- input and configuration

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.cache import Artifact
-from pipeline.errors import ClipError
+from pipeline.errors import ClipError, DiskFullError, is_disk_full
 
 
 @dataclass
@@ -46,6 +46,9 @@ def task_failure(task: ClipTask, exc: BaseException) -> TaskResult:
     unexpected library error, the message with the file and line it came from (per-clip and model stages alike)."""
     if isinstance(exc, ClipError):
         return TaskResult(False, error_type=type(exc).__name__, message=str(exc))
+    if is_disk_full(exc):  # the runner stops the run on this row (DiskFullError)
+        return TaskResult(False, error_type=DiskFullError.__name__,
+                          message=f"{task.job.path}: stage {task.stage} could not write its artifact: {exc}")
     if isinstance(exc, MemoryError):
         return TaskResult(False, error_type="MemoryError", message=f"{task.job.path}: out of memory in stage {task.stage}")
     tb = traceback.extract_tb(exc.__traceback__)

@@ -20,7 +20,8 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel
 
-from pipeline.errors import ConfigError, PreflightError, StrictFailure, UnknownStageError, UpstreamMissingError
+from pipeline.errors import (ConfigError, DiskFullError, PreflightError, StrictFailure, UnknownStageError,
+                             UpstreamMissingError)
 from pipeline.cache import Cache, artifact_key, default_cache_dir
 from pipeline.config import dump_config, key_fields
 from pipeline.executor import Executor, LocalExecutor
@@ -157,6 +158,10 @@ class Runner:
         print(msg, file=self.log, flush=True)
 
     def _fail(self, video: str, stage: str, error: str, message: str) -> None:
+        if error == DiskFullError.__name__:  # not the clip's problem, and every later clip would fail alike
+            raise DiskFullError(f"stopped: the disk is full ({message}). Free space on the disk of the cache "
+                                f"({self.cache.root}) and the run directory, or pass --cache on a larger one, then run "
+                                "the same command again: what is finished stays in the cache")
         self._failures.write({"video": video, "stage": stage, "error": error, "message": message})
         if self.strict:
             raise StrictFailure(f"stopped at the first failure (--strict): [{stage}] {video}: {error}: {message}")

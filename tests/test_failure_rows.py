@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
+import stages
+
 from pipeline.batching import process_batches
 from pipeline.cache import Cache
-from pipeline.errors import NoFaceError
+from pipeline.errors import DiskFullError, NoFaceError
 from pipeline.jobs import ClipJob, ClipTask, task_failure
+from tests.conftest import copy_clip
+from tests.runs import failures, run
 
 
 def _task(vid: str) -> ClipTask:
@@ -40,3 +48,27 @@ def test_a_clip_error_keeps_its_own_message():
 def test_out_of_memory_is_named_as_such():
     row = task_failure(_task("a.mp4"), MemoryError())
     assert (row.error_type, row.message) == ("MemoryError", "/data/a.mp4: out of memory in stage classify")
+
+
+def test_a_full_disk_is_not_blamed_on_the_clip():
+    row = task_failure(_task("a.mp4"), OSError(errno.ENOSPC, "No space left on device"))
+    assert row.error_type == "DiskFullError" and "No space left on device" in row.message
+
+
+def test_a_full_disk_stops_the_run_keeping_what_is_finished(clip_dir, tmp_path, monkeypatch):
+    for name in ("a.mp4", "b.mp4"):
+        copy_clip(clip_dir["pan.mp4" if name == "a.mp4" else "odd.avi"], tmp_path / "in", name)
+    keyframes = stages.STAGES["keyframes"]
+
+    def fill_up(job, cfg, resources, out):  # the disk fills up while the second clip's artifact is written
+        if job.video_id == "b.mp4":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return keyframes.process(job, cfg, resources, out)
+
+    monkeypatch.setitem(stages.STAGES, "keyframes", dataclasses.replace(keyframes, process=fill_up))
+    with pytest.raises(DiskFullError, match=r"disk is full .*b\.mp4: stage keyframes .*run the same command again"):
+        run(tmp_path / "in", tmp_path / "run", tmp_path / "cache", until="keyframes")
+    assert failures(tmp_path / "run") == []  # no clip is blamed for it
+    monkeypatch.undo()
+    res = run(tmp_path / "in", tmp_path / "run", tmp_path / "cache", until="keyframes")
+    assert [(r.stage, r.cached) for r in res.reports] == [("faces", 2), ("keyframes", 1)]  # finished work was kept

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from pipeline.cli import diagnostics, finetune, report, run, sweep
-from pipeline.errors import EXIT_INTERRUPTED, DferError
+from pipeline.errors import EXIT_INTERRUPTED, DferError, DiskFullError, is_disk_full
 
 COMMAND_MODULES = (run, sweep, report, finetune, diagnostics)
 
@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     except DferError as exc:
         print(f"dfer: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the disk filled up outside a clip's artifact (manifest, fingerprints, report)
+        if not is_disk_full(exc):
+            raise
+        print(f"dfer: error: stopped: the disk is full: {exc}; free space and run the same command again: what is "
+              "finished stays in the cache", file=sys.stderr)
+        return DiskFullError.exit_code
     except KeyboardInterrupt:
         print("dfer: interrupted; finished artifacts and checkpoints are kept: run the same command again to go on",
               file=sys.stderr)
