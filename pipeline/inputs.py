@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,13 +32,23 @@ class VideoRef:
 
 
 def _scan_folder(root: Path) -> list[VideoRef]:
-    refs = []
-    for p in sorted(root.rglob("*")):
-        if p.suffix.lower() in VIDEO_EXTENSIONS and not p.is_dir():
-            if any(part.startswith(".") for part in p.relative_to(root).parts):
-                continue  # hidden folders (e.g. .git) and dotfiles
-            refs.append(VideoRef(p.relative_to(root).as_posix(), p))
-    return refs
+    """Video files below ``root``, hidden folders and dotfiles left out; linked folders are followed (a dataset
+    linked into place), each real folder once (a link back up does not loop)."""
+    found, seen = [], set()
+
+    def unreadable(err: OSError) -> None:
+        warnings.warn(f"{err.filename}: cannot be read ({err.strerror}); clips inside it are left out", stacklevel=2)
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = Path(folder).relative_to(root)
+        found += [rel / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in VIDEO_EXTENSIONS]
+    return [VideoRef(p.as_posix(), root / p) for p in sorted(found, key=lambda p: p.parts)]
 
 
 def _list_text(csv_path: Path) -> str:

@@ -76,3 +76,21 @@ def test_unreadable_file_through_the_cli(clip_dir, tmp_path):
     assert "permission denied" in rows[0]["message"] and "locked.mp4" in rows[0]["message"]
     assert "1 failed" in proc.stderr
     assert (tmp_path / "cache" / "faces").is_dir()  # DFER_CACHE honoured
+
+
+def test_an_unreadable_folder_is_named_and_the_rest_runs(clip_dir, tmp_path):
+    folder = tmp_path / "in"
+    copy_clip(clip_dir["odd.avi"], folder, "ok.avi")
+    copy_clip(clip_dir["pan.mp4"], folder / "locked", "inside.mp4")
+    (folder / "locked").chmod(0)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run", str(folder), "--out", str(tmp_path / "run"), "-q",
+             "--until", "faces", "--cache", str(tmp_path / "cache")],
+            capture_output=True, text=True, timeout=300, **media.unprivileged_subprocess_kwargs(),
+        )
+    finally:
+        (folder / "locked").chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{folder / 'locked'}: cannot be read (Permission denied); clips inside it are left out" in proc.stderr
+    assert list(manifest(tmp_path / "run")) == ["ok.avi"]

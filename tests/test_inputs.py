@@ -102,3 +102,12 @@ def test_csv_list_written_on_windows_uses_its_folders(tmp_path):
     lst.write_text("path,label\nTrain\\clip 1.mp4,happy\n")
     ref = discover(lst)[0]
     assert ref.id == "Train/clip 1.mp4" and ref.path == tmp_path / "Train" / "clip 1.mp4"
+
+
+def test_a_linked_dataset_folder_is_followed_once(tmp_path):
+    _touch(tmp_path / "store" / "DFEW" / "1.mp4")
+    root = tmp_path / "clips"
+    _touch(root / "own.mp4")
+    (root / "dfew").symlink_to(tmp_path / "store" / "DFEW", target_is_directory=True)
+    (root / "dfew_again").symlink_to(root, target_is_directory=True)  # a link back up does not loop
+    assert [r.id for r in discover(root)] == ["dfew/1.mp4", "own.mp4"]
