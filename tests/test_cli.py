@@ -35,6 +35,14 @@ def test_run_then_inspect_writes_a_readable_png(clip_dir, tmp_path):
     assert arr.std() > 10  # not a blank canvas
 
 
+def test_cache_dir_is_another_name_for_cache(clip_dir, tmp_path):
+    copy_clip(clip_dir["pan.mp4"], tmp_path / "in", "a.mp4")
+    proc = dfer("run", str(tmp_path / "in"), "--out", str(tmp_path / "run"), "--until", "faces",
+                "--cache-dir", str(tmp_path / "mine"), cache=tmp_path / "env")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "mine" / "faces").is_dir() and not (tmp_path / "env").exists()
+
+
 def test_inspect_unknown_video_and_bad_run_dir(clip_dir, tmp_path):
     proc = dfer("inspect", str(tmp_path), "x.mp4", cache=tmp_path / "c")
     assert proc.returncode == 2 and "manifest.jsonl not found" in proc.stderr

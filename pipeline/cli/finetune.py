@@ -26,7 +26,7 @@ def add_parsers(sub) -> None:
                         "each class")
     p.add_argument("--val-label-format", choices=LABEL_FORMATS, help="format of --val-labels (default: --label-format)")
     p.add_argument("--out", required=True, metavar="CKPT", help="output folder (adapter, checkpoints, metrics)")
-    p.add_argument("--cache", metavar="DIR", help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
+    p.add_argument("--cache", "--cache-dir", metavar="DIR", help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
     p.set_defaults(handler=_finetune)
 
 

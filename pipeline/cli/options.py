@@ -40,7 +40,7 @@ def label_options() -> argparse.ArgumentParser:
 def execution_options() -> argparse.ArgumentParser:
     """Where a run's artifacts go and where its work runs (run, sweep)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--cache", metavar="DIR", help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
+    p.add_argument("--cache", "--cache-dir", metavar="DIR", help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="where per-clip work and model stages run: local processes, or a Ray cluster (run.ray_* settings)")
     p.add_argument("--ray-address", metavar="ADDR",
