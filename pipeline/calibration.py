@@ -85,7 +85,7 @@ def calibrate(scores: Any, method: str = "none", tau: float = 1.0,
         return s, info
     if method == "prior":
         if train_counts is None:
-            raise ValueError("calibration 'prior' needs training label counts (train_counts)")
+            raise ValueError("calibration 'prior' needs training label counts (train_counts; --train-counts FILE)")
         prior = prior_from_counts(train_counts, labels, smoothing)
         info["prior_source"] = "training label counts"
     else:
