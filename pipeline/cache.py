@@ -256,8 +256,29 @@ class Cache:
             return None
 
     def record_last(self, stage: str, fingerprint: str, record: dict) -> None:
-        p = self._last_path(stage, fingerprint)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
-        tmp.write_text(canonical_json(record), encoding="utf-8")
-        os.replace(tmp, p)
+        _write_record(self._last_path(stage, fingerprint), record)
+
+    # --- failures the same inputs would repeat (errors.REMEMBERED_FAILURES) ---------------
+    def _failed_path(self, stage: str, key: str) -> Path:
+        return self.root / stage / "failed" / f"{key}.json"
+
+    def failure(self, stage: str, key: str) -> dict | None:
+        """The failure row (``error``, ``message``) an earlier run recorded for this artifact key, if any."""
+        try:
+            return json.loads(self._failed_path(stage, key).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def record_failure(self, stage: str, key: str, row: dict) -> None:
+        _write_record(self._failed_path(stage, key), row)
+
+    def forget_failure(self, stage: str, key: str) -> None:
+        self._failed_path(stage, key).unlink(missing_ok=True)
+
+
+def _write_record(p: Path, record: dict) -> None:
+    """A small JSON record, written whole or not at all."""
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
+    tmp.write_text(canonical_json(record), encoding="utf-8")
+    os.replace(tmp, p)

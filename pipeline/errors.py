@@ -65,6 +65,12 @@ class StageInputError(ClipError):
     """The clip's upstream artifacts do not allow this stage to run (e.g. too few frames)."""
 
 
+REMEMBERED_FAILURES = frozenset({"NotAVideoError", "DecodeError", "NoFaceError", "StageInputError"})
+"""Per-clip errors that the same file, settings and code repeat: the cache remembers them under the stage's key,
+so a later run does not try such a clip again (``dfer run --retry-failed`` does). Not remembered: files that could
+not be read (permissions change), upstream artifacts missing, and unexpected errors (out of memory, a full disk)."""
+
+
 class StrictFailure(DferError, RuntimeError):
     """``--strict``: the first clip failure stops the run."""
 

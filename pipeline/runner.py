@@ -20,8 +20,8 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel
 
-from pipeline.errors import (ConfigError, DiskFullError, PreflightError, StrictFailure, UnknownStageError,
-                             UpstreamMissingError)
+from pipeline.errors import (REMEMBERED_FAILURES, ConfigError, DiskFullError, PreflightError, StrictFailure,
+                             UnknownStageError, UpstreamMissingError)
 from pipeline.cache import Cache, artifact_key, default_cache_dir
 from pipeline.config import dump_config, key_fields
 from pipeline.executor import Executor, LocalExecutor
@@ -39,6 +39,7 @@ class StageReport:
     cached: int = 0
     computed: int = 0
     failed: int = 0
+    remembered: int = 0  # of the failed: as in an earlier run, not tried again
     reasons: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     note: str = ""
@@ -47,7 +48,9 @@ class StageReport:
         why = ", ".join(f"{n} {r}" for r, n in self.reasons.most_common())
         computed = f"{self.computed} computed" + (f" ({why})" if why else "")
         note = f"; {self.note}" if self.note else ""
-        return f"{self.stage}: {self.cached} cached, {computed}, {self.failed} failed [{self.seconds:.1f} s]{note}"
+        failed = f"{self.failed} failed" + (f" ({self.remembered} as in an earlier run: --retry-failed tries them again)"
+                                             if self.remembered else "")
+        return f"{self.stage}: {self.cached} cached, {computed}, {failed} [{self.seconds:.1f} s]{note}"
 
 
 @dataclass
@@ -134,6 +137,7 @@ class Runner:
         executor: Executor | None = None,
         sections: dict[str, BaseModel] | None = None,
         rehash: bool = False,
+        retry_failed: bool = False,
     ):
         check_stage(until, "--until")
         check_stage(force, "--force")
@@ -144,6 +148,7 @@ class Runner:
         self.force = force
         self.shard = parse_shard(shard) if shard else None
         self.strict = strict
+        self.retry_failed = retry_failed
         self.quiet = quiet
         self.log = log or sys.stderr
         self.executor = executor or LocalExecutor(cfg.run.workers)
@@ -329,6 +334,13 @@ class Runner:
             if not forced and self.cache.get(name, key) is not None:
                 report.cached += 1
                 continue
+            known = None if forced or self.retry_failed else self.cache.failure(name, key)
+            if known is not None:  # the same file, settings and code failed before: not tried again
+                report.failed += 1
+                report.remembered += 1
+                failed.add(vid)
+                self._fail(vid, name, known["error"], known["message"])
+                continue
             ref = by_id[vid]
             job = ClipJob(
                 vid,
@@ -361,9 +373,13 @@ class Runner:
                     report.reasons[reasons[vid]] += 1
                     task_meta = result.meta or {}
                     self.cache.record_last(name, fps[vid], {"key": keys[vid][name], "upstream": task_meta.get("upstream", {})})
+                    if forced or self.retry_failed:
+                        self.cache.forget_failure(name, keys[vid][name])
                 else:
                     report.failed += 1
                     failed.add(vid)
+                    if result.error_type in REMEMBERED_FAILURES:
+                        self.cache.record_failure(name, keys[vid][name], {"error": result.error_type, "message": result.message})
                     self._fail(vid, name, result.error_type or "Error", result.message or "")
                 progress.update(1, failed=report.failed)
         finally:

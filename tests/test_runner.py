@@ -240,3 +240,18 @@ def test_a_new_run_in_a_used_directory_leaves_nothing_of_the_earlier_run(small_f
     assert left == {"config.yaml", "failures.jsonl", "cache_dir.txt", "manifest.jsonl", "status.json"}
     said = log.getvalue()
     assert "removed" in said and "predictions.csv" in said and "view.html" in said and "manifest.jsonl" not in said
+
+
+def test_a_clip_that_failed_for_good_is_not_tried_again_until_asked(special_clips, tmp_path):
+    noface = special_clips["noface"].path
+    first = run(noface, tmp_path / "r1", tmp_path / "cache", until="faces")
+    assert (first.reports[0].failed, first.reports[0].remembered) == (1, 0)
+    log = io.StringIO()
+    again = run(noface, tmp_path / "r2", tmp_path / "cache", until="faces", log=log)
+    assert (again.reports[0].failed, again.reports[0].remembered) == (1, 1)
+    assert failures(tmp_path / "r2") == failures(tmp_path / "r1")  # the same row, naming the file and the problem
+    assert "1 failed (1 as in an earlier run: --retry-failed tries them again)" in log.getvalue()
+    retried = run(noface, tmp_path / "r3", tmp_path / "cache", until="faces", retry_failed=True)
+    assert (retried.reports[0].failed, retried.reports[0].remembered) == (1, 0)
+    kept = run(noface, tmp_path / "r4", tmp_path / "cache", "faces.no_face=full_frame", until="faces")
+    assert (kept.reports[0].computed, kept.reports[0].failed) == (1, 0)  # other settings: tried, and kept

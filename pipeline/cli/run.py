@@ -27,6 +27,9 @@ def add_parsers(sub) -> None:
     run.add_argument("--rehash", action="store_true",
                      help="read every video to fingerprint it, ignoring the fingerprints remembered in the cache "
                           "(for files changed without a change of size or modification time)")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="try again the clips that failed in an earlier run with the same file and settings (no face "
+                          "found, not a video, cannot be decoded); otherwise the cache remembers those failures")
     run.set_defaults(handler=_run)
 
     cfg = sub.add_parser("config", help="configuration tools")
@@ -49,6 +52,7 @@ def _run(args) -> int:
     result = run_pipeline(
         args.input, args.out, cfg, cache_dir=args.cache, until=args.until, force=args.force,
         shard=args.shard, strict=args.strict, quiet=args.quiet, executor=executor, rehash=args.rehash,
+        retry_failed=args.retry_failed,
     )
     print(f"{result.n_clips} clips, {result.n_failed} failed; run directory: {result.run_dir}", file=sys.stderr)
     if result.n_failed:
