@@ -250,10 +250,7 @@ class Cache:
 
     def last_inputs(self, stage: str, fingerprint: str) -> dict | None:
         """What the last computed artifact of this stage for this clip content was keyed on."""
-        try:
-            return json.loads(self._last_path(stage, fingerprint).read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        return _read_record(self._last_path(stage, fingerprint))
 
     def record_last(self, stage: str, fingerprint: str, record: dict) -> None:
         _write_record(self._last_path(stage, fingerprint), record)
@@ -264,16 +261,20 @@ class Cache:
 
     def failure(self, stage: str, key: str) -> dict | None:
         """The failure row (``error``, ``message``) an earlier run recorded for this artifact key, if any."""
-        try:
-            return json.loads(self._failed_path(stage, key).read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        return _read_record(self._failed_path(stage, key))
 
     def record_failure(self, stage: str, key: str, row: dict) -> None:
         _write_record(self._failed_path(stage, key), row)
 
     def forget_failure(self, stage: str, key: str) -> None:
         self._failed_path(stage, key).unlink(missing_ok=True)
+
+
+def _read_record(p: Path) -> dict | None:
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def _write_record(p: Path, record: dict) -> None:
