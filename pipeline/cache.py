@@ -250,10 +250,10 @@ class Cache:
 
     def last_inputs(self, stage: str, fingerprint: str) -> dict | None:
         """What the last computed artifact of this stage for this clip content was keyed on."""
-        return _read_record(self._last_path(stage, fingerprint))
+        return read_record(self._last_path(stage, fingerprint))
 
     def record_last(self, stage: str, fingerprint: str, record: dict) -> None:
-        _write_record(self._last_path(stage, fingerprint), record)
+        write_record(self._last_path(stage, fingerprint), record)
 
     # --- failures the same inputs would repeat (errors.REMEMBERED_FAILURES) ---------------
     def _failed_path(self, stage: str, key: str) -> Path:
@@ -261,23 +261,24 @@ class Cache:
 
     def failure(self, stage: str, key: str) -> dict | None:
         """The failure row (``error``, ``message``) an earlier run recorded for this artifact key, if any."""
-        return _read_record(self._failed_path(stage, key))
+        return read_record(self._failed_path(stage, key))
 
     def record_failure(self, stage: str, key: str, row: dict) -> None:
-        _write_record(self._failed_path(stage, key), row)
+        write_record(self._failed_path(stage, key), row)
 
     def forget_failure(self, stage: str, key: str) -> None:
         self._failed_path(stage, key).unlink(missing_ok=True)
 
 
-def _read_record(p: Path) -> dict | None:
+def read_record(p: Path) -> dict | None:
+    """A record :func:`write_record` wrote; None when there is none or it is not JSON."""
     try:
         return json.loads(p.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, ValueError):  # ValueError: not JSON, or not UTF-8
         return None
 
 
-def _write_record(p: Path, record: dict) -> None:
+def write_record(p: Path, record: dict) -> None:
     """A small JSON record, written whole or not at all."""
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")

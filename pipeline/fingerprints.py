@@ -19,11 +19,10 @@ either way.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import uuid
 from pathlib import Path
 
+from pipeline.cache import read_record, write_record
 from pipeline.inputs import fingerprint
 
 MEMO_DIR = "fingerprints"
@@ -48,21 +47,14 @@ class FingerprintMemo:
         entry = self._entry(path)
         if not self.rehash:
             try:
-                memo = json.loads(entry.read_text(encoding="utf-8"))
-                if {k: memo.get(k) for k in stamp} == stamp and isinstance(memo.get("sha256"), str):
-                    return memo["sha256"]
-            except (OSError, ValueError):
-                pass  # no entry yet, or one we cannot use: hash the file
+                memo = read_record(entry)
+            except OSError:
+                memo = None  # an entry we cannot read: hash the file
+            if isinstance(memo, dict) and {k: memo.get(k) for k in stamp} == stamp and isinstance(memo.get("sha256"), str):
+                return memo["sha256"]
         value = fingerprint(path)
-        self._write(entry, {**stamp, "sha256": value})
-        return value
-
-    @staticmethod
-    def _write(entry: Path, record: dict) -> None:
         try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-            tmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
-            os.replace(tmp, entry)
+            write_record(entry, {**stamp, "sha256": value})
         except OSError:
             pass  # a read-only cache still works, only without the memo
+        return value
