@@ -72,9 +72,10 @@ def calibrate(scores: Any, method: str = "none", tau: float = 1.0,
               em_iters: int = 1) -> tuple[np.ndarray, dict]:
     """Calibrated scores (N x C) and a JSON-ready description (method, tau, prior used).
 
-    ``smoothing`` is a pseudo-count for 'prior'; ``em_iters`` the EM steps for 'estimated'."""
+    ``smoothing`` is a pseudo-count for 'prior'; ``em_iters`` the EM steps for 'estimated'. A ``ValueError`` says what
+    is wrong without naming the method (its caller does: ``dfer report`` prefixes "calibration '<method>': ")."""
     if method not in METHODS:
-        raise ValueError(f"unknown calibration '{method}'; allowed: {', '.join(METHODS)}")
+        raise ValueError(f"unknown method; allowed: {', '.join(METHODS)}")
     if tau < 0:
         raise ValueError(f"tau must be >= 0, got {tau}")
     s = np.asarray(scores, dtype=float)
@@ -85,12 +86,12 @@ def calibrate(scores: Any, method: str = "none", tau: float = 1.0,
         return s, info
     if method == "prior":
         if train_counts is None:
-            raise ValueError("calibration 'prior' needs training label counts (train_counts; --train-counts FILE)")
+            raise ValueError("needs training label counts (train_counts; --train-counts FILE)")
         prior = prior_from_counts(train_counts, labels, smoothing)
         info["prior_source"] = "training label counts"
     else:
         if len(s) == 0:
-            raise ValueError("calibration 'estimated' needs at least one scored clip")
+            raise ValueError("needs at least one scored clip")
         prior = estimate_prior(softmax(s), iters=em_iters)
         info["prior_source"] = (f"{em_iters} EM step(s) from a uniform start over this run's softmax "
                                 "posteriors (1 step = mean posterior, Batch Calibration)")

@@ -176,8 +176,7 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
         try:
             adjusted, cal_info = calibrate(raw, calibration, tau, tc, labels, smoothing)
         except ValueError as exc:
-            msg = str(exc)
-            raise ConfigError(msg if msg.startswith("calibration '") else f"calibration {calibration!r}: {msg}") from None
+            raise ConfigError(f"calibration {calibration!r}: {exc}") from None
     else:
         adjusted, cal_info = raw, {"method": calibration, "tau": tau, "prior": None}
     pred, raw_pred = ([labels[i] for i in np.argmax(x, axis=1)] if valid else [] for x in (adjusted, raw))
