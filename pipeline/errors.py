@@ -15,6 +15,8 @@ Each class also derives from the built-in exception it replaced (``ValueError`` 
 ``RuntimeError`` for an environment that cannot work), so ``except ValueError`` in user code keeps working.
 """
 
+import errno
+
 EXIT_OK = 0
 """Success, or a run that stopped before a model stage whose weights are not available here."""
 EXIT_FAILED_CLIPS = 1
@@ -84,7 +86,7 @@ class DiskFullError(DferError, OSError):
     exit_code = EXIT_STOPPED
 
 
-DISK_FULL_ERRNOS = (28, 122)  # ENOSPC, EDQUOT (Linux)
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def is_disk_full(exc: BaseException) -> bool:
