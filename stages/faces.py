@@ -222,19 +222,26 @@ class _Detector:
         self.faces_seen_max = 0
         self.calls = 0
 
-    def add(self, index: int, t: float, pixels: FramePixels) -> None:
+    def add(self, index: int, t: float, pixels: FramePixels) -> bool:
+        """Queue a detection frame; returns whether that ran a round (new anchors for the timeline)."""
         full = not self.regions or self.last_full_t is None or t - self.last_full_t >= self.cfg.full_frame_every_s - 1e-6
         if full:
             self.last_full_t = t
         self.slots.append(_Slot(index, t, pixels, full))
         if len(self.slots) >= self.cfg.detect_batch and full:
             self.run(final=False)
+            return True
+        return False
 
     # --- the detector calls --------------------------------------------------------------------
-    def _detect(self, images: list[np.ndarray]):
+    def _called(self) -> None:
+        """Count a detector call; every ``release_memory_every``-th gives freed heap memory back to the OS."""
         self.calls += 1
         if self.cfg.release_memory_every and self.calls % self.cfg.release_memory_every == 0:
             release_free_heap()
+
+    def _detect(self, images: list[np.ndarray]):
+        self._called()
         return self.mtcnn.detect(images, landmarks=True)
 
     def _detect_full(self, slots: list[_Slot]) -> None:
@@ -261,7 +268,7 @@ class _Detector:
         """O-net refinements of the expected boxes; returns the slots where it did not find the face."""
         if not work:
             return []
-        self.calls += 1
+        self._called()
         boxes, probs, lms = refine(self.mtcnn.onet, [(s.pixels, expected) for s, expected in work])
         missed = []
         for i, (s, expected) in enumerate(work):
@@ -366,9 +373,7 @@ def process(job: ClipJob, cfg: Config, mtcnn, out) -> dict:
                     raise NoFaceError(too_small)
             pending.append((n_idx, t, pixels))
             if n_idx % cfg.detect_every == 0 and not too_small:
-                calls = detector.calls
-                detector.add(n_idx, t, pixels)
-                if detector.calls != calls:
+                if detector.add(n_idx, t, pixels):
                     flush(final=False)
             n = n_idx + 1
             last_t = t
