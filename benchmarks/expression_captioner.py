@@ -36,10 +36,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from pipeline.cache import ArtifactWriter, Cache  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.jobs import ClipJob  # noqa: E402
-from pipeline.runner import run_pipeline  # noqa: E402
+from pipeline.core.cache import ArtifactWriter, Cache  # noqa: E402
+from pipeline.engine.config import load_config  # noqa: E402
+from pipeline.core.jobs import ClipJob  # noqa: E402
+from pipeline.engine.runner import run_pipeline  # noqa: E402
 from stages import context  # noqa: E402
 from tests.media import make_face_clip  # noqa: E402
 from tests.tiny_models import tiny_model_dir  # noqa: E402

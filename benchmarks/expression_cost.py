@@ -2,7 +2,7 @@
 
 What is compared, in this one process, round by round (so the noise of a shared machine hits both alike):
 
-(f) **faces stage** - ``stages.faces.process`` as a runner worker calls it
+(f) **faces stage** - ``stages.faces.STAGE.process`` as a runner worker calls it
     (``Cache.write("faces", key, meta, lambda out: faces.process(job, cfg, mtcnn, out))``, MTCNN loaded
     once beforehand, default config with ``device="cpu"``); the whole clip, artifact written.
 (e) **expression stage** - ``stages.expression.process`` on the artifact (f) just wrote, the same way
@@ -44,10 +44,10 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 import stages.expression as expression  # noqa: E402
-import stages.faces as faces  # noqa: E402
-from pipeline.cache import Cache  # noqa: E402
-from pipeline.facetrack import FaceTrack  # noqa: E402
-from pipeline.jobs import ClipJob  # noqa: E402
+from stages.faces import STAGE as faces  # noqa: E402
+from pipeline.core.cache import Cache  # noqa: E402
+from stages.faces.facetrack import FaceTrack  # noqa: E402
+from pipeline.core.jobs import ClipJob  # noqa: E402
 from pipeline.models import mini_xception  # noqa: E402
 from pipeline.models.mini_xception import load_model  # noqa: E402
 from tests.media import make_face_clip  # noqa: E402

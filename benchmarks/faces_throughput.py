@@ -4,9 +4,9 @@ and a naive baseline.
 Measured on one code-generated 1280x720 30 fps H.264 clip (``tests/media.py``: the astronaut face on a
 textured background, ``motion="pan_zoom"``; libx264 ultrafast, CRF 28, a key frame every 2 s), in frames/s:
 
-(a)  **decode only** - PyAV, ``thread_type="AUTO"`` as in :class:`pipeline.video.VideoReader`, every frame
+(a)  **decode only** - PyAV, ``thread_type="AUTO"`` as in :class:`pipeline.core.video.VideoReader`, every frame
      decoded, no pixel conversion;
-(b0) **faces stage before** - ``stages.faces.process`` of the code at ``--before REF`` (default
+(b0) **faces stage before** - ``stages.faces.STAGE.process`` of the code at ``--before REF`` (default
      :data:`baseline_tree.BEFORE`, main before issue 15; unpacked with ``git archive``), its default config,
      ``device="cpu"``, called the way a runner worker calls it (``Cache.write``, MTCNN loaded once by the
      stage's ``open``), the whole clip, artifact written to disk;
@@ -78,9 +78,13 @@ def child_main(role: str, work: Path, threads: int) -> None:
     state: dict = {}
 
     def stage(cmd):
-        import stages.faces as faces
-        from pipeline.cache import Cache
-        from pipeline.jobs import ClipJob
+        from stages.faces import STAGE as faces
+        try:
+            from pipeline.core.cache import Cache
+            from pipeline.core.jobs import ClipJob
+        except ImportError:  # a code tree from before the layer folders (pipeline/core/)
+            from pipeline.cache import Cache
+            from pipeline.jobs import ClipJob
 
         sets = cmd.get("set") or {}
         key = json.dumps(sets, sort_keys=True)

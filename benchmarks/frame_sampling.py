@@ -56,10 +56,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-import stages.faces as faces  # noqa: E402
-from pipeline.cache import Cache  # noqa: E402
-from pipeline.facetrack import FaceTrack  # noqa: E402
-from pipeline.jobs import ClipJob  # noqa: E402
+from stages.faces import STAGE as faces  # noqa: E402
+from pipeline.core.cache import Cache  # noqa: E402
+from stages.faces.facetrack import FaceTrack  # noqa: E402
+from pipeline.core.jobs import ClipJob  # noqa: E402
 from tests.media import make_face_clip  # noqa: E402
 
 pc = time.perf_counter

@@ -4,7 +4,7 @@ memory, and the projected wall time for DFEW's 16,372 clips. One command, result
     python benchmarks/gpu_throughput.py --out gpu_throughput.json          # on a CUDA GPU, about 5-8 min on an H100
     python benchmarks/gpu_throughput.py --allow-cpu --tiny --clips 2 --out /tmp/smoke.json   # smoke run without a GPU
 
-What runs (every stage through the real runner, ``pipeline.runner.Runner``, on one cache):
+What runs (every stage through the real runner, ``pipeline.engine.runner.Runner``, on one cache):
 
 1. **faces** with MTCNN on the GPU (``faces.device=cuda``), ``--clips`` synthetic clips (``tests/media.py``, the
    astronaut face with a 0.4 s expression, ``--clip-size`` at 25 fps, ``--seconds`` long), in this process
@@ -169,11 +169,11 @@ def _peak_gib() -> float | None:
 
 
 def timed_executor(workers: int):
-    """A :class:`pipeline.executor.LocalExecutor` (per-clip stages on the local process pool) whose model stages run
+    """A :class:`pipeline.engine.executor.LocalExecutor` (per-clip stages on the local process pool) whose model stages run
     in this process with the model load and the batches timed apart (CUDA synchronised), every generation's length
     recorded and the peak GPU memory of each model stage read."""
-    from pipeline.batching import process_batches
-    from pipeline.executor import LocalExecutor
+    from pipeline.engine.batching import process_batches
+    from pipeline.engine.executor import LocalExecutor
 
     class TimedExecutor(LocalExecutor):
         stats: dict[str, dict] = {}
@@ -251,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
               "for a smoke run of the script on CPU pass --allow-cpu --tiny.", file=sys.stderr)
         return 2
 
-    from pipeline.config import load_config
-    from pipeline.inputs import discover
-    from pipeline.runner import Runner
+    from pipeline.engine.config import load_config
+    from pipeline.engine.inputs import discover
+    from pipeline.engine.runner import Runner
     from tests import media
 
     t_start = time.perf_counter()

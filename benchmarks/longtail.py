@@ -6,7 +6,7 @@ long-tailed, n_c = floor(n_max * ratio ** (-c / (C - 1))) for rank c = 0..C-1 (C
 "Class-Balanced Loss Based on Effective Number of Samples", CVPR 2019), with n_max = 100 and
 ratio = 100, i.e. 100, 59, 35, 21, 12, 7, 4, 2, 1, 1 images. The test split is balanced (60 per
 class) and disjoint from training. A small MLP (64-64-10, Adam) is trained with each sampler of
-``pipeline.longtail``; the instance-sampled model is also corrected after training with
+``pipeline.eval.longtail``; the instance-sampled model is also corrected after training with
 logit adjustment (training prior, tau = 1), with report-time ``estimated`` calibration (no training
 counts needed), and with Saerens' EM test prior (training prior known).
 
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from pipeline.calibration import calibrate, softmax
-from pipeline.longtail import STRATEGIES, estimate_prior, logit_adjust, make_sampler
-from pipeline.metrics import compute_metrics
+from pipeline.eval.calibration import calibrate, softmax
+from pipeline.eval.longtail import STRATEGIES, estimate_prior, logit_adjust, make_sampler
+from pipeline.eval.metrics import compute_metrics
 
 
 def long_tailed_split(x, y, seed, n_max=100, ratio=100.0, n_test=60):

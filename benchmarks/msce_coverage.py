@@ -18,8 +18,8 @@ import argparse
 
 import numpy as np
 
-from pipeline.config import load_config
-from pipeline.facetrack import clip_duration
+from pipeline.engine.config import load_config
+from stages.faces.facetrack import clip_duration
 from stages import context, keyframes
 
 SETTINGS = {

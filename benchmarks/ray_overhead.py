@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         print("ray is not installed: pip install 'dfer-pipeline[ray]'", file=sys.stderr)
         return 2
 
-    from pipeline.config import load_config
-    from pipeline.executor import LocalExecutor
-    from pipeline.executor_ray import RayExecutor
-    from pipeline.inputs import discover
-    from pipeline.runner import Runner
+    from pipeline.engine.config import load_config
+    from pipeline.engine.executor import LocalExecutor
+    from pipeline.engine.executor_ray import RayExecutor
+    from pipeline.engine.inputs import discover
+    from pipeline.engine.runner import Runner
     from tests import media
 
     with tempfile.TemporaryDirectory(prefix="dfer-ray-bench-") as tmp:

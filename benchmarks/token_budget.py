@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.prompts import PromptRenderer, image_slots  # noqa: E402
+from stages.templates import PromptRenderer, image_slots  # noqa: E402
 
 SUMMARY = "Motion: the brows rise slightly, the eyes widen and the corners of the mouth pull up into a brief smile."
 

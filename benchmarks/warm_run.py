@@ -2,7 +2,7 @@
 
 A run must fingerprint every clip (the sha256 of its bytes goes into every cache key). Before issue 15 a warm
 run read every video again to do so; now the cache remembers each file's fingerprint with its size, mtime and
-inode (:mod:`pipeline.fingerprints`) and reads only files that changed. Measured here, each as one
+inode (:mod:`pipeline.engine.fingerprints`) and reads only files that changed. Measured here, each as one
 ``python -m pipeline.cli run FOLDER --until faces -q`` process (wall time of the whole command, Python start-up
 included, as a user sees it):
 

@@ -42,17 +42,21 @@ def child() -> None:
     """Runs a stage of the tree on ``PYTHONPATH`` for each JSON command on stdin; prints the artifact's folder."""
     import importlib
 
-    from pipeline.cache import Artifact, Cache
-    from pipeline.jobs import ClipJob
+    try:
+        from pipeline.core.cache import Artifact, Cache
+        from pipeline.core.jobs import ClipJob
+    except ImportError:  # a code tree from before the layer folders (pipeline/core/)
+        from pipeline.cache import Artifact, Cache
+        from pipeline.jobs import ClipJob
 
     loaded = {}
     for line in sys.stdin:
         cmd = json.loads(line)
-        mod = importlib.import_module(f"stages.{cmd['stage']}")
+        mod = importlib.import_module(f"stages.{cmd['stage']}").STAGE
         cfg = mod.Config(**cmd["config"])
         key = (cmd["stage"], json.dumps(cmd["config"], sort_keys=True))
         if key not in loaded:
-            res = mod.open(cfg) if hasattr(mod, "open") else None
+            res = mod.open(cfg)
             if cmd.get("default_layout") and res is not None:
                 import torch
 

@@ -39,7 +39,7 @@ class Stage:
     and ``upstream`` (the most stages it reads) identify it. Exactly one of:
 
     * ``process(job, cfg, resources, out) -> dict | None``: per-clip work, run by the executor's workers
-      (``out`` is an :class:`pipeline.cache.ArtifactWriter`; the return value is extra meta);
+      (``out`` is an :class:`pipeline.core.cache.ArtifactWriter`; the return value is extra meta);
     * ``process_batch(jobs, cfg, resources) -> list[fill | Exception]``: a model stage, fed batches of clips
       where its model is loaded (``fill(out) -> dict | None`` writes one clip's artifact).
 

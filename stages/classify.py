@@ -5,7 +5,7 @@ with the motion summary of each gap (before the first keyframe, between keyframe
 e.g. ``[0.00–0.48 s] Motion: … [0.48 s] <image> [0.48–1.48 s] Motion: … [1.48 s] <image> …``, then
 asks for one label of the label set. Every label is scored by the log-likelihood of its tokens right
 after the prompt (closed-set scoring, see ``pipeline/backends/hf.py``); raw, uncalibrated scores are
-stored per clip. Turning scores into predictions (``pipeline/ranking.py``, calibration) happens after
+stored per clip. Turning scores into predictions (``pipeline/eval/ranking.py``, calibration) happens after
 the model, so it never re-runs a model.
 
 Ablation switches (each changes only this stage's key): ``use_summaries``, ``use_keyframes``,
@@ -16,7 +16,7 @@ model's native video input). ``keyframes.k`` sets the number of keyframes upstre
 
 ``classify.model.backend=expression``: the embedded expression model as a clip-level baseline (mean per-frame
 log-probability of each label's class over the frames the prompt shows; see ``pipeline/backends/expression.py``).
-It reads the expression stage's probabilities (an extra upstream, :func:`pipeline.modelstage.input_stages`).
+It reads the expression stage's probabilities (an extra upstream, :func:`stages.modelstage.input_stages`).
 When ``classify.model`` cannot be had here (offline, not in the local cache), the embedded model stands in
 (:func:`fallback`; ``run.fallback=stop`` or ``--strict``: the run stops before this stage instead).
 
@@ -38,16 +38,16 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline import modelstage
+from stages import modelstage
 from pipeline.backends import backend_class, check_video_input, model_identity, model_name
 from pipeline.backends.adapter import adapter_hash, check_adapter, resolve_adapter_dir
 from pipeline.backends.base import Prompt, Video, frame_rate, stage_model
-from pipeline.errors import AdapterError, LabelScoringUnsupportedError, VideoInputUnsupportedError
-from pipeline.facetrack import FaceTrack
-from pipeline.fields import not_in_key
-from pipeline.jobs import ClipJob
-from pipeline.labels import LabelError, load_label_set
-from pipeline.prompts import PromptRenderer, image_slots, template_hash, template_path
+from pipeline.core.errors import AdapterError, LabelScoringUnsupportedError, VideoInputUnsupportedError
+from stages.faces.facetrack import FaceTrack
+from pipeline.core.fields import not_in_key
+from pipeline.core.jobs import ClipJob
+from pipeline.eval.labels import LabelError, load_label_set
+from stages.templates import PromptRenderer, image_slots, template_hash, template_path
 from stages.base import Fallback, Stage
 
 NAME = "classify"
@@ -136,7 +136,7 @@ def scored_by(cfg: Config) -> str:
 
 
 def fallback(cfg: Config) -> Fallback | None:
-    """The embedded model in place of ``classify.model`` (:func:`pipeline.modelstage.embedded_fallback`); none for a
+    """The embedded model in place of ``classify.model`` (:func:`stages.modelstage.embedded_fallback`); none for a
     run with LoRA adapters, which are meant for the model asked for."""
     return None if cfg.adapter is not None else modelstage.embedded_fallback(cfg)
 

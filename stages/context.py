@@ -37,10 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.backends import model_identity
 from pipeline.backends.base import Prompt, frame_rate, stage_model
-from pipeline.facetrack import FaceTrack
-from pipeline.jobs import ClipJob
-from pipeline.prompts import PromptRenderer, image_slots, template_hash
-from pipeline import modelstage
+from stages.faces.facetrack import FaceTrack
+from pipeline.core.jobs import ClipJob
+from stages.templates import PromptRenderer, image_slots, template_hash
+from stages import modelstage
 from stages.base import Stage
 
 NAME = "context"

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import StageInputError
-from pipeline.facetrack import FaceTrack
-from pipeline.fields import not_in_key
-from pipeline.jobs import ClipJob
+from pipeline.core.errors import StageInputError
+from stages.faces.facetrack import FaceTrack
+from pipeline.core.fields import not_in_key
+from pipeline.core.jobs import ClipJob
 from pipeline.models.expression import CLASSES, FACE_MARGIN, MODEL_ID, reframe, weights_sha256
 from stages.base import Stage
 

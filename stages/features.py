@@ -24,12 +24,12 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline import hub
-from pipeline.cache import Artifact
-from pipeline.errors import EncoderError, StageInputError
-from pipeline.facetrack import FaceTrack
-from pipeline.fields import not_in_key
-from pipeline.jobs import ClipJob
+from pipeline.models import hub
+from pipeline.core.cache import Artifact
+from pipeline.core.errors import EncoderError, StageInputError
+from stages.faces.facetrack import FaceTrack
+from pipeline.core.fields import not_in_key
+from pipeline.core.jobs import ClipJob
 from pipeline.models.vision import VisionEncoder, check_encoder, resolve_layers
 from stages.base import Stage
 

@@ -24,7 +24,7 @@ keyframe to the clip's last frame, each only when longer than ``edge_gap_min_s``
 each is an eighth of the clip, long enough to hold a whole micro-expression). A gap has ``start_index`` /
 ``end_index`` (the frames that bound it: keyframes, or the clip's first/last frame), ``t_start``/``t_end``
 and ``between`` (the frames strictly inside). ``duration_s`` is the clip's duration (the last frame's
-timestamp plus its frame time, :attr:`pipeline.facetrack.FaceTrack.duration_s`).
+timestamp plus its frame time, :attr:`stages.faces.facetrack.FaceTrack.duration_s`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import StageInputError
-from pipeline.facetrack import FaceTrack
-from pipeline.jobs import ClipJob
+from pipeline.core.errors import StageInputError
+from stages.faces.facetrack import FaceTrack
+from pipeline.core.jobs import ClipJob
 from pipeline.models.expression import CLASSES
 from stages import expression
 from stages.base import Stage

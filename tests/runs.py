@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import load_config
-from pipeline.facetrack import FaceTrack
-from pipeline.rundir import RunDir
-from pipeline.runner import run_pipeline
+from pipeline.engine.config import load_config
+from stages.faces.facetrack import FaceTrack
+from pipeline.engine.rundir import RunDir
+from pipeline.engine.runner import run_pipeline
 
 
 def run(input_path, out, cache, *overrides: str, workers: int = 1, log=None, **kwargs):
@@ -65,7 +65,7 @@ def scale_run(src, dst, n: int, seed: int = 0, fail_every: int = 50) -> Path:
     cached artifacts (crops, keyframes, summaries) of scored clip ``i % k`` and gets head-biased random
     scores and a true label (scores.jsonl, predictions.csv); every ``fail_every``-th clip failed at faces.
     For page-size benchmarks and for tests that need many clips with varied predictions."""
-    from pipeline.rundir import ManifestRow
+    from pipeline.engine.rundir import ManifestRow
 
     source, run = RunDir(src), RunDir(dst)
     run.create()

@@ -20,7 +20,7 @@ from pipeline.backends import (
     model_identity,
 )
 from pipeline.backends.base import prepare_image
-from pipeline.errors import ModelLoadError, ModelUnavailableError, VideoInputUnsupportedError
+from pipeline.core.errors import ModelLoadError, ModelUnavailableError, VideoInputUnsupportedError
 from tests.fake_openai_server import next_token_logprobs
 from tests.tiny_models import FAMILIES, shared_tiny_model_dir
 
@@ -220,7 +220,7 @@ def test_model_config_rejects_unknown_keys():
 
 
 def test_local_fingerprint_tells_same_size_weights_apart(tmp_path):
-    from pipeline.hub import fingerprint
+    from pipeline.models.hub import fingerprint
 
     a, b = tmp_path / "a", tmp_path / "b"
     for d, byte in ((a, b"\x01"), (b, b"\x02")):

@@ -16,7 +16,7 @@ from pipeline.backends import ModelConfig, Prompt, check_model_available, load_b
 from pipeline.backends.openai_http import (
     OpenAIBackend, check_label_first_tokens, image_to_data_url, match_top_tokens, normalise_token,
 )
-from pipeline.errors import BackendRequestError, LabelScoringUnsupportedError, ModelLoadError, ModelUnavailableError
+from pipeline.core.errors import BackendRequestError, LabelScoringUnsupportedError, ModelLoadError, ModelUnavailableError
 from tests.fake_openai_server import FakeOpenAIServer, next_token_logprobs
 from tests.tiny_models import shared_tiny_model_dir
 
@@ -221,7 +221,7 @@ MAFW_LIKE = (Path(__file__).resolve().parent.parent / "prompts" / "labels" / "ma
 
 
 def test_labels_sharing_a_first_token_are_refused_before_any_clip(server, clip_dir, tmp_path):
-    from pipeline.modelstage import PreflightError
+    from stages.modelstage import PreflightError
     from tests.runs import run
 
     labels = tmp_path / "mafw_like.yaml"
@@ -239,7 +239,7 @@ def test_labels_sharing_a_first_token_are_refused_before_any_clip(server, clip_d
 
 
 def test_first_tokens_come_from_the_servers_tokenizer(server, hf_backend):
-    from pipeline.labels import load_label_set
+    from pipeline.eval.labels import load_label_set
 
     mafw = load_label_set("mafw").names
     tok = hf_backend.tokenizer
@@ -255,7 +255,7 @@ def test_without_a_server_tokenizer_a_local_copy_is_used(hf_backend):
     folder = shared_tiny_model_dir("qwen2vl")
     with FakeOpenAIServer(hf_backend, model_name=folder, tokenize=False) as srv:
         cfg = ModelConfig(model=folder, backend="openai", server_url=srv.url)
-        from pipeline.labels import load_label_set
+        from pipeline.eval.labels import load_label_set
 
         source = check_label_first_tokens(cfg, load_label_set("mafw").names)
         assert "local copy" in source and srv.tokenize_requests == 0
@@ -264,7 +264,7 @@ def test_without_a_server_tokenizer_a_local_copy_is_used(hf_backend):
 
 
 def test_without_any_tokenizer_labels_with_the_same_first_letters_are_refused(hf_backend):
-    from pipeline.labels import load_label_set
+    from pipeline.eval.labels import load_label_set
 
     with FakeOpenAIServer(hf_backend, tokenize=False) as srv:
         cfg = _cfg(srv.url)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.cache import Cache, artifact_key, canonical_json, default_cache_dir
+from pipeline.core.cache import Cache, artifact_key, canonical_json, default_cache_dir
 
 
 def test_canonical_json_ignores_dict_order_and_rejects_non_json():

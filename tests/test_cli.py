@@ -77,7 +77,7 @@ def test_console_script_is_installed():
 
 
 def _fake_run(d, shift):
-    from pipeline.rundir import RunDir
+    from pipeline.engine.rundir import RunDir
 
     run = RunDir(d)
     run.create()

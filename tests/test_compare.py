@@ -7,10 +7,10 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
 from pipeline.cli import main
-from pipeline.compare import compare_folds, compare_runs, fold_summary
-from pipeline.errors import LabelError
-from pipeline.report import build_report, pct
-from pipeline.rundir import RunDir
+from pipeline.report.compare import compare_folds, compare_runs, fold_summary
+from pipeline.core.errors import LabelError
+from pipeline.report.run_report import build_report, pct
+from pipeline.engine.rundir import RunDir
 from tests.test_report import make_run
 
 LABELS = ["happy", "sad", "fear"]

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, key_fields, load_config
+from pipeline.engine.config import ConfigError, key_fields, load_config
 
 
 def test_defaults_yaml_and_overrides(tmp_path):

@@ -13,21 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cache import Cache
+from pipeline.core.cache import Cache
 from pipeline.cli import main as dfer_main
 from pipeline.diagnostics.conflict import ConflictLog, pairwise_cosines, task_gradients
 from pipeline.backends import ModelConfig, model_identity
 from pipeline.backends.socialfusion import SocialFusionBackend
-from pipeline.config import load_config
+from pipeline.engine.config import load_config
 from pipeline.diagnostics.features import FeatureConfig, clips_of, extract
-from pipeline.errors import EncoderError, LayerError, SocialFusionError
+from pipeline.core.errors import EncoderError, LayerError, SocialFusionError
 from pipeline.diagnostics.probe import (
     TaskError, probe_table, read_task_table, run_probes, train_probe, write_probe_report,
 )
 from pipeline.diagnostics.socialfusion import FeatureClip, TrainSettings, train, write_training_report
 from pipeline.models.socialfusion import SocialFusionModel
 from pipeline.models.vision import VisionEncoder, check_encoder
-from pipeline.rundir import RunDir
+from pipeline.engine.rundir import RunDir
 from pipeline.training.split import stratified_split
 from tests.runs import failures, run
 
@@ -328,7 +328,7 @@ def test_a_clip_whose_features_fail_is_recorded_and_the_others_go_on(keyframed, 
 def test_probe_and_socialfusion_commands_on_clips(keyframed, clip_dir, tiny_clip, tiny_lm, tmp_path):
     """``dfer probe`` and ``dfer socialfusion train`` end to end, then the trained model as the classify
     backend of a normal run and report, scoring exactly what it was trained on."""
-    from pipeline.report import write_report
+    from pipeline.report.run_report import write_report
 
     _, cache_dir = keyframed
     table = tmp_path / "tasks.csv"
@@ -400,8 +400,8 @@ def test_probe_and_socialfusion_commands_on_clips(keyframed, clip_dir, tiny_clip
 def test_socialfusion_validation_reports_the_uar_dfer_report_computes(clip_dir, special_clips, tiny_clip, tiny_lm,
                                                                        tmp_path):
     """One scoring rule: the validation of ``dfer socialfusion train`` and ``dfer report`` on a run of the saved model
-    over the same clips rank labels alike (pipeline/ranking.py), so they report the same predictions and UAR."""
-    from pipeline.report import build_report
+    over the same clips rank labels alike (pipeline/eval/ranking.py), so they report the same predictions and UAR."""
+    from pipeline.report.run_report import build_report
     from tests.conftest import copy_clip
 
     clips = tmp_path / "clips"

@@ -18,10 +18,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from pipeline import executor_ray  # noqa: E402
-from pipeline.cache import Cache  # noqa: E402
-from pipeline.executor import run_task  # noqa: E402
-from pipeline.executor_ray import ClusterError, RayExecutor  # noqa: E402
+from pipeline.engine import executor_ray  # noqa: E402
+from pipeline.core.cache import Cache  # noqa: E402
+from pipeline.engine.executor import run_task  # noqa: E402
+from pipeline.engine.executor_ray import ClusterError, RayExecutor  # noqa: E402
 from tests import media  # noqa: E402
 from tests.conftest import copy_clip  # noqa: E402
 from tests.runs import failures, manifest, run  # noqa: E402
@@ -193,7 +193,7 @@ def test_model_stages_on_actors_match_the_local_run(cluster, clip_dir, tmp_path)
 
 def _die_once_in_classify(stage, cfg, resources, chunk, cache, batch_size):
     """Test hook run in a model actor: the first classify batch that holds b.avi kills the actor's process."""
-    from pipeline.batching import process_batches
+    from pipeline.engine.batching import process_batches
 
     marker = Path(cache.root).parent / "actor-died"
     if chunk[0][1].stage == "classify" and "b.avi" in [vid for vid, _ in chunk] and not marker.exists():
@@ -286,7 +286,7 @@ def test_gpu_request_the_cluster_cannot_satisfy(cluster, clips, tmp_path):
 
 
 def _run_section(*overrides):
-    from pipeline.config import load_config
+    from pipeline.engine.config import load_config
 
     return load_config(None, list(overrides)).run
 

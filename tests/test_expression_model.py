@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.labels import load_label_set
+from pipeline.eval.labels import load_label_set
 from pipeline.models.expression import CLASSES, FACE_MARGIN, WEIGHTS_FILE, class_indices, preprocess, reframe
 from pipeline.models.mini_xception import load_model
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 import stages.expression as expression
-from pipeline.cache import Cache
-from pipeline.config import load_config
-from pipeline.errors import StageInputError
-from pipeline.facetrack import CROPS_FILE, TRACK_FILE
-from pipeline.jobs import ClipJob
+from pipeline.core.cache import Cache
+from pipeline.engine.config import load_config
+from pipeline.core.errors import StageInputError
+from stages.faces.facetrack import CROPS_FILE, TRACK_FILE
+from pipeline.core.jobs import ClipJob
 from pipeline.models.expression import CLASSES
 from pipeline.models.mini_xception import load_model
-from pipeline.runner import Runner
+from pipeline.engine.runner import Runner
 from tests.runs import artifact, failures, run, track_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

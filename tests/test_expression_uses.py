@@ -12,13 +12,13 @@ import pytest
 
 import stages.expression as expression
 from pipeline.backends import Prompt, load_backend, model_identity
-from pipeline.cache import Cache
-from pipeline.config import load_config
-from pipeline.errors import PreflightError
-from pipeline.facetrack import CROPS_FILE, TRACK_FILE, FaceTrack
+from pipeline.core.cache import Cache
+from pipeline.engine.config import load_config
+from pipeline.core.errors import PreflightError
+from stages.faces.facetrack import CROPS_FILE, TRACK_FILE, FaceTrack
 from pipeline.models.expression import CLASSES, MODEL_ID, weights_sha256
 from pipeline.models.motion_text import NO_CHANGE, describe
-from pipeline.runner import stages_to_run
+from pipeline.engine.runner import stages_to_run
 from stages import keyframes
 from stages.classify import key_extras
 from tests.conftest import copy_clip

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.face_refine import refine
-from pipeline.tracking import iou
-from pipeline.video import FramePixels, VideoReader
-from stages import faces
+from stages.faces.face_refine import refine
+from stages.faces.tracking import iou
+from pipeline.core.video import FramePixels, VideoReader
+from stages.faces import stage as faces
 from stages.faces import Config
 from tests import media
 from tests.runs import artifact, failures, run, track_of

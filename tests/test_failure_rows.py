@@ -1,4 +1,4 @@
-"""Failure rows of per-clip and model stages: one rule (``pipeline.jobs.task_failure``) for both."""
+"""Failure rows of per-clip and model stages: one rule (``pipeline.core.jobs.task_failure``) for both."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 
 import stages
 
-from pipeline.batching import process_batches
-from pipeline.cache import Cache
-from pipeline.errors import DiskFullError, NoFaceError
-from pipeline.jobs import ClipJob, ClipTask, task_failure
+from pipeline.engine.batching import process_batches
+from pipeline.core.cache import Cache
+from pipeline.core.errors import DiskFullError, NoFaceError
+from pipeline.core.jobs import ClipJob, ClipTask, task_failure
 from tests.conftest import copy_clip
 from tests.runs import failures, run
 

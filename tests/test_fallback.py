@@ -14,8 +14,8 @@ import sys
 import pytest
 
 from pipeline.models.expression import MODEL_ID
-from pipeline.report import write_report
-from pipeline.rundir import RunDir
+from pipeline.report.run_report import write_report
+from pipeline.engine.rundir import RunDir
 from pipeline.view import build_view
 from tests.conftest import copy_clip
 from tests.runs import run

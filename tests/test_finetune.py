@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.config import load_config
+from pipeline.engine.config import load_config
 from pipeline.cli import main as dfer_main
 from pipeline.finetune import FinetuneError, finetune, loop
 from pipeline.backends.adapter import adapter_hash
 from pipeline.finetune.data import class_weights, split_train_val
-from pipeline.labels import LabelError
-from pipeline.modelstage import PreflightError
-from pipeline.rundir import RunDir
+from pipeline.eval.labels import LabelError
+from stages.modelstage import PreflightError
+from pipeline.engine.rundir import RunDir
 from tests import media
 from tests.runs import run
 from tests.tiny_models import shared_tiny_model_dir

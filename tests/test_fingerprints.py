@@ -7,8 +7,8 @@ import os
 import pytest
 
 from pipeline.cli import main as dfer_main
-from pipeline.fingerprints import FingerprintMemo
-from pipeline.inputs import fingerprint
+from pipeline.engine.fingerprints import FingerprintMemo
+from pipeline.engine.inputs import fingerprint
 from tests.conftest import copy_clip
 from tests.runs import manifest, run
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pipeline.inputs import InputError, discover, parse_shard, shard_of
+from pipeline.engine.inputs import InputError, discover, parse_shard, shard_of
 
 
 def _touch(p):
@@ -81,7 +81,7 @@ def test_a_list_file_that_is_not_utf8_is_named_with_its_encoding(tmp_path):
 
 
 def test_labels_outside_the_label_set_stop_the_run_before_any_clip(tmp_path):
-    from pipeline.errors import LabelError
+    from pipeline.core.errors import LabelError
     from tests.runs import run
 
     _touch(tmp_path / "a.mp4")

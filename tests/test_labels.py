@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.labels import (LabelError, LabelSet, load_label_set, match_labels, read_dfew_split,
+from pipeline.eval.labels import (LabelError, LabelSet, load_label_set, match_labels, read_dfew_split,
                              read_ferv39k_split, read_label_csv, read_labels, read_mafw_split)
 
 

@@ -1,4 +1,4 @@
-"""Samplers, logit adjustment, EM prior estimation and balanced exemplars (pipeline/longtail.py)."""
+"""Samplers, logit adjustment, EM prior estimation and balanced exemplars (pipeline/eval/longtail.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.longtail import (STRATEGIES, class_probabilities, estimate_prior, logit_adjust, make_sampler,
+from pipeline.eval.longtail import (STRATEGIES, class_probabilities, estimate_prior, logit_adjust, make_sampler,
                                sampling_weights)
 
 LABELS = ["a"] * 400 + ["b"] * 100 + ["c"] * 25 + ["d"] * 4

@@ -9,8 +9,8 @@ import pytest
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support)
 
-from pipeline.calibration import calibrate, prior_from_counts, softmax, tau_sweep
-from pipeline.metrics import compute_metrics, macro_f1, make_groups, mean_std, spearman, uar, war
+from pipeline.eval.calibration import calibrate, prior_from_counts, softmax, tau_sweep
+from pipeline.eval.metrics import compute_metrics, macro_f1, make_groups, mean_std, spearman, uar, war
 
 LABELS = ["happy", "sad", "neutral"]
 

@@ -8,10 +8,10 @@ import io
 import numpy as np
 import pytest
 
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
-from pipeline.rundir import RunDir
-from pipeline.runner import run_pipeline
+from pipeline.engine.config import load_config
+from pipeline.core.errors import ConfigError
+from pipeline.engine.rundir import RunDir
+from pipeline.engine.runner import run_pipeline
 from stages import classify, context, keyframes
 from tests.conftest import copy_clip
 from tests.runs import artifact, failures

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config_doc import END, START, config_reference
+from pipeline.tools.config_doc import END, START, config_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,7 +74,7 @@ def test_dockerfile_keeps_the_base_images_torch_installs_no_dev_tools_and_passes
 def test_readme_config_reference_is_current():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     block = text.split(START, 1)[1].split(END, 1)[0].strip()
-    assert block == config_reference().strip(), "run `python -m pipeline.config_doc --write`"
+    assert block == config_reference().strip(), "run `python -m pipeline.tools.config_doc --write`"
 
 
 @pytest.mark.parametrize("name", ["pipeline", "stages", "prompts", "tests", "benchmarks", "pyproject.toml", "Dockerfile", ".ci/run",

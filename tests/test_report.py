@@ -10,10 +10,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.compare import compare_runs
-from pipeline.report import PLOTS, build_report, write_report
-from pipeline.errors import LabelError
-from pipeline.rundir import RunDir
+from pipeline.report.compare import compare_runs
+from pipeline.report.run_report import PLOTS, build_report, write_report
+from pipeline.core.errors import LabelError
+from pipeline.engine.rundir import RunDir
 
 DFEW = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]
 TRAIN_COUNTS = {"happy": 2000, "sad": 1500, "neutral": 2100, "angry": 1700, "surprise": 1200, "disgust": 120,

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 import stages.keyframes
-from pipeline.cache import Cache
-from pipeline.config import load_config
-from pipeline.facetrack import FaceTrack
-from pipeline.report import write_report
-from pipeline.runner import run_pipeline
+from pipeline.core.cache import Cache
+from pipeline.engine.config import load_config
+from stages.faces.facetrack import FaceTrack
+from pipeline.report.run_report import write_report
+from pipeline.engine.runner import run_pipeline
 from pipeline.view import write_view
 from tests import media
 from tests.conftest import copy_clip

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.tracking import Anchor, PrimaryFaceTracker, Timeline, box_between, iou, smooth_one
+from stages.faces.tracking import Anchor, PrimaryFaceTracker, Timeline, box_between, iou, smooth_one
 
 
 def _seen(tracker, t, *boxes):

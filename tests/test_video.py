@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.video import FramePixels, VideoReader, to_rgb
+from pipeline.core.video import FramePixels, VideoReader, to_rgb
 
 
 def _frames(path, n=3):

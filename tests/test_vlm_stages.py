@@ -11,9 +11,9 @@ import shutil
 
 import pytest
 
-from pipeline.modelstage import PreflightError
-from pipeline.prompts import BUILTIN_DIR
-from pipeline.rundir import RunDir
+from stages.modelstage import PreflightError
+from stages.templates import BUILTIN_DIR
+from pipeline.engine.rundir import RunDir
 from tests.conftest import copy_clip
 from stages.classify import dense_indices, strip_times
 from tests.runs import artifact, failures, run, track_of
@@ -168,8 +168,8 @@ def described(models, two_clips, tmp_path_factory):
 
 def _render(res, video: str, **classify_settings):
     from pipeline.backends.base import ModelConfig
-    from pipeline.jobs import ClipJob
-    from pipeline.prompts import PromptRenderer
+    from pipeline.core.jobs import ClipJob
+    from stages.templates import PromptRenderer
     from stages import classify
 
     job = ClipJob(video, Path(video), f"fingerprint-of-{video}",

@@ -29,7 +29,7 @@ def check_model_available(cfg: ModelConfig) -> None:
 
 def check_video_input(cfg: ModelConfig) -> None:
     """Cheap pre-flight for prompts with :class:`Video` parts; loads no weights. Raises
-    :class:`pipeline.errors.VideoInputUnsupportedError` naming the model when it cannot take video
+    :class:`pipeline.core.errors.VideoInputUnsupportedError` naming the model when it cannot take video
     (``Backend.check_video``)."""
     backend_class(cfg.backend).check_video(cfg)
 

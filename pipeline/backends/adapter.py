@@ -23,8 +23,8 @@ import logging
 import os
 from pathlib import Path
 
-from pipeline.errors import AdapterError
-from pipeline import hub
+from pipeline.core.errors import AdapterError
+from pipeline.models import hub
 from pipeline.backends import model_identity
 from pipeline.backends.base import ModelConfig
 

@@ -25,8 +25,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.backends.registry import BACKENDS, backend_class
-from pipeline.errors import AdapterError, VideoInputUnsupportedError
-from pipeline.fields import not_in_key
+from pipeline.core.errors import AdapterError, VideoInputUnsupportedError
+from pipeline.core.fields import not_in_key
 
 
 class ModelConfig(BaseModel):
@@ -175,7 +175,7 @@ class LabelScore:
       first token has probability at most that of the k-th token, whose logprob is reported.
     * ``end_logprob``: ``log P(end-of-turn | prompt, label)`` (the token that closes the assistant turn in the
       model's chat template, e.g. ``<|im_end|>``), or ``None`` where it is unknown (HTTP backend). Stored, never
-      part of the ranking (:mod:`pipeline.ranking`).
+      part of the ranking (:mod:`pipeline.eval.ranking`).
     """
 
     logprob: float
@@ -221,8 +221,8 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def check_available(cls, cfg: ModelConfig) -> None:
         """Cheap pre-flight before any clip is processed (loads no weights): raises
-        :class:`pipeline.errors.ModelUnavailableError` when the model cannot be had here, or
-        :class:`pipeline.errors.ModelLoadError` when it cannot work at all; the message names the model or URL."""
+        :class:`pipeline.core.errors.ModelUnavailableError` when the model cannot be had here, or
+        :class:`pipeline.core.errors.ModelLoadError` when it cannot work at all; the message names the model or URL."""
 
     @classmethod
     def identity(cls, cfg: ModelConfig) -> dict:
@@ -248,7 +248,7 @@ class Backend(abc.ABC):
 
     @classmethod
     def check_labels(cls, cfg: ModelConfig, labels: list[str]) -> None:
-        """Cheap pre-flight: raise :class:`pipeline.errors.LabelScoringUnsupportedError` naming the labels this
+        """Cheap pre-flight: raise :class:`pipeline.core.errors.LabelScoringUnsupportedError` naming the labels this
         backend cannot tell apart. Default: a backend that scores every token of a label always can."""
 
     @classmethod

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.backends.base import Backend, LabelScore, ModelConfig, Prompt
-from pipeline.errors import LabelScoringUnsupportedError, ModelLoadError, ModelUnavailableError, StageInputError
-from pipeline.labels import LabelSet
+from pipeline.core.errors import LabelScoringUnsupportedError, ModelLoadError, ModelUnavailableError, StageInputError
+from pipeline.eval.labels import LabelSet
 from pipeline.models.expression import CLASSES, MODEL_ID, WEIGHTS_FILE, class_indices, weights_sha256
 from pipeline.models.motion_text import describe
 

@@ -64,11 +64,11 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from pipeline import hub
+from pipeline.models import hub
 from pipeline.backends.base import Backend, LabelScore, ModelConfig, Prompt, Video, prepare_image
 from pipeline.models.quiet import quiet_peft
-from pipeline.devices import resolve_device
-from pipeline.errors import ModelLoadError, ModelUnavailableError, VideoInputUnsupportedError
+from pipeline.models.devices import resolve_device
+from pipeline.core.errors import ModelLoadError, ModelUnavailableError, VideoInputUnsupportedError
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class TransformersBackend(Backend):
 
     @classmethod
     def identity(cls, cfg: ModelConfig) -> dict:
-        """Hub id + revision, or a local checkpoint's content fingerprint (:func:`pipeline.hub.model_identity`)."""
+        """Hub id + revision, or a local checkpoint's content fingerprint (:func:`pipeline.models.hub.model_identity`)."""
         return hub.model_identity(cfg.model, cfg.revision)
 
     @classmethod

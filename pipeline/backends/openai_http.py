@@ -67,7 +67,7 @@ from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 
 from pipeline.backends.base import Backend, LabelScore, ModelConfig, Prompt, Video, prepare_image
-from pipeline.errors import (BackendRequestError, LabelScoringUnsupportedError, ModelLoadError, ModelUnavailableError,
+from pipeline.core.errors import (BackendRequestError, LabelScoringUnsupportedError, ModelLoadError, ModelUnavailableError,
                              VideoInputUnsupportedError)
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import hub
+from pipeline.models import hub
 from pipeline.backends.base import Backend, LabelScore, ModelConfig
-from pipeline.devices import resolve_device
-from pipeline.errors import EncoderError, ModelLoadError, SocialFusionError
+from pipeline.models.devices import resolve_device
+from pipeline.core.errors import EncoderError, ModelLoadError, SocialFusionError
 from pipeline.models.socialfusion import SocialFusionModel, read_config
 from pipeline.models.vision import VisionEncoder
 

@@ -1,5 +1,5 @@
 """``dfer``: the command line. It parses arguments, calls one library function per command, and maps errors
-to exit codes in :func:`main`, once (the codes and their meaning: :mod:`pipeline.errors`).
+to exit codes in :func:`main`, once (the codes and their meaning: :mod:`pipeline.core.errors`).
 
 Each command module (``run``, ``sweep``, ``report``, ``finetune``, ``diagnostics``) adds its subcommands with
 ``add_parsers(subparsers)`` and sets ``handler`` on each; options shared by several commands are declared
@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from pipeline.cli import diagnostics, finetune, report, run, sweep
-from pipeline.errors import EXIT_INTERRUPTED, DferError, DiskFullError, is_disk_full
+from pipeline.core.errors import EXIT_INTERRUPTED, DferError, DiskFullError, is_disk_full
 
 COMMAND_MODULES = (run, sweep, report, finetune, diagnostics)
 

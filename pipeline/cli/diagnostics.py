@@ -8,7 +8,7 @@ from functools import partial
 
 from pipeline.cli.options import config_options, load_config, model_options, quiet_option
 from pipeline.diagnostics.commands import ProbeOptions, TrainOptions
-from pipeline.errors import EXIT_FAILED_CLIPS, EXIT_OK
+from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_OK
 
 
 def add_parsers(sub) -> None:
@@ -27,7 +27,7 @@ def add_parsers(sub) -> None:
 
 
 def _options(model, args):
-    from pipeline.config import validated
+    from pipeline.engine.config import validated
 
     return validated(model, vars(args), "the command's options")
 

@@ -4,8 +4,8 @@ finetune ...``). Re-running the same command with the same ``--out`` resumes, al
 from __future__ import annotations
 
 from pipeline.cli.options import config_options, load_config, quiet_option
-from pipeline.errors import EXIT_OK
-from pipeline.labels import LABEL_FORMATS
+from pipeline.core.errors import EXIT_OK
+from pipeline.eval.labels import LABEL_FORMATS
 
 
 def add_parsers(sub) -> None:

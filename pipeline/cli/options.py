@@ -11,7 +11,7 @@ import typing
 
 from pydantic import BaseModel
 
-from pipeline import config
+from pipeline.engine import config
 
 
 def config_options() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def config_options() -> argparse.ArgumentParser:
 
 def label_options() -> argparse.ArgumentParser:
     """The true labels of the clips, as ``dfer report`` reads them (report, view, sweep)."""
-    from pipeline.labels import LABEL_FORMATS
+    from pipeline.eval.labels import LABEL_FORMATS
 
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--labels", metavar="FILE", help="true labels: CSV video,label or an official split file/folder")

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.options import config_options, execution_options, load_config, quiet_option
-from pipeline.errors import EXIT_FAILED_CLIPS, EXIT_OK, EXIT_STOPPED
+from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_OK, EXIT_STOPPED
 
 
 def add_parsers(sub) -> None:
@@ -45,7 +45,7 @@ def add_parsers(sub) -> None:
 
 
 def _run(args) -> int:
-    from pipeline.runner import executor_for, run_pipeline
+    from pipeline.engine.runner import executor_for, run_pipeline
 
     cfg = load_config(args)
     executor = executor_for(args.executor, cfg.run, args.ray_address)
@@ -68,8 +68,8 @@ def _run(args) -> int:
 
 def _report(result) -> None:
     """``dfer run --report``: the report of a run that scored clips (what ``dfer report RUN`` writes and prints)."""
-    from pipeline.report import summary, write_report
-    from pipeline.rundir import PREDICTIONS
+    from pipeline.report.run_report import summary, write_report
+    from pipeline.engine.rundir import PREDICTIONS
 
     if not (result.run_dir / PREDICTIONS).is_file():
         print("dfer: no report: the run did not reach classify, so there are no scores to report", file=sys.stderr)
@@ -78,14 +78,14 @@ def _report(result) -> None:
 
 
 def _config_show(args) -> int:
-    from pipeline.config import dump_config
+    from pipeline.engine.config import dump_config
 
     sys.stdout.write(dump_config(load_config(args)))
     return EXIT_OK
 
 
 def _inspect(args) -> int:
-    from pipeline.clip_figure import inspect_clip
+    from pipeline.tools.clip_figure import inspect_clip
 
     print(inspect_clip(args.run_dir, args.video, Path(args.output) if args.output else None))
     return EXIT_OK

@@ -1,11 +1,11 @@
-"""``dfer sweep`` over :func:`pipeline.sweep.run_sweep`."""
+"""``dfer sweep`` over :func:`pipeline.tools.sweep.run_sweep`."""
 
 from __future__ import annotations
 
 import sys
 
 from pipeline.cli.options import config_options, execution_options, label_options, quiet_libraries, quiet_option
-from pipeline.errors import EXIT_FAILED_CLIPS, EXIT_OK
+from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_OK
 
 
 def add_parsers(sub) -> None:
@@ -27,7 +27,7 @@ def add_parsers(sub) -> None:
 
 
 def _sweep(args) -> int:
-    from pipeline.sweep import run_sweep
+    from pipeline.tools.sweep import run_sweep
 
     if args.quiet:
         quiet_libraries()

@@ -17,7 +17,7 @@ from typing import Literal, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import DiagnosticsError
+from pipeline.core.errors import DiagnosticsError
 
 FRAMES = Literal["keyframes", "all"]
 
@@ -109,7 +109,7 @@ class TrainOptions(ClipOptions):
     lr: float = Field(1e-3, gt=0)
     """learning rate (AdamW)"""
     sampler: Literal["instance", "sqrt", "balanced", "progressive"] = "balanced"
-    """per-task sampler of pipeline/longtail.py"""
+    """per-task sampler of pipeline/eval/longtail.py"""
     conflict_every: int = Field(1, ge=0)
     """record per-task gradients every N steps (0: never)"""
     save_every: int = Field(0, ge=0)
@@ -147,7 +147,7 @@ def _labelled_clips(opts: ClipOptions):
         tasks = match_tasks(table, [c.id for c in clips])
     order = {}
     if opts.label_set:
-        from pipeline.labels import load_label_set
+        from pipeline.eval.labels import load_label_set
 
         ls = load_label_set(opts.label_set)
         first = next(iter(tasks))
@@ -213,7 +213,7 @@ def train(opts: TrainOptions, cfg, save: bool, log: TextIO | None = None, execut
     ``opts.out`` (training reports in ``out/training``), else only the reports (``dfer conflict``).
     Checkpoints go to the report folder (``--save-every``); the same command resumes from them.
     Returns the training report and the number of clips whose features failed."""
-    from pipeline.devices import resolve_device
+    from pipeline.models.devices import resolve_device
     from pipeline.diagnostics.socialfusion import FeatureClip, TrainSettings, write_training_report
     from pipeline.diagnostics.socialfusion import train as train_model
     from pipeline.models.socialfusion import LoraSettings, SocialFusionModel, check_lm

@@ -16,12 +16,12 @@ from typing import TextIO
 
 import numpy as np
 
-from pipeline import hub
-from pipeline.cache import Cache
-from pipeline.errors import DiagnosticsError
-from pipeline.inputs import VideoRef, discover
-from pipeline.rundir import MANIFEST, RunDir
-from pipeline.runner import Runner, StageReport
+from pipeline.models import hub
+from pipeline.core.cache import Cache
+from pipeline.core.errors import DiagnosticsError
+from pipeline.engine.inputs import VideoRef, discover
+from pipeline.engine.rundir import MANIFEST, RunDir
+from pipeline.engine.runner import Runner, StageReport
 from stages import features as stage
 
 FeatureConfig = stage.Config

@@ -6,7 +6,7 @@
   used for every encoder and layer of a task, so their numbers are comparable side by side.
 * **Probe**: features standardised on the training clips, then scikit-learn ``LogisticRegression`` (lbfgs,
   multinomial, L2 with ``C``) with ``class_weight="balanced"``, so a head class cannot win by frequency.
-* **Metrics** on the validation clips with :func:`pipeline.metrics.compute_metrics`: UAR, WAR, macro-F1 and their
+* **Metrics** on the validation clips with :func:`pipeline.eval.metrics.compute_metrics`: UAR, WAR, macro-F1 and their
   percentile-bootstrap CIs over validation clips. Chance UAR is ``1 / classes``.
 
 Tasks are label columns of a CSV with a ``video`` (or ``path``) column (:func:`read_task_table`); empty cells
@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.errors import DiagnosticsError
+from pipeline.core.errors import DiagnosticsError
 from pipeline.training.split import stratified_split
 
 
@@ -92,9 +92,9 @@ def check_tasks(table: Mapping[str, Mapping[str, str]], where: str = "task table
 
 
 def match_tasks(table: Mapping[str, Mapping[str, str]], videos: Iterable[str]) -> dict[str, dict[str, str]]:
-    """Join the table's ids to pipeline video ids (:func:`pipeline.labels.match_labels`: exact, without extension,
+    """Join the table's ids to pipeline video ids (:func:`pipeline.eval.labels.match_labels`: exact, without extension,
     path suffix), per task; re-checks that every task keeps two values on the matched clips."""
-    from pipeline.labels import match_labels
+    from pipeline.eval.labels import match_labels
 
     videos = list(videos)
     out = {}
@@ -135,7 +135,7 @@ def train_probe(x_train: np.ndarray, y_train: Sequence[str], x_val: np.ndarray, 
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from pipeline.metrics import compute_metrics
+    from pipeline.eval.metrics import compute_metrics
 
     labels = list(labels) if labels is not None else sorted(set(y_train) | set(y_val))
     if len(set(y_train)) < 2:

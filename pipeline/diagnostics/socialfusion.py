@@ -2,7 +2,7 @@
 
 Multi-task training (:func:`train`)
     Tasks are label columns (emotion, valence, a second data set's labels...). Each step draws one batch per task
-    with that task's sampler from :mod:`pipeline.longtail` (``instance``/``sqrt``/``balanced``/``progressive``,
+    with that task's sampler from :mod:`pipeline.eval.longtail` (``instance``/``sqrt``/``balanced``/``progressive``,
     epochs counted per task), sums the weighted task losses, and every ``conflict_every`` steps records the
     per-task gradients on the shared trainable parameters (:mod:`pipeline.diagnostics.conflict`). The model
     reads cached per-frame features (the ``features`` stage), so training never runs the encoder.
@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.diagnostics.conflict import ConflictLog, task_gradients
-from pipeline.errors import SocialFusionError
+from pipeline.core.errors import SocialFusionError
 from pipeline.diagnostics.probe import TaskError
 from pipeline.models.socialfusion import SocialFusionModel
 from pipeline.training import checkpoint as ckpt
@@ -64,7 +64,7 @@ class TrainSettings(BaseModel):
     seed: int = 0
     n_boot: int = Field(1000, ge=0)
     length_norm: Literal["sum", "mean"] = "sum"
-    """How validation ranks labels (:mod:`pipeline.ranking`; ``classify.length_norm`` of the pipeline config)."""
+    """How validation ranks labels (:mod:`pipeline.eval.ranking`; ``classify.length_norm`` of the pipeline config)."""
     save_every: int = Field(0, ge=0)
     """With ``out_dir``: write a resumable checkpoint every N steps (0: none)."""
 
@@ -86,10 +86,10 @@ class TrainReport:
 
 
 def _task_batches(labels: list[str], strategy: str, batch: int, steps: int, seed: int):
-    """Endless batches of indices into ``labels`` drawn with a :mod:`pipeline.longtail` sampler; an epoch is
+    """Endless batches of indices into ``labels`` drawn with a :mod:`pipeline.eval.longtail` sampler; an epoch is
     ceil(n / batch) batches, the sampler is rebuilt (and re-seeded) every epoch, progressive moves to balanced
     over ``ceil(steps / epoch length)`` epochs."""
-    from pipeline.longtail import make_sampler
+    from pipeline.eval.longtail import make_sampler
 
     per_epoch = max(1, math.ceil(len(labels) / batch))
     epochs = max(2, math.ceil(steps / per_epoch))
@@ -193,7 +193,7 @@ def train(model: SocialFusionModel, examples: Sequence[FeatureClip], settings: T
     """Multi-task training of the connector (+ LoRA); see the module docstring."""
     import torch
 
-    from pipeline.metrics import compute_metrics
+    from pipeline.eval.metrics import compute_metrics
     from pipeline.training.optim import make_optimizer, make_scheduler
 
     s = settings or TrainSettings()

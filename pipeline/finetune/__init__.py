@@ -1,6 +1,6 @@
 """Balanced LoRA fine-tuning of the classify model (``dfer finetune``).
 
-    from pipeline.config import load_config
+    from pipeline.engine.config import load_config
     from pipeline.finetune import finetune
 
     cfg = load_config("my.yaml", ["finetune.sampling=balanced", "classify.model.model=/models/qwen"])
@@ -10,15 +10,15 @@
 Modules: ``data`` (labels, validation split, cached upstream
 artifacts through the runner, the dataset of rendered classify prompts), ``loop`` (training, validation,
 checkpoints, :func:`finetune`), and the training toolkit :mod:`pipeline.training` (split, LoRA, schedule, checkpoints); the
-``finetune`` config section is :class:`pipeline.sections.FinetuneConfig` and the adapter format
+``finetune`` config section is :class:`pipeline.engine.sections.FinetuneConfig` and the adapter format
 :mod:`pipeline.backends.adapter`. The command is ``dfer finetune``
 (:mod:`pipeline.cli.finetune`; several GPUs: ``accelerate launch -m pipeline.cli finetune ...``).
 """
 
 from __future__ import annotations
 
-from pipeline.errors import FinetuneError
+from pipeline.core.errors import FinetuneError
 from pipeline.finetune.loop import FinetuneResult, finetune
-from pipeline.sections import FinetuneConfig
+from pipeline.engine.sections import FinetuneConfig
 
 __all__ = ["FinetuneConfig", "FinetuneError", "FinetuneResult", "finetune"]

@@ -4,7 +4,7 @@
    resolves them through the classify label set: a label outside it is an error naming the file and line.
 2. :func:`split_train_val` holds out validation clips by video id: a given ``--val-labels`` file, or the
    toolkit's stratified split (:mod:`pipeline.training.split`). :func:`check_training_set` refuses a training set with fewer than two classes.
-3. :func:`prepare` runs the normal pipeline (:class:`pipeline.runner.Runner`) up to the last stage classify
+3. :func:`prepare` runs the normal pipeline (:class:`pipeline.engine.runner.Runner`) up to the last stage classify
    reads (``context``, or ``keyframes`` when classify shows no summaries), so every artifact comes from, and
    goes to, the shared cache; a clip that fails there is left out (listed in ``CKPT/prepare/failures.jsonl``).
 4. :class:`PromptDataset` renders each clip's prompt with :func:`stages.classify.render`, i.e. exactly the
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pipeline.errors import FinetuneError
-from pipeline.inputs import VideoRef
-from pipeline.labels import LabelSet, match_labels, read_labels
+from pipeline.core.errors import FinetuneError
+from pipeline.engine.inputs import VideoRef
+from pipeline.eval.labels import LabelSet, match_labels, read_labels
 from pipeline.training.split import stratified_split
 
 
@@ -101,8 +101,8 @@ def prepare(cfg, refs: list[VideoRef], labels: dict[str, str], run_dir: Path, ca
 
     Returns the examples of the clips whose artifacts exist and the ids of the clips that failed.
     """
-    from pipeline.cache import Cache
-    from pipeline.runner import Runner
+    from pipeline.core.cache import Cache
+    from pipeline.engine.runner import Runner
     from stages import STAGES
 
     upstream = STAGES["classify"].upstream_of(cfg.classify)
@@ -128,8 +128,8 @@ class PromptDataset:
     classify stage renders it (same template, timeline, images), the label an index into ``label_names``."""
 
     def __init__(self, examples: list[LabelledClip], classify_cfg, label_names: list[str], cache_root: str | Path):
-        from pipeline.cache import Cache
-        from pipeline.prompts import PromptRenderer
+        from pipeline.core.cache import Cache
+        from stages.templates import PromptRenderer
 
         self.examples = list(examples)
         self.cfg = classify_cfg
@@ -142,7 +142,7 @@ class PromptDataset:
         return len(self.examples)
 
     def __getitem__(self, i: int) -> dict:
-        from pipeline.jobs import ClipJob
+        from pipeline.core.jobs import ClipJob
         from stages import classify
 
         ex = self.examples[i]

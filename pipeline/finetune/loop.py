@@ -14,7 +14,7 @@ Loss
 
 Sampling and steps
     Every epoch draws ``samples_per_epoch`` training clips (default: as many as there are) with replacement from
-    ``pipeline.longtail.make_sampler`` (``instance``, ``sqrt``, ``balanced``, ``progressive``; seeded by
+    ``pipeline.eval.longtail.make_sampler`` (``instance``, ``sqrt``, ``balanced``, ``progressive``; seeded by
     ``seed + epoch``), rounded up to whole optimizer steps of ``batch_size x grad_accum x devices`` clips; each
     device takes every n-th draw. Learning rate: ``transformers.get_scheduler`` (linear warm-up, then
     cosine/linear decay or constant), optimizer, LoRA and checkpoints from :mod:`pipeline.training`.
@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pipeline.backends.adapter import base_record, write_adapter_meta
-from pipeline.errors import FinetuneError
+from pipeline.core.errors import FinetuneError
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.lora import VISION_MODULES, add_lora
 from pipeline.training.optim import make_optimizer, make_scheduler
@@ -90,8 +90,8 @@ def _sha(obj) -> str:
 
 def _setup(cfg, label_names, train: list[LabelledClip], val: list[LabelledClip], nproc: int) -> dict:
     """Everything the trained weights depend on; a resumed run must have the same."""
-    from pipeline.config import key_fields
-    from pipeline.prompts import template_hash
+    from pipeline.engine.config import key_fields
+    from stages.templates import template_hash
 
     fine = {k: v for k, v in cfg.finetune.model_dump(mode="json").items() if k not in NOT_IN_RESUME_CHECK}
     classify = {k: v for k, v in key_fields(cfg.classify).items() if k not in ("model", "adapter")}
@@ -137,7 +137,7 @@ class _Trainer:
         from accelerate.utils import set_seed
 
         from pipeline.backends.hf import TransformersBackend
-        from pipeline.labels import load_label_set
+        from pipeline.eval.labels import load_label_set
 
         self.cfg, self.fcfg, self.acc, self.out, self.names = cfg, cfg.finetune, accelerator, out, names
         self.train_ex, self.log, self.show = train, log, show_progress
@@ -251,8 +251,8 @@ class _Trainer:
         """UAR/WAR/macro-F1 and mean true-label loss over the validation clips (closed-set scoring)."""
         from accelerate.utils import gather_object
 
-        from pipeline.metrics import macro_f1, uar, war
-        from pipeline.ranking import predict
+        from pipeline.eval.metrics import macro_f1, uar, war
+        from pipeline.eval.ranking import predict
 
         if not len(self.val_ds):
             return {}
@@ -281,7 +281,7 @@ class _Trainer:
 
     # -------------------------------------------------------------- the loop
     def epoch_order(self, epoch: int) -> list[int]:
-        from pipeline.longtail import make_sampler
+        from pipeline.eval.longtail import make_sampler
 
         f = self.fcfg
         sampler = make_sampler([e.label for e in self.train_ex], f.sampling, num_samples=self.steps_per_epoch * self.per_step,
@@ -393,12 +393,12 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
     ``finetune.yaml`` and ``prepare/`` (the run that computed the upstream artifacts). Calling it again with the
     same ``out_dir`` resumes (also after the process was killed or interrupted).
 
-    Raises :class:`FinetuneError` / :class:`pipeline.labels.LabelError` / :class:`pipeline.modelstage.PreflightError`
+    Raises :class:`FinetuneError` / :class:`pipeline.eval.labels.LabelError` / :class:`stages.modelstage.PreflightError`
     before any training for unusable inputs.
     """
-    from pipeline.config import dump_config
-    from pipeline.inputs import discover
-    from pipeline.labels import load_label_set
+    from pipeline.engine.config import dump_config
+    from pipeline.engine.inputs import discover
+    from pipeline.eval.labels import load_label_set
     from stages import classify
 
     log = log or sys.stderr
@@ -466,7 +466,7 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
               f"{len(val)} validation clips; sampling {fcfg.sampling}, loss weights {fcfg.loss_weights}", file=log)
     setup = _setup(cfg, names, train, val, accelerator.num_processes)
 
-    from pipeline.cache import Cache, default_cache_dir
+    from pipeline.core.cache import Cache, default_cache_dir
 
     cache_root = Cache(cache_dir if cache_dir is not None else default_cache_dir()).root
     if main:

@@ -42,7 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.labels import BUILTIN_LABEL_SETS, load_label_set
+from pipeline.eval.labels import BUILTIN_LABEL_SETS, load_label_set
 
 CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 """Output order of the model (FER2013's class ids 0..6)."""
@@ -111,7 +111,7 @@ def class_words() -> dict[str, int]:
 
 
 def class_indices(label_set) -> tuple[dict[str, int], list[str]]:
-    """Map a :class:`pipeline.labels.LabelSet` onto the model's classes: a label is a class when its name or one of
+    """Map a :class:`pipeline.eval.labels.LabelSet` onto the model's classes: a label is a class when its name or one of
     its aliases is a word of :func:`class_words`.
 
     Returns ``({label name: model class index}, [labels of the set the model does not know])``; e.g. for

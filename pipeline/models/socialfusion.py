@@ -25,10 +25,10 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline import hub
+from pipeline.models import hub
 from pipeline.models.quiet import quiet_peft
-from pipeline.errors import SocialFusionError
-from pipeline.ranking import predict
+from pipeline.core.errors import SocialFusionError
+from pipeline.eval.ranking import predict
 
 CONFIG_FILE = "socialfusion.json"
 CONNECTOR_FILE = "connector.safetensors"
@@ -273,7 +273,7 @@ class SocialFusionModel:
         return out
 
     def predict(self, feats_list, task: str | None = None, length_norm: str = "sum") -> list[str]:
-        """The label ranked first per clip by :mod:`pipeline.ranking` (the rule ``dfer run``/``dfer report`` use,
+        """The label ranked first per clip by :mod:`pipeline.eval.ranking` (the rule ``dfer run``/``dfer report`` use,
         so validation and a run report the same UAR; the EOS score is not part of it)."""
         task = task or self.cfg.default_task
         labels = self.cfg.tasks[task]

@@ -32,9 +32,9 @@ from typing import Iterable
 
 import numpy as np
 
-from pipeline import hub
-from pipeline.devices import resolve_device
-from pipeline.errors import EncoderError, LayerError
+from pipeline.models import hub
+from pipeline.models.devices import resolve_device
+from pipeline.core.errors import EncoderError, LayerError
 
 
 @dataclass(frozen=True)

@@ -5,5 +5,5 @@
 * :mod:`.optim`: AdamW over the trainable parameters and ``transformers.get_scheduler``;
 * :mod:`.checkpoint`: atomic, resumable checkpoints without pickle.
 
-Class-aware samplers come from :mod:`pipeline.longtail`. Importing this package loads neither torch nor peft.
+Class-aware samplers come from :mod:`pipeline.eval.longtail`. Importing this package loads neither torch nor peft.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from pipeline.models.quiet import quiet_peft
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 VISION_MODULES = r".*(visual|vision).*"
 

@@ -3,7 +3,7 @@
 The timeline comes from :func:`stages.classify.build_timeline` (so ablations such as
 ``use_summaries=false``, ``dense_fps`` or ``shuffle`` show what the prompt really held), with the
 keyframes as small inline JPEG thumbnails of the cached face crops. Probabilities are the softmax
-of the scores in ``scores.jsonl`` after the calibration that :func:`pipeline.report.build_report`
+of the scores in ``scores.jsonl`` after the calibration that :func:`pipeline.report.run_report.build_report`
 applied (its recorded prior and tau).
 """
 
@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 
 from pipeline.backends.base import model_name
-from pipeline.cache import CacheError
-from pipeline.calibration import softmax
-from pipeline.facetrack import FaceTrack
-from pipeline.jobs import ClipJob
-from pipeline.longtail import logit_adjust
+from pipeline.core.cache import CacheError
+from pipeline.eval.calibration import softmax
+from stages.faces.facetrack import FaceTrack
+from pipeline.core.jobs import ClipJob
+from pipeline.eval.longtail import logit_adjust
 from pipeline.view.collect import Clip, RunData
 from stages import classify
 

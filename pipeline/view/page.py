@@ -10,8 +10,8 @@ from typing import Any
 
 import jinja2
 
-from pipeline.labels import LabelError
-from pipeline.rundir import VIEW
+from pipeline.eval.labels import LabelError
+from pipeline.engine.rundir import VIEW
 from pipeline.view.cards import build_card
 from pipeline.view.collect import collect_run
 from pipeline.view.summary import build_summary, run_label_set

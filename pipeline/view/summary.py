@@ -1,12 +1,12 @@
 """The page's summary: headline metrics with the calibration used, the confusion matrix, counts,
-and what the run has not computed yet. Every number comes from :func:`pipeline.report.build_report`."""
+and what the run has not computed yet. Every number comes from :func:`pipeline.report.run_report.build_report`."""
 
 from __future__ import annotations
 
 from pipeline.backends.base import model_name
-from pipeline.config import load_config
-from pipeline.labels import LabelError, LabelSet, load_label_set
-from pipeline.runner import stages_to_run
+from pipeline.engine.config import load_config
+from pipeline.eval.labels import LabelError, LabelSet, load_label_set
+from pipeline.engine.runner import stages_to_run
 from pipeline.view.collect import RunData
 
 

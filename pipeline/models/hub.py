@@ -15,7 +15,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from pipeline.errors import ModelLoadError, ModelUnavailableError
+from pipeline.core.errors import ModelLoadError, ModelUnavailableError
 
 HUB = "https://huggingface.co"
 

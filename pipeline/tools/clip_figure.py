@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import CacheError
-from pipeline.facetrack import FaceTrack
-from pipeline.rundir import RunDir
-from pipeline.video import VideoReader, to_rgb
+from pipeline.core.errors import CacheError
+from stages.faces.facetrack import FaceTrack
+from pipeline.engine.rundir import RunDir
+from pipeline.core.video import VideoReader, to_rgb
 
 
 def _spans(mask: np.ndarray, t: np.ndarray) -> list[tuple[float, float]]:

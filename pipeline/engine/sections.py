@@ -1,5 +1,5 @@
 """The config sections that are not a stage's: how a run executes (``run``) and how ``dfer finetune`` trains
-(``finetune``). Inert pydantic data (importing this module is cheap); :mod:`pipeline.config` composes them with
+(``finetune``). Inert pydantic data (importing this module is cheap); :mod:`pipeline.engine.config` composes them with
 the stages' sections into ``PipelineConfig``, so ``--config``/``--set run.x=y``/``--set finetune.x=y`` work like
 every other section. None of their settings enters a cache key.
 """
@@ -53,7 +53,7 @@ class FinetuneConfig(BaseModel):
     samples_per_epoch: int | None = Field(None, ge=1)
     """Clips drawn per epoch (with replacement); default: the number of training clips."""
     sampling: Literal["instance", "sqrt", "balanced", "progressive"] = "balanced"
-    """How training clips are drawn (``pipeline/longtail.py``): uniform over clips, square-root, class-balanced, or
+    """How training clips are drawn (``pipeline/eval/longtail.py``): uniform over clips, square-root, class-balanced, or
     progressively from instance- to class-balanced over the epochs (needs ``epochs >= 2``)."""
     loss_weights: Literal["none", "inverse", "effective"] = "none"
     """Per-class weights of the loss: none; inverse class frequency (1/n_c); or the inverse effective number of

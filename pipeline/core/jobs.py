@@ -7,8 +7,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.cache import Artifact
-from pipeline.errors import ClipError, DiskFullError, is_disk_full
+from pipeline.core.cache import Artifact
+from pipeline.core.errors import ClipError, DiskFullError, is_disk_full
 
 
 @dataclass

@@ -15,10 +15,11 @@ from typing import Any
 
 import jinja2
 
-from pipeline.errors import TemplateError
+from pipeline.core.errors import TemplateError
 from pipeline.backends.base import Prompt
+from prompts import DIR as PROMPTS_DIR
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "prompts"
+BUILTIN_DIR = PROMPTS_DIR
 _MARK = "\u2063IMG{}\u2063"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

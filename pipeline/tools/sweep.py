@@ -31,12 +31,12 @@ from typing import Any, Sequence, TextIO
 
 from matplotlib.figure import Figure
 
-from pipeline.config import load_config, parse_override
-from pipeline.errors import ConfigError, DferError
-from pipeline.inputs import discover
-from pipeline.labels import load_label_set, read_labels
-from pipeline.report import HEADLINE, markdown_table, pct_ci, write_report
-from pipeline.runner import RunResult, Runner, executor_for
+from pipeline.engine.config import load_config, parse_override
+from pipeline.core.errors import ConfigError, DferError
+from pipeline.engine.inputs import discover
+from pipeline.eval.labels import load_label_set, read_labels
+from pipeline.report.run_report import HEADLINE, markdown_table, pct_ci, write_report
+from pipeline.engine.runner import RunResult, Runner, executor_for
 
 FILES = {"table": "sweep.md", "plot": "sweep.png", "json": "sweep.json"}
 

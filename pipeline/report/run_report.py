@@ -26,12 +26,12 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
-from pipeline.calibration import calibrate, prior_from_counts, tau_sweep
-from pipeline.labels import (BUILTIN_LABEL_SETS, LabelError, LabelSet, load_label_set, match_labels, read_label_counts,
+from pipeline.eval.calibration import calibrate, prior_from_counts, tau_sweep
+from pipeline.eval.labels import (BUILTIN_LABEL_SETS, LabelError, LabelSet, load_label_set, match_labels, read_label_counts,
                              read_labels)
-from pipeline.metrics import GROUP_NAMES, compute_metrics, spearman
-from pipeline.errors import ConfigError, RunDirError
-from pipeline.rundir import FAILURES, FREQUENCY_PLOT, LABELSET, PLOTS, SCORES, RunDir
+from pipeline.eval.metrics import GROUP_NAMES, compute_metrics, spearman
+from pipeline.core.errors import ConfigError, RunDirError
+from pipeline.engine.rundir import FAILURES, FREQUENCY_PLOT, LABELSET, PLOTS, SCORES, RunDir
 
 LIST_LIMIT = 50  # rows per list in report.md; metrics.json always lists everything
 HEADLINE = (("uar", "UAR"), ("war", "WAR"), ("macro_f1", "macro-F1"))  # key in metrics.json, name in tables
@@ -134,7 +134,7 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
                  taus: Sequence[float] = (), label_frequency: str | Path | None = None) -> dict:
     """Everything ``metrics.json`` holds, computed in memory (see the module docstring).
 
-    ``label_frequency``: a CSV ``label,count`` (:func:`pipeline.labels.read_label_counts`); adds each class's F1
+    ``label_frequency``: a CSV ``label,count`` (:func:`pipeline.eval.labels.read_label_counts`); adds each class's F1
     against its count and their Spearman rank correlation (``label_frequency`` in the result).
 
     ``taus``: also score the logit adjustment at each temperature (``tau_sweep``: UAR/WAR/macro-F1 per tau, with

@@ -41,7 +41,7 @@ def _rows(model: type[BaseModel], prefix: str, defaults: BaseModel) -> list[str]
 
 
 def config_reference() -> str:
-    from pipeline.config import PipelineConfig
+    from pipeline.engine.config import PipelineConfig
 
     out = []
     for section, info in PipelineConfig.model_fields.items():

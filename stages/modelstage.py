@@ -10,12 +10,14 @@ import sys
 import numpy as np
 from PIL import Image
 
-from pipeline import hub
+from pipeline.models import hub
 from pipeline.backends import ModelConfig, backend_class, check_model_available, load_backend, model_name
-from pipeline.errors import ModelLoadError, ModelUnavailableError, PreflightError, StageInputError, TemplateError
-from pipeline.facetrack import FaceTrack
-from pipeline.jobs import ClipJob
-from pipeline.prompts import PromptRenderer
+from pipeline.core.errors import ModelLoadError, ModelUnavailableError, PreflightError, StageInputError, TemplateError
+from stages.faces.facetrack import FaceTrack
+from pipeline.core.jobs import ClipJob
+from stages import expression
+from stages.base import Fallback
+from stages.templates import PromptRenderer
 
 INPUT_STAGES = {"expression": "expression", "landmarks": "faces"}
 """The stage each per-frame input of a backend (:data:`pipeline.backends.base.FRAME_INPUTS`) comes from."""
@@ -41,8 +43,6 @@ def embedded_fallback(section):
     settings kept (a :class:`stages.base.Fallback`): what the stage runs when its model cannot be had here (``run.fallback=embedded``). The model
     section is rebuilt from the stage's defaults, as ``--set <stage>.model.backend=expression`` would build it, so
     both give the same cache key."""
-    from stages.base import Fallback  # not at import time: the stages package imports this module
-
     swapped = type(section).model_validate({**section.model_dump(), "model": {"backend": "expression"}})
     return Fallback(swapped, model_name(section.model), model_name(swapped.model))
 
@@ -60,8 +60,6 @@ class FrameInputs:
         if "landmarks" in reads:
             self.arrays["landmarks"] = track.arrays["landmarks"]
         if "expression" in reads:
-            from stages import expression  # not at import time: the stages package imports this module
-
             probs = expression.load(job.upstream["expression"]).probs
             if len(probs) != len(track):
                 raise StageInputError(f"{job.path}: the expression artifact has {len(probs)} frames, the faces artifact "

@@ -1,7 +1,7 @@
 """Content fingerprints of the input videos, remembered in the cache so that a warm run need not read
 every video again.
 
-A clip's fingerprint is the sha256 of its bytes (:func:`pipeline.inputs.fingerprint`); it goes into
+A clip's fingerprint is the sha256 of its bytes (:func:`pipeline.engine.inputs.fingerprint`); it goes into
 every cache key. Computing it means reading the whole file, which on a dataset that is already fully
 cached costs more than everything else a run does. So the cache keeps one small memo per file,
 ``CACHE/fingerprints/<h[:2]>/<h>.json`` (``h`` = sha256 of the file's absolute path), holding the
@@ -22,8 +22,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from pipeline.cache import read_record, write_record
-from pipeline.inputs import fingerprint
+from pipeline.core.cache import read_record, write_record
+from pipeline.engine.inputs import fingerprint
 
 MEMO_DIR = "fingerprints"
 

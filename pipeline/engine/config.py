@@ -14,11 +14,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from pipeline.errors import ConfigError
-from pipeline.sections import FinetuneConfig, RunSection
+from pipeline.core.errors import ConfigError
+from pipeline.engine.sections import FinetuneConfig, RunSection
 from stages import PIPELINE
+from prompts import DIR as PROMPTS_DIR
 
-BUILTIN_PRESETS = Path(__file__).resolve().parent.parent / "prompts" / "presets"
+BUILTIN_PRESETS = PROMPTS_DIR / "presets"
 PRESET_PATH_ENV = "DFER_PRESET_PATH"
 CLASSIFIER = "classify.model"
 """``context.model: classify.model``: the captioner is the classifier, whatever model ``classify.model`` ends up

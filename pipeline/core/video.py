@@ -3,7 +3,7 @@
 Frames are yielded one at a time (never the whole video in memory), each with its timestamp in
 seconds taken from its pts (so variable frame rate is right) and upright according to the
 stream's display-matrix rotation (so phone videos are not sideways). Opening errors are turned
-into :mod:`pipeline.errors` types with messages that name the file.
+into :mod:`pipeline.core.errors` types with messages that name the file.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from pipeline.errors import DecodeError, NotAVideoError, UnreadableFileError
+from pipeline.core.errors import DecodeError, NotAVideoError, UnreadableFileError
 
 
 @dataclass

@@ -16,9 +16,9 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator
 
-from pipeline.batching import run_batched
-from pipeline.cache import Cache
-from pipeline.jobs import ClipTask, TaskResult, task_failure
+from pipeline.engine.batching import run_batched
+from pipeline.core.cache import Cache
+from pipeline.core.jobs import ClipTask, TaskResult, task_failure
 
 
 _RESOURCES: dict = {}
@@ -80,7 +80,7 @@ class Executor(abc.ABC):
     def map_batched(self, stage, cfg, todo: list[tuple[str, ClipTask]], cache: Cache,
                     batch_size: int) -> Iterator[tuple[str, TaskResult]]:
         """A model stage over ``todo`` in batches; yield ``(video id, result)`` per clip. Default: in this process,
-        the model loaded once (:func:`pipeline.batching.run_batched`)."""
+        the model loaded once (:func:`pipeline.engine.batching.run_batched`)."""
         yield from run_batched(stage, cfg, todo, cache, batch_size)
 
     def close(self) -> None:

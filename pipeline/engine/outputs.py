@@ -3,18 +3,18 @@ model that scored the clip (the embedded model where classify fell back to it).
 
 Cheap and model-free: they are rebuilt from the cached raw scores on every run, so changing
 ``classify.length_norm`` (or calibrating later with ``dfer report``) never calls a model. The ranking
-scores come from :mod:`pipeline.ranking`, the rule every validation uses too.
+scores come from :mod:`pipeline.eval.ranking`, the rule every validation uses too.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.cache import Cache
-from pipeline.calibration import softmax
-from pipeline.labels import LabelError, load_label_set
-from pipeline.ranking import ranking_scores
-from pipeline.rundir import RunDir
+from pipeline.core.cache import Cache
+from pipeline.eval.calibration import softmax
+from pipeline.eval.labels import LabelError, load_label_set
+from pipeline.eval.ranking import ranking_scores
+from pipeline.engine.rundir import RunDir
 from stages.classify import scored_by
 
 

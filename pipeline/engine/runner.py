@@ -20,16 +20,16 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel
 
-from pipeline.errors import (REMEMBERED_FAILURES, ConfigError, DiskFullError, PreflightError, StrictFailure,
+from pipeline.core.errors import (REMEMBERED_FAILURES, ConfigError, DiskFullError, PreflightError, StrictFailure,
                              UnknownStageError, UpstreamMissingError)
-from pipeline.cache import Cache, artifact_key, default_cache_dir
-from pipeline.config import dump_config, key_fields
-from pipeline.executor import Executor, LocalExecutor
-from pipeline.fingerprints import FingerprintMemo
-from pipeline.inputs import VideoRef, discover, parse_shard, shard_of
-from pipeline.jobs import ClipJob, ClipTask
-from pipeline.labels import load_label_set
-from pipeline.rundir import LABELSET, MANIFEST, PREDICTIONS, SCORES, STATUS, ManifestRow, RunDir
+from pipeline.core.cache import Cache, artifact_key, default_cache_dir
+from pipeline.engine.config import dump_config, key_fields
+from pipeline.engine.executor import Executor, LocalExecutor
+from pipeline.engine.fingerprints import FingerprintMemo
+from pipeline.engine.inputs import VideoRef, discover, parse_shard, shard_of
+from pipeline.core.jobs import ClipJob, ClipTask
+from pipeline.eval.labels import load_label_set
+from pipeline.engine.rundir import LABELSET, MANIFEST, PREDICTIONS, SCORES, STATUS, ManifestRow, RunDir
 from stages import STAGE_ORDER, STAGES
 
 
@@ -294,7 +294,7 @@ class Runner:
             self.say(report.line())
         self._write_manifest(refs, fps, keys)
         if status == "complete" and "classify" in stages:
-            from pipeline.outputs import write_predictions
+            from pipeline.engine.outputs import write_predictions
 
             summary = write_predictions(self.run_dir, self.section("classify"), self.cache, refs, keys)
             self.say(summary)
@@ -400,7 +400,7 @@ class Runner:
 def executor_for(kind: str, run_section, address: str | None = None):
     """The executor ``dfer run --executor KIND [--ray-address ADDR]`` means (``run_section``: ``cfg.run``)."""
     if kind == "ray":
-        from pipeline.executor_ray import RayExecutor
+        from pipeline.engine.executor_ray import RayExecutor
 
         return RayExecutor.from_config(run_section, address=address)
     if address:

@@ -23,9 +23,10 @@ from typing import Iterable, Mapping, NamedTuple
 
 import yaml
 
-from pipeline.errors import LabelError
+from pipeline.core.errors import LabelError
+from prompts import DIR as PROMPTS_DIR
 
-LABELS_DIR = Path(__file__).resolve().parent.parent / "prompts" / "labels"
+LABELS_DIR = PROMPTS_DIR / "labels"
 BUILTIN_LABEL_SETS = ("dfew", "ferv39k", "mafw")
 LABEL_FORMATS = ("csv", "dfew", "ferv39k", "mafw")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from pipeline.cache import Cache
-from pipeline.jobs import ClipTask, TaskResult, task_failure
+from pipeline.core.cache import Cache
+from pipeline.core.jobs import ClipTask, TaskResult, task_failure
 
 
 def _store(cache: Cache, task: ClipTask, fill) -> TaskResult:

@@ -6,7 +6,7 @@ Methods (``METHODS``):
 - ``prior``: logit adjustment ``s - tau * log(prior)`` with the prior from training label counts
   (Menon et al. 2021), which removes a head-class bias shaped like the training distribution.
 - ``estimated``: the model's label bias is estimated from the run's own softmax posteriors with
-  :func:`pipeline.longtail.estimate_prior` (EM of Saerens et al. 2002 from a uniform start), then the
+  :func:`pipeline.eval.longtail.estimate_prior` (EM of Saerens et al. 2002 from a uniform start), then the
   same logit adjustment. It needs no labels. By default EM runs **one** step, which is the mean
   posterior over the run: Batch Calibration (Zhou et al., ICLR 2024). More steps (``em_iters``) are
   available but not advised: Saerens' EM estimates the *test* prior of a *calibrated* classifier; on
@@ -25,8 +25,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.longtail import estimate_prior, logit_adjust
-from pipeline.metrics import encode_labels, class_counts, summarize
+from pipeline.eval.longtail import estimate_prior, logit_adjust
+from pipeline.eval.metrics import encode_labels, class_counts, summarize
 
 METHODS = ("none", "prior", "estimated")
 

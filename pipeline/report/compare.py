@@ -2,7 +2,7 @@
 e.g. DFEW's five). No model is called.
 
 Every number is ``dfer report``'s: a run's ``metrics.json`` when it has one and nothing is to be recomputed, else
-:func:`pipeline.report.build_report` on the run (``kwargs``: true labels, calibration), without writing anything.
+:func:`pipeline.report.run_report.build_report` on the run (``kwargs``: true labels, calibration), without writing anything.
 
 - :func:`compare_runs`: the headline metrics with their bootstrap CIs, each class's recall, and how far each run's
   predictions collapse onto head classes, one column per run; then the ``config.yaml`` keys that differ.
@@ -17,10 +17,10 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipeline.errors import LabelError, RunDirError
-from pipeline.metrics import mean_std
-from pipeline.report import HEADLINE, build_report, calibration_text, markdown_table, pct, pct_ci
-from pipeline.rundir import RunDir
+from pipeline.core.errors import LabelError, RunDirError
+from pipeline.eval.metrics import mean_std
+from pipeline.report.run_report import HEADLINE, build_report, calibration_text, markdown_table, pct, pct_ci
+from pipeline.engine.rundir import RunDir
 
 COLLAPSE_ROWS = (
     ("total variation, true vs predicted", "total_variation", "{:.4f}".format),

@@ -4,12 +4,12 @@ Decoding is streamed (a bounded window of frames is held while detections around
 timestamps come from pts, and display rotation is applied. MTCNN (facenet-pytorch) runs on
 every ``detect_every``-th frame, in batches: the whole cascade on a downscaled copy of the whole
 frame every ``full_frame_every_s`` seconds and, in between, only its output network on a small crop
-where the primary face is expected (:mod:`pipeline.face_refine`). Boxes are smoothed over
+where the primary face is expected (:mod:`stages.faces.face_refine`). Boxes are smoothed over
 neighbouring detections and interpolated in time for the frames in between. Only the crop's region
-of a frame is converted from YUV to RGB (:class:`pipeline.video.FramePixels`), and memory stays flat
+of a frame is converted from YUV to RGB (:class:`pipeline.core.video.FramePixels`), and memory stays flat
 in the clip's length: per-frame rows live in compact arrays and the tracker forgets what no frame
-still needs. The primary-face rule is documented in :mod:`pipeline.tracking`. Output format:
-:mod:`pipeline.facetrack`.
+still needs. The primary-face rule is documented in :mod:`stages.faces.tracking`. Output format:
+:mod:`stages.faces.facetrack`.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.devices import resolve_device
-from pipeline.errors import DecodeError, NoFaceError
-from pipeline.facetrack import CROPS_FILE, TRACK_FILE
-from pipeline.fields import not_in_key
-from pipeline.jobs import ClipJob
-from pipeline.memory import release_free_heap
-from pipeline.face_refine import expected_box, refine
-from pipeline.tracking import PrimaryFaceTracker, Timeline, iou
-from pipeline.video import FramePixels, VideoReader, to_rgb
+from pipeline.models.devices import resolve_device
+from pipeline.core.errors import DecodeError, NoFaceError
+from stages.faces.facetrack import CROPS_FILE, TRACK_FILE
+from pipeline.core.fields import not_in_key
+from pipeline.core.jobs import ClipJob
+from stages.faces.memory import release_free_heap
+from stages.faces.face_refine import expected_box, refine
+from stages.faces.tracking import PrimaryFaceTracker, Timeline, iou
+from pipeline.core.video import FramePixels, VideoReader, to_rgb
 from stages.base import Stage
 
 NAME = "faces"
@@ -56,7 +56,7 @@ class Config(BaseModel):
     full_frame_every_s: float = Field(0.5, ge=0.0, le=10.0)
     """Run the whole detector on the whole frame at this interval (seconds). The detection frames in between look
     only where the primary face is expected (interpolated between the whole-frame detections before and after
-    them; :mod:`pipeline.face_refine`) and fall back to the whole frame when the face is not there. New faces
+    them; :mod:`stages.faces.face_refine`) and fall back to the whole frame when the face is not there. New faces
     are found at this interval. 0: every detection on the whole frame. Frames wait in memory for about this long."""
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     """MTCNN P-, R- and O-net thresholds."""

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.errors import CacheError
+from pipeline.core.errors import CacheError
 
 FORMAT_VERSION = 1
 ENV_CACHE = "DFER_CACHE"

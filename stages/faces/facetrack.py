@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.cache import Artifact
+from pipeline.core.cache import Artifact
 
 TRACK_FILE = "track.npz"
 CROPS_FILE = "crops.jpg.bin"

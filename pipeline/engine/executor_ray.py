@@ -1,11 +1,11 @@
 """Run the same pipeline on a Ray cluster (``dfer run ... --executor ray [--ray-address ADDR]``).
 
-:class:`RayExecutor` is a :class:`pipeline.executor.Executor` like the local one, so the runner and the
+:class:`RayExecutor` is a :class:`pipeline.engine.executor.Executor` like the local one, so the runner and the
 stages do not change; ``start(cache_root)`` connects and checks the cluster before any clip is scheduled:
 
 * **Per-clip stages** (faces, keyframes): one Ray task per clip running
-  :func:`pipeline.executor.run_task`, which computes the artifact in the worker and writes it into
-  the cache with :meth:`pipeline.cache.Cache.write` (temporary sibling + rename, same ``meta.json``),
+  :func:`pipeline.engine.executor.run_task`, which computes the artifact in the worker and writes it into
+  the cache with :meth:`pipeline.core.cache.Cache.write` (temporary sibling + rename, same ``meta.json``),
   exactly as a local worker does. Ray reuses worker processes, so the module-level resource cache of
   ``executor.py`` loads MTCNN once per worker process. A task whose worker dies (killed, out of
   memory, node lost) is retried by Ray up to ``max_retries`` times; a clip that still cannot finish
@@ -14,7 +14,7 @@ stages do not change; ``start(cache_root)`` connects and checks the cluster befo
   in its constructor (``num_gpus_per_actor`` GPUs each: Ray sets ``CUDA_VISIBLE_DEVICES`` to the
   actor's GPUs, so ``device=auto``/``cuda`` is that GPU and ``balanced`` spreads over them). The
   driver cuts the clips into the same batches as the local path and hands them to idle actors; an
-  actor runs :func:`pipeline.batching.process_batches` on its batch (same failure isolation: a batch that
+  actor runs :func:`pipeline.engine.batching.process_batches` on its batch (same failure isolation: a batch that
   raises is retried clip by clip) and writes the artifacts itself. Actors are restarted by Ray when
   their process dies (the model is reloaded and the batch retried) and killed at the end of the stage,
   so a stage's model is freed before the next stage loads its own.
@@ -50,11 +50,11 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pipeline.errors import ClusterError
-from pipeline.cache import Artifact, Cache
-from pipeline.batching import process_batches
-from pipeline.executor import Executor, init_worker, run_task
-from pipeline.jobs import ClipTask, TaskResult
+from pipeline.core.errors import ClusterError
+from pipeline.core.cache import Artifact, Cache
+from pipeline.engine.batching import process_batches
+from pipeline.engine.executor import Executor, init_worker, run_task
+from pipeline.core.jobs import ClipTask, TaskResult
 
 PROBE_TIMEOUT_S = 120.0
 CONNECT_TIMEOUT_S = 5.0
@@ -193,8 +193,8 @@ class RayExecutor(Executor):
     initialised in this process (e.g. by a test), that connection is used and left open by ``close()``.
     ``num_gpus_per_actor=None``: 1 GPU per model actor if the cluster has GPUs, else CPU actors.
     ``actors=None``: as many GPU actors as the cluster's GPUs hold, or 1 CPU actor.
-    ``task_fn`` is the function a task runs (default :func:`pipeline.executor.run_task`) and ``batch_fn`` the
-    one a model actor runs on its batches (default :func:`pipeline.batching.process_batches`); tests wrap them.
+    ``task_fn`` is the function a task runs (default :func:`pipeline.engine.executor.run_task`) and ``batch_fn`` the
+    one a model actor runs on its batches (default :func:`pipeline.engine.batching.process_batches`); tests wrap them.
     """
 
     def __init__(self, address: str | None = None, num_cpus_per_task: float = 1, num_gpus_per_task: float = 0,
@@ -221,7 +221,7 @@ class RayExecutor(Executor):
 
     @classmethod
     def from_config(cls, run_section, address: str | None = None, **kwargs) -> "RayExecutor":
-        """From the ``run`` section of a :class:`pipeline.config.PipelineConfig` (``run.ray_*`` settings)."""
+        """From the ``run`` section of a :class:`pipeline.engine.config.PipelineConfig` (``run.ray_*`` settings)."""
         r = run_section
         return cls(address=address, num_cpus_per_task=r.ray_num_cpus_per_task, num_gpus_per_task=r.ray_num_gpus_per_task,
                    num_gpus_per_actor=r.ray_num_gpus_per_actor, num_cpus_per_actor=r.ray_num_cpus_per_actor,

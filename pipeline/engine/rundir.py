@@ -27,8 +27,8 @@ from typing import Any, Iterable, TextIO
 
 import yaml
 
-from pipeline.cache import Cache
-from pipeline.errors import RunDirError
+from pipeline.core.cache import Cache
+from pipeline.core.errors import RunDirError
 
 CONFIG = "config.yaml"
 MANIFEST = "manifest.jsonl"

@@ -1,0 +1,1 @@
+"""Evaluation: label sets, metrics, calibration, long-tail tools and the one ranking rule."""
