@@ -6,6 +6,10 @@ Each builder makes a real transformers checkpoint in a folder:
   2-layer text model and a 1-layer vision tower, and a real ``Qwen2VLProcessor``
   (``Qwen2VLImageProcessor`` + ``Qwen2VLVideoProcessor`` + tokenizer). Images are resized to at most
   16x16 pixels (patch 4, merge 2), so each image costs 4 placeholder tokens.
+* ``make_tiny_qwen2vl_vllm(dir)``: the same Qwen2-VL (same tokenizer, processor and chat template) with a text
+  model that vLLM's CPU build serves: its CPU attention needs a head size of at least 32 (hidden 64, 2 heads of 32,
+  ``mrope_section`` [4, 6, 6] summing to half the head size). It loads in transformers too, so the two backends can
+  be compared on one checkpoint. Not in ``FAMILIES`` (build it by name: ``"qwen2vl-vllm"``).
 * ``make_tiny_qwen25vl(dir)``: the same for ``Qwen2_5_VLForConditionalGeneration`` (``Qwen2_5_VLProcessor``):
   Qwen2.5-VL turns a video's frame rate into the temporal spacing of its position ids, so it is the family on
   which the fps a video is given changes the scores. Not in ``FAMILIES`` (build it by name).
@@ -183,25 +187,41 @@ def make_tiny_qwen2vl(dir: str | os.PathLike) -> str:
     return _make_tiny_qwen(dir, "2")
 
 
+def make_tiny_qwen2vl_vllm(dir: str | os.PathLike) -> str:
+    """``make_tiny_qwen2vl`` with a text model that vLLM's CPU attention serves (head size 32); return the folder."""
+    return _make_tiny_qwen(dir, "2", text_sizes=VLLM_TEXT_SIZES)
+
+
+# vLLM's CPU attention backend takes head sizes of 32 and more; M-RoPE splits half the head size over
+# (temporal, height, width), so mrope_section must sum to 16.
+VLLM_TEXT_SIZES = dict(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1,
+                       mrope_section=[4, 6, 6])
+_TEXT_SIZES = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                   mrope_section=[1, 1, 2])
+
+
 def make_tiny_qwen25vl(dir: str | os.PathLike) -> str:
     """Build a tiny random Qwen2.5-VL checkpoint + processor in ``dir``; return the folder as a string."""
     return _make_tiny_qwen(dir, "2.5")
 
 
-def _make_tiny_qwen(dir: str | os.PathLike, version: str) -> str:
+def _make_tiny_qwen(dir: str | os.PathLike, version: str, text_sizes: dict | None = None) -> str:
     import torch
     import transformers
     from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
+    sizes = dict(text_sizes or _TEXT_SIZES)
+    mrope_section = sizes.pop("mrope_section")
+    hidden = sizes["hidden_size"]
     if version == "2":
         Config, Model, Processor = (transformers.Qwen2VLConfig, transformers.Qwen2VLForConditionalGeneration,
                                     transformers.Qwen2VLProcessor)
-        vision_extra = dict(embed_dim=16, hidden_size=32, mlp_ratio=2)
+        vision_extra = dict(embed_dim=16, hidden_size=hidden, mlp_ratio=2)  # the merger projects to the text width
     else:
         Config, Model, Processor = (transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration,
                                     transformers.Qwen2_5_VLProcessor)
         # window attention over 2x2 merged patches of a 16x16 image; one full-attention block
-        vision_extra = dict(hidden_size=16, out_hidden_size=32, intermediate_size=32, window_size=8,
+        vision_extra = dict(hidden_size=16, out_hidden_size=hidden, intermediate_size=32, window_size=8,
                             fullatt_block_indexes=[0], tokens_per_second=4)
 
     out = Path(dir)
@@ -227,14 +247,11 @@ def _make_tiny_qwen(dir: str | os.PathLike, version: str) -> str:
     config = Config(
         text_config=dict(
             vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
+            **sizes,
             num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
             max_position_embeddings=4096,
             initializer_range=_INIT_RANGE,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
@@ -343,7 +360,8 @@ def _set_generation_config(model, eos: int, pad: int, bos: int | None = None) ->
     gc.do_sample = False
 
 
-_BUILDERS = {"qwen2vl": make_tiny_qwen2vl, "idefics3": make_tiny_idefics3, "qwen25vl": make_tiny_qwen25vl}
+_BUILDERS = {"qwen2vl": make_tiny_qwen2vl, "idefics3": make_tiny_idefics3, "qwen25vl": make_tiny_qwen25vl,
+             "qwen2vl-vllm": make_tiny_qwen2vl_vllm}
 
 
 def tiny_model_dir(family: str, root: str | os.PathLike) -> str:
