@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import media
+from tests import media, servers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -58,3 +58,40 @@ def copy_clip(spec, dest_dir: Path, name: str | None = None) -> Path:
     dst = dest_dir / (name or Path(spec.path).name)
     shutil.copyfile(spec.path, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def vllm_tiny_model() -> str:
+    """The tiny Qwen2-VL that vLLM's CPU build serves (tests/tiny_models.py, ``qwen2vl-vllm``); it loads in the
+    transformers backend too."""
+    from tests.tiny_models import shared_tiny_model_dir
+
+    return shared_tiny_model_dir("qwen2vl-vllm")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_tiny_model, tmp_path_factory):
+    """A real vLLM server (CPU build, tests/servers.py) serving ``vllm_tiny_model``, once per session (skipped
+    without its venv, failed under ``DFER_REQUIRE_VLLM=1``)."""
+    server = servers.start_vllm(vllm_tiny_model, tmp_path_factory.mktemp("vllm-server") / "vllm.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def transformers_server(vllm_tiny_model, tmp_path_factory):
+    """``transformers serve`` (no logprobs) serving ``vllm_tiny_model``, once per session."""
+    server = servers.start_transformers_serve(vllm_tiny_model, tmp_path_factory.mktemp("transformers-serve") / "serve.log")
+    yield server
+    server.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that fails while using a real server gets the end of the server's log in its report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, servers.Server):
+                report.sections.append((f"{value.name} log (end of {value.log})", value.log_tail()))
