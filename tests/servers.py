@@ -11,7 +11,8 @@
 Each server listens on 127.0.0.1 on a free port and writes its output to a log file. The log's tail is in the
 error when a server exits or is not ready within its time limit, and in the report of any test that fails while
 using it. At the end of the session the server gets SIGTERM (vLLM then stops its engine and worker processes),
-and whatever is left of its process group gets SIGKILL; a process that survives even that is an error.
+and whatever is left of its process group gets SIGKILL; a process that survives even that is an error. A test
+process that dies (even by SIGKILL) takes its servers along: they get SIGTERM from the kernel then.
 """
 
 from __future__ import annotations
@@ -141,6 +142,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """Run in the server's process before exec: it gets SIGTERM when the test process dies, even by SIGKILL
+    (Linux's PR_SET_PDEATHSIG), so an interrupted session leaves no server behind either."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def start_server(name: str, argv: list[str], *, model: str, log: Path, env: dict, timeout_s: float,
                  ready_path: str = "/v1/models") -> Server:
     """Start ``argv --host 127.0.0.1 --port P`` in a process group of its own and wait until ``ready_path``
@@ -150,7 +159,7 @@ def start_server(name: str, argv: list[str], *, model: str, log: Path, env: dict
     with open(log, "wb") as fh:
         proc = subprocess.Popen([*argv, "--host", "127.0.0.1", "--port", str(port)], stdout=fh,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=log.parent,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     server = Server(name, model, f"http://127.0.0.1:{port}", log, proc)
     t0 = time.monotonic()
     while True:
