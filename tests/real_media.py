@@ -70,7 +70,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -543,7 +543,7 @@ def _film(start_s: float) -> Layer:
 
 
 def _with_start(layer: Layer, start_s: float, **kw) -> Layer:
-    return Layer(**{**layer.__dict__, "start_s": start_s, **kw})
+    return replace(layer, start_s=start_s, **kw)
 
 
 _GROUP = Layer("group_photo", (180, 40, 740, 460), (440, 40, 1000, 460))
