@@ -30,10 +30,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.facetrack import FaceTrack  # noqa: E402
-from pipeline.rundir import RunDir  # noqa: E402
-from pipeline.runner import run_pipeline  # noqa: E402
+from pipeline.engine.config import load_config  # noqa: E402
+from pipeline.engine.rundir import RunDir  # noqa: E402
+from pipeline.engine.runner import run_pipeline  # noqa: E402
+from stages.faces.facetrack import FaceTrack  # noqa: E402
 from tests import real_media  # noqa: E402
 
 

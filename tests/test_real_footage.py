@@ -13,8 +13,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from pipeline.tracking import iou
-from stages import faces
+from stages.faces import stage as faces
+from stages.faces.tracking import iou
 from tests import real_media
 from tests.media import decode_all
 from tests.runs import failures, run, track_of
