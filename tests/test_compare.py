@@ -7,9 +7,8 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
 from pipeline.cli import main
-from pipeline.report.compare import compare_folds, compare_runs, fold_summary
 from pipeline.core.errors import LabelError
-from pipeline.report.run_report import build_report, pct
+from pipeline.report import build_report, compare_folds, compare_runs, fold_summary, pct
 from pipeline.engine.rundir import RunDir
 from tests.test_report import make_run
 

@@ -328,7 +328,7 @@ def test_a_clip_whose_features_fail_is_recorded_and_the_others_go_on(keyframed, 
 def test_probe_and_socialfusion_commands_on_clips(keyframed, clip_dir, tiny_clip, tiny_lm, tmp_path):
     """``dfer probe`` and ``dfer socialfusion train`` end to end, then the trained model as the classify
     backend of a normal run and report, scoring exactly what it was trained on."""
-    from pipeline.report.run_report import write_report
+    from pipeline.report import write_report
 
     _, cache_dir = keyframed
     table = tmp_path / "tasks.csv"
@@ -401,7 +401,7 @@ def test_socialfusion_validation_reports_the_uar_dfer_report_computes(clip_dir, 
                                                                        tmp_path):
     """One scoring rule: the validation of ``dfer socialfusion train`` and ``dfer report`` on a run of the saved model
     over the same clips rank labels alike (pipeline/eval/ranking.py), so they report the same predictions and UAR."""
-    from pipeline.report.run_report import build_report
+    from pipeline.report import build_report
     from tests.conftest import copy_clip
 
     clips = tmp_path / "clips"

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from pipeline.models.expression import MODEL_ID
-from pipeline.report.run_report import write_report
+from pipeline.report import write_report
 from pipeline.engine.rundir import RunDir
 from pipeline.view import build_view
 from tests.conftest import copy_clip

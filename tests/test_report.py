@@ -10,10 +10,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.report.compare import compare_runs
-from pipeline.report.run_report import PLOTS, build_report, write_report
 from pipeline.core.errors import LabelError
-from pipeline.engine.rundir import RunDir
+from pipeline.engine.rundir import PLOTS, RunDir
+from pipeline.report import build_report, compare_runs, write_report
 
 DFEW = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]
 TRAIN_COUNTS = {"happy": 2000, "sad": 1500, "neutral": 2100, "angry": 1700, "surprise": 1200, "disgust": 120,

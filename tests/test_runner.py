@@ -21,7 +21,7 @@ import stages.keyframes
 from pipeline.core.cache import Cache
 from pipeline.engine.config import load_config
 from stages.faces.facetrack import FaceTrack
-from pipeline.report.run_report import write_report
+from pipeline.report import write_report
 from pipeline.engine.runner import run_pipeline
 from pipeline.view import write_view
 from tests import media

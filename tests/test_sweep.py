@@ -12,7 +12,7 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.core.errors import ConfigError
-from pipeline.report.run_report import ci_text, pct
+from pipeline.report import ci_text, pct
 from pipeline.tools.sweep import parse_grid, plan_sweep, run_sweep, sweep_figure
 from tests.conftest import copy_clip
 from tests.tiny_models import shared_tiny_model_dir

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.report.run_report import build_report
+from pipeline.report import build_report
 from pipeline.view import RunDirError, build_view, write_view
 from tests.browser import console_errors, open_page, screenshot_stats, start_browser, wait_for
 from tests.conftest import copy_clip

@@ -56,7 +56,7 @@ def _taus(text: str | None) -> list[float]:
 
 
 def _report(args) -> int:
-    from pipeline.report.run_report import summary, write_report
+    from pipeline.report import summary, write_report
 
     rep = write_report(
         args.run_dir, labels_file=args.labels, label_format=args.label_format, calibration=args.calibration,
@@ -78,7 +78,7 @@ def _view(args) -> int:
 
 
 def _compare(args) -> int:
-    from pipeline.report.compare import compare_folds, compare_runs
+    from pipeline.report import compare_folds, compare_runs
 
     kwargs = {"labels_file": args.labels, "calibration": args.calibration, "tau": args.tau}
     compare = compare_folds if args.folds else compare_runs

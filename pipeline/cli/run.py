@@ -68,7 +68,7 @@ def _run(args) -> int:
 
 def _report(result) -> None:
     """``dfer run --report``: the report of a run that scored clips (what ``dfer report RUN`` writes and prints)."""
-    from pipeline.report.run_report import summary, write_report
+    from pipeline.report import summary, write_report
     from pipeline.engine.rundir import PREDICTIONS
 
     if not (result.run_dir / PREDICTIONS).is_file():

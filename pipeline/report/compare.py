@@ -2,7 +2,7 @@
 e.g. DFEW's five). No model is called.
 
 Every number is ``dfer report``'s: a run's ``metrics.json`` when it has one and nothing is to be recomputed, else
-:func:`pipeline.report.run_report.build_report` on the run (``kwargs``: true labels, calibration), without writing anything.
+:func:`pipeline.report.build.build_report` on the run (``kwargs``: true labels, calibration), without writing anything.
 
 - :func:`compare_runs`: the headline metrics with their bootstrap CIs, each class's recall, and how far each run's
   predictions collapse onto head classes, one column per run; then the ``config.yaml`` keys that differ.
@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 
 from pipeline.core.errors import LabelError, RunDirError
 from pipeline.eval.metrics import mean_std
-from pipeline.report.run_report import HEADLINE, build_report, calibration_text, markdown_table, pct, pct_ci
+from pipeline.report.build import build_report
+from pipeline.report.markdown import HEADLINE, calibration_text, markdown_table, pct, pct_ci
 from pipeline.engine.rundir import RunDir
 
 COLLAPSE_ROWS = (

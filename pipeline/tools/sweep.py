@@ -35,7 +35,7 @@ from pipeline.engine.config import load_config, parse_override
 from pipeline.core.errors import ConfigError, DferError
 from pipeline.engine.inputs import discover
 from pipeline.eval.labels import load_label_set, read_labels
-from pipeline.report.run_report import HEADLINE, markdown_table, pct_ci, write_report
+from pipeline.report import HEADLINE, markdown_table, pct_ci, write_report
 from pipeline.engine.runner import RunResult, Runner, executor_for
 
 FILES = {"table": "sweep.md", "plot": "sweep.png", "json": "sweep.json"}

@@ -3,7 +3,7 @@
 The timeline comes from :func:`stages.classify.build_timeline` (so ablations such as
 ``use_summaries=false``, ``dense_fps`` or ``shuffle`` show what the prompt really held), with the
 keyframes as small inline JPEG thumbnails of the cached face crops. Probabilities are the softmax
-of the scores in ``scores.jsonl`` after the calibration that :func:`pipeline.report.run_report.build_report`
+of the scores in ``scores.jsonl`` after the calibration that :func:`pipeline.report.build_report`
 applied (its recorded prior and tau).
 """
 

@@ -4,7 +4,7 @@ A run directory (its format: :mod:`pipeline.engine.rundir`, whose readers are us
 ``config.yaml``, ``manifest.jsonl`` (clip id, path, label, fingerprint, the cache key of every
 stage computed), ``failures.jsonl``, ``status.json``, ``cache_dir.txt`` and, once classify ran,
 ``scores.jsonl``, ``predictions.csv`` and ``labelset.json``. Metrics and calibration come from
-:func:`pipeline.report.run_report.build_report`; artifacts are opened through :class:`pipeline.core.cache.Cache`.
+:func:`pipeline.report.build_report`; artifacts are opened through :class:`pipeline.core.cache.Cache`.
 Nothing here interprets the files beyond reading them: :mod:`pipeline.view.cards` does that.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.core.cache import Artifact
 from pipeline.engine.config import ConfigError, load_config
 from pipeline.core.errors import RunDirError
-from pipeline.report.run_report import build_report
+from pipeline.report import build_report
 from pipeline.engine.rundir import CACHE_DIR, CONFIG, MANIFEST, SCORES, RunDir
 
 
@@ -62,7 +62,7 @@ def _check_run_dir(run: RunDir) -> None:
 def collect_run(run_dir: str | Path, **report_kwargs: Any) -> RunData:
     """Read a run directory and open the cached artifacts its manifest names.
 
-    ``report_kwargs`` go to :func:`pipeline.report.run_report.build_report` (labels file, calibration, ...).
+    ``report_kwargs`` go to :func:`pipeline.report.build_report` (labels file, calibration, ...).
     Raises :class:`RunDirError` for a folder that is not a run.
     """
     run = RunDir(run_dir)

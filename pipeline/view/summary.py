@@ -1,5 +1,5 @@
 """The page's summary: headline metrics with the calibration used, the confusion matrix, counts,
-and what the run has not computed yet. Every number comes from :func:`pipeline.report.run_report.build_report`."""
+and what the run has not computed yet. Every number comes from :func:`pipeline.report.build_report`."""
 
 from __future__ import annotations
 

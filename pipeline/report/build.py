@@ -1,0 +1,263 @@
+"""A run's report, assembled in memory and written to the run directory: calibration, metrics, clip accounting.
+
+Reads ``RUN/scores.jsonl`` (one clip per line: video, label, labels, scores, prediction),
+``RUN/failures.jsonl`` (video, stage, error, message; may be absent) and ``RUN/labelset.json``
+(name, labels); :func:`write_report` writes ``metrics.json``, ``report.md`` (:mod:`.markdown`) and the PNG plots
+(:mod:`.plots`). No model is called.
+
+Accounting rule: every clip ends up in exactly one bucket, and every bucket is counted and listed by
+name in ``metrics.json`` (the Markdown shows the first 50 of each): scored with a label, scored
+without a label, failed (by stage; a scored row that is unusable, e.g. NaN scores, is a failure of
+stage ``report``), and, when a labels file is given, labels that match no clip. The headline metrics
+are computed on scored, labelled clips; ``coverage`` adds the labelled failed clips counted as wrong
+(their true labels come from the labels file, or from an optional ``label`` key in failures.jsonl),
+so a run cannot look better by failing on hard clips.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import yaml
+
+from pipeline.core.errors import ConfigError, RunDirError
+from pipeline.engine.rundir import FAILURES, LABELSET, SCORES, RunDir
+from pipeline.eval.calibration import calibrate, prior_from_counts, tau_sweep
+from pipeline.eval.labels import (BUILTIN_LABEL_SETS, LabelError, LabelSet, load_label_set, match_labels, read_label_counts,
+                                  read_labels)
+from pipeline.eval.metrics import compute_metrics, spearman
+from pipeline.report.markdown import HEADLINE, report_markdown
+from pipeline.report.plots import write_plots
+
+
+def _run_labels(run: RunDir, scores: list[tuple[int, dict]]) -> tuple[str, list[str]]:
+    found = run.labelset()
+    if found is not None:
+        return found
+    if scores:
+        warnings.warn(f"{run / LABELSET} is missing; using the label order of the first row of {SCORES}")
+        return "unknown", [str(x) for x in scores[0][1]["labels"]]
+    raise RunDirError(f"{run.path}: no {LABELSET} and no scored clips, so the label set is unknown "
+                      "(is it the run directory of a `dfer run` that reached classify?)")
+
+
+def _parse_label_set(name: str, labels: list[str], label_set: str | Path | None, label_format: str) -> LabelSet:
+    """The label set used to read label words: given, or the run's built-in one (with its aliases),
+    or the official one of ``label_format``, or just the run's names."""
+    if label_set is not None:
+        ls = load_label_set(label_set)
+    elif name in BUILTIN_LABEL_SETS:
+        ls = load_label_set(name)
+    elif label_format in BUILTIN_LABEL_SETS:
+        ls = load_label_set(label_format)
+    else:
+        return LabelSet.from_names(name, labels)
+    extra = [n for n in ls.names if n not in labels]
+    if extra:
+        raise LabelError(f"label set {ls.source} has labels {extra} that this run did not score "
+                         f"(run labels: {labels})")
+    return ls
+
+
+def _train_counts(train_counts: Any, labels: list[str], ls: LabelSet) -> dict[str, int] | None:
+    if train_counts is None:
+        return None
+    if isinstance(train_counts, (str, Path)):
+        try:
+            train_counts = yaml.safe_load(Path(train_counts).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise LabelError(f"training counts {train_counts}: cannot be read as JSON/YAML ({exc})") from None
+    if isinstance(train_counts, Mapping):
+        out = {lab: 0 for lab in labels}
+        for k, v in train_counts.items():
+            out[ls.canonical(str(k), "train_counts")] += int(v)
+        return out
+    counts = [int(x) for x in train_counts]
+    if len(counts) != len(labels):
+        raise LabelError(f"train_counts has {len(counts)} entries for {len(labels)} labels")
+    return dict(zip(labels, counts))
+
+
+def _clips(run: RunDir, scores_rows: list[tuple[int, dict]], fail_rows: list[tuple[int, dict]], labels: list[str],
+           notes: list[str]) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """The scored clips with usable scores, the failed clips (an unusable scored row is a failure of stage
+    ``report``; a clip both failed and scored counts as scored) and the label failures.jsonl gives each failed clip."""
+    failures: list[dict] = []
+    fail_label: dict[str, str | None] = {}
+    for no, r in fail_rows:
+        vid = str(r.get("video"))
+        if vid in fail_label:
+            notes.append(f"{run / FAILURES}:{no}: '{vid}' failed twice; the first row is used")
+            continue
+        failures.append({"video": vid, **{k: r.get(k) for k in ("stage", "error", "message")}})
+        fail_label[vid] = r.get("label")
+    valid: list[dict] = []
+    seen: dict[str, int] = {}
+    for no, r in scores_rows:
+        vid = str(r.get("video"))
+        where = f"{run / SCORES}:{no}"
+        if vid in seen:
+            notes.append(f"{where}: '{vid}' scored twice (first at line {seen[vid]}); the first row is used")
+            continue
+        seen[vid] = no
+        sc = r.get("scores") or {}
+        vals = [sc.get(lab) for lab in labels]
+        bad = [lab for lab, v in zip(labels, vals)
+               if not isinstance(v, (int, float)) or math.isnan(v) or v == math.inf]
+        if bad or max(vals) == -math.inf:
+            failures.append({"video": vid, "stage": "report", "error": "InvalidScores",
+                             "message": f"{where}: missing, NaN or infinite score for {bad or 'every label'}"})
+            fail_label.setdefault(vid, r.get("label"))
+            continue
+        valid.append({"video": vid, "label": r.get("label"), "scores": vals, "prediction": r.get("prediction"),
+                      "where": where, "model": r.get("model")})
+    scored_ids = {r["video"] for r in valid}
+    rescued = sorted({f["video"] for f in failures if f["video"] in scored_ids})
+    if rescued:
+        notes.append(f"{len(rescued)} clip(s) are in failures.jsonl but also scored; counted as scored: "
+                     + ", ".join(rescued[:10]))
+        failures = [f for f in failures if f["video"] not in scored_ids]
+    return valid, failures, fail_label
+
+
+def build_report(run_dir: str | Path, labels_file: str | Path | None = None, label_format: str = "csv",
+                 calibration: str = "none", tau: float = 1.0, train_counts: Any = None,
+                 label_set: str | Path | None = None, fold: int | None = None, split: str | None = "test",
+                 n_boot: int = 1000, seed: int = 0, smoothing: float = 0.0,
+                 taus: Sequence[float] = (), label_frequency: str | Path | None = None) -> dict:
+    """Everything ``metrics.json`` holds, computed in memory (see the module docstring).
+
+    ``label_frequency``: a CSV ``label,count`` (:func:`pipeline.eval.labels.read_label_counts`); adds each class's F1
+    against its count and their Spearman rank correlation (``label_frequency`` in the result).
+
+    ``taus``: also score the logit adjustment at each temperature (``tau_sweep``: UAR/WAR/macro-F1 per tau, with
+    the training prior when ``train_counts`` is given, else the prior estimated from the run).
+
+    ``labels_file`` (read with ``label_format``; ``fold``/``split`` for a DFEW folder) replaces the
+    ``label`` field of scores.jsonl. ``train_counts``: dict label -> count, list in label order, or a
+    JSON/YAML file with such a dict; used for head/medium/tail groups and by calibration 'prior'.
+    """
+    run = RunDir(run_dir)
+    scores_rows = run.scores()
+    fail_rows = run.failures()
+    name, labels = _run_labels(run, scores_rows)
+    ls = _parse_label_set(name, labels, label_set, label_format)
+    frequency = read_label_counts(label_frequency, ls) if label_frequency is not None else None
+
+    notes: list[str] = []
+    valid, failures, fail_label = _clips(run, scores_rows, fail_rows, labels, notes)
+    clip_ids = [r["video"] for r in valid] + [f["video"] for f in failures]
+
+    # True labels, for scored and failed clips alike.
+    labels_without_clip: list[str] = []
+    if labels_file is not None:
+        with warnings.catch_warnings(record=True) as caught:  # keep reader/matcher warnings in the report
+            warnings.simplefilter("always")
+            matched, _, labels_without_clip = match_labels(read_labels(labels_file, label_format, ls, fold, split),
+                                                           clip_ids)
+        notes.extend(str(w.message) for w in caught)
+        truth = dict(matched)
+    else:
+        scored_ids = {r["video"] for r in valid}
+        truth = {r["video"]: ls.canonical(r["label"], r["where"]) for r in valid if r["label"] is not None}
+        truth.update({v: ls.canonical(lab, "failures.jsonl") for v, lab in fail_label.items()
+                      if lab is not None and v not in scored_ids})
+
+    raw = np.array([r["scores"] for r in valid], dtype=float).reshape(len(valid), len(labels))
+    tc = _train_counts(train_counts, labels, ls)
+    if valid:
+        try:
+            adjusted, cal_info = calibrate(raw, calibration, tau, tc, labels, smoothing)
+        except ValueError as exc:
+            raise ConfigError(f"calibration {calibration!r}: {exc}") from None
+    else:
+        adjusted, cal_info = raw, {"method": calibration, "tau": tau, "prior": None}
+    pred, raw_pred = ([labels[i] for i in np.argmax(x, axis=1)] if valid else [] for x in (adjusted, raw))
+    differs = [r["video"] for r, p in zip(valid, raw_pred) if r["prediction"] is not None and r["prediction"] != p]
+    if differs:
+        notes.append(f"{len(differs)} clip(s) whose recorded prediction is not the argmax of their raw scores "
+                     f"(the argmax is used): {', '.join(differs[:10])}")
+
+    labelled = [i for i, r in enumerate(valid) if r["video"] in truth]
+    unlabeled = [r["video"] for r in valid if r["video"] not in truth]
+    failed_labelled = [f["video"] for f in failures if f["video"] in truth]
+    y_true = [truth[valid[i]["video"]] for i in labelled]
+    metrics = metrics_raw = coverage_metrics = None
+    if labelled:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the same notes are returned inside the dict
+            metrics = compute_metrics(y_true, [pred[i] for i in labelled], labels, tc, n_boot, seed)
+            if calibration != "none":
+                m = compute_metrics(y_true, [raw_pred[i] for i in labelled], labels, tc, 0, seed)
+                metrics_raw = {k: m[k] for k, _ in HEADLINE}
+            if failed_labelled:
+                m = compute_metrics(y_true + [truth[v] for v in failed_labelled],
+                                    [pred[i] for i in labelled] + [None] * len(failed_labelled),
+                                    labels, tc, n_boot, seed)
+                coverage_metrics = {k: m[k] for k in ("uar", "war", "macro_f1", "ci")}
+    elif valid or failures:
+        notes.append("no scored clip has a true label: metrics are not computed")
+    n_lab = len(labelled) + len(failed_labelled)
+    sweep = None
+    if taus and labelled:
+        prior = prior_from_counts(tc, labels) if tc else None
+        sweep = {"prior": "training prior" if prior is not None else "prior estimated from this run",
+                 "rows": tau_sweep(raw[labelled], y_true, prior, list(taus), labels)}
+    return {
+        "run_dir": str(run.path),
+        "label_set": {"name": name, "labels": labels},
+        "models": dict(Counter(str(r["model"]) for r in valid if r["model"])),
+        "fallbacks": list((run.status() or {}).get("fallbacks") or []),
+        "labels_file": None if labels_file is None else {"path": str(labels_file), "format": label_format},
+        "calibration": cal_info,
+        "train_counts": tc,
+        "counts": {
+            "scored": len(valid), "scored_labelled": len(labelled), "scored_unlabeled": len(unlabeled),
+            "failed": len(failures), "failed_by_stage": dict(Counter(str(f["stage"]) for f in failures)),
+            "failed_labelled": len(failed_labelled), "labels_without_clip": len(labels_without_clip),
+        },
+        "coverage": {"labelled_clips": n_lab, "labelled_scored": len(labelled),
+                     "fraction": len(labelled) / n_lab if n_lab else None,
+                     "failures_as_wrong": coverage_metrics},
+        "metrics": metrics,
+        "metrics_uncalibrated": metrics_raw,
+        "predictions": {r["video"]: p for r, p in zip(valid, pred)},
+        "true_labels": {v: truth[v] for v in clip_ids if v in truth},
+        "unlabeled_clips": unlabeled,
+        "failed_clips": failures,
+        "labels_without_clip": labels_without_clip,
+        "warnings": notes,
+        **({"tau_sweep": sweep} if taus else {}),
+        **({"label_frequency": _f1_by_frequency(label_frequency, frequency, metrics, notes)}
+           if frequency is not None else {}),
+    }
+
+
+def _f1_by_frequency(path: str | Path, counts: dict[str, float], metrics: dict | None, notes: list[str]) -> dict:
+    """Each class's count and F1, and the Spearman rank correlation over the classes that have both."""
+    rows = [{"label": r["label"], "count": counts.get(r["label"]), "f1": r["f1"]}
+            for r in (metrics["per_class"] if metrics else [])]
+    used = [r for r in rows if r["count"] is not None and r["f1"] is not None]
+    left_out = [r["label"] for r in rows if r not in used]
+    if left_out:
+        notes.append(f"label frequency: left out of the correlation (no count in {path}, or no test example): "
+                     + ", ".join(left_out))
+    return {"path": str(path), "rows": rows, "left_out": left_out, "n": len(used),
+            "spearman": spearman([r["count"] for r in used], [r["f1"] for r in used])}
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, **kwargs: Any) -> dict:
+    """Build the report (``kwargs``: those of :func:`build_report`) and write ``metrics.json``, ``report.md`` and the
+    PNG plots into ``out_dir`` (default: the run directory)."""
+    rep = build_report(run_dir, **kwargs)
+    out = RunDir(out_dir if out_dir is not None else run_dir)
+    out.create()
+    rep["plots"] = write_plots(rep, out.path)
+    out.write_metrics(rep)
+    out.write_report(report_markdown(rep, rep["plots"]))
+    return rep

@@ -1,0 +1,170 @@
+"""The text of a report: ``report.md``, the lines ``dfer report`` prints, and the number formats and Markdown
+tables that the comparison of runs (:mod:`.compare`) and the sweep share with them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+LIST_LIMIT = 50  # rows per list in report.md; metrics.json always lists everything
+HEADLINE = (("uar", "UAR"), ("war", "WAR"), ("macro_f1", "macro-F1"))  # key in metrics.json, name in tables
+
+
+def summary(rep: dict, out_dir: str | Path) -> str:
+    """What ``dfer report`` prints: headline metrics, clip counts, the tau sweep if asked for, files written."""
+    m, c = rep.get("metrics"), rep["counts"]
+    lines = [f"{_headline(m)}  ({c['scored_labelled']} labelled clips, calibration {rep['calibration']['method']})"
+             if m else "no labelled clip: metrics not computed (pass --labels FILE)",
+             f"scored {c['scored']}, failed {c['failed']}, scored without label {c['scored_unlabeled']}, "
+             f"labels without clip {c['labels_without_clip']}"]
+    if "tau_sweep" in rep:
+        sweep = rep["tau_sweep"]
+        if sweep is None:
+            lines.append("tau sweep: no labelled clip")
+        else:
+            lines.append(f"tau sweep ({sweep['prior']}):")
+            lines += [f"  tau {r['tau']:>5.2f}: {_headline(r)}" for r in sweep["rows"]]
+    if "label_frequency" in rep:
+        lf = rep["label_frequency"]
+        lines.append(f"per-class F1 against label frequency: Spearman rank correlation {rho(lf['spearman'])} "
+                     f"over {lf['n']} classes")
+    out = Path(out_dir)
+    lines.append(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and plots")
+    return "\n".join(lines)
+
+
+def pct(x: float | None) -> str:
+    """A share as a percentage with two decimals (``n/a`` for None)."""
+    return "n/a" if x is None else f"{100 * x:.2f}"
+
+
+def ci_text(ci: list[float] | None) -> str:
+    """A confidence interval ``[lo, hi]`` in percent (empty when there is none)."""
+    return "" if not ci else f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+
+
+def pct_ci(x: float | None, ci: list[float] | None) -> str:
+    """A share in percent followed by its confidence interval, if any."""
+    return f"{pct(x)} {ci_text(ci)}".strip()
+
+
+def calibration_text(cal: dict) -> str:
+    """The calibration of a report: its method, with its tau unless it is ``none``."""
+    return cal["method"] + (f" (tau={cal['tau']})" if cal["method"] != "none" else "")
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
+    """The lines of a Markdown table (cells written with ``str``)."""
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|",
+            *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
+
+
+def _headline(m: dict, template: str = "{} {}", sep: str = "  ") -> str:
+    """UAR, WAR and macro-F1 of ``m`` in percent, e.g. ``UAR 51.20  WAR 60.00  macro-F1 48.31``."""
+    return sep.join(template.format(name, pct(m[k])) for k, name in HEADLINE)
+
+
+def rho(x: float | None) -> str:
+    """A rank correlation with its sign and three decimals (``n/a`` for None)."""
+    return "n/a" if x is None else f"{x:+.3f}"
+
+
+def _listing(title: str, items: list, fmt=str) -> list[str]:
+    if not items:
+        return []
+    lines = [f"\n## {title} ({len(items)})\n", *(f"- {fmt(x)}" for x in items[:LIST_LIMIT])]
+    if len(items) > LIST_LIMIT:
+        lines.append(f"- ... and {len(items) - LIST_LIMIT} more (all listed in metrics.json)")
+    return lines
+
+
+def freq_order(m: dict) -> tuple[list[int], str]:
+    """Class positions sorted by training count (or test support), most frequent first."""
+    rows = m["per_class"]
+    use_train = rows[0]["train_count"] is not None
+    key = "train_count" if use_train else "support"
+    return sorted(range(len(rows)), key=lambda i: (-rows[i][key], i)), ("training count" if use_train else "test support")
+
+
+def _models_markdown(rep: dict) -> list[str]:
+    """Which model scored the clips, and the stages that fell back to the embedded model."""
+    models = ", ".join(f"{name} ({n} clips)" for name, n in rep["models"].items())
+    fallbacks = [f"**Fallback:** stage `{fb['stage']}` ran the embedded model {fb['ran']} in place of {fb['asked']}, "
+                 "which could not be had on the machine of the run.\n" for fb in rep["fallbacks"]]
+    return ([f"Scored by: {models}.\n"] if models else []) + fallbacks
+
+
+def _metrics_markdown(m: dict, uncalibrated: dict | None) -> list[str]:
+    """The overall metrics with their CIs, each class, head/medium/tail and the collapse onto head classes."""
+    ci, g, col = m["ci"], m["groups"], m["collapse"]
+    out = [f"\n## Overall ({m['n']} scored, labelled clips)\n",
+           *markdown_table(["metric", "value", f"{int(100 * ci['level'])} % CI ({ci['n_boot']} bootstrap resamples)"],
+                           [(f"{name} (%)", pct(m[k]), ci_text(ci[k])) for k, name in HEADLINE])]
+    if uncalibrated:
+        out.append(f"\nWithout calibration: {_headline(uncalibrated, '{}={} %', ', ')}.")
+    order, basis = freq_order(m)
+    group_of = {lab: name for name, d in g["by_group"].items() for lab in d["labels"]}
+    per_class = [(r["label"], group_of.get(r["label"], "-"), "-" if r["train_count"] is None else r["train_count"],
+                  r["support"], r["predicted"], *(pct(r[k]) for k in ("precision", "recall", "f1")))
+                 for r in (m["per_class"][i] for i in order)]
+    out += [f"\n## Per class (sorted by {basis})\n",
+            *markdown_table(["label", "group", "train", "support", "predicted", "precision", "recall", "F1"], per_class),
+            "\n## Head / medium / tail\n", f"Groups from {g['source'].replace('_', ' ')}: {g['rule']}.\n",
+            *markdown_table(["group", "labels", "clips", "UAR (%)", "macro-F1 (%)", "accuracy (%)"],
+                            [(name, ", ".join(map(str, d["labels"])), d["n"], pct(d["uar"]), pct(d["macro_f1"]),
+                              pct(d["accuracy"])) for name, d in g["by_group"].items()]),
+            "\n## Collapse onto head classes\n",
+            f"- total variation between predicted and true label distributions: {col['total_variation']:.4f}",
+            f"- KL(true || predicted), 0.5 pseudo-count: {col['kl_true_pred']:.4f}",
+            "- Jensen-Shannon distance (base 2): " + ("n/a" if col["js_distance"] is None else f"{col['js_distance']:.4f}"),
+            f"- head-class share: true {pct(col['head_share_true'])} %, predicted {pct(col['head_share_pred'])} %",
+            f"- tail clips predicted as a head class: {pct(col['tail_to_head_share'])} % of {col['n_tail_clips']}",
+            f"- classes never predicted: {', '.join(map(str, col['classes_never_predicted'])) or 'none'}"]
+    if m["classes_without_examples"]:
+        out.append(f"- classes with no test example (left out of UAR/macro-F1): "
+                   f"{', '.join(map(str, m['classes_without_examples']))}")
+    return out
+
+
+def report_markdown(rep: dict, plots: dict[str, str]) -> str:
+    c, cov, m, src = rep["counts"], rep["coverage"], rep["metrics"], rep["labels_file"]
+    by_stage = ", ".join(f"{k}: {v}" for k, v in c["failed_by_stage"].items()) or "-"
+    out = [f"# Report: {Path(rep['run_dir']).name}\n",
+           f"Label set: {rep['label_set']['name']} ({len(rep['label_set']['labels'])} labels). "
+           f"Calibration: {calibration_text(rep['calibration'])}. True labels from: "
+           + (f"`{src['path']}` ({src['format']})" if src else "scores.jsonl") + ".\n",
+           *_models_markdown(rep),
+           "## Clips\n",
+           *markdown_table(["bucket", "clips"], [
+               ("scored", c["scored"]), ("scored, with label", c["scored_labelled"]),
+               ("scored, without label", c["scored_unlabeled"]), ("failed", f"{c['failed']} ({by_stage})"),
+               ("failed, with label", c["failed_labelled"]), ("labels without clip", c["labels_without_clip"])])]
+    if cov["labelled_clips"]:
+        line = f"\nCoverage: {cov['labelled_scored']} of {cov['labelled_clips']} labelled clips scored."
+        if cov["failures_as_wrong"]:
+            line += f" Failures counted as wrong: {_headline(cov['failures_as_wrong'], '{}={} %', ', ')}."
+        elif not c["failed"]:
+            line += " No clip failed."
+        if c["failed"] > c["failed_labelled"]:
+            line += (f" {c['failed'] - c['failed_labelled']} failed clip(s) have no known label "
+                     "(pass a labels file to count them as wrong).")
+        out.append(line)
+    out += (_metrics_markdown(m, rep["metrics_uncalibrated"]) if m is not None
+            else ["\nNo scored clip has a true label, so no metrics were computed."])
+    if "label_frequency" in rep and m is not None:
+        lf = rep["label_frequency"]
+        out += ["\n## Per-class F1 against label frequency\n",
+                f"Counts from `{lf['path']}`. Spearman rank correlation between count and F1: {rho(lf['spearman'])} "
+                f"over {lf['n']} classes" + (f" (left out: {', '.join(lf['left_out'])})" if lf["left_out"] else "")
+                + ".\n",
+                *markdown_table(["label", "count", "F1 (%)"], [
+                    (r["label"], "-" if r["count"] is None else f"{r['count']:g}", pct(r["f1"]))
+                    for r in sorted(lf["rows"], key=lambda r: -(r["count"] or 0))])]
+    if plots:
+        out += ["\n## Plots\n", *(f"![{k}]({v})" for k, v in plots.items())]
+    out += _listing("Warnings", rep["warnings"] + (m["warnings"] if m else []))
+    out += _listing("Failed clips", rep["failed_clips"],
+                    lambda f: f"`{f['video']}` ({f['stage']}, {f['error']}): {f['message']}")
+    out += _listing("Scored clips without a label", rep["unlabeled_clips"], lambda v: f"`{v}`")
+    out += _listing("Labels without a clip", rep["labels_without_clip"], lambda v: f"`{v}`")
+    return "\n".join(out) + "\n"
