@@ -1,0 +1,206 @@
+"""The transformers backend: :class:`TransformersBackend` (see :mod:`pipeline.backends.hf`)."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import os
+import threading
+
+from pipeline.backends.base import Backend, LabelScore, ModelConfig, Prompt
+from pipeline.backends.hf.loading import is_unavailable, load_pretrained
+from pipeline.backends.hf.scoring import LabelScoring
+from pipeline.backends.hf.templates import (NO_VIDEO_SLOT, Rendered, analyse_template, chat_messages,
+                                            processor_takes_video, video_error, video_metadata)
+from pipeline.core.errors import ModelLoadError, ModelUnavailableError
+from pipeline.models import hub
+from pipeline.models.quiet import quiet_peft
+
+
+def _chunks(seq: list, n: int):
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+class TransformersBackend(LabelScoring, Backend):
+    """See :mod:`pipeline.backends.hf`. Thread-safe (one lock around the model)."""
+
+    def __init__(self, cfg: ModelConfig):
+        import torch
+
+        if cfg.backend != "transformers":
+            raise ValueError(f"TransformersBackend got backend={cfg.backend!r}")
+        self.cfg = cfg
+        self._lock = threading.RLock()
+        self._torch = torch
+        self._load()
+        self.scoring_mode = "kv"
+        self.kv_token_budget = 1 << 18  # cached prompt tokens allowed in one continuation pass (rows x length)
+        self._verified = False
+        self.label_separator, self.end_of_turn = analyse_template(self.processor, self.tokenizer, cfg.model)
+
+    # ------------------------------------------------------------------ loading
+    def _load(self) -> None:
+        cfg = self.cfg
+        self.processor, self.model, self.input_device = load_pretrained(cfg)
+        tok = getattr(self.processor, "tokenizer", None)
+        if tok is None:
+            raise ModelLoadError(f"Model {cfg.model!r}: the processor has no tokenizer")
+        if getattr(self.processor, "chat_template", None) is None:
+            if getattr(tok, "chat_template", None) is None:
+                raise ModelLoadError(
+                    f"Model {cfg.model!r} has no chat template (processor or tokenizer); an instruction-tuned "
+                    "checkpoint is needed"
+                )
+            self.processor.chat_template = tok.chat_template
+        self.tokenizer = tok
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        self.pad_id = tok.pad_token_id
+        inner = getattr(self.model, "model", None)
+        self._rope_index = getattr(inner, "get_rope_index", None)
+        self._position_rows = 0
+        self._video = processor_takes_video(self.processor)
+
+    # ------------------------------------------------------------------ public API
+    @classmethod
+    def check_available(cls, cfg: ModelConfig) -> None:
+        hub.check_available(cfg.model, cfg.revision)
+
+    @classmethod
+    def identity(cls, cfg: ModelConfig) -> dict:
+        """Hub id + revision, or a local checkpoint's content fingerprint (:func:`pipeline.models.hub.model_identity`)."""
+        return hub.model_identity(cfg.model, cfg.revision)
+
+    @classmethod
+    def check_video(cls, cfg: ModelConfig) -> None:
+        """Pre-flight for video prompts: loads the processor only."""
+        from transformers import AutoProcessor
+
+        try:
+            source, common = hub.source(cfg.model, cfg.revision, trust_remote_code=cfg.trust_remote_code)
+            processor = AutoProcessor.from_pretrained(source, **common)
+        except Exception as exc:
+            if isinstance(exc, ModelUnavailableError) or is_unavailable(exc):
+                return  # not here: check_available says so
+            raise video_error(cfg.model, f"its processor cannot be loaded: {type(exc).__name__}: {exc}") from exc
+        if not processor_takes_video(processor):
+            raise video_error(cfg.model, NO_VIDEO_SLOT)
+
+    def close(self) -> None:
+        with self._lock:
+            for name in ("model", "processor", "tokenizer"):
+                if hasattr(self, name):
+                    delattr(self, name)
+            gc.collect()
+            if self._torch.cuda.is_available():
+                self._torch.cuda.empty_cache()
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int:
+        with self._lock:
+            r = self.render_prompt(prompt)
+            inputs = self._encode([r], padding_side="right")
+            return int(inputs["attention_mask"][0].sum())
+
+    def generate(self, prompts: list[Prompt], max_new_tokens: int | None = None) -> list[str]:
+        torch = self._torch
+        limit = max_new_tokens or self.cfg.max_new_tokens
+        out: list[str] = []
+        with self._lock, torch.inference_mode():
+            gen_cfg = copy.deepcopy(self.model.generation_config)
+            gen_cfg.do_sample = False
+            gen_cfg.num_beams = 1
+            for attr in ("temperature", "top_p", "top_k", "min_p", "typical_p"):
+                if hasattr(gen_cfg, attr):
+                    setattr(gen_cfg, attr, None)
+            gen_cfg.max_new_tokens = limit
+            gen_cfg.pad_token_id = self.pad_id
+            for chunk in _chunks(prompts, self.cfg.batch_size):
+                inputs = self._encode([self.render_prompt(p) for p in chunk], padding_side="left")
+                seqs = self.model.generate(**inputs, generation_config=gen_cfg)
+                new = seqs[:, inputs["input_ids"].shape[1] :]
+                out += [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        return out
+
+    def score_labels(self, prompts: list[Prompt], labels: list[str]) -> list[dict[str, LabelScore]]:
+        if not labels:
+            raise ValueError("score_labels needs at least one label")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"duplicate labels: {labels}")
+        if any(not lab for lab in labels):
+            raise ValueError("empty label")
+        torch = self._torch
+        results: list[dict[str, LabelScore]] = []
+        with self._lock, torch.inference_mode():
+            for chunk in _chunks(prompts, self.cfg.batch_size):
+                rendered = [self.render_prompt(p) for p in chunk]
+                if not self._verified and self.scoring_mode == "kv":
+                    self._verify_kv_route(rendered[0], labels)
+                if self.scoring_mode == "kv":
+                    results += self._score_kv(rendered, labels)
+                else:
+                    results += self._score_full(rendered, labels)
+        return results
+
+    def apply_adapter(self, path: str | os.PathLike) -> None:
+        """Load LoRA adapters (a PEFT adapter folder, e.g. from ``dfer finetune``) onto the loaded model and merge
+        them into its weights, so scoring and generation run at the base model's speed. Checking that the
+        adapter was made for this base model is the caller's job (:mod:`pipeline.backends.adapter`)."""
+        try:
+            from peft import PeftModel
+        except ImportError as exc:  # pragma: no cover - peft is a dependency
+            raise ModelLoadError("applying an adapter needs the 'peft' package") from exc
+        with self._lock:
+            try:
+                with quiet_peft():
+                    peft_model = PeftModel.from_pretrained(self.model, str(path), is_trainable=False)
+            except Exception as exc:
+                raise ModelLoadError(f"adapter {str(path)!r} cannot be loaded onto model {self.cfg.model!r}: {exc}") from exc
+            self.model = peft_model.merge_and_unload()
+            self.model.eval()
+            self._verified = False  # re-check the cached scoring route on the adapted model
+
+    # ------------------------------------------------------------------ rendering and encoding
+    def render_prompt(self, prompt: Prompt) -> Rendered:
+        """The prompt as the model's chat template renders it (one user turn, generation prompt added): text with
+        the template's image placeholders, and the prepared images in order. Every scoring route, and
+        fine-tuning, feeds the processor this."""
+        messages, images, videos = chat_messages(prompt, self.cfg.image_max_side, self._video, self.cfg.model)
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return Rendered(text=text, images=images, videos=videos)
+
+    def _add_special(self, text: str) -> bool:
+        bos = self.tokenizer.bos_token
+        return not (bos and text.startswith(bos))
+
+    def _encode(self, rendered: list[Rendered], padding_side: str, extra_text: list[str] | None = None):
+        """Run the processor on a batch; ``extra_text`` is appended to each rendered prompt."""
+        texts = [r.text + (extra_text[i] if extra_text else "") for i, r in enumerate(rendered)]
+        kwargs = dict(
+            text=texts,
+            return_tensors="pt",
+            padding=True,
+            padding_side=padding_side,
+            add_special_tokens=self._add_special(texts[0]),
+        )
+        if any(r.images for r in rendered):
+            kwargs["images"] = [r.images for r in rendered]
+        videos = [v for r in rendered for v in r.videos]
+        if videos:  # frames as sampled (no resampling), fps measured from their timestamps
+            kwargs.update(videos=[v.frames for v in videos], video_metadata=[video_metadata(v) for v in videos],
+                          do_sample_frames=False)
+        old_side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = padding_side
+        try:
+            inputs = self.processor(**kwargs)
+        finally:
+            self.tokenizer.padding_side = old_side
+        model_dtype = self.model.dtype
+        out = {}
+        for k, v in inputs.items():
+            if hasattr(v, "to"):
+                v = v.to(self.input_device)
+                if v.is_floating_point():
+                    v = v.to(model_dtype)
+            out[k] = v
+        return out
