@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.engine.config import load_config
 from pipeline.cli import main as dfer_main
-from pipeline.finetune import FinetuneError, finetune, loop
+from pipeline.finetune import FinetuneError, finetune, trainer
 from pipeline.backends.adapter import adapter_hash
 from pipeline.finetune.data import class_weights, split_train_val
 from pipeline.eval.labels import LabelError
@@ -132,7 +132,7 @@ def test_kill_and_resume_gives_the_same_adapter(trained, clips, cache, models, t
     for s in [*model_args(models), *TRAIN]:
         args += ["--set", s]
     calls = []
-    real_loss = loop._Trainer.batch_loss
+    real_loss = trainer.Trainer.batch_loss
 
     def interrupted_in_step_8(self, batch):  # Ctrl-C during step 8 (grad_accum=1: one batch per step)
         calls.append(1)
@@ -140,9 +140,9 @@ def test_kill_and_resume_gives_the_same_adapter(trained, clips, cache, models, t
             raise KeyboardInterrupt
         return real_loss(self, batch)
 
-    monkeypatch.setattr(loop._Trainer, "batch_loss", interrupted_in_step_8)
+    monkeypatch.setattr(trainer.Trainer, "batch_loss", interrupted_in_step_8)
     assert dfer_main(["finetune", *args]) == 130  # the last checkpoint is step 6 (save_every_steps=2)
-    monkeypatch.setattr(loop._Trainer, "batch_loss", real_loss)
+    monkeypatch.setattr(trainer.Trainer, "batch_loss", real_loss)
     pointer = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert pointer == {"dir": "step-0000006"} and not (out / "adapter").exists()
     (out / "checkpoints" / ".tmp-step-0000008").mkdir()  # debris of a save killed half-way

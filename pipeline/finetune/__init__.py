@@ -8,8 +8,9 @@
     # then: dfer run test/ --out runs/ft --set classify.adapter=ckpt
 
 Modules: ``data`` (labels, validation split, cached upstream
-artifacts through the runner, the dataset of rendered classify prompts), ``loop`` (training, validation,
-checkpoints, :func:`finetune`), and the training toolkit :mod:`pipeline.training` (split, LoRA, schedule, checkpoints); the
+artifacts through the runner, the dataset of rendered classify prompts), ``setup`` (what the weights depend on, for
+resuming), ``trainer`` (the model, the training loop, validation, checkpoints), ``run`` (:func:`finetune`: from the
+inputs to the adapter), and the training toolkit :mod:`pipeline.training` (split, LoRA, schedule, checkpoints); the
 ``finetune`` config section is :class:`pipeline.engine.sections.FinetuneConfig` and the adapter format
 :mod:`pipeline.backends.adapter`. The command is ``dfer finetune``
 (:mod:`pipeline.cli.finetune`; several GPUs: ``accelerate launch -m pipeline.cli finetune ...``).
@@ -18,7 +19,7 @@ checkpoints, :func:`finetune`), and the training toolkit :mod:`pipeline.training
 from __future__ import annotations
 
 from pipeline.core.errors import FinetuneError
-from pipeline.finetune.loop import FinetuneResult, finetune
+from pipeline.finetune.run import FinetuneResult, finetune
 from pipeline.engine.sections import FinetuneConfig
 
 __all__ = ["FinetuneConfig", "FinetuneError", "FinetuneResult", "finetune"]
