@@ -141,51 +141,36 @@ def _setup(model: SocialFusionModel, settings: TrainSettings, examples: Sequence
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-class _Checkpoints:
-    """Save and restore the state of :func:`train` with :mod:`pipeline.training.checkpoint`."""
+def _save(session: ckpt.CheckpointSession, step: int, setup: str, params: dict, opt, sched, report: TrainReport) -> None:
+    from safetensors.torch import save_file
 
-    def __init__(self, out_dir: Path | None, setup: str):
-        self.out, self.setup = out_dir, setup
+    def write_weights(folder: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(folder / "trainable.safetensors"))
 
-    def save(self, step: int, params: dict, opt, sched, report: TrainReport) -> None:
-        from safetensors.torch import save_file
+    state = {"step": step, "setup": setup, "losses": report.losses, "conflict": report.conflict.rows}
+    session.save(f"step-{step:07d}", state, opt, sched, write_weights)
 
-        name = f"step-{step:07d}"
-        tmp = ckpt.tmp_dir(self.out, name)
-        save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(tmp / "trainable.safetensors"))
-        ckpt.optimizer_to_files(opt.state_dict(), tmp)
-        ckpt.write_json(tmp / "scheduler.json", ckpt.scheduler_state(sched))
-        ckpt.write_json(tmp / "rng-0.json", ckpt.rng_state())
-        ckpt.write_json(tmp / "state.json", {"step": step, "setup": self.setup, "losses": report.losses,
-                                             "conflict": report.conflict.rows})
-        ckpt.publish(tmp, ckpt.root(self.out) / name)
-        ckpt.point_to(self.out, name, keep=set())
 
-    def resume(self, params: dict, opt, sched, report: TrainReport) -> int:
-        """Restore the latest checkpoint (if any); returns the step it was taken at (0: none)."""
-        import torch
-        from safetensors.torch import load_file
+def _resume(session: ckpt.CheckpointSession, setup: str, params: dict, opt, sched, report: TrainReport) -> int:
+    """Restore the latest checkpoint (if any); returns the step it was taken at (0: none)."""
+    import torch
+    from safetensors.torch import load_file
 
-        if self.out is None:
-            return 0
-        ckpt.remove_stale(self.out)
-        folder = ckpt.latest(self.out)
-        if folder is None:
-            return 0
-        state = ckpt.read_json(folder / "state.json")
-        if state["setup"] != self.setup:
-            raise SocialFusionError(f"{self.out} holds checkpoints of another model, settings or set of clips, so they "
-                                    f"cannot be resumed; use another folder or delete {ckpt.root(self.out)}")
-        saved = load_file(str(folder / "trainable.safetensors"))
-        with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(saved[k].to(p.device, p.dtype))
-        opt.load_state_dict(ckpt.optimizer_from_files(folder))
-        sched.load_state_dict(ckpt.read_json(folder / "scheduler.json"))
-        ckpt.set_rng_state(ckpt.read_json(folder / "rng-0.json"))
-        report.losses = list(state["losses"])
-        report.conflict.rows = list(state["conflict"])
-        return int(state["step"])
+    found = session.resumable()
+    if found is None:
+        return 0
+    folder, state = found
+    if state["setup"] != setup:
+        raise SocialFusionError(f"{session.out} holds checkpoints of another model, settings or set of clips, so they "
+                                f"cannot be resumed; use another folder or delete {session.root}")
+    saved = load_file(str(folder / "trainable.safetensors"))
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(saved[k].to(p.device, p.dtype))
+    session.restore(folder, opt, sched)
+    report.losses = list(state["losses"])
+    report.conflict.rows = list(state["conflict"])
+    return int(state["step"])
 
 
 def train(model: SocialFusionModel, examples: Sequence[FeatureClip], settings: TrainSettings | None = None,
@@ -220,8 +205,9 @@ def train(model: SocialFusionModel, examples: Sequence[FeatureClip], settings: T
     slices = {name: slice(end - n, end) for name, n, end in zip(groups, sizes, itertools.accumulate(sizes))}
     opt = make_optimizer(params, s.lr, s.weight_decay)
     sched = make_scheduler(opt, s.lr_schedule, s.steps, s.warmup_steps)
-    saver = _Checkpoints(Path(out_dir) if out_dir is not None else None, _setup(model, s, examples))
-    done = saver.resume(_named_trainable(model), opt, sched, report)
+    session = ckpt.CheckpointSession(out_dir) if out_dir is not None else None
+    setup = _setup(model, s, examples)
+    done = _resume(session, setup, _named_trainable(model), opt, sched, report) if session is not None else 0
     report.resumed_from = done or None
     for _ in range(done):  # the batches those steps drew
         for t in tasks:
@@ -253,8 +239,8 @@ def train(model: SocialFusionModel, examples: Sequence[FeatureClip], settings: T
         if log_to is not None and (step == 1 or step % max(1, s.steps // 10) == 0 or step == s.steps):
             print(f"step {step}/{s.steps}: loss {row['total']:.4f} (" +
                   ", ".join(f"{t} {row[t]:.4f}" for t in tasks) + ")", file=log_to, flush=True)
-        if saver.out is not None and s.save_every and step % s.save_every == 0:
-            saver.save(step, _named_trainable(model), opt, sched, report)
+        if session is not None and s.save_every and step % s.save_every == 0:
+            _save(session, step, setup, _named_trainable(model), opt, sched, report)
     model.eval()
     for t in tasks:
         val_t = [e for e in val_ex if t in e.labels]

@@ -145,20 +145,19 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
     from pipeline.core.cache import Cache, default_cache_dir
 
     cache_root = Cache(cache_dir if cache_dir is not None else default_cache_dir()).root
-    if main:
-        ckpt.remove_stale(out)
-    resume_from = ckpt.latest(out)
-    st = ckpt.read_json(resume_from / "state.json") if resume_from is not None else None
+    session = ckpt.CheckpointSession(out, process=accelerator.process_index, main=main,
+                                     barrier=accelerator.wait_for_everyone)
+    resume_from, st = session.resumable() or (None, None)
     diff = setup_diff(st["setup"], setup) if st is not None else []
     if diff:
         raise FinetuneError(f"{out} holds a fine-tuning run with another setup, so it cannot be resumed: " + "; ".join(diff)
-                            + f". Use another --out, or delete {ckpt.root(out)} to start over.")
+                            + f". Use another --out, or delete {session.root} to start over.")
     trained_before, resumed = bool(st and st.get("done")), None
     if not trained_before:
-        trainer = Trainer(cfg, accelerator, out, names, train, val, cache_root, setup, log, show)
+        trainer = Trainer(cfg, accelerator, session, names, train, val, cache_root, setup, log, show)
         try:
             if resume_from is not None:
-                trainer.resume(resume_from)
+                trainer.resume(resume_from, st)
                 resumed = trainer.state["global_step"]
                 if main:
                     print(f"finetune: resuming from {resume_from} (epoch {trainer.state['epoch'] + 1}, "

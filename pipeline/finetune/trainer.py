@@ -64,15 +64,15 @@ def make_accelerator(fcfg, device: str):
 class Trainer:
     """The model, optimizer and data of one ``finetune`` call (see the module docstring)."""
 
-    def __init__(self, cfg, accelerator, out: Path, names: list[str], train: list[LabelledClip], val: list[LabelledClip],
-                 cache_root, setup: dict, log: TextIO, show_progress: bool):
+    def __init__(self, cfg, accelerator, session: ckpt.CheckpointSession, names: list[str], train: list[LabelledClip],
+                 val: list[LabelledClip], cache_root, setup: dict, log: TextIO, show_progress: bool):
         import torch
         from accelerate.utils import set_seed
 
         from pipeline.backends.hf import TransformersBackend
         from pipeline.eval.labels import load_label_set
 
-        self.cfg, self.fcfg, self.acc, self.out, self.names = cfg, cfg.finetune, accelerator, out, names
+        self.cfg, self.fcfg, self.acc, self.session, self.names = cfg, cfg.finetune, accelerator, session, names
         self.train_ex, self.log, self.show = train, log, show_progress
         f = self.fcfg
         device = "balanced" if cfg.classify.model.device == "balanced" else str(accelerator.device)
@@ -122,53 +122,40 @@ class Trainer:
         write_adapter_meta(folder, self.meta_base, self.names, str(self.label_set), self.template_sha, trained)
 
     # -------------------------------------------------------------- resume
-    def resume(self, folder: Path) -> None:
+    def resume(self, folder: Path, state: dict) -> None:
+        """Go on from checkpoint ``folder`` (its ``state.json`` read as ``state``)."""
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        state = ckpt.read_json(folder / "state.json")
         weights = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
         result = set_peft_model_state_dict(self._unwrapped(), weights)
         bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
         if bad:
             raise FinetuneError(f"{folder}: the checkpoint's adapter does not fit this model ({bad[:3]} ...)")
-        self.optimizer.load_state_dict(ckpt.optimizer_from_files(folder))
-        self.scheduler.load_state_dict(ckpt.read_json(folder / "scheduler.json"))
-        rng = folder / f"rng-{self.acc.process_index}.json"
-        if rng.is_file():
-            ckpt.set_rng_state(ckpt.read_json(rng))
+        self.session.restore(folder, self.optimizer, self.scheduler)
         self.state = state
 
     # -------------------------------------------------------------- saving
     def save_checkpoint(self) -> None:
-        acc, st = self.acc, self.state
-        name = f"step-{st['global_step']:07d}"
-        tmp = ckpt.tmp_dir(self.out, name, create=acc.is_main_process)
-        if acc.is_main_process:
-            self._unwrapped().save_pretrained(str(tmp / "adapter"))
-            self._adapter_meta(tmp / "adapter", {"epoch": st["epoch"], "step": st["global_step"], "checkpoint": True})
-            ckpt.optimizer_to_files(self.optimizer.state_dict(), tmp)
-            ckpt.write_json(tmp / "scheduler.json", ckpt.scheduler_state(self.scheduler))
-            ckpt.write_json(tmp / "state.json", st)
-        acc.wait_for_everyone()
-        ckpt.write_json(tmp / f"rng-{acc.process_index}.json", ckpt.rng_state())
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            ckpt.publish(tmp, ckpt.root(self.out) / name)
-            keep = {st["best"]["dir"]} if st.get("best") else set()
-            ckpt.point_to(self.out, name, keep)
-        acc.wait_for_everyone()
+        st = self.state
+
+        def write_adapter(folder: Path) -> None:
+            self._unwrapped().save_pretrained(str(folder / "adapter"))
+            self._adapter_meta(folder / "adapter", {"epoch": st["epoch"], "step": st["global_step"], "checkpoint": True})
+
+        keep = {st["best"]["dir"]} if st.get("best") else set()
+        self.session.save(f"step-{st['global_step']:07d}", st, self.optimizer, self.scheduler, write_adapter, keep)
 
     def save_best(self, ev: dict, epoch: int) -> None:
         st = self.state
         name = f"best-step-{st['global_step']:07d}"
-        if self.acc.is_main_process:
-            tmp = ckpt.tmp_dir(self.out, name)
-            self._unwrapped().save_pretrained(str(tmp))
-            self._adapter_meta(tmp, {"epoch": epoch, "step": st["global_step"], "val": ev,
-                                     "sampling": self.fcfg.sampling, "loss_weights": self.fcfg.loss_weights})
-            ckpt.publish(tmp, ckpt.root(self.out) / name)
-        self.acc.wait_for_everyone()
+
+        def write_adapter(folder: Path) -> None:
+            self._unwrapped().save_pretrained(str(folder))
+            self._adapter_meta(folder, {"epoch": epoch, "step": st["global_step"], "val": ev,
+                                        "sampling": self.fcfg.sampling, "loss_weights": self.fcfg.loss_weights})
+
+        self.session.publish_folder(name, write_adapter)
         st["best"] = {"dir": name, "epoch": epoch, "step": st["global_step"], **{k: ev[k] for k in ("uar", "war")}}
 
     # -------------------------------------------------------------- loss and validation

@@ -11,6 +11,8 @@ Layout under a training output folder ``OUT`` (``dfer finetune``'s shown)::
 A checkpoint is written into a hidden temporary sibling and renamed into place, then ``latest.json`` is
 replaced (write + ``os.replace``), then older checkpoints are removed: a kill at any moment leaves
 ``latest.json`` pointing at a complete checkpoint. Tensors go to safetensors, everything else to JSON.
+
+:class:`CheckpointSession` is that sequence, saving and resuming, for every trainer.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import random
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -164,3 +167,66 @@ def scheduler_state(scheduler) -> dict:
     if "lr_lambdas" in state:
         state["lr_lambdas"] = [None] * len(state["lr_lambdas"])
     return state
+
+
+class CheckpointSession:
+    """The save and resume sequence of one training run's checkpoints under ``OUT/checkpoints``, the same for every
+    trainer (``dfer finetune``, SocialFusion).
+
+    A run may have several processes (accelerate): ``main`` says whether this one writes the shared files,
+    ``barrier`` waits for the others, ``process`` numbers this process's RNG file. The weights are the trainer's:
+    it writes them into the checkpoint folder (``save``'s ``write_weights``) and loads them itself on resume.
+    """
+
+    def __init__(self, out_dir: str | Path, *, process: int = 0, main: bool = True,
+                 barrier: Callable[[], None] = lambda: None):
+        self.out, self.process, self.main, self.barrier = Path(out_dir), process, main, barrier
+
+    @property
+    def root(self) -> Path:
+        return root(self.out)
+
+    def resumable(self) -> tuple[Path, dict] | None:
+        """The checkpoint to resume from and its ``state.json``, or None; the temporary folders of a killed save are
+        removed first (by the main process)."""
+        if self.main:
+            remove_stale(self.out)
+        folder = latest(self.out)
+        return None if folder is None else (folder, read_json(folder / "state.json"))
+
+    def save(self, name: str, state: dict, optimizer, scheduler, write_weights: Callable[[Path], None],
+             keep: set[str] = frozenset()) -> None:
+        """Write checkpoint ``name`` (weights, optimizer, scheduler, ``state.json``, every process's RNG state) into a
+        temporary folder, rename it into place, make it the one to resume from, and remove the older checkpoints
+        and best adapters not in ``keep``."""
+        tmp = tmp_dir(self.out, name, create=self.main)
+        if self.main:
+            write_weights(tmp)
+            optimizer_to_files(optimizer.state_dict(), tmp)
+            write_json(tmp / "scheduler.json", scheduler_state(scheduler))
+            write_json(tmp / "state.json", state)
+        self.barrier()
+        write_json(tmp / f"rng-{self.process}.json", rng_state())
+        self.barrier()
+        if self.main:
+            publish(tmp, self.root / name)
+            point_to(self.out, name, set(keep))
+        self.barrier()
+
+    def restore(self, folder: Path, optimizer, scheduler) -> None:
+        """Optimizer, scheduler and this process's RNG state from checkpoint ``folder`` (a run resumed on more
+        processes than it was saved by keeps the new processes' RNG states)."""
+        optimizer.load_state_dict(optimizer_from_files(folder))
+        scheduler.load_state_dict(read_json(folder / "scheduler.json"))
+        rng = folder / f"rng-{self.process}.json"
+        if rng.is_file():
+            set_rng_state(read_json(rng))
+
+    def publish_folder(self, name: str, write: Callable[[Path], None]) -> None:
+        """A folder beside the checkpoints (e.g. the best adapter so far), written by the main process into a
+        temporary folder and renamed into place."""
+        if self.main:
+            tmp = tmp_dir(self.out, name)
+            write(tmp)
+            publish(tmp, self.root / name)
+        self.barrier()
