@@ -7,9 +7,10 @@ import io
 
 import numpy as np
 import pytest
+import yaml
 
+from pipeline.cli import main
 from pipeline.engine.config import load_config
-from pipeline.core.errors import ConfigError
 from pipeline.engine.rundir import RunDir
 from pipeline.engine.runner import run_pipeline
 from stages import classify, context, keyframes
@@ -49,8 +50,25 @@ def test_the_captioner_is_whatever_classifier_is_set_after_the_preset(tmp_path):
 def test_the_paper_label_sets_are_picked_with_classify_labels():
     assert load_config(preset="msce").classify.labels == "dfew"
     assert load_config(None, ["classify.labels=mafw"], preset="msce").classify.labels == "mafw"
-    with pytest.raises(ConfigError, match="'model' is a value, not a section"):
-        load_config(None, ["context.model.max_new_tokens=9"], preset="msce")
+
+
+def test_setting_the_captioner_under_msce_says_the_captioner_is_the_classifier_and_how_to_choose_another(capsys):
+    assert main(["config", "show", "--preset", "msce", "--set", "context.model.model=org/captioner"]) == 2
+    err = capsys.readouterr().err
+    assert ("--set context.model.model: here context.model is 'classify.model' (as --preset msce sets it): the "
+            "captioner is the classifier and has no settings of its own. --set classify.model.model=... changes both; "
+            "to caption with another model, give the captioner its own: --set context.model=org/captioner") in err
+    assert main(["config", "show", "--preset", "msce", "--set", "context.model=org/captioner"]) == 0  # as it says
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["context"]["model"]["model"] == "org/captioner"
+    assert shown["classify"]["model"]["model"] == load_config().classify.model.model
+
+    assert main(["config", "show", "--preset", "msce", "--set", "context.model.max_new_tokens=9"]) == 2
+    assert ("give the captioner its own: --set 'context.model={model: MODEL}', then --set "
+            "context.model.max_new_tokens=...") in capsys.readouterr().err
+    assert main(["config", "show", "--preset", "msce", "--set", "context.model={model: org/captioner}",
+                 "--set", "context.model.max_new_tokens=9"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["context"]["model"]["max_new_tokens"] == 9
 
 
 def test_an_msce_run_captions_with_the_classifier_given_on_the_command_line(tmp_path, clip_dir):

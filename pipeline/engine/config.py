@@ -74,9 +74,16 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
     if not all(parts):
         raise ConfigError(f"--set {dotted}=...: empty key segment")
     node = tree
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
         if node.get(p) is None:
             node[p] = {}
+        elif node[p] == CLASSIFIER and parts[:i + 1] == ["context", "model"]:
+            rest = ".".join(parts[i + 1:])
+            own = (f"--set context.model={value}" if rest == "model" else
+                   f"--set 'context.model={{model: MODEL}}', then --set {dotted}=...")
+            raise ConfigError(f"--set {dotted}: here context.model is '{CLASSIFIER}' (as --preset msce sets it): the "
+                              f"captioner is the classifier and has no settings of its own. --set {CLASSIFIER}.{rest}=... "
+                              f"changes both; to caption with another model, give the captioner its own: {own}")
         elif not isinstance(node[p], dict):
             raise ConfigError(f"--set {dotted}: '{p}' is a value, not a section")
         node = node[p]
