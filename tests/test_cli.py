@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,9 +14,10 @@ from PIL import Image
 from tests.conftest import copy_clip
 
 
-def dfer(*args, cache, check=False):
+def dfer(*args, cache, check=False, cwd=None):
     env = {**os.environ, "DFER_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, env=env, timeout=600, check=check)
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, env=env, timeout=600,
+                          check=check, cwd=cwd)
 
 
 def test_run_then_inspect_writes_a_readable_png(clip_dir, tmp_path):
@@ -33,6 +35,26 @@ def test_run_then_inspect_writes_a_readable_png(clip_dir, tmp_path):
         assert im.format == "PNG" and im.width > 600 and im.height > 400
         arr = np.asarray(im.convert("L"))
     assert arr.std() > 10  # not a blank canvas
+
+
+def test_inspect_takes_the_path_of_a_clip_as_the_manifest_gives_it(clip_dir, tmp_path):
+    """The run is given a list file in ``real_in/``: the clip's id is ``clip.mov`` (relative to the list file), its
+    path ``real_in/clip.mov``; ``dfer inspect`` takes either, and the same file by another path."""
+    copy_clip(clip_dir["pan.mp4"], tmp_path / "real_in", "clip.mov")
+    (tmp_path / "real_in" / "list.csv").write_text("path,label\nclip.mov,happy\n")
+    proc = dfer("run", "real_in/list.csv", "--out", "run", "--until", "keyframes", "-q", cache=tmp_path / "c", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads((tmp_path / "run" / "manifest.jsonl").read_text())
+    assert (row["video"], row["path"]) == ("clip.mov", "real_in/clip.mov")
+    png = tmp_path / "run" / "inspect" / "clip.mov.png"
+    for given in ("real_in/clip.mov", "clip.mov", "./real_in/clip.mov", str(tmp_path / "real_in" / "clip.mov")):
+        png.unlink(missing_ok=True)
+        proc = dfer("inspect", "run", given, cache=tmp_path / "c", cwd=tmp_path)
+        assert proc.returncode == 0, (given, proc.stderr)
+        assert proc.stdout.strip() == "run/inspect/clip.mov.png" and png.is_file(), given
+    proc = dfer("inspect", "run", "real_in/other.mov", cache=tmp_path / "c", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "no video 'real_in/other.mov' in run/manifest.jsonl (1 clips listed)" in proc.stderr
 
 
 def test_cache_dir_is_another_name_for_cache(clip_dir, tmp_path):

@@ -39,7 +39,9 @@ def add_parsers(sub) -> None:
 
     insp = sub.add_parser("inspect", help="draw one clip's keyframes, face boxes and motion curve as a PNG")
     insp.add_argument("run_dir", metavar="RUN")
-    insp.add_argument("video", metavar="VIDEO", help="video id as listed in RUN/manifest.jsonl (or a unique part of it)")
+    insp.add_argument("video", metavar="VIDEO",
+                      help="the clip: its id or its path as RUN/manifest.jsonl lists them (the path as the input or "
+                           "the list file gave it), the same file by another path, or a unique part of its id")
     insp.add_argument("-o", "--output", metavar="PNG", help="where to write (default: RUN/inspect/<video>.png)")
     insp.set_defaults(handler=_inspect)
 

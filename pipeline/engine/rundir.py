@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, TextIO
@@ -100,6 +101,13 @@ class ManifestRow:
         return asdict(self)
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is not a file here
+        return False
+
+
 class RunDir:
     """One run directory (it need not exist yet). Writers are used by the runner and the classify outputs;
     readers by report, compare, inspect, the diagnostics and the tests."""
@@ -168,9 +176,12 @@ class RunDir:
                 for _, r in read_jsonl(self._written_by_run(MANIFEST))]
 
     def find(self, video: str) -> ManifestRow:
-        """The clip ``video`` (its id, or a part of exactly one id)."""
+        """The clip ``video``: its id, its path as the manifest gives it (the path of the input or list file row),
+        the same file by another path, or a part of exactly one id."""
         rows = self.manifest()
-        exact = [r for r in rows if r.video == video]
+        exact = [r for r in rows if r.video == video] or [r for r in rows if r.path == video]
+        if not exact and os.path.isfile(video):
+            exact = [r for r in rows if _same_file(r.path, video)]
         if exact:
             return exact[0]
         partial = [r for r in rows if video in r.video]

@@ -35,7 +35,8 @@ def _frames_at(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
 
 
 def inspect_clip(run_dir: str | Path, video: str, output: Path | None = None) -> Path:
-    """Draw the clip ``video`` of a run (its id or a unique part of it) into a PNG; returns its path."""
+    """Draw the clip ``video`` of a run (as :meth:`RunDir.find` finds it: id, path, same file, part of an id) into a
+    PNG; returns its path."""
     import matplotlib
 
     matplotlib.use("Agg")
