@@ -61,7 +61,7 @@ def key_extras(cfg: Config) -> dict:
 
 def open(cfg: Config):  # noqa: A001 - stage protocol name
     """Load the model once per worker process (an :class:`pipeline.models.mini_xception.ExpressionNet`; imports torch)."""
-    from pipeline.models.mini_xception import load_model
+    from pipeline.models.mini_xception import load_model  # start-up time: torch, in the workers that run it
 
     return load_model()
 

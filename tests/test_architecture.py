@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import pkgutil
 import subprocess
@@ -110,6 +111,56 @@ def test_the_cycle_check_finds_a_cycle_through_a_package_init():
     edges = {"stages": {"stages.classify"}, "stages.classify": {"pipeline.modelstage"},
              "pipeline.modelstage": {"stages", "stages.base"}, "stages.base": set()}
     assert _cycles(edges) == [["pipeline.modelstage", "stages", "stages.classify"]]
+
+
+# Imports of dfer's own modules inside a function, each for a reason; any other goes at the top of its module.
+IMPORTS_INSIDE_FUNCTIONS = {
+    # start-up time: every `dfer` command imports the cli modules; these load matplotlib or torch, for one command
+    ("pipeline/cli/finetune.py", "pipeline.finetune"): "torch",
+    ("pipeline/cli/report.py", "pipeline.report"): "matplotlib",
+    ("pipeline/cli/report.py", "pipeline.view"): "matplotlib",
+    ("pipeline/cli/run.py", "pipeline.report"): "matplotlib, only with --report",
+    ("pipeline/cli/sweep.py", "pipeline.tools.sweep"): "matplotlib",
+    ("pipeline/diagnostics/commands.py", "pipeline.diagnostics.socialfusion"): "torch (the cli imports commands)",
+    ("stages/expression.py", "pipeline.models.mini_xception"): "torch, in the workers that run the stage",
+    # start-up order: a worker sets its thread limits before the stages load cv2 and torch
+    ("pipeline/engine/executor.py", "stages"): "after init_worker",
+    ("pipeline/engine/executor_ray.py", "stages"): "after _enter",
+}
+
+
+def _imports_inside_functions() -> set[tuple[str, str]]:
+    """``(file, module)`` of every import of a ``pipeline``, ``stages`` or ``prompts`` module inside a function."""
+    found = set()
+    for path in sorted([*ROOT.glob("pipeline/**/*.py"), *ROOT.glob("stages/**/*.py")]):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         ["." * node.level + (node.module or "")] if isinstance(node, ast.ImportFrom) else [])
+                found.update((path.relative_to(ROOT).as_posix(), name) for name in names
+                             if name.startswith(".") or name.split(".")[0] in ("pipeline", "stages", "prompts"))
+    return found
+
+
+def test_dfer_modules_are_imported_inside_a_function_only_where_listed():
+    """An import inside a function hides a dependency: only start-up time or start-up order justify one."""
+    found = _imports_inside_functions()
+    unlisted = sorted(found - set(IMPORTS_INSIDE_FUNCTIONS))
+    assert unlisted == [], ("import these at the top of their module, or add them with the reason to "
+                            f"IMPORTS_INSIDE_FUNCTIONS: {unlisted}")
+    assert sorted(set(IMPORTS_INSIDE_FUNCTIONS) - found) == [], "no longer imported inside a function: unlist them"
+
+
+def test_the_in_function_import_check_sees_nested_and_relative_imports(tmp_path, monkeypatch):
+    pkg = tmp_path / "pipeline"
+    pkg.mkdir()
+    (pkg / "m.py").write_text("import os\n\n\ndef f():\n    import json\n\n    def g():\n"
+                              "        from pipeline.core import errors\n        from . import sibling\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert _imports_inside_functions() == {("pipeline/m.py", "pipeline.core"), ("pipeline/m.py", ".")}
 
 
 def _fake_run(root: Path) -> Path:

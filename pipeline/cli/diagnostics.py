@@ -7,8 +7,10 @@ import sys
 from functools import partial
 
 from pipeline.cli.options import config_options, load_config, model_options, quiet_option
-from pipeline.diagnostics.commands import ProbeOptions, TrainOptions
 from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_OK
+from pipeline.diagnostics.commands import ProbeOptions, TrainOptions, probe, train
+from pipeline.diagnostics.probe import probe_table
+from pipeline.engine.config import validated
 
 
 def add_parsers(sub) -> None:
@@ -27,23 +29,16 @@ def add_parsers(sub) -> None:
 
 
 def _options(model, args):
-    from pipeline.engine.config import validated
-
     return validated(model, vars(args), "the command's options")
 
 
 def _probe(args) -> int:
-    from pipeline.diagnostics.commands import probe
-    from pipeline.diagnostics.probe import probe_table
-
     results, failed = probe(_options(ProbeOptions, args), load_config(args))
     print(probe_table(results))
     return EXIT_FAILED_CLIPS if failed else EXIT_OK
 
 
 def _train(args, save: bool) -> int:
-    from pipeline.diagnostics.commands import train
-
     report, failed = train(_options(TrainOptions, args), load_config(args), save=save)
     for t, m in report.validation.items():
         print(f"validation {t}: UAR {100 * m['uar']:.1f}  WAR {100 * m['war']:.1f}  ({m['n']} clips)")

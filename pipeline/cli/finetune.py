@@ -31,7 +31,7 @@ def add_parsers(sub) -> None:
 
 
 def _finetune(args) -> int:
-    from pipeline.finetune import finetune
+    from pipeline.finetune import finetune  # start-up time: torch, for this command only
 
     finetune(
         args.train_input, args.labels, args.out, load_config(args), label_format=args.label_format,

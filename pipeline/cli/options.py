@@ -12,6 +12,7 @@ import typing
 from pydantic import BaseModel
 
 from pipeline.engine import config
+from pipeline.eval.labels import LABEL_FORMATS
 
 
 def config_options() -> argparse.ArgumentParser:
@@ -27,8 +28,6 @@ def config_options() -> argparse.ArgumentParser:
 
 def label_options() -> argparse.ArgumentParser:
     """The true labels of the clips, as ``dfer report`` reads them (report, view, sweep)."""
-    from pipeline.eval.labels import LABEL_FORMATS
-
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--labels", metavar="FILE", help="true labels: CSV video,label or an official split file/folder")
     p.add_argument("--label-format", default="csv", choices=LABEL_FORMATS, help="format of --labels")

@@ -56,7 +56,7 @@ def _taus(text: str | None) -> list[float]:
 
 
 def _report(args) -> int:
-    from pipeline.report import summary, write_report
+    from pipeline.report import summary, write_report  # start-up time: matplotlib, for the commands that draw
 
     rep = write_report(
         args.run_dir, labels_file=args.labels, label_format=args.label_format, calibration=args.calibration,
@@ -68,7 +68,7 @@ def _report(args) -> int:
 
 
 def _view(args) -> int:
-    from pipeline.view import write_view
+    from pipeline.view import write_view  # start-up time: matplotlib, for the commands that draw
 
     path = write_view(args.run_dir, args.output, labels_file=args.labels, label_format=args.label_format,
                       calibration=args.calibration, tau=args.tau, train_counts=args.train_counts, fold=args.fold,
@@ -78,7 +78,7 @@ def _view(args) -> int:
 
 
 def _compare(args) -> int:
-    from pipeline.report import compare_folds, compare_runs
+    from pipeline.report import compare_folds, compare_runs  # start-up time: matplotlib (the report package)
 
     kwargs = {"labels_file": args.labels, "calibration": args.calibration, "tau": args.tau}
     compare = compare_folds if args.folds else compare_runs

@@ -7,11 +7,14 @@ from pathlib import Path
 
 from pipeline.cli.options import config_options, execution_options, load_config, quiet_option
 from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_OK, EXIT_STOPPED
+from pipeline.engine.config import dump_config
+from pipeline.engine.rundir import PREDICTIONS
+from pipeline.engine.runner import executor_for, run_pipeline
+from pipeline.tools.clip_figure import inspect_clip
+from stages import STAGE_ORDER
 
 
 def add_parsers(sub) -> None:
-    from stages import STAGE_ORDER
-
     run = sub.add_parser("run", parents=[config_options(), quiet_option(), execution_options()],
                          help="run the pipeline over a folder, a CSV list or one video")
     run.add_argument("input", help="folder of clips (recursive), CSV list file (path[,label]) or one video file")
@@ -47,8 +50,6 @@ def add_parsers(sub) -> None:
 
 
 def _run(args) -> int:
-    from pipeline.engine.runner import executor_for, run_pipeline
-
     cfg = load_config(args)
     executor = executor_for(args.executor, cfg.run, args.ray_address)
     result = run_pipeline(
@@ -70,8 +71,7 @@ def _run(args) -> int:
 
 def _report(result) -> None:
     """``dfer run --report``: the report of a run that scored clips (what ``dfer report RUN`` writes and prints)."""
-    from pipeline.report import summary, write_report
-    from pipeline.engine.rundir import PREDICTIONS
+    from pipeline.report import summary, write_report  # start-up time: matplotlib, only with --report
 
     if not (result.run_dir / PREDICTIONS).is_file():
         print("dfer: no report: the run did not reach classify, so there are no scores to report", file=sys.stderr)
@@ -80,14 +80,10 @@ def _report(result) -> None:
 
 
 def _config_show(args) -> int:
-    from pipeline.engine.config import dump_config
-
     sys.stdout.write(dump_config(load_config(args)))
     return EXIT_OK
 
 
 def _inspect(args) -> int:
-    from pipeline.tools.clip_figure import inspect_clip
-
     print(inspect_clip(args.run_dir, args.video, Path(args.output) if args.output else None))
     return EXIT_OK

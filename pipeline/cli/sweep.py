@@ -27,7 +27,7 @@ def add_parsers(sub) -> None:
 
 
 def _sweep(args) -> int:
-    from pipeline.tools.sweep import run_sweep
+    from pipeline.tools.sweep import run_sweep  # start-up time: matplotlib (the report), for this command only
 
     if args.quiet:
         quiet_libraries()

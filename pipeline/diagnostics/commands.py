@@ -18,6 +18,12 @@ from typing import Literal, TextIO
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.core.errors import DiagnosticsError
+from pipeline.diagnostics.features import FeatureConfig, clips_of, extract
+from pipeline.diagnostics.probe import TaskError, check_tasks, match_tasks, read_task_table, run_probes, write_probe_report
+from pipeline.eval.labels import load_label_set
+from pipeline.models.devices import resolve_device
+from pipeline.models.socialfusion import LoraSettings, SocialFusionModel, check_lm
+from pipeline.models.vision import check_encoder, parse_layers, resolve_layers
 
 FRAMES = Literal["keyframes", "all"]
 
@@ -131,9 +137,6 @@ def _slug(encoder: str) -> str:
 def _labelled_clips(opts: ClipOptions):
     """``(clips, run cache, tasks, order)``: the clips of ``opts.input`` with a label for some task, the cache of a
     run directory given as input, ``{task: {video: label}}`` matched to the clips, and the label order of tasks."""
-    from pipeline.diagnostics.features import clips_of
-    from pipeline.diagnostics.probe import TaskError, check_tasks, match_tasks, read_task_table
-
     table = read_task_table(opts.labels, opts.task_list()) if opts.labels else None
     clips, run_cache = clips_of(opts.input)
     if table is None:
@@ -147,8 +150,6 @@ def _labelled_clips(opts: ClipOptions):
         tasks = match_tasks(table, [c.id for c in clips])
     order = {}
     if opts.label_set:
-        from pipeline.eval.labels import load_label_set
-
         ls = load_label_set(opts.label_set)
         first = next(iter(tasks))
         tasks[first] = {v: ls.canonical(lab, f"task '{first}', clip {v}") for v, lab in tasks[first].items()}
@@ -160,8 +161,6 @@ def _labelled_clips(opts: ClipOptions):
 def _extract(opts: ClipOptions, clips, run_cache, encoder: str, layers: list[int], cfg, run_dir: Path, log, executor):
     """The ``features`` stage over ``clips`` for one encoder (failures printed); returns the features and the ids of
     the clips that have them."""
-    from pipeline.diagnostics.features import FeatureConfig, extract
-
     model, rev = split_rev(encoder)
     fcfg = FeatureConfig(encoder=model, revision=rev, layers=layers, pooling=opts.pooling, frames=opts.frames,
                          max_frames=opts.max_frames, image_size=opts.image_size, dtype=opts.dtype, device=opts.device,
@@ -177,9 +176,6 @@ def probe(opts: ProbeOptions, cfg, log: TextIO | None = None, executor=None) -> 
     """Linear probes per encoder and layer; writes ``probe.json``/``probe.md`` into ``opts.out`` and, per encoder,
     the run directory of its features (``out/runs/<encoder>``). Returns the probe results and the number of clips
     whose features failed."""
-    from pipeline.diagnostics.probe import run_probes, write_probe_report
-    from pipeline.models.vision import check_encoder, parse_layers, resolve_layers
-
     log = log or sys.stderr
     if not 0 < opts.val_fraction < 1:
         raise DiagnosticsError(f"--val-fraction must be in (0, 1) for a probe, got {opts.val_fraction}")
@@ -213,11 +209,9 @@ def train(opts: TrainOptions, cfg, save: bool, log: TextIO | None = None, execut
     ``opts.out`` (training reports in ``out/training``), else only the reports (``dfer conflict``).
     Checkpoints go to the report folder (``--save-every``); the same command resumes from them.
     Returns the training report and the number of clips whose features failed."""
-    from pipeline.models.devices import resolve_device
+    # start-up time: torch (the cli imports this module for every command)
     from pipeline.diagnostics.socialfusion import FeatureClip, TrainSettings, write_training_report
     from pipeline.diagnostics.socialfusion import train as train_model
-    from pipeline.models.socialfusion import LoraSettings, SocialFusionModel, check_lm
-    from pipeline.models.vision import check_encoder, resolve_layers
 
     log = log or sys.stderr
     out = Path(opts.out)

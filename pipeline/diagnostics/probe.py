@@ -25,6 +25,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from pipeline.core.errors import DiagnosticsError
+from pipeline.eval.labels import match_labels
+from pipeline.eval.metrics import compute_metrics
 from pipeline.training.split import stratified_split
 
 
@@ -94,8 +96,6 @@ def check_tasks(table: Mapping[str, Mapping[str, str]], where: str = "task table
 def match_tasks(table: Mapping[str, Mapping[str, str]], videos: Iterable[str]) -> dict[str, dict[str, str]]:
     """Join the table's ids to pipeline video ids (:func:`pipeline.eval.labels.match_labels`: exact, without extension,
     path suffix), per task; re-checks that every task keeps two values on the matched clips."""
-    from pipeline.eval.labels import match_labels
-
     videos = list(videos)
     out = {}
     for task, values in table.items():
@@ -132,10 +132,8 @@ def train_probe(x_train: np.ndarray, y_train: Sequence[str], x_val: np.ndarray, 
                 labels: Sequence[str] | None = None, *, C: float = 1.0, n_boot: int = 1000,
                 seed: int = 0, task: str = "label", encoder: str = "", layer: int = -1) -> ProbeResult:
     """Fit a class-balanced logistic-regression probe on ``x_train`` and evaluate it on ``x_val``."""
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # start-up time: scikit-learn (the cli imports this module)
     from sklearn.preprocessing import StandardScaler
-
-    from pipeline.eval.metrics import compute_metrics
 
     labels = list(labels) if labels is not None else sorted(set(y_train) | set(y_val))
     if len(set(y_train)) < 2:

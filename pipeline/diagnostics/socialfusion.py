@@ -26,13 +26,19 @@ from pathlib import Path
 from typing import Literal, Sequence, TextIO
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
 
-from pipeline.diagnostics.conflict import ConflictLog, task_gradients
 from pipeline.core.errors import SocialFusionError
+from pipeline.diagnostics.conflict import ConflictLog, task_gradients
 from pipeline.diagnostics.probe import TaskError
+from pipeline.eval.longtail import make_sampler
+from pipeline.eval.metrics import compute_metrics
 from pipeline.models.socialfusion import SocialFusionModel
 from pipeline.training import checkpoint as ckpt
+from pipeline.training.lora import add_lora
+from pipeline.training.optim import make_optimizer, make_scheduler
 from pipeline.training.split import stratified_split
 
 
@@ -89,8 +95,6 @@ def _task_batches(labels: list[str], strategy: str, batch: int, steps: int, seed
     """Endless batches of indices into ``labels`` drawn with a :mod:`pipeline.eval.longtail` sampler; an epoch is
     ceil(n / batch) batches, the sampler is rebuilt (and re-seeded) every epoch, progressive moves to balanced
     over ``ceil(steps / epoch length)`` epochs."""
-    from pipeline.eval.longtail import make_sampler
-
     per_epoch = max(1, math.ceil(len(labels) / batch))
     epochs = max(2, math.ceil(steps / per_epoch))
     epoch = 0
@@ -116,9 +120,7 @@ def split_examples(examples: Sequence[FeatureClip], tasks: Sequence[str], val_fr
 
 
 def _attach_lora(model: SocialFusionModel) -> None:
-    from peft import PeftModel
-
-    from pipeline.training.lora import add_lora
+    from peft import PeftModel  # optional dependency: peft (the 'train' extra)
 
     lora = model.cfg.lora
     if lora is not None and not isinstance(model.lm, PeftModel):
@@ -142,8 +144,6 @@ def _setup(model: SocialFusionModel, settings: TrainSettings, examples: Sequence
 
 
 def _save(session: ckpt.CheckpointSession, step: int, setup: str, params: dict, opt, sched, report: TrainReport) -> None:
-    from safetensors.torch import save_file
-
     def write_weights(folder: Path) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(folder / "trainable.safetensors"))
 
@@ -153,9 +153,6 @@ def _save(session: ckpt.CheckpointSession, step: int, setup: str, params: dict, 
 
 def _resume(session: ckpt.CheckpointSession, setup: str, params: dict, opt, sched, report: TrainReport) -> int:
     """Restore the latest checkpoint (if any); returns the step it was taken at (0: none)."""
-    import torch
-    from safetensors.torch import load_file
-
     found = session.resumable()
     if found is None:
         return 0
@@ -176,11 +173,6 @@ def _resume(session: ckpt.CheckpointSession, setup: str, params: dict, opt, sche
 def train(model: SocialFusionModel, examples: Sequence[FeatureClip], settings: TrainSettings | None = None,
           log_to: TextIO | None = None, out_dir: str | Path | None = None) -> TrainReport:
     """Multi-task training of the connector (+ LoRA); see the module docstring."""
-    import torch
-
-    from pipeline.eval.metrics import compute_metrics
-    from pipeline.training.optim import make_optimizer, make_scheduler
-
     s = settings or TrainSettings()
     tasks = list(model.cfg.tasks)
     t0 = time.time()

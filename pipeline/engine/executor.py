@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import json
 import multiprocessing as mp
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -36,9 +37,7 @@ def _resources(stage, cfg, cfg_json: str):
 
 def run_task(task: ClipTask) -> TaskResult:
     """Compute one clip's artifact for one stage and store it; errors become a TaskResult."""
-    import json
-
-    from stages import STAGES
+    from stages import STAGES  # start-up order: init_worker set the thread limits before the stages load cv2/torch
 
     stage = STAGES[task.stage]
     try:

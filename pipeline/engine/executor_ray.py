@@ -149,7 +149,7 @@ class _ModelWorker:
         self._batch_fn = batch_fn
         self._error: BaseException | None = None
         try:
-            from stages import STAGES
+            from stages import STAGES  # start-up order: after _enter set the worker's thread limits
 
             self._stage = STAGES[stage]
             self._cfg = self._stage.Config.model_validate(config)

@@ -25,8 +25,10 @@ from pipeline.core.errors import (REMEMBERED_FAILURES, ConfigError, DiskFullErro
 from pipeline.core.cache import Cache, artifact_key, default_cache_dir
 from pipeline.engine.config import dump_config, key_fields
 from pipeline.engine.executor import Executor, LocalExecutor
+from pipeline.engine.executor_ray import RayExecutor
 from pipeline.engine.fingerprints import FingerprintMemo
 from pipeline.engine.inputs import VideoRef, discover, parse_shard, shard_of
+from pipeline.engine.outputs import write_predictions
 from pipeline.core.jobs import ClipJob, ClipTask
 from pipeline.eval.labels import load_label_set
 from pipeline.engine.rundir import LABELSET, MANIFEST, PREDICTIONS, SCORES, STATUS, ManifestRow, RunDir
@@ -294,8 +296,6 @@ class Runner:
             self.say(report.line())
         self._write_manifest(refs, fps, keys)
         if status == "complete" and "classify" in stages:
-            from pipeline.engine.outputs import write_predictions
-
             summary = write_predictions(self.run_dir, self.section("classify"), self.cache, refs, keys)
             self.say(summary)
         status_doc = {
@@ -400,8 +400,6 @@ class Runner:
 def executor_for(kind: str, run_section, address: str | None = None):
     """The executor ``dfer run --executor KIND [--ray-address ADDR]`` means (``run_section``: ``cfg.run``)."""
     if kind == "ray":
-        from pipeline.engine.executor_ray import RayExecutor
-
         return RayExecutor.from_config(run_section, address=address)
     if address:
         raise ConfigError("--ray-address needs --executor ray")

@@ -18,10 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from pipeline.core.cache import Cache
 from pipeline.core.errors import FinetuneError
+from pipeline.core.jobs import ClipJob
 from pipeline.engine.inputs import VideoRef
+from pipeline.engine.runner import Runner
 from pipeline.eval.labels import LabelSet, match_labels, read_labels
 from pipeline.training.split import stratified_split
+from stages import STAGES, classify
+from stages.templates import PromptRenderer
 
 
 @dataclass(frozen=True)
@@ -101,10 +106,6 @@ def prepare(cfg, refs: list[VideoRef], labels: dict[str, str], run_dir: Path, ca
 
     Returns the examples of the clips whose artifacts exist and the ids of the clips that failed.
     """
-    from pipeline.core.cache import Cache
-    from pipeline.engine.runner import Runner
-    from stages import STAGES
-
     upstream = STAGES["classify"].upstream_of(cfg.classify)
     runner = Runner(cfg, run_dir, cache_dir=cache_dir, until=upstream[-1], quiet=quiet, log=log)
     wanted = [r for r in refs if r.id in labels]
@@ -128,9 +129,6 @@ class PromptDataset:
     classify stage renders it (same template, timeline, images), the label an index into ``label_names``."""
 
     def __init__(self, examples: list[LabelledClip], classify_cfg, label_names: list[str], cache_root: str | Path):
-        from pipeline.core.cache import Cache
-        from stages.templates import PromptRenderer
-
         self.examples = list(examples)
         self.cfg = classify_cfg
         self.label_names = list(label_names)
@@ -142,9 +140,6 @@ class PromptDataset:
         return len(self.examples)
 
     def __getitem__(self, i: int) -> dict:
-        from pipeline.core.jobs import ClipJob
-        from stages import classify
-
         ex = self.examples[i]
         arts = {u: self.cache.get(u, k) for u, k in ex.upstream.items()}
         missing = [u for u, a in arts.items() if a is None]

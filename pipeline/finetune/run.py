@@ -15,12 +15,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from pipeline.core.cache import Cache, default_cache_dir
 from pipeline.core.errors import FinetuneError
+from pipeline.engine.config import dump_config
+from pipeline.engine.inputs import discover
+from pipeline.eval.labels import load_label_set
 from pipeline.finetune.data import (LabelledClip, check_training_set, clips_per_class, collect_labels, prepare,
                                     split_train_val)
 from pipeline.finetune.setup import setup_diff, setup_record
 from pipeline.finetune.trainer import Trainer, make_accelerator
 from pipeline.training import checkpoint as ckpt
+from stages import classify
 
 
 @dataclass
@@ -72,11 +77,6 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
     Raises :class:`FinetuneError` / :class:`pipeline.eval.labels.LabelError` / :class:`stages.modelstage.PreflightError`
     before any training for unusable inputs.
     """
-    from pipeline.engine.config import dump_config
-    from pipeline.engine.inputs import discover
-    from pipeline.eval.labels import load_label_set
-    from stages import classify
-
     log = log or sys.stderr
     out = Path(out_dir)
     fcfg, ccfg = cfg.finetune, cfg.classify
@@ -141,9 +141,6 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
         print(f"finetune: {len(train)} training clips ({', '.join(f'{k} {v}' for k, v in counts.items() if v)}), "
               f"{len(val)} validation clips; sampling {fcfg.sampling}, loss weights {fcfg.loss_weights}", file=log)
     setup = setup_record(cfg, names, train, val, accelerator.num_processes)
-
-    from pipeline.core.cache import Cache, default_cache_dir
-
     cache_root = Cache(cache_dir if cache_dir is not None else default_cache_dir()).root
     session = ckpt.CheckpointSession(out, process=accelerator.process_index, main=main,
                                      barrier=accelerator.wait_for_everyone)

@@ -7,7 +7,9 @@ import hashlib
 import json
 
 from pipeline.backends.adapter import base_record
+from pipeline.engine.config import key_fields
 from pipeline.finetune.data import LabelledClip
+from stages.templates import template_hash
 
 # Settings that do not change the trained weights: a run may resume with other values for these.
 NOT_IN_RESUME_CHECK = frozenset({"num_workers", "save_every_steps", "gradient_checkpointing", "eval_at_start"})
@@ -19,9 +21,6 @@ def _sha(obj) -> str:
 
 def setup_record(cfg, label_names, train: list[LabelledClip], val: list[LabelledClip], nproc: int) -> dict:
     """Everything the trained weights depend on; a resumed run must have the same."""
-    from pipeline.engine.config import key_fields
-    from stages.templates import template_hash
-
     fine = {k: v for k, v in cfg.finetune.model_dump(mode="json").items() if k not in NOT_IN_RESUME_CHECK}
     classify = {k: v for k, v in key_fields(cfg.classify).items() if k not in ("model", "adapter")}
     return {"finetune": fine, "classify": classify, "model": base_record(cfg.classify.model)["identity"],

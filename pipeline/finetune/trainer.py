@@ -41,8 +41,20 @@ import math
 from pathlib import Path
 from typing import TextIO
 
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
 from pipeline.backends.adapter import base_record, write_adapter_meta
+from pipeline.backends.hf import TransformersBackend
 from pipeline.core.errors import FinetuneError
+from pipeline.eval.labels import load_label_set
+from pipeline.eval.longtail import make_sampler
+from pipeline.eval.metrics import macro_f1, uar, war
+from pipeline.eval.ranking import predict
 from pipeline.finetune.data import LabelledClip, PromptDataset, class_weights, clips_per_class, collate
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.lora import VISION_MODULES, add_lora
@@ -50,9 +62,6 @@ from pipeline.training.optim import make_optimizer, make_scheduler
 
 
 def make_accelerator(fcfg, device: str):
-    import torch
-    from accelerate import Accelerator
-
     mp = fcfg.mixed_precision
     on_cpu = device == "cpu" or not torch.cuda.is_available()
     if mp == "auto":
@@ -66,12 +75,6 @@ class Trainer:
 
     def __init__(self, cfg, accelerator, session: ckpt.CheckpointSession, names: list[str], train: list[LabelledClip],
                  val: list[LabelledClip], cache_root, setup: dict, log: TextIO, show_progress: bool):
-        import torch
-        from accelerate.utils import set_seed
-
-        from pipeline.backends.hf import TransformersBackend
-        from pipeline.eval.labels import load_label_set
-
         self.cfg, self.fcfg, self.acc, self.session, self.names = cfg, cfg.finetune, accelerator, session, names
         self.train_ex, self.log, self.show = train, log, show_progress
         f = self.fcfg
@@ -124,8 +127,7 @@ class Trainer:
     # -------------------------------------------------------------- resume
     def resume(self, folder: Path, state: dict) -> None:
         """Go on from checkpoint ``folder`` (its ``state.json`` read as ``state``)."""
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
+        from peft import set_peft_model_state_dict  # optional dependency: peft (the 'train' extra)
 
         weights = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
         result = set_peft_model_state_dict(self._unwrapped(), weights)
@@ -169,11 +171,6 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """UAR/WAR/macro-F1 and mean true-label loss over the validation clips (closed-set scoring)."""
-        from accelerate.utils import gather_object
-
-        from pipeline.eval.metrics import macro_f1, uar, war
-        from pipeline.eval.ranking import predict
-
         if not len(self.val_ds):
             return {}
         acc, names = self.acc, self.names
@@ -201,8 +198,6 @@ class Trainer:
 
     # -------------------------------------------------------------- the loop
     def epoch_order(self, epoch: int) -> list[int]:
-        from pipeline.eval.longtail import make_sampler
-
         f = self.fcfg
         sampler = make_sampler([e.label for e in self.train_ex], f.sampling, num_samples=self.steps_per_epoch * self.per_step,
                                epoch=epoch, total_epochs=f.epochs, seed=f.seed)
@@ -211,10 +206,6 @@ class Trainer:
 
     def train(self) -> None:
         """Run (or go on with) the training."""
-        import torch
-        from torch.utils.data import DataLoader
-        from tqdm import tqdm
-
         acc, f, st = self.acc, self.fcfg, self.state
         if f.eval_at_start and st["global_step"] == 0 and not st["history"] and len(self.val_ds):
             ev = self.evaluate()

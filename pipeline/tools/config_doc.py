@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
+from pipeline.engine.config import PipelineConfig
 
 def _fmt_default(value: Any) -> str:
     if isinstance(value, BaseModel):
@@ -41,8 +43,6 @@ def _rows(model: type[BaseModel], prefix: str, defaults: BaseModel) -> list[str]
 
 
 def config_reference() -> str:
-    from pipeline.engine.config import PipelineConfig
-
     out = []
     for section, info in PipelineConfig.model_fields.items():
         out += [f"#### `{section}`\n", "| key | type | default | meaning |", "|---|---|---|---|",
@@ -55,8 +55,6 @@ START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 
 def update_readme(path: str = "README.md") -> bool:
     """Rewrite the block between the markers in README.md; True if it changed."""
-    from pathlib import Path
-
     p = Path(path)
     text = p.read_text(encoding="utf-8")
     head, rest = text.split(START, 1)
