@@ -4,7 +4,7 @@ The prompt (``prompts/classify.j2``) shows the keyframes as images in time order
 with the motion summary of each gap (before the first keyframe, between keyframes, after the last),
 e.g. ``[0.00–0.48 s] Motion: … [0.48 s] <image> [0.48–1.48 s] Motion: … [1.48 s] <image> …``, then
 asks for one label of the label set. Every label is scored by the log-likelihood of its tokens right
-after the prompt (closed-set scoring, see ``pipeline/backends/hf/scoring.py``); raw, uncalibrated scores are
+after the prompt (closed-set scoring, see ``pipeline/backends/hf_scoring.py``); raw, uncalibrated scores are
 stored per clip. Turning scores into predictions (``pipeline/eval/ranking.py``, calibration) happens after
 the model, so it never re-runs a model.
 

@@ -2,8 +2,8 @@
 
 Implementations live next to this file and are listed in :mod:`pipeline.backends.registry`:
 
-* ``hf/`` (``backend="transformers"``): a local ``AutoModelForImageTextToText`` with its own processor and
-  chat template; exact, batched label scoring.
+* ``hf.py``, ``hf_templates.py``, ``hf_scoring.py`` (``backend="transformers"``): a local
+  ``AutoModelForImageTextToText`` with its own processor and chat template; exact, batched label scoring.
 * ``openai_http.py`` (``backend="openai"``): an OpenAI-compatible chat-completions server (vLLM, SGLang,
   Ollama, llama.cpp); first-token label scoring from ``top_logprobs``.
 * ``socialfusion.py`` (``backend="socialfusion"``): a saved SocialFusion model (:mod:`pipeline.models.socialfusion`).
@@ -51,7 +51,7 @@ class ModelConfig(BaseModel):
     """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda``, ``cuda:1``, or ``balanced`` to spread the model
     over all visible GPUs with an accelerate ``device_map``."""
     batch_size: int = not_in_key(4, ge=1)
-    """Prompts (clips) per forward pass. Label scores do not depend on it (right padding, see ``hf/scoring.py``)."""
+    """Prompts (clips) per forward pass. Label scores do not depend on it (right padding, see ``hf_scoring.py``)."""
     trust_remote_code: bool = False
     """Allow a checkpoint to run its own Python code. Off unless you trust the checkpoint."""
     server_url: str | None = not_in_key(None)
@@ -166,7 +166,7 @@ class LabelScore:
 
     ``logprob`` is ``sum_t log P(label token t | prompt, label tokens < t)``, computed with an fp32 log-softmax.
     The label is scored the way the assistant would write it right after the generation prompt (see
-    ``hf/templates.py``: for Idefics3/SmolVLM, whose prompt ends in ``Assistant:``, that is `` happy`` with a space).
+    ``hf_templates.py``: for Idefics3/SmolVLM, whose prompt ends in ``Assistant:``, that is `` happy`` with a space).
 
     * ``n_tokens``: how many tokens were summed (for a per-token mean: ``logprob / n_tokens``). The HTTP backend
       only sees the first token, so it reports ``n_tokens=1`` whatever the label's length.

@@ -1,4 +1,22 @@
-"""The transformers backend: :class:`TransformersBackend` (see :mod:`pipeline.backends.hf`)."""
+"""Local transformers backend: ``AutoProcessor`` + ``AutoModelForImageTextToText``.
+
+This module loads the model and drives it (the backend interface, generation, adapters, encoding); what the
+model's chat template makes of a prompt is :mod:`.hf_templates`'s, closed-set label scoring over a shared prompt KV
+cache :mod:`.hf_scoring`'s.
+
+Loading
+    A hub id and a local folder go through the same ``from_pretrained`` calls (``revision`` and ``trust_remote_code``
+    passed through). ``dtype``/``device`` become ``dtype=`` and an accelerate ``device_map`` (``{"": "cpu"}``,
+    ``{"": "cuda:1"}``, or ``"balanced"`` over all GPUs). Offline (``HF_HUB_OFFLINE=1``) or with the hub unreachable,
+    loading is local-files-only and a model that is not cached raises :class:`ModelUnavailableError`; something that
+    exists but is not an image-text-to-text checkpoint raises :class:`ModelLoadError`.
+
+Fine-tuning and adapters
+    :meth:`TransformersBackend.label_token_logprobs` is the plain route with gradients, one label per prompt:
+    ``dfer finetune`` (``pipeline/finetune/``) takes its negative sum as the loss, so training and scoring read
+    the same label tokens at the same positions. :meth:`TransformersBackend.apply_adapter` loads LoRA adapters
+    onto the loaded model and merges them into its weights (``classify.adapter``).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +26,85 @@ import os
 import threading
 
 from pipeline.backends.base import Backend, LabelScore, ModelConfig, Prompt
-from pipeline.backends.hf.loading import is_unavailable, load_pretrained
-from pipeline.backends.hf.scoring import LabelScoring
-from pipeline.backends.hf.templates import (NO_VIDEO_SLOT, Rendered, analyse_template, chat_messages,
-                                            processor_takes_video, video_error, video_metadata)
+from pipeline.backends.hf_scoring import LabelScoring
+from pipeline.backends.hf_templates import (NO_VIDEO_SLOT, Rendered, analyse_template, chat_messages, processor_takes_video,
+                                            video_error, video_metadata)
 from pipeline.core.errors import ModelLoadError, ModelUnavailableError
 from pipeline.models import hub
+from pipeline.models.devices import resolve_device
 from pipeline.models.quiet import quiet_peft
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """Does this loading error (or anything in its chain) mean "files not available here"?"""
+    names = {
+        "LocalEntryNotFoundError",
+        "OfflineModeIsEnabled",
+        "RepositoryNotFoundError",
+        "GatedRepoError",
+        "RevisionNotFoundError",
+        "HFValidationError",
+    }
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ in names:
+            return True
+        text = str(e)
+        if "couldn't connect to" in text or "Cannot find the requested files" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def device_map_for(setting: str):
+    """``ModelConfig.device`` as ``(device_map, input_device)`` for ``from_pretrained``; ``input_device`` is None for
+    ``balanced`` (known once the model is placed)."""
+    import torch
+
+    device = resolve_device(setting, balanced=True)
+    if device == "balanced":
+        return "balanced", None
+    dev = torch.device("cuda:0" if device == "cuda" else device)
+    return {"": str(dev)}, dev
+
+
+def resolve_dtype(dtype: str, input_device):
+    import torch
+
+    if dtype == "auto":
+        on_cpu = input_device is not None and input_device.type == "cpu"
+        return torch.float32 if on_cpu else "auto"
+    return getattr(torch, dtype)
+
+
+def _load_pretrained(cfg: ModelConfig):
+    """``(processor, model, input_device)`` of ``cfg`` (see the module docstring); the model in eval mode, the
+    input device where its embeddings are when the model is spread over several GPUs."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor  # start-up time: torch and transformers
+
+    source, common = hub.source(cfg.model, cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    local_only = common["local_files_only"]
+    device_map, input_device = device_map_for(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, input_device)
+    try:
+        processor = AutoProcessor.from_pretrained(source, **common)
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, device_map=device_map, **common)
+    except Exception as exc:
+        if _is_unavailable(exc):
+            raise ModelUnavailableError(
+                f"Model {cfg.model!r}{hub.revision_note(cfg.revision)} is not available here ({'offline, ' if local_only else ''}"
+                f"no usable local copy): {exc}. " + hub.how_to_point_at_local_model(cfg.model)
+            ) from exc
+        raise ModelLoadError(
+            f"Model {cfg.model!r}{hub.revision_note(cfg.revision)} could not be loaded as an image-text-to-text model "
+            f"(AutoProcessor + AutoModelForImageTextToText): {type(exc).__name__}: {exc}"
+        ) from exc
+    model.eval()
+    if input_device is None:  # device_map over several GPUs: inputs go where the embeddings are
+        input_device = model.get_input_embeddings().weight.device
+    return processor, model, input_device
 
 
 def _chunks(seq: list, n: int):
@@ -42,7 +132,7 @@ class TransformersBackend(LabelScoring, Backend):
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
         cfg = self.cfg
-        self.processor, self.model, self.input_device = load_pretrained(cfg)
+        self.processor, self.model, self.input_device = _load_pretrained(cfg)
         tok = getattr(self.processor, "tokenizer", None)
         if tok is None:
             raise ModelLoadError(f"Model {cfg.model!r}: the processor has no tokenizer")
@@ -81,7 +171,7 @@ class TransformersBackend(LabelScoring, Backend):
             source, common = hub.source(cfg.model, cfg.revision, trust_remote_code=cfg.trust_remote_code)
             processor = AutoProcessor.from_pretrained(source, **common)
         except Exception as exc:
-            if isinstance(exc, ModelUnavailableError) or is_unavailable(exc):
+            if isinstance(exc, ModelUnavailableError) or _is_unavailable(exc):
                 return  # not here: check_available says so
             raise video_error(cfg.model, f"its processor cannot be loaded: {type(exc).__name__}: {exc}") from exc
         if not processor_takes_video(processor):
@@ -204,3 +294,6 @@ class TransformersBackend(LabelScoring, Backend):
                     v = v.to(model_dtype)
             out[k] = v
         return out
+
+
+__all__ = ["TransformersBackend", "device_map_for", "processor_takes_video", "resolve_dtype", "video_metadata"]

@@ -2,7 +2,7 @@
 
 The score of a label is ``log P(label tokens | prompt)`` summed over the label's tokens, from an fp32 log-softmax.
 Label tokens are found as in lm-eval's ``_encode_pair``: encode ``prompt + separator + label`` (the separator and
-end-of-turn token from :func:`.templates.analyse_template`), check that the encoding of ``prompt`` is an exact
+end-of-turn token from :func:`.hf_templates.analyse_template`), check that the encoding of ``prompt`` is an exact
 prefix (a ``ValueError`` otherwise), and keep the rest.
 
 *How.* One forward pass over a right-padded batch of prompts (images encoded once per prompt) gives every label's
@@ -31,7 +31,7 @@ import logging
 from dataclasses import dataclass
 
 from pipeline.backends.base import LabelScore
-from pipeline.backends.hf.templates import Rendered
+from pipeline.backends.hf_templates import Rendered
 
 log = logging.getLogger(__name__)
 
