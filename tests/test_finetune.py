@@ -14,10 +14,10 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.engine.config import load_config
 from pipeline.cli import main as dfer_main
-from pipeline.finetune import FinetuneError, finetune, trainer
+from pipeline.finetune import finetune, trainer
 from pipeline.backends.adapter import adapter_hash
 from pipeline.finetune.data import class_weights, split_train_val
-from pipeline.eval.labels import LabelError
+from pipeline.core.errors import FinetuneError, LabelError
 from stages.modelstage import PreflightError
 from pipeline.engine.rundir import RunDir
 from tests import media

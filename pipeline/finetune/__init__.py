@@ -18,8 +18,6 @@ inputs to the adapter), and the training toolkit :mod:`pipeline.training` (split
 
 from __future__ import annotations
 
-from pipeline.core.errors import FinetuneError
 from pipeline.finetune.run import FinetuneResult, finetune
-from pipeline.engine.sections import FinetuneConfig
 
-__all__ = ["FinetuneConfig", "FinetuneError", "FinetuneResult", "finetune"]
+__all__ = ["FinetuneResult", "finetune"]
