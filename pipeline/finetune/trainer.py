@@ -62,6 +62,7 @@ from pipeline.training.optim import make_optimizer, make_scheduler
 
 
 def make_accelerator(fcfg, device: str):
+    """The ``accelerate.Accelerator`` of a run (see "Devices" in the module docstring)."""
     mp = fcfg.mixed_precision
     on_cpu = device == "cpu" or not torch.cuda.is_available()
     if mp == "auto":
