@@ -1,4 +1,5 @@
-"""README, CI script and Dockerfile stay consistent with each other and with the code."""
+"""README, CI script, Dockerfile and the generated configuration reference stay consistent with each other and with
+the code (the commands and links of the README and docs/: tests/test_docs.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from pipeline.tools.config_doc import END, START, config_reference
+from pipeline.tools.config_doc import DOC, END, START, config_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,13 +73,39 @@ def test_dockerfile_keeps_the_base_images_torch_installs_no_dev_tools_and_passes
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_readme_config_reference_is_current():
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_the_configuration_reference_in_the_docs_is_current():
+    assert DOC == ROOT / "docs" / "configuration.md"
+    text = DOC.read_text(encoding="utf-8")
     block = text.split(START, 1)[1].split(END, 1)[0].strip()
     assert block == config_reference().strip(), "run `python -m pipeline.tools.config_doc --write`"
 
 
+def test_the_configuration_reference_lists_every_key_once():
+    from pipeline.engine.config import PipelineConfig
+
+    def keys(model, prefix):
+        for name, info in model.model_fields.items():
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                yield from keys(info.annotation, f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}"
+
+    rows = re.findall(r"^\| `([\w.]+)` \|", DOC.read_text(encoding="utf-8"), flags=re.M)
+    expected = [k for section, info in PipelineConfig.model_fields.items() for k in keys(info.annotation, f"{section}.")]
+    assert rows == expected
+
+
+def test_config_doc_write_rewrites_only_the_block_between_the_markers(tmp_path):
+    from pipeline.tools.config_doc import update_doc
+
+    page = tmp_path / "configuration.md"
+    page.write_text(f"# before\n\n{START}\nstale\n{END}\n\nafter\n", encoding="utf-8")
+    assert update_doc(page) is True
+    assert page.read_text(encoding="utf-8") == f"# before\n\n{START}\n{config_reference()}\n{END}\n\nafter\n"
+    assert update_doc(page) is False
+
+
 @pytest.mark.parametrize("name", ["pipeline", "stages", "prompts", "tests", "benchmarks", "pyproject.toml", "Dockerfile", ".ci/run",
-                                  "ARCHITECTURE.md"])
+                                  "ARCHITECTURE.md", "docs/README.md"])
 def test_requested_layout(name):
     assert (ROOT / name).exists()

@@ -1,4 +1,4 @@
-"""The README's cluster recipe against a real head started with ``ray start --head`` in a subprocess (not only
+"""The cluster recipe of docs/cluster.md against a real head started with ``ray start --head`` in a subprocess (not only
 against ``ray.init()``): with token authentication on, ``dfer run --ray-address`` says what to set, and with
 ``RAY_AUTH_MODE=token`` it runs.
 

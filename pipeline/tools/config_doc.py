@@ -1,4 +1,6 @@
-"""Markdown reference of every config key (generated from the pydantic models and their docstrings)."""
+"""Markdown reference of every config key (generated from the pydantic models and their docstrings), kept in
+``docs/configuration.md`` between two markers: ``python -m pipeline.tools.config_doc --write`` rewrites it there,
+without ``--write`` it prints it."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 
 from pipeline.engine.config import PipelineConfig
+
 
 def _fmt_default(value: Any) -> str:
     if isinstance(value, BaseModel):
@@ -45,23 +48,23 @@ def _rows(model: type[BaseModel], prefix: str, defaults: BaseModel) -> list[str]
 def config_reference() -> str:
     out = []
     for section, info in PipelineConfig.model_fields.items():
-        out += [f"#### `{section}`\n", "| key | type | default | meaning |", "|---|---|---|---|",
+        out += [f"### `{section}`\n", "| key | type | default | meaning |", "|---|---|---|---|",
                 *_rows(info.annotation, f"{section}.", info.get_default(call_default_factory=True)), ""]
     return "\n".join(out)
 
 
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
-def update_readme(path: str = "README.md") -> bool:
-    """Rewrite the block between the markers in README.md; True if it changed."""
-    p = Path(path)
-    text = p.read_text(encoding="utf-8")
+def update_doc(path: Path = DOC) -> bool:
+    """Rewrite the block between the markers in ``path`` (``docs/configuration.md``); True if it changed."""
+    text = path.read_text(encoding="utf-8")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     new = f"{head}{START}\n{config_reference()}\n{END}{tail}"
     if new != text:
-        p.write_text(new, encoding="utf-8")
+        path.write_text(new, encoding="utf-8")
     return new != text
 
 
@@ -69,6 +72,6 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] == ["--write"]:
-        print("README.md updated" if update_readme() else "README.md already up to date")
+        print(f"{DOC} updated" if update_doc() else f"{DOC} already up to date")
     else:
         print(config_reference())
