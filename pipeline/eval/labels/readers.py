@@ -1,5 +1,5 @@
 """Readers of annotation files: the generic ``video,label`` CSV, ``label,count`` frequency tables, and the official
-files of DFEW, FERV39k and MAFW (formats as in ``shared/datasets.md``); :func:`read_labels` reads any of the
+files of DFEW, FERV39k and MAFW (formats: ``docs/evaluation.md``, from each dataset's release); :func:`read_labels` reads any of the
 ``LABEL_FORMATS``. Each returns ``{video_id: canonical_label}`` (counts: ``{label: count}``) and raises
 :class:`LabelError` naming the file and line of anything it cannot read; text is UTF-8 or GBK."""
 
@@ -123,7 +123,7 @@ def _dfew_split_file(root: Path, fold: int | None, split: str | None) -> Path:
     if split not in ("train", "test"):
         raise LabelError(f"DFEW split must be 'train' or 'test', got {split!r}")
     # Folder spellings: hyphen (every reader) and underscore (official zip names); S2D renames files
-    # to train_set_k.csv (shared/datasets.md, DFEW "Release layout").
+    # to train_set_k.csv (DFEW's release layout, see docs/evaluation.md).
     tried = [
         base / folder / name
         for base in (root, root / "EmoLabel_DataSplit")
