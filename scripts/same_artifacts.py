@@ -63,7 +63,7 @@ def child() -> None:
                 for net in (res.pnet, res.rnet, res.onet):
                     net.to(memory_format=torch.contiguous_format)
             loaded[key] = res
-        up = {"faces": Artifact("faces", "given", Path(cmd["faces"]))} if cmd.get("faces") else {}
+        up = {"faces": Artifact("faces", Path(cmd["faces"]).name, Path(cmd["faces"]))} if cmd.get("faces") else {}
         job = ClipJob(Path(cmd["clip"]).name, Path(cmd["clip"]), "check", None, up)
         art = Cache(cmd["cache"]).write(cmd["stage"], uuid.uuid4().hex * 2, {}, lambda out: mod.process(job, cfg, loaded[key], out))
         print(json.dumps({"dir": str(art.root)}), flush=True)

@@ -48,7 +48,10 @@ class Stage:
     ``preflight(cfg)`` (checks before any clip: raises on a configuration that cannot work, returns a message
     when model weights are not available here), ``fallback(cfg)`` (a :class:`Fallback`: what runs instead when
     ``preflight`` returned a message, or None: the run stops before this stage), and ``open(cfg)``/``close(resources)``
-    (load a model once per process).
+    (load a model once per process), ``reads_video`` (the stage reads the clip's file itself: the runner checks
+    that the file did not change while it did, before its artifact is cached under the file's fingerprint), and
+    ``check(artifact)`` (what the cache's hashes do not check: that the files decode as this stage's artifact, e.g.
+    every JPEG crop; raises :class:`pipeline.core.errors.DamagedArtifactError`).
     """
 
     name: str
@@ -63,6 +66,8 @@ class Stage:
     fallback: Callable[[Any], Fallback | None] = nothing
     open: Callable[[Any], Any] = nothing
     close: Callable[[Any], None] = nothing
+    reads_video: bool = False
+    check: Callable[[Any], None] = nothing
 
     def __post_init__(self) -> None:
         if (self.process is None) == (self.process_batch is None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -51,8 +52,13 @@ def test_artifact_roundtrip_and_meta(tmp_path):
     art = cache.write("keyframes", key, {"video_id": "v"}, fill)
     assert art.root == tmp_path / "keyframes" / "cd" / key
     meta = json.loads((art.root / "meta.json").read_text())
-    assert meta["extra"] == 5 and meta["stage"] == "keyframes" and meta["format_version"] == 1
+    assert meta["extra"] == 5 and meta["stage"] == "keyframes" and meta["format_version"] == 2
     assert "packages" in meta and "compute_seconds" in meta
+    # every file's size and sha256, as written
+    for name in ("a.npz", "b.json"):
+        data = (art.root / name).read_bytes()
+        assert meta["files"][name] == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert set(meta["files"]) == {"a.npz", "b.json"}
     assert art.npz("a.npz")["x"].tolist() == [0, 1, 2]
     with pytest.raises(TypeError, match="object array"):
         cache.write("keyframes", "ef" * 32, {}, lambda out: out.npz("o.npz", x=np.array([None, 1], dtype=object)))

@@ -317,12 +317,19 @@ def test_a_clip_whose_features_fail_is_recorded_and_the_others_go_on(keyframed, 
     cache = tmp_path / "cache"
     shutil.copytree(cache_dir, cache)
     victim = sorted(RunDir(run_dir).manifest(), key=lambda r: r.video)[0]
-    faces = Cache(cache).get("faces", victim.artifacts["faces"])
-    (faces.root / "crops.jpg.bin").write_bytes(b"not a jpeg")  # a damaged artifact of one clip
+    kf = Cache(cache).get("keyframes", victim.artifacts["keyframes"])
+    doc, motion, meta = kf.json("keyframes.json"), kf.npz("motion.npz"), kf.meta()
+
+    def no_keyframes(out):  # a sound artifact (as the cache checks it) from which features cannot be computed
+        out.json("keyframes.json", {**doc, "indices": []})
+        out.npz("motion.npz", **motion)
+
+    Cache(cache).write("keyframes", kf.key, {"video_id": meta["video_id"]}, no_keyframes, replace=True)
     res = _extract(run_dir, FeatureConfig(encoder=tiny_clip, image_size=32), cache, tmp_path / "f")
     assert set(res.failed) == {victim.video} and len(res.keys) == 2
     rows = [r for _, r in RunDir(tmp_path / "f").failures()]
-    assert [(r["video"], r["stage"]) for r in rows] == [(victim.video, "features")]
+    assert [(r["video"], r["stage"], r["error"]) for r in rows] == [(victim.video, "features", "StageInputError")]
+    assert rows[0]["message"].endswith(": no frame to encode")
 
 
 def test_probe_and_socialfusion_commands_on_clips(keyframed, clip_dir, tiny_clip, tiny_lm, tmp_path):

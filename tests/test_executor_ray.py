@@ -32,7 +32,7 @@ LOCAL_WORKERS = 2
 # (LocalExecutor: cpu_count // workers), so that the two executors' artifacts are byte-identical.
 TASK_THREADS = max(1, (os.cpu_count() or 1) // LOCAL_WORKERS)
 # meta.json fields that differ from one computation to the next
-VOLATILE_META = {"created", "compute_seconds", "host"}
+VOLATILE_META = {"created", "compute_seconds", "host", "meta_sha256"}  # meta_sha256: a hash of the others
 
 
 @pytest.fixture(scope="module")

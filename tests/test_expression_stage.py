@@ -52,7 +52,7 @@ def _faces_copy(cache: Cache, faces_art, missing: slice = slice(0, 0), with_conf
 
     def fill(out):
         out.npz(TRACK_FILE, **arrays)
-        out.bytes(CROPS_FILE, faces_art.path(CROPS_FILE).read_bytes())
+        out.bytes(CROPS_FILE, faces_art.bytes(CROPS_FILE))
         return {"config": faces_art.meta()["config"]} if with_config else {}
 
     return cache.write("faces", uuid.uuid4().hex * 2, {}, fill)

@@ -214,7 +214,7 @@ def test_two_concurrent_runs_share_one_cache(tmp_path, clip_dir):
     for v, row in m0.items():
         a = Cache(cache).get("faces", row["artifacts"]["faces"])
         b = Cache(tmp_path / "cache2").get("faces", row["artifacts"]["faces"])
-        assert a.path("track.npz").read_bytes() == b.path("track.npz").read_bytes()
+        assert a.bytes("track.npz") == b.bytes("track.npz")
 
 
 def test_a_run_clears_week_old_leftovers_of_killed_runs_but_not_fresh_ones(small_folder, tmp_path):

@@ -9,7 +9,10 @@ Two kinds:
 * **Per-clip errors** (:class:`ClipError` and below) become one row of ``RUN/failures.jsonl``; the batch
   goes on. They never reach ``main`` unless ``--strict`` turns the first one into :class:`StrictFailure`.
 * **Run errors** (everything else) stop the command before any clip is processed, or at the point
-  named, without losing what is already in the cache.
+  named, without losing what is already in the cache. Among them, :class:`RunStopError` and below are failures
+  of the run met while clips are processed (a full disk, a cache that cannot be written or is gone, a model server
+  that does not answer): wherever they are met (a worker, the runner), the runner stops at the first one with its
+  message instead of blaming every clip (:func:`run_stop_class`).
 
 Each class also derives from the built-in exception it replaced (``ValueError`` for bad input,
 ``RuntimeError`` for an environment that cannot work), so ``except ValueError`` in user code keeps working.
@@ -20,12 +23,14 @@ import errno
 EXIT_OK = 0
 """Success, or a run that stopped before a model stage whose weights are not available here."""
 EXIT_FAILED_CLIPS = 1
-"""The command finished but some clips failed (listed in ``RUN/failures.jsonl``)."""
+"""The command finished but some clips failed (listed in ``RUN/failures.jsonl``), or ``dfer cache verify`` found
+damaged artifacts (moved aside with ``--repair``)."""
 EXIT_USAGE = 2
 """Bad usage, configuration or input: nothing was computed that was not already cached."""
 EXIT_STOPPED = 3
 """A ``--strict`` run stopped at its first failure (or before a model stage it could not run), or a run stopped
-because the disk it writes to is full."""
+on a failure of the run, not of a clip (:class:`RunStopError`: a full disk, a cache that cannot be written or
+vanished, a model server that does not answer)."""
 EXIT_INTERRUPTED = 130
 """Interrupted (Ctrl-C); finished artifacts and checkpoints are kept, run the same command to go on."""
 
@@ -59,6 +64,11 @@ class NoFaceError(ClipError):
     """No face was found in the clip (policy ``faces.no_face=fail``)."""
 
 
+class VideoChangedError(ClipError):
+    """The file changed (was overwritten, replaced or removed) while the run read it: what was computed from it is
+    not cached under the fingerprint of its former content; the next run takes the file as it is then."""
+
+
 class UpstreamMissingError(ClipError):
     """An upstream artifact this stage needs is not in the cache (the runner records it under this name)."""
 
@@ -77,20 +87,6 @@ class StrictFailure(DferError, RuntimeError):
     """``--strict``: the first clip failure stops the run."""
 
     exit_code = EXIT_STOPPED
-
-
-class DiskFullError(DferError, OSError):
-    """The disk of the cache or the run directory is full (or over quota): not a problem of the clip being
-    written, and every later one would fail alike, so the run stops; what is finished stays in the cache."""
-
-    exit_code = EXIT_STOPPED
-
-
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 # ---------------------------------------------------------------------------------------------- input and configuration
@@ -125,6 +121,21 @@ class RunDirError(DferError, ValueError):
 
 class CacheError(DferError, RuntimeError):
     """An artifact on disk is missing, incomplete or unreadable."""
+
+
+class DamagedArtifactError(CacheError):
+    """An artifact in the cache is damaged: a file missing, truncated, with other bytes than were written (its sha256
+    differs from the one its ``meta.json`` recorded) or that does not decode. The message names the stage, the
+    clip, the key and the file; the artifact has been moved aside (``CACHE/damaged/``), so it is never used again
+    and the next run recomputes it (the runner does so at once). ``stage``, ``key``, ``file`` and ``problem`` say
+    the same as data."""
+
+    def __init__(self, message: str, stage: str = "", key: str = "", file: str = "", problem: str = ""):
+        super().__init__(message)
+        self.stage, self.key, self.file, self.problem = stage, key, file, problem
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.stage, self.key, self.file, self.problem))
 
 
 class PreflightError(DferError, RuntimeError):
@@ -172,6 +183,50 @@ class LayerError(EncoderError):
 
 class SocialFusionError(DferError, ValueError):
     """A SocialFusion model cannot be built, loaded or trained as asked."""
+
+
+# ---------------------------------------------------------------------------------------------- failures of the run
+
+
+class RunStopError(DferError):
+    """A failure of the run, not of the clip being processed: every later clip would fail alike, so the run stops
+    at the first one with one message naming what failed, where, and what to do; what is finished stays in the
+    cache. Met in a worker, it travels to the runner as a failure row's error name and the runner raises it again
+    (:func:`run_stop_class`) instead of writing the row."""
+
+    exit_code = EXIT_STOPPED
+
+
+class DiskFullError(RunStopError, OSError):
+    """The disk of the cache or the run directory is full (or over quota): not a problem of the clip being
+    written, and every later one would fail alike, so the run stops; what is finished stays in the cache."""
+
+
+class CacheUnusableError(RunStopError, CacheError):
+    """The cache cannot be written (read-only, permission denied, an I/O error) or read (permission denied), or its
+    directory vanished while the run used it."""
+
+
+class ServerDownError(RunStopError, ModelLoadError):
+    """The model server stopped answering during the run (connection refused or timed out on every retry)."""
+
+
+def run_stop_class(name: str | None) -> type[RunStopError] | None:
+    """The :class:`RunStopError` subclass a failure row's error name names, or None (a failure of the clip)."""
+    todo = [RunStopError]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ == name:
+            return cls
+        todo.extend(cls.__subclasses__())
+    return None
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 # ---------------------------------------------------------------------------------------------- tools

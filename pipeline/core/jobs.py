@@ -7,8 +7,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.core.cache import Artifact
-from pipeline.core.errors import ClipError, DiskFullError, is_disk_full
+from pipeline.core.cache import Artifact, cache_fault
+from pipeline.core.errors import ClipError, DamagedArtifactError, RunStopError, is_disk_full
 
 
 @dataclass
@@ -18,6 +18,7 @@ class ClipJob:
     fingerprint: str
     label: str | None = None
     upstream: dict[str, Artifact] = field(default_factory=dict)
+    stamp: dict | None = None  # size, mtime_ns and inode of the file when it was fingerprinted
 
 
 @dataclass
@@ -39,16 +40,23 @@ class TaskResult:
     meta: dict | None = None
     error_type: str | None = None
     message: str | None = None
+    damaged: tuple[str, str] | None = None  # (stage, key) of an upstream artifact found damaged while reading it
 
 
 def task_failure(task: ClipTask, exc: BaseException) -> TaskResult:
-    """The failure row of one clip: a :class:`ClipError`'s own message; out of memory; or, for a bug or an
-    unexpected library error, the message with the file and line it came from (per-clip and model stages alike)."""
+    """The failure row of one clip: a :class:`ClipError`'s own message; a damaged upstream artifact (the runner
+    moves it aside and recomputes it); a failure of the run (:class:`RunStopError`, a full disk included: the
+    runner stops on this row instead of writing it); out of memory; or, for a bug or an unexpected library error,
+    the message with the file and line it came from (per-clip and model stages alike)."""
     if isinstance(exc, ClipError):
         return TaskResult(False, error_type=type(exc).__name__, message=str(exc))
-    if is_disk_full(exc):  # the runner stops the run on this row (DiskFullError)
-        return TaskResult(False, error_type=DiskFullError.__name__,
-                          message=f"{task.job.path}: stage {task.stage} could not write its artifact: {exc}")
+    if isinstance(exc, DamagedArtifactError):
+        return TaskResult(False, error_type=type(exc).__name__, message=f"{task.job.path}: stage {task.stage}: {exc}",
+                          damaged=(exc.stage, exc.key))
+    if is_disk_full(exc) and not isinstance(exc, RunStopError):
+        exc = cache_fault(exc, Path(task.cache_root), f"{task.job.path}: stage {task.stage} could not write its artifact")
+    if isinstance(exc, RunStopError):
+        return TaskResult(False, error_type=type(exc).__name__, message=str(exc))
     if isinstance(exc, MemoryError):
         return TaskResult(False, error_type="MemoryError", message=f"{task.job.path}: out of memory in stage {task.stage}")
     tb = traceback.extract_tb(exc.__traceback__)

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from pipeline.backends.base import model_name
-from pipeline.core.cache import CacheError
+from pipeline.core.errors import CacheError
 from pipeline.eval.calibration import softmax
 from stages.faces.facetrack import FaceTrack
 from pipeline.core.jobs import ClipJob
@@ -34,7 +34,7 @@ def thumbnails(track: FaceTrack, indices: list[int], size: int, quality: int) ->
     for img in track.crops(indices, size=size):
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
-            raise ValueError(f"could not encode a thumbnail of {track.crops_path}")
+            raise ValueError(f"could not encode a thumbnail of a face crop of {track.artifact.clip()}")
         out.append("data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii"))
     return out
 

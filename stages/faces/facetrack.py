@@ -20,8 +20,7 @@ crop_offsets    (N+1,)     byte offsets of each JPEG in crops.jpg.bin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -34,13 +33,22 @@ CROPS_FILE = "crops.jpg.bin"
 
 @dataclass
 class FaceTrack:
+    """A faces artifact as read through the cache (every byte checked: :class:`pipeline.core.cache.Artifact`); the
+    crops file is read when a crop is first asked for, and a crop that does not decode as the JPEG it should be
+    raises :class:`pipeline.core.errors.DamagedArtifactError` naming the artifact, the clip and the crop."""
+
     arrays: dict[str, np.ndarray]
-    crops_path: Path
+    artifact: Artifact
     meta: dict
+    _crops: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, artifact: Artifact) -> "FaceTrack":
-        return cls(artifact.npz(TRACK_FILE), artifact.path(CROPS_FILE), artifact.meta())
+        track = cls(artifact.npz(TRACK_FILE), artifact, artifact.meta())
+        off = track.arrays.get("crop_offsets")
+        if off is None or off.ndim != 1 or len(off) != len(track) + 1 or (len(off) and (off[0] != 0 or (np.diff(off) < 0).any())):
+            raise artifact.damaged(TRACK_FILE, "its crop_offsets do not fit its frames")
+        return track
 
     def __len__(self) -> int:
         return int(self.arrays["t"].shape[0])
@@ -56,23 +64,29 @@ class FaceTrack:
         one-frame clip lasts one frame at the header's average rate, or 0 without one."""
         return clip_duration(self.t, ((self.meta.get("video") or {}).get("avg_fps")))
 
+    def _crop_file(self) -> bytes:
+        if self._crops is None:
+            data = self.artifact.bytes(CROPS_FILE)
+            if len(data) != int(self.arrays["crop_offsets"][-1]):
+                raise self.artifact.damaged(CROPS_FILE, f"has {len(data)} bytes, its crop_offsets end at "
+                                                        f"{int(self.arrays['crop_offsets'][-1])}")
+            self._crops = data
+        return self._crops
+
     def crop_bytes(self, indices) -> list[bytes]:
         off = self.arrays["crop_offsets"]
-        out = []
-        with open(self.crops_path, "rb") as f:
-            for i in indices:
-                f.seek(int(off[i]))
-                out.append(f.read(int(off[i + 1] - off[i])))
-        return out
+        data = self._crop_file()
+        return [data[int(off[i]) : int(off[i + 1])] for i in indices]
 
     def crops(self, indices, size: int | None = None, gray: bool = False) -> np.ndarray:
         """Decode crops ``indices`` as uint8 RGB (K, S, S, 3) or gray (K, S, S)."""
         flag = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
+        indices = list(indices)
         imgs = []
-        for data in self.crop_bytes(indices):
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        for i, data in zip(indices, self.crop_bytes(indices)):
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), flag) if data[:2] == b"\xff\xd8" else None
             if img is None:
-                raise ValueError(f"corrupt JPEG crop in {self.crops_path}")
+                raise self.artifact.damaged(CROPS_FILE, f"crop {i} (frame {i}) is not a JPEG that decodes")
             if not gray:
                 img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
             if size and img.shape[0] != size:
@@ -89,6 +103,15 @@ class FaceTrack:
         side = (cb[:, 2] - cb[:, 0])[:, None]
         lm = self.arrays["landmarks"]
         return (lm - cb[:, None, :2]) / side[:, :, None] * size
+
+
+def check(artifact: Artifact) -> None:
+    """Decode every crop of a faces artifact (what ``dfer cache verify`` and the runner check beyond the hashes,
+    and all they can check of an artifact written before hashes were recorded). Raises
+    :class:`pipeline.core.errors.DamagedArtifactError`."""
+    track = FaceTrack.load(artifact)
+    for start in range(0, len(track), 256):
+        track.crops(range(start, min(len(track), start + 256)))
 
 
 def clip_duration(t: np.ndarray, avg_fps: float | None = None) -> float:

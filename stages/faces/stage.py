@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.models.devices import resolve_device
 from pipeline.core.errors import DecodeError, NoFaceError
-from stages.faces.facetrack import CROPS_FILE, TRACK_FILE
+from stages.faces.facetrack import CROPS_FILE, TRACK_FILE, check
 from pipeline.core.fields import not_in_key
 from pipeline.core.jobs import ClipJob
 from stages.faces.memory import release_free_heap
@@ -415,4 +415,4 @@ def process(job: ClipJob, cfg: Config, mtcnn, out) -> dict:
     }
 
 
-STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process=process, open=open)
+STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process=process, open=open, reads_video=True, check=check)
