@@ -15,7 +15,9 @@ answers:
 
 Knobs for failure tests: ``fail_first=N`` makes the first N chat requests fail with ``fail_status`` (and a
 ``Retry-After`` header if ``retry_after`` is set); ``logprobs=False`` answers without logprobs (like a server
-that does not support them); ``max_top_logprobs`` caps k like vLLM's ``--max-logprobs``.
+that does not support them); ``max_top_logprobs`` caps k like vLLM's ``--max-logprobs``; ``die_after=N`` answers N
+chat requests, then dies like a killed server: it stops listening (new connections are refused) and drops every open
+connection without an answer.
 
 The server runs in a daemon thread, stops on ``stop()`` / leaving the ``with`` block, and stops by itself after
 ``lifetime_s`` seconds in any case. ``requests_seen`` records the JSON bodies of chat requests.
@@ -89,6 +91,7 @@ class FakeOpenAIServer:
         max_top_logprobs: int | None = None,
         tokenize: bool = True,
         lifetime_s: float = 120.0,
+        die_after: int | None = None,
     ):
         self.backend = backend
         self.model_name = model_name
@@ -102,6 +105,9 @@ class FakeOpenAIServer:
         self.lifetime_s = lifetime_s
         self.requests_seen: list[dict] = []
         self.failures_sent = 0
+        self.die_after = die_after
+        self.answered = 0
+        self.dead = False
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -142,6 +148,10 @@ class FakeOpenAIServer:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
+                if server.dead:  # a killed server answers nothing on a connection it had open
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
                 if self.path.rstrip("/") == "/tokenize" and server.tokenize:
                     body = json.loads(raw)
                     with server._lock:
@@ -169,10 +179,17 @@ class FakeOpenAIServer:
                 if body.get("model") != server.model_name:
                     self._send(404, {"error": {"message": f"model {body.get('model')!r} not found"}})
                     return
+                with server._lock:  # decided before answering: the client's next request already finds it dead
+                    server.answered += 1
+                    die = server.die_after is not None and server.answered >= server.die_after and not server.dead
                 try:
-                    self._send(200, server._complete(body))
+                    answer = (200, server._complete(body))
                 except Exception as exc:  # report, don't kill the server thread
-                    self._send(400, {"error": {"message": f"{type(exc).__name__}: {exc}"}})
+                    answer = (400, {"error": {"message": f"{type(exc).__name__}: {exc}"}})
+                if die:
+                    server.dead = True
+                    threading.Thread(target=server.stop, daemon=True).start()
+                self._send(*answer)
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True

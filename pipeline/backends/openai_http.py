@@ -68,7 +68,7 @@ from email.utils import parsedate_to_datetime
 
 from pipeline.backends.base import Backend, LabelScore, ModelConfig, Prompt, Video, prepare_image
 from pipeline.core.errors import (BackendRequestError, LabelScoringUnsupportedError, ModelLoadError, ModelUnavailableError,
-                             VideoInputUnsupportedError)
+                             ServerDownError, VideoInputUnsupportedError)
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +293,7 @@ class OpenAIBackend(Backend):
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
                 connection_failed = True
+                refused = isinstance(exc, requests.ConnectionError)  # not answering at all (a ReadTimeout: a slow answer)
             else:
                 connection_failed = False
                 if resp.status_code == 200:
@@ -311,6 +312,12 @@ class OpenAIBackend(Backend):
                 delay = max(delay, min(wait, MAX_RETRY_AFTER_S))
             log.info("POST %s failed (%s); retry %d/%d in %.2fs", url, last_error, attempt + 1, self.cfg.max_retries, delay)
             time.sleep(delay)
+        if connection_failed and refused:  # the server is gone: every later request would fail alike
+            raise ServerDownError(
+                f"stopped: the model server at {self.cfg.server_url} (model {self.cfg.model!r}) cannot be reached after "
+                f"{self.cfg.max_retries + 1} attempts ({last_error}). Start it again (e.g. `vllm serve {self.cfg.model}`) "
+                "or point the stage's model.server_url at a running one, then run the same command again: the clips "
+                "finished so far stay in the cache")
         if connection_failed:
             raise ModelLoadError(f"The model server at {self.cfg.server_url} cannot be reached after "
                                  f"{self.cfg.max_retries + 1} attempts ({last_error})")

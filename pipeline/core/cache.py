@@ -369,7 +369,7 @@ class Cache:
         place: artifacts the run relies on went with the old one)."""
         if not self.root.is_dir():
             raise self.fault(FileNotFoundError(errno.ENOENT, "No such file or directory", str(self.root)),
-                             "looking for the cache directory")
+                             "the run went to read or write it")
         st = self.root.stat()
         if self._root_id is not None and (st.st_dev, st.st_ino) != self._root_id:
             raise CacheUnusableError(f"stopped: the cache directory {self.root} was replaced by another folder during "

@@ -18,6 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator
 
 from pipeline.engine.batching import run_batched
+from pipeline.engine.fingerprints import check_unchanged
 from pipeline.core.cache import Cache
 from pipeline.core.jobs import ClipTask, TaskResult, task_failure
 
@@ -36,15 +37,22 @@ def _resources(stage, cfg, cfg_json: str):
 
 
 def run_task(task: ClipTask) -> TaskResult:
-    """Compute one clip's artifact for one stage and store it; errors become a TaskResult."""
+    """Compute one clip's artifact for one stage and store it; errors become a TaskResult. A stage that reads the
+    video is checked not to have read another file than the one fingerprinted, before its artifact is stored."""
     from stages import STAGES  # start-up order: init_worker set the thread limits before the stages load cv2/torch
 
     stage = STAGES[task.stage]
+
+    def fill(out):
+        extra = stage.process(task.job, cfg, res, out)
+        if stage.reads_video:
+            check_unchanged(task.job, task.stage)
+        return extra
+
     try:
         cfg = stage.Config.model_validate(task.config)
         res = _resources(stage, cfg, json.dumps(task.config, sort_keys=True))
-        art = Cache(task.cache_root).write(task.stage, task.key, task.meta, lambda out: stage.process(task.job, cfg, res, out),
-                                          replace=task.replace)
+        art = Cache(task.cache_root, create_root=False).write(task.stage, task.key, task.meta, fill, replace=task.replace)
         return TaskResult(True, meta=art.meta())
     except Exception as exc:  # noqa: BLE001 - recorded as the clip's failure; the batch goes on
         return task_failure(task, exc)

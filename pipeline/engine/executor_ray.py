@@ -164,7 +164,7 @@ class _ModelWorker:
 
     def run(self, chunk: list[tuple[str, ClipTask]], cache_root: str, batch_size: int) -> list[tuple[str, TaskResult]]:
         fn = self._batch_fn or process_batches
-        return list(fn(self._stage, self._cfg, self._resources, chunk, Cache(cache_root), batch_size))
+        return list(fn(self._stage, self._cfg, self._resources, chunk, Cache(cache_root, create_root=False), batch_size))
 
 
 # ------------------------------------------------------------------------------------- driver side

@@ -8,9 +8,12 @@ scores come from :mod:`pipeline.eval.ranking`, the rule every validation uses to
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from pipeline.core.cache import Cache
+from pipeline.core.errors import DamagedArtifactError
 from pipeline.eval.calibration import softmax
 from pipeline.eval.labels import LabelError, load_label_set
 from pipeline.eval.ranking import ranking_scores
@@ -18,9 +21,11 @@ from pipeline.engine.rundir import RunDir
 from stages.classify import scored_by
 
 
-def write_predictions(run_dir: RunDir, cfg, cache: Cache, refs, keys: dict) -> str:
+def write_predictions(run_dir: RunDir, cfg, cache: Cache, refs, keys: dict,
+                      on_damaged: Callable[[str, DamagedArtifactError], None] | None = None) -> str:
     """Write scores.jsonl and predictions.csv for every clip that has classify scores (``cfg``: the classify section
-    that ran); return a one-paragraph summary (clips scored, prompt-token totals against dense sampling)."""
+    that ran); return a one-paragraph summary (clips scored, prompt-token totals against dense sampling). A clip whose
+    scores turn out damaged in the cache is left out and handed to ``on_damaged`` (default: raise)."""
     label_set = load_label_set(cfg.labels)
     names = label_set.names
     norm = cfg.length_norm
@@ -33,7 +38,13 @@ def write_predictions(run_dir: RunDir, cfg, cache: Cache, refs, keys: dict) -> s
             art = cache.get("classify", key) if key else None
             if art is None:
                 continue
-            doc = art.json("scores.json")
+            try:
+                doc = art.json("scores.json")
+            except DamagedArtifactError as exc:
+                if on_damaged is None:
+                    raise
+                on_damaged(ref.id, exc)
+                continue
             scores = ranking_scores(doc["scores"], names, norm)
             vec = np.array([scores[lab] for lab in names], dtype=np.float64)
             probs = softmax(vec)

@@ -3,9 +3,16 @@
 For each stage and clip the runner derives the cache key, reuses a cached artifact when there is
 one, and otherwise computes it (per-clip stages with the executor's ``map``, model stages in
 batches with its ``map_batched``) and says why: new clip, config changed, upstream changed or
-forced. A clip that fails is recorded in ``RUN/failures.jsonl`` and left out of later stages; the
-others go on. Tools run their own stages the same way (``until="features"`` with a ``sections``
+forced, or damaged in cache. A clip that fails is recorded in ``RUN/failures.jsonl`` and left out of later
+stages; the others go on. Tools run their own stages the same way (``until="features"`` with a ``sections``
 entry for it), so they get all of this too.
+
+What the cache holds is checked before it is used (:func:`pipeline.engine.cachecheck.check_artifact`): a damaged
+artifact is named, moved aside and recomputed ("damaged in cache"); one that a stage finds damaged while reading it
+(damage after the check) is moved aside and its clip goes through the stages again from there, once. A failure of
+the run rather than of a clip (:class:`pipeline.core.errors.RunStopError`: a full disk, a cache that cannot be
+written or vanished, a model server that stopped answering) stops the run at the first one, whichever process met
+it, with its one message; what is finished stays in the cache.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel
 
-from pipeline.core.errors import (REMEMBERED_FAILURES, ConfigError, DiskFullError, PreflightError, StrictFailure,
-                             UnknownStageError, UpstreamMissingError)
+from pipeline.core.errors import (REMEMBERED_FAILURES, ConfigError, DamagedArtifactError, PreflightError,
+                                  StrictFailure, UnknownStageError, UpstreamMissingError, VideoChangedError,
+                                  run_stop_class)
 from pipeline.core.cache import Cache, artifact_key, default_cache_dir
+from pipeline.engine.cachecheck import check_artifact
 from pipeline.engine.config import dump_config, key_fields
 from pipeline.engine.executor import Executor, LocalExecutor
 from pipeline.engine.executor_ray import RayExecutor
@@ -45,6 +54,14 @@ class StageReport:
     reasons: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     note: str = ""
+
+    def add(self, other: "StageReport") -> None:
+        """Count what a second pass over some clips did (their artifacts recomputed after damage)."""
+        self.computed += other.computed
+        self.failed += other.failed
+        self.remembered += other.remembered
+        self.reasons.update(other.reasons)
+        self.seconds += other.seconds
 
     def line(self) -> str:
         why = ", ".join(f"{n} {r}" for r, n in self.reasons.most_common())
@@ -93,9 +110,14 @@ def check_labels(refs: list[VideoRef], label_set: str) -> None:
             ls.canonical(r.label, r.where or r.id)
 
 
-def _reason(cache: Cache, stage: str, fp: str, upstream: dict, forced: bool) -> str:
+DAMAGED = "damaged in cache"
+
+
+def _reason(cache: Cache, stage: str, key: str, fp: str, upstream: dict, forced: bool) -> str:
     if forced:
         return "forced"
+    if cache.was_damaged(stage, key):
+        return DAMAGED
     last = cache.last_inputs(stage, fp)
     if last is None:
         return "new clip"
@@ -145,7 +167,7 @@ class Runner:
         check_stage(force, "--force")
         self.cfg = cfg
         self.run_dir = RunDir(out_dir)
-        self.cache = Cache(cache_dir if cache_dir is not None else default_cache_dir())
+        self.cache = Cache(cache_dir if cache_dir is not None else default_cache_dir(), create_root=False)
         self.until = until
         self.force = force
         self.shard = parse_shard(shard) if shard else None
@@ -158,6 +180,7 @@ class Runner:
         self.swapped: dict[str, BaseModel] = {}  # sections run in place of the config's (the embedded model's fallback)
         self.fallbacks: dict[str, dict] = {}  # stage -> what was asked for, what ran, why
         self.fingerprints = FingerprintMemo(self.cache.root, rehash=rehash)
+        self._stamps: dict[str, dict] = {}  # video id -> the file's stamp when it was fingerprinted
         self._failures = None
 
     # ----------------------------------------------------------------------------------------
@@ -165,10 +188,9 @@ class Runner:
         print(msg, file=self.log, flush=True)
 
     def _fail(self, video: str, stage: str, error: str, message: str) -> None:
-        if error == DiskFullError.__name__:  # not the clip's problem, and every later clip would fail alike
-            raise DiskFullError(f"stopped: the disk is full ({message}). Free space on the disk of the cache "
-                                f"({self.cache.root}) and the run directory, or pass --cache on a larger one, then run "
-                                "the same command again: what is finished stays in the cache")
+        stop = run_stop_class(error)
+        if stop is not None:  # not the clip's problem, and every later clip would fail alike
+            raise stop(message)
         self._failures.write({"video": video, "stage": stage, "error": error, "message": message})
         if self.strict:
             raise StrictFailure(f"stopped at the first failure (--strict): [{stage}] {video}: {error}: {message}")
@@ -191,6 +213,7 @@ class Runner:
             refs = [r for r in refs if shard_of(r.id, n) == i]
         blocked = self.check(refs)  # before anything is written: a config that cannot work leaves nothing
         stages = self.stages()  # a fallback may read more (the embedded model reads the expression stage)
+        self.cache.create()  # the one place the cache's root is made (one that vanishes later stops the run)
         self.executor.start(self.cache.root)  # e.g. Ray: connect and check the cluster before any clip
         rewritten = {MANIFEST, STATUS} | ({SCORES, PREDICTIONS, LABELSET} if "classify" in stages else set())
         gone = [name for name in self.run_dir.begin_run() if name not in rewritten]
@@ -253,7 +276,9 @@ class Runner:
     def _fingerprints(self, refs: list[VideoRef]) -> dict[str, str]:
         def fp(ref: VideoRef):
             try:
-                return ref, self.fingerprints.fingerprint(ref.path), None
+                return ref, self.fingerprints.fingerprint_and_stamp(ref.path), None
+            except VideoChangedError as exc:
+                return ref, None, (VideoChangedError.__name__, str(exc))
             except FileNotFoundError:
                 return ref, None, ("UnreadableFileError", f"{ref.path}: file not found")
             except PermissionError:
@@ -269,7 +294,7 @@ class Runner:
                 if err:
                     self._fail(ref.id, "input", *err)
                 else:
-                    out[ref.id] = value
+                    out[ref.id], self._stamps[ref.id] = value
         return out
 
     def _run(self, refs: list[VideoRef], stages: list[str], blocked) -> RunResult:
@@ -278,25 +303,31 @@ class Runner:
         by_id = {r.id: r for r in refs}
         active = [r.id for r in refs if r.id in fps]
         keys: dict[str, dict[str, str]] = {vid: {} for vid in active}
-        reports = []
+        reports: dict[str, StageReport] = {}
         n_failed = len(refs) - len(active)
-        forced = False
         status, stop_message = "complete", None
-        for name in stages:
+        for i, name in enumerate(stages):
             if blocked and blocked[0] == name:
                 status, stop_message = "stopped", blocked[1]
                 break
-            forced = forced or name == self.force
-            report, failed_ids = self._run_stage(name, active, by_id, fps, keys, forced)
+            report, failed_ids, redo = self._run_stage(name, active, by_id, fps, keys, self._forced(name, stages))
+            reports[name] = report
+            if redo:  # upstream artifacts found damaged while this stage read them: moved aside; once more from there
+                failed_ids |= self._redo(stages[: i + 1], redo, by_id, fps, keys, reports)
             if name in self.fallbacks:
                 report.note = f"fallback: {self.fallbacks[name]['ran']} instead of {self.fallbacks[name]['asked']}"
-            reports.append(report)
             n_failed += len(failed_ids)
             active = [v for v in active if v not in failed_ids]
             self.say(report.line())
         self._write_manifest(refs, fps, keys)
         if status == "complete" and "classify" in stages:
-            summary = write_predictions(self.run_dir, self.section("classify"), self.cache, refs, keys)
+            damaged: list[tuple[str, DamagedArtifactError]] = []
+            summary = write_predictions(self.run_dir, self.section("classify"), self.cache, refs, keys,
+                                        on_damaged=lambda vid, exc: damaged.append((vid, exc)))
+            for vid, exc in damaged:  # damaged after the stage checked it: its clip has no prediction this time
+                n_failed += 1
+                self._fail(vid, "classify", type(exc).__name__, self._moved_aside(exc.stage, exc.key, str(exc))
+                           + "; run the same command again to recompute it")
             self.say(summary)
         status_doc = {
             "status": status,
@@ -304,37 +335,96 @@ class Runner:
             "message": stop_message,
             "clips": len(refs),
             "failed": n_failed,
-            "stages": [r.stage for r in reports],
-            "fallbacks": [self.fallbacks[r.stage] for r in reports if r.stage in self.fallbacks],
+            "stages": list(reports),
+            "fallbacks": [self.fallbacks[r] for r in reports if r in self.fallbacks],
             "seconds": round(time.time() - t_start, 2),
         }
         self.run_dir.write_status(status_doc)
-        return RunResult(self.run_dir.path, reports, len(refs), n_failed, status, stop_message, keys)
+        return RunResult(self.run_dir.path, list(reports.values()), len(refs), n_failed, status, stop_message, keys)
+
+    def _forced(self, name: str, stages: list[str]) -> bool:
+        """``--force``: this stage and every one after it are recomputed."""
+        return self.force in stages and stages.index(name) >= stages.index(self.force)
+
+    def _redo(self, stages: list[str], redo: dict[str, str], by_id, fps, keys, reports) -> set[str]:
+        """The clips ``redo`` (video id -> the stage whose artifact of it was found damaged and moved aside) once more
+        through ``stages`` from the earliest such stage: the damaged artifact is recomputed, the sound ones between
+        are reused. Returns the clips that failed this time (a damaged artifact again is a failure now)."""
+        first = min(stages.index(s) for s in redo.values())
+        failed: set[str] = set()
+        for name in stages[first:]:
+            todo = [v for v in sorted(redo) if v not in failed]
+            if not todo:
+                break
+            report, failed_ids, _ = self._run_stage(name, todo, by_id, fps, keys, self._forced(name, stages), again=True)
+            self.say(f"{report.line()} (again for {len(todo)} clip(s) with an upstream artifact found damaged)")
+            reports[name].add(report)
+            failed |= failed_ids
+        return failed
+
+    def _moved_aside(self, stage: str, key: str, message: str) -> str:
+        """Move a damaged artifact aside (``Cache.quarantine``); ``message`` with where it went. A cache that vanished
+        is not damage: it stops the run."""
+        self.cache.check_root()
+        moved = self.cache.quarantine(stage, key, message)
+        return f"{message}; moved aside to {moved}" if moved else message
+
+    def _sound(self, name: str, candidates: dict[str, str]) -> tuple[set[str], set[str]]:
+        """Which cached artifacts of stage ``name`` (video id -> key) are sound, which were damaged (each named in a
+        warning and moved aside, to be recomputed). Checked in a few threads (hashing reads every byte)."""
+        present = [(vid, art) for vid, key in candidates.items() if (art := self.cache.get(name, key)) is not None]
+
+        def one(item):
+            vid, art = item
+            try:
+                check_artifact(art)
+            except DamagedArtifactError as exc:
+                return vid, exc
+            return vid, None
+
+        sound, damaged = set(), set()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for vid, exc in pool.map(one, present):
+                if exc is None:
+                    sound.add(vid)
+                else:
+                    damaged.add(vid)
+                    self.say(f"warning: {self._moved_aside(exc.stage, exc.key, str(exc))}; recomputing it")
+        return sound, damaged
 
     def _write_manifest(self, refs, fps, keys) -> None:
         rows = (ManifestRow(r.id, str(r.path), r.label, fps.get(r.id), keys.get(r.id, {})) for r in refs)
         self.run_dir.write_manifest(rows, self.cache.root)
 
-    def _run_stage(self, name, active, by_id, fps, keys, forced) -> tuple[StageReport, set[str]]:
+    def _run_stage(self, name, active, by_id, fps, keys, forced,
+                   again: bool = False) -> tuple[StageReport, set[str], dict[str, str]]:
+        """Stage ``name`` over the clips ``active``: returns its report, the clips that failed, and the clips to go
+        through the stages again (video id -> the upstream stage whose artifact a worker found damaged; never when
+        ``again``, where that is a failure)."""
         stage = STAGES[name]
         section = self.section(name)
         kcfg = key_fields(section)
         extras = stage.key_extras(section)
         report = StageReport(name)
         t0 = time.time()
+        self.cache.check_root()
         self.cache.sweep_stale(name)  # temporary folders of runs killed more than a day ago
         failed: set[str] = set()
+        redo: dict[str, str] = {}
         todo: list[tuple[str, ClipTask]] = []
         reasons: dict[str, str] = {}
         ups = stage.upstream_of(section)
         for vid in active:
             upstream = {u: keys[vid][u] for u in ups}
-            key = artifact_key(name, stage.version, kcfg, upstream, fps[vid], extras)
-            keys[vid][name] = key
-            if not forced and self.cache.get(name, key) is not None:
+            keys[vid][name] = artifact_key(name, stage.version, kcfg, upstream, fps[vid], extras)
+        sound, damaged = (set(), set()) if forced else self._sound(name, {vid: keys[vid][name] for vid in active})
+        for vid in active:
+            key = keys[vid][name]
+            upstream = {u: keys[vid][u] for u in ups}
+            if vid in sound:
                 report.cached += 1
                 continue
-            known = None if forced or self.retry_failed else self.cache.failure(name, key)
+            known = None if forced or self.retry_failed or vid in damaged else self.cache.failure(name, key)
             if known is not None:  # the same file, settings and code failed before: not tried again
                 report.failed += 1
                 report.remembered += 1
@@ -348,13 +438,15 @@ class Runner:
                 fps[vid],
                 ref.label,
                 {u: self.cache.get(u, keys[vid][u]) for u in ups},
+                self._stamps.get(vid),
             )
             missing = [u for u, a in job.upstream.items() if a is None]
             if missing:
+                self.cache.check_root()  # a cache that vanished stops the run instead of blaming every clip
                 failed.add(vid)
                 self._fail(vid, name, UpstreamMissingError.__name__, f"{ref.path}: upstream artifact(s) {missing} missing from the cache")
                 continue
-            reason = _reason(self.cache, name, fps[vid], upstream, forced)
+            reason = DAMAGED if vid in damaged else _reason(self.cache, name, key, fps[vid], upstream, forced)
             meta = {
                 "video_id": vid,
                 "fingerprint": fps[vid],
@@ -375,17 +467,24 @@ class Runner:
                     self.cache.record_last(name, fps[vid], {"key": keys[vid][name], "upstream": task_meta.get("upstream", {})})
                     if forced or self.retry_failed:
                         self.cache.forget_failure(name, keys[vid][name])
+                elif result.damaged and result.damaged[0] in ups and not again:
+                    message = self._moved_aside(*result.damaged, result.message or "")
+                    self.say(f"warning: {message}; recomputing it")
+                    redo[vid] = result.damaged[0]
                 else:
+                    message = result.message or ""
+                    if result.damaged:
+                        message = self._moved_aside(*result.damaged, message) + "; run the same command again to recompute it"
                     report.failed += 1
                     failed.add(vid)
                     if result.error_type in REMEMBERED_FAILURES:
-                        self.cache.record_failure(name, keys[vid][name], {"error": result.error_type, "message": result.message})
-                    self._fail(vid, name, result.error_type or "Error", result.message or "")
+                        self.cache.record_failure(name, keys[vid][name], {"error": result.error_type, "message": message})
+                    self._fail(vid, name, result.error_type or "Error", message)
                 progress.update(1, failed=report.failed)
         finally:
             progress.close()
         report.seconds = time.time() - t0
-        return report, failed
+        return report, failed, redo
 
     def _compute(self, stage, section, todo):
         if not todo:
