@@ -79,7 +79,10 @@ def _timeline(clip: Clip, run: RunData, thumb_size: int, quality: int) -> tuple[
     if track is not None and shown:
         try:
             images = dict(zip(sorted(shown), thumbnails(track, sorted(shown), thumb_size, quality)))
-        except (CacheError, ValueError, OSError) as exc:
+        except CacheError as exc:  # the crops file is read when the first crop is asked for
+            notes.append(f"the face crops of this clip are gone from the cache or damaged ({exc}); re-run `dfer run` "
+                         "to rebuild them")
+        except (ValueError, OSError) as exc:
             notes.append(f"the face crops of this clip could not be read ({exc})")
     out = []
     for it in items:
