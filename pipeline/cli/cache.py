@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from pipeline.core.cache import default_cache_dir
 from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_OK
+from pipeline.engine.cachecheck import verify_cache
 
 
 def add_parsers(sub) -> None:
@@ -21,9 +23,6 @@ def add_parsers(sub) -> None:
 
 
 def _verify(args) -> int:
-    from pipeline.core.cache import default_cache_dir
-    from pipeline.engine.cachecheck import verify_cache
-
     report = verify_cache(args.cache if args.cache is not None else default_cache_dir(), args.stage, args.repair)
     print("\n".join(report.lines()))
     return EXIT_FAILED_CLIPS if report.damaged else EXIT_OK

@@ -17,14 +17,13 @@ from pathlib import Path
 
 from pipeline.core.cache import Artifact, Cache
 from pipeline.core.errors import CacheError, DamagedArtifactError
+from stages import STAGES
 
 
 def check_artifact(art: Artifact, deep: bool = False) -> None:
     """Raise :class:`DamagedArtifactError` if ``art`` is damaged. The runner's check before it uses a cached
     artifact: the hashes of every file (format 2; cheap next to decoding), else (format 1) every file decoded and the
     stage's own check. ``deep`` decodes and runs the stage's check on a hashed artifact too (``dfer cache verify``)."""
-    from stages import STAGES
-
     art.verify(decode=deep)
     if (deep or not art.hashed) and art.stage in STAGES:
         STAGES[art.stage].check(art)
