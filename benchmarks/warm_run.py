@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -43,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from baseline_tree import env_for, unpack  # noqa: E402
 
-BEFORE_CHECKS = "f1ffdba"  # main before the cache checked what it reads (issue 19)
+BEFORE_CHECKS = "30b8e91"  # main before the cache checked what it reads (issue 19)
 EMBEDDED = ("--set", "classify.model.backend=expression", "--set", "context.model.backend=expression")
 med = statistics.median
 
@@ -68,20 +69,22 @@ def make_clips(folder: Path, n: int, seconds: float) -> list[Path]:
 
 
 def dfer_run(folder: Path, cache: Path, out: Path, until: str, extra: tuple[str, ...], label: str,
-             tree: Path | None = None) -> float:
-    """One ``dfer run`` process (``tree``: the code tree it imports; default the working tree)."""
+             tree: Path | None = None) -> tuple[float, float]:
+    """One ``dfer run`` process (``tree``: the code tree it imports; default the working tree): its wall time and its
+    CPU time (user + system, its worker processes included; less sensitive to other load on the machine)."""
     cmd = [sys.executable, "-m", "pipeline.cli", "run", str(folder), "--out", str(out), "--cache", str(cache),
            "--until", until, "-q", *extra]
     if out.exists():
         shutil.rmtree(out)  # a fresh run directory each time (the code before refuses none, the new one neither)
-    t0 = time.perf_counter()
+    t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, cwd=tree or REPO, env=env_for(tree) if tree else None, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
+    seconds, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     lines = proc.stderr.strip().splitlines()
-    print(f"  {label:26s} {seconds:8.2f} s   {lines[0] if lines else ''}", flush=True)
-    return seconds
+    print(f"  {label:26s} {seconds:8.2f} s (cpu {cpu:6.2f} s)   {lines[0] if lines else ''}", flush=True)
+    return seconds, cpu
 
 
 def main() -> int:
@@ -107,19 +110,22 @@ def main() -> int:
             print(f"code before: {args.before} = {commit[:10]}, unpacked in {before}")
         cache = tmp / "cache"
         print(f"cold run (empty cache), --until {args.until}{' (embedded models)' if args.embedded else ''}:", flush=True)
-        cold = dfer_run(folder, cache, tmp / "run-cold", args.until, extra, "dfer run")
+        cold, _ = dfer_run(folder, cache, tmp / "run-cold", args.until, extra, "dfer run")
         kinds = ["warm", "rehash"] + (["before"] if before else [])
         times: dict[str, list[float]] = {k: [] for k in kinds}
+        cpus: dict[str, list[float]] = {k: [] for k in kinds}
         for r in range(args.rounds):
             for kind in kinds[r % len(kinds):] + kinds[: r % len(kinds)]:
                 if kind == "warm":
-                    times[kind].append(dfer_run(folder, cache, tmp / "run-warm", args.until, extra, "warm (checks)"))
+                    wall, cpu = dfer_run(folder, cache, tmp / "run-warm", args.until, extra, "warm (checks)")
                 elif kind == "rehash":
-                    times[kind].append(dfer_run(folder, cache, tmp / "run-rehash", args.until, (*extra, "--rehash"),
-                                                "warm --rehash"))
+                    wall, cpu = dfer_run(folder, cache, tmp / "run-rehash", args.until, (*extra, "--rehash"),
+                                         "warm --rehash")
                 else:
-                    times[kind].append(dfer_run(folder, cache, tmp / "run-before", args.until, extra,
-                                                "warm, code before", tree=before))
+                    wall, cpu = dfer_run(folder, cache, tmp / "run-before", args.until, extra, "warm, code before",
+                                         tree=before)
+                times[kind].append(wall)
+                cpus[kind].append(cpu)
         mb = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file() and "fingerprints" not in p.parts) / 1e6
     warm, rehash = times["warm"], times["rehash"]
     print()
@@ -132,6 +138,9 @@ def main() -> int:
         print(f"warm, code before {med(b):.2f} s ({', '.join(f'{v:.2f}' for v in b)})")
         print(f"warm with checks / warm, code before   {med([w / x for w, x in zip(warm, b)]):.3f}  (median of "
               f"per-round ratios; +{med(warm) - med(b):.2f} s, {1e3 * (med(warm) - med(b)) / args.clips:.2f} ms per clip)")
+        cw, cb = cpus["warm"], cpus["before"]
+        print(f"CPU time: warm with checks {med(cw):.2f} s, code before {med(cb):.2f} s: ratio "
+              f"{med([w / x for w, x in zip(cw, cb)]):.3f} (+{1e3 * (med(cw) - med(cb)) / args.clips:.2f} ms per clip)")
     print(f"warm / cold            {med(warm) / cold:.4f}")
     print(f"warm --rehash / cold   {med(rehash) / cold:.4f}")
     print(f"warm / warm --rehash   {med([w / h for w, h in zip(warm, rehash)]):.3f}  (median of per-round ratios)")
