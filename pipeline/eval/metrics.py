@@ -154,30 +154,42 @@ def _nan_none(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
+def resampled_metrics(t: np.ndarray, p: np.ndarray, idx: np.ndarray, n_classes: int) -> np.ndarray:
+    """UAR, WAR and macro-F1 (columns) of each resample (rows of clip indices ``idx``, shape B x n) of the encoded
+    labels ``t`` and predictions ``p`` (-1: no prediction, always wrong); a class counts in a resample that has an
+    example of it."""
+    b, n = idx.shape
+    correct = (t == p).astype(float)
+    off = (np.arange(b) * n_classes)[:, None]
+    tb, pb = t[idx], p[idx]
+    support = np.bincount((tb + off).ravel(), minlength=b * n_classes).reshape(b, n_classes)
+    tp = np.bincount((tb + off).ravel(), weights=correct[idx].ravel(), minlength=b * n_classes).reshape(b, n_classes)
+    pred = np.bincount((np.where(pb >= 0, pb, 0) + off).ravel(), weights=(pb >= 0).ravel().astype(float),
+                       minlength=b * n_classes).reshape(b, n_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rec = np.where(support > 0, tp / support, np.nan)
+        f1 = np.where(support > 0, 2 * tp / (support + pred), np.nan)
+    return np.stack([np.nanmean(rec, axis=1), tp.sum(axis=1) / n, np.nanmean(f1, axis=1)], axis=1)
+
+
+def resample_chunks(n: int, n_boot: int, seed: int):
+    """``n_boot`` resamples of ``n`` clips (with replacement, seeded), in chunks of index rows small enough to
+    hold in memory: yields (first resample's number, B x n index array)."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // n)
+    for start in range(0, n_boot, chunk):
+        yield start, rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+
+
 def bootstrap_ci(t: np.ndarray, p: np.ndarray, n_classes: int, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict[str, list[float] | None]:
     """Percentile CIs of UAR, WAR and macro-F1 from ``n_boot`` clip resamples (encoded labels)."""
     n = len(t)
     if n == 0 or n_boot <= 0:
         return {"uar": None, "war": None, "macro_f1": None}
-    rng = np.random.default_rng(seed)
-    correct = (t == p).astype(float)
     stats = np.empty((n_boot, 3))
-    chunk = max(1, 2_000_000 // n)
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        idx = rng.integers(0, n, size=(b, n))
-        off = (np.arange(b) * n_classes)[:, None]
-        tb, pb = t[idx], p[idx]
-        support = np.bincount((tb + off).ravel(), minlength=b * n_classes).reshape(b, n_classes)
-        tp = np.bincount((tb + off).ravel(), weights=correct[idx].ravel(),
-                         minlength=b * n_classes).reshape(b, n_classes)
-        pred = np.bincount((np.where(pb >= 0, pb, 0) + off).ravel(), weights=(pb >= 0).ravel().astype(float),
-                           minlength=b * n_classes).reshape(b, n_classes)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rec = np.where(support > 0, tp / support, np.nan)
-            f1 = np.where(support > 0, 2 * tp / (support + pred), np.nan)
-        stats[start:start + b] = np.stack([np.nanmean(rec, axis=1), tp.sum(axis=1) / n, np.nanmean(f1, axis=1)], axis=1)
+    for start, idx in resample_chunks(n, n_boot, seed):
+        stats[start:start + len(idx)] = resampled_metrics(t, p, idx, n_classes)
     lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     q = np.percentile(stats, [lo, hi], axis=0)
     return {name: [float(q[0, j]), float(q[1, j])] for j, name in enumerate(("uar", "war", "macro_f1"))}

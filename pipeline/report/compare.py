@@ -5,7 +5,9 @@ Every number is ``dfer report``'s: a run's ``metrics.json`` when it has one and 
 :func:`pipeline.report.build.build_report` on the run (``kwargs``: true labels, calibration), without writing anything.
 
 - :func:`compare_runs`: the headline metrics with their bootstrap CIs, each class's recall, and how far each run's
-  predictions collapse onto head classes, one column per run; then the ``config.yaml`` keys that differ.
+  predictions collapse onto head classes, one column per run; each later run paired with the first on the clips they
+  share (:mod:`.paired`: paired-bootstrap CIs of the differences, McNemar's test); then the ``config.yaml`` keys
+  that differ.
 - :func:`fold_summary` / :func:`compare_folds`: mean and sample standard deviation (ddof=1) over the folds of UAR,
   WAR, macro-F1 and each class's recall. The folds must share one label set. A class with no test example in a
   fold has no recall there: its mean and std are over the folds that have it, and the table says how many.
@@ -21,6 +23,7 @@ from pipeline.core.errors import LabelError, RunDirError
 from pipeline.eval.metrics import mean_std
 from pipeline.report.build import build_report
 from pipeline.report.markdown import HEADLINE, calibration_text, markdown_table, pct, pct_ci
+from pipeline.report.paired import paired_comparison, paired_markdown
 from pipeline.engine.rundir import RunDir
 
 COLLAPSE_ROWS = (
@@ -108,6 +111,9 @@ def compare_runs(run_dirs: Sequence[str | Path], **kwargs: Any) -> str:
                               [[lab, *(_recall_cell(rep, lab) for rep in reps)] for lab in _class_labels(reps)])
         out += ["", "Collapse onto head classes:", ""]
         out += markdown_table(["measure", *names], _collapse_rows(reps))
+    for name, rep in list(zip(names, reps))[1:]:
+        result = paired_comparison(reps[0], rep, kwargs.get("n_boot", 1000), kwargs.get("seed", 0))
+        out += ["", *paired_markdown(names[0], name, result)]
     out += _config_diff(names, [Path(d) for d in run_dirs])
     return "\n".join(out) + "\n"
 
