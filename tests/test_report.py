@@ -124,7 +124,8 @@ def test_compare_runs_table_and_config_diff(tmp_path):
     write_report(tmp_path / "a", n_boot=50)
     table = compare_runs([tmp_path / "a", tmp_path / "b"])
     lines = table.splitlines()
-    assert lines[0].startswith("| run | calibration") and any(line.startswith("| a | none | 141 | 3 |") for line in lines)
+    assert lines[0].startswith("**Warning:** no run card for a, b")  # runs made by hand: no runcard.json
+    assert lines[2].startswith("| run | calibration") and any(line.startswith("| a | none | 141 | 3 |") for line in lines)
     assert any(line.startswith("| b |") for line in lines)
     assert "| keyframes.k | `8` | `16` |" in table and "classify.model" not in table
     prior_table = compare_runs([tmp_path / "a"], calibration="estimated", n_boot=0)

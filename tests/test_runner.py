@@ -237,9 +237,10 @@ def test_a_new_run_in_a_used_directory_leaves_nothing_of_the_earlier_run(small_f
     log = io.StringIO()
     run(small_folder, out, cache, until="keyframes", log=log)
     left = {p.name for p in out.iterdir()}
-    assert left == {"config.yaml", "failures.jsonl", "cache_dir.txt", "manifest.jsonl", "status.json"}
+    assert left == {"config.yaml", "failures.jsonl", "cache_dir.txt", "manifest.jsonl", "status.json", "runcard.json"}
     said = log.getvalue()
     assert "removed" in said and "predictions.csv" in said and "view.html" in said and "manifest.jsonl" not in said
+    assert "runcard.json" not in said  # rewritten, not removed
 
 
 def test_a_clip_that_failed_for_good_is_not_tried_again_until_asked(special_clips, tmp_path):

@@ -23,6 +23,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
                    help="a config key and its values (parsed as YAML, like --set: null, true, 5); repeat for "
                         "more keys (every combination runs)")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="a combination's name (its run directory, e.g. label_order=fixed): pair every other "
+                        "combination with it on the shared clips and mark the differences whose 95%% CI excludes zero")
     p.set_defaults(handler=_sweep)
 
 
@@ -35,6 +38,7 @@ def _sweep(args) -> int:
         args.input, args.out, args.grid, preset=args.preset, config_file=args.config, overrides=args.overrides,
         labels_file=args.labels, label_format=args.label_format, fold=args.fold, split=args.split,
         cache_dir=args.cache, executor=args.executor, ray_address=args.ray_address, quiet=args.quiet,
+        baseline=args.baseline,
     )
     print(result.summary())
     sys.stdout.flush()

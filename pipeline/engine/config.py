@@ -178,14 +178,36 @@ def preset_path(name: str) -> Path:
                       f"(looked in {', '.join(str(d) for d in preset_dirs())})")
 
 
+def _pins(tree: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any, Any]]:
+    """``(path, model, revision)`` of every model a preset pins (a mapping with both ``model`` and ``revision``)."""
+    if not isinstance(tree, dict):
+        return []
+    own = [(path, tree["model"], tree["revision"])] if "model" in tree and "revision" in tree else []
+    return own + [pin for k, v in tree.items() for pin in _pins(v, (*path, str(k)))]
+
+
+def _unpin_replaced_models(tree: dict, pins: list) -> None:
+    """A preset's pinned revision belongs to its model: where the config file or ``--set`` chose another model and
+    no revision of its own, the pin is dropped (it would name a commit of another repository)."""
+    for path, model, revision in pins:
+        node: Any = tree
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get("model") != model and node.get("revision") == revision:
+            del node["revision"]
+
+
 def load_config(config_file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 preset: str | None = None) -> BaseModel:
-    """Resolve defaults <- preset <- YAML file <- ``--set`` overrides into a validated PipelineConfig."""
+    """Resolve defaults <- preset <- YAML file <- ``--set`` overrides into a validated PipelineConfig (a revision
+    the preset pins for its model is dropped where the file or ``--set`` choose another model)."""
     tree: dict[str, Any] = {}
     sources = []
+    pins: list = []
     if preset is not None:
         path = preset_path(preset)
         tree = _read_yaml(path, f"preset {preset!r}")
+        pins = _pins(tree)
         sources.append(f"preset {preset} ({path})")
     if config_file is not None:
         path = Path(config_file)
@@ -195,6 +217,7 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | tu
         _set_path(tree, *parse_override(text))
     if overrides:
         sources.append("--set")
+    _unpin_replaced_models(tree, pins)
     return validated(PipelineConfig, tree, " + ".join(sources) or "defaults")
 
 

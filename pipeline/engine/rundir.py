@@ -6,6 +6,9 @@ A run directory is a view over the cache (deleting it loses nothing a model comp
     RUN/manifest.jsonl    one row per clip: video, path, label, fingerprint, artifacts {stage: cache key}
     RUN/cache_dir.txt     absolute path of the cache the artifacts are in
     RUN/failures.jsonl    one row per failed clip and stage: video, stage, error, message
+    RUN/runcard.json      what produced the numbers besides the config: dfer's version and commit, library versions,
+                          the models as resolved (hub commit, local fingerprint), devices and dtypes
+                          (:mod:`pipeline.engine.runcard`)
     RUN/status.json       complete | stopped (and before which stage, why), clip and failure counts, stages, seconds,
                           fallbacks (stages that ran the embedded model: which model was asked for, which ran, why)
     RUN/scores.jsonl      classify only: video, label, labels, scores, prediction, raw, prompt_tokens, model
@@ -36,6 +39,7 @@ MANIFEST = "manifest.jsonl"
 CACHE_DIR = "cache_dir.txt"
 FAILURES = "failures.jsonl"
 STATUS = "status.json"
+RUNCARD = "runcard.json"
 SCORES = "scores.jsonl"
 PREDICTIONS = "predictions.csv"
 LABELSET = "labelset.json"
@@ -47,7 +51,7 @@ FREQUENCY_PLOT = "f1_vs_label_frequency.png"  # dfer report --label-frequency
 VIEW = "view.html"  # dfer view
 # what a run writes, and what report and view make from it: a new run in the same directory removes an earlier
 # run's first, so that nothing there describes another run (config.yaml and failures.jsonl are rewritten at once)
-RUN_OUTPUTS = (MANIFEST, STATUS, SCORES, PREDICTIONS, LABELSET, METRICS, REPORT, *PLOTS.values(), FREQUENCY_PLOT, VIEW)
+RUN_OUTPUTS = (MANIFEST, STATUS, RUNCARD, SCORES, PREDICTIONS, LABELSET, METRICS, REPORT, *PLOTS.values(), FREQUENCY_PLOT, VIEW)
 
 
 class JsonlWriter:
@@ -147,6 +151,9 @@ class RunDir:
     def write_status(self, doc: dict) -> None:
         (self.path / STATUS).write_text(json.dumps(doc, indent=1), encoding="utf-8")
 
+    def write_runcard(self, doc: dict) -> None:
+        (self.path / RUNCARD).write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
     def score_writers(self, labels: list[str]) -> tuple[JsonlWriter, "PredictionWriter"]:
         """``scores.jsonl`` and ``predictions.csv`` writers (close both)."""
         return JsonlWriter(self.path / SCORES), PredictionWriter(self.path / PREDICTIONS, labels)
@@ -208,6 +215,10 @@ class RunDir:
 
     def status(self) -> dict | None:
         return self._json(STATUS)
+
+    def runcard(self) -> dict | None:
+        """``runcard.json``, or None for a run written before dfer wrote run cards (or not by ``dfer run``)."""
+        return self._json(RUNCARD)
 
     def config(self) -> dict[str, Any] | None:
         path = self.path / CONFIG

@@ -40,7 +40,8 @@ from pipeline.engine.inputs import VideoRef, discover, parse_shard, shard_of
 from pipeline.engine.outputs import write_predictions
 from pipeline.core.jobs import ClipJob, ClipTask
 from pipeline.eval.labels import load_label_set
-from pipeline.engine.rundir import LABELSET, MANIFEST, PREDICTIONS, SCORES, STATUS, ManifestRow, RunDir
+from pipeline.engine.rundir import LABELSET, MANIFEST, PREDICTIONS, RUNCARD, SCORES, STATUS, ManifestRow, RunDir
+from pipeline.engine.runcard import build_card
 from stages import STAGE_ORDER, STAGES
 
 
@@ -215,11 +216,12 @@ class Runner:
         stages = self.stages()  # a fallback may read more (the embedded model reads the expression stage)
         self.cache.create()  # the one place the cache's root is made (one that vanishes later stops the run)
         self.executor.start(self.cache.root)  # e.g. Ray: connect and check the cluster before any clip
-        rewritten = {MANIFEST, STATUS} | ({SCORES, PREDICTIONS, LABELSET} if "classify" in stages else set())
+        rewritten = {MANIFEST, STATUS, RUNCARD} | ({SCORES, PREDICTIONS, LABELSET} if "classify" in stages else set())
         gone = [name for name in self.run_dir.begin_run() if name not in rewritten]
         if gone:  # they described an earlier run in this directory (its artifacts stay in the cache)
             self.say(f"{self.run_dir.path}: removed {', '.join(gone)} of an earlier run there")
         self.run_dir.write_config(dump_config(self.cfg, self.sections))
+        self.run_dir.write_runcard(build_card({name: self.section(name) for name in stages}, complete=False))
         self._failures = self.run_dir.failure_log()
         try:
             return self._run(refs, stages, blocked)
@@ -340,6 +342,7 @@ class Runner:
             "seconds": round(time.time() - t_start, 2),
         }
         self.run_dir.write_status(status_doc)
+        self.run_dir.write_runcard(build_card({name: self.section(name) for name in reports}, complete=True))
         return RunResult(self.run_dir.path, list(reports.values()), len(refs), n_failed, status, stop_message, keys)
 
     def _forced(self, name: str, stages: list[str]) -> bool:

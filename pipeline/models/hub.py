@@ -12,6 +12,7 @@ the SocialFusion model alike.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -70,6 +71,25 @@ def cached_config(model: str, revision: str | None) -> str | None:
     except Exception:  # noqa: BLE001 - an invalid id is simply not cached
         return None
     return found if isinstance(found, str) else None
+
+
+def resolved_revision(model: str, revision: str | None = None) -> str | None:
+    """The commit a hub model at ``revision`` (a branch, tag or commit; None: ``main``) resolves to in the local
+    Hugging Face cache (its ``refs/`` and ``snapshots/<commit>/``), or None when it is not cached."""
+    found = cached_config(model, revision)
+    return Path(found).parent.name if found else None
+
+
+def checkpoint_dtype(model: str, revision: str | None = None) -> str | None:
+    """The dtype a checkpoint's ``config.json`` declares (``dtype`` or ``torch_dtype``), from a local folder or the
+    local Hugging Face cache; None when it is not here or declares none."""
+    path = Path(os.path.expanduser(model)) / "config.json" if is_local_path(model) else cached_config(model, revision)
+    try:
+        cfg = json.loads(Path(path).read_text(encoding="utf-8")) if path else {}
+    except (OSError, ValueError):
+        return None
+    found = cfg.get("dtype") or cfg.get("torch_dtype") or (cfg.get("text_config") or {}).get("torch_dtype")
+    return str(found) if found else None
 
 
 def how_to_point_at_local_model(model: str) -> str:

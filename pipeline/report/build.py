@@ -213,6 +213,7 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
         "label_set": {"name": name, "labels": labels},
         "models": dict(Counter(str(r["model"]) for r in valid if r["model"])),
         "fallbacks": list((run.status() or {}).get("fallbacks") or []),
+        "runcard": run.runcard(),
         "labels_file": None if labels_file is None else {"path": str(labels_file), "format": label_format},
         "calibration": cal_info,
         "train_counts": tc,

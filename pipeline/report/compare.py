@@ -7,7 +7,8 @@ Every number is ``dfer report``'s: a run's ``metrics.json`` when it has one and 
 - :func:`compare_runs`: the headline metrics with their bootstrap CIs, each class's recall, and how far each run's
   predictions collapse onto head classes, one column per run; each later run paired with the first on the clips they
   share (:mod:`.paired`: paired-bootstrap CIs of the differences, McNemar's test); then the ``config.yaml`` keys
-  that differ.
+  that differ. A warning comes first when the runs' cards (``runcard.json``: versions, model revisions, devices,
+  dtypes) differ, or a run has none.
 - :func:`fold_summary` / :func:`compare_folds`: mean and sample standard deviation (ddof=1) over the folds of UAR,
   WAR, macro-F1 and each class's recall. The folds must share one label set. A class with no test example in a
   fold has no recall there: its mean and std are over the folds that have it, and the table says how many.
@@ -22,7 +23,8 @@ from typing import Any, Mapping, Sequence
 from pipeline.core.errors import LabelError, RunDirError
 from pipeline.eval.metrics import mean_std
 from pipeline.report.build import build_report
-from pipeline.report.markdown import HEADLINE, calibration_text, markdown_table, pct, pct_ci
+from pipeline.engine.runcard import comparable
+from pipeline.report.markdown import HEADLINE, calibration_text, card_value, markdown_table, pct, pct_ci
 from pipeline.report.paired import paired_comparison, paired_markdown
 from pipeline.engine.rundir import RunDir
 
@@ -95,6 +97,27 @@ def _config_diff(names: list[str], dirs: list[Path]) -> list[str]:
     return out
 
 
+def card_differences(names: list[str], cards: list[dict | None]) -> list[str]:
+    """Markdown warning lines: the runs without a card, the unfinished ones, and a table of every card entry
+    (versions, commits, resolved models, devices, dtypes) whose value differs between the runs; [] when they agree."""
+    out = []
+    missing = [n for n, c in zip(names, cards) if c is None]
+    if missing:
+        out.append(f"**Warning:** no run card for {', '.join(missing)} (written before dfer recorded them): what ran "
+                   "there (versions, model revision, device) is unknown.")
+    unfinished = [n for n, c in zip(names, cards) if c is not None and not c.get("complete")]
+    if unfinished:
+        out.append(f"**Warning:** the run(s) {', '.join(unfinished)} did not finish: their cards hold the devices as set.")
+    flat = {n: comparable(c) for n, c in zip(names, cards) if c is not None}
+    keys = sorted({k for f in flat.values() for k in f})
+    differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
+    if len(flat) > 1 and differ:
+        out += [f"**Warning: the runs' cards differ in {len(differ)} entries** (another library, model revision, "
+                "device or dtype can change the numbers):", ""]
+        out += markdown_table(["run card entry", *flat], [[k, *(card_value(f.get(k)) for f in flat.values())] for k in differ])
+    return out
+
+
 def compare_runs(run_dirs: Sequence[str | Path], **kwargs: Any) -> str:
     """Markdown: the runs' headline metrics, per-class recall and collapse measures side by side, then the
     ``config.yaml`` keys that differ (see the module docstring)."""
@@ -115,7 +138,8 @@ def compare_runs(run_dirs: Sequence[str | Path], **kwargs: Any) -> str:
         result = paired_comparison(reps[0], rep, kwargs.get("n_boot", 1000), kwargs.get("seed", 0))
         out += ["", *paired_markdown(names[0], name, result)]
     out += _config_diff(names, [Path(d) for d in run_dirs])
-    return "\n".join(out) + "\n"
+    warn = card_differences(names, [RunDir(d).runcard() for d in run_dirs])
+    return "\n".join([*warn, *([""] if warn else []), *out]) + "\n"
 
 
 def fold_summary(run_dirs: Sequence[str | Path], **kwargs: Any) -> dict:

@@ -1,8 +1,10 @@
-"""The text of a report: ``report.md``, the lines ``dfer report`` prints, and the number formats and Markdown
-tables that the comparison of runs (:mod:`.compare`) and the sweep share with them."""
+"""The text of a report: ``report.md`` (with the run card, :mod:`pipeline.engine.runcard`), the lines ``dfer report``
+prints, and the number formats and Markdown tables that the comparison of runs (:mod:`.compare`) and the sweep share
+with them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -126,6 +128,49 @@ def _metrics_markdown(m: dict, uncalibrated: dict | None) -> list[str]:
     return out
 
 
+def card_value(v) -> str:
+    """A run card value as Markdown code (``-`` for None)."""
+    return "-" if v is None else f"`{v}`" if not isinstance(v, (dict, list)) else f"`{json.dumps(v, sort_keys=True)}`"
+
+
+def _resolved(setting, resolved) -> str:
+    """``setting`` and, when it differs, what it resolved to."""
+    if resolved is None or resolved == setting:
+        return card_value(setting)
+    return f"{card_value(setting)} -> {card_value(resolved)}"
+
+
+def card_markdown(card: dict | None) -> list[str]:
+    """The ``## Run card`` section of ``report.md``."""
+    out = ["\n## Run card\n"]
+    if card is None:
+        return out + ["No runcard.json: the run was written before dfer recorded run cards (or not by `dfer run`)."]
+    d = card["dfer"]
+    commit = (f", commit `{d['commit']}`" + (" with local changes" if d["dirty"] else "")) if d.get("commit") else ""
+    libs = ", ".join(f"{k} {v}" for k, v in card["libraries"].items() if v is not None)
+    out += [f"dfer {d.get('version')}{commit}; Python {card['python']}; {libs}.",
+            f"Machine: {card['machine']['platform']}, {card['machine']['cpus']} CPUs"
+            + (f", GPUs: {', '.join(card['machine']['gpus']) or 'none'}" if "gpus" in card["machine"] else "") + "."]
+    if not card.get("complete"):
+        out.append("The run did not finish: devices and dtypes are as set, not resolved.")
+    if card["models"]:
+        rows = []
+        for stage, m in card["models"].items():
+            resolved = m.get("resolved_revision", m.get("server_version"))
+            adapter = m.get("adapter")
+            rows.append([stage, f"{card_value(m['model'])} ({m['backend']})",
+                         _resolved(m.get("revision"), resolved) if resolved is not None or m.get("revision")
+                         else card_value(m["identity"]),
+                         _resolved(m["dtype"], m.get("resolved_dtype")), _resolved(m["device"], m.get("resolved_device")),
+                         "-" if adapter is None else f"{card_value(adapter['path'])} {card_value(adapter['hash'])}"])
+        out += ["", *markdown_table(["stage", "model", "revision -> resolved (hub commit, local fingerprint)", "dtype",
+                                     "device", "adapter"], rows)]
+    if card["devices"]:
+        out.append("\nOther devices: " + ", ".join(f"{stage} {_resolved(v['setting'], v['resolved'])}"
+                                                   for stage, v in card["devices"].items()) + ".")
+    return out
+
+
 def report_markdown(rep: dict, plots: dict[str, str]) -> str:
     c, cov, m, src = rep["counts"], rep["coverage"], rep["metrics"], rep["labels_file"]
     by_stage = ", ".join(f"{k}: {v}" for k, v in c["failed_by_stage"].items()) or "-"
@@ -162,6 +207,7 @@ def report_markdown(rep: dict, plots: dict[str, str]) -> str:
                     for r in sorted(lf["rows"], key=lambda r: -(r["count"] or 0))])]
     if plots:
         out += ["\n## Plots\n", *(f"![{k}]({v})" for k, v in plots.items())]
+    out += card_markdown(rep.get("runcard"))
     out += _listing("Warnings", rep["warnings"] + (m["warnings"] if m else []))
     out += _listing("Failed clips", rep["failed_clips"],
                     lambda f: f"`{f['video']}` ({f['stage']}, {f['error']}): {f['message']}")

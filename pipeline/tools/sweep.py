@@ -13,6 +13,10 @@ directory (so the table's numbers are the report's). What it writes::
                     (categorical x when a value is not a number, e.g. ``null``)
     DIR/sweep.json  the same numbers, for scripts
 
+With ``--baseline NAME`` (a combination's name), every other combination is paired with it on the clips both have a
+true label for (:mod:`pipeline.report.paired`): the table adds each difference with its paired-bootstrap CI, marked
+``*`` where the CI excludes zero, and McNemar's p-value.
+
 Values are parsed as YAML, like ``--set`` (``null``, ``true``, ``[1, 2]``). Every combination's config, every
 stage's checks and the labels file are checked before anything runs; a combination that cannot work is named then.
 A combination whose run stops (model weights not here) or errors, or whose clips fail, shows in the table.
@@ -26,6 +30,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
@@ -36,6 +41,7 @@ from pipeline.core.errors import ConfigError, DferError
 from pipeline.engine.inputs import discover
 from pipeline.eval.labels import load_label_set, read_labels
 from pipeline.report import HEADLINE, markdown_table, pct_ci, write_report
+from pipeline.report.paired import SIGNIFICANT, diff_text, paired_comparison
 from pipeline.engine.runner import RunResult, Runner, executor_for
 
 FILES = {"table": "sweep.md", "plot": "sweep.png", "json": "sweep.json"}
@@ -81,6 +87,18 @@ class SweepResult:
     out_dir: Path
     axes: list[Axis]
     rows: list[SweepRow]
+    baseline: str | None = None
+    n_boot: int = 1000
+
+    @cached_property
+    def against_baseline(self) -> dict[str, dict]:
+        """Each combination's paired comparison with the baseline (:func:`pipeline.report.paired.paired_comparison`;
+        none for the baseline itself, or a combination without a report)."""
+        base = next((r for r in self.rows if r.combination.name == self.baseline), None)
+        if base is None or base.report is None:
+            return {}
+        return {row.combination.name: paired_comparison(base.report, row.report, self.n_boot)
+                for row in self.rows if row is not base and row.report is not None}
 
     @property
     def any_failed(self) -> bool:
@@ -182,18 +200,27 @@ def _check(combos: list[Combination], refs, out: Path, cache_dir, labels_file, l
                           + "\n".join(errors))
 
 
+def check_baseline(baseline: str | None, combos: list[Combination]) -> None:
+    """``--baseline`` must name one of the combinations (:class:`ConfigError` listing them)."""
+    names = [c.name for c in combos]
+    if baseline is not None and baseline not in names:
+        raise ConfigError(f"--baseline {baseline}: not a combination of this sweep; its combinations are "
+                          + ", ".join(names))
+
+
 def run_sweep(input_path: str | Path, out_dir: str | Path, grid: Sequence[str], *, preset: str | None = None,
               config_file: str | Path | None = None, overrides: Sequence[str] = (),
               labels_file: str | Path | None = None, label_format: str = "csv", fold: int | None = None,
               split: str | None = "test", cache_dir: str | Path | None = None, executor: str = "local",
               ray_address: str | None = None, quiet: bool = False, log: TextIO | None = None,
-              n_boot: int = 1000) -> SweepResult:
+              n_boot: int = 1000, baseline: str | None = None) -> SweepResult:
     """Run every combination of ``grid`` (``KEY=V1,V2,...`` strings) over ``input_path`` into ``out_dir/<name>/``
     with one shared cache, report each run (``labels_file``... as ``dfer report`` takes them) and write the table,
-    the plot and the JSON (see the module docstring)."""
+    the plot and the JSON (see the module docstring); ``baseline``: the combination the others are paired with."""
     log = log or sys.stderr
     axes = parse_grid(grid)
     combos = plan_sweep(axes, preset, config_file, overrides)
+    check_baseline(baseline, combos)
     refs = discover(input_path)
     out = Path(out_dir)
     _check(combos, refs, out, cache_dir, labels_file, label_format, fold, split)
@@ -216,7 +243,7 @@ def run_sweep(input_path: str | Path, out_dir: str | Path, grid: Sequence[str], 
             except DferError as exc:
                 row.message = f"dfer report: {exc}"
         rows.append(row)
-    result = SweepResult(out, axes, rows)
+    result = SweepResult(out, axes, rows, baseline, n_boot)
     out.mkdir(parents=True, exist_ok=True)
     (out / FILES["table"]).write_text(sweep_markdown(result), encoding="utf-8")
     (out / FILES["json"]).write_text(json.dumps(sweep_json(result), indent=1, ensure_ascii=False), encoding="utf-8")
@@ -230,14 +257,29 @@ def _metrics(row: SweepRow) -> dict:
 
 def sweep_json(result: SweepResult) -> dict:
     out = []
+    paired = result.against_baseline
     for row in result.rows:
         m, counts = _metrics(row), (row.report or {}).get("counts") or {}
         out.append({"name": row.combination.name, "values": row.combination.texts, "run_dir": str(row.run_dir),
                     "status": row.status, "message": row.message, "clips": row.result.n_clips if row.result else None,
                     "scored": counts.get("scored"),
                     "failed": counts.get("failed", row.result.n_failed if row.result else None), "computed": row.computed(),
-                    **{k: m.get(k) for k, _ in HEADLINE}, "ci": {k: (m.get("ci") or {}).get(k) for k, _ in HEADLINE}})
-    return {"grid": [{"key": a.key, "values": list(a.texts)} for a in result.axes], "rows": out}
+                    **{k: m.get(k) for k, _ in HEADLINE}, "ci": {k: (m.get("ci") or {}).get(k) for k, _ in HEADLINE},
+                    **({"vs_baseline": paired[row.combination.name]} if row.combination.name in paired else {})})
+    return {"grid": [{"key": a.key, "values": list(a.texts)} for a in result.axes], "baseline": result.baseline,
+            "rows": out}
+
+
+def _baseline_cells(result: SweepResult, row: SweepRow, d: dict) -> list[str]:
+    """The differences to the baseline and McNemar's p of one row (``baseline`` in the baseline's own row)."""
+    if row.combination.name == result.baseline:
+        return ["baseline"] * len(HEADLINE) + ["-"]
+    vs = d.get("vs_baseline")
+    if vs is None or "error" in vs:
+        return ["-"] * (len(HEADLINE) + 1)
+    mc = vs["mcnemar"]
+    return [*(diff_text(vs["bootstrap"]["metrics"][k]) for k, _ in HEADLINE),
+            "n/a" if not mc["discordant"] else f"{mc['p_exact']:.3g}"]
 
 
 def sweep_markdown(result: SweepResult) -> str:
@@ -245,6 +287,8 @@ def sweep_markdown(result: SweepResult) -> str:
     data = sweep_json(result)
     head = ["run", *(a.key for a in result.axes), "status", "scored", "failed",
             *(f"{title} (%) [95% CI]" for _, title in HEADLINE), "computed (the rest from the cache)"]
+    if result.baseline:
+        head += [*(f"Δ {title} vs baseline (points) [95% CI]" for _, title in HEADLINE), "McNemar p"]
     rows, notes = [], []
     for row, d in zip(result.rows, data["rows"]):
         status = row.status
@@ -255,10 +299,18 @@ def sweep_markdown(result: SweepResult) -> str:
                      *(f"`{d['values'][a.key]}`" for a in result.axes), status,
                      "-" if d["scored"] is None else d["scored"], "-" if d["failed"] is None else d["failed"],
                      *(pct_ci(d[k], d["ci"][k]) if d[k] is not None else "-" for k, _ in HEADLINE),
-                     ", ".join(f"{s} {n}" for s, n in d["computed"].items()) or ("nothing" if row.result else "-")])
+                     ", ".join(f"{s} {n}" for s, n in d["computed"].items()) or ("nothing" if row.result else "-"),
+                     *(_baseline_cells(result, row, d) if result.baseline else [])])
+        vs = d.get("vs_baseline") or {}
+        if "error" in vs:
+            notes.append(f"- `{row.combination.name}`: no paired comparison with the baseline: {vs['error']}")
     lines = [f"# Sweep over {', '.join(a.key for a in result.axes)}\n",
              f"{len(result.rows)} combinations, one run directory each, one shared cache. Metrics are `dfer report`'s "
              "on each run directory (its report.md has the rest).\n", *markdown_table(head, rows)]
+    if result.baseline:
+        lines.append(f"\nDifferences to the baseline `{result.baseline}`, paired over the clips both runs have a true "
+                     f"label for (a failed clip counts as wrong); {SIGNIFICANT}: the paired-bootstrap 95 % CI of the "
+                     "difference excludes zero. McNemar p: exact two-sided test on per-clip correctness.")
     if notes:
         lines += ["\n## Notes\n", *notes]
     lines.append(f"\n![metrics against the swept values]({FILES['plot']})")
