@@ -8,7 +8,9 @@ after the prompt (closed-set scoring, see ``pipeline/backends/hf_scoring.py``); 
 stored per clip. Turning scores into predictions (``pipeline/eval/ranking.py``, calibration) happens after
 the model, so it never re-runs a model.
 
-Ablation switches (each changes only this stage's key): ``use_summaries``, ``use_keyframes``,
+Ablation switches (each changes only this stage's key): ``label_order`` (the order of the label list in the prompt:
+``fixed``, ``reversed``, or ``shuffled`` per clip, for order effects; see :func:`shown_labels`), ``use_summaries``,
+``use_keyframes``,
 ``shuffle`` (bag-of-frames diagnostic: timeline items in random order and no timestamps, see
 :func:`build_timeline`), and ``dense_fps`` (the dense baseline: frames sampled at that rate, on their
 own unless ``use_keyframes``/``use_summaries`` are set to true; ``dense_input=video`` sends them as the
@@ -25,7 +27,8 @@ its training prompts with :func:`render` and trains on the label tokens this sta
 merged into the model at load time; their content hash joins the cache key.
 
 Output ``scores.json``: ``{"labels": [...], "scores": {label: {"logprob", "n_tokens", "exact",
-"end_logprob"}}, "frame_indices": [...], "prompt_tokens": int, "dense_tokens": int, "dense_frames": int}``.
+"end_logprob"}}, "frame_indices": [...], "prompt_tokens": int, "dense_tokens": int, "dense_frames": int}``, and
+``"label_order"`` (the labels in the order the prompt listed them) when ``label_order`` is not ``fixed``.
 """
 
 from __future__ import annotations
@@ -79,6 +82,14 @@ class Config(BaseModel):
     model's native video input, told the frame rate measured from the frames' timestamps; transformers backend,
     for processors that take videos: Qwen2-VL, Qwen2.5-VL, ...). A model that cannot take video is an error
     before any clip."""
+    label_order: Literal["fixed", "reversed", "shuffled"] = not_in_key("fixed")
+    """Order of the label list in the prompt (``Choose one of: ...``): ``fixed`` (the label set's order),
+    ``reversed``, or ``shuffled`` (a random order per clip, seeded by ``label_order_seed`` and the clip's content),
+    so that order effects of the model can be measured (``dfer report`` shows how often the label at each position is
+    predicted). The scores are over the same labels whatever their order; enters the cache key only when not
+    ``fixed``."""
+    label_order_seed: int = not_in_key(0)
+    """Seed of ``label_order=shuffled``."""
     shuffle: bool = False
     """Shuffle the order of frames and summaries (bag-of-frames diagnostic). The shuffled prompt shows no
     timestamps: time-like text is removed from the summaries and the clip-level trajectory sentence is left out,
@@ -146,7 +157,23 @@ def key_extras(cfg: Config) -> dict:
               "labels": load_label_set(cfg.labels).names}
     if cfg.adapter is not None:  # only when set, so keys of runs without an adapter never change
         extras["adapter"] = adapter_hash(cfg.adapter)
+    if cfg.label_order != "fixed":  # likewise: keys of runs with the label set's order never change
+        extras["label_order"] = cfg.label_order
+        if cfg.label_order == "shuffled":
+            extras["label_order_seed"] = cfg.label_order_seed
     return extras
+
+
+def shown_labels(cfg: Config, job: ClipJob, labels: list[str]) -> list[str]:
+    """The labels in the order the prompt of clip ``job`` lists them (``label_order``; shuffled: seeded by
+    ``label_order_seed`` and the clip's fingerprint, so one clip always gets the same order)."""
+    if cfg.label_order == "reversed":
+        return list(reversed(labels))
+    if cfg.label_order == "shuffled":
+        order = list(labels)
+        random.Random(f"labels:{cfg.label_order_seed}:{job.fingerprint}").shuffle(order)
+        return order
+    return list(labels)
 
 
 def preflight(cfg: Config) -> str | None:
@@ -284,7 +311,8 @@ def render(job: ClipJob, cfg: Config, renderer: PromptRenderer, labels: list[str
         elif it["kind"] == "video":
             it["video"] = next(names)
             media.append(Video([next(crops) for _ in it["indices"]], it["timestamps"]))
-    prompt = renderer.render(media, timeline=items, trajectory=trajectory, labels=labels, timestamps=not cfg.shuffle)
+    prompt = renderer.render(media, timeline=items, trajectory=trajectory, labels=shown_labels(cfg, job, labels),
+                             timestamps=not cfg.shuffle)
     if reads:
         prompt.inputs = modelstage.FrameInputs(reads, job, track).of(flat)
     return prompt, track, flat
@@ -306,12 +334,15 @@ def process_batch(jobs: list[ClipJob], cfg: Config, backend) -> list:
     rendered = [render(job, cfg, renderer, label_set.names, backend.reads) for job in jobs]
     scores = backend.score_labels([prompt for prompt, _, _ in rendered], label_set.names)
     fills = []
-    for (prompt, track, frame_idx), row in zip(rendered, scores):
+    for job, (prompt, track, frame_idx), row in zip(jobs, rendered, scores):
         prompt_tokens = backend.count_prompt_tokens(prompt)
         dense_tokens, n_dense = dense_cost(backend, prompt, track, 5.0, cfg.image_size)
-        fills.append(_fill({"labels": label_set.names, "scores": {lab: row[lab].to_dict() for lab in label_set.names},
-                            "frame_indices": frame_idx, "prompt_tokens": prompt_tokens, "dense_tokens": dense_tokens,
-                            "dense_frames": n_dense}))
+        doc = {"labels": label_set.names, "scores": {lab: row[lab].to_dict() for lab in label_set.names},
+               "frame_indices": frame_idx, "prompt_tokens": prompt_tokens, "dense_tokens": dense_tokens,
+               "dense_frames": n_dense}
+        if cfg.label_order != "fixed":
+            doc["label_order"] = shown_labels(cfg, job, label_set.names)
+        fills.append(_fill(doc))
     return fills
 
 

@@ -137,3 +137,37 @@ def test_runs_with_other_label_sets_are_not_paired(tmp_path):
     b = write_run(tmp_path / "b", [("angry", "angry", 2), *B], labels=[*LABELS, "angry"], name="other")
     res = paired_comparison(build_report(a, n_boot=0), build_report(b, n_boot=0))
     assert res == {"error": "the runs score different label sets (happy, sad, fear vs happy, sad, fear, angry)"}
+
+
+# ------------------------------------------------------------------------------------------- dfer sweep --baseline
+
+
+def test_sweep_md_marks_the_settings_whose_difference_to_the_baseline_excludes_zero(tmp_path):
+    from pipeline.tools.sweep import Combination, SweepResult, SweepRow, parse_grid, sweep_markdown
+
+    n = 60  # the same 60 clips in three runs: the baseline, one far better, one that differs on 2 clips only
+    base = [("happy", "happy", 10), ("happy", "sad", 10), ("sad", "sad", 10), ("sad", "fear", 10), ("fear", "fear", 20)]
+    better = [("happy", "happy", 20), ("sad", "sad", 20), ("fear", "fear", 20)]
+    close = [("happy", "happy", 11), ("happy", "sad", 9), ("sad", "sad", 9), ("sad", "fear", 11), ("fear", "fear", 20)]
+    axes = parse_grid(["keyframes.k=4,8,16"])
+    rows = []
+    for k, pairs in zip(("4", "8", "16"), (base, better, close)):
+        assert sum(c for *_, c in pairs) == n
+        run_dir = write_run(tmp_path / f"k={k}", pairs)
+        rows.append(SweepRow(Combination(f"k={k}", {"keyframes.k": k}, None), run_dir, "complete",
+                             report=build_report(run_dir)))
+    table = sweep_markdown(SweepResult(tmp_path, axes, rows, baseline="k=4"))
+    line = {k: next(x for x in table.splitlines() if x.startswith(f"| [k={k}]")) for k in ("4", "8", "16")}
+    assert line["4"].endswith("| baseline | baseline | baseline | - |")
+    better_cells, close_cells = line["8"].split(" | ")[-4:-1], line["16"].split(" | ")[-4:-1]
+    assert all(c.startswith("+") and c.endswith(" *") for c in better_cells), better_cells  # WAR +33 points
+    assert not any(c.endswith("*") for c in close_cells), close_cells
+    p8 = sm_mcnemar([[40, 0], [20, 0]], exact=True).pvalue  # 40 right in both, 20 right in k=8 only
+    assert line["8"].endswith(f"| {p8:.3g} |")
+
+
+def test_a_baseline_that_is_no_combination_is_refused_before_anything_runs(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "clips"), "--out", str(tmp_path / "out"), "--grid", "keyframes.k=2,3",
+                 "--baseline", "k=4"]) == 2
+    assert "--baseline k=4: not a combination of this sweep; its combinations are k=2, k=3" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -56,7 +56,8 @@ def write_predictions(run_dir: RunDir, cfg, cache: Cache, refs, keys: dict,
                 except LabelError:
                     true = ref.label
             fs.write({"video": ref.id, "label": true, "labels": names, "scores": scores, "prediction": pred,
-                      "raw": doc["scores"], "prompt_tokens": doc["prompt_tokens"], "model": model})
+                      "raw": doc["scores"], "prompt_tokens": doc["prompt_tokens"], "model": model,
+                      **({"label_order": doc["label_order"]} if "label_order" in doc else {})})
             fp.write(ref.id, pred, probs, true, model)
             n += 1
             tok += int(doc["prompt_tokens"])

@@ -11,7 +11,8 @@ A run directory is a view over the cache (deleting it loses nothing a model comp
                           (:mod:`pipeline.engine.runcard`)
     RUN/status.json       complete | stopped (and before which stage, why), clip and failure counts, stages, seconds,
                           fallbacks (stages that ran the embedded model: which model was asked for, which ran, why)
-    RUN/scores.jsonl      classify only: video, label, labels, scores, prediction, raw, prompt_tokens, model
+    RUN/scores.jsonl      classify only: video, label, labels, scores, prediction, raw, prompt_tokens, model, and
+                          label_order (the order the prompt listed the labels) unless classify.label_order=fixed
     RUN/predictions.csv   classify only: video, prediction, p_<label>..., label, model (the model that scored it)
     RUN/labelset.json     classify only: name and labels of the label set the scores are over
     RUN/metrics.json, RUN/report.md and plots: written by ``dfer report``

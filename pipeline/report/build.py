@@ -115,7 +115,7 @@ def _clips(run: RunDir, scores_rows: list[tuple[int, dict]], fail_rows: list[tup
             fail_label.setdefault(vid, r.get("label"))
             continue
         valid.append({"video": vid, "label": r.get("label"), "scores": vals, "prediction": r.get("prediction"),
-                      "where": where, "model": r.get("model")})
+                      "where": where, "model": r.get("model"), "label_order": r.get("label_order")})
     scored_ids = {r["video"] for r in valid}
     rescued = sorted({f["video"] for f in failures if f["video"] in scored_ids})
     if rescued:
@@ -123,6 +123,30 @@ def _clips(run: RunDir, scores_rows: list[tuple[int, dict]], fail_rows: list[tup
                      + ", ".join(rescued[:10]))
         failures = [f for f in failures if f["video"] not in scored_ids]
     return valid, failures, fail_label
+
+
+def _label_positions(valid: list[dict], pred: list[str], truth: dict[str, str], labels: list[str]) -> dict | None:
+    """How often the label at each position of the prompt's label list was predicted, and was the true label, when
+    the prompts listed the labels in another order than the label set's (``classify.label_order``); None otherwise."""
+    orders = [r["label_order"] or labels for r in valid]
+    if all(o == labels for o in orders):
+        return None
+    n = len(labels)
+    predicted, true = np.zeros(n), np.zeros(n)
+    n_true = 0
+    for r, order, p in zip(valid, orders, pred):
+        if sorted(order) != sorted(labels):
+            raise RunDirError(f"{r['where']}: label_order {order} is not an order of the run's labels {labels}")
+        where = {lab: i for i, lab in enumerate(order)}
+        if p is not None:  # a clip without a prediction counts in no position
+            predicted[where[p]] += 1
+        if r["video"] in truth:
+            true[where[truth[r["video"]]]] += 1
+            n_true += 1
+    kinds = {"reversed" if o == labels[::-1] else "fixed" if o == labels else "shuffled" for o in orders}
+    return {"orders": sorted(kinds), "n": len(valid), "n_labelled": n_true,
+            "rows": [{"position": i + 1, "predicted": predicted[i] / len(valid),
+                      "true": true[i] / n_true if n_true else None} for i in range(n)]}
 
 
 def build_report(run_dir: str | Path, labels_file: str | Path | None = None, label_format: str = "csv",
@@ -233,6 +257,7 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
         "failed_clips": failures,
         "labels_without_clip": labels_without_clip,
         "warnings": notes,
+        **({"label_positions": positions} if (positions := _label_positions(valid, pred, truth, labels)) else {}),
         **({"tau_sweep": sweep} if taus else {}),
         **({"label_frequency": _f1_by_frequency(label_frequency, frequency, metrics, notes)}
            if frequency is not None else {}),

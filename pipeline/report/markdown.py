@@ -205,6 +205,15 @@ def report_markdown(rep: dict, plots: dict[str, str]) -> str:
                 *markdown_table(["label", "count", "F1 (%)"], [
                     (r["label"], "-" if r["count"] is None else f"{r['count']:g}", pct(r["f1"]))
                     for r in sorted(lf["rows"], key=lambda r: -(r["count"] or 0))])]
+    if "label_positions" in rep:
+        lp = rep["label_positions"]
+        out += ["\n## Position of the label in the prompt's list\n",
+                f"The prompts listed the labels in another order than the label set's ({', '.join(lp['orders'])}; "
+                "classify.label_order). Share of the clips whose prediction was the label at each position, beside the "
+                f"share whose true label was there ({lp['n']} scored clips, {lp['n_labelled']} labelled); a position "
+                "predicted more often than it holds the truth is favoured by its place in the list.\n",
+                *markdown_table(["position", "predicted (%)", "true label (%)"],
+                                [(r["position"], pct(r["predicted"]), pct(r["true"])) for r in lp["rows"]])]
     if plots:
         out += ["\n## Plots\n", *(f"![{k}]({v})" for k, v in plots.items())]
     out += card_markdown(rep.get("runcard"))
