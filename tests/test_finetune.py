@@ -109,7 +109,7 @@ def test_training_reduces_the_loss(trained, clips, cache, models, tmp_path):
 
     # the same label-token loss, measured by classify itself on all six clips, without and with the adapter
     base = run(clips, tmp_path / "r0", cache, *model_args(models))
-    tuned = run(clips, tmp_path / "r1", cache, *model_args(models), f"classify.adapter={out}")
+    tuned = run(clips, tmp_path / "r1", cache, *model_args(models), f"classify.adapter={out}", allow_overlap=True)
     assert stages(base)["context"][1] == 0 and stages(tuned)["faces"] == (6, 0)  # upstream came from the cache
     before, after = true_label_nll(tmp_path / "r0"), true_label_nll(tmp_path / "r1")
     # on the clips it trained on (the held-out ones are checked by val_loss above and below)
@@ -166,17 +166,18 @@ def test_kill_and_resume_gives_the_same_adapter(trained, clips, cache, models, t
 
 def test_adapter_hash_is_in_the_classify_key(trained, clips, cache, models, tmp_path):
     ad = trained.adapter_dir
-    r1 = run(clips, tmp_path / "r1", cache, *model_args(models), f"classify.adapter={trained.out_dir}")
+    r1 = run(clips, tmp_path / "r1", cache, *model_args(models), f"classify.adapter={trained.out_dir}",
+             allow_overlap=True)  # the training clips, on purpose: their keys are what is compared
     # the adapter folder itself, moved elsewhere: same content, same key, nothing recomputed
     moved = tmp_path / "moved-adapter"
     shutil.copytree(ad, moved)
-    r2 = run(clips, tmp_path / "r2", cache, *model_args(models), f"classify.adapter={moved}")
+    r2 = run(clips, tmp_path / "r2", cache, *model_args(models), f"classify.adapter={moved}", allow_overlap=True)
     assert stages(r2)["classify"] == (6, 0)
     assert r2.keys == r1.keys
     # other adapter weights: classify only is recomputed
     w = load_file(str(moved / "adapter_model.safetensors"))
     save_file({k: (v + 0.05 if "lora_B" in k else v) for k, v in w.items()}, str(moved / "adapter_model.safetensors"))
-    r3 = run(clips, tmp_path / "r3", cache, *model_args(models), f"classify.adapter={moved}")
+    r3 = run(clips, tmp_path / "r3", cache, *model_args(models), f"classify.adapter={moved}", allow_overlap=True)
     assert stages(r3) == {"faces": (6, 0), "keyframes": (6, 0), "context": (6, 0), "classify": (0, 6)}
     base = run(clips, tmp_path / "r0", cache, *model_args(models))
     for vid in r1.keys:
@@ -185,6 +186,35 @@ def test_adapter_hash_is_in_the_classify_key(trained, clips, cache, models, tmp_
         assert len({base.keys[vid]["classify"], r1.keys[vid]["classify"], r3.keys[vid]["classify"]}) == 3
     s1, s3 = true_label_nll(tmp_path / "r1"), true_label_nll(tmp_path / "r3")
     assert all(abs(s1[v] - s3[v]) > 1e-4 for v in s1)
+
+
+def test_a_run_on_the_adapters_training_clips_stops_before_anything_unless_allowed(trained, clips, cache, models,
+                                                                                 tmp_path, capsys):
+    recorded = json.loads((trained.adapter_dir / "dfer_adapter.json").read_text())["clips"]
+    split = json.loads((trained.out_dir / "split.json").read_text())
+    assert recorded == {part: {e["video"]: e["fingerprint"] for e in split[part]} for part in ("train", "val")}
+    assert len(recorded["train"]) == 4 and sorted([*recorded["train"], *recorded["val"]]) == sorted(c for c, *_ in CLIPS)
+    one = sorted(recorded["train"])[0]
+    # two clips: one of the training clips under another name, and a clip it never saw
+    test = tmp_path / "test"
+    test.mkdir()
+    shutil.copy(clips.parent / one, test / "renamed.mp4")
+    media.make_face_clip(test / "new.mp4", motion="pan", seconds=1.0, seed=99)
+    args = ["run", str(test), "--cache", str(cache), "-q", *(x for o in [*model_args(models),
+            f"classify.adapter={trained.out_dir}"] for x in ("--set", o))]
+    assert dfer_main([*args, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert (f"dfer: error: 1 of the 2 clips of this run are also among the training and validation clips of the "
+            f"adapter {trained.out_dir} (the same file content): renamed.mp4 (= {one})") in err
+    assert "pass --allow-overlap to go on anyway" in err and not (tmp_path / "r").exists()
+    assert dfer_main([*args, "--out", str(tmp_path / "r"), "--allow-overlap"]) == 0
+    status = RunDir(tmp_path / "r").status()
+    assert status["training_overlap"] == {"adapter": str(trained.out_dir), "clips": ["renamed.mp4"]}
+    assert dfer_main(["report", str(tmp_path / "r")]) == 0
+    assert "1 clip(s) of this run are among the training or validation clips of the adapter" in \
+        (tmp_path / "r" / "report.md").read_text()
+    (test / "renamed.mp4").unlink()  # the new clip alone: nothing to allow
+    assert dfer_main([*args, "--out", str(tmp_path / "r2")]) == 0 and "training_overlap" not in RunDir(tmp_path / "r2").status()
 
 
 def test_adapter_for_another_base_model_fails_before_any_clip(trained, clips, models, tmp_path):

@@ -3,7 +3,8 @@
 An adapter folder is a PEFT LoRA adapter (``adapter_config.json`` + ``adapter_model.safetensors``) plus
 ``dfer_adapter.json``, which records the base model it was trained on (the id or path as configured, its
 cache identity from :func:`pipeline.backends.model_identity`, and the sha256 of its ``config.json``), the
-label set and the classify template it was trained with.
+label set and the classify template it was trained with, and the content fingerprints of its training and
+validation clips (:func:`training_clips`: a run with the adapter must not test on them).
 
 * :func:`resolve_adapter_dir` accepts the adapter folder itself or a ``dfer finetune`` output folder
   (``CKPT`` -> ``CKPT/adapter``).
@@ -100,10 +101,23 @@ def base_record(cfg: ModelConfig) -> dict:
 
 
 def write_adapter_meta(adapter_dir: Path, base: dict, labels: list[str], label_set: str, template_sha256: str,
-                       trained: dict) -> None:
+                       trained: dict, clips: dict[str, dict[str, str]] | None = None) -> None:
+    """``dfer_adapter.json``; ``clips``: ``{"train": {video id: fingerprint}, "val": {...}}``, the clips it learned
+    from."""
     doc = {"format": META_FORMAT, "base": base, "label_set": label_set, "labels": labels,
-           "template_sha256": template_sha256, "trained": trained}
+           "template_sha256": template_sha256, "trained": trained, **({"clips": clips} if clips is not None else {})}
     (Path(adapter_dir) / ADAPTER_META).write_text(json.dumps(doc, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def training_clips(path: str | os.PathLike) -> dict[str, str] | None:
+    """``{video id: content fingerprint}`` of the clips the adapter at ``path`` was trained and validated on (ids as
+    the training input named them), as ``dfer finetune`` recorded them; None for an adapter that does not say (made
+    elsewhere, or by an older dfer)."""
+    meta = Path(resolve_adapter_dir(path)) / ADAPTER_META
+    clips = _read_json(meta).get("clips") if meta.is_file() else None
+    if not isinstance(clips, dict):
+        return None
+    return {str(v): str(fp) for part in ("train", "val") for v, fp in (clips.get(part) or {}).items()}
 
 
 def check_adapter(path: str | os.PathLike, model_cfg: ModelConfig, labels: list[str] | None = None,

@@ -44,6 +44,9 @@ def execution_options() -> argparse.ArgumentParser:
                    help="where per-clip work and model stages run: local processes, or a Ray cluster (run.ray_* settings)")
     p.add_argument("--ray-address", metavar="ADDR",
                    help="--executor ray: the cluster's head, HOST:6379 (default: $RAY_ADDRESS, else a local Ray instance)")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="run even if some clips are among those classify.adapter was trained or validated on (same "
+                        "file content); without it that stops before anything runs. The overlap is recorded")
     return p
 
 

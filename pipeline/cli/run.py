@@ -55,7 +55,7 @@ def _run(args) -> int:
     result = run_pipeline(
         args.input, args.out, cfg, cache_dir=args.cache, until=args.until, force=args.force,
         shard=args.shard, strict=args.strict, quiet=args.quiet, executor=executor, rehash=args.rehash,
-        retry_failed=args.retry_failed,
+        retry_failed=args.retry_failed, allow_overlap=args.allow_overlap,
     )
     print(f"{result.n_clips} clips, {result.n_failed} failed; run directory: {result.run_dir}", file=sys.stderr)
     if result.n_failed:

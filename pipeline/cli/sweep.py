@@ -38,7 +38,7 @@ def _sweep(args) -> int:
         args.input, args.out, args.grid, preset=args.preset, config_file=args.config, overrides=args.overrides,
         labels_file=args.labels, label_format=args.label_format, fold=args.fold, split=args.split,
         cache_dir=args.cache, executor=args.executor, ray_address=args.ray_address, quiet=args.quiet,
-        baseline=args.baseline,
+        baseline=args.baseline, allow_overlap=args.allow_overlap,
     )
     print(result.summary())
     sys.stdout.flush()

@@ -116,6 +116,11 @@ class RunDirError(DferError, ValueError):
     """A run directory is missing, incomplete or does not hold what was asked for (a video id, a file)."""
 
 
+class OverlapError(DferError, ValueError):
+    """Training (or tuning) clips and test clips overlap: the same file content on both sides. Raised before
+    anything is computed; the message names the clips and the option that allows it."""
+
+
 # ---------------------------------------------------------------------------------------------- environment
 
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from pipeline.backends import ModelConfig, model_identity
 from pipeline.backends.adapter import adapter_hash
+from pipeline.core.errors import AdapterError
 from pipeline.models import hub
 from pipeline.models.devices import resolve_device
 
@@ -123,7 +124,11 @@ def build_card(sections: dict[str, BaseModel], complete: bool) -> dict:
                 models[stage if name == "model" else f"{stage}.{name}"] = model_card(value, resolve)
         adapter = getattr(section, "adapter", None)
         if isinstance(adapter, str) and stage in models:
-            models[stage]["adapter"] = {"path": adapter, "hash": adapter_hash(adapter)}
+            try:
+                digest = adapter_hash(adapter)
+            except AdapterError as exc:  # a run that stops before the stage still gets its card
+                digest = f"unreadable ({exc})"
+            models[stage]["adapter"] = {"path": adapter, "hash": digest}
         device = getattr(section, "device", None)
         if isinstance(device, str):
             devices[stage] = {"setting": device, "resolved": _resolved_device(device, resolve)}

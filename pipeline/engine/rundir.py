@@ -10,7 +10,9 @@ A run directory is a view over the cache (deleting it loses nothing a model comp
                           the models as resolved (hub commit, local fingerprint), devices and dtypes
                           (:mod:`pipeline.engine.runcard`)
     RUN/status.json       complete | stopped (and before which stage, why), clip and failure counts, stages, seconds,
-                          fallbacks (stages that ran the embedded model: which model was asked for, which ran, why)
+                          fallbacks (stages that ran the embedded model: which model was asked for, which ran, why),
+                          training_overlap (clips the adapter was trained on, where --allow-overlap let the run test
+                          on them)
     RUN/scores.jsonl      classify only: video, label, labels, scores, prediction, raw, prompt_tokens, model, and
                           label_order (the order the prompt listed the labels) unless classify.label_order=fixed
     RUN/predictions.csv   classify only: video, prediction, p_<label>..., label, model (the model that scored it)

@@ -35,6 +35,8 @@ from pipeline.engine.cachecheck import check_artifact
 from pipeline.engine.config import dump_config, key_fields
 from pipeline.engine.executor import Executor, LocalExecutor
 from pipeline.engine.executor_ray import RayExecutor
+from pipeline.backends.adapter import training_clips
+from pipeline.engine.disjoint import check_disjoint
 from pipeline.engine.fingerprints import FingerprintMemo
 from pipeline.engine.inputs import VideoRef, discover, parse_shard, shard_of
 from pipeline.engine.outputs import write_predictions
@@ -163,6 +165,7 @@ class Runner:
         sections: dict[str, BaseModel] | None = None,
         rehash: bool = False,
         retry_failed: bool = False,
+        allow_overlap: bool = False,
     ):
         check_stage(until, "--until")
         check_stage(force, "--force")
@@ -182,6 +185,8 @@ class Runner:
         self.fallbacks: dict[str, dict] = {}  # stage -> what was asked for, what ran, why
         self.fingerprints = FingerprintMemo(self.cache.root, rehash=rehash)
         self._stamps: dict[str, dict] = {}  # video id -> the file's stamp when it was fingerprinted
+        self.allow_overlap = allow_overlap
+        self.overlap: dict | None = None  # the adapter's training clips among this run's, where allowed
         self._failures = None
 
     # ----------------------------------------------------------------------------------------
@@ -237,7 +242,32 @@ class Runner:
         blocked = self._preflight()
         if "classify" in self.stages():
             check_labels(refs, self.cfg.classify.labels)
+            if blocked is None:  # classify runs (a run that stops never reaches it, the last stage)
+                self._check_adapter_clips(refs)
         return blocked
+
+    def _check_adapter_clips(self, refs: list[VideoRef]) -> None:
+        """The clips of this run must not be among those ``classify.adapter`` was trained or validated on (by content
+        fingerprint): :class:`OverlapError` unless ``allow_overlap`` (then :attr:`overlap` records them)."""
+        adapter = self.section("classify").adapter
+        trained = training_clips(adapter) if adapter is not None else None
+        if trained is None:
+            if adapter is not None:
+                self.say(f"note: the adapter {adapter} does not record the clips it was trained on (made by another "
+                         "tool or an older dfer): whether this run tests on them cannot be checked")
+            return
+        mine = {}
+        for ref in refs:
+            try:
+                mine[ref.id] = self.fingerprints.fingerprint(ref.path)
+            except OSError:
+                continue  # the run records it as a failure of its own
+        pairs = check_disjoint(trained, mine, f"the training and validation clips of the adapter {adapter}",
+                               "this run", self.allow_overlap)
+        if pairs:
+            self.overlap = {"adapter": adapter, "clips": [t for t, _ in pairs]}
+            self.say(f"warning: {len(pairs)} clip(s) of this run are among the adapter's training or validation clips "
+                     f"(allowed): {', '.join(t for t, _ in pairs[:10])}")
 
     def _preflight(self) -> tuple[str, str] | None:
         """Checks of every stage to run, before any clip is processed. A configuration that cannot
@@ -339,6 +369,7 @@ class Runner:
             "failed": n_failed,
             "stages": list(reports),
             "fallbacks": [self.fallbacks[r] for r in reports if r in self.fallbacks],
+            **({"training_overlap": self.overlap} if self.overlap else {}),
             "seconds": round(time.time() - t_start, 2),
         }
         self.run_dir.write_status(status_doc)

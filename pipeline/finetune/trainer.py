@@ -109,6 +109,7 @@ class Trainer:
         self.train_ds = PromptDataset(train, cfg.classify, names, cache_root)
         self.val_ds = PromptDataset(val, cfg.classify, names, cache_root)
         self.meta_base = base_record(cfg.classify.model)
+        self.clips = {"train": {e.video: e.fingerprint for e in train}, "val": {e.video: e.fingerprint for e in val}}
         self.template_sha = setup["template"]
         self.label_set = load_label_set(cfg.classify.labels).name
         self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "history": [], "steps": [],
@@ -123,7 +124,8 @@ class Trainer:
         return self.acc.unwrap_model(self.model)
 
     def _adapter_meta(self, folder: Path, trained: dict) -> None:
-        write_adapter_meta(folder, self.meta_base, self.names, str(self.label_set), self.template_sha, trained)
+        write_adapter_meta(folder, self.meta_base, self.names, str(self.label_set), self.template_sha, trained,
+                           self.clips)
 
     # -------------------------------------------------------------- resume
     def resume(self, folder: Path, state: dict) -> None:

@@ -174,6 +174,11 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     frequency = read_label_counts(label_frequency, ls) if label_frequency is not None else None
 
     notes: list[str] = []
+    overlap = (run.status() or {}).get("training_overlap")
+    if overlap:
+        notes.append(f"{len(overlap['clips'])} clip(s) of this run are among the training or validation clips of the "
+                     f"adapter {overlap['adapter']} (allowed with --allow-overlap): "
+                     + ", ".join(overlap["clips"][:10]))
     valid, failures, fail_label = _clips(run, scores_rows, fail_rows, labels, notes)
     clip_ids = [r["video"] for r in valid] + [f["video"] for f in failures]
 

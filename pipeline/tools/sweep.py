@@ -184,12 +184,13 @@ def plan_sweep(axes: list[Axis], preset: str | None = None, config_file: str | P
     return combos
 
 
-def _check(combos: list[Combination], refs, out: Path, cache_dir, labels_file, label_format, fold, split) -> None:
+def _check(combos: list[Combination], refs, out: Path, cache_dir, labels_file, label_format, fold, split,
+           allow_overlap: bool) -> None:
     """Every combination's stage checks and the labels file, before any run: errors name the combination."""
     errors = []
     for c in combos:
         try:
-            Runner(c.cfg, out / c.name, cache_dir=cache_dir, log=io.StringIO()).check(refs)
+            Runner(c.cfg, out / c.name, cache_dir=cache_dir, log=io.StringIO(), allow_overlap=allow_overlap).check(refs)
         except DferError as exc:
             errors.append(f"{c.name}: {exc}")
     if labels_file is not None:
@@ -213,7 +214,7 @@ def run_sweep(input_path: str | Path, out_dir: str | Path, grid: Sequence[str], 
               labels_file: str | Path | None = None, label_format: str = "csv", fold: int | None = None,
               split: str | None = "test", cache_dir: str | Path | None = None, executor: str = "local",
               ray_address: str | None = None, quiet: bool = False, log: TextIO | None = None,
-              n_boot: int = 1000, baseline: str | None = None) -> SweepResult:
+              n_boot: int = 1000, baseline: str | None = None, allow_overlap: bool = False) -> SweepResult:
     """Run every combination of ``grid`` (``KEY=V1,V2,...`` strings) over ``input_path`` into ``out_dir/<name>/``
     with one shared cache, report each run (``labels_file``... as ``dfer report`` takes them) and write the table,
     the plot and the JSON (see the module docstring); ``baseline``: the combination the others are paired with."""
@@ -223,14 +224,14 @@ def run_sweep(input_path: str | Path, out_dir: str | Path, grid: Sequence[str], 
     check_baseline(baseline, combos)
     refs = discover(input_path)
     out = Path(out_dir)
-    _check(combos, refs, out, cache_dir, labels_file, label_format, fold, split)
+    _check(combos, refs, out, cache_dir, labels_file, label_format, fold, split, allow_overlap)
     rows = []
     for i, c in enumerate(combos, 1):
         print(f"== sweep {i}/{len(combos)}: {c.name}", file=log, flush=True)
         row = SweepRow(c, out / c.name, "error")
         try:
             runner = Runner(c.cfg, row.run_dir, cache_dir=cache_dir, quiet=quiet, log=log,
-                            executor=executor_for(executor, c.cfg.run, ray_address))
+                            executor=executor_for(executor, c.cfg.run, ray_address), allow_overlap=allow_overlap)
             row.result = runner.run(refs)
         except DferError as exc:  # this combination only (e.g. a model that fails to load); the others go on
             row.message = str(exc)
