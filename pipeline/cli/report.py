@@ -17,7 +17,7 @@ def _scoring_options() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN")
     p.add_argument("--calibration", default="none", choices=METHODS,
                    help="none; prior: logit adjustment with --train-counts; estimated: prior estimated from this run")
-    p.add_argument("--tau", type=float, default=1.0, help="temperature of the logit adjustment")
+    p.add_argument("--tau", type=float, help="temperature of the logit adjustment (default 1)")
     p.add_argument("--train-counts", metavar="FILE", help="JSON/YAML {label: count} of the training set (head/tail groups, prior)")
     return p
 
@@ -25,7 +25,18 @@ def _scoring_options() -> argparse.ArgumentParser:
 def add_parsers(sub) -> None:
     rep = sub.add_parser("report", parents=[_scoring_options()],
                          help="metrics, Markdown report and plots of a run (no model is called)")
-    rep.add_argument("--tau-sweep", metavar="T1,T2,...", help="also print UAR/WAR for each tau (e.g. 0,0.5,1,1.5,2)")
+    rep.add_argument("--tau-sweep", metavar="T1,T2,...",
+                     help="also score each tau (e.g. 0,0.5,1,1.5,2) on this run's own labels; the report marks it as "
+                          "test-set tuning")
+    rep.add_argument("--tau-from", metavar="OTHER_RUN",
+                     help="choose the tau of --calibration on another run (a validation split, other folds' clips): "
+                          "the best UAR there among --tau-candidates; its clips must not be this run's")
+    rep.add_argument("--tau-from-labels", metavar="FILE",
+                     help="true labels of --tau-from's clips, read with --label-format (default: its own)")
+    rep.add_argument("--tau-candidates", metavar="T1,T2,...", default="0,0.25,0.5,0.75,1,1.25,1.5,1.75,2",
+                     help="the taus --tau-from chooses among (default: %(default)s)")
+    rep.add_argument("--allow-overlap", action="store_true",
+                     help="let --tau-from name a run that shares clips with this one (recorded in the report)")
     rep.add_argument("--label-frequency", metavar="FILE",
                      help="CSV label,count (e.g. how often each emotion word occurs in a web corpus): per-class F1 "
                           "against it (table, scatter plot, Spearman rank correlation)")
@@ -48,11 +59,18 @@ def add_parsers(sub) -> None:
     cmp_.set_defaults(handler=_compare)
 
 
-def _taus(text: str | None) -> list[float]:
+def _taus(text: str | None, option: str = "--tau-sweep") -> list[float]:
     try:
         return [float(x) for x in (text or "").split(",") if x.strip()]
     except ValueError:
-        raise ConfigError(f"--tau-sweep expects numbers separated by commas, got {text!r}") from None
+        raise ConfigError(f"{option} expects numbers separated by commas, got {text!r}") from None
+
+
+def _tau(args) -> float:
+    """``--tau``, which ``--tau-from`` replaces (giving both is an error)."""
+    if getattr(args, "tau_from", None) is not None and args.tau is not None:
+        raise ConfigError("--tau and --tau-from both set the tau: keep one")
+    return 1.0 if args.tau is None else args.tau
 
 
 def _report(args) -> int:
@@ -60,8 +78,10 @@ def _report(args) -> int:
 
     rep = write_report(
         args.run_dir, labels_file=args.labels, label_format=args.label_format, calibration=args.calibration,
-        tau=args.tau, train_counts=args.train_counts, out_dir=args.out, fold=args.fold, split=args.split,
-        taus=_taus(args.tau_sweep), label_frequency=args.label_frequency,
+        tau=_tau(args), train_counts=args.train_counts, out_dir=args.out, fold=args.fold, split=args.split,
+        taus=_taus(args.tau_sweep), label_frequency=args.label_frequency, tau_from=args.tau_from,
+        tau_from_labels=args.tau_from_labels, tau_candidates=_taus(args.tau_candidates, "--tau-candidates"),
+        allow_overlap=args.allow_overlap,
     )
     print(summary(rep, Path(args.out or args.run_dir)))
     return EXIT_OK
@@ -71,7 +91,7 @@ def _view(args) -> int:
     from pipeline.view import write_view  # start-up time: matplotlib, for the commands that draw
 
     path = write_view(args.run_dir, args.output, labels_file=args.labels, label_format=args.label_format,
-                      calibration=args.calibration, tau=args.tau, train_counts=args.train_counts, fold=args.fold,
+                      calibration=args.calibration, tau=_tau(args), train_counts=args.train_counts, fold=args.fold,
                       split=args.split)
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return EXIT_OK

@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from pipeline.core.errors import ConfigError, RunDirError
+from pipeline.engine.disjoint import check_disjoint
 from pipeline.engine.rundir import FAILURES, LABELSET, SCORES, RunDir
 from pipeline.eval.calibration import calibrate, prior_from_counts, tau_sweep
 from pipeline.eval.labels import (BUILTIN_LABEL_SETS, LabelError, LabelSet, load_label_set, match_labels, read_label_counts,
@@ -149,11 +150,55 @@ def _label_positions(valid: list[dict], pred: list[str], truth: dict[str, str], 
                       "true": true[i] / n_true if n_true else None} for i in range(n)]}
 
 
+DEFAULT_TAUS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+TUNED_BY = HEADLINE[0]  # the metric a held-out tau is chosen by: (key, name)
+
+
+def _clip_fingerprints(run: RunDir) -> tuple[dict[str, str | None], str]:
+    """``{video: fingerprint}`` of a run's clips from its manifest, else ``{video: video}`` from its scores (a run
+    written by hand): what tells two runs' clips apart, and by what."""
+    try:
+        return {r.video: r.fingerprint for r in run.manifest()}, "file content"
+    except RunDirError:
+        return {str(r.get("video")): str(r.get("video")) for _, r in run.scores()}, "video id (no manifest.jsonl)"
+
+
+def choose_tau(run: RunDir, other: str | Path, calibration: str, train_counts: Any, taus: Sequence[float],
+               label_set: str | Path | None, labels_file: str | Path | None, label_format: str,
+               allow_overlap: bool) -> dict:
+    """The tau of ``calibration`` chosen on another run (held out: its clips must not be this run's, by content
+    fingerprint, unless ``allow_overlap``): the candidate with the best UAR on its labelled clips (true labels from
+    ``labels_file``, else its own), with its training prior (``prior``) or its own estimated prior (``estimated``).
+    Returns ``{"run", "by", "tau", "n", "prior", "rows", "overlap"}``."""
+    if calibration == "none":
+        raise ConfigError("--tau-from chooses the tau of a calibration: pass --calibration prior (with --train-counts) "
+                          "or --calibration estimated")
+    held = RunDir(other)
+    mine, by = _clip_fingerprints(run)
+    theirs, by_other = _clip_fingerprints(held)
+    pairs = check_disjoint(theirs, mine, f"the clips of {held.path} (where tau is chosen, compared by {by_other})",
+                           str(run.path), allow_overlap)
+    rep = build_report(held.path, labels_file=labels_file, label_format=label_format, calibration="none",
+                       train_counts=train_counts if calibration == "prior" else None, label_set=label_set, n_boot=0,
+                       taus=list(taus))
+    sweep = rep.get("tau_sweep")
+    if not sweep:
+        raise ConfigError(f"--tau-from {held.path}: no scored clip there has a true label, so no tau can be chosen on it "
+                          "(pass --tau-from-labels FILE, or run it over a list file with a 'label' column)")
+    key = TUNED_BY[0]
+    best = max(sweep["rows"], key=lambda r: (-1 if r[key] is None or math.isnan(r[key]) else r[key]))
+    return {"run": str(held.path), "by": TUNED_BY[1], "tau": best["tau"], "n": rep["counts"]["scored_labelled"],
+            "prior": "training prior" if calibration == "prior" else "prior estimated from its own clips",
+            "rows": sweep["rows"], "overlap": [t for t, _ in pairs]}
+
+
 def build_report(run_dir: str | Path, labels_file: str | Path | None = None, label_format: str = "csv",
                  calibration: str = "none", tau: float = 1.0, train_counts: Any = None,
                  label_set: str | Path | None = None, fold: int | None = None, split: str | None = "test",
                  n_boot: int = 1000, seed: int = 0, smoothing: float = 0.0,
-                 taus: Sequence[float] = (), label_frequency: str | Path | None = None) -> dict:
+                 taus: Sequence[float] = (), label_frequency: str | Path | None = None,
+                 tau_from: str | Path | None = None, tau_from_labels: str | Path | None = None,
+                 tau_candidates: Sequence[float] = DEFAULT_TAUS, allow_overlap: bool = False) -> dict:
     """Everything ``metrics.json`` holds, computed in memory (see the module docstring).
 
     ``label_frequency``: a CSV ``label,count`` (:func:`pipeline.eval.labels.read_label_counts`); adds each class's F1
@@ -161,6 +206,11 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
 
     ``taus``: also score the logit adjustment at each temperature (``tau_sweep``: UAR/WAR/macro-F1 per tau, with
     the training prior when ``train_counts`` is given, else the prior estimated from the run).
+
+    ``tau_from``: another run (held out: a validation split, another fold's clips) on which the tau of
+    ``calibration`` is chosen (:func:`choose_tau`, among ``tau_candidates``), instead of ``tau``; ``tau_from_labels``:
+    its true labels (else its own). ``taus`` scores every tau on this run's own labels, which the report marks as
+    test-set tuning.
 
     ``labels_file`` (read with ``label_format``; ``fold``/``split`` for a DFEW folder) replaces the
     ``label`` field of scores.jsonl. ``train_counts``: dict label -> count, list in label order, or a
@@ -199,6 +249,14 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
 
     raw = np.array([r["scores"] for r in valid], dtype=float).reshape(len(valid), len(labels))
     tc = _train_counts(train_counts, labels, ls)
+    held_out = None
+    if tau_from is not None:
+        held_out = choose_tau(run, tau_from, calibration, tc, tau_candidates, label_set, tau_from_labels,
+                              label_format, allow_overlap)
+        tau = held_out["tau"]
+        if held_out["overlap"]:
+            notes.append(f"the tau was chosen on {tau_from}, which shares {len(held_out['overlap'])} clip(s) with this "
+                         "run (allowed with --allow-overlap): " + ", ".join(held_out["overlap"][:10]))
     if valid:
         try:
             adjusted, cal_info = calibrate(raw, calibration, tau, tc, labels, smoothing)
@@ -206,6 +264,8 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
             raise ConfigError(f"calibration {calibration!r}: {exc}") from None
     else:
         adjusted, cal_info = raw, {"method": calibration, "tau": tau, "prior": None}
+    if held_out is not None:
+        cal_info["tau_from"] = held_out
     pred, raw_pred = ([labels[i] for i in np.argmax(x, axis=1)] if valid else [] for x in (adjusted, raw))
     differs = [r["video"] for r, p in zip(valid, raw_pred) if r["prediction"] is not None and r["prediction"] != p]
     if differs:
@@ -236,7 +296,8 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     if taus and labelled:
         prior = prior_from_counts(tc, labels) if tc else None
         sweep = {"prior": "training prior" if prior is not None else "prior estimated from this run",
-                 "rows": tau_sweep(raw[labelled], y_true, prior, list(taus), labels)}
+                 "rows": tau_sweep(raw[labelled], y_true, prior, list(taus), labels),
+                 "test_set_tuning": True}
     return {
         "run_dir": str(run.path),
         "label_set": {"name": name, "labels": labels},

@@ -24,8 +24,12 @@ def summary(rep: dict, out_dir: str | Path) -> str:
         if sweep is None:
             lines.append("tau sweep: no labelled clip")
         else:
-            lines.append(f"tau sweep ({sweep['prior']}):")
+            lines.append(f"tau sweep ({sweep['prior']}) on this run's own labels: TEST-SET TUNING, a tau picked from it "
+                         "is tuned on the test set (choose it on other clips with --tau-from RUN):")
             lines += [f"  tau {r['tau']:>5.2f}: {_headline(r)}" for r in sweep["rows"]]
+    held = rep["calibration"].get("tau_from")
+    if held:
+        lines.append(tau_from_text(held))
     if "label_frequency" in rep:
         lf = rep["label_frequency"]
         lines.append(f"per-class F1 against label frequency: Spearman rank correlation {rho(lf['spearman'])} "
@@ -51,8 +55,17 @@ def pct_ci(x: float | None, ci: list[float] | None) -> str:
 
 
 def calibration_text(cal: dict) -> str:
-    """The calibration of a report: its method, with its tau unless it is ``none``."""
-    return cal["method"] + (f" (tau={cal['tau']})" if cal["method"] != "none" else "")
+    """The calibration of a report: its method, with its tau unless it is ``none`` (and where a held-out tau was
+    chosen)."""
+    held = cal.get("tau_from")
+    where = f", chosen on {Path(held['run']).name}" if held else ""
+    return cal["method"] + (f" (tau={cal['tau']}{where})" if cal["method"] != "none" else "")
+
+
+def tau_from_text(held: dict) -> str:
+    """Where a held-out tau was chosen, and how."""
+    return (f"tau {held['tau']:g} chosen on {held['run']} (held out: {held['n']} labelled clips, {held['prior']}): the "
+            f"best {held['by']} among tau " + ", ".join(f"{r['tau']:g}" for r in held["rows"]))
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
@@ -205,6 +218,21 @@ def report_markdown(rep: dict, plots: dict[str, str]) -> str:
                 *markdown_table(["label", "count", "F1 (%)"], [
                     (r["label"], "-" if r["count"] is None else f"{r['count']:g}", pct(r["f1"]))
                     for r in sorted(lf["rows"], key=lambda r: -(r["count"] or 0))])]
+    if rep["calibration"].get("tau_from"):
+        held = rep["calibration"]["tau_from"]
+        out += ["\n## Calibration tau, chosen on held-out clips\n", tau_from_text(held) + ".\n",
+                *markdown_table(["tau", *(f"{name} (%) there" for _, name in HEADLINE)],
+                                [(f"{r['tau']:g}" + (" (chosen)" if r["tau"] == held["tau"] else ""),
+                                  *(pct(r[k]) for k, _ in HEADLINE)) for r in held["rows"]])]
+    if rep.get("tau_sweep"):
+        sweep = rep["tau_sweep"]
+        out += ["\n## Tau sweep on this run's own labels: test-set tuning\n",
+                "**Test-set tuning:** every tau below is scored on the true labels of the clips this report evaluates. "
+                "A tau picked from this table is tuned on the test set, and the metrics it gives are optimistic; "
+                "choose tau on other clips with `dfer report RUN --tau-from OTHER_RUN` (a validation split, or the "
+                f"training folds) instead. Prior: {sweep['prior']}.\n",
+                *markdown_table(["tau", *(f"{name} (%)" for _, name in HEADLINE)],
+                                [(f"{r['tau']:g}", *(pct(r[k]) for k, _ in HEADLINE)) for r in sweep["rows"]])]
     if "label_positions" in rep:
         lp = rep["label_positions"]
         out += ["\n## Position of the label in the prompt's list\n",
