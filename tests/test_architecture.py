@@ -117,6 +117,7 @@ def test_the_cycle_check_finds_a_cycle_through_a_package_init():
 IMPORTS_INSIDE_FUNCTIONS = {
     # start-up time: every `dfer` command imports the cli modules; these load matplotlib or torch, for one command
     ("pipeline/cli/finetune.py", "pipeline.finetune"): "torch",
+    ("pipeline/cli/folds.py", "pipeline.protocols.folds"): "torch and matplotlib",
     ("pipeline/cli/report.py", "pipeline.report"): "matplotlib",
     ("pipeline/cli/report.py", "pipeline.view"): "matplotlib",
     ("pipeline/cli/run.py", "pipeline.report"): "matplotlib, only with --report",

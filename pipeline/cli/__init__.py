@@ -1,7 +1,7 @@
 """``dfer``: the command line. It parses arguments, calls one library function per command, and maps errors
 to exit codes in :func:`main`, once (the codes and their meaning: :mod:`pipeline.core.errors`).
 
-Each command module (``run``, ``sweep``, ``report``, ``finetune``, ``diagnostics``, ``cache``) adds its subcommands with
+Each command module (``run``, ``sweep``, ``report``, ``finetune``, ``folds``, ``diagnostics``, ``cache``) adds its subcommands with
 ``add_parsers(subparsers)`` and sets ``handler`` on each; options shared by several commands are declared
 once in :mod:`pipeline.cli.options`.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import cache, diagnostics, finetune, report, run, sweep
+from pipeline.cli import cache, diagnostics, finetune, folds, report, run, sweep
 from pipeline.core.errors import EXIT_INTERRUPTED, DferError, DiskFullError, is_disk_full
 
-COMMAND_MODULES = (run, sweep, report, finetune, diagnostics, cache)
+COMMAND_MODULES = (run, sweep, report, finetune, folds, diagnostics, cache)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,8 +31,9 @@ def label_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--labels", metavar="FILE", help="true labels: CSV video,label or an official split file/folder")
     p.add_argument("--label-format", default="csv", choices=LABEL_FORMATS, help="format of --labels")
-    p.add_argument("--fold", type=int, help="DFEW fold (1-5) when --labels is the DFEW split folder")
-    p.add_argument("--split", default="test", choices=["train", "test"], help="DFEW split when --labels is a folder")
+    p.add_argument("--fold", type=int, help="DFEW/MAFW fold (1-5) when --labels is the dataset's split folder")
+    p.add_argument("--split", default="test", choices=["train", "test"],
+                   help="DFEW/MAFW split when --labels is a folder")
     return p
 
 

@@ -18,7 +18,7 @@ from typing import TextIO
 from pipeline.core.cache import Cache, default_cache_dir
 from pipeline.core.errors import FinetuneError
 from pipeline.engine.config import dump_config
-from pipeline.engine.inputs import discover
+from pipeline.engine.inputs import VideoRef, discover
 from pipeline.eval.labels import load_label_set
 from pipeline.finetune.data import (LabelledClip, check_training_set, clips_per_class, collect_labels, prepare,
                                     split_train_val)
@@ -64,7 +64,7 @@ def _finish(out: Path, state: dict, counts: dict[str, int]) -> tuple[Path, Path]
 
 def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv", val_labels=None,
              val_label_format: str | None = None, cache_dir=None, quiet: bool = False,
-             log: TextIO | None = None) -> FinetuneResult:
+             log: TextIO | None = None, refs: list[VideoRef] | None = None) -> FinetuneResult:
     """Train LoRA adapters for ``cfg.classify`` on the labelled clips of ``train_input`` (see the module docstring).
 
     ``labels_file``: a label file (``label_format``: csv ``video,label``, dfew, ferv39k, mafw); None: the ``label``
@@ -73,6 +73,9 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
     with ``classify.adapter=CKPT``), ``checkpoints/``, ``metrics.json``, ``train_counts.json``, ``split.json``,
     ``finetune.yaml`` and ``prepare/`` (the run that computed the upstream artifacts). Calling it again with the
     same ``out_dir`` resumes (also after the process was killed or interrupted).
+
+    ``refs``: the clips themselves (e.g. one fold's training split, labels on the refs), instead of discovering
+    ``train_input`` (then only named in messages).
 
     Raises :class:`FinetuneError` / :class:`pipeline.eval.labels.LabelError` / :class:`stages.modelstage.PreflightError`
     before any training for unusable inputs.
@@ -88,7 +91,7 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
                             "classify.model.model; unset classify.adapter")
     label_set = load_label_set(ccfg.labels)
     names = label_set.names
-    refs = discover(train_input)
+    refs = list(refs) if refs is not None else discover(train_input)
     source = str(labels_file) if labels_file is not None else str(train_input)
     labels = collect_labels(refs, label_set, labels_file, label_format, source)
     val_map = None

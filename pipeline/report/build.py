@@ -165,7 +165,7 @@ def _clip_fingerprints(run: RunDir) -> tuple[dict[str, str | None], str]:
 
 def choose_tau(run: RunDir, other: str | Path, calibration: str, train_counts: Any, taus: Sequence[float],
                label_set: str | Path | None, labels_file: str | Path | None, label_format: str,
-               allow_overlap: bool) -> dict:
+               allow_overlap: bool, smoothing: float = 0.0) -> dict:
     """The tau of ``calibration`` chosen on another run (held out: its clips must not be this run's, by content
     fingerprint, unless ``allow_overlap``): the candidate with the best UAR on its labelled clips (true labels from
     ``labels_file``, else its own), with its training prior (``prior``) or its own estimated prior (``estimated``).
@@ -180,7 +180,7 @@ def choose_tau(run: RunDir, other: str | Path, calibration: str, train_counts: A
                            str(run.path), allow_overlap)
     rep = build_report(held.path, labels_file=labels_file, label_format=label_format, calibration="none",
                        train_counts=train_counts if calibration == "prior" else None, label_set=label_set, n_boot=0,
-                       taus=list(taus))
+                       taus=list(taus), smoothing=smoothing)
     sweep = rep.get("tau_sweep")
     if not sweep:
         raise ConfigError(f"--tau-from {held.path}: no scored clip there has a true label, so no tau can be chosen on it "
@@ -252,7 +252,7 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     held_out = None
     if tau_from is not None:
         held_out = choose_tau(run, tau_from, calibration, tc, tau_candidates, label_set, tau_from_labels,
-                              label_format, allow_overlap)
+                              label_format, allow_overlap, smoothing)
         tau = held_out["tau"]
         if held_out["overlap"]:
             notes.append(f"the tau was chosen on {tau_from}, which shares {len(held_out['overlap'])} clip(s) with this "
@@ -294,7 +294,10 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
     n_lab = len(labelled) + len(failed_labelled)
     sweep = None
     if taus and labelled:
-        prior = prior_from_counts(tc, labels) if tc else None
+        try:
+            prior = prior_from_counts(tc, labels, smoothing) if tc else None
+        except ValueError as exc:
+            raise ConfigError(f"--tau-sweep with the training prior: {exc}") from None
         sweep = {"prior": "training prior" if prior is not None else "prior estimated from this run",
                  "rows": tau_sweep(raw[labelled], y_true, prior, list(taus), labels),
                  "test_set_tuning": True}

@@ -97,9 +97,10 @@ def _config_diff(names: list[str], dirs: list[Path]) -> list[str]:
     return out
 
 
-def card_differences(names: list[str], cards: list[dict | None]) -> list[str]:
+def card_differences(names: list[str], cards: list[dict | None], expected: Sequence[str] = ()) -> list[str]:
     """Markdown warning lines: the runs without a card, the unfinished ones, and a table of every card entry
-    (versions, commits, resolved models, devices, dtypes) whose value differs between the runs; [] when they agree."""
+    (versions, commits, resolved models, devices, dtypes) whose value differs between the runs; [] when they agree.
+    ``expected``: names of entries that differ on purpose (e.g. ``adapter``: the folds' own adapters), left out."""
     out = []
     missing = [n for n, c in zip(names, cards) if c is None]
     if missing:
@@ -108,7 +109,8 @@ def card_differences(names: list[str], cards: list[dict | None]) -> list[str]:
     unfinished = [n for n, c in zip(names, cards) if c is not None and not c.get("complete")]
     if unfinished:
         out.append(f"**Warning:** the run(s) {', '.join(unfinished)} did not finish: their cards hold the devices as set.")
-    flat = {n: comparable(c) for n, c in zip(names, cards) if c is not None}
+    flat = {n: {k: v for k, v in comparable(c).items() if not set(k.split(".")) & set(expected)}
+            for n, c in zip(names, cards) if c is not None}
     keys = sorted({k for f in flat.values() for k in f})
     differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
     if len(flat) > 1 and differ:

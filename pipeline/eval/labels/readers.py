@@ -179,15 +179,38 @@ def read_ferv39k_split(path: str | Path, label_set: LabelSet | None = None) -> d
     return out
 
 
-def read_mafw_split(path: str | Path, label_set: LabelSet | None = None) -> dict[str, str]:
+def _mafw_split_file(root: Path, fold: int | None, split: str | None) -> Path:
+    """``set_<fold>/<split>.txt`` of MAFW's single-label, no-caption benchmark under ``root``: the release's
+    ``Train & Test Set`` folder, the dataset root above it, or a ``.../no_caption`` folder itself (also the
+    compound benchmark's, given with its label set); a file is itself."""
+    if root.is_file():
+        return root
+    if fold not in (1, 2, 3, 4, 5):
+        raise LabelError(f"MAFW fold must be 1..5, got {fold!r}")
+    if split not in ("train", "test"):
+        raise LabelError(f"MAFW split must be 'train' or 'test', got {split!r}")
+    tried = [base / f"set_{fold}" / f"{split}.txt"
+             for base in (root, root / "single" / "no_caption", root / "Train & Test Set" / "single" / "no_caption",
+                          root / "split" / "single" / "no_caption")]
+    found = next((p for p in tried if p.is_file()), None)
+    if found is None:
+        raise LabelError(f"no MAFW {split} split for fold {fold} under {root}; looked for:\n  "
+                         + "\n  ".join(map(str, tried)))
+    return found
+
+
+def read_mafw_split(path: str | Path, label_set: LabelSet | None = None, fold: int | None = None,
+                    split: str | None = None) -> dict[str, str]:
     """Read a MAFW split txt: ``00025.mp4 anger`` (no_caption, CRLF) or the with_caption variant
     (TAB separated, GBK, captions in columns 3-4, which are ignored). ``.mp4`` is stripped from ids.
+    ``path`` is the file, or a folder above ``set_<fold>/<split>.txt`` (:func:`_mafw_split_file`).
 
     Compound labels (``anger_disgust``) are unknown to the 11-class set and raise an error; pass a
     label set containing them to read the compound benchmark."""
     label_set = label_set or load_label_set("mafw")
+    path = _mafw_split_file(Path(path), fold, split)
     return _collect((where, vid[:-4] if vid.casefold().endswith(".mp4") else vid, label)
-                    for where, vid, label in _split_words(Path(path), label_set, tab_first=True))
+                    for where, vid, label in _split_words(path, label_set, tab_first=True))
 
 
 def read_labels(path: str | Path, label_format: str = "csv", label_set: LabelSet | None = None,
@@ -205,4 +228,4 @@ def read_labels(path: str | Path, label_format: str = "csv", label_set: LabelSet
         return read_dfew_split(path, fold, split, label_set)
     if label_format == "ferv39k":
         return read_ferv39k_split(path, label_set)
-    return read_mafw_split(path, label_set)
+    return read_mafw_split(path, label_set, fold, split)
