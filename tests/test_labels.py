@@ -108,6 +108,19 @@ def test_read_mafw_no_caption_and_with_caption(tmp_path):
         read_mafw_split(compound)
 
 
+def test_read_mafw_folds_from_the_release_folders(tmp_path):
+    tts = tmp_path / "MAFW" / "Train & Test Set"
+    _write(tts / "single" / "no_caption" / "set_2" / "train.txt", "00025.mp4 anger\n", crlf=True)
+    _write(tts / "single" / "no_caption" / "set_2" / "test.txt", "00151.mp4 contempt\n", crlf=True)
+    for root in (tmp_path / "MAFW", tts, tts / "single" / "no_caption"):  # the dataset, the split folder, no_caption
+        assert read_labels(root, "mafw", fold=2, split="train") == {"00025": "anger"}
+        assert read_mafw_split(root, fold=2, split="test") == {"00151": "contempt"}
+    with pytest.raises(LabelError, match=r"(?s)no MAFW test split for fold 3 under .*single/no_caption/set_3/test\.txt"):
+        read_labels(tts, "mafw", fold=3, split="test")
+    with pytest.raises(LabelError, match="MAFW fold must be 1..5, got None"):
+        read_labels(tts, "mafw")
+
+
 def test_match_labels_never_drops():
     ann = {"00025": "anger", "00026": "fear", "Action/Sad/0010": "sad", "Crime/Sad/0010": "sad",
            "Action/Happy/0011": "happy", "99999": "anger"}

@@ -4,6 +4,7 @@ Hugging Face cache's snapshot; presets pin their default model's revision."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -122,3 +123,15 @@ def test_the_msce_preset_pins_its_models_revision_and_drops_the_pin_for_another_
     assert load_config(preset="msce", overrides=["classify.model=org/other"]).classify.model.revision is None
     pinned = load_config(preset="msce", overrides=["classify.model.model=org/other", "classify.model.revision=abc"])
     assert pinned.classify.model.revision == "abc"
+
+
+def test_the_card_of_a_model_on_a_vllm_server_records_the_servers_version(vllm_server, vllm_tiny_model):
+    from tests import servers
+
+    installed = subprocess.run([str(servers.vllm_python()), "-c", "import vllm; print(vllm.__version__)"],
+                               capture_output=True, text=True, env={"PATH": os.environ["PATH"]}).stdout.strip()
+    cfg = load_config(None, ["classify.model.backend=openai", f"classify.model.model={vllm_tiny_model}",
+                             f"classify.model.server_url={vllm_server.v1}"])
+    card = build_card({"classify": cfg.classify}, complete=True)["models"]["classify"]
+    assert installed and card["server_version"] == installed
+    assert card["identity"] == {"backend": "openai", "model": vllm_tiny_model}
