@@ -5,6 +5,7 @@ Hugging Face cache's snapshot; presets pin their default model's revision."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -87,6 +88,20 @@ def test_the_card_a_run_starts_with_holds_the_devices_as_set(runs):
     assert card["complete"] is False and "gpus" not in card["machine"]
     assert card["devices"]["faces"] == {"setting": "auto", "resolved": None}
     assert card["models"]["classify"]["resolved_device"] is None
+
+
+def test_devices_not_resolved_here_are_unknown_not_different(runs, tmp_path, capsys):
+    cfg = load_config(None, EMBEDDED)
+    stages = RunDir(runs / "same").status()["stages"]
+    card = build_card({s: getattr(cfg, s) for s in stages}, complete=True, here=False)  # e.g. on a Ray cluster
+    assert card["models"]["classify"]["resolved_device"] is None and "gpus" not in card["machine"]
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(runs / "same", elsewhere)
+    RunDir(elsewhere).write_runcard(card)
+    assert main(["compare", str(runs / "one"), str(elsewhere)]) == 0
+    assert "cards differ" not in capsys.readouterr().out
+    write_report(elsewhere)
+    assert "so they were not resolved here" in (elsewhere / "report.md").read_text()
 
 
 def _fake_hub_cache(root: Path, repo: str, commit: str, ref: str = "main") -> Path:

@@ -11,9 +11,13 @@
 - ``devices``: the device of every other stage that has one (the face detector);
 - ``machine``: the platform and the GPUs torch sees.
 
-The runner writes it when the run starts (``complete: false``, devices as set: resolving them imports torch, which
-must wait until the workers have set their thread limits) and again when it ends (``complete: true``, devices and
-dtypes resolved, hub commits resolved again: a model downloaded by the run is in the cache by then). ``dfer report``
+The runner writes it when the run starts (``complete: false``, devices as set) and again when it ends
+(``complete: true``; hub commits resolved again: a model downloaded by the run is in the cache by then). Devices and
+dtypes are resolved at the end where a stage of this process loaded torch (a model stage that computed something;
+per-clip stages with ``run.workers=1``): resolving them imports torch, which a run that found everything in the cache
+should not pay for, and which must wait until workers have set their thread limits. Where no stage here loaded
+torch (all cached, or computed in worker processes), and on a Ray cluster (the actors' devices are not the
+driver's), they stay unresolved (None); :func:`comparable` leaves unresolved entries out of comparisons. ``dfer report``
 shows it in ``report.md``; ``dfer compare`` warns when two runs' cards differ (:func:`comparable`).
 """
 
@@ -113,10 +117,11 @@ def model_card(cfg: ModelConfig, resolve: bool) -> dict:
     return card
 
 
-def build_card(sections: dict[str, BaseModel], complete: bool) -> dict:
+def build_card(sections: dict[str, BaseModel], complete: bool, here: bool = True) -> dict:
     """The run card of a run whose stages run with ``sections`` (stage -> its config section, fallbacks applied);
-    ``complete``: written at the end (devices resolved)."""
-    resolve = complete and ("torch" in sys.modules or _version("torch") is not None)
+    ``complete``: written at the end; ``here``: the stages ran in this process or its local workers (not on a Ray
+    cluster). Devices and dtypes are resolved when both hold and torch is loaded (see the module docstring)."""
+    resolve = complete and here and "torch" in sys.modules
     models, devices = {}, {}
     for stage, section in sections.items():
         for name, value in section:
@@ -148,7 +153,12 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {key: v for k, sub in d.items() for key, v in _flatten(sub, f"{prefix}.{k}" if prefix else str(k)).items()}
 
 
+RESOLVED_HERE = ("resolved_device", "resolved_dtype", "resolved", "gpus")  # None (or absent) where not resolved
+
+
 def comparable(card: dict) -> dict[str, Any]:
-    """The card as flat ``key: value`` pairs, without what may differ between two runs of one setup."""
+    """The card as flat ``key: value`` pairs, without what may differ between two runs of one setup, and without the
+    devices and dtypes it could not resolve (unknown is not different)."""
     return {k: v for k, v in _flatten(card).items()
-            if not any(k == n or k.startswith(n + ".") for n in NOT_COMPARED)}
+            if not any(k == n or k.startswith(n + ".") for n in NOT_COMPARED)
+            and not (v is None and k.rsplit(".", 1)[-1] in RESOLVED_HERE)}

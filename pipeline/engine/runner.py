@@ -373,7 +373,8 @@ class Runner:
             "seconds": round(time.time() - t_start, 2),
         }
         self.run_dir.write_status(status_doc)
-        self.run_dir.write_runcard(build_card({name: self.section(name) for name in reports}, complete=True))
+        self.run_dir.write_runcard(build_card({name: self.section(name) for name in reports}, complete=True,
+                                              here=not isinstance(self.executor, RayExecutor)))
         return RunResult(self.run_dir.path, list(reports.values()), len(refs), n_failed, status, stop_message, keys)
 
     def _forced(self, name: str, stages: list[str]) -> bool:

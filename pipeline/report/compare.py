@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 from pipeline.core.errors import LabelError, RunDirError
 from pipeline.eval.metrics import mean_std
 from pipeline.report.build import build_report
-from pipeline.engine.runcard import comparable
+from pipeline.engine.runcard import RESOLVED_HERE, comparable
 from pipeline.report.markdown import HEADLINE, calibration_text, card_value, markdown_table, pct, pct_ci
 from pipeline.report.paired import paired_comparison, paired_markdown
 from pipeline.engine.rundir import RunDir
@@ -112,7 +112,8 @@ def card_differences(names: list[str], cards: list[dict | None], expected: Seque
     flat = {n: {k: v for k, v in comparable(c).items() if not set(k.split(".")) & set(expected)}
             for n, c in zip(names, cards) if c is not None}
     keys = sorted({k for f in flat.values() for k in f})
-    differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
+    differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()
+                                      if k in f or k.rsplit(".", 1)[-1] not in RESOLVED_HERE}) > 1]
     if len(flat) > 1 and differ:
         out += [f"**Warning: the runs' cards differ in {len(differ)} entries** (another library, model revision, "
                 "device or dtype can change the numbers):", ""]

@@ -166,6 +166,9 @@ def card_markdown(card: dict | None) -> list[str]:
             + (f", GPUs: {', '.join(card['machine']['gpus']) or 'none'}" if "gpus" in card["machine"] else "") + "."]
     if not card.get("complete"):
         out.append("The run did not finish: devices and dtypes are as set, not resolved.")
+    elif any(m.get("resolved_device", "") is None for m in card["models"].values()):
+        out.append("Devices and dtypes are as set: no stage of this run loaded a model in its own process (all found in "
+                   "the cache, or computed by worker processes or a Ray cluster), so they were not resolved here.")
     if card["models"]:
         rows = []
         for stage, m in card["models"].items():
