@@ -48,6 +48,7 @@ import numpy as np
 
 from pipeline.core.errors import (CacheUnusableError, DamagedArtifactError, DiskFullError, RunStopError,
                                   is_disk_full)
+from pipeline.core.files import json_text, write_atomic
 
 FORMAT_VERSION = 2
 """1: no hashes; 2: ``meta.json`` records ``files`` (size, sha256 of each) and ``meta_sha256``."""
@@ -91,7 +92,7 @@ def _check_json(obj: Any, where: str = "$") -> None:
 def canonical_json(obj: Any) -> str:
     """Deterministic JSON: sorted keys, compact separators. Fails loudly on anything not JSON."""
     _check_json(obj)
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json_text(obj, sort_keys=True, separators=(",", ":"))
 
 
 def sha256_json(obj: Any) -> str:
@@ -165,8 +166,7 @@ class ArtifactWriter:
         return self.root / name
 
     def json(self, name: str, obj: Any) -> None:
-        with open(self.root / name, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, allow_nan=False, indent=1)
+        (self.root / name).write_text(json_text(obj, indent=1), encoding="utf-8")
 
     def npz(self, name: str, **arrays: np.ndarray) -> None:
         """An ``.npz`` readable by ``np.load(allow_pickle=False)``, byte-identical for equal arrays
@@ -508,7 +508,7 @@ class Cache:
         full = json.loads(json.dumps(full, ensure_ascii=False, allow_nan=False))  # as a reader will see it
         full["meta_sha256"] = _meta_digest(full)
         with open(tmp / META, "w", encoding="utf-8") as f:
-            json.dump(full, f, ensure_ascii=False, indent=1, allow_nan=False)
+            f.write(json_text(full, indent=1))  # json.dump's bytes; a name that is not UTF-8 as \udcXX escapes
             f.flush()
             os.fsync(f.fileno())
         if replace and final.exists():
@@ -596,12 +596,5 @@ def read_record(p: Path) -> dict | None:
 
 
 def write_record(p: Path, record: dict) -> None:
-    """A small JSON record with its own sha256, written whole or not at all."""
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
-    try:
-        tmp.write_text(canonical_json({**record, RECORD_HASH: sha256_json(record)}), encoding="utf-8")
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """A small JSON record with its own sha256, written whole or not at all (:func:`pipeline.core.files.write_atomic`)."""
+    write_atomic(p, canonical_json({**record, RECORD_HASH: sha256_json(record)}))
