@@ -19,6 +19,7 @@ Each class also derives from the built-in exception it replaced (``ValueError`` 
 """
 
 import errno
+import reprlib
 
 EXIT_OK = 0
 """Success, or a run that stopped before a model stage whose weights are not available here."""
@@ -33,6 +34,23 @@ on a failure of the run, not of a clip (:class:`RunStopError`: a full disk, a ca
 vanished, a model server that does not answer)."""
 EXIT_INTERRUPTED = 130
 """Interrupted (Ctrl-C); finished artifacts and checkpoints are kept, run the same command to go on."""
+
+
+MESSAGE_EXCERPT = 200
+"""At most this many characters of an input are quoted in an error message (see :func:`excerpt`)."""
+_REPR = reprlib.Repr()  # a repr that stops early: quoting a huge value costs no more than quoting a small one
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, MESSAGE_EXCERPT, MESSAGE_EXCERPT, 60
+_REPR.maxtuple = _REPR.maxlist = _REPR.maxdict = _REPR.maxset = 8
+
+
+def excerpt(value: object, limit: int = MESSAGE_EXCERPT, quote: bool = False) -> str:
+    """``value`` for an error message, cut to about ``limit`` characters, saying how much was left out: an error
+    message quotes a bounded excerpt of the input, never all of it (a config value can be megabytes). A string is
+    shown as it is (``quote``: as ``repr`` shows it), anything else as a ``repr`` that stops early."""
+    if not isinstance(value, str):
+        return _REPR.repr(value)
+    more = f"... ({len(value) - limit} more characters)" if len(value) > limit else ""
+    return (repr(value[:limit]) if quote else value[:limit]) + more
 
 
 class DferError(Exception):
