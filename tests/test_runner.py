@@ -237,7 +237,8 @@ def test_a_new_run_in_a_used_directory_leaves_nothing_of_the_earlier_run(small_f
     log = io.StringIO()
     run(small_folder, out, cache, until="keyframes", log=log)
     left = {p.name for p in out.iterdir()}
-    assert left == {"config.yaml", "failures.jsonl", "cache_dir.txt", "manifest.jsonl", "status.json", "runcard.json"}
+    assert left == {"dfer-run.json", "config.yaml", "failures.jsonl", "cache_dir.txt", "manifest.jsonl", "status.json",
+                    "runcard.json"}
     said = log.getvalue()
     assert "removed" in said and "predictions.csv" in said and "view.html" in said and "manifest.jsonl" not in said
     assert "runcard.json" not in said  # rewritten, not removed

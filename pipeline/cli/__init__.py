@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from pathlib import Path
+
+import pipeline
+import stages
 
 from pipeline.cli import cache, diagnostics, finetune, folds, report, run, sweep
 from pipeline.core.errors import EXIT_INTERRUPTED, DferError, DiskFullError, is_disk_full
@@ -27,8 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OWN_CODE = tuple(str(Path(m.__file__).parent) for m in (pipeline, stages))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """dfer's own warnings as one line (``dfer: warning: ...``); other libraries' as Python shows them."""
+    if str(filename).startswith(_OWN_CODE):
+        print(f"dfer: warning: {message}", file=file or sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         return args.handler(args)
     except DferError as exc:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from pipeline.cli.options import config_options, execution_options, load_config, quiet_option
 from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_OK, EXIT_STOPPED
+from pipeline.core.paths import shown
 from pipeline.engine.config import dump_config
-from pipeline.engine.rundir import PREDICTIONS
+from pipeline.engine.rundir import FAILURES, PREDICTIONS, RunDir
 from pipeline.engine.runner import executor_for, run_pipeline
 from pipeline.tools.clip_figure import inspect_clip
 from stages import STAGE_ORDER
@@ -56,10 +57,12 @@ def _run(args) -> int:
         args.input, args.out, cfg, cache_dir=args.cache, until=args.until, force=args.force,
         shard=args.shard, strict=args.strict, quiet=args.quiet, executor=executor, rehash=args.rehash,
         retry_failed=args.retry_failed, allow_overlap=args.allow_overlap,
+        protect=(args.config,),
     )
-    print(f"{result.n_clips} clips, {result.n_failed} failed; run directory: {result.run_dir}", file=sys.stderr)
+    run_dir = RunDir(result.run_dir)
+    print(f"{result.n_clips} clips, {result.n_failed} failed; run directory: {shown(run_dir.path)}", file=sys.stderr)
     if result.n_failed:
-        print(f"failures are listed in {result.run_dir / 'failures.jsonl'}", file=sys.stderr)
+        print(f"failures are listed in {shown(run_dir / FAILURES)}", file=sys.stderr)
     if result.status == "stopped":
         print(f"dfer: stopped before a model stage: {result.stop_message}", file=sys.stderr)
         if args.strict:
@@ -73,7 +76,7 @@ def _report(result) -> None:
     """``dfer run --report``: the report of a run that scored clips (what ``dfer report RUN`` writes and prints)."""
     from pipeline.report import summary, write_report  # start-up time: matplotlib, only with --report
 
-    if not (result.run_dir / PREDICTIONS).is_file():
+    if not (RunDir(result.run_dir) / PREDICTIONS).is_file():
         print("dfer: no report: the run did not reach classify, so there are no scores to report", file=sys.stderr)
         return
     print(summary(write_report(result.run_dir), result.run_dir))
@@ -85,5 +88,5 @@ def _config_show(args) -> int:
 
 
 def _inspect(args) -> int:
-    print(inspect_clip(args.run_dir, args.video, Path(args.output) if args.output else None))
+    print(shown(inspect_clip(args.run_dir, args.video, Path(args.output) if args.output else None)))
     return EXIT_OK

@@ -1,7 +1,8 @@
-"""The run directory: the names of its files, and the only code that writes or reads them.
+"""The run directory: the names of its files and folders, and the only code that writes or reads them.
 
 A run directory is a view over the cache (deleting it loses nothing a model computed)::
 
+    RUN/dfer-run.json     the marker: dfer made this folder (or took it over empty); see "Ownership" below
     RUN/config.yaml       the fully resolved config (``dfer config show`` format)
     RUN/manifest.jsonl    one row per clip: video, path, label, fingerprint, artifacts {stage: cache key}
     RUN/cache_dir.txt     absolute path of the cache the artifacts are in
@@ -17,10 +18,23 @@ A run directory is a view over the cache (deleting it loses nothing a model comp
                           label_order (the order the prompt listed the labels) unless classify.label_order=fixed
     RUN/predictions.csv   classify only: video, prediction, p_<label>..., label, model (the model that scored it)
     RUN/labelset.json     classify only: name and labels of the label set the scores are over
-    RUN/metrics.json, RUN/report.md and plots: written by ``dfer report``
+    RUN/metrics.json, RUN/report.md and plots (*.png): written by ``dfer report``
+    RUN/view.html         ``dfer view``; with RUN/view_files/ (cards and thumbnails) for a run too big for one page
+    RUN/inspect/          ``dfer inspect``'s figures, one PNG per clip
 
-JSON Lines files are written one row at a time (flushed, so a killed run keeps every finished row) and read
-back with the line number of every row, so a reader can name ``file:line`` in its errors.
+Ownership. These names are dfer's only inside a folder that carries the marker. ``dfer run`` writes into a folder
+that does not exist, is empty, or is marked; there it removes what an earlier run left (:data:`RUN_OUTPUTS`,
+:data:`RUN_OUTPUT_DIRS`) and rewrites the rest. Any other folder that is not empty is refused
+(:class:`RunDirError`, exit 2), so a user's own ``report.md`` or ``config.yaml`` is never removed or overwritten. A
+folder written by a dfer from before the marker (its ``manifest.jsonl`` or ``scores.jsonl`` rows are dfer's) is
+taken over: marked, and said so. A file the run reads (``--config``, the list file) is never one it writes or
+removes: such a run is refused before anything is touched.
+
+Whole files are written with :func:`pipeline.core.files.write_atomic` (temporary sibling, fsync, rename). JSON
+Lines files are written one row at a time (flushed, so a killed run keeps every finished row) and read back with
+the line number of every row, so a reader can name ``file:line`` in its errors. Video ids that are file names with
+bytes that are not UTF-8 are kept exactly in JSON (``\\udcXX`` escapes) and shown as ``\\xNN`` in
+``predictions.csv`` (:func:`pipeline.core.paths.shown`).
 """
 
 from __future__ import annotations
@@ -28,15 +42,19 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, TextIO
 
-import yaml
-
 from pipeline.core.cache import Cache
-from pipeline.core.errors import RunDirError
+from pipeline.core.errors import InputError, RunDirError
+from pipeline.core.files import json_text, open_stream, save_figure, write_atomic, write_json
+from pipeline.core.paths import output_dir, shown, unshown
+from pipeline.core.yamlsafe import load_yaml
 
+MARKER = "dfer-run.json"
 CONFIG = "config.yaml"
 MANIFEST = "manifest.jsonl"
 CACHE_DIR = "cache_dir.txt"
@@ -52,20 +70,43 @@ PLOTS = {"confusion": "confusion_matrix.png", "recall": "per_class_recall.png",
          "distribution": "label_distribution.png"}  # dfer report's, beside report.md
 FREQUENCY_PLOT = "f1_vs_label_frequency.png"  # dfer report --label-frequency
 VIEW = "view.html"  # dfer view
-# what a run writes, and what report and view make from it: a new run in the same directory removes an earlier
-# run's first, so that nothing there describes another run (config.yaml and failures.jsonl are rewritten at once)
+INSPECT = "inspect"  # dfer inspect's figures
+# what a run writes, and what report, view and inspect make from it: a new run in the same directory removes an
+# earlier run's first, so that nothing there describes another run (config.yaml and failures.jsonl are rewritten at once)
 RUN_OUTPUTS = (MANIFEST, STATUS, RUNCARD, SCORES, PREDICTIONS, LABELSET, METRICS, REPORT, *PLOTS.values(), FREQUENCY_PLOT, VIEW)
 
 
+def view_files_of(page: str | Path) -> Path:
+    """The folder beside a view page that holds its cards and thumbnails when the run is too big for one page
+    (``view.html`` -> ``view_files``)."""
+    page = Path(page)
+    return page.with_name(page.stem + "_files")
+
+
+RUN_OUTPUT_DIRS = (INSPECT, view_files_of(VIEW).name)
+RUN_FILES = (MARKER, CONFIG, FAILURES, CACHE_DIR, *RUN_OUTPUTS)
+"""Every file name dfer writes in a run directory (and :data:`RUN_OUTPUT_DIRS` the folders)."""
+
+
+def _first_row_is(path: Path, keys: set[str]) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline(1 << 20)
+        row = json.loads(line)
+    except (OSError, ValueError):
+        return False
+    return isinstance(row, dict) and keys <= set(row)
+
+
 class JsonlWriter:
-    """Appends one JSON object per line and flushes it (``ensure_ascii=False``, UTF-8)."""
+    """Appends one JSON object per line and flushes it (UTF-8; :func:`pipeline.core.files.json_text`)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._f: TextIO = open(path, "w", encoding="utf-8")
+        self._f: TextIO = open_stream(path)
 
     def write(self, row: dict) -> None:
-        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._f.write(json_text(row) + "\n")
         self._f.flush()
 
     def close(self) -> None:
@@ -116,8 +157,8 @@ def _same_file(a: str, b: str) -> bool:
 
 
 class RunDir:
-    """One run directory (it need not exist yet). Writers are used by the runner and the classify outputs;
-    readers by report, compare, inspect, the diagnostics and the tests."""
+    """One run directory (it need not exist yet). Writers are used by the runner, the classify outputs, the report,
+    the view and inspect; readers by report, compare, inspect, the view, the diagnostics and the tests."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -125,22 +166,89 @@ class RunDir:
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
-    # ------------------------------------------------------------------ writing
-    def create(self) -> None:
+    # ------------------------------------------------------------------ ownership
+    def is_marked(self) -> bool:
+        return (self.path / MARKER).is_file()
+
+    def _looks_like_earlier_run(self) -> bool:
+        """A run directory of a dfer from before the marker: its manifest or scores rows are dfer's."""
+        return (_first_row_is(self.path / MANIFEST, {"video", "path", "artifacts"})
+                or _first_row_is(self.path / SCORES, {"video", "labels", "scores"}))
+
+    def claim(self) -> str | None:
+        """Make sure dfer may write its files here, and mark the folder: it is made if missing, taken as it is when
+        marked or empty, taken over (and said so: the returned note) when an earlier dfer wrote it; any other folder
+        that holds something is refused with :class:`RunDirError` (nothing in it is touched)."""
+        try:
+            output_dir(self.path, "run directory")
+        except InputError as exc:
+            raise RunDirError(str(exc)) from None
+        if self.is_marked():
+            return None
         self.path.mkdir(parents=True, exist_ok=True)
+        note = None
+        present = sorted(os.listdir(self.path))
+        if present:
+            if not self._looks_like_earlier_run():
+                listed = ", ".join(shown(n) for n in present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
+                raise RunDirError(
+                    f"{shown(self.path)} is not empty and is not a dfer run directory (no {MARKER}; it holds {listed}). "
+                    "dfer writes a run only into a new or empty folder or into one of its own, so that no file of "
+                    "yours is removed or overwritten: give another folder (e.g. a new subfolder), or move what is "
+                    "there elsewhere first")
+            note = (f"{shown(self.path)}: a run directory of an earlier dfer version (no {MARKER}); marked as a dfer "
+                    "run directory, its files named in docs/run_directory.md are dfer's from now on")
+        write_json(self.path / MARKER, {"dfer_run_directory": 1, "marked": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                        "note": "dfer owns the files of this folder that docs/run_directory.md names; "
+                                                "it removes an earlier run's before a new run"})
+        return note
 
-    def begin_run(self) -> list[str]:
-        """Make the directory for a run, removing what an earlier run left there (:data:`RUN_OUTPUTS`: its
-        predictions, manifest and status, and the report and page made from them; artifacts stay in the cache).
-        Returns the names removed."""
-        self.create()
-        removed = [name for name in RUN_OUTPUTS if (self.path / name).is_file()]
-        for name in removed:
-            (self.path / name).unlink()
-        return removed
+    def create(self) -> str | None:
+        """:meth:`claim` (kept for callers that only need the folder)."""
+        return self.claim()
 
+    def _owned_paths(self) -> list[Path]:
+        return [self.path / n for n in (*RUN_FILES, *RUN_OUTPUT_DIRS)]
+
+    def begin_run(self, protect: Iterable[str | Path] = ()) -> tuple[list[str], str | None]:
+        """Claim the directory for a run (:meth:`claim`) and remove what an earlier run left there
+        (:data:`RUN_OUTPUTS`: its predictions, manifest and status, the report, page and figures made from them;
+        artifacts stay in the cache). ``protect``: files the run reads (``--config``, the list file); if one of
+        them is a file the run would write or remove, :class:`RunDirError` before anything is touched. Returns the
+        names removed and :meth:`claim`'s note."""
+        self._refuse_inputs(protect)
+        note = self.claim()
+        removed = []
+        for name in RUN_OUTPUTS:
+            p = self.path / name
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+                removed.append(name)
+        for name in RUN_OUTPUT_DIRS:
+            p = self.path / name
+            if p.is_symlink():
+                p.unlink()  # the link, never what it points to
+            elif p.is_dir():
+                shutil.rmtree(p)
+            else:
+                continue
+            removed.append(name + "/")
+        return removed, note
+
+    def _refuse_inputs(self, protect: Iterable[str | Path]) -> None:
+        inputs = [Path(p).expanduser() for p in protect if p is not None]
+        for src in (p for p in inputs if p.exists()):
+            real = src.resolve()
+            for owned in self._owned_paths():
+                if owned.exists() and (os.path.samefile(src, owned) or owned.resolve() in real.parents):
+                    raise RunDirError(
+                        f"{shown(src)} is read by this run, but {shown(owned)} is what the run writes or removes in "
+                        f"{shown(self.path)}: copy it elsewhere and give the copy (e.g. cp {shown(src)} "
+                        f"my-{shown(src.name)}), so that it is never overwritten")
+
+    # ------------------------------------------------------------------ writing
     def write_config(self, text: str) -> None:
-        (self.path / CONFIG).write_text(text, encoding="utf-8")
+        write_atomic(self.path / CONFIG, text)
 
     def failure_log(self) -> JsonlWriter:
         return JsonlWriter(self.path / FAILURES)
@@ -149,26 +257,39 @@ class RunDir:
         with JsonlWriter(self.path / MANIFEST) as f:
             for row in rows:
                 f.write(row.to_json())
-        (self.path / CACHE_DIR).write_text(str(Path(cache_root).resolve()) + "\n", encoding="utf-8")
+        write_atomic(self.path / CACHE_DIR, str(Path(cache_root).resolve()) + "\n", encoding="utf-8")
 
     def write_status(self, doc: dict) -> None:
-        (self.path / STATUS).write_text(json.dumps(doc, indent=1), encoding="utf-8")
+        write_json(self.path / STATUS, doc)
 
     def write_runcard(self, doc: dict) -> None:
-        (self.path / RUNCARD).write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(self.path / RUNCARD, doc, newline=True)
 
     def score_writers(self, labels: list[str]) -> tuple[JsonlWriter, "PredictionWriter"]:
         """``scores.jsonl`` and ``predictions.csv`` writers (close both)."""
         return JsonlWriter(self.path / SCORES), PredictionWriter(self.path / PREDICTIONS, labels)
 
     def write_labelset(self, name: str, labels: list[str]) -> None:
-        (self.path / LABELSET).write_text(json.dumps({"name": name, "labels": labels}), encoding="utf-8")
+        write_json(self.path / LABELSET, {"name": name, "labels": labels}, indent=None)
 
     def write_metrics(self, doc: dict) -> None:
-        (self.path / METRICS).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(self.path / METRICS, doc, indent=2, newline=True)
 
     def write_report(self, markdown: str) -> None:
-        (self.path / REPORT).write_text(markdown, encoding="utf-8")
+        write_atomic(self.path / REPORT, markdown)
+
+    def write_plot(self, name: str, fig: Any) -> Path:
+        """A matplotlib figure as ``RUN/<name>`` (one of :data:`PLOTS` or :data:`FREQUENCY_PLOT`), PNG at 100 dpi."""
+        if name not in (*PLOTS.values(), FREQUENCY_PLOT):
+            raise ValueError(f"{name} is not a plot of the run directory")
+        return save_figure(fig, self.path / name, dpi=100)
+
+    def inspect_figure(self, video: str) -> Path:
+        """Where ``dfer inspect`` draws clip ``video``: ``RUN/inspect/<video, / as __>.png``."""
+        return self.path / INSPECT / f"{video.replace('/', '__')}.png"
+
+    def view_page(self) -> Path:
+        return self.path / VIEW
 
     # ------------------------------------------------------------------ reading
     def _written_by_run(self, name: str) -> Path:
@@ -186,21 +307,24 @@ class RunDir:
                 for _, r in read_jsonl(self._written_by_run(MANIFEST))]
 
     def find(self, video: str) -> ManifestRow:
-        """The clip ``video``: its id, its path as the manifest gives it (the path of the input or list file row),
-        the same file by another path, or a part of exactly one id."""
+        """The clip ``video``: its id or its path as the manifest gives it (the path of the input or list file row;
+        either also as messages show names that are not UTF-8), the same file by another path, or a part of exactly
+        one id."""
         rows = self.manifest()
-        exact = [r for r in rows if r.video == video] or [r for r in rows if r.path == video]
-        if not exact and os.path.isfile(video):
-            exact = [r for r in rows if _same_file(r.path, video)]
+        names = (video, unshown(video))
+        exact = [r for r in rows if r.video in names] or [r for r in rows if r.path in names]
+        if not exact and os.path.isfile(unshown(video)):
+            exact = [r for r in rows if _same_file(r.path, unshown(video))]
         if exact:
             return exact[0]
-        partial = [r for r in rows if video in r.video]
+        partial = [r for r in rows if video in r.video or video in shown(r.video)]
         if len(partial) == 1:
             return partial[0]
         where = self.path / MANIFEST
         if not partial:
-            raise RunDirError(f"no video '{video}' in {where} ({len(rows)} clips listed)")
-        raise RunDirError(f"'{video}' matches {len(partial)} clips in {where}: " + ", ".join(r.video for r in partial[:5]))
+            raise RunDirError(f"no video '{shown(video)}' in {where} ({len(rows)} clips listed)")
+        raise RunDirError(f"'{shown(video)}' matches {len(partial)} clips in {where}: "
+                          + ", ".join(shown(r.video) for r in partial[:5]))
 
     def cache(self) -> Cache:
         """The cache the run's artifacts are in."""
@@ -225,7 +349,7 @@ class RunDir:
 
     def config(self) -> dict[str, Any] | None:
         path = self.path / CONFIG
-        return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else None
+        return (load_yaml(path.read_text(encoding="utf-8"), str(path), RunDirError) or {}) if path.is_file() else None
 
     def metrics(self) -> dict | None:
         return self._json(METRICS)
@@ -233,15 +357,15 @@ class RunDir:
 
 class PredictionWriter:
     """``predictions.csv``: ``video, prediction, p_<label>..., label, model`` (probabilities with 6 decimals; the model
-    that scored the clip)."""
+    that scored the clip; a video id with bytes that are not UTF-8 as :func:`pipeline.core.paths.shown` shows it)."""
 
     def __init__(self, path: Path, labels: list[str]):
-        self._f = open(path, "w", newline="", encoding="utf-8")
+        self._f = open_stream(path, newline="")
         self._w = csv.writer(self._f)
         self._w.writerow(["video", "prediction", *[f"p_{lab}" for lab in labels], "label", "model"])
 
     def write(self, video: str, prediction: str, probs: Iterable[float], label: str | None, model: str | None = None) -> None:
-        self._w.writerow([video, prediction, *[f"{p:.6f}" for p in probs], label or "", model or ""])
+        self._w.writerow([shown(video), prediction, *[f"{p:.6f}" for p in probs], label or "", model or ""])
 
     def close(self) -> None:
         self._f.close()

@@ -28,10 +28,11 @@ from typing import Any, TextIO
 from pydantic import BaseModel
 
 from pipeline.core.errors import (REMEMBERED_FAILURES, ConfigError, DamagedArtifactError, PreflightError,
-                                  StrictFailure, UnknownStageError, UpstreamMissingError, VideoChangedError,
-                                  run_stop_class)
+                                  StrictFailure, UnknownStageError, UnreadableFileError, UpstreamMissingError,
+                                  VideoChangedError, run_stop_class)
 from pipeline.core.cache import Cache, artifact_key, default_cache_dir
 from pipeline.engine.cachecheck import check_artifact
+from pipeline.core.paths import shown
 from pipeline.engine.config import dump_config, key_fields
 from pipeline.engine.executor import Executor, LocalExecutor
 from pipeline.engine.executor_ray import RayExecutor
@@ -166,6 +167,7 @@ class Runner:
         rehash: bool = False,
         retry_failed: bool = False,
         allow_overlap: bool = False,
+        protect: tuple = (),
     ):
         check_stage(until, "--until")
         check_stage(force, "--force")
@@ -188,6 +190,7 @@ class Runner:
         self.allow_overlap = allow_overlap
         self.overlap: dict | None = None  # the adapter's training clips among this run's, where allowed
         self._failures = None
+        self.protect = tuple(protect)  # files the run reads (--config, the list file): never written or removed
 
     # ----------------------------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -197,7 +200,7 @@ class Runner:
         stop = run_stop_class(error)
         if stop is not None:  # not the clip's problem, and every later clip would fail alike
             raise stop(message)
-        self._failures.write({"video": video, "stage": stage, "error": error, "message": message})
+        self._failures.write({"video": video, "stage": stage, "error": error, "message": shown(message)})
         if self.strict:
             raise StrictFailure(f"stopped at the first failure (--strict): [{stage}] {video}: {error}: {message}")
 
@@ -222,7 +225,10 @@ class Runner:
         self.cache.create()  # the one place the cache's root is made (one that vanishes later stops the run)
         self.executor.start(self.cache.root)  # e.g. Ray: connect and check the cluster before any clip
         rewritten = {MANIFEST, STATUS, RUNCARD} | ({SCORES, PREDICTIONS, LABELSET} if "classify" in stages else set())
-        gone = [name for name in self.run_dir.begin_run() if name not in rewritten]
+        removed, taken_over = self.run_dir.begin_run(self.protect)
+        if taken_over:
+            self.say(taken_over)
+        gone = [name for name in removed if name not in rewritten]
         if gone:  # they described an earlier run in this directory (its artifacts stay in the cache)
             self.say(f"{self.run_dir.path}: removed {', '.join(gone)} of an earlier run there")
         self.run_dir.write_config(dump_config(self.cfg, self.sections))
@@ -311,6 +317,8 @@ class Runner:
                 return ref, self.fingerprints.fingerprint_and_stamp(ref.path), None
             except VideoChangedError as exc:
                 return ref, None, (VideoChangedError.__name__, str(exc))
+            except UnreadableFileError as exc:  # not a regular file (a FIFO, a device): never opened
+                return ref, None, ("UnreadableFileError", str(exc))
             except FileNotFoundError:
                 return ref, None, ("UnreadableFileError", f"{ref.path}: file not found")
             except PermissionError:
@@ -541,6 +549,8 @@ def executor_for(kind: str, run_section, address: str | None = None):
 
 
 def run_pipeline(input_path, out_dir, cfg, **kwargs) -> RunResult:
-    """Library entry point behind ``dfer run``."""
+    """Library entry point behind ``dfer run`` (``protect``: more files the run reads, e.g. ``--config``; the input
+    itself is protected anyway)."""
     refs = discover(input_path)
+    kwargs["protect"] = (input_path, *kwargs.get("protect", ()))
     return Runner(cfg, out_dir, **kwargs).run(refs)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import CacheError
+from pipeline.core.files import save_figure
+from pipeline.core.paths import output_file, shown
 from stages.faces.facetrack import FaceTrack
 from pipeline.engine.rundir import RunDir
 from pipeline.core.video import VideoReader, to_rgb
@@ -21,6 +23,11 @@ def _spans(mask: np.ndarray, t: np.ndarray) -> list[tuple[float, float]]:
     """``(first, last)`` time of every run of True in ``mask``."""
     edges = np.flatnonzero(np.diff(np.r_[0, np.asarray(mask, int), 0]))
     return [(t[a], t[b - 1]) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def _plain(name: str) -> str:
+    """A clip id as figure text: bytes that are not UTF-8 as ``\\xNN``, ``$`` not read as math."""
+    return shown(name).replace("$", r"\$")
 
 
 def _frames_at(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
@@ -45,6 +52,11 @@ def inspect_clip(run_dir: str | Path, video: str, output: Path | None = None) ->
 
     run = RunDir(run_dir)
     row = run.find(video)
+    if output is None:
+        run.claim()  # RUN/inspect/ is the run directory's (an earlier dfer's run is taken over)
+        output = run.inspect_figure(row.video)
+    else:
+        output = output_file(output, "-o")
     cache = run.cache()
     arts = row.artifacts
     faces, kf = (cache.get(stage, arts[stage]) if arts.get(stage) else None for stage in ("faces", "keyframes"))
@@ -94,14 +106,13 @@ def inspect_clip(run_dir: str | Path, video: str, output: Path | None = None) ->
     ax.legend(handles=handles, loc="upper right", fontsize=8)
     n_det = int(track.arrays["detected"].sum())
     fig.suptitle(
-        f"{row.video} — {len(track)} frames, {n_det} detected, strategy {keyframes['strategy']}"
+        f"{_plain(row.video)} — {len(track)} frames, {n_det} detected, strategy {keyframes['strategy']}"
         + ("  [no face: full frame]" if track.meta.get("full_frame") else ""),
         fontsize=11,
     )
     fig.tight_layout()
-    if output is None:
-        output = run.path / "inspect" / f"{row.video.replace('/', '__')}.png"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output)
-    plt.close(fig)
+    try:
+        save_figure(fig, output)
+    finally:
+        plt.close(fig)
     return output
