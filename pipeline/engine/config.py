@@ -7,6 +7,7 @@ Fields that do not change a stage's output (devices, batch sizes, worker counts)
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, InputError, excerpt
+from pipeline.core.paths import input_file
+from pipeline.core.yamlsafe import MAX_BYTES, load_yaml
 from pipeline.engine.sections import FinetuneConfig, RunSection
 from stages import PIPELINE
 from prompts import DIR as PROMPTS_DIR
@@ -93,14 +96,16 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
 def parse_override(text: str) -> tuple[str, Any]:
     """``section.key=value``; the value is parsed as YAML (so 3, true, [1, 2] and null work)."""
     if "=" not in text:
-        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+        raise ConfigError(f"--set expects section.key=value, got {excerpt(text, quote=True)}")
     key, raw = text.split("=", 1)
     key = key.strip()
+    if not raw.strip():
+        return key, ""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        yaml.safe_load(raw)  # aliases stay shared here: cheap, and only tells YAML from plain words
     except yaml.YAMLError:
-        value = raw
-    return key, value
+        return key, raw  # not YAML: the words as typed
+    return key, load_yaml(raw, f"--set {excerpt(key, 60)}")
 
 
 def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
@@ -125,21 +130,38 @@ def _friendly(err: ValidationError, source: str, root: type[BaseModel]) -> Confi
             model = _model_at(root, loc)
             allowed = ", ".join(sorted(model.model_fields)) if model else "?"
             section = ".".join(str(p) for p in loc[:-1]) or "top level"
-            lines.append(f"unknown key '{dotted}' ({source}); allowed keys in [{section}]: {allowed}")
+            lines.append(f"unknown key '{excerpt(dotted, 100)}' ({source}); allowed keys in [{section}]: {allowed}")
         else:
-            lines.append(f"bad value for '{dotted}' ({source}): {e['msg']}; got {e.get('input')!r}")
+            lines.append(f"bad value for '{dotted}' ({source}): {e['msg']}; got {excerpt(e.get('input'), quote=True)}")
+    if len(lines) > 20:
+        lines = lines[:20] + [f"... and {len(lines) - 20} more"]
     return ConfigError("\n".join(lines))
 
 
-def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+def read_yaml_file(path: str | Path, what: str, error: type = ConfigError) -> Any:
+    """A YAML file a user gives (config, preset, counts): a regular file of at most
+    :data:`pipeline.core.yamlsafe.MAX_BYTES`, UTF-8, loaded with the bound on aliases; ``error`` names it."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise error(f"{what} not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{what} not found: {path}") from None
+        input_file(path, what=what)
+    except InputError as exc:
+        raise error(f"{what} {exc}") from None
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise error(f"{what} {path} is {size / 1e6:.0f} MB; a YAML file dfer reads holds a few KB (is it the right file?)")
+    try:
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+        raise error(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read ({exc.strerror})") from None
+    return load_yaml(text, f"{what} {path}", error)
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    loaded = read_yaml_file(path, what)
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -225,9 +247,31 @@ def validated(model: type[BaseModel], data: Any, source: str) -> BaseModel:
     """``model.model_validate(data)`` with errors turned into one :class:`ConfigError` naming each key and
     ``source`` (a file, ``--set``, a command's options)."""
     try:
-        return model.model_validate(data)
+        cfg = model.model_validate(data)
     except ValidationError as err:
         raise _friendly(err, source, model) from None
+    bad = list(_non_finite(cfg, ()))
+    if bad:
+        raise ConfigError("\n".join(f"bad value for '{'.'.join(map(str, loc))}' ({source}): a number must be finite; "
+                                    f"got {value}" for loc, value in bad))
+    return cfg
+
+
+def _non_finite(value: Any, loc: tuple):
+    """``(location, value)`` of every NaN or infinite number in a validated config (no setting of dfer takes one;
+    YAML's ``.nan``/``.inf`` and the words ``nan``/``inf`` would pass a float field's bounds or compare false)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield loc, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _non_finite(getattr(value, name), loc + (name,))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, loc + (i,))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _non_finite(v, loc + (k,))
 
 
 def dump_config(cfg: BaseModel, extra: dict[str, BaseModel] | None = None) -> str:
