@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.backends import model_identity
+from pipeline.backends import backend_class, model_identity
 from pipeline.backends.base import Prompt, frame_rate, stage_model
 from stages.faces.facetrack import FaceTrack
 from pipeline.core.jobs import ClipJob
@@ -97,8 +97,9 @@ def preflight(cfg: Config) -> str | None:
         "condense.j2": {"captions": [{"t_start": 0.0, "t_end": 0.1, "text": "x"}], "t_start": 0.0, "t_end": 0.1},
         "trajectory.j2": {"gaps": [{"t_start": 0.0, "t_end": 0.1, "summary": "x"}]},
     }
-    for name in TEMPLATES:
-        modelstage.check_template(cfg.prompt_dir, name, stand_ins[name])
+    if backend_class(cfg.model.backend).reads_prompt:  # the embedded captioner renders no template: none is checked
+        for name in TEMPLATES:
+            modelstage.check_template(cfg.prompt_dir, name, stand_ins[name])
     return modelstage.preflight_model(cfg.model, f"{NAME}.model")
 
 

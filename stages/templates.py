@@ -5,6 +5,12 @@ text is split at the placeholders and the images are put back in their places, s
 controls exactly where each image goes. Undefined variables are errors (``StrictUndefined``).
 A user can point ``prompt_dir`` at their own folder; the hash of every template a stage renders
 is part of its cache key.
+
+A prompt folder may come from someone else (a shared config, a downloaded preset), so templates render in
+Jinja2's immutable sandbox: no access to attributes that start with ``_`` (``__class__``, ``__globals__``, ...),
+to functions' internals, or to methods that change the values passed in; ``range`` is bounded, and so are the
+strings and lists ``*`` and ``**`` can build. A template that tries is a :class:`TemplateError` naming its file.
+Only the templates of the stages a run computes, with a model that reads a prompt, are rendered (and checked).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.sandbox
 
 from pipeline.core.errors import TemplateError
 from pipeline.backends.base import Prompt
@@ -45,9 +52,30 @@ class ImageSlot(str):
     """What a template sees for an image: a placeholder string that is replaced by the image."""
 
 
+MAX_REPEAT = 100_000
+"""The largest string or list a template's ``*`` may build, and the largest result of ``**``."""
+
+
+class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox, with ``*`` and ``**`` bounded (``'x' * 10**10`` would fill the memory)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(left, (int, float)) and isinstance(right, (int, float)) \
+                and abs(right) > 64:
+            raise jinja2.sandbox.SecurityError(f"{left} ** {right}: the exponent is too large for a template")
+        if operator == "*":
+            sizes = [len(x) for x in (left, right) if isinstance(x, (str, list, tuple))]
+            counts = [x for x in (left, right) if isinstance(x, int)]
+            if sizes and counts and sizes[0] * counts[0] > MAX_REPEAT:
+                raise jinja2.sandbox.SecurityError(f"a template may not build a value of more than {MAX_REPEAT} items")
+        return super().call_binop(context, operator, left, right)
+
+
 def _env(prompt_dir: str | None) -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir(prompt_dir))), undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=False, autoescape=False)
+    return _Sandbox(loader=jinja2.FileSystemLoader(str(template_dir(prompt_dir))), undefined=jinja2.StrictUndefined,
+                    keep_trailing_newline=False, autoescape=False)
 
 
 class PromptRenderer:
@@ -66,8 +94,13 @@ class PromptRenderer:
             text = self.template.render(**variables)
         except jinja2.UndefinedError as exc:
             raise TemplateError(f"{self.path}: {exc.message} (variables provided: {', '.join(sorted(variables))})") from None
+        except jinja2.sandbox.SecurityError as exc:
+            raise TemplateError(f"{self.path}: the template tried something a prompt template may not do ({exc}); "
+                                "templates render in a sandbox: print the variables the stage provides") from None
         except jinja2.TemplateError as exc:
             raise TemplateError(f"{self.path}: {exc}") from None
+        except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
+            raise TemplateError(f"{self.path}: the template failed while rendering ({type(exc).__name__}: {exc})") from None
         parts: list = []
         rest = text
         for i, img in enumerate(images):
