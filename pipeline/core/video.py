@@ -4,12 +4,19 @@ Frames are yielded one at a time (never the whole video in memory), each with it
 seconds taken from its pts (so variable frame rate is right) and upright according to the
 stream's display-matrix rotation (so phone videos are not sideways). Opening errors are turned
 into :mod:`pipeline.core.errors` types with messages that name the file.
+
+The video stream read is the one ``ffmpeg`` would pick (:func:`choose_stream`): the default one, unless another
+is much larger; cover art last. The header's
+duration is the length of the content: a container that counts its duration from zero while its first frame is
+stamped a day later (a recording's wall-clock start) says ``start + length``, and the start is subtracted.
+Only regular files are opened (a FIFO would wait for a writer forever).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +25,7 @@ import av
 import numpy as np
 
 from pipeline.core.errors import DecodeError, NotAVideoError, UnreadableFileError
+from pipeline.core.paths import kind_of
 
 
 @dataclass
@@ -39,13 +47,16 @@ class VideoInfo:
 
 def _check_readable(path: Path) -> None:
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
         raise UnreadableFileError(f"{path}: file not found") from None
     except PermissionError:
         raise UnreadableFileError(f"{path}: permission denied (cannot access the file)") from None
-    if path.is_dir():
+    size = st.st_size
+    if stat.S_ISDIR(st.st_mode):
         raise UnreadableFileError(f"{path}: is a directory, not a video file")
+    if not stat.S_ISREG(st.st_mode):
+        raise UnreadableFileError(f"{path}: is {kind_of(st.st_mode)}, not a video file (never opened)")
     if size == 0:
         raise UnreadableFileError(f"{path}: file is empty (0 bytes)")
     try:
@@ -55,6 +66,26 @@ def _check_readable(path: Path) -> None:
         raise UnreadableFileError(f"{path}: permission denied (cannot read the file)") from None
     except OSError as exc:
         raise UnreadableFileError(f"{path}: cannot read the file ({os.strerror(exc.errno or errno.EIO)})") from None
+
+
+DEFAULT_BONUS = 5_000_000
+"""What the ``default`` disposition adds to a stream's pixel count when ``ffmpeg`` picks a video stream."""
+
+
+def choose_stream(streams) -> "av.video.stream.VideoStream | None":
+    """The video stream ``ffmpeg`` maps by default (``fftools/ffmpeg_mux_init.c``, ``map_auto_video``): the highest
+    score ``width x height + 5,000,000 if its disposition is default``, cover art (attached pictures) scoring 1, the
+    first stream winning a tie. A default stream is chosen unless another has 5 megapixels more."""
+    best, best_score = None, 0
+    for s in streams:
+        cc = s.codec_context
+        score = int(cc.width or 0) * int(cc.height or 0)
+        score += DEFAULT_BONUS if s.disposition & av.stream.Disposition.default else 0
+        if s.disposition & av.stream.Disposition.attached_pic:
+            score = 1
+        if best is None or score > best_score:
+            best, best_score = s, score
+    return best
 
 
 def _normalise_rotation(deg: float) -> int:
@@ -90,7 +121,7 @@ class VideoReader:
                 raise NotAVideoError(
                     f"{self.path}: no video stream in this file (streams found: {', '.join(kinds)}); audio-only?"
                 )
-            self.stream = self.container.streams.video[0]
+            self.stream = choose_stream(self.container.streams.video)
             self.stream.thread_type = "AUTO"
             if threads:
                 self.stream.codec_context.thread_count = threads
@@ -120,9 +151,12 @@ class VideoReader:
             raise NotAVideoError(f"{self.path}: the video stream has no frame size (damaged or unsupported codec)")
         dur = None
         if s.duration is not None and s.time_base is not None:
-            dur = float(s.duration * s.time_base)
+            dur = float(s.duration * s.time_base)  # the stream's own length
         elif self.container.duration:
             dur = self.container.duration / 1_000_000
+            start = (self.container.start_time or 0) / 1_000_000
+            if 0 < start < dur:  # counted from zero, the content starting at `start` (e.g. Matroska's segment)
+                dur -= start
         fps = float(s.average_rate) if s.average_rate else None
         dw, dh = (h, w) if rot in (90, 270) else (w, h)
         return VideoInfo(
