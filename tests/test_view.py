@@ -407,3 +407,100 @@ def test_run_ended_by_until_names_the_stages_it_did_not_run(clips, scored, tmp_p
     res = run(clips, tmp_path / "run", cache, until="keyframes")
     missing = build_view(res.run_dir)["summary"]["missing"]
     assert missing[0] == "Not computed: context, classify (the run ended after stage 'keyframes' (--until))."
+
+
+# ------------------------------------------------------------------ a run too big for one page: cards in files
+
+
+@pytest.fixture(scope="module")
+def paged(scored, tmp_path_factory):
+    """250 clips written as a page with its cards in view_files/ (chunks of 100, so three scripts)."""
+    big = scale_run(scored.run_dir, tmp_path_factory.mktemp("view-paged") / "run", 250, fail_every=25)
+    return big, write_view(big, one_file_max=100)
+
+
+def loaded_chunks(driver) -> list[int]:
+    return sorted(driver.execute_script("return window.dferChunksLoaded"))
+
+
+def test_a_big_run_writes_a_small_page_and_its_cards_beside_it(paged):
+    run_dir, page = paged
+    files = run_dir / "view_files"
+    assert page == run_dir / "view.html" and files.is_dir()
+    assert sorted(p.name for p in files.glob("cards-*.js")) == ["cards-00000.js", "cards-00001.js", "cards-00002.js"]
+    text = page.read_text(encoding="utf-8")
+    assert "data:image" not in text and "dfer-data" in text
+    data = json.loads(re.search(r'<script id="dfer-data" type="application/json">(.*?)</script>', text, re.S).group(1))
+    assert [e["id"] for e in data["index"]] == [f"clips/{i:05d}.mp4" for i in range(250)]
+    assert len(data["index"]) == 250 and set(data["index"][0]) == {"id", "true", "pred", "outcome", "conf", "margin"}
+    thumbs = list((files / "thumbs").rglob("*.jpg"))
+    assert thumbs and all(p.stat().st_size > 100 for p in thumbs)
+
+
+def test_a_big_page_opens_with_its_first_cards_and_loads_only_the_scripts_it_shows(browser, paged):
+    run_dir, page = paged
+    open_page(browser, page)
+    assert console_errors(browser) == []
+    assert shown_count(browser) == 250
+    ids = card_ids(browser)
+    assert ids == [f"clips/{i:05d}.mp4" for i in range(len(ids))] and 0 < len(ids) < 100
+    assert loaded_chunks(browser) == [0]
+    img = browser.find_element("css selector", ".card .frame img")
+    assert img.get_attribute("src").startswith((run_dir / "view_files").as_uri() + "/thumbs/")
+    assert wait_for(lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)) == 80
+
+
+def test_a_big_page_sorts_and_filters_over_every_clip(browser, paged):
+    run_dir, page = paged
+    rows = predictions(run_dir)
+    labels = [k[2:] for k in rows[0] if k.startswith("p_")]
+    conf = {r["video"]: max(float(r[f"p_{lab}"]) for lab in labels) for r in rows if r["label"] != r["prediction"]}
+    open_page(browser, Path(page).resolve().as_uri() + "#outcome=incorrect&sort=conf-asc")
+    expected = sorted(conf, key=conf.get)
+    shown = card_ids(browser)
+    assert shown == expected[:len(shown)] and len(shown) >= min(len(expected), 60)
+    assert loaded_chunks(browser) == [0, 1, 2]  # the least confident clips are spread over the whole run
+    pair = discriminating_pair(rows)
+    open_page(browser, page)
+    browser.find_element("css selector", f'.cell[data-true="{pair[0]}"][data-pred="{pair[1]}"]').click()
+    want = [r["video"] for r in rows if (r["label"], r["prediction"]) == pair]
+    assert wait_for(lambda: card_ids(browser) == want)
+    assert console_errors(browser) == []
+
+
+def test_a_big_page_shows_more_cards_as_it_scrolls_until_every_clip_is_shown(browser, paged):
+    open_page(browser, paged[1])
+    counts = [len(card_ids(browser))]
+    while counts[-1] < 250 and len(counts) < 20:
+        browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")  # the "Show more" button comes in view
+        wait_for(lambda: len(card_ids(browser)) > counts[-1])
+        counts.append(len(card_ids(browser)))
+    assert counts == [60, 120, 180, 240, 250]
+    assert card_ids(browser) == [f"clips/{i:05d}.mp4" for i in range(250)]
+    failed = browser.find_elements("css selector", ".card.failed")
+    assert len(failed) == 10 and "no face" in failed[0].find_element("css selector", ".failure").text
+    assert console_errors(browser) == []
+
+
+def test_a_big_page_without_its_folder_says_what_is_missing(browser, paged, tmp_path):
+    lone = tmp_path / "view.html"
+    shutil.copyfile(paged[1], lone)
+    open_page(browser, lone)
+    message = browser.find_element("css selector", ".load-error").text
+    assert "cards-00000.js" in message and "view_files" in message
+    assert shown_count(browser) == 250 and card_ids(browser) == []
+
+
+def test_a_page_written_small_again_removes_its_old_folder_and_a_foreign_folder_is_refused(paged, tmp_path):
+    run_dir = paged[0]
+    copy = copy_run(run_dir, tmp_path / "run")
+    page = write_view(copy, one_file_max=100)
+    assert (copy / "view_files" / "cards-00000.js").is_file()
+    page = write_view(copy, one_file_max=1000)
+    assert not (copy / "view_files").exists() and "data:image" in page.read_text(encoding="utf-8")
+    other = tmp_path / "elsewhere"
+    (other / "mine_files").mkdir(parents=True)
+    (other / "mine_files" / "notes.txt").write_text("my notes")
+    with pytest.raises(RunDirError, match=r"mine_files exists and was not written by `dfer view`"):
+        write_view(copy, other / "mine.html", one_file_max=100)
+    assert (other / "mine_files" / "notes.txt").read_text() == "my notes" and not (other / "mine.html").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 from types import SimpleNamespace
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -20,6 +21,7 @@ from pipeline.core.errors import CacheError
 from pipeline.eval.calibration import softmax
 from stages.faces.facetrack import FaceTrack
 from pipeline.core.jobs import ClipJob
+from pipeline.core.paths import shown
 from pipeline.eval.longtail import logit_adjust
 from pipeline.view.collect import Clip, RunData
 from stages import classify
@@ -28,22 +30,35 @@ MAX_IMAGES = 12  # frames per card (a 2,000-clip run with 4 keyframes makes a ~2
 ORDINARY_GAPS = {None, "", "gap", "between", "inner", "motion"}
 
 
-def thumbnails(track: FaceTrack, indices: list[int], size: int, quality: int) -> list[str]:
-    """Face crops ``indices`` as ``data:image/jpeg`` URIs, ``size`` pixels square."""
+Thumbs = Callable[[str, FaceTrack, list[int]], list[str]]
+"""Where a card's images come from: ``thumbs(faces key, track, frame indices)`` -> one ``src`` per frame (inline
+``data:`` URIs, :func:`inline_thumbs`, or files beside the page, :class:`pipeline.view.page.ThumbFiles`)."""
+
+
+def jpegs(track: FaceTrack, indices: list[int], size: int, quality: int) -> list[bytes]:
+    """Face crops ``indices`` as JPEG files, ``size`` pixels square."""
     out = []
     for img in track.crops(indices, size=size):
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise ValueError(f"could not encode a thumbnail of a face crop of {track.artifact.clip()}")
-        out.append("data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii"))
+        out.append(buf.tobytes())
     return out
+
+
+def inline_thumbs(size: int, quality: int) -> Thumbs:
+    """Thumbnails as ``data:image/jpeg`` URIs inside the page."""
+    def thumbs(key: str, track: FaceTrack, indices: list[int]) -> list[str]:
+        return ["data:image/jpeg;base64," + base64.b64encode(b).decode("ascii") for b in jpegs(track, indices, size, quality)]
+
+    return thumbs
 
 
 def _spread(n: int, k: int) -> list[int]:
     return list(range(n)) if n <= k else sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
 
 
-def _timeline(clip: Clip, run: RunData, thumb_size: int, quality: int) -> tuple[list[dict], str | None, list[str]]:
+def _timeline(clip: Clip, run: RunData, thumbs: Thumbs) -> tuple[list[dict], str | None, list[str]]:
     """Timeline entries, the clip-level trajectory sentence, and notes about what is missing."""
     notes: list[str] = []
     arts = clip.artifacts
@@ -78,7 +93,7 @@ def _timeline(clip: Clip, run: RunData, thumb_size: int, quality: int) -> tuple[
     images: dict[int, str] = {}
     if track is not None and shown:
         try:
-            images = dict(zip(sorted(shown), thumbnails(track, sorted(shown), thumb_size, quality)))
+            images = dict(zip(sorted(shown), thumbs(clip.keys.get("faces", ""), track, sorted(shown))))
         except CacheError as exc:  # the crops file is read when the first crop is asked for
             notes.append(f"the face crops of this clip are gone from the cache or damaged ({exc}); re-run `dfer run` "
                          "to rebuild them")
@@ -134,10 +149,15 @@ def _probabilities(clip: Clip, labels: list[str], calibration: dict) -> tuple[li
     return [round(float(p), 5) for p in softmax(s)], inexact
 
 
-def build_card(clip: Clip, run: RunData, labels: list[str], thumb_size: int = 80, quality: int = 75) -> dict:
+def _text(value):
+    return shown(value) if isinstance(value, str) else value
+
+
+def build_card(clip: Clip, run: RunData, labels: list[str], thumbs: Thumbs) -> dict:
+    """The card of one clip (ids and messages as :func:`pipeline.core.paths.shown` shows names)."""
     rep = run.report or {}
     try:
-        timeline, trajectory, notes = _timeline(clip, run, thumb_size, quality)
+        timeline, trajectory, notes = _timeline(clip, run, thumbs)
     except (CacheError, OSError, ValueError, KeyError) as exc:  # a damaged artifact costs its card's timeline only
         timeline, trajectory, notes = [], None, [f"this clip's cached artifacts could not be read: {exc!r}"]
     probs, inexact = _probabilities(clip, labels, rep.get("calibration") or {})
@@ -154,10 +174,10 @@ def build_card(clip: Clip, run: RunData, labels: list[str], thumb_size: int = 80
         top = sorted(probs, reverse=True)
         conf, margin = top[0], top[0] - (top[1] if len(top) > 1 else 0.0)
     return {
-        "id": clip.video, "true": true, "pred": pred if failure is None else None, "outcome": outcome,
+        "id": shown(clip.video), "true": true, "pred": pred if failure is None else None, "outcome": outcome,
         "probs": probs if failure is None else None, "inexact": inexact,
         "conf": None if conf is None else round(conf, 5), "margin": None if margin is None else round(margin, 5),
         "model": _model_name(clip, run), "timeline": timeline, "trajectory": trajectory,
-        "failure": None if failure is None else {k: failure.get(k) for k in ("stage", "error", "message")},
+        "failure": None if failure is None else {k: _text(failure.get(k)) for k in ("stage", "error", "message")},
         "notes": notes,
     }

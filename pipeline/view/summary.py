@@ -4,6 +4,7 @@ and what the run has not computed yet. Every number comes from :func:`pipeline.r
 from __future__ import annotations
 
 from pipeline.backends.base import model_name
+from pipeline.core.paths import shown
 from pipeline.engine.config import load_config
 from pipeline.eval.labels import LabelError, LabelSet, load_label_set
 from pipeline.engine.runner import stages_to_run
@@ -61,8 +62,8 @@ def build_summary(run: RunData, labels: list[str]) -> dict:
                 ("shuffled order", cfg.classify.shuffle)) if on),
         }
     return {
-        "run": run.run_dir.resolve().name,
-        "path": str(run.run_dir.resolve()),
+        "run": shown(run.run_dir.resolve().name),
+        "path": shown(run.run_dir.resolve()),
         "status": run.status,
         "labels": labels,
         "label_set": rep["label_set"]["name"] if rep else None,

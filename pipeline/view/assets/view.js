@@ -1,10 +1,18 @@
 // dfer view: renders the run embedded in #dfer-data. The filter lives in the URL fragment
 // (#true=sad&pred=happy&outcome=incorrect&sort=margin-asc&q=clip), so a view can be shared.
+// A small run embeds every card (DATA.cards). A big one embeds an index of the clips (DATA.index: what filters and
+// sorts read) and keeps the cards in scripts beside the page (DATA.files.dir/cards-NNNNN.js, DATA.files.chunk cards
+// each, calling dferChunk), loaded when one of their cards is shown; thumbnails there are image files, loaded lazily.
 (function () {
   "use strict";
   var DATA = JSON.parse(document.getElementById("dfer-data").textContent);
-  var S = DATA.summary, CARDS = DATA.cards, LABELS = S.labels || [];
-  var PAGE = 150;
+  var S = DATA.summary, LABELS = S.labels || [];
+  var FILES = DATA.files || null;
+  var CARDS = FILES ? DATA.index : DATA.cards;  // one entry per clip, in run order (CARDS[i].n === i)
+  CARDS.forEach(function (c, i) { c.n = i; });
+  var CHUNKS = {}, LOADING = {};  // chunk number -> its cards; -> callbacks waiting for it
+  var PAGE = FILES ? 60 : 150;
+  var generation = 0, busy = false;
   var OUTCOMES = [["", "all"], ["correct", "correct"], ["incorrect", "incorrect"], ["failed", "failed"],
     ["unlabelled", "scored, no label"], ["unscored", "not scored"]];
   var SORTS = [["", "run order"], ["conf-asc", "confidence, low first"], ["conf-desc", "confidence, high first"],
@@ -217,7 +225,8 @@
     });
   }
 
-  function apply() {
+  function apply(after) {
+    if (typeof after !== "function") after = null;  // called by the hashchange event, with the event
     state = parseHash();
     $("f-true").value = state["true"];
     $("f-pred").value = state.pred;
@@ -241,20 +250,79 @@
     $("count").setAttribute("data-count", String(current.length));
     $("cards").textContent = "";
     shown = 0;
+    generation++;
+    busy = false;
     if (!current.length) add($("cards"), el("p", "empty-list", "No clip matches this filter."));
-    renderMore();
+    renderMore(after);
+  }
+
+  // ---------------------------------------------------------------- cards of a big run, loaded as needed
+  function chunkFile(k) { return FILES.dir + "/cards-" + ("0000" + k).slice(-5) + ".js"; }
+
+  window.dferChunksLoaded = [];  // which card scripts this page has loaded (the benchmark and the tests read it)
+  window.dferChunk = function (k, cards) { CHUNKS[k] = cards; window.dferChunksLoaded.push(k); };
+
+  function loadChunk(k, done) {
+    if (CHUNKS[k]) { done(null); return; }
+    if (LOADING[k]) { LOADING[k].push(done); return; }
+    LOADING[k] = [done];
+    var script = document.createElement("script");
+    script.src = chunkFile(k);
+    script.onload = script.onerror = function () {
+      var waiting = LOADING[k];
+      delete LOADING[k];
+      script.remove();
+      var err = CHUNKS[k] ? null : chunkFile(k);
+      waiting.forEach(function (cb) { cb(err); });
+    };
+    document.head.appendChild(script);
+  }
+
+  function withCards(entries, done) {
+    // the full cards of index entries (in their order), once every chunk they are in has been loaded
+    if (!FILES) { done(entries, []); return; }
+    var need = {}, keys, left, failed = [];
+    entries.forEach(function (e) { need[Math.floor(e.n / FILES.chunk)] = 1; });
+    keys = Object.keys(need);
+    left = keys.length;
+    var finish = function () {
+      done(entries.map(function (e) {
+        var chunk = CHUNKS[Math.floor(e.n / FILES.chunk)];
+        return chunk ? chunk[e.n % FILES.chunk] : null;
+      }), failed);
+    };
+    if (!left) { finish(); return; }
+    keys.forEach(function (k) {
+      loadChunk(Number(k), function (err) {
+        if (err) failed.push(err);
+        if (--left === 0) finish();
+      });
+    });
   }
 
   // ---------------------------------------------------------------- cards
-  function renderMore() {
-    var box = $("cards"), frag = document.createDocumentFragment();
-    var end = Math.min(current.length, shown + PAGE);
-    for (var i = shown; i < end; i++) frag.appendChild(renderCard(current[i], i));
-    box.appendChild(frag);
-    shown = end;
-    var more = $("more");
-    more.hidden = shown >= current.length;
-    more.textContent = "Show more (" + (current.length - shown) + " left)";
+  function renderMore(after) {
+    if (busy) return;
+    var gen = generation, start = shown, end = Math.min(current.length, shown + PAGE);
+    busy = true;
+    document.body.setAttribute("data-pending", "1");
+    withCards(current.slice(start, end), function (cards, failed) {
+      busy = false;
+      if (gen !== generation) return;  // the filter changed while the cards were loading
+      var box = $("cards"), frag = document.createDocumentFragment();
+      cards.forEach(function (c, j) { if (c) frag.appendChild(renderCard(c, start + j)); });
+      failed.forEach(function (f) {
+        frag.appendChild(el("p", "load-error", "Could not load " + decodeURIComponent(f) + ": keep the folder " +
+          decodeURIComponent(FILES.dir) + " next to this page (the cards of a big run are there)."));
+      });
+      box.appendChild(frag);
+      shown = end;
+      var more = $("more");
+      more.hidden = shown >= current.length;
+      more.textContent = "Show more (" + (current.length - shown) + " left)";
+      document.body.setAttribute("data-pending", "0");
+      if (after) after();
+    });
   }
 
   function renderTimeline(c) {
@@ -265,6 +333,7 @@
         var li = el("li", "frame");
         if (it.src) {
           var img = el("img");
+          img.loading = "lazy";
           img.src = it.src;
           img.alt = "face at " + sec(it.t);
           img.width = 80;
@@ -352,10 +421,14 @@
     var active = document.activeElement, i = -1;
     if (active && active.classList && active.classList.contains("card")) i = Number(active.getAttribute("data-pos"));
     var next = i < 0 ? 0 : i + step;
-    if (next >= cards.length && shown < current.length) { renderMore(); cards = $("cards").querySelectorAll(".card"); }
-    next = Math.max(0, Math.min(cards.length - 1, next));
-    cards[next].focus();
-    cards[next].scrollIntoView({ block: "nearest" });
+    var go = function () {
+      cards = $("cards").querySelectorAll(".card");
+      next = Math.max(0, Math.min(cards.length - 1, next));
+      cards[next].focus();
+      cards[next].scrollIntoView({ block: "nearest" });
+    };
+    if (next >= cards.length && shown < current.length) renderMore(go);
+    else go();
   }
 
   function onKey(ev) {
@@ -378,7 +451,8 @@
       if (entries[0].isIntersecting && shown < current.length) renderMore();
     }).observe($("more"));
   }
-  apply();
-  document.body.setAttribute("data-ready", "1");
-  window.dferReadyMs = performance.now();
+  apply(function () {
+    document.body.setAttribute("data-ready", "1");
+    window.dferReadyMs = performance.now();
+  });
 })();
