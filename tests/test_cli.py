@@ -80,7 +80,7 @@ def test_exit_codes_failures_and_strict(clip_dir, tmp_path):
     proc = dfer("run", str(folder), "--out", str(tmp_path / "r2"), "-q", "--strict", cache=tmp_path / "c")
     assert proc.returncode == 3 and "b.mp4" in proc.stderr and "NotAVideoError" in proc.stderr
     proc = dfer("run", str(tmp_path / "nope"), "--out", str(tmp_path / "r3"), cache=tmp_path / "c")
-    assert proc.returncode == 2 and "input not found" in proc.stderr
+    assert proc.returncode == 2 and "argument input:" in proc.stderr and "nope: not found" in proc.stderr
 
 
 def test_console_script_is_installed():

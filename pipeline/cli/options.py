@@ -1,18 +1,84 @@
 """Options shared by several commands, declared once: ``--config/--set/--preset`` (what the pipeline config
 is) and ``-q`` (quiet). A command that takes them lists the parent parsers below; :func:`load_config` turns
-them into the resolved config."""
+them into the resolved config.
+
+Every path and number a command takes is checked here, when the command line is parsed, before any work: the
+argument types below (:data:`INPUT`, :data:`INPUT_FILE`, :data:`OUT_DIR`, :data:`OUT_FILE`, :data:`RUN_DIR`,
+:func:`number`) refuse a path of the wrong kind (a file where a folder is expected and vice versa, a FIFO or a
+device where a file is) and a number out of range (NaN and infinities included) with exit 2, naming the option.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import types
 import typing
+from typing import Callable
 
 from pydantic import BaseModel
 
+from pipeline.core import paths
+from pipeline.core.errors import InputError
 from pipeline.engine import config
 from pipeline.eval.labels import LABEL_FORMATS
+
+
+def _path_type(check: Callable, what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+def _run_dir(text: str) -> str:
+    path = paths.input_path(text)
+    if not path.is_dir():
+        raise InputError(f"{paths.shown(path)}: is a file; give a run directory (the --out of `dfer run`)")
+    return text
+
+
+INPUT = _path_type(paths.input_path, "file or folder")
+"""An existing folder or regular file to read (a folder of clips, a list file, labels)."""
+INPUT_FILE = _path_type(paths.input_file, "file")
+"""An existing regular file to read (``--config``, counts)."""
+OUT_DIR = _path_type(paths.output_dir, "folder")
+"""A folder to write into (absent or a folder): ``--out``, ``--cache``."""
+OUT_FILE = _path_type(paths.output_file, "file name")
+"""A file to write (absent or a regular file): ``-o``."""
+RUN_DIR = _path_type(_run_dir, "run directory")
+"""An existing folder (a run directory: what is in it is checked by the command)."""
+MODEL_PATH_FIELDS = {"input": INPUT, "labels": INPUT, "out": OUT_DIR, "cache": OUT_DIR}
+"""Options models' fields that are paths (:func:`model_options`), and their kind."""
+
+
+def number(kind: type = float, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+           hi_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` (``int`` refuses ``2.5``) in ``[lo, hi]`` (``lo_open``/``hi_open``:
+    excluded)."""
+    low = "" if lo is None else ("(" if lo_open else "[") + f"{lo}"
+    high = "" if hi is None else f"{hi}" + (")" if hi_open else "]")
+    span = f" in {low or '(-inf'}, {high or 'inf)'}" if lo is not None or hi is not None else ""
+    name = ("an integer" if kind is int else "a finite number") + span
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if not math.isfinite(value) or (lo is not None and (value < lo or (lo_open and value == lo))) \
+                or (hi is not None and (value > hi or (hi_open and value == hi))):
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
 def config_options() -> argparse.ArgumentParser:
@@ -20,7 +86,7 @@ def config_options() -> argparse.ArgumentParser:
     g = p.add_argument_group("configuration (defaults < --preset < --config < --set)")
     g.add_argument("--preset", metavar="NAME",
                    help="a named set of settings shipped with dfer (or found in $DFER_PRESET_PATH)")
-    g.add_argument("--config", metavar="FILE", help="YAML config file (sections per stage)")
+    g.add_argument("--config", metavar="FILE", type=INPUT_FILE, help="YAML config file (sections per stage)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (repeatable), e.g. --set keyframes.k=8")
     return p
@@ -29,9 +95,10 @@ def config_options() -> argparse.ArgumentParser:
 def label_options() -> argparse.ArgumentParser:
     """The true labels of the clips, as ``dfer report`` reads them (report, view, sweep)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--labels", metavar="FILE", help="true labels: CSV video,label or an official split file/folder")
+    p.add_argument("--labels", metavar="FILE", type=INPUT,
+                   help="true labels: CSV video,label or an official split file/folder")
     p.add_argument("--label-format", default="csv", choices=LABEL_FORMATS, help="format of --labels")
-    p.add_argument("--fold", type=int, help="DFEW/MAFW fold (1-5) when --labels is the dataset's split folder")
+    p.add_argument("--fold", type=number(int, 1, 5), help="DFEW/MAFW fold (1-5) when --labels is the dataset's split folder")
     p.add_argument("--split", default="test", choices=["train", "test"],
                    help="DFEW/MAFW split when --labels is a folder")
     return p
@@ -40,7 +107,8 @@ def label_options() -> argparse.ArgumentParser:
 def execution_options() -> argparse.ArgumentParser:
     """Where a run's artifacts go and where its work runs (run, sweep)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--cache", "--cache-dir", metavar="DIR", help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
+    p.add_argument("--cache", "--cache-dir", metavar="DIR", type=OUT_DIR,
+                   help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="where per-clip work and model stages run: local processes, or a Ray cluster (run.ray_* settings)")
     p.add_argument("--ray-address", metavar="ADDR",
@@ -77,7 +145,7 @@ def model_options(model: type[BaseModel], positional: tuple[str, ...] = (), skip
         elif typing.get_origin(ann) is list:
             kw.update(action="append", type=typing.get_args(ann)[0])
         else:
-            kw["type"] = ann
+            kw["type"] = MODEL_PATH_FIELDS.get(name, ann)
         if name in positional:
             p.add_argument(name, metavar=name.upper(), **kw)
             continue
