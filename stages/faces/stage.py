@@ -20,7 +20,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.models.devices import resolve_device
 from pipeline.core.errors import DecodeError, NoFaceError
@@ -59,7 +59,14 @@ class Config(BaseModel):
     them; :mod:`stages.faces.face_refine`) and fall back to the whole frame when the face is not there. New faces
     are found at this interval. 0: every detection on the whole frame. Frames wait in memory for about this long."""
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
-    """MTCNN P-, R- and O-net thresholds."""
+    """MTCNN P-, R- and O-net thresholds (each in [0, 1])."""
+
+    @field_validator("thresholds")
+    @classmethod
+    def _shares(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(0.0 <= v <= 1.0 for v in value):
+            raise ValueError("each threshold must be in [0, 1]")
+        return value
     min_score: float = Field(0.9, ge=0.0, le=1.0)
     """Detections below this probability are ignored."""
     smooth: int = Field(3, ge=1)
