@@ -84,15 +84,21 @@ def view_files_of(page: str | Path) -> Path:
 
 
 RUN_OUTPUT_DIRS = (INSPECT, view_files_of(VIEW).name)
+SWEEP_FILES = {"table": "sweep.md", "plot": "sweep.png", "json": "sweep.json"}
+"""``dfer sweep``'s files, in the folder that holds its run directories (marked like a run directory)."""
 RUN_FILES = (MARKER, CONFIG, FAILURES, CACHE_DIR, *RUN_OUTPUTS)
 """Every file name dfer writes in a run directory (and :data:`RUN_OUTPUT_DIRS` the folders)."""
 
 
-def _first_row_is(path: Path, keys: set[str]) -> bool:
+def _first_row_is(path: Path, keys: set[str], whole: bool = False) -> bool:
+    """The first line of ``path`` (``whole``: all of it, a JSON file of at most 16 MB) is a JSON object with
+    ``keys``."""
     try:
+        if not path.is_file() or (whole and path.stat().st_size > 16 << 20):
+            return False
         with open(path, encoding="utf-8") as f:
-            line = f.readline(1 << 20)
-        row = json.loads(line)
+            text = f.read() if whole else f.readline(1 << 20)
+        row = json.loads(text)
     except (OSError, ValueError):
         return False
     return isinstance(row, dict) and keys <= set(row)
@@ -171,33 +177,42 @@ class RunDir:
         return (self.path / MARKER).is_file()
 
     def _looks_like_earlier_run(self) -> bool:
-        """A run directory of a dfer from before the marker: its manifest or scores rows are dfer's."""
+        """A run directory (or sweep folder) of a dfer from before the marker: its manifest or scores rows, or its
+        sweep.json, are dfer's."""
         return (_first_row_is(self.path / MANIFEST, {"video", "path", "artifacts"})
-                or _first_row_is(self.path / SCORES, {"video", "labels", "scores"}))
+                or _first_row_is(self.path / SCORES, {"video", "labels", "scores"})
+                or _first_row_is(self.path / SWEEP_FILES["json"], {"grid", "rows"}, whole=True))
+
+    def check_claim(self) -> str | None:
+        """What :meth:`claim` would do, without writing anything: :class:`RunDirError` if it would refuse the folder,
+        else its note (None, or the note that an earlier dfer's run directory is taken over)."""
+        try:
+            output_dir(self.path, "run directory")
+        except InputError as exc:
+            raise RunDirError(str(exc)) from None
+        if self.is_marked() or not self.path.exists():
+            return None
+        present = sorted(os.listdir(self.path))
+        if not present:
+            return None
+        if not self._looks_like_earlier_run():
+            listed = ", ".join(shown(n) for n in present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
+            raise RunDirError(
+                f"{shown(self.path)} is not empty and is not a dfer run directory (no {MARKER}; it holds {listed}). "
+                "dfer writes a run only into a new or empty folder or into one of its own, so that no file of "
+                "yours is removed or overwritten: give another folder (e.g. a new subfolder), or move what is "
+                "there elsewhere first")
+        return (f"{shown(self.path)}: a run directory of an earlier dfer version (no {MARKER}); marked as a dfer "
+                "run directory, its files named in docs/run_directory.md are dfer's from now on")
 
     def claim(self) -> str | None:
         """Make sure dfer may write its files here, and mark the folder: it is made if missing, taken as it is when
         marked or empty, taken over (and said so: the returned note) when an earlier dfer wrote it; any other folder
         that holds something is refused with :class:`RunDirError` (nothing in it is touched)."""
-        try:
-            output_dir(self.path, "run directory")
-        except InputError as exc:
-            raise RunDirError(str(exc)) from None
+        note = self.check_claim()
         if self.is_marked():
             return None
         self.path.mkdir(parents=True, exist_ok=True)
-        note = None
-        present = sorted(os.listdir(self.path))
-        if present:
-            if not self._looks_like_earlier_run():
-                listed = ", ".join(shown(n) for n in present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
-                raise RunDirError(
-                    f"{shown(self.path)} is not empty and is not a dfer run directory (no {MARKER}; it holds {listed}). "
-                    "dfer writes a run only into a new or empty folder or into one of its own, so that no file of "
-                    "yours is removed or overwritten: give another folder (e.g. a new subfolder), or move what is "
-                    "there elsewhere first")
-            note = (f"{shown(self.path)}: a run directory of an earlier dfer version (no {MARKER}); marked as a dfer "
-                    "run directory, its files named in docs/run_directory.md are dfer's from now on")
         write_json(self.path / MARKER, {"dfer_run_directory": 1, "marked": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                         "note": "dfer owns the files of this folder that docs/run_directory.md names; "
                                                 "it removes an earlier run's before a new run"})
@@ -216,7 +231,7 @@ class RunDir:
         artifacts stay in the cache). ``protect``: files the run reads (``--config``, the list file); if one of
         them is a file the run would write or remove, :class:`RunDirError` before anything is touched. Returns the
         names removed and :meth:`claim`'s note."""
-        self._refuse_inputs(protect)
+        self.check_begin(protect)
         note = self.claim()
         removed = []
         for name in RUN_OUTPUTS:
@@ -235,7 +250,10 @@ class RunDir:
             removed.append(name + "/")
         return removed, note
 
-    def _refuse_inputs(self, protect: Iterable[str | Path]) -> None:
+    def check_begin(self, protect: Iterable[str | Path] = ()) -> None:
+        """What :meth:`begin_run` checks before it touches anything (:meth:`check_claim`, and that no file in
+        ``protect`` is one the run writes or removes); writes nothing."""
+        self.check_claim()
         inputs = [Path(p).expanduser() for p in protect if p is not None]
         for src in (p for p in inputs if p.exists()):
             real = src.resolve()

@@ -241,10 +241,12 @@ class Runner:
             self.executor.close()
 
     def check(self, refs: list[VideoRef]) -> tuple[str, str] | None:
-        """What :meth:`run` checks before it writes anything: every stage's preflight (which may make a stage fall
-        back to the embedded model) and the labels of a list file. Raises on a configuration that cannot work;
+        """What :meth:`run` checks before it writes anything: that the run directory may be written
+        (:meth:`RunDir.check_begin`), every stage's preflight (which may make a stage fall back to the embedded model)
+        and the labels of a list file. Raises on a configuration that cannot work;
         returns (stage, message) of the first stage the run will stop before (its model weights are not available
         here and nothing can stand in), else None. Writes nothing."""
+        self.run_dir.check_begin(self.protect)  # a folder of the user's, or an input it would overwrite: refused
         blocked = self._preflight()
         if "classify" in self.stages():
             check_labels(refs, self.cfg.classify.labels)

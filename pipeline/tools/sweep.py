@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import re
 import sys
 from dataclasses import dataclass
@@ -42,9 +41,11 @@ from pipeline.engine.inputs import discover
 from pipeline.eval.labels import load_label_set, read_labels
 from pipeline.report import HEADLINE, markdown_table, pct_ci, write_report
 from pipeline.report.paired import SIGNIFICANT, diff_text, paired_comparison
+from pipeline.engine.rundir import SWEEP_FILES, RunDir
 from pipeline.engine.runner import RunResult, Runner, executor_for
+from pipeline.core.files import json_text, save_figure, write_atomic
 
-FILES = {"table": "sweep.md", "plot": "sweep.png", "json": "sweep.json"}
+FILES = SWEEP_FILES
 
 
 @dataclass(frozen=True)
@@ -185,12 +186,15 @@ def plan_sweep(axes: list[Axis], preset: str | None = None, config_file: str | P
 
 
 def _check(combos: list[Combination], refs, out: Path, cache_dir, labels_file, label_format, fold, split,
-           allow_overlap: bool) -> None:
-    """Every combination's stage checks and the labels file, before any run: errors name the combination."""
+           allow_overlap: bool, protect: tuple = ()) -> None:
+    """The sweep folder, every combination's run directory and stage checks, and the labels file, before any run:
+    errors name the combination."""
+    RunDir(out).check_claim()  # a folder of the user's is refused, as `dfer run` refuses it
     errors = []
     for c in combos:
         try:
-            Runner(c.cfg, out / c.name, cache_dir=cache_dir, log=io.StringIO(), allow_overlap=allow_overlap).check(refs)
+            Runner(c.cfg, out / c.name, cache_dir=cache_dir, log=io.StringIO(), allow_overlap=allow_overlap,
+                   protect=protect).check(refs)
         except DferError as exc:
             errors.append(f"{c.name}: {exc}")
     if labels_file is not None:
@@ -224,13 +228,15 @@ def run_sweep(input_path: str | Path, out_dir: str | Path, grid: Sequence[str], 
     check_baseline(baseline, combos)
     refs = discover(input_path)
     out = Path(out_dir)
-    _check(combos, refs, out, cache_dir, labels_file, label_format, fold, split, allow_overlap)
+    protect = (input_path, config_file, labels_file)  # read by the sweep: never a file its runs write or remove
+    _check(combos, refs, out, cache_dir, labels_file, label_format, fold, split, allow_overlap, protect)
+    RunDir(out).claim()
     rows = []
     for i, c in enumerate(combos, 1):
         print(f"== sweep {i}/{len(combos)}: {c.name}", file=log, flush=True)
         row = SweepRow(c, out / c.name, "error")
         try:
-            runner = Runner(c.cfg, row.run_dir, cache_dir=cache_dir, quiet=quiet, log=log,
+            runner = Runner(c.cfg, row.run_dir, cache_dir=cache_dir, quiet=quiet, log=log, protect=protect,
                             executor=executor_for(executor, c.cfg.run, ray_address), allow_overlap=allow_overlap)
             row.result = runner.run(refs)
         except DferError as exc:  # this combination only (e.g. a model that fails to load); the others go on
@@ -245,10 +251,9 @@ def run_sweep(input_path: str | Path, out_dir: str | Path, grid: Sequence[str], 
                 row.message = f"dfer report: {exc}"
         rows.append(row)
     result = SweepResult(out, axes, rows, baseline, n_boot)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / FILES["table"]).write_text(sweep_markdown(result), encoding="utf-8")
-    (out / FILES["json"]).write_text(json.dumps(sweep_json(result), indent=1, ensure_ascii=False), encoding="utf-8")
-    sweep_figure(result).savefig(out / FILES["plot"], dpi=100)
+    write_atomic(out / FILES["table"], sweep_markdown(result))
+    write_atomic(out / FILES["json"], json_text(sweep_json(result), indent=1))
+    save_figure(sweep_figure(result), out / FILES["plot"], dpi=100)
     return result
 
 
