@@ -24,6 +24,7 @@ import logging
 import os
 from pathlib import Path
 
+from pipeline.core.files import json_text, write_atomic
 from pipeline.core.errors import AdapterError
 from pipeline.models import hub
 from pipeline.backends import model_identity
@@ -106,7 +107,7 @@ def write_adapter_meta(adapter_dir: Path, base: dict, labels: list[str], label_s
     from."""
     doc = {"format": META_FORMAT, "base": base, "label_set": label_set, "labels": labels,
            "template_sha256": template_sha256, "trained": trained, **({"clips": clips} if clips is not None else {})}
-    (Path(adapter_dir) / ADAPTER_META).write_text(json.dumps(doc, indent=1, ensure_ascii=False), encoding="utf-8")
+    write_atomic(Path(adapter_dir) / ADAPTER_META, json_text(doc, indent=1))
 
 
 def training_clips(path: str | os.PathLike) -> dict[str, str] | None:

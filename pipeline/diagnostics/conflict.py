@@ -11,12 +11,13 @@ a Markdown table, JSON and a PNG plot of the cosine over training.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from pipeline.core.files import json_text, save_figure, write_atomic
 
 
 def task_gradients(losses: Mapping[str, "torch.Tensor"], params: Sequence) -> dict[str, "torch.Tensor"]:  # noqa: F821
@@ -103,8 +104,8 @@ class ConflictLog:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {ext: out / f"conflict.{ext}" for ext in ("json", "md", "png")}
-        paths["json"].write_text(json.dumps(self.to_json(), indent=1), encoding="utf-8")
-        paths["md"].write_text("# Gradient conflict between tasks\n\n" + self.markdown(), encoding="utf-8")
+        write_atomic(paths["json"], json_text(self.to_json(), indent=1, ensure_ascii=True, allow_nan=True))
+        write_atomic(paths["md"], "# Gradient conflict between tasks\n\n" + self.markdown())
         self.plot(paths["png"])
         return paths
 
@@ -131,6 +132,6 @@ class ConflictLog:
                 ax.legend(fontsize=8, loc="lower right")
         axes[-1, 0].set_xlabel("training step")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        save_figure(fig, path, dpi=100)
         plt.close(fig)
         return Path(path)

@@ -16,7 +16,6 @@ mean "no label for this task" (e.g. clips of a second data set). A column with a
 from __future__ import annotations
 
 import csv
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from pipeline.core.files import json_text, write_atomic
 from pipeline.core.errors import DiagnosticsError
 from pipeline.eval.labels import match_labels
 from pipeline.eval.metrics import compute_metrics
@@ -208,10 +208,10 @@ def write_probe_report(results: Sequence[ProbeResult], out_dir: str | Path, extr
            "metrics": [{"task": r.task, "encoder": r.encoder, "layer": r.layer, **r.metrics} for r in results],
            **(extra or {})}
     jp, mp = out / "probe.json", out / "probe.md"
-    jp.write_text(json.dumps(doc, indent=1, ensure_ascii=False), encoding="utf-8")
+    write_atomic(jp, json_text(doc, indent=1, allow_nan=True))
     md = ["# Linear probes on frozen visual features", "",
           "One row per task, encoder and layer. Clip-level features are the mean over the clip's frames; the "
           "train/validation split is by video (never by frame), the same for every encoder and layer of a task. "
           "UAR/WAR are on the validation clips, with percentile-bootstrap 95% CIs.", "", probe_table(results)]
-    mp.write_text("\n".join(md), encoding="utf-8")
+    write_atomic(mp, "\n".join(md))
     return jp, mp

@@ -30,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
+from pipeline.core.files import json_text, write_atomic
 from pipeline.core.errors import SocialFusionError
 from pipeline.diagnostics.conflict import ConflictLog, task_gradients
 from pipeline.diagnostics.probe import TaskError
@@ -145,7 +146,8 @@ def _setup(model: SocialFusionModel, settings: TrainSettings, examples: Sequence
 
 def _save(session: ckpt.CheckpointSession, step: int, setup: str, params: dict, opt, sched, report: TrainReport) -> None:
     def write_weights(folder: Path) -> None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(folder / "trainable.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in params.items()},
+                  str(folder / "trainable.safetensors"))  # (in a folder renamed into place)
 
     state = {"step": step, "setup": setup, "losses": report.losses, "conflict": report.conflict.rows}
     session.save(f"step-{step:07d}", state, opt, sched, write_weights)
@@ -253,7 +255,7 @@ def write_training_report(report: TrainReport, out_dir: str | Path) -> dict[str,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"training": out / "training.json"}
-    paths["training"].write_text(json.dumps(report.to_json(), indent=1), encoding="utf-8")
+    write_atomic(paths["training"], json_text(report.to_json(), indent=1, ensure_ascii=True, allow_nan=True))
     if report.conflict.rows:
         paths.update(report.conflict.write(out))
     return paths

@@ -50,6 +50,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Iterator
 
+from pipeline.core.files import write_atomic
 from pipeline.core.errors import ClusterError
 from pipeline.core.cache import Artifact, Cache
 from pipeline.engine.batching import process_batches
@@ -135,7 +136,7 @@ def _probe_worker(root: str, token: str) -> dict:
     if seen != token:
         return {"ok": False, "host": host, "detail": f"{probe / 'driver'} holds another run's probe"}
     try:
-        (probe / f"worker-{uuid.uuid4().hex[:8]}").write_text(token, encoding="utf-8")
+        write_atomic(probe / f"worker-{uuid.uuid4().hex[:8]}", token)
     except OSError as exc:
         return {"ok": False, "host": host, "detail": f"cannot write under {probe}: {exc.strerror or exc}"}
     return {"ok": True, "host": host, "detail": ""}
@@ -305,7 +306,7 @@ class RayExecutor(Executor):
         probe = root / f".dfer-probe-{token}"
         probe.mkdir()
         try:
-            (probe / "driver").write_text(token, encoding="utf-8")
+            write_atomic(probe / "driver", token)
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             fn = ray.remote(_probe_worker)

@@ -17,6 +17,7 @@ from typing import TextIO
 
 from pipeline.core.cache import Cache, default_cache_dir
 from pipeline.core.errors import FinetuneError
+from pipeline.core.files import write_atomic
 from pipeline.engine.config import dump_config
 from pipeline.engine.inputs import VideoRef, discover
 from pipeline.eval.labels import load_label_set
@@ -121,7 +122,7 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
         accelerator.wait_for_everyone()
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "finetune.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        write_atomic(out / "finetune.yaml", dump_config(cfg))
         examples, failed = prepare(cfg, refs, {**train_map, **val_map}, out / "prepare", cache_dir, quiet or not show, log)
         if failed:
             print(f"note: {len(failed)} clip(s) failed in the pipeline and are left out "

@@ -25,6 +25,7 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.core.files import write_atomic
 from pipeline.models import hub
 from pipeline.models.quiet import quiet_peft
 from pipeline.core.errors import SocialFusionError
@@ -305,10 +306,10 @@ class SocialFusionModel:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.connector.state_dict().items()}
-        save_file(state, str(folder / CONNECTOR_FILE), metadata={"format": "socialfusion-connector"})
+        save_file(state, str(folder / CONNECTOR_FILE), metadata={"format": "socialfusion-connector"})  # (in a folder renamed into place)
         if self.cfg.lora is not None:
             self.lm.save_pretrained(str(folder), safe_serialization=True)
-        (folder / CONFIG_FILE).write_text(self.cfg.model_dump_json(indent=1), encoding="utf-8")
+        write_atomic(folder / CONFIG_FILE, self.cfg.model_dump_json(indent=1))
         return folder
 
     @classmethod

@@ -10,6 +10,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
+from pipeline.core.files import write_atomic
 from pipeline.engine.config import PipelineConfig
 
 
@@ -64,7 +65,7 @@ def update_doc(path: Path = DOC) -> bool:
     _, tail = rest.split(END, 1)
     new = f"{head}{START}\n{config_reference()}\n{END}{tail}"
     if new != text:
-        path.write_text(new, encoding="utf-8")
+        write_atomic(path, new)
     return new != text
 
 

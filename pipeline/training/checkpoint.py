@@ -29,14 +29,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.core.files import json_text, write_atomic
+
 CHECKPOINTS = "checkpoints"
 POINTER = "latest.json"
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json_text(obj, indent=1, allow_nan=True))  # a loss can be NaN: kept as it was written
 
 
 def read_json(path: Path):
@@ -59,7 +59,7 @@ def optimizer_to_files(sd: dict, folder: Path) -> None:
             else:
                 out[k] = {"value": v}
         state[str(pid)] = out
-    save_file(tensors, str(folder / "optimizer.safetensors"))
+    save_file(tensors, str(folder / "optimizer.safetensors"))  # (in a folder renamed into place)
     write_json(folder / "optimizer.json", {"state": state, "param_groups": sd["param_groups"]})
 
 
