@@ -112,7 +112,8 @@ class JsonlWriter:
         self._f: TextIO = open_stream(path)
 
     def write(self, row: dict) -> None:
-        self._f.write(json_text(row) + "\n")
+        # a score a model gave as NaN is written as NaN, as json.loads reads it back: the report names that row
+        self._f.write(json_text(row, allow_nan=True) + "\n")
         self._f.flush()
 
     def close(self) -> None:
