@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pipeline.engine.rundir import FREQUENCY_PLOT, PLOTS
+from pipeline.engine.rundir import FREQUENCY_PLOT, PLOTS, RunDir
 from pipeline.eval.metrics import GROUP_NAMES
 from pipeline.report.markdown import freq_order, rho
 
@@ -63,7 +63,7 @@ def write_plots(rep: dict, out_dir: Path) -> dict[str, str]:
     ax.legend()
     for key, fig in figures.items():
         fig.tight_layout()
-        fig.savefig(out_dir / PLOTS[key], dpi=100)
+        RunDir(out_dir).write_plot(PLOTS[key], fig)
     plots = dict(PLOTS)
     lf = rep.get("label_frequency")
     if lf and lf["n"]:
@@ -87,4 +87,4 @@ def _frequency_plot(lf: dict, path: Path) -> None:
     ax.set_ylabel("F1")
     ax.set_title(f"Per-class F1 against label frequency (Spearman rho = {rho(lf['spearman'])}, {lf['n']} classes)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    RunDir(path.parent).write_plot(path.name, fig)

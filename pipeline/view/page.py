@@ -94,7 +94,7 @@ class ThumbFiles:
         if todo:
             (self.folder / names[0]).parent.mkdir(parents=True, exist_ok=True)
             for (_, name), data in zip(todo, jpegs(track, [i for i, _ in todo], self.size, self.quality)):
-                (self.folder / name).write_bytes(data)  # inside the folder atomic_dir swaps in whole
+                (self.folder / name).write_bytes(data)  # (in a folder renamed into place)
         return [f"{self.prefix}/{n}" for n in names]
 
 
@@ -110,14 +110,14 @@ def _write_files(run: RunData, labels: list[str], folder: Path, thumb_size: int,
     index: list[dict] = []
     with atomic_dir(folder) as tmp:
         marker = json_text({"written_by": "dfer view", "chunk": CHUNK})
-        (tmp / FILES_MARKER).write_text(marker, encoding="utf-8")  # in a folder swapped in whole
+        (tmp / FILES_MARKER).write_text(marker, encoding="utf-8")  # (in a folder renamed into place)
         thumbs = ThumbFiles(tmp, quote(folder.name), thumb_size, quality)
         chunk: list[dict] = []
 
         def flush() -> None:
             k = (len(index) - 1) // CHUNK
             script = f"dferChunk({k},{json_text(chunk, separators=(',', ':'))});\n"
-            (tmp / f"cards-{k:05d}.js").write_text(script, encoding="utf-8")  # in a folder swapped in whole
+            (tmp / f"cards-{k:05d}.js").write_text(script, encoding="utf-8")  # (in a folder renamed into place)
             chunk.clear()
 
         for card in _cards(run, labels, thumbs):
