@@ -221,12 +221,12 @@ def test_a_path_of_the_wrong_kind_is_named_before_any_work(case, one_clip, tmp_p
     (("config", "show", "--set", "keyframes.smooth_s=.inf"),
      "bad value for 'keyframes.smooth_s' (--set): a number must be finite; got inf"),
     (("config", "show", "--set", "classify.dense_fps=nan"), "bad value for 'classify.dense_fps'"),
-    (("report", ".", "--tau", "nan"), "argument --tau: expected a finite number in [0, inf), got 'nan'"),
-    (("report", ".", "--tau", "inf"), "argument --tau: expected a finite number in [0, inf), got 'inf'"),
-    (("report", ".", "--tau", "-1"), "argument --tau: expected a finite number in [0, inf), got '-1'"),
+    (("report", ".", "--tau", "nan"), "argument --tau: expected a finite number >= 0, got 'nan'"),
+    (("report", ".", "--tau", "inf"), "argument --tau: expected a finite number >= 0, got 'inf'"),
+    (("report", ".", "--tau", "-1"), "argument --tau: expected a finite number >= 0, got '-1'"),
     (("report", ".", "--fold", "2.5"), "argument --fold: expected an integer in [1, 5], got '2.5'"),
     (("view", ".", "--fold", "6"), "argument --fold: expected an integer in [1, 5], got '6'"),
-    (("compare", ".", "--tau", "nan"), "argument --tau: expected a finite number in [0, inf), got 'nan'"),
+    (("compare", ".", "--tau", "nan"), "argument --tau: expected a finite number >= 0, got 'nan'"),
 ])
 def test_a_number_out_of_range_is_named(args, message, capsys):
     code, err = cli(*args, capsys=capsys)

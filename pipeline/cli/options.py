@@ -58,22 +58,17 @@ MODEL_PATH_FIELDS = {"input": INPUT, "labels": INPUT, "out": OUT_DIR, "cache": O
 """Options models' fields that are paths (:func:`model_options`), and their kind."""
 
 
-def number(kind: type = float, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-           hi_open: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite ``kind`` (``int`` refuses ``2.5``) in ``[lo, hi]`` (``lo_open``/``hi_open``:
-    excluded)."""
-    low = "" if lo is None else ("(" if lo_open else "[") + f"{lo}"
-    high = "" if hi is None else f"{hi}" + (")" if hi_open else "]")
-    span = f" in {low or '(-inf'}, {high or 'inf)'}" if lo is not None or hi is not None else ""
-    name = ("an integer" if kind is int else "a finite number") + span
+def number(kind: type = float, lo: float | None = None, hi: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` (``int`` refuses ``2.5``) in ``[lo, hi]`` (either bound may be None)."""
+    bounds = {(True, True): f" in [{lo}, {hi}]", (True, False): f" >= {lo}", (False, True): f" <= {hi}"}
+    name = ("an integer" if kind is int else "a finite number") + bounds.get((lo is not None, hi is not None), "")
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
-        if not math.isfinite(value) or (lo is not None and (value < lo or (lo_open and value == lo))) \
-                or (hi is not None and (value > hi or (hi_open and value == hi))):
+        if not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
             raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}")
         return value
 
