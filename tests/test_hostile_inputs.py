@@ -593,3 +593,55 @@ def test_the_run_directory_names_every_file_it_holds(one_clip, tmp_path, capsys)
     assert top <= set(RUN_FILES) | set(RUN_OUTPUT_DIRS)
     assert {"report.md", "metrics.json", "view.html", "inspect", MARKER} <= top
     assert RunDir(out).inspect_figure("a.avi") == out / "inspect" / "a.avi.png"
+
+
+# ------------------------------------------------------------------------------------------ the report
+
+
+@pytest.mark.parametrize("counts, message", [
+    ({"happy": 12.5}, "happy: a count must be a whole number >= 0, got 12.5"),
+    ({"happy": "many"}, "happy: a count must be a whole number >= 0, got 'many'"),
+    ({"happy": -3}, "happy: a count must be a whole number >= 0, got -3"),
+    ([1, 2, 3, 4, 5, 6, None], "entry 7: a count must be a whole number >= 0, got None"),
+    ("just words", "expected a mapping label: count (or a list of counts in label order), got str"),
+])
+def test_training_counts_that_are_not_whole_numbers_are_named(counts, message, tmp_path, capsys):
+    from tests.test_report import make_run
+
+    make_run(tmp_path / "run")
+    path = tmp_path / "counts.yaml"
+    path.write_text(json.dumps(counts))
+    before = snapshot(tmp_path / "run")
+    code, err = cli("report", tmp_path / "run", "--calibration", "prior", "--train-counts", path, capsys=capsys)
+    assert code == 2 and f"training counts {path}: {message}" in err
+    assert snapshot(tmp_path / "run") == before  # no report written from half-read counts
+
+
+def test_the_markdown_report_escapes_what_it_copies_from_the_inputs(tmp_path):
+    from pipeline.report import write_report
+    from tests.test_report import make_run
+
+    make_run(tmp_path / "run")
+    run_dir = RunDir(tmp_path / "run")
+    evil = "a|b`c\n# heading <img src=x onerror=alert(1)> [x](javascript:alert(1)) *bold*"
+    rows = [row for _, row in run_dir.failures()]
+    with run_dir.failure_log() as log:
+        for row in rows:
+            log.write(row)
+        log.write({"video": evil + ".mp4", "stage": "faces", "error": "NoFaceError", "message": evil})
+    write_report(run_dir.path)
+    text = (run_dir.path / "report.md").read_text(encoding="utf-8")
+    outside_code = re.sub(r"(`+)(?!`).*?(?<!`)\1(?!`)", "", text)  # code spans show markup as text
+    assert re.search(r"(?<!\\)<img", outside_code) is None and "\n# heading" not in text
+    assert re.search(r"(?<!\\)\]\(javascript", outside_code) is None
+    assert "``a\\|b`c # heading <img src=x onerror=alert(1)> [x](javascript:alert(1)) *bold*.mp4``" in text
+    assert ("a\\|b\\`c \\# heading \\<img src=x onerror=alert(1)\\> \\[x\\](javascript:alert(1)) \\*bold\\*"
+            in text)  # the message, as text
+    for line in text.splitlines():  # every table row still has its columns
+        if line.startswith("|"):
+            header_cells = len(re.split(r"(?<!\\)\|", line)) - 2
+            assert header_cells >= 2, line
+    tables = [block for block in text.split("\n\n") if block.startswith("|")]
+    for block in tables:
+        widths = {len(re.split(r"(?<!\\)\|", row)) for row in block.splitlines() if row.startswith("|")}
+        assert len(widths) == 1, block

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import yaml
 
-from pipeline.core.errors import ConfigError, RunDirError
+from pipeline.core.errors import ConfigError, RunDirError, excerpt
+from pipeline.engine.config import read_yaml_file
 from pipeline.engine.disjoint import check_disjoint
 from pipeline.engine.rundir import FAILURES, LABELSET, SCORES, RunDir
 from pipeline.eval.calibration import calibrate, prior_from_counts, tau_sweep
@@ -68,20 +68,31 @@ def _parse_label_set(name: str, labels: list[str], label_set: str | Path | None,
 def _train_counts(train_counts: Any, labels: list[str], ls: LabelSet) -> dict[str, int] | None:
     if train_counts is None:
         return None
+    where = "train_counts"
     if isinstance(train_counts, (str, Path)):
-        try:
-            train_counts = yaml.safe_load(Path(train_counts).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise LabelError(f"training counts {train_counts}: cannot be read as JSON/YAML ({exc})") from None
+        where = f"training counts {train_counts}"
+        train_counts = read_yaml_file(train_counts, "training counts", LabelError)
     if isinstance(train_counts, Mapping):
         out = {lab: 0 for lab in labels}
         for k, v in train_counts.items():
-            out[ls.canonical(str(k), "train_counts")] += int(v)
+            out[ls.canonical(str(k), where)] += _count(v, f"{where}: {excerpt(str(k), 60)}")
         return out
-    counts = [int(x) for x in train_counts]
+    if not isinstance(train_counts, (list, tuple)):
+        raise LabelError(f"{where}: expected a mapping label: count (or a list of counts in label order), got "
+                         f"{type(train_counts).__name__}")
+    counts = [_count(x, f"{where}: entry {i + 1}") for i, x in enumerate(train_counts)]
     if len(counts) != len(labels):
         raise LabelError(f"train_counts has {len(counts)} entries for {len(labels)} labels")
     return dict(zip(labels, counts))
+
+
+def _count(value: Any, where: str) -> int:
+    """A training count: a whole number >= 0 (``12`` or ``12.0``; not ``12.5``, ``-1``, ``nan`` or ``"12"``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0 \
+        and float(value).is_integer()
+    if not ok:
+        raise LabelError(f"{where}: a count must be a whole number >= 0, got {excerpt(value, quote=True)}")
+    return int(value)
 
 
 def _clips(run: RunDir, scores_rows: list[tuple[int, dict]], fail_rows: list[tuple[int, dict]], labels: list[str],

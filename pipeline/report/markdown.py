@@ -5,8 +5,11 @@ with them."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from pipeline.core.paths import shown
 
 LIST_LIMIT = 50  # rows per list in report.md; metrics.json always lists everything
 HEADLINE = (("uar", "UAR"), ("war", "WAR"), ("macro_f1", "macro-F1"))  # key in metrics.json, name in tables
@@ -37,6 +40,22 @@ def summary(rep: dict, out_dir: str | Path) -> str:
     out = Path(out_dir)
     lines.append(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and plots")
     return "\n".join(lines)
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|&#])")
+
+
+def md(text: object, code: bool = False) -> str:
+    """Text copied from the inputs (clip ids, labels, model names, paths, messages) as Markdown must hold it: on one
+    line, Markdown's and HTML's special characters backslash-escaped, so that it can neither break a table nor add
+    markup or a link. ``code``: as a code span instead (fenced by more backticks than it holds; ``|`` escaped, as a
+    table needs)."""
+    s = re.sub(r"[\r\n]+", " ", shown(str(text)))
+    if not code:
+        return _MD_SPECIAL.sub(r"\\\1", s)
+    fence = "`" * (max(map(len, re.findall("`+", s)), default=0) + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return fence + pad + s.replace("|", "\\|") + pad + fence
 
 
 def pct(x: float | None) -> str:
@@ -103,8 +122,9 @@ def freq_order(m: dict) -> tuple[list[int], str]:
 
 def _models_markdown(rep: dict) -> list[str]:
     """Which model scored the clips, and the stages that fell back to the embedded model."""
-    models = ", ".join(f"{name} ({n} clips)" for name, n in rep["models"].items())
-    fallbacks = [f"**Fallback:** stage `{fb['stage']}` ran the embedded model {fb['ran']} in place of {fb['asked']}, "
+    models = ", ".join(f"{md(name)} ({n} clips)" for name, n in rep["models"].items())
+    fallbacks = [f"**Fallback:** stage {md(fb['stage'], code=True)} ran the embedded model {md(fb['ran'])} in place "
+                 f"of {md(fb['asked'])}, "
                  "which could not be had on the machine of the run.\n" for fb in rep["fallbacks"]]
     return ([f"Scored by: {models}.\n"] if models else []) + fallbacks
 
@@ -119,14 +139,14 @@ def _metrics_markdown(m: dict, uncalibrated: dict | None) -> list[str]:
         out.append(f"\nWithout calibration: {_headline(uncalibrated, '{}={} %', ', ')}.")
     order, basis = freq_order(m)
     group_of = {lab: name for name, d in g["by_group"].items() for lab in d["labels"]}
-    per_class = [(r["label"], group_of.get(r["label"], "-"), "-" if r["train_count"] is None else r["train_count"],
+    per_class = [(md(r["label"]), group_of.get(r["label"], "-"), "-" if r["train_count"] is None else r["train_count"],
                   r["support"], r["predicted"], *(pct(r[k]) for k in ("precision", "recall", "f1")))
                  for r in (m["per_class"][i] for i in order)]
     out += [f"\n## Per class (sorted by {basis})\n",
             *markdown_table(["label", "group", "train", "support", "predicted", "precision", "recall", "F1"], per_class),
             "\n## Head / medium / tail\n", f"Groups from {g['source'].replace('_', ' ')}: {g['rule']}.\n",
             *markdown_table(["group", "labels", "clips", "UAR (%)", "macro-F1 (%)", "accuracy (%)"],
-                            [(name, ", ".join(map(str, d["labels"])), d["n"], pct(d["uar"]), pct(d["macro_f1"]),
+                            [(name, ", ".join(map(md, d["labels"])), d["n"], pct(d["uar"]), pct(d["macro_f1"]),
                               pct(d["accuracy"])) for name, d in g["by_group"].items()]),
             "\n## Collapse onto head classes\n",
             f"- total variation between predicted and true label distributions: {col['total_variation']:.4f}",
@@ -134,10 +154,10 @@ def _metrics_markdown(m: dict, uncalibrated: dict | None) -> list[str]:
             "- Jensen-Shannon distance (base 2): " + ("n/a" if col["js_distance"] is None else f"{col['js_distance']:.4f}"),
             f"- head-class share: true {pct(col['head_share_true'])} %, predicted {pct(col['head_share_pred'])} %",
             f"- tail clips predicted as a head class: {pct(col['tail_to_head_share'])} % of {col['n_tail_clips']}",
-            f"- classes never predicted: {', '.join(map(str, col['classes_never_predicted'])) or 'none'}"]
+            f"- classes never predicted: {', '.join(map(md, col['classes_never_predicted'])) or 'none'}"]
     if m["classes_without_examples"]:
         out.append(f"- classes with no test example (left out of UAR/macro-F1): "
-                   f"{', '.join(map(str, m['classes_without_examples']))}")
+                   f"{', '.join(map(md, m['classes_without_examples']))}")
     return out
 
 
@@ -189,11 +209,11 @@ def card_markdown(card: dict | None) -> list[str]:
 
 def report_markdown(rep: dict, plots: dict[str, str]) -> str:
     c, cov, m, src = rep["counts"], rep["coverage"], rep["metrics"], rep["labels_file"]
-    by_stage = ", ".join(f"{k}: {v}" for k, v in c["failed_by_stage"].items()) or "-"
-    out = [f"# Report: {Path(rep['run_dir']).name}\n",
-           f"Label set: {rep['label_set']['name']} ({len(rep['label_set']['labels'])} labels). "
+    by_stage = ", ".join(f"{md(k)}: {v}" for k, v in c["failed_by_stage"].items()) or "-"
+    out = [f"# Report: {md(Path(rep['run_dir']).name)}\n",
+           f"Label set: {md(rep['label_set']['name'])} ({len(rep['label_set']['labels'])} labels). "
            f"Calibration: {calibration_text(rep['calibration'])}. True labels from: "
-           + (f"`{src['path']}` ({src['format']})" if src else "scores.jsonl") + ".\n",
+           + (f"{md(src['path'], code=True)} ({src['format']})" if src else "scores.jsonl") + ".\n",
            *_models_markdown(rep),
            "## Clips\n",
            *markdown_table(["bucket", "clips"], [
@@ -215,11 +235,12 @@ def report_markdown(rep: dict, plots: dict[str, str]) -> str:
     if "label_frequency" in rep and m is not None:
         lf = rep["label_frequency"]
         out += ["\n## Per-class F1 against label frequency\n",
-                f"Counts from `{lf['path']}`. Spearman rank correlation between count and F1: {rho(lf['spearman'])} "
-                f"over {lf['n']} classes" + (f" (left out: {', '.join(lf['left_out'])})" if lf["left_out"] else "")
+                f"Counts from {md(lf['path'], code=True)}. Spearman rank correlation between count and F1: "
+                f"{rho(lf['spearman'])} over {lf['n']} classes"
+                + (f" (left out: {', '.join(map(md, lf['left_out']))})" if lf["left_out"] else "")
                 + ".\n",
                 *markdown_table(["label", "count", "F1 (%)"], [
-                    (r["label"], "-" if r["count"] is None else f"{r['count']:g}", pct(r["f1"]))
+                    (md(r["label"]), "-" if r["count"] is None else f"{r['count']:g}", pct(r["f1"]))
                     for r in sorted(lf["rows"], key=lambda r: -(r["count"] or 0))])]
     if rep["calibration"].get("tau_from"):
         held = rep["calibration"]["tau_from"]
@@ -248,9 +269,9 @@ def report_markdown(rep: dict, plots: dict[str, str]) -> str:
     if plots:
         out += ["\n## Plots\n", *(f"![{k}]({v})" for k, v in plots.items())]
     out += card_markdown(rep.get("runcard"))
-    out += _listing("Warnings", rep["warnings"] + (m["warnings"] if m else []))
+    out += _listing("Warnings", rep["warnings"] + (m["warnings"] if m else []), md)
     out += _listing("Failed clips", rep["failed_clips"],
-                    lambda f: f"`{f['video']}` ({f['stage']}, {f['error']}): {f['message']}")
-    out += _listing("Scored clips without a label", rep["unlabeled_clips"], lambda v: f"`{v}`")
-    out += _listing("Labels without a clip", rep["labels_without_clip"], lambda v: f"`{v}`")
+                    lambda f: f"{md(f['video'], code=True)} ({md(f['stage'])}, {md(f['error'])}): {md(f['message'])}")
+    out += _listing("Scored clips without a label", rep["unlabeled_clips"], lambda v: md(v, code=True))
+    out += _listing("Labels without a clip", rep["labels_without_clip"], lambda v: md(v, code=True))
     return "\n".join(out) + "\n"
