@@ -27,11 +27,12 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.core.errors import InputError, TemplateError
+from pipeline.core.errors import InputError, LabelError, TemplateError
 from pipeline.core.files import save_figure, write_atomic
 from pipeline.core.video import VideoReader, to_rgb
 from pipeline.engine.config import load_config
 from pipeline.engine.inputs import discover
+from pipeline.eval.labels import load_label_set
 from pipeline.engine.rundir import MARKER, RunDir
 from pipeline.engine.runner import Runner
 from prompts import DIR as PROMPTS
@@ -645,3 +646,11 @@ def test_the_markdown_report_escapes_what_it_copies_from_the_inputs(tmp_path):
     for block in tables:
         widths = {len(re.split(r"(?<!\\)\|", row)) for row in block.splitlines() if row.startswith("|")}
         assert len(widths) == 1, block
+
+
+def test_a_label_set_of_nested_aliases_is_refused(tmp_path):
+    bomb = tmp_path / "labels.yaml"
+    bomb.write_text("name: bomb\nlabels:\n  - name: happy\n    extra: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                    + "".join(f"    e{i}: &a{i} [{', '.join(['*a' if i == 0 else f'*a{i - 1}'] * 10)}]\n" for i in range(8)))
+    with pytest.raises(LabelError, match=re.escape(f"{bomb}: its YAML aliases expand to more than 100,000 values")):
+        load_label_set(bomb)

@@ -48,6 +48,23 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], open_nodes: set[int], 
     return size
 
 
+def compose_yaml(text: str, source: str, error: type[DferError] = ConfigError) -> yaml.Node | None:
+    """The node tree of the single YAML document in ``text`` (for readers that name lines), checked like
+    :func:`load_yaml`."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _expanded_size(node, {}, set(), source, error)
+        return node
+    except yaml.YAMLError as exc:
+        raise error(f"{source}: not valid YAML: {excerpt(str(exc), 600)}") from None
+    except RecursionError:
+        raise error(f"{source}: its YAML is nested too deeply to read") from None
+    finally:
+        loader.dispose()
+
+
 def load_yaml(text: str, source: str, error: type[DferError] = ConfigError) -> Any:
     """The single YAML document in ``text`` (None when empty). ``source`` names it in errors (a file, ``--set``);
     ``error`` is the :class:`DferError` raised for a document that is not valid YAML, has more than one document,

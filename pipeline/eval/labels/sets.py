@@ -14,6 +14,7 @@ from typing import Iterable
 import yaml
 
 from pipeline.core.errors import LabelError
+from pipeline.core.yamlsafe import compose_yaml
 from prompts import DIR as PROMPTS_DIR
 
 LABELS_DIR = PROMPTS_DIR / "labels"
@@ -100,10 +101,7 @@ def _mapping(node: yaml.Node, where: str) -> dict[str, yaml.Node]:
 
 def _parse_label_yaml(text: str, source: str) -> LabelSet:
     """Parse label-set YAML from the node tree, so every error can name its line."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        raise LabelError(f"{source}: not valid YAML: {e}") from None
+    root = compose_yaml(text, source, LabelError)  # aliases bounded, as in every YAML dfer reads
     if root is None:
         raise LabelError(f"{source}: empty file")
     top = _mapping(root, source)
