@@ -152,7 +152,8 @@ def _cli(args, cache, **kw):
 
 
 def _complete_artifacts(cache: Path, stage: str) -> list[Path]:
-    return sorted(p.parent for p in (cache / stage).glob("*/*/meta.json"))
+    # a temporary folder (.tmp-*) may hold its meta.json already: it is not an artifact until it is renamed
+    return sorted(p.parent for p in (cache / stage).glob("*/*/meta.json") if not p.parent.name.startswith("."))
 
 
 def test_sigkill_mid_stage_resumes_without_recomputing(tmp_path, clip_dir):
