@@ -654,3 +654,15 @@ def test_a_label_set_of_nested_aliases_is_refused(tmp_path):
                     + "".join(f"    e{i}: &a{i} [{', '.join(['*a' if i == 0 else f'*a{i - 1}'] * 10)}]\n" for i in range(8)))
     with pytest.raises(LabelError, match=re.escape(f"{bomb}: its YAML aliases expand to more than 100,000 values")):
         load_label_set(bomb)
+
+
+def test_two_copies_with_different_labels_are_two_clips_and_said_so(clip_dir, tmp_path):
+    for name in ("a.avi", "copy.avi"):
+        copy_clip(clip_dir["odd.avi"], tmp_path, name)
+    lst = tmp_path / "list.csv"
+    lst.write_text("path,label\na.avi,happy\ncopy.avi,Sadness\n")  # an alias of sad
+    log = io.StringIO()
+    run(lst, tmp_path / "run", tmp_path / "cache", until="faces", log=log)
+    assert (f"warning: 'a.avi' ({lst}:2), 'copy.avi' ({lst}:3) have the same content but the labels happy, sad; each "
+            "is scored and reported with its own label") in log.getvalue()
+    assert list(manifest(tmp_path / "run")) == ["a.avi", "copy.avi"]

@@ -11,7 +11,8 @@ What is checked before any work starts:
   file, it fails as that clip (:func:`fingerprint`).
 * One file reached under several names (``x``, ``sub/../x``, an absolute path, a hard link, a link to it) is one
   clip: counted once under its first name, with a warning, when the labels agree; refused, naming the rows, when
-  they do not. Two files with the same content stay two clips (they share their cache entries).
+  they do not. Two files with the same content stay two clips (they share their cache entries); the run warns when
+  the input labels them differently (:func:`same_content_different_labels`).
 * A list file is a regular UTF-8 CSV file with a header naming a ``path`` column (or ``video``, as in
   ``predictions.csv``) and optionally ``label``, in any case (``Path``, ``LABEL``); a row with more fields than the
   header (an unquoted comma) is refused naming ``file:line``.
@@ -190,6 +191,23 @@ def _one_per_file(refs: list[VideoRef]) -> list[VideoRef]:
         kept[group[0]] = replace(rows[0], label=rows[0].label or next(iter(labels), None))
         dropped.update(group[1:])
     return [kept.get(i, r) for i, r in enumerate(refs) if i not in dropped]
+
+
+def same_content_different_labels(refs: list[VideoRef], fingerprints: dict[str, str], canonical=str) -> list[str]:
+    """Warnings for files with equal content (``fingerprints``: id -> sha256) that the input labels differently
+    (``canonical``: a label's canonical name). They stay separate clips; the report counts each with its label."""
+    groups: dict[str, list[VideoRef]] = {}
+    for ref in refs:
+        if ref.label and ref.id in fingerprints:
+            groups.setdefault(fingerprints[ref.id], []).append(ref)
+    out = []
+    for group in groups.values():
+        labels = sorted({canonical(r.label) for r in group})
+        if len(labels) > 1:
+            names = ", ".join(f"'{shown(r.id)}'" + (f" ({r.where})" if r.where else "") for r in group)
+            out.append(f"{names} have the same content but the labels {', '.join(labels)}; each is scored and "
+                       "reported with its own label")
+    return out
 
 
 def discover(input_path: str | Path) -> list[VideoRef]:

@@ -39,10 +39,10 @@ from pipeline.engine.executor_ray import RayExecutor
 from pipeline.backends.adapter import training_clips
 from pipeline.engine.disjoint import check_disjoint
 from pipeline.engine.fingerprints import FingerprintMemo
-from pipeline.engine.inputs import VideoRef, discover, parse_shard, shard_of
+from pipeline.engine.inputs import VideoRef, discover, parse_shard, same_content_different_labels, shard_of
 from pipeline.engine.outputs import write_predictions
 from pipeline.core.jobs import ClipJob, ClipTask
-from pipeline.eval.labels import load_label_set
+from pipeline.eval.labels import LabelError, load_label_set
 from pipeline.engine.rundir import LABELSET, MANIFEST, PREDICTIONS, RUNCARD, SCORES, STATUS, ManifestRow, RunDir
 from pipeline.engine.runcard import build_card
 from stages import STAGE_ORDER, STAGES
@@ -313,6 +313,21 @@ class Runner:
                  f"{fb.asked} (run.fallback=stop or --strict stop the run before it instead)")
         return True
 
+    def _canonical_label(self):
+        """A label's canonical name in the label set classify scores (the label as written when it is not known)."""
+        try:
+            ls = load_label_set(self.cfg.classify.labels)
+        except LabelError:
+            return str
+
+        def canonical(label: str) -> str:
+            try:
+                return ls.canonical(label)
+            except LabelError:
+                return label
+
+        return canonical
+
     def _fingerprints(self, refs: list[VideoRef]) -> dict[str, str]:
         def fp(ref: VideoRef):
             try:
@@ -342,6 +357,8 @@ class Runner:
     def _run(self, refs: list[VideoRef], stages: list[str], blocked) -> RunResult:
         t_start = time.time()
         fps = self._fingerprints(refs)
+        for note in same_content_different_labels(refs, fps, self._canonical_label()):
+            self.say(f"warning: {note}")
         by_id = {r.id: r for r in refs}
         active = [r.id for r in refs if r.id in fps]
         keys: dict[str, dict[str, str]] = {vid: {} for vid in active}
