@@ -17,6 +17,7 @@ import pipeline
 import stages
 
 from pipeline.cli import cache, diagnostics, finetune, folds, report, run, sweep
+from pipeline.cli.options import check_paths
 from pipeline.core.errors import EXIT_INTERRUPTED, DferError, DiskFullError, is_disk_full
 
 COMMAND_MODULES = (run, sweep, report, finetune, folds, diagnostics, cache)
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     try:
+        check_paths(args)  # every path option of the wrong kind, before the command runs
         return args.handler(args)
     except DferError as exc:
         print(f"dfer: error: {exc}", file=sys.stderr)

@@ -16,17 +16,17 @@ def add_parsers(sub) -> None:
                     "scores; upstream artifacts come from (and go to) the cache. Re-running with the same --out "
                     "resumes. Use the result with --set classify.adapter=CKPT.",
     )
-    p.add_argument("train_input", metavar="TRAIN_INPUT", type=INPUT, help="folder of clips, CSV list file (path[,label]) or one video")
-    p.add_argument("--labels", metavar="FILE", type=INPUT,
+    p.add_argument("train_input", metavar="TRAIN_INPUT", action=INPUT, help="folder of clips, CSV list file (path[,label]) or one video")
+    p.add_argument("--labels", metavar="FILE", action=INPUT,
                    help="training labels (CSV video,label or an official split file; default: the 'label' column "
                         "of a CSV TRAIN_INPUT)")
     p.add_argument("--label-format", default="csv", choices=LABEL_FORMATS, help="format of --labels")
-    p.add_argument("--val-labels", metavar="FILE", type=INPUT,
+    p.add_argument("--val-labels", metavar="FILE", action=INPUT,
                    help="labels of the validation clips (held out of training); default: finetune.val_fraction of "
                         "each class")
     p.add_argument("--val-label-format", choices=LABEL_FORMATS, help="format of --val-labels (default: --label-format)")
-    p.add_argument("--out", required=True, metavar="CKPT", type=OUT_DIR, help="output folder (adapter, checkpoints, metrics)")
-    p.add_argument("--cache", "--cache-dir", metavar="DIR", type=OUT_DIR, help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
+    p.add_argument("--out", required=True, metavar="CKPT", action=OUT_DIR, help="output folder (adapter, checkpoints, metrics)")
+    p.add_argument("--cache", "--cache-dir", metavar="DIR", action=OUT_DIR, help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
     p.set_defaults(handler=_finetune)
 
 

@@ -2,10 +2,11 @@
 is) and ``-q`` (quiet). A command that takes them lists the parent parsers below; :func:`load_config` turns
 them into the resolved config.
 
-Every path and number a command takes is checked here, when the command line is parsed, before any work: the
-argument types below (:data:`INPUT`, :data:`INPUT_FILE`, :data:`OUT_DIR`, :data:`OUT_FILE`, :data:`RUN_DIR`,
-:func:`number`) refuse a path of the wrong kind (a file where a folder is expected and vice versa, a FIFO or a
-device where a file is) and a number out of range (NaN and infinities included) with exit 2, naming the option.
+Every path and number a command takes is checked here, before any work: a path given with one of the actions
+below (:data:`INPUT`, :data:`INPUT_FILE`, :data:`OUT_DIR`, :data:`OUT_FILE`, :data:`RUN_DIR`) is checked by
+:func:`check_paths` before the command runs (a file where a folder is expected and vice versa, a FIFO or a device
+where a file is), a number (:func:`number`) when the command line is parsed (out of range, NaN and infinities);
+either is refused with exit 2, naming the option.
 """
 
 from __future__ import annotations
@@ -25,16 +26,35 @@ from pipeline.engine import config
 from pipeline.eval.labels import LABEL_FORMATS
 
 
-def _path_type(check: Callable, what: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        try:
-            check(text)
-        except InputError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        return text
+def _checked(kind: Callable[[str], object], what: str) -> type[argparse.Action]:
+    """An argparse action for a path of ``kind`` (a :mod:`pipeline.core.paths` check): parsing only records it;
+    :func:`check_paths` checks it before the command runs (so that parsing a command line touches no file)."""
 
-    parse.__name__ = what  # argparse names the type in its messages
-    return parse
+    class Checked(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            setattr(namespace, self.dest, values)
+            label = option_string or self.dest
+            pending = getattr(namespace, PENDING, None) or []
+            pending += [(label, kind, v) for v in (values if isinstance(values, list) else [values])]
+            setattr(namespace, PENDING, pending)
+
+    Checked.__name__ = f"Checked({what})"
+    return Checked
+
+
+PENDING = "_paths_to_check"
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Check every path the command line gave (:data:`INPUT`, :data:`OUT_DIR`, ...) for its kind, before the command
+    runs; :class:`InputError` ``argument OPTION: PATH: is ...`` (exit 2) for the first of the wrong kind."""
+    for label, kind, value in getattr(args, PENDING, None) or []:
+        try:
+            kind(value)
+        except InputError as exc:
+            raise InputError(f"argument {label}: {exc}") from None
+    if hasattr(args, PENDING):
+        delattr(args, PENDING)
 
 
 def _run_dir(text: str) -> str:
@@ -44,15 +64,15 @@ def _run_dir(text: str) -> str:
     return text
 
 
-INPUT = _path_type(paths.input_path, "file or folder")
+INPUT = _checked(paths.input_path, "file or folder")
 """An existing folder or regular file to read (a folder of clips, a list file, labels)."""
-INPUT_FILE = _path_type(paths.input_file, "file")
+INPUT_FILE = _checked(paths.input_file, "file")
 """An existing regular file to read (``--config``, counts)."""
-OUT_DIR = _path_type(paths.output_dir, "folder")
+OUT_DIR = _checked(paths.output_dir, "folder")
 """A folder to write into (absent or a folder): ``--out``, ``--cache``."""
-OUT_FILE = _path_type(paths.output_file, "file name")
+OUT_FILE = _checked(paths.output_file, "file name")
 """A file to write (absent or a regular file): ``-o``."""
-RUN_DIR = _path_type(_run_dir, "run directory")
+RUN_DIR = _checked(_run_dir, "run directory")
 """An existing folder (a run directory: what is in it is checked by the command)."""
 MODEL_PATH_FIELDS = {"input": INPUT, "labels": INPUT, "out": OUT_DIR, "cache": OUT_DIR}
 """Options models' fields that are paths (:func:`model_options`), and their kind."""
@@ -81,7 +101,7 @@ def config_options() -> argparse.ArgumentParser:
     g = p.add_argument_group("configuration (defaults < --preset < --config < --set)")
     g.add_argument("--preset", metavar="NAME",
                    help="a named set of settings shipped with dfer (or found in $DFER_PRESET_PATH)")
-    g.add_argument("--config", metavar="FILE", type=INPUT_FILE, help="YAML config file (sections per stage)")
+    g.add_argument("--config", metavar="FILE", action=INPUT_FILE, help="YAML config file (sections per stage)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (repeatable), e.g. --set keyframes.k=8")
     return p
@@ -90,7 +110,7 @@ def config_options() -> argparse.ArgumentParser:
 def label_options() -> argparse.ArgumentParser:
     """The true labels of the clips, as ``dfer report`` reads them (report, view, sweep)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--labels", metavar="FILE", type=INPUT,
+    p.add_argument("--labels", metavar="FILE", action=INPUT,
                    help="true labels: CSV video,label or an official split file/folder")
     p.add_argument("--label-format", default="csv", choices=LABEL_FORMATS, help="format of --labels")
     p.add_argument("--fold", type=number(int, 1, 5), help="DFEW/MAFW fold (1-5) when --labels is the dataset's split folder")
@@ -102,7 +122,7 @@ def label_options() -> argparse.ArgumentParser:
 def execution_options() -> argparse.ArgumentParser:
     """Where a run's artifacts go and where its work runs (run, sweep)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--cache", "--cache-dir", metavar="DIR", type=OUT_DIR,
+    p.add_argument("--cache", "--cache-dir", metavar="DIR", action=OUT_DIR,
                    help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="where per-clip work and model stages run: local processes, or a Ray cluster (run.ray_* settings)")
@@ -139,8 +159,10 @@ def model_options(model: type[BaseModel], positional: tuple[str, ...] = (), skip
             kw["action"] = "store_true"
         elif typing.get_origin(ann) is list:
             kw.update(action="append", type=typing.get_args(ann)[0])
+        elif name in MODEL_PATH_FIELDS:
+            kw["action"] = MODEL_PATH_FIELDS[name]
         else:
-            kw["type"] = MODEL_PATH_FIELDS.get(name, ann)
+            kw["type"] = ann
         if name in positional:
             p.add_argument(name, metavar=name.upper(), **kw)
             continue

@@ -18,8 +18,8 @@ from stages import STAGE_ORDER
 def add_parsers(sub) -> None:
     run = sub.add_parser("run", parents=[config_options(), quiet_option(), execution_options()],
                          help="run the pipeline over a folder, a CSV list or one video")
-    run.add_argument("input", type=INPUT, help="folder of clips (recursive), CSV list file (path[,label]) or one video file")
-    run.add_argument("--out", required=True, metavar="RUN", type=OUT_DIR, help="run directory to write")
+    run.add_argument("input", action=INPUT, help="folder of clips (recursive), CSV list file (path[,label]) or one video file")
+    run.add_argument("--out", required=True, metavar="RUN", action=OUT_DIR, help="run directory to write")
     run.add_argument("--until", choices=STAGE_ORDER, help="stop after this stage")
     run.add_argument("--force", choices=STAGE_ORDER, help="recompute this stage and everything downstream")
     run.add_argument("--shard", metavar="i/N", help="process only shard i of N (deterministic by video id)")
@@ -42,11 +42,11 @@ def add_parsers(sub) -> None:
     show.set_defaults(handler=_config_show)
 
     insp = sub.add_parser("inspect", help="draw one clip's keyframes, face boxes and motion curve as a PNG")
-    insp.add_argument("run_dir", metavar="RUN", type=RUN_DIR)
+    insp.add_argument("run_dir", metavar="RUN", action=RUN_DIR)
     insp.add_argument("video", metavar="VIDEO",
                       help="the clip: its id or its path as RUN/manifest.jsonl lists them (the path as the input or "
                            "the list file gave it), the same file by another path, or a unique part of its id")
-    insp.add_argument("-o", "--output", metavar="PNG", type=OUT_FILE, help="where to write (default: RUN/inspect/<video>.png)")
+    insp.add_argument("-o", "--output", metavar="PNG", action=OUT_FILE, help="where to write (default: RUN/inspect/<video>.png)")
     insp.set_defaults(handler=_inspect)
 
 

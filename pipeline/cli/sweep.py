@@ -18,8 +18,8 @@ def add_parsers(sub) -> None:
                     "writes OUT/sweep.md, OUT/sweep.png and OUT/sweep.json. Example (the paper's macro-F1 against "
                     "frame rate): dfer sweep clips/ --out sweeps/fps --preset msce --grid classify.dense_fps=1,2,5,10",
     )
-    p.add_argument("input", type=INPUT, help="folder of clips (recursive), CSV list file (path[,label]) or one video file")
-    p.add_argument("--out", required=True, metavar="DIR", type=OUT_DIR, help="sweep folder: one run directory per combination")
+    p.add_argument("input", action=INPUT, help="folder of clips (recursive), CSV list file (path[,label]) or one video file")
+    p.add_argument("--out", required=True, metavar="DIR", action=OUT_DIR, help="sweep folder: one run directory per combination")
     p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
                    help="a config key and its values (parsed as YAML, like --set: null, true, 5); repeat for "
                         "more keys (every combination runs)")
