@@ -50,24 +50,28 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
     """A temporary sibling of ``path`` to write (e.g. ``fig.savefig(tmp, format="png")``); when the block ends
-    without an exception it is fsync'ed and renamed over ``path``, else removed. The parent folder is created."""
+    without an exception it is fsync'ed and renamed over ``path``, else removed. The parent folder is created.
+    ``fsync=False``: not forced to disk (for records whose loss in a power cut costs nothing but a recomputation;
+    the rename is atomic either way)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if fsync:
+        _fsync_dir(path.parent)
 
 
 @contextmanager
@@ -93,11 +97,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -> Path:
-    """Write ``data`` (text in ``encoding``, or bytes) as the whole content of ``path``, atomically."""
+def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8", fsync: bool = True) -> Path:
+    """Write ``data`` (text in ``encoding``, or bytes) as the whole content of ``path``, atomically (``fsync``: see
+    :func:`atomic_path`)."""
     raw = data.encode(encoding) if isinstance(data, str) else data
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, fsync) as tmp:
         with open(tmp, "xb") as f:
             f.write(raw)
     return path
