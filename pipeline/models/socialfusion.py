@@ -25,7 +25,7 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.core.files import write_atomic
+from pipeline.core.files import atomic_path, write_atomic
 from pipeline.models import hub
 from pipeline.models.quiet import quiet_peft
 from pipeline.core.errors import SocialFusionError
@@ -306,7 +306,8 @@ class SocialFusionModel:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.connector.state_dict().items()}
-        save_file(state, str(folder / CONNECTOR_FILE), metadata={"format": "socialfusion-connector"})  # (in a folder renamed into place)
+        with atomic_path(folder / CONNECTOR_FILE) as tmp:
+            save_file(state, str(tmp), metadata={"format": "socialfusion-connector"})
         if self.cfg.lora is not None:
             self.lm.save_pretrained(str(folder), safe_serialization=True)
         write_atomic(folder / CONFIG_FILE, self.cfg.model_dump_json(indent=1))
