@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -63,18 +62,19 @@ def child(run_dir: str, page: str, thumb: int, warm_run: str) -> None:
     from pipeline.view import write_view
 
     write_view(warm_run, Path(page).with_name("warm-up.html"), thumb_size=thumb)
-    imported = _rss_mb()
+    Path("/proc/self/clear_refs").write_text("5")  # the peak RSS (VmHWM) starts again from here
+    imported = _status_mb("VmRSS")
     t0 = time.perf_counter()
     write_view(run_dir, page, thumb_size=thumb)
-    print(json.dumps({"seconds": time.perf_counter() - t0,
-                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - imported}))
+    print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": _status_mb("VmHWM") - imported}))
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (its peak since the last reset) of this process, in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    return 0.0
+    raise SystemExit(f"no {field} in /proc/self/status")
 
 
 def write_in(tree: Path, run_dir: Path, page: Path, thumb: int, warm_run: Path) -> dict:
