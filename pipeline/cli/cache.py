@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipeline.cli.options import OUT_DIR
 from pipeline.core.cache import default_cache_dir
 from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_OK
 from pipeline.engine.cachecheck import verify_cache
@@ -15,7 +16,7 @@ def add_parsers(sub) -> None:
         description="Check every artifact of the cache: each file against the size and sha256 recorded when it was "
                     "written, and that it decodes (JSON, .npz, JPEG face crops). Prints a summary and each damaged "
                     "artifact (stage, key, clip, file, problem); exit code 1 when damage was found, 0 otherwise.")
-    verify.add_argument("--cache", "--cache-dir", metavar="DIR", help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
+    verify.add_argument("--cache", "--cache-dir", metavar="DIR", action=OUT_DIR, help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
     verify.add_argument("--stage", metavar="S", help="check the artifacts of this stage only")
     verify.add_argument("--repair", action="store_true",
                         help="move damaged artifacts aside (to CACHE/damaged/), so the next dfer run recomputes them")

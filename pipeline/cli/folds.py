@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.cli.options import config_options, execution_options, quiet_libraries, quiet_option
+from pipeline.cli.options import (INPUT, OUT_DIR, config_options, execution_options, number, quiet_libraries,
+                                  quiet_option)
 from pipeline.core.errors import EXIT_OK
 from pipeline.eval.calibration import METHODS
 
@@ -19,12 +20,12 @@ def add_parsers(sub) -> None:
                     "running the same command again resumes. Example: dfer folds DFEW/Clip/original --splits "
                     "DFEW/EmoLabel_DataSplit --protocol dfew --out folds/msce --preset msce",
     )
-    p.add_argument("input", help="folder of the dataset's clips (recursive), or a CSV list file")
-    p.add_argument("--splits", required=True, metavar="PATH",
+    p.add_argument("input", action=INPUT, help="folder of the dataset's clips (recursive), or a CSV list file")
+    p.add_argument("--splits", required=True, metavar="PATH", action=INPUT,
                    help="the split files: DFEW's EmoLabel_DataSplit folder (or the dataset root), MAFW's 'Train & Test "
                         "Set' folder (or its single/no_caption folder)")
     p.add_argument("--protocol", required=True, choices=["dfew", "mafw"], help="the dataset whose folds these are")
-    p.add_argument("--out", required=True, metavar="DIR", help="one run directory per fold, and the summary")
+    p.add_argument("--out", required=True, metavar="DIR", action=OUT_DIR, help="one run directory per fold, and the summary")
     p.add_argument("--folds", default="1-5", metavar="1-5", help="the folds to run: 1-5, 2, 1,3 (default: %(default)s)")
     p.add_argument("--finetune", action="store_true",
                    help="fine-tune LoRA adapters on each fold's training clips first (the finetune.* settings) and "
@@ -32,8 +33,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--calibration", default="prior", choices=METHODS,
                    help="how each fold's report calibrates: prior (default; the fold's training counts), estimated "
                         "(from its test clips' own scores), none")
-    p.add_argument("--tau", type=float, default=1.0, help="the calibration's tau (default: %(default)s)")
-    p.add_argument("--prior-smoothing", type=float, default=0.0, metavar="N",
+    p.add_argument("--tau", type=number(float, 0), default=1.0, help="the calibration's tau (default: %(default)s)")
+    p.add_argument("--prior-smoothing", type=number(float, 0), default=0.0, metavar="N",
                    help="a pseudo-count added to each class's training count (needed when a class has no training "
                         "clip in some fold)")
     p.add_argument("--tune-tau", action="store_true",

@@ -33,6 +33,7 @@ from pipeline.core.cache import Cache, default_cache_dir
 from pipeline.core.errors import ConfigError, PreflightError
 from pipeline.engine.config import dump_config, load_config
 from pipeline.engine.inputs import discover
+from pipeline.core.files import json_text, write_atomic, write_json
 from pipeline.engine.rundir import RunDir
 from pipeline.engine.runner import Runner, executor_for
 from pipeline.eval.calibration import METHODS
@@ -108,10 +109,10 @@ class _Folds:
             return FoldRow(fold, fold_dir, True, RunDir(fold_dir).metrics())
         self.say(f"== fold {fold.fold} ({n_folds} in all): {len(fold.train)} training clips, {len(fold.test)} test "
                  "clips" + (" (going on where it stopped)" if state.get("setup") == setup else ""))
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({"setup": setup, "done": False}), encoding="utf-8")
+        RunDir(fold_dir).claim()  # a run directory (its state and counts beside the run's files)
+        write_json(state_file, {"setup": setup, "done": False}, indent=None)
         counts = fold.counts(self.names)
-        (fold_dir / "train_counts.json").write_text(json.dumps(counts, indent=1), encoding="utf-8")
+        write_json(fold_dir / "train_counts.json", counts)
         cfg, val_ids = self.cfg, set()
         if self.do_finetune:
             self.say(f"fold {fold.fold}: fine-tuning on its training clips -> {fold_dir / 'finetune'}")
@@ -139,7 +140,7 @@ class _Folds:
         report = write_report(fold_dir, calibration=self.calibration, tau=self.tau, train_counts=counts,
                               n_boot=self.n_boot, tau_from=tau_from, allow_overlap=self.allow_overlap,
                               smoothing=self.smoothing)
-        state_file.write_text(json.dumps({"setup": setup, "done": True}), encoding="utf-8")
+        write_json(state_file, {"setup": setup, "done": True}, indent=None)
         m = report.get("metrics") or {}
         self.say(f"fold {fold.fold}: " + "  ".join(f"{name} {pct(m.get(k))}" for k, name in HEADLINE)
                  + f"  (calibration {calibration_text(report['calibration'])})")
@@ -182,20 +183,21 @@ def run_folds(input_path: str | Path, splits: str | Path, out_dir: str | Path, *
                               "have no training clip: " + "; ".join(f"fold {k}: {', '.join(v)}" for k, v in empty.items())
                               + ". Pass --prior-smoothing 1 (a pseudo-count per class), or another calibration")
     out = Path(out_dir)
+    RunDir(out).check_claim()  # a folder of the user's is refused, as `dfer run` refuses it
     blocked = Runner(cfg, out / "fold-check", cache_dir=cache_dir, log=io.StringIO(),
                      allow_overlap=allow_overlap).check([r for f in fold_splits for r in f.test])
     if blocked is not None:
         raise PreflightError(f"the folds' runs would stop before stage '{blocked[0]}': {blocked[1]}")
     folds_run = _Folds(cfg, out, cache_dir, executor, ray_address, allow_overlap, quiet, log, do_finetune,
                        calibration, tau, tune_tau, n_boot, smoothing)
+    RunDir(out).claim()
     rows = [folds_run.run_fold(f, len(fold_splits)) for f in fold_splits]
     dirs = [r.run_dir for r in rows]
     summary = fold_summary(dirs)
     table = compare_folds(dirs)
     result = FoldsResult(out, protocol, rows, summary, table)
-    (out / FILES["table"]).write_text(folds_markdown(result, folds_run, input_path, splits), encoding="utf-8")
-    (out / FILES["json"]).write_text(json.dumps(folds_json(result, folds_run), indent=1, ensure_ascii=False),
-                                     encoding="utf-8")
+    write_atomic(out / FILES["table"], folds_markdown(result, folds_run, input_path, splits))
+    write_atomic(out / FILES["json"], json_text(folds_json(result, folds_run), indent=1))
     return result
 
 
