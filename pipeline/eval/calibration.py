@@ -27,6 +27,7 @@ import numpy as np
 
 from pipeline.eval.longtail import estimate_prior, logit_adjust
 from pipeline.eval.metrics import encode_labels, class_counts, summarize
+from pipeline.eval.ranking import choose_rows
 
 METHODS = ("none", "prior", "estimated")
 
@@ -100,16 +101,20 @@ def calibrate(scores: Any, method: str = "none", tau: float = 1.0,
 
 
 def tau_sweep(scores: Any, y_true: Sequence, prior: Any, taus: Sequence[float],
-              labels: Sequence[str] | None = None) -> list[dict]:
-    """UAR, WAR and macro-F1 of ``argmax(scores - tau * log prior)`` for each tau.
+              labels: Sequence[str] | None = None, scored: Sequence[str] | None = None) -> list[dict]:
+    """UAR, WAR and macro-F1 of the label ranked first after ``scores - tau * log prior`` for each tau, by the one
+    rule (:func:`pipeline.eval.ranking.choose`): a tie, or a row scored ``none`` (``scored``: each row's kind,
+    default all ``exact``), is no prediction and counts as an error.
 
     ``y_true`` holds label indices, or label names when ``labels`` is given. ``prior=None`` uses the
-    one-step estimate from the scores themselves (the ``estimated`` method).
+    one-step estimate from the scores themselves (the ``estimated`` method; rows scored ``none`` left out).
     """
     s = np.asarray(scores, dtype=float)
     names = list(labels) if labels is not None else list(range(s.shape[1]))
+    kinds = list(scored) if scored is not None else ["exact"] * len(s)
     if prior is None:
-        prior = estimate_prior(softmax(s), iters=1)
+        ranked = [i for i, k in enumerate(kinds) if k != "none"]
+        prior = estimate_prior(softmax(s[ranked]), iters=1) if ranked else np.full(s.shape[1], 1.0 / s.shape[1])
     y = list(y_true)
     if all(isinstance(v, (int, np.integer)) for v in y):
         t = np.asarray(y, dtype=np.int64)
@@ -120,8 +125,10 @@ def tau_sweep(scores: Any, y_true: Sequence, prior: Any, taus: Sequence[float],
     if len(t) != len(s):
         raise ValueError(f"{len(t)} true labels for {len(s)} score rows")
     out = []
+    pos = {lab: i for i, lab in enumerate(names)}
     for tau in taus:
-        pred = np.argmax(logit_adjust(s, prior, float(tau)), axis=1)
+        chosen = choose_rows(logit_adjust(s, prior, float(tau)), names, kinds)
+        pred = np.array([-1 if p is None else pos[p] for p, _ in chosen], dtype=np.int64)
         u, w, f = summarize(*class_counts(t, pred, len(names)))
         out.append({"tau": float(tau), "uar": u, "war": w, "macro_f1": f})
     return out
