@@ -1,10 +1,11 @@
-"""OpenAI-compatible HTTP backend against a real local HTTP server that serves a tiny transformers model."""
+"""OpenAI-compatible HTTP backend against a real local HTTP server that serves a tiny transformers model and returns
+token text only (no token ids, no vLLM extensions: tests/fake_openai_server.py); the same backend against a real vLLM
+server is in tests/test_scoring_servers.py."""
 
 from __future__ import annotations
 
 import base64
 import io
-import math
 import socket
 from pathlib import Path
 
@@ -13,9 +14,8 @@ import pytest
 from PIL import Image
 
 from pipeline.backends import ModelConfig, Prompt, check_model_available, load_backend, model_identity
-from pipeline.backends.openai_http import (
-    OpenAIBackend, check_label_first_tokens, image_to_data_url, match_top_tokens, normalise_token,
-)
+from pipeline.backends.openai_http import OpenAIBackend, image_to_data_url
+from pipeline.backends.openai_scoring import LabelTokens, ScoringPlan, label_tokens
 from pipeline.core.errors import BackendRequestError, LabelScoringUnsupportedError, ModelLoadError, ModelUnavailableError
 from tests.fake_openai_server import FakeOpenAIServer, next_token_logprobs
 from tests.tiny_models import shared_tiny_model_dir
@@ -63,35 +63,26 @@ def _as_server_sees(prompt: Prompt) -> Prompt:
     return Prompt(parts, system=prompt.system)
 
 
-def _logsumexp(xs):
-    m = max(xs)
-    return m + math.log(sum(math.exp(x - m) for x in xs))
+def _first_ids(tok, label):
+    return {tok(form, add_special_tokens=False)["input_ids"][0] for form in (label, " " + label)}
 
 
-def test_scores_agree_with_hf_first_token(server, hf_backend):
+def test_scores_are_the_labels_own_first_tokens_found_by_their_text(server, hf_backend):
     tok = hf_backend.tokenizer
-    vocab = len(tok)
-    client = _client(server.url, top_logprobs=vocab)  # the whole distribution comes back
+    client = _client(server.url, top_logprobs=len(tok))  # the whole distribution comes back
     prompts = _prompts(2)
     got = client.score_labels(prompts, LABELS)
-    local = [_as_server_sees(p) for p in prompts]
-    lp = next_token_logprobs(hf_backend, local)
-    exact = hf_backend.score_labels(local, LABELS)
-    texts = [normalise_token(tok.decode([i])) for i in range(lp.shape[1])]
+    assert client.scoring_plan(LABELS, prompts[0]).rule == "top-k token text"  # this server returns no token ids
+    assert "text of the label's first tokens" in client.scoring_note(LABELS)
+    lp = next_token_logprobs(hf_backend, [_as_server_sees(p) for p in prompts])
     for i in range(len(prompts)):
         for label in LABELS:
-            # the heuristic over the full vocabulary: longest token text that is a prefix of the label,
-            # all its spelling variants added up
-            best = max(len(t) for t in texts if t and label.startswith(t))
-            expected = _logsumexp([float(lp[i, v]) for v, t in enumerate(texts) if t and len(t) == best and label.startswith(t)])
+            # the larger of the label's two first tokens (bare, after a space), and nothing else: no token that merely
+            # begins like the label ('he' for helplessness), no other spelling
+            expected = max(float(lp[i, t]) for t in _first_ids(tok, label))
             s = got[i][label]
             assert s.exact and s.n_tokens == 1
-            assert s.logprob == pytest.approx(expected, abs=1e-4)
-            # the hf backend's own first-token log-prob is one of the variants added up
-            first_tok = hf_backend._label_tokens(hf_backend.render_prompt(local[i]).text, [label])[0].ids[0]
-            assert s.logprob >= float(lp[i, first_tok]) - 1e-5
-            if exact[i][label].n_tokens == 1:
-                assert s.logprob >= exact[i][label].logprob - 1e-5
+            assert s.logprob == pytest.approx(expected, abs=1e-4), label
     client.close()
 
 
@@ -105,9 +96,7 @@ def test_top_k_misses_are_upper_bounds(server, hf_backend):
     assert misses, "with k=5 over a ~1000-token vocabulary most labels are absent"
     for lab in misses:
         assert got[lab].logprob == pytest.approx(fifth, abs=1e-4)
-        true_first = hf_backend.score_labels([_as_server_sees(prompt)], [lab])[0][lab]
-        if true_first.n_tokens == 1:
-            assert true_first.logprob <= got[lab].logprob + 1e-5
+        assert max(float(lp[t]) for t in _first_ids(hf_backend.tokenizer, lab)) <= got[lab].logprob + 1e-5
     client.close()
 
 
@@ -119,6 +108,8 @@ def test_generate_and_count_tokens_through_server(server, hf_backend):
     n = client.count_prompt_tokens(prompts[0])
     assert n == hf_backend.count_prompt_tokens(_as_server_sees(prompts[0]))
     body = server.requests_seen[0]
+    assert body["max_completion_tokens"] == 5 and "max_tokens" not in body  # OpenAI's current name for the limit
+    assert server.requests_seen[-1]["max_completion_tokens"] == 1
     content = body["messages"][-1]["content"]
     assert [c["type"] for c in content] == ["image_url", "image_url", "text"]
     assert content[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
@@ -166,9 +157,11 @@ def test_client_errors_are_not_retried(server):
 def test_server_without_logprobs_cannot_score(hf_backend):
     with FakeOpenAIServer(hf_backend, logprobs=False) as srv:
         client = _client(srv.url)
-        with pytest.raises(LabelScoringUnsupportedError, match="cannot score labels") as err:
+        with pytest.raises(LabelScoringUnsupportedError, match="without any log-probabilities") as err:
             client.score_labels(_prompts(1), LABELS)
-        assert "vLLM" in str(err.value) and srv.url in str(err.value)
+        assert "vLLM" in str(err.value) and srv.url in str(err.value) and "'tiny-vlm'" in str(err.value)
+        assert "classify.answer=generate" in str(err.value)
+        assert len(srv.requests_seen) == 1  # found out once, not at every prompt
         client.close()
 
 
@@ -201,14 +194,24 @@ def test_missing_server_url():
         load_backend(ModelConfig(model="m", backend="openai"))
 
 
-def test_match_top_tokens_heuristic():
-    top = [(" Happy", -0.5), ("happy", -1.5), ("sa", -2.0), ("\u0120sad", -2.5), ("a", -3.0), (" ", -3.5)]
-    got = match_top_tokens(top, ["happy", "sad", "anger", "fear"])
-    assert got["happy"].logprob == pytest.approx(_logsumexp([-0.5, -1.5]))
-    assert got["sad"].logprob == pytest.approx(-2.5)  # the longest matching text wins over "sa"
-    assert got["anger"].logprob == pytest.approx(-3.0) and got["anger"].exact  # documented limit: "a" matches
-    assert not got["fear"].exact and got["fear"].logprob == pytest.approx(-3.5)
-    assert all(s.n_tokens == 1 for s in got.values())
+def test_a_token_that_only_begins_like_a_label_never_counts_for_it():
+    """The answers of a real vLLM run of issue 22 had ' D', 'a', ' F' and 'happiness' among their top tokens: none of
+    them is a label's first token, so none counts for a label (string prefixes once made them disgust, angry, fear)."""
+    labels = ["happy", "disgust", "angry", "fear"]
+    tokens = LabelTokens({lab: (10 * i, 10 * i + 1) for i, lab in enumerate(labels, 1)},
+                         {lab: (lab, " " + lab) for lab in labels}, "a test tokenizer")
+    answer = {"choices": [{"logprobs": {"content": [{"token": " D", "logprob": -0.1, "top_logprobs": [
+        {"token": " D", "logprob": -0.1}, {"token": "a", "logprob": -1.0}, {"token": " F", "logprob": -2.0},
+        {"token": "happiness", "logprob": -3.0}, {"token": " angry", "logprob": -4.0}, {"token": "Disgust", "logprob": -5.0}]}]}}]}
+    got = ScoringPlan(tokens, "top-k token text", 6).read(answer, "test")
+    assert {lab: (s.logprob, s.exact) for lab, s in got.items()} == {
+        "happy": (-5.0, False), "disgust": (-5.0, False), "angry": (-4.0, True), "fear": (-5.0, False)}
+    by_id = {"choices": [{"logprobs": {"content": [{"token": "token_id:7", "logprob": -0.1, "top_logprobs": [
+        {"token": "token_id:7", "logprob": -0.1}, {"token": "token_id:21", "logprob": -0.5},
+        {"token": "token_id:30", "logprob": -0.7}, {"token": "token_id:31", "logprob": -0.6}]}]}}]}
+    got = ScoringPlan(tokens, "top-k token ids", 4).read(by_id, "test")
+    assert {lab: (s.logprob, s.exact) for lab, s in got.items()} == {
+        "happy": (-0.7, False), "disgust": (-0.5, True), "angry": (-0.6, True), "fear": (-0.7, False)}
 
 
 # ------------------------------------------------------------------------------------------------ first-token ties
@@ -244,11 +247,12 @@ def test_first_tokens_come_from_the_servers_tokenizer(server, hf_backend):
     mafw = load_label_set("mafw").names
     tok = hf_backend.tokenizer
     assert len({tok(lab, add_special_tokens=False)["input_ids"][0] for lab in mafw}) == len(mafw)
-    assert "server" in check_label_first_tokens(_cfg(server.url), mafw)  # distinct here: accepted
+    tokens = label_tokens(_cfg(server.url), mafw)  # distinct here: accepted
+    assert "server" in tokens.source and set(tokens.ids["happiness"]) == _first_ids(tok, "happiness")
     # renaming the clashing class (the official word kept as an alias) is the documented fix
-    assert check_label_first_tokens(_cfg(server.url), mafw + ["letdown"])
+    assert label_tokens(_cfg(server.url), mafw + ["letdown"]).tokenized
     with pytest.raises(LabelScoringUnsupportedError, match="'helplessness' and 'helpless'"):
-        check_label_first_tokens(_cfg(server.url), mafw + ["helpless"])
+        label_tokens(_cfg(server.url), mafw + ["helpless"])
 
 
 def test_without_a_server_tokenizer_a_local_copy_is_used(hf_backend):
@@ -257,18 +261,22 @@ def test_without_a_server_tokenizer_a_local_copy_is_used(hf_backend):
         cfg = ModelConfig(model=folder, backend="openai", server_url=srv.url)
         from pipeline.eval.labels import load_label_set
 
-        source = check_label_first_tokens(cfg, load_label_set("mafw").names)
-        assert "local copy" in source and srv.tokenize_requests == 0
+        tokens = label_tokens(cfg, load_label_set("mafw").names)
+        assert "local copy" in tokens.source and srv.tokenize_requests == 0 and tokens.tokenized
         with pytest.raises(LabelScoringUnsupportedError, match="'disappointment' and 'dismay'.*local copy"):
-            check_label_first_tokens(cfg, load_label_set("mafw").names + ["dismay"])
+            label_tokens(cfg, load_label_set("mafw").names + ["dismay"])
 
 
-def test_without_any_tokenizer_labels_with_the_same_first_letters_are_refused(hf_backend):
-    from pipeline.eval.labels import load_label_set
-
+def test_without_any_tokenizer_a_label_is_found_only_as_a_whole_token_and_the_rule_says_so(hf_backend):
     with FakeOpenAIServer(hf_backend, tokenize=False) as srv:
-        cfg = _cfg(srv.url)
-        with pytest.raises(LabelScoringUnsupportedError, match="offers no /tokenize") as err:
-            check_label_first_tokens(cfg, load_label_set("mafw").names)
-        assert "'anger' and 'anxiety'" in str(err.value) and "'disgust' and 'disappointment'" in str(err.value)
-        assert "spelling" in check_label_first_tokens(cfg, load_label_set("dfew").names)  # sad / surprise: fine
+        client = _client(srv.url, top_logprobs=len(hf_backend.tokenizer))
+        prompt = _prompts(1)[0]
+        plan = client.scoring_plan(LABELS, prompt)
+        assert plan.rule == "top-k whole-label text" and not plan.tokens.tokenized
+        assert client.scoring_note(LABELS).startswith("fallback: a top-") and "offers no /tokenize" in client.scoring_note(LABELS)
+        got = client.score_labels([prompt], LABELS)[0]
+        # every label but helplessness is one token here, so it is found; helplessness never is
+        assert [lab for lab in LABELS if not got[lab].exact] == ["helplessness"]
+        lp = next_token_logprobs(hf_backend, [_as_server_sees(prompt)])[0]
+        assert got["sad"].logprob == pytest.approx(max(float(lp[t]) for t in _first_ids(hf_backend.tokenizer, "sad")), abs=1e-4)
+        client.close()

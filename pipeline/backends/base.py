@@ -5,7 +5,7 @@ Implementations live next to this file and are listed in :mod:`pipeline.backends
 * ``hf.py``, ``hf_templates.py``, ``hf_scoring.py`` (``backend="transformers"``): a local
   ``AutoModelForImageTextToText`` with its own processor and chat template; exact, batched label scoring.
 * ``openai_http.py`` (``backend="openai"``): an OpenAI-compatible chat-completions server (vLLM, SGLang,
-  Ollama, llama.cpp); first-token label scoring from ``top_logprobs``.
+  Ollama, llama.cpp); first-token label scoring by token id (``openai_scoring.py``).
 * ``socialfusion.py`` (``backend="socialfusion"``): a saved SocialFusion model (:mod:`pipeline.models.socialfusion`).
 * ``expression.py`` (``backend="expression"``): the embedded facial-expression model (:mod:`pipeline.models.expression`),
   as a clip classifier and as a deterministic motion-to-text captioner; it reads per-frame inputs
@@ -171,8 +171,10 @@ class LabelScore:
     * ``n_tokens``: how many tokens were summed (for a per-token mean: ``logprob / n_tokens``). The HTTP backend
       only sees the first token, so it reports ``n_tokens=1`` whatever the label's length.
     * ``exact``: ``False`` when the value is not the label's own log-probability but an upper bound: an
-      OpenAI-compatible server returned only its top-k tokens and none matched this label, so the label's
-      first token has probability at most that of the k-th token, whose logprob is reported.
+      OpenAI-compatible server returned only its top-k tokens and none was this label's, so the label's
+      first token has probability at most that of the k-th token, whose logprob is reported. A clip whose labels
+      are all exact is scored ``exact``, one with some bounds ``partial``, one with only bounds ``none`` (an
+      abstention, :mod:`pipeline.eval.ranking`).
     * ``end_logprob``: ``log P(end-of-turn | prompt, label)`` (the token that closes the assistant turn in the
       model's chat template, e.g. ``<|im_end|>``), or ``None`` where it is unknown (HTTP backend). Stored, never
       part of the ranking (:mod:`pipeline.eval.ranking`).
@@ -250,6 +252,24 @@ class Backend(abc.ABC):
     def check_labels(cls, cfg: ModelConfig, labels: list[str]) -> None:
         """Cheap pre-flight: raise :class:`pipeline.core.errors.LabelScoringUnsupportedError` naming the labels this
         backend cannot tell apart. Default: a backend that scores every token of a label always can."""
+
+    @classmethod
+    def check_scoring(cls, cfg: ModelConfig, labels: list[str], prompt: Prompt) -> str | None:
+        """Pre-flight of label scoring with a prompt like the stage's (a server: one request, before any clip):
+        raises :class:`pipeline.core.errors.LabelScoringUnsupportedError` naming the model (and server) and what is
+        missing; returns how labels will be matched, in words, where that is worth saying. Default: a backend that
+        scores every token of a label in this process has nothing to check."""
+        return None
+
+    @classmethod
+    def check_generation(cls, cfg: ModelConfig, prompt: Prompt, max_new_tokens: int) -> None:
+        """Pre-flight of free-text answers with a prompt like the stage's (a server: one request). Default: nothing
+        to check."""
+
+    def scoring_note(self, labels: list[str]) -> str | None:
+        """How this backend matched these labels to its answer tokens, in words, once it has scored (a server's rule,
+        :mod:`pipeline.backends.openai_scoring`); None where labels are scored token by token in this process."""
+        return None
 
     @classmethod
     def check_video(cls, cfg: ModelConfig) -> None:

@@ -11,46 +11,20 @@ Requests
     cannot be reached at all after the retries raises :class:`ModelLoadError` naming the URL.
 
 Generation
-    ``temperature=0``, ``max_tokens=max_new_tokens``; returns ``choices[0].message.content``.
+    ``temperature=0``, ``max_completion_tokens=max_new_tokens`` (OpenAI's current name for the limit, which vLLM
+    and ``transformers serve`` read); returns ``choices[0].message.content``.
 
-Label scoring: first token only, from ``top_logprobs``
-    One request per prompt with ``max_tokens=1, logprobs=true, top_logprobs=k`` (k=20 by default, the usual
-    server cap); the answer distribution is read at position 0 (``choices[0].logprobs.content[0].top_logprobs``).
-    The server's tokenizer is unknown here, so top-k tokens are matched to labels by text:
-
-    * a token *matches* a label when its text, stripped of whitespace (and of the byte-level/SentencePiece space
-      markers ``Ġ``/``▁``) and case-folded, is a non-empty prefix of the label (also case-folded);
-    * for each label the longest matching token text wins, and all top-k entries with that same normalised text
-      (``happy``, `` happy``, ``Happy``...) are added up in probability (log-sum-exp): the model answering
-      with any spelling variant of the label's first piece counts for that label;
-    * the result is reported with ``n_tokens=1``: a multi-token label is represented by its first token only, and
-      labels that share a first token (``sad``/``sadness`` in a tokenizer without a ``sadness`` token) get the
-      same score;
-    * a label with no matching token in the top-k gets the k-th (smallest) returned logprob with
-      ``exact=False``: an upper bound on its first token's probability, not its value.
-
-    Limits of the heuristic: a short token that happens to be a prefix of a label (``a`` for ``anger``) is taken
-    as that label's first token if nothing longer matches, so keep labels distinct in their first few letters
-    and ask for a one-word answer; a model that begins its answer with whitespace, a quote or a preamble puts
-    little mass on any label at position 0 (use a prompt that makes the label the first thing it writes). For
-    exact multi-token scores, use the ``transformers`` backend.
-
-    A server that returns no logprobs at all raises :class:`LabelScoringUnsupportedError` (use vLLM or SGLang,
-    whose chat endpoints return ``top_logprobs``).
-
-Labels that share a first token (:func:`check_label_first_tokens`, before any clip)
-    First-token scoring cannot tell apart labels whose first tokens are the same: they always get the same score
-    and ``argmax`` gives every such tie to the label listed first (with a tokenizer that splits ``disappointment``
-    after ``dis``, a model answering "disgust"-or-"disappointment" always counts as the first). So before any clip
-    the labels are tokenized, bare and after a space (the two ways an answer starts), with the server's
-    tokenizer (``POST /tokenize``, as vLLM, SGLang and llama.cpp serve it at the server's root), or else with a
-    local copy of the served model's tokenizer (Hugging Face cache, never downloaded); labels sharing a first
-    token id are refused with an error that names them and says how to fix it. With neither tokenizer, labels
-    whose first two letters (case-folded) are the same are refused: a conservative stand-in, since a shared
-    first token needs a shared first letter and real vocabularies rarely end a word's first token after one.
+Label scoring
+    One request per prompt, asking for the answer's first token's log-probabilities; which tokens are each
+    label's (by token id, from the server's tokenizer), what is asked for and how the answer is read:
+    :mod:`pipeline.backends.openai_scoring`. The first scoring call settles the plan with that prompt
+    (:meth:`OpenAIBackend.scoring_plan`); :meth:`OpenAIBackend.check_scoring` does the same before any clip, with a
+    stand-in prompt of the classify stage (images included), so a server that ignores ``logprobs`` stops the run
+    there (exit 2, naming the server, the model and what is missing), not at every clip. (The answer that settled
+    the plan is the first prompt's score: no request is sent twice.)
 
 Prompt length
-    ``count_prompt_tokens`` sends ``max_tokens=1`` and reads ``usage.prompt_tokens``.
+    ``count_prompt_tokens`` sends ``max_completion_tokens=1`` and reads ``usage.prompt_tokens``.
 """
 
 from __future__ import annotations
@@ -58,8 +32,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import math
-import os
 import random
 import threading
 import time
@@ -67,13 +39,15 @@ from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 
 from pipeline.backends.base import Backend, LabelScore, ModelConfig, Prompt, Video, prepare_image
+from pipeline.backends.openai_scoring import ScoringPlan, headers, label_tokens, settle_plan
 from pipeline.core.errors import (BackendRequestError, LabelScoringUnsupportedError, ModelLoadError, ModelUnavailableError,
-                             ServerDownError, VideoInputUnsupportedError)
+                                  ServerDownError, VideoInputUnsupportedError)
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_S = 60.0
+TOP_LOGPROBS = 20  # the usual server cap (vLLM's --max-logprobs default, OpenAI's and Ollama's limit)
 
 
 def image_to_data_url(image, max_side: int | None = None, quality: int = 95) -> str:
@@ -98,31 +72,6 @@ def prompt_to_messages(prompt: Prompt, image_max_side: int | None = None) -> lis
     return [*system, {"role": "user", "content": content}]
 
 
-def normalise_token(text: str) -> str:
-    """Token text for label matching: space markers dropped, whitespace stripped, case-folded."""
-    return text.replace("\u0120", " ").replace("\u2581", " ").replace("\u010a", "\n").strip().casefold()
-
-
-def match_top_tokens(top: list[tuple[str, float]], labels: list[str]) -> dict[str, LabelScore]:
-    """Apply the first-token matching heuristic (module docstring) to one position's top-k list."""
-    if not top:
-        raise LabelScoringUnsupportedError("the server returned an empty top_logprobs list")
-    floor = min(lp for _, lp in top)
-    norm = [(normalise_token(tok), lp) for tok, lp in top]
-    out = {}
-    for label in labels:
-        target = label.strip().casefold()
-        hits = [(n, lp) for n, lp in norm if n and target.startswith(n)]
-        if not hits:
-            out[label] = LabelScore(logprob=floor, n_tokens=1, exact=False)
-            continue
-        best = max(len(n) for n, _ in hits)
-        lps = [lp for n, lp in hits if len(n) == best]
-        m = max(lps)
-        out[label] = LabelScore(logprob=m + math.log(sum(math.exp(v - m) for v in lps)), n_tokens=1, exact=True)
-    return out
-
-
 def _retry_after_s(value: str | None) -> float | None:
     """``Retry-After`` in seconds (a number, or an HTTP date); None if absent or unreadable."""
     if not value:
@@ -143,11 +92,6 @@ def _base_url(cfg: ModelConfig) -> str:
     return cfg.server_url.rstrip("/")
 
 
-def _headers(cfg: ModelConfig) -> dict:
-    key = os.environ.get(cfg.api_key_env)
-    return {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-
-
 def check_server_available(cfg: ModelConfig, timeout_s: float = 10.0) -> None:
     """``GET {server_url}/models``: raises :class:`ModelLoadError` if the server is down or answers with an error,
     :class:`ModelUnavailableError` if it does not serve ``cfg.model``."""
@@ -155,7 +99,7 @@ def check_server_available(cfg: ModelConfig, timeout_s: float = 10.0) -> None:
 
     url = _base_url(cfg) + "/models"
     try:
-        resp = requests.get(url, headers=_headers(cfg), timeout=min(timeout_s, cfg.timeout_s))
+        resp = requests.get(url, headers=headers(cfg), timeout=min(timeout_s, cfg.timeout_s))
     except requests.RequestException as exc:
         raise ModelLoadError(
             f"The model server at {cfg.server_url} cannot be reached (GET {url}: {type(exc).__name__}: {exc}). "
@@ -172,105 +116,36 @@ def check_server_available(cfg: ModelConfig, timeout_s: float = 10.0) -> None:
                                     f"{served}. Set the model name to one of these.")
 
 
-def _tokenize_on_server(cfg: ModelConfig, texts: list[str], timeout_s: float = 10.0) -> list[list[int]] | None:
-    """Token ids of each text under the server's tokenizer (``POST /tokenize`` at the server's root, then under
-    ``server_url``), without special tokens; None if the server has no such endpoint."""
-    import requests
-
-    base = _base_url(cfg)
-    roots = [base[: -len("/v1")]] if base.endswith("/v1") else []
-    for url in [r + "/tokenize" for r in roots] + [base + "/tokenize"]:
-        out = []
-        for text in texts:
-            body = {"model": cfg.model, "prompt": text, "add_special_tokens": False, "content": text}  # content: llama.cpp
-            try:
-                resp = requests.post(url, json=body, headers=_headers(cfg), timeout=min(timeout_s, cfg.timeout_s))
-                tokens = resp.json().get("tokens") if resp.status_code == 200 else None
-            except (requests.RequestException, ValueError, AttributeError):
-                tokens = None
-            if tokens and isinstance(tokens[0], list):  # SGLang answers a batch shape for list prompts
-                tokens = tokens[0]
-            if not tokens or not all(isinstance(t, int) for t in tokens):
-                break
-            out.append(tokens)
-        if len(out) == len(texts):
-            return out
-    return None
-
-
-def _tokenize_locally(cfg: ModelConfig, texts: list[str]) -> list[list[int]] | None:
-    """Token ids under a local copy of the served model's tokenizer (a folder, or the Hugging Face cache; nothing
-    is downloaded); None if there is none."""
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(os.path.expanduser(cfg.model), revision=cfg.revision, local_files_only=True,
-                                            trust_remote_code=cfg.trust_remote_code)
-        return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-    except Exception:
-        return None
-
-
-def check_label_first_tokens(cfg: ModelConfig, labels: list[str]) -> str:
-    """Refuse labels that first-token scoring cannot tell apart (module docstring). Raises
-    :class:`LabelScoringUnsupportedError` naming them; returns which tokenizer was used."""
-    forms = [lab.strip() for lab in labels] + [" " + lab.strip() for lab in labels]
-    ids, source = _tokenize_on_server(cfg, forms), f"the tokenizer of the server at {cfg.server_url}"
-    if ids is None:
-        ids, source = _tokenize_locally(cfg, forms), f"a local copy of {cfg.model!r}'s tokenizer"
-    groups: dict[tuple, list[str]] = {}
-    if ids is None:
-        source = (f"their spelling (the server at {cfg.server_url} offers no /tokenize and no local copy of "
-                  f"{cfg.model!r}'s tokenizer was found; labels with the same first two letters may share a first token)")
-        for lab in labels:
-            groups.setdefault(("letters", lab.strip().casefold()[:2]), []).append(lab)
-    else:
-        n = len(labels)
-        for k, lab in enumerate(labels):
-            for form, toks in (("bare", ids[k]), ("after a space", ids[n + k])):
-                if toks:
-                    groups.setdefault((form, toks[0]), []).append(lab)
-    clashes = []
-    for key, members in groups.items():
-        if len(members) > 1 and sorted(members) not in [sorted(c[1]) for c in clashes]:
-            clashes.append((key, members))
-    if clashes:
-        what = "; ".join(
-            " and ".join(repr(m) for m in members)
-            + (f" (first token id {key[1]}, written {key[0]})" if key[0] != "letters" else f" (both begin with {key[1]!r})")
-            for key, members in clashes
-        )
-        raise LabelScoringUnsupportedError(
-            f"model {cfg.model!r} (backend openai) cannot tell these labels apart: {what}, judged by {source}. A server "
-            "scores a label by its first token only, so such labels always tie and the tie goes to the one listed "
-            "first: a silent bias against the others. Fix: use a label file (classify.labels=my_labels.yaml, like "
-            "prompts/labels/*.yaml) that names these classes by words whose first tokens differ and keeps the "
-            "official words as aliases, so annotation files still match (e.g. '- name: letdown' with "
-            "'aliases: [disappointment, \"11\"]'); or use the transformers backend, which scores every token of a label."
-        )
-    return source
-
-
 class OpenAIBackend(Backend):
     """See the module docstring.
 
     ``top_logprobs``: k for label scoring (servers usually cap it at 20). ``backoff_base_s``/``backoff_cap_s``:
     the retry delay before attempt n is a uniform draw in ``[0, min(cap, base * 2**n)]``, and at least
-    ``Retry-After``. (vLLM's ``logprob_token_ids`` extension is not sent: other servers reject unknown fields,
-    and the label token ids are unknown without the server's tokenizer.)
+    ``Retry-After``. ``label_token_ids=False``: never ask for the label tokens by id (vLLM's ``logprob_token_ids``),
+    so labels are read from the top-k only, as on servers without that extension.
     """
 
-    def __init__(self, cfg: ModelConfig, top_logprobs: int = 20, backoff_base_s: float = 0.5, backoff_cap_s: float = 20.0):
+    def __init__(self, cfg: ModelConfig, top_logprobs: int = TOP_LOGPROBS, backoff_base_s: float = 0.5,
+                 backoff_cap_s: float = 20.0, label_token_ids: bool = True):
         if cfg.backend != "openai":
             raise ValueError(f"OpenAIBackend got backend={cfg.backend!r}")
         self.cfg = cfg
         self.base_url = _base_url(cfg)
         self.top_logprobs = top_logprobs
+        self.label_token_ids = label_token_ids
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=cfg.max_concurrency, thread_name_prefix="dfer-openai")
+        self._plans: dict[tuple[str, ...], ScoringPlan] = {}
+        self._settled: dict[tuple[str, ...], tuple[Prompt, dict]] = {}
+        self._plan_lock = threading.Lock()
         self._closed = False
+
+    @property
+    def where(self) -> str:
+        """The server and model, for messages."""
+        return f"the server at {self.cfg.server_url} (model {self.cfg.model!r})"
 
     # ------------------------------------------------------------------ plumbing
     def _session(self):
@@ -288,7 +163,7 @@ class OpenAIBackend(Backend):
         for attempt in range(self.cfg.max_retries + 1):
             wait = None
             try:
-                resp = self._session().post(url, json=payload, headers=_headers(self.cfg),
+                resp = self._session().post(url, json=payload, headers=headers(self.cfg),
                                             timeout=(min(10.0, self.cfg.timeout_s), self.cfg.timeout_s))
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
@@ -333,54 +208,76 @@ class OpenAIBackend(Backend):
         return {"model": self.cfg.model, "messages": prompt_to_messages(prompt, self.cfg.image_max_side), "temperature": 0,
                 "n": 1, "stream": False, **extra}
 
+    def _text(self, data: dict) -> str:
+        try:
+            content = data["choices"][0]["message"].get("content")
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise BackendRequestError(f"{self.where}: malformed chat completion: {str(data)[:300]}") from exc
+        if content is not None and not isinstance(content, str):
+            raise BackendRequestError(f"{self.where}: the answer's content is not text: {str(content)[:300]}")
+        return (content or "").strip()
+
     # ------------------------------------------------------------------ public API
     def generate(self, prompts: list[Prompt], max_new_tokens: int | None = None) -> list[str]:
         limit = max_new_tokens or self.cfg.max_new_tokens
+        return self._map(lambda p: self._text(self._post(self._payload(p, max_completion_tokens=limit))), prompts)
 
-        def one(p: Prompt) -> str:
-            data = self._post(self._payload(p, max_tokens=limit))
+    def scoring_plan(self, labels: list[str], prompt: Prompt) -> ScoringPlan:
+        """How this server is asked for these labels' scores (:mod:`pipeline.backends.openai_scoring`), settled once
+        with one request for ``prompt``. Raises :class:`LabelScoringUnsupportedError` naming the server, the model
+        and what is missing when the server answers without log-probabilities."""
+        key = tuple(labels)
+        with self._plan_lock:
+            if key not in self._plans:
+                self._plans[key], answer, sent = self._settle(labels, prompt)
+                if sent == self._plans[key].request():  # the plan asks as the preflight request asked
+                    self._settled[key] = (prompt, answer)
+            return self._plans[key]
+
+    def _settle(self, labels: list[str], prompt: Prompt) -> tuple[ScoringPlan, dict, dict]:
+        tokens = label_tokens(self.cfg, labels)
+        tries = [True, False] if tokens.tokenized else [False]
+        for extensions in tries:
+            plan = ScoringPlan(tokens, "top-k token ids", self.top_logprobs, extensions, self.label_token_ids)
             try:
-                return (data["choices"][0]["message"].get("content") or "").strip()
-            except (KeyError, IndexError, TypeError) as exc:
-                raise BackendRequestError(f"{self.base_url}: malformed chat completion: {str(data)[:300]}") from exc
-
-        return self._map(one, prompts)
+                answer = self._post(self._payload(prompt, **plan.request()))
+            except BackendRequestError as exc:
+                if extensions and any(f"HTTP {code}" in str(exc) for code in (400, 422)):
+                    log.info("%s rejects vLLM's logprob_token_ids/return_tokens_as_token_ids; asking without", self.where)
+                    continue
+                raise
+            try:
+                return settle_plan(plan, answer), answer, plan.request()
+            except LabelScoringUnsupportedError:
+                raise LabelScoringUnsupportedError(
+                    f"{self.where} answered a chat completion with an image and `logprobs: true, top_logprobs: "
+                    f"{self.top_logprobs}` without any log-probabilities: it ignores `logprobs`/`top_logprobs` "
+                    "(transformers serve does), so classify cannot score labels there. Use a server that returns "
+                    "them (vLLM, SGLang), or let the model answer in words (--set classify.answer=generate), or the "
+                    "transformers backend.") from None
+        raise AssertionError("unreachable")
 
     def score_labels(self, prompts: list[Prompt], labels: list[str]) -> list[dict[str, LabelScore]]:
         if not labels:
             raise ValueError("score_labels needs at least one label")
+        if not prompts:
+            return []
+        plan = self.scoring_plan(labels, prompts[0])
+        settled = self._settled.pop(tuple(labels), None)  # the answer that settled the plan, if it was for prompts[0]
 
         def one(p: Prompt) -> dict[str, LabelScore]:
-            data = self._post(self._payload(p, max_tokens=1, logprobs=True, top_logprobs=self.top_logprobs))
-            return match_top_tokens(self._top_logprobs(data), labels)
+            if settled is not None and p is settled[0]:
+                return plan.read(settled[1], self.where)
+            return plan.read(self._post(self._payload(p, **plan.request())), self.where)
 
         return self._map(one, prompts)
 
-    def _top_logprobs(self, data: dict) -> list[tuple[str, float]]:
-        try:
-            choice = data["choices"][0]
-        except (KeyError, IndexError, TypeError) as exc:
-            raise BackendRequestError(f"{self.base_url}: malformed chat completion: {str(data)[:300]}") from exc
-        lp = choice.get("logprobs")
-        entries = None
-        if isinstance(lp, dict):
-            content = lp.get("content")
-            if content:
-                entries = content[0].get("top_logprobs")
-                if entries is not None:
-                    entries = [(e["token"], float(e["logprob"])) for e in entries if e.get("logprob") is not None]
-            elif lp.get("top_logprobs"):  # legacy completions layout: [{token: logprob}, ...]
-                entries = [(t, float(v)) for t, v in lp["top_logprobs"][0].items()]
-        if not entries:
-            raise LabelScoringUnsupportedError(
-                f"The server at {self.cfg.server_url} returned no logprobs for model {self.cfg.model!r}, so it cannot "
-                "score labels (it must support `logprobs=true, top_logprobs` on /chat/completions). Use a server "
-                "that does, such as vLLM or SGLang, or the transformers backend."
-            )
-        return entries
+    def scoring_note(self, labels: list[str]) -> str | None:
+        plan = self._plans.get(tuple(labels))
+        return None if plan is None else plan.description
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
-        data = self._post(self._payload(prompt, max_tokens=1))
+        data = self._post(self._payload(prompt, max_completion_tokens=1))
         n = (data.get("usage") or {}).get("prompt_tokens")
         if n is None:
             raise BackendRequestError(f"The server at {self.cfg.server_url} does not report usage.prompt_tokens")
@@ -392,12 +289,27 @@ class OpenAIBackend(Backend):
 
     @classmethod
     def check_labels(cls, cfg: ModelConfig, labels: list[str]) -> None:
-        check_label_first_tokens(cfg, labels)
+        label_tokens(cfg, labels)
+
+    @classmethod
+    def check_scoring(cls, cfg: ModelConfig, labels: list[str], prompt: Prompt) -> str:
+        backend = cls(cfg)
+        try:
+            return backend.scoring_plan(labels, prompt).description
+        finally:
+            backend.close()
+
+    @classmethod
+    def check_generation(cls, cfg: ModelConfig, prompt: Prompt, max_new_tokens: int) -> None:
+        backend = cls(cfg)
+        try:
+            backend._text(backend._post(backend._payload(prompt, max_completion_tokens=max_new_tokens)))
+        finally:
+            backend.close()
 
     def close(self) -> None:
         self._closed = True
         self._pool.shutdown(wait=True)
 
 
-__all__ = ["OpenAIBackend", "check_label_first_tokens", "check_server_available", "image_to_data_url", "match_top_tokens",
-           "normalise_token", "prompt_to_messages"]
+__all__ = ["OpenAIBackend", "check_server_available", "image_to_data_url", "prompt_to_messages"]
