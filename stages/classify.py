@@ -22,13 +22,26 @@ It reads the expression stage's probabilities (an extra upstream, :func:`stages.
 When ``classify.model`` cannot be had here (offline, not in the local cache), the embedded model stands in
 (:func:`fallback`; ``run.fallback=stop`` or ``--strict``: the run stops before this stage instead).
 
+``answer``: ``scores`` (default) scores every label as above; ``generate`` lets the model answer in free text
+(``max_new_tokens`` of ``classify.model``), parsed to a label when the run's outputs are written
+(:mod:`pipeline.eval.answers`: the label's name, its word aliases, then the label file's synonyms; an answer that names
+no label, or two, is an abstention). Less exact than scoring (no probabilities, no calibration, and a model that
+rambles abstains): for servers or APIs that give no log-probabilities.
+
+Before any clip, the model is tried with a stand-in prompt of this stage (the template rendered with gray images
+in place of the face crops): a server that answers without log-probabilities stops the run there
+(:meth:`pipeline.backends.base.Backend.check_scoring`).
+
 ``adapter``: LoRA adapters trained with ``dfer finetune`` (``pipeline/finetune/``, which renders
 its training prompts with :func:`render` and trains on the label tokens this stage scores) are
 merged into the model at load time; their content hash joins the cache key.
 
 Output ``scores.json``: ``{"labels": [...], "scores": {label: {"logprob", "n_tokens", "exact",
-"end_logprob"}}, "frame_indices": [...], "prompt_tokens": int, "dense_tokens": int, "dense_frames": int}``, and
-``"label_order"`` (the labels in the order the prompt listed them) when ``label_order`` is not ``fixed``.
+"end_logprob"}}, "label_matching": str | null, "frame_indices": [...], "prompt_tokens": int, "dense_tokens": int,
+"dense_frames": int}`` (``label_matching``: how a server's answer tokens were matched to labels, in words; null for a
+backend that scores every label token in this process), and ``"label_order"`` (the labels in the order the prompt
+listed them) when ``label_order`` is not ``fixed``. With ``answer=generate``: ``"answer": str`` in place of
+``scores`` and ``label_matching``. :func:`pipeline.eval.ranking.decide` reads either.
 """
 
 from __future__ import annotations
@@ -39,13 +52,15 @@ import re
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stages import modelstage
 from pipeline.backends import backend_class, check_video_input, model_identity, model_name
 from pipeline.backends.adapter import adapter_hash, check_adapter, resolve_adapter_dir
 from pipeline.backends.base import Prompt, Video, frame_rate, stage_model
-from pipeline.core.errors import AdapterError, LabelScoringUnsupportedError, VideoInputUnsupportedError
+from pipeline.core.errors import (AdapterError, BackendRequestError, LabelScoringUnsupportedError, ModelLoadError,
+                                  VideoInputUnsupportedError)
 from stages.faces.facetrack import FaceTrack
 from pipeline.core.fields import not_in_key
 from pipeline.core.jobs import ClipJob
@@ -54,7 +69,8 @@ from stages.templates import PromptRenderer, image_slots, template_hash, templat
 from stages.base import Fallback, Stage
 
 NAME = "classify"
-VERSION = 2  # 2: lead-in/lead-out summaries, shuffled prompts without timestamps, dense frames alone, video input
+VERSION = 3  # 2: lead-in/lead-out summaries, shuffled prompts without timestamps, dense frames alone, video input;
+# 3: the openai backend matches labels on token ids (no string prefixes), label_matching recorded; answer=generate
 SCORES_FILE = "scores.json"
 ClassifierModel = stage_model(model="Qwen/Qwen2.5-VL-3B-Instruct")
 
@@ -67,6 +83,11 @@ class Config(BaseModel):
     (``backend: expression``)."""
     labels: str = "dfew"
     """Label set: dfew, ferv39k, mafw, or a path to a YAML label file (see prompts/labels/)."""
+    answer: Literal["scores", "generate"] = "scores"
+    """How the model gives its answer: ``scores``, the log-probability of every label (exact on the transformers
+    backend; a server must return ``logprobs``); ``generate``, a free-text answer parsed to a label (its name, word
+    aliases or synonyms of the label file; anything else is an abstention): less exact, for servers and APIs
+    without log-probabilities."""
     use_keyframes: bool | None = None
     """Show the keyframes as images (false: text-only prompt from the summaries). Default (null): true, unless
     ``dense_fps`` is set."""
@@ -147,9 +168,9 @@ def scored_by(cfg: Config) -> str:
 
 
 def fallback(cfg: Config) -> Fallback | None:
-    """The embedded model in place of ``classify.model`` (:func:`stages.modelstage.embedded_fallback`); none for a
-    run with LoRA adapters, which are meant for the model asked for."""
-    return None if cfg.adapter is not None else modelstage.embedded_fallback(cfg)
+    """The embedded model in place of ``classify.model`` (:func:`stages.modelstage.embedded_fallback`), which scores
+    labels (``answer=scores``); none for a run with LoRA adapters, which are meant for the model asked for."""
+    return None if cfg.adapter is not None else modelstage.embedded_fallback(cfg, answer="scores")
 
 
 def key_extras(cfg: Config) -> dict:
@@ -185,10 +206,15 @@ def preflight(cfg: Config) -> str | None:
     message = modelstage.preflight_model(cfg.model, f"{NAME}.model")
     if message is not None:  # weights not here: what follows would need them
         return message
-    try:
-        backend_class(cfg.model.backend).check_labels(cfg.model, label_set.names)
-    except LabelScoringUnsupportedError as exc:
-        raise modelstage.PreflightError(f"classify.labels={cfg.labels}: {exc}") from None
+    backend = backend_class(cfg.model.backend)
+    if cfg.answer == "generate" and not backend.reads_prompt:
+        raise modelstage.PreflightError(f"classify.answer=generate: {scored_by(cfg)} reads no prompt and writes no "
+                                        "answer; it scores labels (classify.answer=scores)")
+    if cfg.answer == "scores":
+        try:
+            backend.check_labels(cfg.model, label_set.names)
+        except LabelScoringUnsupportedError as exc:
+            raise modelstage.PreflightError(f"classify.labels={cfg.labels}: {exc}") from None
     if cfg.dense_input == "video":
         try:
             check_video_input(cfg.model)
@@ -199,18 +225,47 @@ def preflight(cfg: Config) -> str | None:
             check_adapter(cfg.adapter, cfg.model, label_set.names, template_hash(cfg.prompt_dir, cfg.template))
         except AdapterError as exc:
             raise modelstage.PreflightError(str(exc)) from None
+    probe = stand_in_prompt(cfg, label_set.names)
+    try:
+        if cfg.answer == "scores":
+            backend.check_scoring(cfg.model, label_set.names, probe)
+        else:
+            backend.check_generation(cfg.model, probe, cfg.model.max_new_tokens)
+    except (LabelScoringUnsupportedError, BackendRequestError, ModelLoadError) as exc:
+        raise modelstage.PreflightError(f"classify.model: {exc}") from None
     return None
 
 
-def _check_template(cfg: Config, labels: list[str]) -> None:
-    """Render the template with stand-in items of every kind it may get, with and without timestamps; with
-    ``shuffle``, refuse a template that prints times anyway (the model could undo the shuffle)."""
+def _stand_in_timeline(cfg: Config) -> list[dict]:
+    """Timeline items of every kind the template may get: a motion summary, a frame, another summary, and a video when
+    the dense frames go as one."""
     slots = image_slots(2)
     timeline = [{"kind": "motion", "gap": "lead_in", "t_start": 0.0, "t_end": 0.2, "text": "x"},
                 {"kind": "frame", "t": 0.2, "image": slots[0]},
                 {"kind": "motion", "gap": "between", "t_start": 0.2, "t_end": 0.5, "text": "x"}]
     if cfg.dense_input == "video":
         timeline.append({"kind": "video", "t": 0.0, "t_start": 0.0, "t_end": 0.5, "fps": 5.0, "video": slots[1]})
+    return timeline
+
+
+def stand_in_prompt(cfg: Config, labels: list[str]) -> Prompt:
+    """A prompt like those this stage sends, without a clip: the template with a summary, and two gray face-crop-sized
+    images where the stage shows frames (one before and one after the summary). What the preflight request sends."""
+    slots = image_slots(2)
+    gray = Image.new("RGB", (cfg.image_size, cfg.image_size), (128, 128, 128))
+    timeline = [{"kind": "motion", "gap": "between", "t_start": 0.0, "t_end": 0.2,
+                 "text": "The face stays still."}] if cfg.show_summaries else []
+    if cfg.show_keyframes or cfg.dense_fps is not None:
+        timeline = [{"kind": "frame", "t": 0.0, "image": slots[0]}, *timeline, {"kind": "frame", "t": 0.2, "image": slots[1]}]
+    images = [gray] * sum(it["kind"] == "frame" for it in timeline)
+    return PromptRenderer(cfg.prompt_dir, cfg.template).render(images, timeline=timeline, trajectory=None, labels=labels,
+                                                               timestamps=not cfg.shuffle)
+
+
+def _check_template(cfg: Config, labels: list[str]) -> None:
+    """Render the template with stand-in items of every kind it may get, with and without timestamps; with
+    ``shuffle``, refuse a template that prints times anyway (the model could undo the shuffle)."""
+    timeline = _stand_in_timeline(cfg)
     for timestamps in (True, False):
         modelstage.check_template(cfg.prompt_dir, cfg.template,
                                   {"timeline": timeline, "trajectory": None, "labels": labels, "timestamps": timestamps})
@@ -331,17 +386,23 @@ def dense_cost(backend, prompt: Prompt, track: FaceTrack, fps: float, image_size
 def process_batch(jobs: list[ClipJob], cfg: Config, backend) -> list:
     label_set = load_label_set(cfg.labels)
     renderer = PromptRenderer(cfg.prompt_dir, cfg.template)
-    rendered = [render(job, cfg, renderer, label_set.names, backend.reads) for job in jobs]
-    scores = backend.score_labels([prompt for prompt, _, _ in rendered], label_set.names)
+    names = label_set.names
+    rendered = [render(job, cfg, renderer, names, backend.reads) for job in jobs]
+    prompts = [prompt for prompt, _, _ in rendered]
+    if cfg.answer == "generate":
+        answers = [{"answer": text} for text in backend.generate(prompts, cfg.model.max_new_tokens)]
+    else:
+        rows = backend.score_labels(prompts, names)
+        note = backend.scoring_note(names)
+        answers = [{"scores": {lab: row[lab].to_dict() for lab in names}, "label_matching": note} for row in rows]
     fills = []
-    for job, (prompt, track, frame_idx), row in zip(jobs, rendered, scores):
+    for job, (prompt, track, frame_idx), answer in zip(jobs, rendered, answers):
         prompt_tokens = backend.count_prompt_tokens(prompt)
         dense_tokens, n_dense = dense_cost(backend, prompt, track, 5.0, cfg.image_size)
-        doc = {"labels": label_set.names, "scores": {lab: row[lab].to_dict() for lab in label_set.names},
-               "frame_indices": frame_idx, "prompt_tokens": prompt_tokens, "dense_tokens": dense_tokens,
-               "dense_frames": n_dense}
+        doc = {"labels": names, **answer, "frame_indices": frame_idx, "prompt_tokens": prompt_tokens,
+               "dense_tokens": dense_tokens, "dense_frames": n_dense}
         if cfg.label_order != "fixed":
-            doc["label_order"] = shown_labels(cfg, job, label_set.names)
+            doc["label_order"] = shown_labels(cfg, job, names)
         fills.append(_fill(doc))
     return fills
 

@@ -1,6 +1,16 @@
-"""What the model stages (context, classify) share: pre-flight checks, the embedded model as a fallback,
-loading/freeing a backend once per stage, the per-frame inputs a backend reads, and face crops as PIL images.
-(A model's cache identity is :func:`pipeline.backends.model_identity`.)"""
+"""What the model stages (context, classify) share: pre-flight checks, the embedded model as a fallback and the rule
+of when it may stand in, loading/freeing a backend once per stage, the per-frame inputs a backend reads, and face
+crops as PIL images. (A model's cache identity is :func:`pipeline.backends.model_identity`.)
+
+The fallback rule (:func:`embedded_fallback`, :func:`check_fallbacks`): a model stage whose model cannot be had here
+(offline, not in the local Hugging Face cache) runs the embedded expression model instead, loudly, unless
+``run.fallback=stop`` or ``--strict``. One exception: the embedded model never writes the captions of a
+vision-language classifier by default. Its captions are its own reading of the face ("Motion: happy weakens from
+1.00 to 0.46"), so a VLM reading them would be handed another classifier's answer as "context". When only the
+captioner would fall back and classify runs a model that reads the prompt with the summaries in it, the run stops
+before any clip and says how to go on (:func:`check_fallbacks`); asking for the embedded captioner by name
+(``context.model.backend=expression``) is no fallback and runs.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +39,9 @@ def preflight_model(cfg: ModelConfig, setting: str) -> str | None:
     try:
         check_model_available(cfg)
     except ModelUnavailableError as exc:
-        if cfg.backend == "transformers" and hub.is_local_path(cfg.model):
-            # a path the user typed that is not there: their error, not the network's
+        if (cfg.backend == "transformers" and hub.is_local_path(cfg.model)) or cfg.backend == "openai":
+            # a path the user typed that is not there, or a server that serves other models: their error, not the
+            # network's
             raise PreflightError(f"{setting}: {exc}") from None
         return f"{setting}: {exc}"
     except ModelLoadError as exc:
@@ -38,13 +49,35 @@ def preflight_model(cfg: ModelConfig, setting: str) -> str | None:
     return None
 
 
-def embedded_fallback(section):
+def embedded_fallback(section, **settings):
     """A model stage's section with the embedded expression model (backend ``expression``) as its model, the other
-    settings kept (a :class:`stages.base.Fallback`): what the stage runs when its model cannot be had here (``run.fallback=embedded``). The model
-    section is rebuilt from the stage's defaults, as ``--set <stage>.model.backend=expression`` would build it, so
-    both give the same cache key."""
-    swapped = type(section).model_validate({**section.model_dump(), "model": {"backend": "expression"}})
+    settings kept but for ``settings`` (a :class:`stages.base.Fallback`): what the stage runs when its model cannot be
+    had here (``run.fallback=embedded``). The model section is rebuilt from the stage's defaults, as ``--set
+    <stage>.model.backend=expression`` would build it, so both give the same cache key."""
+    swapped = type(section).model_validate({**section.model_dump(), **settings, "model": {"backend": "expression"}})
     return Fallback(swapped, model_name(section.model), model_name(swapped.model))
+
+
+def check_fallbacks(fell_back: dict[str, dict], section, stages: list[str], blocked: str | None) -> None:
+    """The fallback rule (module docstring): raise :class:`PreflightError` when the captioner (stage ``context``) falls
+    back to the embedded model while classify, which the run reaches, runs a model that reads the prompt with the
+    summaries in it. ``fell_back``: stage -> {asked, ran, reason}; ``section(name)``: the section a stage runs with;
+    ``blocked``: the stage the run stops before, if any."""
+    if "context" not in fell_back or "classify" not in stages:
+        return
+    if blocked is not None and stages.index(blocked) <= stages.index("classify"):
+        return  # classify does not run
+    cls = section("classify")
+    if not cls.show_summaries or not backend_class(cls.model.backend).reads_prompt:
+        return
+    fb = fell_back["context"]
+    raise PreflightError(
+        f"{fb['reason']}\nThe embedded expression model would stand in for the captioner {fb['asked']} and write its "
+        f"own reading of each face (e.g. 'Motion: happy weakens from 1.00 to 0.46') into the prompt of the classifier "
+        f"{model_name(cls.model)}: another classifier's answer as its context. Stopped before any clip. To go on, "
+        "make the captioner available here (a local folder: --set context.model.model=/path/to/model), or caption "
+        "with the classifier itself (--set context.model=classify.model), or ask for the embedded captioner by name "
+        "(--set context.model.backend=expression), or leave the summaries out (--set classify.use_summaries=false).")
 
 
 def input_stages(cfg: ModelConfig) -> tuple[str, ...]:

@@ -132,6 +132,6 @@ def test_report_and_compare_commands(tmp_path):
     proc = dfer("compare", str(tmp_path / "A"), str(tmp_path / "B"), cache=tmp_path / "c")
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("| A ") or ln.startswith("| B ")]
-    assert len(lines) == 2 and "classify.shuffle" in proc.stdout
+    assert len(lines) == 4 and "classify.shuffle" in proc.stdout  # each run in the headline and scored-clips tables
     proc = dfer("compare", str(tmp_path / "A"), str(tmp_path / "nope"), cache=tmp_path / "c")
     assert proc.returncode == 2 and "nope" in proc.stderr

@@ -129,3 +129,44 @@ def test_run_with_report_that_stopped_before_classify_says_there_is_nothing_to_r
                 cache=RunDir(fell_back[0].run_dir).cache().root)
     assert done.returncode == 0, done.stderr
     assert "no report: the run did not reach classify" in done.stderr and not (tmp_path / "run" / "report.md").exists()
+
+
+# ------------------------------------------------------------------------------------ no other classifier in the prompt
+
+
+def test_a_vlm_classifier_never_gets_the_embedded_models_captions_unless_asked_by_name(clips, fell_back, tmp_path):
+    """Issue 22: the captioner alone falling back would hand the VLM the embedded classifier's own answers ("Motion:
+    happy weakens ...") as context. The run stops before any clip and says how to go on; asked for by name, the
+    embedded captioner runs (no fallback then)."""
+    from stages.modelstage import PreflightError
+    from tests.tiny_models import shared_tiny_model_dir
+
+    qwen = shared_tiny_model_dir("qwen2vl")
+    cache = tmp_path / "cache"
+    with pytest.raises(PreflightError) as err:
+        run(clips, tmp_path / "run", cache, f"classify.model.model={qwen}")
+    msg = str(err.value)
+    assert "not in the local Hugging Face cache" in msg and CAPTIONER in msg and f"{qwen} (transformers)" in msg
+    for way in ("--set context.model.backend=expression", "--set context.model=classify.model",
+                "--set classify.use_summaries=false", "--set context.model.model="):
+        assert way in msg
+    assert not (tmp_path / "run").exists() and not (cache / "faces").exists()  # before any clip, nothing written
+
+    asked = run(clips, tmp_path / "asked", cache, f"classify.model.model={qwen}", "context.model.backend=expression")
+    status = RunDir(asked.run_dir).status()
+    assert asked.status == "complete" and status["fallbacks"] == []
+    assert status["models"] == {"context": EMBEDDED, "classify": f"{qwen} (transformers)"}
+
+
+def test_a_run_that_scores_nothing_is_not_complete(fell_back, tmp_path):
+    (tmp_path / "in").mkdir()
+    for name in ("x.mp4", "y.mp4"):
+        (tmp_path / "in" / name).write_bytes(b"not a video")
+    done = _cli(str(tmp_path / "in"), "--out", str(tmp_path / "run"), "--report", cache=RunDir(fell_back[0].run_dir).cache().root)
+    assert done.returncode == 4, done.stderr
+    assert "2 clips, 2 failed and none scored: the run is not complete" in done.stderr
+    assert "nothing scored: none of the 2 clips reached a classify score" in done.stderr
+    assert "no report: no clip was scored" in done.stderr and not (tmp_path / "run" / "report.md").exists()
+    status = RunDir(tmp_path / "run").status()
+    assert status["status"] == "failed" and status["message"].startswith("nothing scored")
+    assert status["scoring"]["scored"] == 0

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.options import INPUT, OUT_DIR, OUT_FILE, RUN_DIR, config_options, execution_options, load_config, quiet_option
-from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_OK, EXIT_STOPPED
+from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_NOTHING_SCORED, EXIT_OK, EXIT_STOPPED
 from pipeline.core.paths import shown
 from pipeline.engine.config import dump_config
 from pipeline.engine.rundir import FAILURES, PREDICTIONS, RunDir
@@ -60,9 +60,15 @@ def _run(args) -> int:
         protect=(args.config,),
     )
     run_dir = RunDir(result.run_dir)
-    print(f"{result.n_clips} clips, {result.n_failed} failed; run directory: {shown(run_dir.path)}", file=sys.stderr)
+    nothing = " and none scored: the run is not complete" if result.status == "failed" else ""
+    print(f"{result.n_clips} clips, {result.n_failed} failed{nothing}; run directory: {shown(run_dir.path)}", file=sys.stderr)
     if result.n_failed:
         print(f"failures are listed in {shown(run_dir / FAILURES)}", file=sys.stderr)
+    if result.status == "failed":
+        print(f"dfer: {result.stop_message}", file=sys.stderr)
+        if args.report:
+            print("dfer: no report: no clip was scored", file=sys.stderr)
+        return EXIT_NOTHING_SCORED
     if result.status == "stopped":
         print(f"dfer: stopped before a model stage: {result.stop_message}", file=sys.stderr)
         if args.strict:

@@ -32,6 +32,9 @@ EXIT_STOPPED = 3
 """A ``--strict`` run stopped at its first failure (or before a model stage it could not run), or a run stopped
 on a failure of the run, not of a clip (:class:`RunStopError`: a full disk, a cache that cannot be written or
 vanished, a model server that does not answer)."""
+EXIT_NOTHING_SCORED = 4
+"""The run went through its stages but scored no clip (every clip failed before or at classify): ``status.json``
+says ``"status": "failed"``; there is nothing to report."""
 EXIT_INTERRUPTED = 130
 """Interrupted (Ctrl-C); finished artifacts and checkpoints are kept, run the same command to go on."""
 

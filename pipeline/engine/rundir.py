@@ -13,10 +13,13 @@ A run directory is a view over the cache (deleting it loses nothing a model comp
     RUN/status.json       complete | stopped (and before which stage, why), clip and failure counts, stages, seconds,
                           fallbacks (stages that ran the embedded model: which model was asked for, which ran, why),
                           training_overlap (clips the adapter was trained on, where --allow-overlap let the run test
-                          on them)
-    RUN/scores.jsonl      classify only: video, label, labels, scores, prediction, raw, prompt_tokens, model, and
-                          label_order (the order the prompt listed the labels) unless classify.label_order=fixed
-    RUN/predictions.csv   classify only: video, prediction, p_<label>..., label, model (the model that scored it)
+                          on them), models (the model each model stage ran), scoring (clips scored exact / partial /
+                          none, abstentions, how labels were matched); "failed" when no clip was scored
+    RUN/scores.jsonl      classify only: video, label, labels, scores, prediction, scored, abstained, raw (or answer),
+                          label_matching, prompt_tokens, model, and label_order (the order the prompt listed the
+                          labels) unless classify.label_order=fixed
+    RUN/predictions.csv   classify only: video, prediction, p_<label>..., label, model (the model that scored it), scored
+                          (exact | partial | none), abstained (why there is no prediction; pipeline/eval/ranking.py)
     RUN/labelset.json     classify only: name and labels of the label set the scores are over
     RUN/metrics.json, RUN/report.md and plots (*.png): written by ``dfer report``
     RUN/view.html         ``dfer view``; with RUN/view_files/ (cards and thumbnails) for a run too big for one page
@@ -375,16 +378,20 @@ class RunDir:
 
 
 class PredictionWriter:
-    """``predictions.csv``: ``video, prediction, p_<label>..., label, model`` (probabilities with 6 decimals; the model
-    that scored the clip; a video id with bytes that are not UTF-8 as :func:`pipeline.core.paths.shown` shows it)."""
+    """``predictions.csv``: ``video, prediction, p_<label>..., label, model, scored, abstained`` (probabilities with 6
+    decimals; the model that scored the clip; how it was scored; an abstention has no prediction and no
+    probabilities, and says why; a video id with bytes that are not UTF-8 as :func:`pipeline.core.paths.shown` shows it)."""
 
     def __init__(self, path: Path, labels: list[str]):
         self._f = open_stream(path, newline="")
         self._w = csv.writer(self._f)
-        self._w.writerow(["video", "prediction", *[f"p_{lab}" for lab in labels], "label", "model"])
+        self._n = len(labels)
+        self._w.writerow(["video", "prediction", *[f"p_{lab}" for lab in labels], "label", "model", "scored", "abstained"])
 
-    def write(self, video: str, prediction: str, probs: Iterable[float], label: str | None, model: str | None = None) -> None:
-        self._w.writerow([shown(video), prediction, *[f"{p:.6f}" for p in probs], label or "", model or ""])
+    def write(self, video: str, prediction: str | None, probs: Iterable[float] | None, label: str | None,
+              model: str | None = None, scored: str = "exact", abstained: str | None = None) -> None:
+        cells = [f"{p:.6f}" for p in probs] if probs is not None else [""] * self._n
+        self._w.writerow([shown(video), prediction or "", *cells, label or "", model or "", scored, abstained or ""])
 
     def close(self) -> None:
         self._f.close()

@@ -45,7 +45,9 @@ from pipeline.core.jobs import ClipJob, ClipTask
 from pipeline.eval.labels import LabelError, load_label_set
 from pipeline.engine.rundir import LABELSET, MANIFEST, PREDICTIONS, RUNCARD, SCORES, STATUS, ManifestRow, RunDir
 from pipeline.engine.runcard import build_card
+from pipeline.backends.base import ModelConfig, model_name
 from stages import STAGE_ORDER, STAGES
+from stages.modelstage import check_fallbacks
 
 
 @dataclass
@@ -82,7 +84,7 @@ class RunResult:
     reports: list[StageReport]
     n_clips: int
     n_failed: int
-    status: str = "complete"  # complete | stopped
+    status: str = "complete"  # complete | stopped | failed (nothing scored)
     stop_message: str | None = None
     keys: dict[str, dict[str, str]] = field(default_factory=dict)  # video id -> stage -> key
 
@@ -290,6 +292,7 @@ class Runner:
                 if message and not self._fall_back(name, message) and blocked is None:
                     self.say(f"note: the run will stop before stage '{name}': {message}")
                     blocked = (name, message)
+        check_fallbacks(self.fallbacks, self.section, self.stages(), blocked[0] if blocked else None)
         return blocked
 
     def _fall_back(self, name: str, message: str) -> bool:
@@ -379,15 +382,21 @@ class Runner:
             active = [v for v in active if v not in failed_ids]
             self.say(report.line())
         self._write_manifest(refs, fps, keys)
+        scoring = None
         if status == "complete" and "classify" in stages:
             damaged: list[tuple[str, DamagedArtifactError]] = []
-            summary = write_predictions(self.run_dir, self.section("classify"), self.cache, refs, keys,
+            outputs = write_predictions(self.run_dir, self.section("classify"), self.cache, refs, keys,
                                         on_damaged=lambda vid, exc: damaged.append((vid, exc)))
             for vid, exc in damaged:  # damaged after the stage checked it: its clip has no prediction this time
                 n_failed += 1
                 self._fail(vid, "classify", type(exc).__name__, self._moved_aside(exc.stage, exc.key, str(exc))
                            + "; run the same command again to recompute it")
-            self.say(summary)
+            self.say(outputs.summary)
+            scoring = outputs.status()
+            if not outputs.scored:
+                status = "failed"
+                stop_message = (f"nothing scored: none of the {len(refs)} clips reached a classify score "
+                                f"({n_failed} failed; see {self.run_dir.path / 'failures.jsonl'})")
         status_doc = {
             "status": status,
             "stopped_before": blocked[0] if status == "stopped" else None,
@@ -397,6 +406,8 @@ class Runner:
             "stages": list(reports),
             "fallbacks": [self.fallbacks[r] for r in reports if r in self.fallbacks],
             **({"training_overlap": self.overlap} if self.overlap else {}),
+            "models": self._models(list(reports)),
+            "scoring": scoring,
             "seconds": round(time.time() - t_start, 2),
         }
         self.run_dir.write_status(status_doc)
@@ -453,6 +464,15 @@ class Runner:
                     damaged.add(vid)
                     self.say(f"warning: {self._moved_aside(exc.stage, exc.key, str(exc))}; recomputing it")
         return sound, damaged
+
+    def _models(self, stages: list[str]) -> dict[str, str]:
+        """The model each model stage that ran ran (its fallback's where it fell back), as messages name it."""
+        out = {}
+        for name in stages:
+            model = getattr(self.section(name), "model", None)
+            if isinstance(model, ModelConfig):
+                out[name] = model_name(model)
+        return out
 
     def _write_manifest(self, refs, fps, keys) -> None:
         rows = (ManifestRow(r.id, str(r.path), r.label, fps.get(r.id), keys.get(r.id, {})) for r in refs)
