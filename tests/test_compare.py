@@ -90,7 +90,7 @@ def test_compare_shows_per_class_recall_and_collapse_side_by_side(tmp_path):
     make_run(tmp_path / "a", seed=0)
     make_run(tmp_path / "b", seed=1)
     table = compare_runs([tmp_path / "a", tmp_path / "b"], n_boot=0)
-    reps = [build_report(tmp_path / r, n_boot=0)["metrics"] for r in ("a", "b")]
+    reps = [build_report(tmp_path / r, n_boot=0)["metrics_all_clips"] for r in ("a", "b")]  # the headline's
     for i, lab in enumerate(reps[0]["labels"]):
         row = f"| {lab} | {pct(reps[0]['per_class'][i]['recall'])} | {pct(reps[1]['per_class'][i]['recall'])} |"
         assert row in table

@@ -125,7 +125,11 @@ def test_compare_runs_table_and_config_diff(tmp_path):
     table = compare_runs([tmp_path / "a", tmp_path / "b"])
     lines = table.splitlines()
     assert lines[0].startswith("**Warning:** no run card for a, b")  # runs made by hand: no runcard.json
-    assert lines[2].startswith("| run | calibration") and any(line.startswith("| a | none | 141 | 3 |") for line in lines)
+    assert lines[2] == "Headline: all labelled clips, failed and abstained clips counted as errors:"
+    assert lines[4].startswith("| run | calibration | labelled clips | scored | abstained | partial | failed |")
+    # a: 141 labelled clips in scope (140 scored, the NaN row failed), 141 scored rows, one of them (unlabelled, all its
+    # scores equal) without a prediction, 3 failed
+    assert any(line.startswith("| a | none | 141 | 141 | 1 | 0 | 3 |") for line in lines)
     assert any(line.startswith("| b |") for line in lines)
     assert "| keyframes.k | `8` | `16` |" in table and "classify.model" not in table
     prior_table = compare_runs([tmp_path / "a"], calibration="estimated", n_boot=0)
@@ -185,3 +189,80 @@ def test_labels_file_that_does_not_exist_is_named(tmp_path):
     with pytest.raises(LabelError, match=f"{re.escape(str(missing))}: no such labels file or folder"):
         write_report(tmp_path / "run", n_boot=0, labels_file=missing)
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------ abstentions and the headline
+
+
+def _abstaining_run(root: Path) -> None:
+    """Eight labelled clips: 3 right, 1 wrong, 1 partial (right), 1 scored none, 1 tie, 1 free-text answer naming no
+    label; and two failed clips whose labels the labels file gives."""
+    run = RunDir(root)
+    run.create()
+    scores, predictions = run.score_writers(DFEW)
+
+    def row(vid, label, values, scored="exact", **extra):
+        scores.write({"video": vid, "label": label, "labels": DFEW, "scores": dict(zip(DFEW, values)),
+                      "scored": scored, **extra})
+
+    onehot = lambda i: [-0.1 if j == i else -4.0 for j in range(7)]  # noqa: E731
+    for i, lab in enumerate(("happy", "sad", "neutral")):
+        row(f"ok{i}.mp4", lab, onehot(i))
+    row("wrong.mp4", "angry", onehot(0))
+    row("partial.mp4", "fear", [-3.0] * 6 + [-0.5], "partial")
+    row("none.mp4", "disgust", [-2.0] * 7, "none")  # bounds only: calibration must not make it a prediction
+    row("tie.mp4", "surprise", [-1.0, -1.0, -5, -5, -5, -5, -5])
+    row("words.mp4", "happy", [None] * 7, "none", answer="no idea", abstained="answer names no label")
+    scores.close()
+    predictions.close()
+    with run.failure_log() as log:
+        for vid in ("f1.mp4", "f2.mp4"):
+            log.write({"video": vid, "stage": "faces", "error": "NoFaceError", "message": "no face"})
+    run.write_labelset("dfew", DFEW)
+
+
+def test_abstentions_and_failures_count_as_errors_in_the_headline(tmp_path):
+    _abstaining_run(tmp_path / "run")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video,label\nf1,sad\nf2,fear\n" + "".join(
+        f"{v},{lab}\n" for v, lab in [("ok0", "happy"), ("ok1", "sad"), ("ok2", "neutral"), ("wrong", "angry"),
+                                      ("partial", "fear"), ("none", "disgust"), ("tie", "surprise"), ("words", "happy")]))
+    rep = write_report(tmp_path / "run", labels_file=labels, n_boot=100)
+    assert rep["predictions"]["partial.mp4"] == "fear" and rep["predictions"]["wrong.mp4"] == "happy"
+    assert {v: rep["predictions"][v] for v in ("none.mp4", "tie.mp4", "words.mp4")} == dict.fromkeys(
+        ("none.mp4", "tie.mp4", "words.mp4"))
+    assert rep["abstained_clips"] == {"none.mp4": "no label scored", "tie.mp4": "tie", "words.mp4": "answer names no label"}
+    a = rep["abstentions"]
+    assert (a["count"], a["labelled"], a["rate"], a["partial"]) == (3, 3, 3 / 8, 1)
+    assert rep["counts"]["scored_partial"] == 1 and rep["counts"]["scored_none"] == 2
+    scored, head = rep["metrics"], rep["metrics_all_clips"]
+    assert (scored["n"], head["n"]) == (8, 10) and rep["headline"] == "all clips"
+    assert scored["war"] == pytest.approx(4 / 8) and head["war"] == pytest.approx(4 / 10)  # right: ok0-2, partial
+    # UAR over the 7 classes: happy 1/2 (ok0 right, words abstained), sad 1 (scored) or 1/2 (f1 failed), neutral 1,
+    # angry 0, fear 1 or 1/2 (f2 failed), disgust 0, surprise 0
+    assert scored["uar"] == pytest.approx((0.5 + 1 + 1 + 0 + 1 + 0 + 0) / 7)
+    assert head["uar"] == pytest.approx((0.5 + 0.5 + 1 + 0 + 0.5 + 0 + 0) / 7)
+
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "## Headline: all clips" in md and "| metric (%) | all clips (10 labelled) | scored clips (8 labelled) |" in md
+    assert f"| WAR | {100 * head['war']:.2f} [" in md
+    assert "the 2 failed and the 3 abstained ones as errors" in md
+    assert "Abstentions (no prediction): 3 of 8 scored clips (37.50 %): 1 no label scored, 1 tie, 1 answer names no label" in md
+    assert "- `tie.mp4`: tie" in md
+
+    from pipeline.report import summary
+
+    lines = summary(rep, tmp_path / "run").splitlines()
+    assert lines[0].startswith(f"UAR {100 * head['uar']:.2f}  WAR 40.00") and "(10 labelled clips" in lines[0]
+    assert "2 failed and 3 abstained, counted as errors" in lines[0]
+    assert lines[1] == f"scored clips only: UAR {100 * scored['uar']:.2f}  WAR 50.00  macro-F1 " \
+                       f"{100 * scored['macro_f1']:.2f}  (8 labelled, abstentions as errors)"
+    assert lines[2].startswith("scored 8 (3 abstained, 1 partial), failed 2")
+
+    # calibration moves scores but never turns an abstention scored "none" into a prediction
+    cal = build_report(tmp_path / "run", labels_file=labels, calibration="prior", train_counts=TRAIN_COUNTS, n_boot=0)
+    assert cal["predictions"]["none.mp4"] is None and cal["predictions"]["words.mp4"] is None
+
+    table = compare_runs([tmp_path / "run"])
+    assert f"| run | none | 10 | 8 | 3 | 1 | 2 | {100 * head['uar']:.2f} [" in table
+    assert f"| run | 8 | {100 * scored['uar']:.2f} [" in table

@@ -79,10 +79,13 @@ def test_sweep_table_holds_dfer_reports_numbers_and_the_plot_is_written(window_s
     table = (root / "out" / "sweep.md").read_text()
     for row in result.rows:
         assert main(["report", str(row.run_dir), "--out", str(tmp_path / row.combination.name)]) == 0
-        m = json.loads((tmp_path / row.combination.name / "metrics.json").read_text())["metrics"]
+        m = json.loads((tmp_path / row.combination.name / "metrics.json").read_text())["metrics_all_clips"]  # headline
         cells = [f"{pct(m[k])} {ci_text(m['ci'][k])}" for k in ("uar", "war", "macro_f1")]
         line = next(x for x in table.splitlines() if x.startswith(f"| [{row.combination.name}]"))
-        assert re.search(r"\| complete \| 2 \| 0 \| " + re.escape(" | ".join(cells)) + r" \|", line), (line, cells)
+        # scored 2, abstained 0, partial 0, failed 0, the headline metrics, then the models that ran
+        assert re.search(r"\| complete \| 2 \| 0 \| 0 \| 0 \| " + re.escape(" | ".join(cells)) + r" \|", line), (line, cells)
+        assert (f"context: {shared_tiny_model_dir('idefics3')} (transformers); "
+                f"classify: {shared_tiny_model_dir('qwen2vl')} (transformers)") in line
     with Image.open(root / "out" / "sweep.png") as im:
         assert im.format == "PNG" and im.width > 600 and im.height > 200
     saved = json.loads((root / "out" / "sweep.json").read_text())

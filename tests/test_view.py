@@ -207,7 +207,8 @@ def test_summary_metrics_and_calibration_come_from_the_report(scored, tmp_path):
     data = build_view(scored.run_dir, calibration="estimated")
     rep = build_report(scored.run_dir, calibration="estimated")
     assert data["summary"]["calibration"]["method"] == "estimated"
-    assert data["summary"]["metrics"]["uar"] == rep["metrics"]["uar"]
+    assert data["summary"]["metrics"]["uar"] == rep["metrics_all_clips"]["uar"]  # the headline: the failed clip counts
+    assert data["summary"]["metrics_scored"]["uar"] == rep["metrics"]["uar"]
     assert data["summary"]["confusion"]["matrix"] == rep["metrics"]["confusion_matrix"]["matrix"]
     cards = {c["id"]: c for c in data["cards"]}
     assert {v: cards[v]["pred"] for v in rep["predictions"]} == rep["predictions"]
@@ -504,3 +505,35 @@ def test_a_page_written_small_again_removes_its_old_folder_and_a_foreign_folder_
     with pytest.raises(RunDirError, match=r"mine_files exists and was not written by `dfer view`"):
         write_view(copy, other / "mine.html", one_file_max=100)
     assert (other / "mine_files" / "notes.txt").read_text() == "my notes" and not (other / "mine.html").exists()
+
+
+def test_abstentions_and_the_headline_on_the_page(browser, tmp_path):
+    """Clips without a prediction (a tie, no label among a server's top-k, a free-text answer naming no label) get a
+    card of their own outcome and the reason; the summary shows the headline over every labelled clip (the failed
+    one too) beside the scored clips' figure."""
+    labels = ["happy", "sad", "neutral"]
+    (tmp_path / "labelset.json").write_text(json.dumps({"name": "mine", "labels": labels}))
+    rows = [{"video": "ok.mp4", "label": "happy", "scores": {"happy": -0.1, "sad": -3.0, "neutral": -3.0}},
+            {"video": "tie.mp4", "label": "sad", "scores": {"happy": -1.0, "sad": -1.0, "neutral": -3.0}},
+            {"video": "none.mp4", "label": "sad", "scored": "none", "scores": {"happy": -4.0, "sad": -4.0, "neutral": -4.0}},
+            {"video": "words.mp4", "label": "neutral", "scored": "exact", "answer": "Neutral.",
+             "scores": {"happy": None, "sad": None, "neutral": 0.0}}]
+    (tmp_path / "scores.jsonl").write_text("".join(json.dumps({"labels": labels, **r}) + "\n" for r in rows))
+    (tmp_path / "failures.jsonl").write_text(json.dumps({"video": "gone.mp4", "stage": "faces", "error": "NoFaceError",
+                                                         "message": "no face", "label": "happy"}) + "\n")
+    open_page(browser, write_view(tmp_path))
+    assert console_errors(browser) == []
+    text = browser.find_element("id", "metrics").text
+    assert "Headline: all 5 labelled clips: 1 failed and 2 abstained, counted as errors" in text
+    assert "Scored clips only (4, abstentions as errors): UAR" in text and "2 without a prediction" in text
+    tile = browser.find_element("css selector", '.tile[data-metric="war"]').text
+    assert "40.00" in tile  # ok.mp4 and words.mp4 right, of 5
+    for vid, why in (("tie.mp4", "tie"), ("none.mp4", "no label scored")):
+        card = browser.find_element("css selector", f'.card[data-id="{vid}"]')
+        assert card.find_element("css selector", ".badge").text.lower() == "no prediction"
+        assert f"No prediction ({why})" in card.text
+    assert browser.find_element("css selector", '.card[data-id="none.mp4"]').find_elements("css selector", ".prob") == []
+    words = browser.find_element("css selector", '.card[data-id="words.mp4"]')
+    assert words.find_element("css selector", '.prob[data-label="neutral"] .val').text == "1.000"
+    open_page(browser, write_view(tmp_path).as_uri() + "#outcome=abstained")
+    assert card_ids(browser) == ["tie.mp4", "none.mp4"]

@@ -1,7 +1,8 @@
 """The report layer: a run's metrics, calibration and plots (`dfer report`), runs side by side (`dfer compare`).
 
 Modules: ``build`` (what ``metrics.json`` holds, from the run directory; :func:`write_report` writes it with
-``report.md`` and the plots), ``markdown`` (``report.md``, the printed summary and the number formats other
+``report.md`` and the plots), ``headline`` (the headline over all clips, abstentions and failed clips as errors, and
+the scored clips' figure beside it), ``markdown`` (``report.md``, the printed summary and the number formats other
 reports share), ``plots`` (the PNG figures), ``compare`` (runs side by side, folds), ``paired`` (two runs clip by clip:
 paired-bootstrap CIs of the differences, McNemar's test)."""
 

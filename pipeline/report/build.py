@@ -8,10 +8,13 @@ Reads ``RUN/scores.jsonl`` (one clip per line: video, label, labels, scores, pre
 Accounting rule: every clip ends up in exactly one bucket, and every bucket is counted and listed by
 name in ``metrics.json`` (the Markdown shows the first 50 of each): scored with a label, scored
 without a label, failed (by stage; a scored row that is unusable, e.g. NaN scores, is a failure of
-stage ``report``), and, when a labels file is given, labels that match no clip. The headline metrics
-are computed on scored, labelled clips; ``coverage`` adds the labelled failed clips counted as wrong
-(their true labels come from the labels file, or from an optional ``label`` key in failures.jsonl),
-so a run cannot look better by failing on hard clips.
+stage ``report``), and, when a labels file is given, labels that match no clip. A scored clip may have no
+prediction (an abstention: scored ``none``, or a tie; :mod:`pipeline.eval.ranking` decides, after calibration too).
+The headline metrics (``metrics_all_clips``, :mod:`pipeline.report.headline`) count every labelled clip, the
+failed ones (their true labels come from the labels file, else from the run's input list as manifest.jsonl keeps
+it, or from an optional ``label`` key in failures.jsonl) and
+the abstentions as errors, so a run cannot look better by failing or abstaining on hard clips; ``metrics`` are
+those of the scored clips (abstentions as errors).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from pipeline.eval.calibration import calibrate, prior_from_counts, tau_sweep
 from pipeline.eval.labels import (BUILTIN_LABEL_SETS, LabelError, LabelSet, load_label_set, match_labels, read_label_counts,
                                   read_labels)
 from pipeline.eval.metrics import compute_metrics, spearman
+from pipeline.eval.ranking import SCORED, choose_rows, scored_kind
+from pipeline.report import headline
 from pipeline.report.markdown import HEADLINE, report_markdown
 from pipeline.report.plots import write_plots
 
@@ -118,16 +123,21 @@ def _clips(run: RunDir, scores_rows: list[tuple[int, dict]], fail_rows: list[tup
             continue
         seen[vid] = no
         sc = r.get("scores") or {}
-        vals = [sc.get(lab) for lab in labels]
-        bad = [lab for lab, v in zip(labels, vals)
-               if not isinstance(v, (int, float)) or math.isnan(v) or v == math.inf]
-        if bad or max(vals) == -math.inf:
-            failures.append({"video": vid, "stage": "report", "error": "InvalidScores",
-                             "message": f"{where}: missing, NaN or infinite score for {bad or 'every label'}"})
+        vals = [sc.get(lab, math.nan) for lab in labels]  # None: a label without a score (a free-text answer)
+        kind = _scored(r, labels)
+        bad = [lab for lab, v in zip(labels, vals) if v is not None
+               and (not isinstance(v, (int, float)) or math.isnan(v) or v == math.inf)]
+        ranked = [v for v in vals if v is not None and v != -math.inf]
+        if bad or kind not in SCORED or (kind != "none" and not ranked):
+            why = (f"missing, NaN or infinite score for {bad}" if bad else f"unknown 'scored' value {kind!r}"
+                   if kind not in SCORED else "no score for any label")
+            failures.append({"video": vid, "stage": "report", "error": "InvalidScores", "message": f"{where}: {why}"})
             fail_label.setdefault(vid, r.get("label"))
             continue
-        valid.append({"video": vid, "label": r.get("label"), "scores": vals, "prediction": r.get("prediction"),
-                      "where": where, "model": r.get("model"), "label_order": r.get("label_order")})
+        valid.append({"video": vid, "label": r.get("label"), "where": where, "model": r.get("model"),
+                      "scores": [-math.inf if v is None else float(v) for v in vals], "scored": kind,
+                      "prediction": r.get("prediction"), "recorded": "prediction" in r, "abstained": r.get("abstained"),
+                      "label_matching": r.get("label_matching"), "label_order": r.get("label_order")})
     scored_ids = {r["video"] for r in valid}
     rescued = sorted({f["video"] for f in failures if f["video"] in scored_ids})
     if rescued:
@@ -203,6 +213,26 @@ def choose_tau(run: RunDir, other: str | Path, calibration: str, train_counts: A
             "rows": sweep["rows"], "overlap": [t for t, _ in pairs]}
 
 
+def _manifest_labels(run: RunDir) -> dict[str, str]:
+    """``{video: label}`` as the run's input list gave them (manifest.jsonl), or {} for a run directory without one."""
+    try:
+        return {r.video: r.label for r in run.manifest() if r.label}
+    except RunDirError:
+        return {}
+
+
+def _scored(row: dict, labels: list[str]) -> str:
+    """How a scores.jsonl row was scored: its ``scored`` key, or (rows written before it existed) what its raw
+    scores' exact flags say, or ``exact``."""
+    if "scored" in row:
+        return row["scored"]
+    raw = row.get("raw")
+    try:
+        return scored_kind(raw, labels) if isinstance(raw, dict) else "exact"
+    except (KeyError, AttributeError, TypeError):
+        return "exact"
+
+
 def build_report(run_dir: str | Path, labels_file: str | Path | None = None, label_format: str = "csv",
                  calibration: str = "none", tau: float = 1.0, train_counts: Any = None,
                  label_set: str | Path | None = None, fold: int | None = None, split: str | None = "test",
@@ -257,8 +287,17 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
         truth = {r["video"]: ls.canonical(r["label"], r["where"]) for r in valid if r["label"] is not None}
         truth.update({v: ls.canonical(lab, "failures.jsonl") for v, lab in fail_label.items()
                       if lab is not None and v not in scored_ids})
+        listed = _manifest_labels(run)  # the input list's labels of the clips that failed before classify
+        for v in fail_label:
+            if v not in truth and listed.get(v):
+                try:
+                    truth[v] = ls.canonical(listed[v], f"{run / 'manifest.jsonl'}")
+                except LabelError as exc:
+                    notes.append(str(exc))
 
     raw = np.array([r["scores"] for r in valid], dtype=float).reshape(len(valid), len(labels))
+    kinds = [r["scored"] for r in valid]
+    ranked = [i for i, k in enumerate(kinds) if k != "none"]  # a clip scored "none" abstains whatever calibration does
     tc = _train_counts(train_counts, labels, ls)
     held_out = None
     if tau_from is not None:
@@ -268,40 +307,45 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
         if held_out["overlap"]:
             notes.append(f"the tau was chosen on {tau_from}, which shares {len(held_out['overlap'])} clip(s) with this "
                          "run (allowed with --allow-overlap): " + ", ".join(held_out["overlap"][:10]))
-    if valid:
+    adjusted, cal_info = raw.copy(), {"method": calibration, "tau": tau, "prior": None}
+    if ranked:
         try:
-            adjusted, cal_info = calibrate(raw, calibration, tau, tc, labels, smoothing)
+            adjusted[ranked], cal_info = calibrate(raw[ranked], calibration, tau, tc, labels, smoothing)
         except ValueError as exc:
             raise ConfigError(f"calibration {calibration!r}: {exc}") from None
-    else:
-        adjusted, cal_info = raw, {"method": calibration, "tau": tau, "prior": None}
     if held_out is not None:
         cal_info["tau_from"] = held_out
-    pred, raw_pred = ([labels[i] for i in np.argmax(x, axis=1)] if valid else [] for x in (adjusted, raw))
-    differs = [r["video"] for r, p in zip(valid, raw_pred) if r["prediction"] is not None and r["prediction"] != p]
+    chosen, raw_chosen = (choose_rows(x, labels, kinds) for x in (adjusted, raw))
+    pred = [p for p, _ in chosen]
+    why = [(r["abstained"] or w) if r["scored"] == "none" else w for r, (_, w) in zip(valid, chosen)]  # as recorded
+    raw_pred = [p for p, _ in raw_chosen]
+    differs = [r["video"] for r, p in zip(valid, raw_pred) if r["recorded"] and r["prediction"] != p]
     if differs:
-        notes.append(f"{len(differs)} clip(s) whose recorded prediction is not the argmax of their raw scores "
-                     f"(the argmax is used): {', '.join(differs[:10])}")
+        notes.append(f"{len(differs)} clip(s) whose recorded prediction is not the one their raw scores give "
+                     f"(the one the scores give is used): {', '.join(differs[:10])}")
 
     labelled = [i for i, r in enumerate(valid) if r["video"] in truth]
     unlabeled = [r["video"] for r in valid if r["video"] not in truth]
     failed_labelled = [f["video"] for f in failures if f["video"] in truth]
     y_true = [truth[valid[i]["video"]] for i in labelled]
-    metrics = metrics_raw = coverage_metrics = None
-    if labelled:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the same notes are returned inside the dict
+    metrics = metrics_raw = coverage_metrics = metrics_all = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the same notes are returned inside the dict
+        if labelled:
             metrics = compute_metrics(y_true, [pred[i] for i in labelled], labels, tc, n_boot, seed)
             if calibration != "none":
                 m = compute_metrics(y_true, [raw_pred[i] for i in labelled], labels, tc, 0, seed)
                 metrics_raw = {k: m[k] for k, _ in HEADLINE}
-            if failed_labelled:
-                m = compute_metrics(y_true + [truth[v] for v in failed_labelled],
-                                    [pred[i] for i in labelled] + [None] * len(failed_labelled),
-                                    labels, tc, n_boot, seed)
-                coverage_metrics = {k: m[k] for k in ("uar", "war", "macro_f1", "ci")}
-    elif valid or failures:
-        notes.append("no scored clip has a true label: metrics are not computed")
+        if failed_labelled:  # the headline: failed clips count as errors too
+            metrics_all = compute_metrics(y_true + [truth[v] for v in failed_labelled],
+                                          [pred[i] for i in labelled] + [None] * len(failed_labelled),
+                                          labels, tc, n_boot, seed)
+            coverage_metrics = {k: metrics_all[k] for k in ("uar", "war", "macro_f1", "ci")}
+        else:
+            metrics_all = metrics
+    if not labelled and (valid or failures):
+        notes.append("no scored clip has a true label: metrics of the scored clips are not computed"
+                     + (" (the headline counts the failed ones)" if failed_labelled else ""))
     n_lab = len(labelled) + len(failed_labelled)
     sweep = None
     if taus and labelled:
@@ -310,7 +354,8 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
         except ValueError as exc:
             raise ConfigError(f"--tau-sweep with the training prior: {exc}") from None
         sweep = {"prior": "training prior" if prior is not None else "prior estimated from this run",
-                 "rows": tau_sweep(raw[labelled], y_true, prior, list(taus), labels),
+                 "scope": "scored clips, abstentions as errors",
+                 "rows": tau_sweep(raw[labelled], y_true, prior, list(taus), labels, [kinds[i] for i in labelled]),
                  "test_set_tuning": True}
     return {
         "run_dir": str(run.path),
@@ -318,6 +363,8 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
         "models": dict(Counter(str(r["model"]) for r in valid if r["model"])),
         "fallbacks": list((run.status() or {}).get("fallbacks") or []),
         "runcard": run.runcard(),
+        "stage_models": dict((run.status() or {}).get("models") or {}),
+        "label_matching": dict(Counter(str(r["label_matching"]) for r in valid if r["label_matching"])),
         "labels_file": None if labels_file is None else {"path": str(labels_file), "format": label_format},
         "calibration": cal_info,
         "train_counts": tc,
@@ -325,13 +372,19 @@ def build_report(run_dir: str | Path, labels_file: str | Path | None = None, lab
             "scored": len(valid), "scored_labelled": len(labelled), "scored_unlabeled": len(unlabeled),
             "failed": len(failures), "failed_by_stage": dict(Counter(str(f["stage"]) for f in failures)),
             "failed_labelled": len(failed_labelled), "labels_without_clip": len(labels_without_clip),
+            **{f"scored_{k}": kinds.count(k) for k in SCORED},
         },
+        "headline": headline.HEADLINE_SCOPE,
+        "scopes": headline.SCOPES,
+        "abstentions": headline.abstentions(valid, labelled, why),
         "coverage": {"labelled_clips": n_lab, "labelled_scored": len(labelled),
                      "fraction": len(labelled) / n_lab if n_lab else None,
                      "failures_as_wrong": coverage_metrics},
+        "metrics_all_clips": metrics_all,
         "metrics": metrics,
         "metrics_uncalibrated": metrics_raw,
         "predictions": {r["video"]: p for r, p in zip(valid, pred)},
+        "abstained_clips": {r["video"]: w for r, w in zip(valid, why) if w},
         "true_labels": {v: truth[v] for v in clip_ids if v in truth},
         "unlabeled_clips": unlabeled,
         "failed_clips": failures,

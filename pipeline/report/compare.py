@@ -1,17 +1,21 @@
 """``dfer compare``: several run directories side by side (ablations), or as the folds of one protocol (``--folds``,
 e.g. DFEW's five). No model is called.
 
-Every number is ``dfer report``'s: a run's ``metrics.json`` when it has one and nothing is to be recomputed, else
-:func:`pipeline.report.build.build_report` on the run (``kwargs``: true labels, calibration), without writing anything.
+Every number is ``dfer report``'s: a run's ``metrics.json`` when it has one (written by this version) and nothing is
+to be recomputed, else :func:`pipeline.report.build.build_report` on the run (``kwargs``: true labels,
+calibration), without writing anything. The headline is that of :mod:`pipeline.report.headline`: all labelled clips,
+failed and abstained ones counted as errors.
 
-- :func:`compare_runs`: the headline metrics with their bootstrap CIs, each class's recall, and how far each run's
+- :func:`compare_runs`: the headline metrics with their bootstrap CIs beside those of the scored clips, the clips
+  scored, abstained, partial and failed, the model each stage ran, each class's recall, and how far each run's
   predictions collapse onto head classes, one column per run; each later run paired with the first on the clips they
   share (:mod:`.paired`: paired-bootstrap CIs of the differences, McNemar's test); then the ``config.yaml`` keys
   that differ. A warning comes first when the runs' cards (``runcard.json``: versions, model revisions, devices,
   dtypes) differ, or a run has none.
-- :func:`fold_summary` / :func:`compare_folds`: mean and sample standard deviation (ddof=1) over the folds of UAR,
-  WAR, macro-F1 and each class's recall. The folds must share one label set. A class with no test example in a
-  fold has no recall there: its mean and std are over the folds that have it, and the table says how many.
+- :func:`fold_summary` / :func:`compare_folds`: mean and sample standard deviation (ddof=1) over the folds of the
+  headline UAR, WAR, macro-F1 and each class's recall. The folds must share one label set. A class with no test
+  example in a fold has no recall there: its mean and std are over the folds that have it, and the table says how
+  many.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from pipeline.core.errors import LabelError, RunDirError
 from pipeline.eval.metrics import mean_std
+from pipeline.report import headline
 from pipeline.report.build import build_report
 from pipeline.engine.runcard import RESOLVED_HERE, comparable
 from pipeline.report.markdown import HEADLINE, calibration_text, card_value, markdown_table, pct, pct_ci
@@ -52,7 +57,7 @@ def load_reports(run_dirs: Sequence[str | Path], **kwargs: Any) -> tuple[list[st
     reps = []
     for d in dirs:
         saved = RunDir(d).metrics() if not kwargs else None
-        reps.append(saved if saved is not None else build_report(d, **kwargs))
+        reps.append(saved if headline.is_current(saved) else build_report(d, **kwargs))
     return names, reps
 
 
@@ -63,17 +68,34 @@ def _class_labels(reps: list[dict]) -> list[str]:
 
 def _recall_cell(rep: dict, label: str) -> str:
     """A class's recall in one run: a percentage, ``n/a`` (no test example), or ``-`` (not in its label set)."""
-    rows = {r["label"]: r for r in (rep["metrics"] or {}).get("per_class", [])}
+    rows = {r["label"]: r for r in (headline.headline(rep) or {}).get("per_class", [])}
     if label not in rep["label_set"]["labels"]:
         return "-"
     return pct(rows[label]["recall"]) if label in rows else "n/a"
 
 
 def _collapse_rows(reps: list[dict]) -> list[list[str]]:
-    cols = [(rep["metrics"] or {}).get("collapse") or {} for rep in reps]
+    cols = [(headline.headline(rep) or {}).get("collapse") or {} for rep in reps]
     rows = [[title, *("n/a" if c.get(key) is None else fmt(c[key]) for c in cols)] for title, key, fmt in COLLAPSE_ROWS]
     return rows + [["classes never predicted",
                     *(", ".join(map(str, c.get("classes_never_predicted", []))) or "none" for c in cols)]]
+
+
+def _models_table(names: list[str], reps: list[dict]) -> list[str]:
+    """The model each model stage ran in each run (the fallback named where a stage fell back), from status.json."""
+    stages = list(dict.fromkeys(s for rep in reps for s in rep.get("stage_models") or {}))
+    if not stages:
+        return []
+    fell = [{fb["stage"]: fb for fb in rep.get("fallbacks") or []} for rep in reps]
+
+    def cell(rep: dict, fb: dict, stage: str) -> str:
+        ran = (rep.get("stage_models") or {}).get(stage)
+        if ran is None:
+            return "-"
+        return f"{ran} (fallback for {fb[stage]['asked']})" if stage in fb else ran
+
+    return ["", "Models that ran:", ""] + markdown_table(
+        ["stage", *names], [[stage, *(cell(rep, fb, stage) for rep, fb in zip(reps, fell))] for stage in stages])
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -125,14 +147,21 @@ def compare_runs(run_dirs: Sequence[str | Path], **kwargs: Any) -> str:
     """Markdown: the runs' headline metrics, per-class recall and collapse measures side by side, then the
     ``config.yaml`` keys that differ (see the module docstring)."""
     names, reps = load_reports(run_dirs, **kwargs)
-    rows = []
+    rows, scored_rows = [], []
     for name, rep in zip(names, reps):
-        m = rep["metrics"] or {}
-        rows.append([name, calibration_text(rep["calibration"]), rep["counts"]["scored"], rep["counts"]["failed"],
-                     *(pct_ci(m.get(k), m.get("ci", {}).get(k)) for k, _ in HEADLINE)])
-    out = markdown_table(["run", "calibration", "scored", "failed", *(f"{name} (%)" for _, name in HEADLINE)], rows)
-    if any(rep["metrics"] for rep in reps):
-        out += ["", "Recall per class (%; n/a: no test example of the class, -: not in the run's label set):", ""]
+        m, sc, c, a = headline.headline(rep) or {}, headline.scored(rep) or {}, rep["counts"], rep["abstentions"]
+        rows.append([name, calibration_text(rep["calibration"]), m.get("n", 0), c["scored"], a["count"], a["partial"],
+                     c["failed"], *(pct_ci(m.get(k), m.get("ci", {}).get(k)) for k, _ in HEADLINE)])
+        scored_rows.append([name, sc.get("n", 0), *(pct_ci(sc.get(k), sc.get("ci", {}).get(k)) for k, _ in HEADLINE)])
+    out = ["Headline: all labelled clips, failed and abstained clips counted as errors:", ""]
+    out += markdown_table(["run", "calibration", "labelled clips", "scored", "abstained", "partial", "failed",
+                           *(f"{name} (%)" for _, name in HEADLINE)], rows)
+    out += ["", "Scored clips only (failed clips left out, abstentions counted as errors):", ""]
+    out += markdown_table(["run", "labelled clips", *(f"{name} (%)" for _, name in HEADLINE)], scored_rows)
+    out += _models_table(names, reps)
+    if any(headline.headline(rep) for rep in reps):
+        out += ["", "Recall per class (%, all clips; n/a: no test example of the class, -: not in the run's label set):",
+                ""]
         out += markdown_table(["class", *names],
                               [[lab, *(_recall_cell(rep, lab) for rep in reps)] for lab in _class_labels(reps)])
         out += ["", "Collapse onto head classes:", ""]
@@ -159,13 +188,14 @@ def fold_summary(run_dirs: Sequence[str | Path], **kwargs: Any) -> dict:
         raise LabelError("folds of one protocol must share one label set: " + "; ".join(
             f"{n} has {rep['label_set']['name']} ({', '.join(sets[n])})" for n, rep in zip(names, reps)
             if n in odd or n == first))
-    empty = [n for n, rep in zip(names, reps) if not rep["metrics"]]
+    empty = [n for n, rep in zip(names, reps) if not headline.headline(rep)]
     if empty:
-        raise RunDirError(f"no metrics for {', '.join(empty)}: no scored clip has a true label (pass --labels FILE)")
+        raise RunDirError(f"no metrics for {', '.join(empty)}: no clip has a true label (pass --labels FILE)")
     labels = sets[first]
     folds = [{"run": name, "n": m["n"], **{k: m[k] for k, _ in HEADLINE},
+              "abstained": rep["abstentions"]["labelled"], "failed": rep["counts"]["failed_labelled"],
               "recall": {r["label"]: r["recall"] for r in m["per_class"]}}
-             for name, m in zip(names, (rep["metrics"] for rep in reps))]
+             for name, rep, m in zip(names, reps, (headline.headline(rep) for rep in reps))]
     return {"labels": labels, "n_folds": len(folds), "folds": folds,
             "mean_std": {k: mean_std([f[k] for f in folds]) for k, _ in HEADLINE},
             "recall": {lab: mean_std([f["recall"][lab] for f in folds]) for lab in labels}}
@@ -179,11 +209,13 @@ def compare_folds(run_dirs: Sequence[str | Path], **kwargs: Any) -> str:
     """Markdown of :func:`fold_summary`: one row per fold and the mean ± std, then each class's recall."""
     s = fold_summary(run_dirs, **kwargs)
     n = s["n_folds"]
-    rows = [[f["run"], f["n"], *(pct(f[k]) for k, _ in HEADLINE)] for f in s["folds"]]
-    rows.append([f"**mean ± std** ({n} folds)", sum(f["n"] for f in s["folds"]),
-                 *(_mean_std_text(s["mean_std"][k]) for k, _ in HEADLINE)])
-    out = [f"Folds: {n}; mean ± sample standard deviation (ddof=1) over the folds.", ""]
-    out += markdown_table(["fold", "clips", *(f"{name} (%)" for _, name in HEADLINE)], rows)
+    rows = [[f["run"], f["n"], f["failed"], f["abstained"], *(pct(f[k]) for k, _ in HEADLINE)] for f in s["folds"]]
+    rows.append([f"**mean ± std** ({n} folds)", sum(f["n"] for f in s["folds"]), sum(f["failed"] for f in s["folds"]),
+                 sum(f["abstained"] for f in s["folds"]), *(_mean_std_text(s["mean_std"][k]) for k, _ in HEADLINE)])
+    out = [f"Folds: {n}; mean ± sample standard deviation (ddof=1) over the folds. Headline metrics: all labelled "
+           "clips of each fold, failed and abstained clips counted as errors.", ""]
+    out += markdown_table(["fold", "labelled clips", "failed", "abstained", *(f"{name} (%)" for _, name in HEADLINE)],
+                          rows)
     out += ["", "Recall per class (%; n/a: no test example in that fold):", ""]
     out += markdown_table(["class", *(f["run"] for f in s["folds"]), "mean ± std"], [
         [lab, *(pct(f["recall"][lab]) for f in s["folds"]),

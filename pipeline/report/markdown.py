@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from pipeline.core.paths import shown
+from pipeline.report import headline
 
 LIST_LIMIT = 50  # rows per list in report.md; metrics.json always lists everything
 HEADLINE = (("uar", "UAR"), ("war", "WAR"), ("macro_f1", "macro-F1"))  # key in metrics.json, name in tables
@@ -17,11 +18,17 @@ HEADLINE = (("uar", "UAR"), ("war", "WAR"), ("macro_f1", "macro-F1"))  # key in 
 
 def summary(rep: dict, out_dir: str | Path) -> str:
     """What ``dfer report`` prints: headline metrics, clip counts, the tau sweep if asked for, files written."""
-    m, c = rep.get("metrics"), rep["counts"]
-    lines = [f"{_headline(m)}  ({c['scored_labelled']} labelled clips, calibration {rep['calibration']['method']})"
-             if m else "no labelled clip: metrics not computed (pass --labels FILE)",
-             f"scored {c['scored']}, failed {c['failed']}, scored without label {c['scored_unlabeled']}, "
-             f"labels without clip {c['labels_without_clip']}"]
+    m, c, a = headline.headline(rep), rep["counts"], rep["abstentions"]
+    lines = [f"{_headline(m)}  ({m['n']} labelled clips, calibration {rep['calibration']['method']})"
+             if m else "no labelled clip: metrics not computed (pass --labels FILE)"]
+    if m and headline.differs(rep):
+        sc = headline.scored(rep)
+        lines[0] += f"; {headline.scope_text(rep)}"
+        lines.append(f"scored clips only: {_headline(sc)}  ({sc['n']} labelled, abstentions as errors)" if sc
+                     else "scored clips only: no labelled clip")
+    how = f" ({a['count']} abstained, {a['partial']} partial)" if a["count"] or a["partial"] else ""
+    lines.append(f"scored {c['scored']}{how}, failed {c['failed']}, scored without label {c['scored_unlabeled']}, "
+                 f"labels without clip {c['labels_without_clip']}")
     if "tau_sweep" in rep:
         sweep = rep["tau_sweep"]
         if sweep is None:
@@ -126,13 +133,13 @@ def _models_markdown(rep: dict) -> list[str]:
     fallbacks = [f"**Fallback:** stage {md(fb['stage'], code=True)} ran the embedded model {md(fb['ran'])} in place "
                  f"of {md(fb['asked'])}, "
                  "which could not be had on the machine of the run.\n" for fb in rep["fallbacks"]]
-    return ([f"Scored by: {models}.\n"] if models else []) + fallbacks
+    return ([f"Scored by: {models}.\n"] if models else []) + fallbacks + headline.models_markdown(rep)
 
 
 def _metrics_markdown(m: dict, uncalibrated: dict | None) -> list[str]:
     """The overall metrics with their CIs, each class, head/medium/tail and the collapse onto head classes."""
     ci, g, col = m["ci"], m["groups"], m["collapse"]
-    out = [f"\n## Overall ({m['n']} scored, labelled clips)\n",
+    out = [f"\n## Scored clips ({m['n']} labelled, abstentions as errors)\n",
            *markdown_table(["metric", "value", f"{int(100 * ci['level'])} % CI ({ci['n_boot']} bootstrap resamples)"],
                            [(f"{name} (%)", pct(m[k]), ci_text(ci[k])) for k, name in HEADLINE])]
     if uncalibrated:
@@ -215,23 +222,24 @@ def report_markdown(rep: dict, plots: dict[str, str]) -> str:
            f"Calibration: {calibration_text(rep['calibration'])}. True labels from: "
            + (f"{md(src['path'], code=True)} ({src['format']})" if src else "scores.jsonl") + ".\n",
            *_models_markdown(rep),
-           "## Clips\n",
+           *headline.markdown(rep, markdown_table),
+           "\n## Clips\n",
            *markdown_table(["bucket", "clips"], [
                ("scored", c["scored"]), ("scored, with label", c["scored_labelled"]),
+               ("scored, no prediction (abstained)", rep["abstentions"]["count"]),
+               ("scored exact / partial / none", f"{c['scored_exact']} / {c['scored_partial']} / {c['scored_none']}"),
                ("scored, without label", c["scored_unlabeled"]), ("failed", f"{c['failed']} ({by_stage})"),
                ("failed, with label", c["failed_labelled"]), ("labels without clip", c["labels_without_clip"])])]
     if cov["labelled_clips"]:
         line = f"\nCoverage: {cov['labelled_scored']} of {cov['labelled_clips']} labelled clips scored."
-        if cov["failures_as_wrong"]:
-            line += f" Failures counted as wrong: {_headline(cov['failures_as_wrong'], '{}={} %', ', ')}."
-        elif not c["failed"]:
+        if not c["failed"]:
             line += " No clip failed."
         if c["failed"] > c["failed_labelled"]:
             line += (f" {c['failed'] - c['failed_labelled']} failed clip(s) have no known label "
                      "(pass a labels file to count them as wrong).")
         out.append(line)
     out += (_metrics_markdown(m, rep["metrics_uncalibrated"]) if m is not None
-            else ["\nNo scored clip has a true label, so no metrics were computed."])
+            else ["\nNo scored clip has a true label, so no metrics of the scored clips were computed."])
     if "label_frequency" in rep and m is not None:
         lf = rep["label_frequency"]
         out += ["\n## Per-class F1 against label frequency\n",
@@ -272,6 +280,8 @@ def report_markdown(rep: dict, plots: dict[str, str]) -> str:
     out += _listing("Warnings", rep["warnings"] + (m["warnings"] if m else []), md)
     out += _listing("Failed clips", rep["failed_clips"],
                     lambda f: f"{md(f['video'], code=True)} ({md(f['stage'])}, {md(f['error'])}): {md(f['message'])}")
+    out += _listing("Abstentions (scored, no prediction)", [(v, w) for v, w in rep["abstained_clips"].items()],
+                    lambda x: f"{md(x[0], code=True)}: {md(x[1])}")
     out += _listing("Scored clips without a label", rep["unlabeled_clips"], lambda v: md(v, code=True))
     out += _listing("Labels without a clip", rep["labels_without_clip"], lambda v: md(v, code=True))
     return "\n".join(out) + "\n"

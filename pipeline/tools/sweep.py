@@ -7,8 +7,10 @@ directory (so the table's numbers are the report's). What it writes::
 
     DIR/<name>/     one run directory per combination (name: the swept values, e.g. ``dense_fps=5``), with
                     ``dfer report``'s metrics.json, report.md and plots
-    DIR/sweep.md    one row per combination: its values, status, clips scored and failed, UAR, WAR and macro-F1
-                    with their bootstrap CIs, and which stages it computed (the others came from the cache)
+    DIR/sweep.md    one row per combination: its values, status, clips scored, abstained (no prediction), partial and
+                    failed, the headline UAR, WAR and macro-F1 with their bootstrap CIs (all labelled clips, failed
+                    and abstained ones counted as errors: pipeline/report/headline.py), the models that ran (the
+                    fallback named where a stage fell back), and which stages it computed (the rest from the cache)
     DIR/sweep.png   each metric against each swept key, CI bands, one line per combination of the other keys
                     (categorical x when a value is not a number, e.g. ``null``)
     DIR/sweep.json  the same numbers, for scripts
@@ -39,7 +41,7 @@ from pipeline.engine.config import load_config, parse_override
 from pipeline.core.errors import ConfigError, DferError
 from pipeline.engine.inputs import discover
 from pipeline.eval.labels import load_label_set, read_labels
-from pipeline.report import HEADLINE, markdown_table, pct_ci, write_report
+from pipeline.report import HEADLINE, headline, markdown_table, pct_ci, write_report
 from pipeline.report.paired import SIGNIFICANT, diff_text, paired_comparison
 from pipeline.engine.rundir import SWEEP_FILES, RunDir
 from pipeline.engine.runner import RunResult, Runner, executor_for
@@ -258,7 +260,16 @@ def run_sweep(input_path: str | Path, out_dir: str | Path, grid: Sequence[str], 
 
 
 def _metrics(row: SweepRow) -> dict:
-    return (row.report or {}).get("metrics") or {}
+    """The headline metrics of a combination's report (all clips), or {}."""
+    return headline.headline(row.report or {}) or {}
+
+
+def _models(row: SweepRow) -> dict[str, str]:
+    """The model each model stage of the combination ran, ``fallback for`` the one asked for where it fell back."""
+    rep = row.report or {}
+    fell = {fb["stage"]: fb["asked"] for fb in rep.get("fallbacks") or []}
+    return {stage: name + (f" (fallback for {fell[stage]})" if stage in fell else "")
+            for stage, name in (rep.get("stage_models") or {}).items()}
 
 
 def sweep_json(result: SweepResult) -> dict:
@@ -266,11 +277,15 @@ def sweep_json(result: SweepResult) -> dict:
     paired = result.against_baseline
     for row in result.rows:
         m, counts = _metrics(row), (row.report or {}).get("counts") or {}
+        ab = (row.report or {}).get("abstentions") or {}
+        sc = headline.scored(row.report or {}) or {}
         out.append({"name": row.combination.name, "values": row.combination.texts, "run_dir": str(row.run_dir),
                     "status": row.status, "message": row.message, "clips": row.result.n_clips if row.result else None,
-                    "scored": counts.get("scored"),
+                    "scored": counts.get("scored"), "abstained": ab.get("count"), "partial": ab.get("partial"),
                     "failed": counts.get("failed", row.result.n_failed if row.result else None), "computed": row.computed(),
+                    "headline": headline.HEADLINE_SCOPE, "labelled": m.get("n"), "models": _models(row),
                     **{k: m.get(k) for k, _ in HEADLINE}, "ci": {k: (m.get("ci") or {}).get(k) for k, _ in HEADLINE},
+                    "scored_clips": {k: sc.get(k) for k, _ in HEADLINE},
                     **({"vs_baseline": paired[row.combination.name]} if row.combination.name in paired else {})})
     return {"grid": [{"key": a.key, "values": list(a.texts)} for a in result.axes], "baseline": result.baseline,
             "rows": out}
@@ -291,8 +306,8 @@ def _baseline_cells(result: SweepResult, row: SweepRow, d: dict) -> list[str]:
 def sweep_markdown(result: SweepResult) -> str:
     """``sweep.md``: one row per combination (see the module docstring)."""
     data = sweep_json(result)
-    head = ["run", *(a.key for a in result.axes), "status", "scored", "failed",
-            *(f"{title} (%) [95% CI]" for _, title in HEADLINE), "computed (the rest from the cache)"]
+    head = ["run", *(a.key for a in result.axes), "status", "scored", "abstained", "partial", "failed",
+            *(f"{title} (%) [95% CI]" for _, title in HEADLINE), "models that ran", "computed (the rest from the cache)"]
     if result.baseline:
         head += [*(f"Δ {title} vs baseline (points) [95% CI]" for _, title in HEADLINE), "McNemar p"]
     rows, notes = [], []
@@ -303,8 +318,9 @@ def sweep_markdown(result: SweepResult) -> str:
             status += f" [{len(notes)}]"
         rows.append([f"[{d['name']}]({d['name']}/report.md)" if row.report else d["name"],
                      *(f"`{d['values'][a.key]}`" for a in result.axes), status,
-                     "-" if d["scored"] is None else d["scored"], "-" if d["failed"] is None else d["failed"],
+                     *("-" if d[k] is None else d[k] for k in ("scored", "abstained", "partial", "failed")),
                      *(pct_ci(d[k], d["ci"][k]) if d[k] is not None else "-" for k, _ in HEADLINE),
+                     "; ".join(f"{stage}: {name}" for stage, name in d["models"].items()) or "-",
                      ", ".join(f"{s} {n}" for s, n in d["computed"].items()) or ("nothing" if row.result else "-"),
                      *(_baseline_cells(result, row, d) if result.baseline else [])])
         vs = d.get("vs_baseline") or {}
@@ -312,11 +328,12 @@ def sweep_markdown(result: SweepResult) -> str:
             notes.append(f"- `{row.combination.name}`: no paired comparison with the baseline: {vs['error']}")
     lines = [f"# Sweep over {', '.join(a.key for a in result.axes)}\n",
              f"{len(result.rows)} combinations, one run directory each, one shared cache. Metrics are `dfer report`'s "
-             "on each run directory (its report.md has the rest).\n", *markdown_table(head, rows)]
+             "headline on each run directory: all labelled clips, failed and abstained ones (no prediction) counted "
+             "as errors (its report.md has the rest, the scored clips' figures too).\n", *markdown_table(head, rows)]
     if result.baseline:
         lines.append(f"\nDifferences to the baseline `{result.baseline}`, paired over the clips both runs have a true "
-                     f"label for (a failed clip counts as wrong); {SIGNIFICANT}: the paired-bootstrap 95 % CI of the "
-                     "difference excludes zero. McNemar p: exact two-sided test on per-clip correctness.")
+                     f"label for (a failed or abstained clip counts as wrong); {SIGNIFICANT}: the paired-bootstrap 95 % "
+                     "CI of the difference excludes zero. McNemar p: exact two-sided test on per-clip correctness.")
     if notes:
         lines += ["\n## Notes\n", *notes]
     lines.append(f"\n![metrics against the swept values]({FILES['plot']})")

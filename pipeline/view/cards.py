@@ -135,9 +135,11 @@ def _probabilities(clip: Clip, labels: list[str], calibration: dict) -> tuple[li
     row = clip.score
     if row is None or not labels:
         return None, []
+    if row.get("scored") == "none":  # no label scored: the values are bounds, not probabilities
+        return None, []
     raw = row.get("scores") or {}
-    try:
-        s = np.array([float(raw[lab]) for lab in labels])
+    try:  # None: a label without a score (a free-text answer named another): probability 0
+        s = np.array([-np.inf if raw[lab] is None else float(raw[lab]) for lab in labels])
     except (KeyError, TypeError, ValueError):
         return None, []
     if not np.isfinite(s).any() or np.isnan(s).any():
@@ -167,8 +169,11 @@ def build_card(clip: Clip, run: RunData, labels: list[str], thumbs: Thumbs) -> d
     true = (rep.get("true_labels") or {}).get(clip.video)
     if true is None and not rep:
         true = clip.label
-    outcome = ("failed" if failure is not None else "unscored" if pred is None else "unlabelled" if true is None
-               else "correct" if pred == true else "incorrect")
+    abstained = (rep.get("abstained_clips") or {}).get(clip.video) if clip.score is not None else None
+    outcome = ("failed" if failure is not None else "abstained" if abstained else "unscored" if pred is None
+               else "unlabelled" if true is None else "correct" if pred == true else "incorrect")
+    if abstained and failure is None:
+        notes.append(f"No prediction ({abstained}): counted as an error in the metrics")
     conf = margin = None
     if probs is not None and failure is None:
         top = sorted(probs, reverse=True)

@@ -1,5 +1,6 @@
-"""The page's summary: headline metrics with the calibration used, the confusion matrix, counts,
-and what the run has not computed yet. Every number comes from :func:`pipeline.report.build_report`."""
+"""The page's summary: headline metrics (all clips, :mod:`pipeline.report.headline`) with the calibration used, the
+scored clips' figure beside them, the confusion matrix, counts (abstentions too), and what the run has not computed
+yet. Every number comes from :func:`pipeline.report.build_report`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pipeline.core.paths import shown
 from pipeline.engine.config import load_config
 from pipeline.eval.labels import LabelError, LabelSet, load_label_set
 from pipeline.engine.runner import stages_to_run
+from pipeline.report import headline
 from pipeline.view.collect import RunData
 
 
@@ -46,7 +48,8 @@ def missing_stages(run: RunData) -> list[str]:
 
 def build_summary(run: RunData, labels: list[str]) -> dict:
     rep = run.report
-    m = rep["metrics"] if rep else None
+    m = headline.headline(rep) if rep else None
+    scored = headline.scored(rep) if rep else None
     cfg = run.config
     settings = {}
     if cfg is not None:
@@ -69,9 +72,13 @@ def build_summary(run: RunData, labels: list[str]) -> dict:
         "label_set": rep["label_set"]["name"] if rep else None,
         "settings": settings,
         "metrics": None if m is None else {k: m[k] for k in ("uar", "war", "macro_f1", "n", "ci")},
+        "headline": None if m is None else headline.scope_text(rep),
+        "metrics_scored": (None if scored is None or not headline.differs(rep)
+                           else {k: scored[k] for k in ("uar", "war", "macro_f1", "n", "ci")}),
+        "abstentions": rep["abstentions"] if rep else None,
         "metrics_uncalibrated": rep["metrics_uncalibrated"] if rep else None,
         "calibration": None if rep is None else {k: rep["calibration"].get(k) for k in ("method", "tau", "prior_source")},
-        "confusion": None if m is None else m["confusion_matrix"],
+        "confusion": None if scored is None else scored["confusion_matrix"],
         "counts": rep["counts"] if rep else None,
         "coverage": rep["coverage"] if rep else None,
         "labels_file": rep["labels_file"] if rep else None,

@@ -14,7 +14,7 @@
   var PAGE = FILES ? 60 : 150;
   var generation = 0, busy = false;
   var OUTCOMES = [["", "all"], ["correct", "correct"], ["incorrect", "incorrect"], ["failed", "failed"],
-    ["unlabelled", "scored, no label"], ["unscored", "not scored"]];
+    ["abstained", "no prediction"], ["unlabelled", "scored, no label"], ["unscored", "not scored"]];
   var SORTS = [["", "run order"], ["conf-asc", "confidence, low first"], ["conf-desc", "confidence, high first"],
     ["margin-asc", "margin, small first"], ["margin-desc", "margin, large first"]];
   var NO_LABEL = "(none)";
@@ -70,8 +70,13 @@
         tiles.appendChild(t);
       });
       add(met, tiles);
-      add(met, el("p", null, "Calibration: " + calText(S.calibration) + ". " + S.metrics.n +
-        " scored clips with a true label" + (S.labels_file ? " (labels from " + S.labels_file.path + ")" : "") + "."));
+      add(met, el("p", null, "Calibration: " + calText(S.calibration) + ". Headline: " + S.headline +
+        (S.labels_file ? " (labels from " + S.labels_file.path + ")" : "") + "."));
+      if (S.metrics_scored) {
+        var v = S.metrics_scored;
+        add(met, el("p", "scored-clips", "Scored clips only (" + v.n + ", abstentions as errors): UAR " + pct(v.uar) +
+          ", WAR " + pct(v.war) + ", macro-F1 " + pct(v.macro_f1) + "."));
+      }
       if (S.metrics_uncalibrated) {
         var u = S.metrics_uncalibrated;
         add(met, el("p", null, "Without calibration: UAR " + pct(u.uar) + ", WAR " + pct(u.war) + ", macro-F1 " +
@@ -85,8 +90,10 @@
       var c = S.counts, fs = Object.keys(c.failed_by_stage || {}).map(function (k) {
         return k + ": " + c.failed_by_stage[k];
       }).join(", ");
-      add(met, el("p", null, "Clips: " + c.scored + " scored (" + c.scored_labelled + " with a label), " + c.failed +
-        " failed" + (fs ? " (" + fs + ")" : "") + "."));
+      var a = S.abstentions || {};
+      add(met, el("p", null, "Clips: " + c.scored + " scored (" + c.scored_labelled + " with a label" +
+        (a.count ? ", " + a.count + " without a prediction" : "") + (a.partial ? ", " + a.partial + " partial" : "") +
+        "), " + c.failed + " failed" + (fs ? " (" + fs + ")" : "") + "."));
     }
     var keys = Object.keys(S.settings || {});
     if (keys.length) {
