@@ -14,7 +14,7 @@ headline from :func:`headline`, the scored-clips figure from :func:`scored`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 HEADLINE_SCOPE = "all clips"
 SCOPES = {"metrics_all_clips": "the headline: every clip in scope with a known true label; failed clips and "
@@ -101,12 +101,13 @@ def markdown(rep: dict, table) -> list[str]:
     return out
 
 
-def models_markdown(rep: dict) -> list[str]:
-    """The model each model stage ran (status.json), and how a server's answer tokens were matched to labels."""
+def models_markdown(rep: dict, esc: Callable[[object], str]) -> list[str]:
+    """The model each model stage ran (status.json), and how a server's answer tokens were matched to labels; ``esc``
+    escapes what is copied from the inputs (model names) for Markdown."""
     out = []
     ran: dict[str, Any] = rep.get("stage_models") or {}
     if ran:
-        out.append("Models that ran: " + "; ".join(f"{stage}: {name}" for stage, name in ran.items()) + ".\n")
+        out.append("Models that ran: " + "; ".join(f"{esc(stage)}: {esc(name)}" for stage, name in ran.items()) + ".\n")
     for rule, n in (rep.get("label_matching") or {}).items():
-        out.append(f"Labels matched by {rule} ({n} clips).\n")
+        out.append(f"Labels matched by {esc(rule)} ({n} clips).\n")
     return out

@@ -133,7 +133,7 @@ def _models_markdown(rep: dict) -> list[str]:
     fallbacks = [f"**Fallback:** stage {md(fb['stage'], code=True)} ran the embedded model {md(fb['ran'])} in place "
                  f"of {md(fb['asked'])}, "
                  "which could not be had on the machine of the run.\n" for fb in rep["fallbacks"]]
-    return ([f"Scored by: {models}.\n"] if models else []) + fallbacks + headline.models_markdown(rep)
+    return ([f"Scored by: {models}.\n"] if models else []) + fallbacks + headline.models_markdown(rep, md)
 
 
 def _metrics_markdown(m: dict, uncalibrated: dict | None) -> list[str]:
