@@ -186,6 +186,42 @@ def test_bad_prompt_part(backend):
         backend.score_labels([Prompt([3.0])], ["happy"])
 
 
+@pytest.mark.parametrize("family", ["qwen2vl", "idefics3", "qwen25vl"])
+def test_attention_kernels_give_the_same_scores_and_answers(family):
+    """attn_implementation is left out of the cache key because eager and SDPA attention give the same label scores
+    (float32: within 1e-4) and the same greedy answers; a video prompt too where the family takes videos."""
+    prompts = _prompts(seed=8)
+    if family != "idefics3":
+        prompts += _video_prompts(seed=8)
+    got = {}
+    for impl in ("eager", "sdpa"):
+        b = load_backend(ModelConfig(model=shared_tiny_model_dir(family), batch_size=3, attn_implementation=impl))
+        try:
+            assert b.attn_implementation == impl and b.model.config.vision_config._attn_implementation == impl
+            got[impl] = (b.score_labels(prompts, LABELS), b.generate(prompts, max_new_tokens=5), b.scoring_mode)
+        finally:
+            b.close()
+    (eager, eager_text, mode_e), (sdpa, sdpa_text, mode_s) = got["eager"], got["sdpa"]
+    assert mode_e == mode_s == "kv"
+    worst = max(abs(e[lab].logprob - s[lab].logprob) for e, s in zip(eager, sdpa) for lab in LABELS)
+    assert worst < 1e-4, worst
+    assert max(e[lab].logprob for lab in LABELS for e in eager) - min(e[lab].logprob for lab in LABELS for e in eager) > 0.5
+    assert eager_text == sdpa_text
+
+
+def test_flash_attention_2_where_it_cannot_run_is_refused_naming_the_setting():
+    cfg = ModelConfig(model=shared_tiny_model_dir("qwen2vl"), attn_implementation="flash_attention_2", device="cpu")
+    import importlib.util
+
+    why = "needs the flash-attn package" if importlib.util.find_spec("flash_attn") is None else "runs on CUDA GPUs only"
+    with pytest.raises(ModelLoadError, match=f"attn_implementation=flash_attention_2 {why}.*attn_implementation=sdpa"):
+        check_model_available(cfg)  # the pre-flight, before any weights are read
+    with pytest.raises(ModelLoadError, match=f"attn_implementation=flash_attention_2 {why}"):
+        load_backend(cfg)
+    with pytest.raises(Exception, match="attn_implementation=sdpa is a setting of the transformers backend"):
+        ModelConfig(model="served", backend="openai", server_url="http://127.0.0.1:9/v1", attn_implementation="sdpa")
+
+
 def test_missing_local_path_raises_naming_it(tmp_path):
     missing = str(tmp_path / "no" / "such" / "checkpoint")
     cfg = ModelConfig(model=missing)

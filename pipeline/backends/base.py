@@ -65,6 +65,12 @@ class ModelConfig(BaseModel):
     max_retries: int = not_in_key(4, ge=0)
     """``openai`` backend: retries on 429/5xx/connection errors (exponential backoff with jitter, honours
     ``Retry-After``)."""
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = not_in_key("auto")
+    """``transformers`` backend: the attention kernels the model runs with. ``auto``: transformers' default (PyTorch's
+    SDPA where the model supports it, else eager); ``flash_attention_2`` needs the ``flash-attn`` package and a CUDA
+    GPU with bfloat16/float16 weights (an error before any clip otherwise); ``eager``: plain matrix products. Not part
+    of the cache key: the kernels compute the same attention, and label scores agree within float rounding (float32,
+    tiny models: eager and SDPA within 1e-4, ``tests/test_backend_hf.py``), as they do across batch sizes."""
     max_new_tokens: int = Field(48, ge=1)
     """Default length limit for free generation (captions)."""
     image_max_side: int | None = Field(None, ge=8)
@@ -77,6 +83,13 @@ class ModelConfig(BaseModel):
         if name not in BACKENDS:
             raise ValueError(f"unknown backend {name!r}; backends: {', '.join(BACKENDS)}")
         return name
+
+    @model_validator(mode="after")
+    def _attn_for_transformers(self):
+        if self.attn_implementation != "auto" and self.backend != "transformers":
+            raise ValueError(f"attn_implementation={self.attn_implementation} is a setting of the transformers backend; "
+                             f"backend {self.backend!r} has no attention kernels to choose (leave it at 'auto')")
+        return self
 
     @model_validator(mode="before")
     @classmethod

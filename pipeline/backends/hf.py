@@ -7,7 +7,8 @@ cache :mod:`.hf_scoring`'s.
 Loading
     A hub id and a local folder go through the same ``from_pretrained`` calls (``revision`` and ``trust_remote_code``
     passed through). ``dtype``/``device`` become ``dtype=`` and an accelerate ``device_map`` (``{"": "cpu"}``,
-    ``{"": "cuda:1"}``, or ``"balanced"`` over all GPUs). Offline (``HF_HUB_OFFLINE=1``) or with the hub unreachable,
+    ``{"": "cuda:1"}``, or ``"balanced"`` over all GPUs), ``attn_implementation`` becomes ``attn_implementation=``
+    (:func:`attention_kwargs`; ``auto``: transformers' default). Offline (``HF_HUB_OFFLINE=1``) or with the hub unreachable,
     loading is local-files-only and a model that is not cached raises :class:`ModelUnavailableError`; something that
     exists but is not an image-text-to-text checkpoint raises :class:`ModelLoadError`.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import importlib.util
 import os
 import threading
 
@@ -79,6 +81,28 @@ def resolve_dtype(dtype: str, input_device):
     return getattr(torch, dtype)
 
 
+def attention_kwargs(cfg: ModelConfig) -> dict:
+    """``from_pretrained``'s ``attn_implementation`` for ``cfg.attn_implementation`` (nothing for ``auto``: transformers
+    picks); :class:`ModelLoadError` naming the setting where flash-attention 2 cannot run here (checked before any
+    weights are read, and in the pre-flight)."""
+    impl = cfg.attn_implementation
+    if impl == "auto":
+        return {}
+    if impl == "flash_attention_2":
+        other = "use attn_implementation=sdpa (or auto)"
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ModelLoadError(f"attn_implementation=flash_attention_2 needs the flash-attn package, which is not "
+                                 f"installed here (pip install flash-attn --no-build-isolation, on a machine with a CUDA "
+                                 f"GPU); {other}")
+        if cfg.dtype == "float32":
+            raise ModelLoadError(f"attn_implementation=flash_attention_2 runs in bfloat16 or float16, not dtype=float32; "
+                                 f"set dtype=bfloat16, or {other}")
+        if resolve_device(cfg.device, balanced=True) == "cpu":
+            raise ModelLoadError(f"attn_implementation=flash_attention_2 runs on CUDA GPUs only, and device={cfg.device} "
+                                 f"means the CPU here; {other}")
+    return {"attn_implementation": impl}
+
+
 def _load_pretrained(cfg: ModelConfig):
     """``(processor, model, input_device)`` of ``cfg`` (see the module docstring); the model in eval mode, the
     input device where its embeddings are when the model is spread over several GPUs."""
@@ -86,11 +110,13 @@ def _load_pretrained(cfg: ModelConfig):
 
     source, common = hub.source(cfg.model, cfg.revision, trust_remote_code=cfg.trust_remote_code)
     local_only = common["local_files_only"]
+    attention = attention_kwargs(cfg)
     device_map, input_device = device_map_for(cfg.device)
     dtype = resolve_dtype(cfg.dtype, input_device)
     try:
         processor = AutoProcessor.from_pretrained(source, **common)
-        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, device_map=device_map, **common)
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, device_map=device_map, **attention,
+                                                            **common)
     except Exception as exc:
         if _is_unavailable(exc):
             raise ModelUnavailableError(
@@ -151,11 +177,14 @@ class TransformersBackend(LabelScoring, Backend):
         self._rope_index = getattr(inner, "get_rope_index", None)
         self._position_rows = 0
         self._video = processor_takes_video(self.processor)
+        self.attn_implementation = getattr(self.model.config, "_attn_implementation", None)
+        """The attention kernels the model runs with (what ``attn_implementation=auto`` became)."""
 
     # ------------------------------------------------------------------ public API
     @classmethod
     def check_available(cls, cfg: ModelConfig) -> None:
         hub.check_available(cfg.model, cfg.revision)
+        attention_kwargs(cfg)
 
     @classmethod
     def identity(cls, cfg: ModelConfig) -> dict:
