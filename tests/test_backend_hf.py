@@ -150,6 +150,22 @@ def test_memory_bounded_continuations_give_same_scores(backend):
             assert a[label].end_logprob == pytest.approx(b[label].end_logprob, abs=1e-5)
 
 
+def test_lm_head_gets_one_position_per_prompt(backend):
+    """Prompts of three lengths: the first-token logits come from each prompt's own last position only (the LM head
+    gets 3 rows, not 3 prompts x 3 kept positions), and the scores are the direct computation's (above)."""
+    prompts = _prompts()
+    lengths = {backend.count_prompt_tokens(p) for p in prompts}
+    assert len(lengths) == 3
+    seen = []
+    handle = backend.model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape[:2])))
+    try:
+        backend.score_labels(prompts, LABELS)
+    finally:
+        handle.remove()
+    assert seen[0] == (3, 1)  # the prefill; then the label continuations: 3 prompts x 9 labels rows
+    assert seen[1][0] == 3 * len(LABELS)
+
+
 def test_generate_batch_of_multi_image_prompts(backend):
     prompts = _prompts()[:2]
     out = backend.generate(prompts, max_new_tokens=6)

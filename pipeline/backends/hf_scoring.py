@@ -6,7 +6,8 @@ end-of-turn token from :func:`.hf_templates.analyse_template`), check that the e
 prefix (a ``ValueError`` otherwise), and keep the rest.
 
 *How.* One forward pass over a right-padded batch of prompts (images encoded once per prompt) gives every label's
-first-token log-probability at each prompt's last real position (``logits_to_keep`` picks only those positions).
+first-token log-probability at each prompt's last real position (``logits_to_keep`` picks only those positions, and
+:func:`own_positions_only` hands the LM head each row's own one).
 The prompt KV cache is then repeated over the labels (``Cache.batch_repeat_interleave``) and all label
 continuations of all prompts run in a single batched forward pass: the attention mask is the prompt's padding mask
 followed by the continuation's, and position ids are given explicitly, continuing each prompt at its own length.
@@ -25,6 +26,7 @@ or cache this code does not handle), it logs a warning and uses the plain route 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -40,6 +42,40 @@ log = logging.getLogger(__name__)
 class _LabelTokens:
     ids: list[int]
     end_id: int | None
+
+
+@dataclass
+class _Head:
+    gathered: bool = False
+
+
+@contextlib.contextmanager
+def own_positions_only(model, column, width: int):
+    """While active, the model's LM head (``get_output_embeddings()``) gets only position ``column[i]`` of row ``i``
+    of the hidden states it is given (``(B, width, H)`` -> ``(B, 1, H)``), so the logits are ``(B, 1, V)`` and
+    ``.gathered`` is set. ``logits_to_keep`` keeps the distinct last positions of a batch for *every* row (up to
+    B x B positions when the prompts' lengths differ), and the LM head over a 150k-token vocabulary is the largest
+    matrix product of a scoring pass. Anything else reaching the head (another shape, a second call) is left
+    alone; without a head nothing changes."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    state = _Head()
+    if head is None:
+        yield state
+        return
+
+    def pick(module, args):
+        hidden = args[0] if args else None
+        if state.gathered or hidden is None or hidden.dim() != 3 or tuple(hidden.shape[:2]) != (len(column), width):
+            return None
+        state.gathered = True
+        rows = column.new_tensor(range(len(column))).to(hidden.device)
+        return (hidden[rows, column.to(hidden.device)].unsqueeze(1), *args[1:])
+
+    handle = head.register_forward_pre_hook(pick)
+    try:
+        yield state
+    finally:
+        handle.remove()
 
 
 class LabelScoring:
@@ -91,10 +127,14 @@ class LabelScoring:
         last = lens - 1
         kept = torch.unique(last)  # sorted
         keep = {"logits_to_keep": kept} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
-        out = self.model(**inputs, **extra, use_cache=use_cache, **keep)
-        logits = out.logits
         column = torch.searchsorted(kept, last) if keep else last  # without logits_to_keep: every position's logits
-        logits = torch.take_along_dim(logits, column.to(logits.device).view(-1, 1, 1), dim=1)[:, 0, :]
+        with own_positions_only(self.model, column, len(kept) if keep else mask.shape[1]) as head:
+            out = self.model(**inputs, **extra, use_cache=use_cache, **keep)
+        logits = out.logits
+        if head.gathered:
+            logits = logits[:, 0, :]
+        else:
+            logits = torch.take_along_dim(logits, column.to(logits.device).view(-1, 1, 1), dim=1)[:, 0, :]
         first = torch.log_softmax(logits.float(), dim=-1)
         return first, (out.past_key_values if use_cache else None), inputs, next_pos
 
