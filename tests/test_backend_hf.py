@@ -166,6 +166,57 @@ def test_lm_head_gets_one_position_per_prompt(backend):
     assert seen[1][0] == 3 * len(LABELS)
 
 
+def test_prompts_are_batched_by_length_and_answers_keep_their_order(backend):
+    rng = np.random.default_rng(4)
+    short = [Prompt([_img(rng), f"Which emotion? {'x ' * k}"]) for k in range(3)]
+    long = [Prompt([_img(rng), _img(rng), _img(rng), f"Describe the brows. {'y ' * k}"]) for k in range(3)]
+    mixed = [long[0], short[0], long[1], short[1], long[2], short[2]]
+    backend.cfg.batch_size = 3
+    batches = []
+    encode = backend._encode
+    backend._encode = lambda rendered, **kw: (batches.append(len(rendered[0].images)), encode(rendered, **kw))[1]
+    try:
+        got = backend.score_labels(mixed, LABELS[:3])
+        answers = backend.generate(mixed, max_new_tokens=4)
+    finally:
+        backend._encode = encode
+        backend.cfg.batch_size = 3
+    assert batches == [1, 3, 1, 3]  # the one-image prompts together, then the three-image ones (score, generate)
+    for prompt, row, answer in zip(mixed, got, answers):
+        alone = backend.score_labels([prompt], LABELS[:3])[0]
+        assert all(row[lab].logprob == pytest.approx(alone[lab].logprob, abs=1e-4) for lab in LABELS[:3])
+        assert answer == backend.generate([prompt], max_new_tokens=4)[0]
+
+
+def test_prompt_tokens_are_counted_once(backend):
+    """count_prompt_tokens after scoring answers from the scoring batch (no second processor run), and equals a
+    count of its own; another image of the same size is another prompt."""
+    prompts = _prompts(seed=6)
+    backend.score_labels(prompts, LABELS[:2])
+    calls = []
+    processor = backend.processor
+
+    class Counting:  # the processor, counting its runs
+        def __getattr__(self, name):
+            return getattr(processor, name)
+
+        def __call__(self, **kw):
+            calls.append(1)
+            return processor(**kw)
+
+    backend.processor = Counting()
+    try:
+        counted = [backend.count_prompt_tokens(p) for p in prompts]
+        assert calls == []
+        rng = np.random.default_rng(7)
+        other = Prompt([_img(rng), _img(rng), prompts[0].parts[2]])
+        assert backend.count_prompt_tokens(other) == counted[0] and calls == [1]
+    finally:
+        backend.processor = processor
+    backend._token_counts.clear()
+    assert [backend.count_prompt_tokens(p) for p in prompts] == counted
+
+
 def test_generate_batch_of_multi_image_prompts(backend):
     prompts = _prompts()[:2]
     out = backend.generate(prompts, max_new_tokens=6)

@@ -26,6 +26,7 @@ import gc
 import importlib.util
 import os
 import threading
+from collections import OrderedDict
 
 from pipeline.backends.base import Backend, LabelScore, ModelConfig, Prompt
 from pipeline.backends.hf_scoring import LabelScoring
@@ -133,9 +134,17 @@ def _load_pretrained(cfg: ModelConfig):
     return processor, model, input_device
 
 
-def _chunks(seq: list, n: int):
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]
+def length_batches(rendered: list[Rendered], size: int) -> list[list[int]]:
+    """Indices of ``rendered`` in batches of ``size``, prompts of similar length together
+    (:meth:`Rendered.size_hint`): a right- or left-padded batch costs its longest prompt's length in every row, so
+    prompts of mixed lengths waste the padded positions (prefill, KV cache, its repeat over labels). Results do not
+    depend on the batches (label scores: ``tests/test_backend_hf.py``)."""
+    order = sorted(range(len(rendered)), key=lambda i: rendered[i].size_hint())
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+TOKEN_COUNTS_KEPT = 4096
+"""Prompts whose token count :meth:`TransformersBackend.count_prompt_tokens` remembers (the latest ones)."""
 
 
 class TransformersBackend(LabelScoring, Backend):
@@ -152,6 +161,7 @@ class TransformersBackend(LabelScoring, Backend):
         self._load()
         self.scoring_mode = "kv"
         self.kv_token_budget = 1 << 18  # cached prompt tokens allowed in one continuation pass (rows x length)
+        self._token_counts: OrderedDict[tuple, int] = OrderedDict()  # Rendered.identity() -> tokens (see _encode)
         self._verified = False
         self.label_separator, self.end_of_turn = analyse_template(self.processor, self.tokenizer, cfg.model)
 
@@ -216,15 +226,19 @@ class TransformersBackend(LabelScoring, Backend):
                 self._torch.cuda.empty_cache()
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
+        """The prompt's tokens as the processor makes them; a prompt this backend has just scored or generated from
+        is not processed again (its count was kept from that batch)."""
         with self._lock:
             r = self.render_prompt(prompt)
-            inputs = self._encode([r], padding_side="right")
-            return int(inputs["attention_mask"][0].sum())
+            key = r.identity()
+            if key not in self._token_counts:
+                self._encode([r], padding_side="right")  # keeps the count
+            return self._token_counts[key]
 
     def generate(self, prompts: list[Prompt], max_new_tokens: int | None = None) -> list[str]:
         torch = self._torch
         limit = max_new_tokens or self.cfg.max_new_tokens
-        out: list[str] = []
+        out: list[str | None] = [None] * len(prompts)
         with self._lock, torch.inference_mode():
             gen_cfg = copy.deepcopy(self.model.generation_config)
             gen_cfg.do_sample = False
@@ -234,11 +248,13 @@ class TransformersBackend(LabelScoring, Backend):
                     setattr(gen_cfg, attr, None)
             gen_cfg.max_new_tokens = limit
             gen_cfg.pad_token_id = self.pad_id
-            for chunk in _chunks(prompts, self.cfg.batch_size):
-                inputs = self._encode([self.render_prompt(p) for p in chunk], padding_side="left")
+            rendered = [self.render_prompt(p) for p in prompts]
+            for batch in length_batches(rendered, self.cfg.batch_size):
+                inputs = self._encode([rendered[i] for i in batch], padding_side="left")
                 seqs = self.model.generate(**inputs, generation_config=gen_cfg)
                 new = seqs[:, inputs["input_ids"].shape[1] :]
-                out += [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+                for i, text in zip(batch, self.tokenizer.batch_decode(new, skip_special_tokens=True)):
+                    out[i] = text.strip()
         return out
 
     def score_labels(self, prompts: list[Prompt], labels: list[str]) -> list[dict[str, LabelScore]]:
@@ -249,16 +265,16 @@ class TransformersBackend(LabelScoring, Backend):
         if any(not lab for lab in labels):
             raise ValueError("empty label")
         torch = self._torch
-        results: list[dict[str, LabelScore]] = []
+        results: list[dict[str, LabelScore] | None] = [None] * len(prompts)
         with self._lock, torch.inference_mode():
-            for chunk in _chunks(prompts, self.cfg.batch_size):
-                rendered = [self.render_prompt(p) for p in chunk]
+            rendered = [self.render_prompt(p) for p in prompts]
+            for batch in length_batches(rendered, self.cfg.batch_size):
+                part = [rendered[i] for i in batch]
                 if not self._verified and self.scoring_mode == "kv":
-                    self._verify_kv_route(rendered[0], labels)
-                if self.scoring_mode == "kv":
-                    results += self._score_kv(rendered, labels)
-                else:
-                    results += self._score_full(rendered, labels)
+                    self._verify_kv_route(part[0], labels)
+                scored = self._score_kv(part, labels) if self.scoring_mode == "kv" else self._score_full(part, labels)
+                for i, row in zip(batch, scored):
+                    results[i] = row
         return results
 
     def apply_adapter(self, path: str | os.PathLike) -> None:
@@ -314,6 +330,13 @@ class TransformersBackend(LabelScoring, Backend):
             inputs = self.processor(**kwargs)
         finally:
             self.tokenizer.padding_side = old_side
+        if extra_text is None:  # each prompt's own token count, for count_prompt_tokens
+            for r, n in zip(rendered, inputs["attention_mask"].sum(1).tolist()):
+                key = r.identity()
+                self._token_counts[key] = int(n)
+                self._token_counts.move_to_end(key)
+            while len(self._token_counts) > TOKEN_COUNTS_KEPT:
+                self._token_counts.popitem(last=False)
         model_dtype = self.model.dtype
         out = {}
         for k, v in inputs.items():

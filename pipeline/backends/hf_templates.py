@@ -20,6 +20,7 @@ Answers (:func:`analyse_template`)
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 
@@ -42,6 +43,22 @@ class Rendered:
     text: str
     images: list
     videos: list = field(default_factory=list)  # Video parts, frames prepared
+
+    def size_hint(self) -> tuple[int, int, int]:
+        """How long the model's input will be, roughly, without running the processor, for putting prompts of similar
+        length in one batch: the number of images and video frames, their pixels, the characters of the text."""
+        visual = [*self.images, *(f for v in self.videos for f in v.frames)]
+        return len(visual), sum(im.width * im.height for im in visual), len(self.text)
+
+    def identity(self) -> tuple:
+        """Everything the processor's output depends on: the text, each image's size, mode and pixels (a digest), each
+        video's frames and timestamps."""
+
+        def image(im) -> tuple:
+            return im.size, im.mode, hashlib.blake2b(im.tobytes(), digest_size=16).digest()
+
+        return (self.text, tuple(image(im) for im in self.images),
+                tuple((tuple(image(f) for f in v.frames), tuple(v.timestamps)) for v in self.videos))
 
 
 def processor_takes_video(processor) -> bool:
