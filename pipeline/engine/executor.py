@@ -18,6 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator
 
 from pipeline.engine.batching import run_batched
+from pipeline.engine.workers import WorkerPlan, auto_workers, usable_cores
 from pipeline.engine.fingerprints import check_unchanged
 from pipeline.core.cache import Cache
 from pipeline.core.jobs import ClipTask, TaskResult, task_failure
@@ -93,24 +94,51 @@ class Executor(abc.ABC):
     def close(self) -> None:
         """Free workers and connections (idempotent; default: nothing to free)."""
 
+    def note(self, stage: str) -> str | None:
+        """What the stage line of ``stage`` should say about where it ran (default: nothing)."""
+        return None
+
 
 class LocalExecutor(Executor):
-    """Per-clip tasks in a pool of spawned local processes (``workers=1``: in this process)."""
+    """Per-clip tasks in a pool of spawned local processes (``workers=1``: in this process; ``"auto"``: as many as
+    :func:`pipeline.engine.workers.auto_workers` says for each stage). The pool is freed before a model stage runs in
+    this process, so that its memory (and the workers' GPU memory) is the model's."""
 
-    def __init__(self, workers: int = 1):
-        self.workers = max(1, workers)
+    def __init__(self, workers: int | str = 1):
+        self.setting = workers
+        self.workers = 1 if workers == "auto" else max(1, workers)
+        self.plans: dict[str, WorkerPlan] = {}  # stage -> how many workers "auto" started, and why
         self._pool: ProcessPoolExecutor | None = None
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            threads = max(1, usable_cores() // self.workers)
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
                                              initializer=init_worker, initargs=(threads,))
         return self._pool
 
+    def _size_for(self, tasks: list[ClipTask]) -> None:
+        """``workers=auto``: the pool's size for this stage's tasks (a pool of another size is freed first)."""
+        if self.setting != "auto" or not tasks:
+            return
+        plan = auto_workers(tasks[0].config, len(tasks))
+        self.plans[tasks[0].stage] = plan
+        if plan.workers != self.workers:
+            self.close()
+            self.workers = plan.workers
+
+    def note(self, stage: str) -> str | None:
+        plan = self.plans.get(stage)
+        return None if plan is None else f"{plan.workers} worker{'s' if plan.workers != 1 else ''} (run.workers=auto: {plan.why})"
+
+    def map_batched(self, stage, cfg, todo, cache, batch_size):
+        self.close()  # idle workers would hold memory (host, and GPU where they ran a detector there) the model needs
+        yield from super().map_batched(stage, cfg, todo, cache, batch_size)
+
     def map(self, tasks: list[ClipTask]) -> Iterator[tuple[int, TaskResult]]:
         """If a worker process dies (killed, out of memory), the pool is rebuilt and unfinished clips are retried
         once; a clip that was in flight during two deaths is recorded as failed."""
+        self._size_for(tasks)
         if self.workers == 1 or len(tasks) <= 1:
             for i, t in enumerate(tasks):
                 yield i, run_task(t)

@@ -378,6 +378,8 @@ class Runner:
                 failed_ids |= self._redo(stages[: i + 1], redo, by_id, fps, keys, reports)
             if name in self.fallbacks:
                 report.note = f"fallback: {self.fallbacks[name]['ran']} instead of {self.fallbacks[name]['asked']}"
+            elif report.computed + report.failed and self.executor.note(name):
+                report.note = self.executor.note(name)
             n_failed += len(failed_ids)
             active = [v for v in active if v not in failed_ids]
             self.say(report.line())

@@ -6,7 +6,7 @@ every other section. None of their settings enters a cache key.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -16,8 +16,11 @@ class RunSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    workers: int = Field(2, ge=1)
-    """Worker processes for per-clip stages (decode + face detection). Each opens its own decoder."""
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    """Worker processes for the per-clip stages (faces: decoding and face detection; keyframes; expression), each with
+    its own decoder and detector. ``auto``: one per CPU core this process may use, fewer where host memory (about
+    1.25 GiB a worker) or, for a detector on the GPU, GPU memory (about 8 GiB a worker) would not hold them, at most
+    one per clip; the stage line says how many and why (``pipeline/engine/workers.py``, ``docs/cluster.md``)."""
     batch_size: int = Field(8, ge=1)
     """Clips handed to a model stage at once."""
     progress: bool = True
