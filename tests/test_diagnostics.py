@@ -29,6 +29,7 @@ from pipeline.models.socialfusion import SocialFusionModel
 from pipeline.models.vision import VisionEncoder, check_encoder
 from pipeline.engine.rundir import RunDir
 from pipeline.training.split import stratified_split
+from tests.events import tensorboard_scalars
 from tests.runs import failures, run
 
 LABELS = ["happy", "sad", "angry"]
@@ -242,7 +243,8 @@ def test_socialfusion_training_resumes_from_its_checkpoint_to_the_same_weights(t
         return SocialFusionModel.create(encoder=tiny_lm, feature_dim=32, lm=tiny_lm, connector_hidden=16, seed=0,
                                         lora={"r": 2}, tasks={"emotion": LABELS, "valence": ["positive", "negative"]})
 
-    settings = TrainSettings(steps=6, batch_size=4, lr=1e-2, conflict_every=2, val_fraction=0.25, n_boot=0, save_every=2)
+    settings = TrainSettings(steps=6, batch_size=4, lr=1e-2, conflict_every=2, val_fraction=0.25, n_boot=0, save_every=2,
+                             report_to=["tensorboard"])
     whole = model()
     done = train(whole, _examples(), settings, out_dir=tmp_path / "a")
     calls = []
@@ -263,6 +265,15 @@ def test_socialfusion_training_resumes_from_its_checkpoint_to_the_same_weights(t
     resumed = train(resumed_model, _examples(), settings, out_dir=tmp_path / "b")
     assert resumed.resumed_from == 4 and [r["step"] for r in resumed.losses] == list(range(1, 7))
     assert [r["total"] for r in resumed.losses] == pytest.approx([r["total"] for r in done.losses], abs=1e-6)
+    # TensorBoard (report_to): every step once, the interrupted run's step 5 purged; the losses and validation metrics
+    # of the report
+    logged = tensorboard_scalars(tmp_path / "b" / "tracking" / "tensorboard" / "b")
+    for key in ("total", "emotion", "valence"):
+        tag = "train/loss" if key == "total" else f"train/loss_{key}"
+        assert logged[tag] == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in resumed.losses], tag
+    for task, metrics in resumed.validation.items():
+        assert logged[f"val/{task}/uar"] == [(6, pytest.approx(metrics["uar"], rel=1e-6))]
+        assert logged[f"val/{task}/war"] == [(6, pytest.approx(metrics["war"], rel=1e-6))]
     for (name, a), (_, b) in zip(whole.connector.state_dict().items(), resumed_model.connector.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
     with pytest.raises(SocialFusionError, match="another model, settings or set of clips"):
@@ -376,9 +387,13 @@ def test_probe_and_socialfusion_commands_on_clips(keyframed, clip_dir, tiny_clip
                               "--lm", tiny_lm, "--lora", "--lora-r", "2", "--labels", str(table), "--label-set", "dfew",
                               "--image-size", "32", "--steps", "4", "--train-batch", "2", "--connector-hidden", "16",
                               "--val-fraction", "0.5", "--n-boot", "20", "--out", str(model_dir),
-                              "--cache", str(cache_dir), "-q"])
+                              "--cache", str(cache_dir), "-q", "--report-to", "tensorboard"])
     assert code == 0, err.getvalue()
     assert (model_dir / "training" / "conflict.png").is_file()
+    # --report-to tensorboard: the losses of training.json, step by step
+    losses = json.loads((model_dir / "training" / "training.json").read_text())["losses"]
+    logged = tensorboard_scalars(model_dir / "training" / "tracking" / "tensorboard" / "sf-model")
+    assert logged["train/loss"] == [(r["step"], pytest.approx(r["total"], rel=1e-6)) for r in losses] and len(losses) == 4
     sf_cfg = json.loads((model_dir / "socialfusion.json").read_text())
     assert sf_cfg["layer"] == 2 and sf_cfg["tasks"]["emotion"][:2] == ["happy", "sad"] and len(sf_cfg["tasks"]["emotion"]) == 7
 

@@ -4,8 +4,10 @@ before any training. Torch runs on one thread here (the test machines' cores are
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
+import re
 import shutil
 
 import pytest
@@ -21,6 +23,7 @@ from pipeline.core.errors import FinetuneError, LabelError
 from stages.modelstage import PreflightError
 from pipeline.engine.rundir import RunDir
 from tests import media
+from tests.events import tensorboard_scalars
 from tests.runs import run
 from tests.tiny_models import shared_tiny_model_dir
 
@@ -71,7 +74,7 @@ def train(clips, out, cache, models, *extra, log=None, **kwargs):
 @pytest.fixture(scope="module")
 def trained(clips, cache, models, tmp_path_factory):
     log = io.StringIO()
-    res = train(clips, tmp_path_factory.mktemp("ft") / "ckpt", cache, models, log=log)
+    res = train(clips, tmp_path_factory.mktemp("ft") / "ckpt", cache, models, "finetune.report_to=[tensorboard]", log=log)
     res.log = log.getvalue()
     return res
 
@@ -126,9 +129,52 @@ def test_training_reduces_the_loss(trained, clips, cache, models, tmp_path):
     assert best["val_loss"] == pytest.approx(sum(after[v] for v in val) / 2, abs=1e-3)  # adapter merged at inference
 
 
+def test_tensorboard_holds_what_finetune_printed_and_saved(trained):
+    """finetune.report_to=[tensorboard]: every step's loss and learning rate, and each epoch's train loss and validation
+    metrics (epoch 0: the base model), equal the values of FinetuneResult / metrics.json and the printed lines."""
+    scalars = tensorboard_scalars(trained.out_dir / "tracking" / "tensorboard" / "ckpt")
+    assert scalars["train/loss"] == [(s["step"], pytest.approx(s["loss"], rel=1e-6)) for s in trained.steps]
+    assert scalars["train/lr"] == [(s["step"], pytest.approx(s["lr"], rel=1e-6)) for s in trained.steps]
+    saved = json.loads((trained.out_dir / "metrics.json").read_text())["history"]
+    assert saved == trained.history and [h["step"] for h in saved] == [0, 4, 8]
+    for tag, key in (("val/uar", "val_uar"), ("val/war", "val_war"), ("val/macro_f1", "val_macro_f1"),
+                     ("val/loss", "val_loss")):
+        assert scalars[tag] == [(h["step"], pytest.approx(h[key], rel=1e-6)) for h in saved], tag
+    assert scalars["train/epoch_loss"] == [(h["step"], pytest.approx(h["train_loss"], rel=1e-6)) for h in saved[1:]]
+    printed = [float(x) for x in re.findall(r"epoch \d/2: train loss ([0-9.]+)", trained.log)]
+    assert printed == [pytest.approx(v, abs=5e-4) for _, v in scalars["train/epoch_loss"]]
+
+
+def test_experiment_trackers_need_their_packages(clips, cache, models, tmp_path, capsys, monkeypatch):
+    """--report-to wandb / mlflow: without the package, exit code 2 and a message naming the setting and the package,
+    before anything is prepared; with it (offline: WANDB_MODE=offline, an MLflow file store), the run logs there."""
+    for name in ("wandb", "mlflow"):
+        out = tmp_path / name
+        args = ["finetune", str(clips), "--out", str(out), "--cache", str(cache), "-q", "--report-to", name]
+        for s in [*model_args(models), *TRAIN, "finetune.epochs=1", "finetune.samples_per_epoch=2"]:
+            args += ["--set", s]
+        if importlib.util.find_spec(name) is None:
+            assert dfer_main(args) == 2
+            err = capsys.readouterr().err
+            assert f"finetune.report_to={name} needs the '{name}' package, which is not installed here: pip install {name}" in err
+            assert not out.exists()  # nothing prepared, nothing trained
+            continue
+        monkeypatch.setenv("WANDB_MODE", "offline")
+        assert dfer_main(args) == 0, capsys.readouterr().err
+        if name == "wandb":
+            assert list((out / "tracking" / "wandb").glob("offline-run-*/run-*.wandb"))
+        else:
+            import mlflow
+
+            client = mlflow.MlflowClient((out / "tracking" / "mlruns").resolve().as_uri())
+            runs = client.search_runs([client.get_experiment_by_name("dfer-finetune").experiment_id])
+            steps = json.loads((out / "metrics.json").read_text())["global_step"]
+            assert len(client.get_metric_history(runs[0].info.run_id, "train/loss")) == steps
+
+
 def test_kill_and_resume_gives_the_same_adapter(trained, clips, cache, models, tmp_path, monkeypatch):
     out = tmp_path / "ckpt"
-    args = [str(clips), "--out", str(out), "--cache", str(cache), "-q"]
+    args = [str(clips), "--out", str(out), "--cache", str(cache), "-q", "--report-to", "tensorboard"]
     for s in [*model_args(models), *TRAIN]:
         args += ["--set", s]
     calls = []
@@ -146,8 +192,11 @@ def test_kill_and_resume_gives_the_same_adapter(trained, clips, cache, models, t
     pointer = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert pointer == {"dir": "step-0000006"} and not (out / "adapter").exists()
     (out / "checkpoints" / ".tmp-step-0000008").mkdir()  # debris of a save killed half-way
-    resumed = train(clips, out, cache, models)
+    resumed = train(clips, out, cache, models, "finetune.report_to=[tensorboard]")
     assert resumed.resumed_from == 6 and resumed.global_step == 8
+    # TensorBoard shows each step once: what the interrupted run logged after its checkpoint (step 7) is purged
+    logged = tensorboard_scalars(out / "tracking" / "tensorboard" / "ckpt")["train/loss"]
+    assert logged == [(s["step"], pytest.approx(s["loss"], rel=1e-6)) for s in resumed.steps]
     assert not (out / "checkpoints" / ".tmp-step-0000008").exists()
     a = load_file(str(trained.last_adapter_dir / "adapter_model.safetensors"))
     b = load_file(str(resumed.last_adapter_dir / "adapter_model.safetensors"))

@@ -29,7 +29,8 @@ def add_parsers(sub) -> None:
 
 
 def _options(model, args):
-    return validated(model, vars(args), "the command's options")
+    """The command's options model; an option not given (None: a repeatable option never given) takes its default."""
+    return validated(model, {k: v for k, v in vars(args).items() if v is not None}, "the command's options")
 
 
 def _probe(args) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pipeline.cli.options import INPUT, OUT_DIR, config_options, load_config, quiet_option
 from pipeline.core.errors import EXIT_OK
 from pipeline.eval.labels import LABEL_FORMATS
+from pipeline.training.tracking import TRACKERS
 
 
 def add_parsers(sub) -> None:
@@ -27,12 +28,17 @@ def add_parsers(sub) -> None:
     p.add_argument("--val-label-format", choices=LABEL_FORMATS, help="format of --val-labels (default: --label-format)")
     p.add_argument("--out", required=True, metavar="CKPT", action=OUT_DIR, help="output folder (adapter, checkpoints, metrics)")
     p.add_argument("--cache", "--cache-dir", metavar="DIR", action=OUT_DIR, help="cache directory (default: $DFER_CACHE or ~/.cache/dfer)")
+    p.add_argument("--report-to", action="append", choices=TRACKERS, metavar="TRACKER",
+                   help=f"log the training to an experiment tracker (repeatable): {', '.join(TRACKERS)}; sets "
+                        "finetune.report_to (tensorboard: CKPT/tracking/tensorboard)")
     p.set_defaults(handler=_finetune)
 
 
 def _finetune(args) -> int:
     from pipeline.finetune import finetune  # start-up time: torch, for this command only
 
+    if args.report_to:
+        args.overrides = [*args.overrides, f"finetune.report_to=[{', '.join(dict.fromkeys(args.report_to))}]"]
     finetune(
         args.train_input, args.labels, args.out, load_config(args), label_format=args.label_format,
         val_labels=args.val_labels, val_label_format=args.val_label_format, cache_dir=args.cache, quiet=args.quiet,

@@ -158,7 +158,11 @@ def model_options(model: type[BaseModel], positional: tuple[str, ...] = (), skip
         elif ann is bool:
             kw["action"] = "store_true"
         elif typing.get_origin(ann) is list:
-            kw.update(action="append", type=typing.get_args(ann)[0])
+            item = typing.get_args(ann)[0]
+            if typing.get_origin(item) is typing.Literal:
+                kw.update(action="append", choices=list(typing.get_args(item)))
+            else:
+                kw.update(action="append", type=item)
         elif name in MODEL_PATH_FIELDS:
             kw["action"] = MODEL_PATH_FIELDS[name]
         else:

@@ -266,5 +266,10 @@ class FinetuneError(DferError, ValueError):
     """Fine-tuning cannot start (or resume) with these inputs; the message names the file or setting."""
 
 
+class TrackingError(DferError, ValueError):
+    """Experiment tracking asked for cannot work here (an unknown tracker, or its package is not installed); the
+    message names the setting and the package."""
+
+
 class AdapterError(DferError, ValueError):
     """An adapter folder is missing, incomplete, or was made for another base model."""

@@ -24,6 +24,7 @@ from pipeline.eval.labels import load_label_set
 from pipeline.models.devices import resolve_device
 from pipeline.models.socialfusion import LoraSettings, SocialFusionModel, check_lm
 from pipeline.models.vision import check_encoder, parse_layers, resolve_layers
+from pipeline.training.tracking import check_trackers
 
 FRAMES = Literal["keyframes", "all"]
 
@@ -120,6 +121,9 @@ class TrainOptions(ClipOptions):
     """record per-task gradients every N steps (0: never)"""
     save_every: int = Field(0, ge=0)
     """write a resumable checkpoint every N steps (0: none); the same command resumes from it"""
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+    """log the training to an experiment tracker (repeatable): tensorboard, wandb, mlflow (OUT/training/tracking;
+    conflict: OUT/tracking)"""
 
 
 def split_rev(text: str) -> tuple[str, str | None]:
@@ -214,6 +218,7 @@ def train(opts: TrainOptions, cfg, save: bool, log: TextIO | None = None, execut
     from pipeline.diagnostics.socialfusion import train as train_model
 
     log = log or sys.stderr
+    check_trackers(opts.report_to, "--report-to")
     out = Path(opts.out)
     enc_model, enc_rev = split_rev(opts.encoder)
     lm_model, lm_rev = split_rev(opts.lm)
@@ -223,7 +228,8 @@ def train(opts: TrainOptions, cfg, save: bool, log: TextIO | None = None, execut
     use, run_cache, tasks, order = _labelled_clips(opts)
     settings = TrainSettings(steps=opts.steps, batch_size=opts.train_batch, lr=opts.lr, sampler=opts.sampler,
                              conflict_every=opts.conflict_every, val_fraction=opts.val_fraction, seed=opts.seed,
-                             n_boot=opts.n_boot, length_norm=cfg.classify.length_norm, save_every=opts.save_every)
+                             n_boot=opts.n_boot, length_norm=cfg.classify.length_norm, save_every=opts.save_every,
+                             report_to=opts.report_to)
     report_dir = out / "training" if save else out
     res, ok = _extract(opts, use, run_cache, opts.encoder, [layer], cfg, report_dir / "run", log, executor)
     frames = res.frame_level(layer, ok)
@@ -241,7 +247,7 @@ def train(opts: TrainOptions, cfg, save: bool, log: TextIO | None = None, execut
         frames=opts.frames, max_frames=opts.max_frames, tokens_per_frame=opts.tokens_per_frame,
         connector_hidden=opts.connector_hidden, lora=lora, default_task=opts.default_task, seed=opts.seed,
         device=resolve_device(opts.device))
-    report = train_model(model, examples, settings, log_to=log, out_dir=report_dir)
+    report = train_model(model, examples, settings, log_to=log, out_dir=report_dir, run_name=out.resolve().name)
     paths = write_training_report(report, report_dir)
     if save:
         model.save(out)

@@ -41,6 +41,7 @@ from pipeline.training import checkpoint as ckpt
 from pipeline.training.lora import add_lora
 from pipeline.training.optim import make_optimizer, make_scheduler
 from pipeline.training.split import stratified_split
+from pipeline.training.tracking import Tracking
 
 
 @dataclass
@@ -74,6 +75,9 @@ class TrainSettings(BaseModel):
     """How validation ranks labels (:mod:`pipeline.eval.ranking`; ``classify.length_norm`` of the pipeline config)."""
     save_every: int = Field(0, ge=0)
     """With ``out_dir``: write a resumable checkpoint every N steps (0: none)."""
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+    """With ``out_dir``: experiment trackers (:mod:`pipeline.training.tracking`, in ``out_dir/tracking``) that get the
+    settings, each step's losses and the validation metrics."""
 
 
 @dataclass
@@ -140,7 +144,7 @@ def _setup(model: SocialFusionModel, settings: TrainSettings, examples: Sequence
     cfg = model.cfg.model_dump(mode="json", exclude={"training"})
     clips = [[e.video, sorted(e.labels.items()), hashlib.sha256(np.ascontiguousarray(e.feats).tobytes()).hexdigest()]
              for e in examples]
-    doc = {"model": cfg, "settings": settings.model_dump(mode="json", exclude={"save_every"}), "clips": clips}
+    doc = {"model": cfg, "settings": settings.model_dump(mode="json", exclude={"save_every", "report_to"}), "clips": clips}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -172,8 +176,21 @@ def _resume(session: ckpt.CheckpointSession, setup: str, params: dict, opt, sche
     return int(state["step"])
 
 
+def _tracking(model: SocialFusionModel, s: TrainSettings, out_dir, run_name: str | None, done: int, n_train: int,
+              n_val: int) -> Tracking:
+    """The experiment trackers of ``s.report_to`` in ``out_dir/tracking``, the run named ``run_name`` (default: the
+    folder's name); a resumed run goes on from step ``done``."""
+    if s.report_to and out_dir is None:
+        raise SocialFusionError("experiment tracking (report_to) writes into the training's out_dir: give one")
+    folder = Path(out_dir if out_dir is not None else ".")
+    hparams = {"settings": s.model_dump(mode="json", exclude={"report_to"}), "model": model.cfg.model_dump(mode="json"),
+               "train_clips": n_train, "val_clips": n_val}
+    return Tracking(s.report_to, "--report-to", folder / "tracking", "dfer-socialfusion", run_name or folder.resolve().name,
+                    hparams, resume_step=done, active=bool(s.report_to))
+
+
 def train(model: SocialFusionModel, examples: Sequence[FeatureClip], settings: TrainSettings | None = None,
-          log_to: TextIO | None = None, out_dir: str | Path | None = None) -> TrainReport:
+          log_to: TextIO | None = None, out_dir: str | Path | None = None, run_name: str | None = None) -> TrainReport:
     """Multi-task training of the connector (+ LoRA); see the module docstring."""
     s = settings or TrainSettings()
     tasks = list(model.cfg.tasks)
@@ -203,6 +220,7 @@ def train(model: SocialFusionModel, examples: Sequence[FeatureClip], settings: T
     setup = _setup(model, s, examples)
     done = _resume(session, setup, _named_trainable(model), opt, sched, report) if session is not None else 0
     report.resumed_from = done or None
+    tracking = _tracking(model, s, out_dir, run_name, done, len(train_ex), len(val_ex))
     for _ in range(done):  # the batches those steps drew
         for t in tasks:
             next(streams[t])
@@ -230,6 +248,7 @@ def train(model: SocialFusionModel, examples: Sequence[FeatureClip], settings: T
         sched.step()
         row = {"step": step, "total": float(total.item()), **{t: float(v.item()) for t, v in losses.items()}}
         report.losses.append(row)
+        tracking.log({"train/loss": row["total"], **{f"train/loss_{t}": row[t] for t in tasks}}, step=step)
         if log_to is not None and (step == 1 or step % max(1, s.steps // 10) == 0 or step == s.steps):
             print(f"step {step}/{s.steps}: loss {row['total']:.4f} (" +
                   ", ".join(f"{t} {row[t]:.4f}" for t in tasks) + ")", file=log_to, flush=True)
@@ -243,6 +262,9 @@ def train(model: SocialFusionModel, examples: Sequence[FeatureClip], settings: T
             truth = [e.labels[t] for e in val_t]
             report.validation[t] = compute_metrics(truth, pred, model.cfg.tasks[t], n_boot=s.n_boot, seed=s.seed)
             report.validation[t]["predictions"] = {e.video: p for e, p in zip(val_t, pred)}
+    tracking.log({f"val/{t}/{k}": m[k] for t, m in report.validation.items() for k in ("uar", "war", "macro_f1")
+                  if isinstance(m.get(k), (int, float))}, step=s.steps)
+    tracking.finish()
     report.seconds = time.time() - t0
     model.cfg.training = {"settings": s.model_dump(), "steps_done": s.steps, "n_train": len(train_ex),
                           "n_val": len(val_ex), "final_loss": report.losses[-1]["total"] if report.losses else None}

@@ -109,6 +109,11 @@ class FinetuneConfig(BaseModel):
     """``auto``: bf16 on a GPU that supports it, otherwise none (fp32 on CPU)."""
     num_workers: int = Field(0, ge=0)
     """DataLoader worker processes that render prompts (face crops read from the cache)."""
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+    """Experiment trackers (accelerate's) that get the settings, each step's loss and learning rate and each epoch's
+    validation metrics: ``tensorboard`` (event files in ``CKPT/tracking/tensorboard``), ``wandb`` (offline unless
+    ``WANDB_MODE`` says otherwise), ``mlflow`` (``MLFLOW_TRACKING_URI``, else ``CKPT/tracking/mlruns``); each needs
+    its package. ``--report-to`` sets it from the command line."""
 
     @model_validator(mode="after")
     def _progressive_needs_epochs(self):

@@ -26,6 +26,7 @@ from pipeline.finetune.data import (LabelledClip, check_training_set, clips_per_
 from pipeline.finetune.setup import setup_diff, setup_record
 from pipeline.finetune.trainer import Trainer, make_accelerator
 from pipeline.training import checkpoint as ckpt
+from pipeline.training.tracking import check_trackers
 from stages import classify
 
 
@@ -109,6 +110,7 @@ def finetune(train_input, labels_file, out_dir, cfg, *, label_format: str = "csv
 
     if importlib.util.find_spec("peft") is None:
         raise FinetuneError("dfer finetune needs the 'peft' package: pip install 'dfer-pipeline[train]'")
+    check_trackers(fcfg.report_to, "finetune.report_to")
 
     accelerator = make_accelerator(fcfg, ccfg.model.device)
     main = accelerator.is_main_process

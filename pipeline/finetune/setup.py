@@ -12,7 +12,7 @@ from pipeline.finetune.data import LabelledClip
 from stages.templates import template_hash
 
 # Settings that do not change the trained weights: a run may resume with other values for these.
-NOT_IN_RESUME_CHECK = frozenset({"num_workers", "save_every_steps", "gradient_checkpointing", "eval_at_start"})
+NOT_IN_RESUME_CHECK = frozenset({"num_workers", "save_every_steps", "gradient_checkpointing", "eval_at_start", "report_to"})
 
 
 def _sha(obj) -> str:

@@ -59,6 +59,7 @@ from pipeline.finetune.data import LabelledClip, PromptDataset, class_weights, c
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.lora import VISION_MODULES, add_lora
 from pipeline.training.optim import make_optimizer, make_scheduler
+from pipeline.training.tracking import Tracking
 
 
 def make_accelerator(fcfg, device: str):
@@ -207,12 +208,36 @@ class Trainer:
         order = [int(i) for i in sampler]
         return order[self.acc.process_index :: self.acc.num_processes]
 
+    def start_tracking(self) -> None:
+        """The experiment trackers of ``finetune.report_to`` (:mod:`pipeline.training.tracking`), in ``CKPT/tracking``,
+        on the main process; a resumed run goes on from its checkpoint's step."""
+        f, out = self.fcfg, self.session.out
+        settings = {**{k: v for k, v in f.model_dump(mode="json").items() if k != "report_to"},
+                    "model": self.cfg.classify.model.model, "labels": self.cfg.classify.labels,
+                    "train_clips": len(self.train_ex), "val_clips": len(self.val_ds), "devices": self.acc.num_processes}
+        self.tracking = Tracking(f.report_to, "finetune.report_to", out / "tracking", "dfer-finetune", out.resolve().name,
+                                 settings, resume_step=self.state["global_step"], active=self.acc.is_main_process)
+
+    def _track_epoch(self, row: dict) -> None:
+        """An epoch's row of the history (``metrics.json``) at its last step: train loss and validation metrics."""
+        names = {"train_loss": "train/epoch_loss", "val_uar": "val/uar", "val_war": "val/war",
+                 "val_macro_f1": "val/macro_f1", "val_loss": "val/loss"}
+        self.tracking.log({names[k]: row[k] for k in names if row.get(k) is not None}, step=row["step"])
+
     def train(self) -> None:
         """Run (or go on with) the training."""
+        self.start_tracking()
+        try:
+            self._train()
+        finally:
+            self.tracking.finish()
+
+    def _train(self) -> None:
         acc, f, st = self.acc, self.fcfg, self.state
         if f.eval_at_start and st["global_step"] == 0 and not st["history"] and len(self.val_ds):
             ev = self.evaluate()
             st["history"].append({"epoch": 0, "step": 0, "train_loss": None, **{f"val_{k}": v for k, v in ev.items()}})
+            self._track_epoch(st["history"][-1])
             self.say(f"epoch 0 (base model): val UAR {100 * ev['uar']:.2f}  WAR {100 * ev['war']:.2f}  loss {ev['loss']:.3f}")
         bar = tqdm(total=self.total_steps, initial=st["global_step"], desc="finetune", unit="step", file=self.log,
                    dynamic_ncols=True, disable=not self.show)
@@ -244,6 +269,7 @@ class Trainer:
                     st["global_step"] += 1
                     st["step_in_epoch"] = s + 1
                     st["steps"].append({"step": st["global_step"], "epoch": epoch + 1, "loss": step_loss, "lr": lr})
+                    self.tracking.log({"train/loss": step_loss, "train/lr": lr}, step=st["global_step"])
                     post = {"epoch": f"{epoch + 1}/{f.epochs}", "loss": f"{step_loss:.3f}"}
                     if last_val.get("val_uar") is not None:
                         post.update(val_uar=f"{100 * last_val['val_uar']:.1f}", val_war=f"{100 * last_val['val_war']:.1f}")
@@ -264,6 +290,7 @@ class Trainer:
         ev = self.evaluate()
         row.update({f"val_{k}": v for k, v in ev.items()})
         st["history"].append(row)
+        self._track_epoch(row)
         best_note = ""
         if ev and (st["best"] is None or ev["uar"] > st["best"]["uar"]):
             self.save_best(ev, epoch + 1)
