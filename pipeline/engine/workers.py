@@ -100,8 +100,8 @@ def auto_workers(config: dict, clips: int) -> WorkerPlan:
     cores = usable_cores()
     n, why = cores, f"{cores} CPU core{'s' if cores != 1 else ''}"
     device = config.get("device")
-    try:
-        on_gpu = isinstance(device, str) and resolve_device(device).startswith("cuda")
+    try:  # (device=cpu: torch need not be imported in this process to know)
+        on_gpu = isinstance(device, str) and device != "cpu" and resolve_device(device).startswith("cuda")
     except ConfigError:  # a GPU asked for where there is none: the stage says so for each clip
         on_gpu = False
     per_worker = RAM_PER_WORKER_GIB + (CUDA_HOST_GIB if on_gpu else 0.0)
