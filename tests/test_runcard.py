@@ -123,6 +123,9 @@ def test_a_hub_model_resolves_to_the_commit_of_its_snapshot_in_the_local_cache(t
     card = build_card({"classify": cfg.classify}, complete=True)["models"]["classify"]
     assert card["revision"] is None and card["resolved_revision"] == "a" * 40  # main
     assert card["resolved_device"] == "cpu" and card["resolved_dtype"] == "float32"  # auto on CPU
+    assert card["attn_implementation"] == "auto"
+    eager = load_config(None, ["classify.model.attn_implementation=eager"])
+    assert build_card({"classify": eager.classify}, True)["models"]["classify"]["attn_implementation"] == "eager"
     tagged = load_config(None, ["classify.model.revision=v1"])
     assert build_card({"classify": tagged.classify}, True)["models"]["classify"]["resolved_revision"] == "b" * 40
     missing = load_config(None, ["classify.model.model=org/not-downloaded"])

@@ -6,7 +6,8 @@
 - ``models``: per model stage that ran, the model as configured (backend, id or folder, the revision asked for) and
   as resolved: the hub commit the local Hugging Face cache resolves it to (``refs/`` -> ``snapshots/<commit>``),
   the content fingerprint of a local folder, the identity of another backend (the embedded model's weights hash,
-  a server's model name and, for a vLLM server, its version); its dtype and device, as set and as resolved here;
+  a server's model name and, for a vLLM server, its version); its dtype and device, as set and as resolved here
+  (and the transformers backend's ``attn_implementation`` as set);
   LoRA adapters (path and content hash);
 - ``devices``: the device of every other stage that has one (the face detector);
 - ``machine``: the platform and the GPUs torch sees.
@@ -101,6 +102,8 @@ def model_card(cfg: ModelConfig, resolve: bool) -> dict:
     """One model as configured and as resolved (see the module docstring); ``resolve``: devices and dtypes too."""
     card: dict[str, Any] = {"backend": cfg.backend, "model": cfg.model, "revision": cfg.revision,
                             "identity": model_identity(cfg), "dtype": cfg.dtype, "device": cfg.device}
+    if cfg.backend == "transformers":
+        card["attn_implementation"] = cfg.attn_implementation
     if cfg.backend == "transformers" and not hub.is_local_path(cfg.model):
         card["resolved_revision"] = hub.resolved_revision(cfg.model, cfg.revision)
     elif cfg.backend == "transformers":
