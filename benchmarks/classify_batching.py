@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                 order = [(n, b) for n in trees for b in batches]
                 for name, bs in order if r % 2 == 0 else order[::-1]:
                     runs[name, bs].append(ask(name, bs))
-                print(f"round {r + 1}/{args.rounds}: " + "  ".join(
-                    f"{n} b{b} {runs[n, b][-1]['cpu'] / args.clips * 1000:.1f}" for n, b in order) + " ms CPU/clip", flush=True)
+                ms = "  ".join(f"{n} b{b} {runs[n, b][-1]['cpu'] / args.clips * 1000:.1f}" for n, b in order)
+                print(f"round {r + 1}/{args.rounds}: {ms} ms CPU/clip", flush=True)
         finally:
             for child in trees.values():
                 child.close()
@@ -152,9 +152,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.threads} thread(s); before = {commit[:12]} ({args.before}), after = working tree; {args.rounds} rounds")
     print(f"{'tree':>7s} {'batch':>5s} {'CPU ms/clip':>12s} {'scoring':>8s} {'counting':>9s} {'wall ms/clip':>13s}")
     for (name, bs), rs in runs.items():
-        print(f"{name:>7s} {bs:5d} {med(x['cpu'] for x in rs) / args.clips * 1000:12.1f} "
-              f"{med(x['score_cpu'] for x in rs) / args.clips * 1000:8.1f} {med(x['count_cpu'] for x in rs) / args.clips * 1000:9.1f} "
-              f"{med(x['wall'] for x in rs) / args.clips * 1000:13.1f}")
+        ms = {k: med(x[k] for x in rs) / args.clips * 1000 for k in ("cpu", "score_cpu", "count_cpu", "wall")}
+        print(f"{name:>7s} {bs:5d} {ms['cpu']:12.1f} {ms['score_cpu']:8.1f} {ms['count_cpu']:9.1f} {ms['wall']:13.1f}")
 
     def ratio(a, b, key="cpu"):
         return med(x[key] / y[key] for x, y in zip(runs[a], runs[b]))

@@ -355,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     width, height = (int(v) for v in args.clip_size.lower().split("x"))
     batches = list(dict.fromkeys([args.model_batch] + [int(v) for v in args.sweep.split(",") if v.strip()]))
     flash = importlib.util.find_spec("flash_attn") is not None
-    attns = [a.strip() for a in args.attn.split(",")] if args.attn else ["sdpa"] + (["flash_attention_2"] if flash and device == "cuda" else [])
+    if args.attn:
+        attns = [a.strip() for a in args.attn.split(",") if a.strip()]
+    else:
+        attns = ["sdpa"] + (["flash_attention_2"] if flash and device == "cuda" else [])
     result: dict = {
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "CPU (smoke run)", "dtype": dtype_name,
         "gpu_memory_gib": torch.cuda.get_device_properties(0).total_memory / 2**30 if device == "cuda" else None,
@@ -491,12 +494,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"=== {result['device']}, {dtype_name}; {result['cpu_cores']} CPU cores; {args.clips} clips of {args.seconds:g} s "
           f"at {args.clip_size}; {args.new_tokens} generated tokens per caption/summary; {args.image_size}px crops ===")
+    def gib(v) -> str:
+        return "-" if v is None else f"{v:.2f} GiB"
+
     for p in result["faces"]:
         print(f"faces (MTCNN on {device}), run.workers={p['workers']} -> {p['started']}: {p['clips_per_s']:.2f} clips/s; GPU "
-              f"memory per worker {p['gpu_per_worker_gib'] if p['gpu_per_worker_gib'] is None else round(p['gpu_per_worker_gib'], 2)} "
-              f"GiB (this process {p['gpu_peak_this_process_gib'] if p['gpu_peak_this_process_gib'] is None else round(p['gpu_peak_this_process_gib'], 2)}), "
-              f"all processes {p['gpu_all_processes_gib'] if p['gpu_all_processes_gib'] is None else round(p['gpu_all_processes_gib'], 2)} GiB; "
-              f"host {p['host_peak_gib']:.2f} GiB")
+              f"memory: per worker {gib(p['gpu_per_worker_gib'])}, this process {gib(p['gpu_peak_this_process_gib'])}, all "
+              f"processes {gib(p['gpu_all_processes_gib'])}; host {gib(p['host_peak_gib'])}")
     for p in result["keyframes"]:
         print(f"keyframes (CPU), run.workers={p['workers']} -> {p['started']}: {p['clips_per_s']:.2f} clips/s")
     print(f"{'attention':>18s} {'batch':>5s} {'context clips/s':>16s} {'peak GiB':>9s} {'load s':>7s} {'classify clips/s':>17s} "

@@ -156,7 +156,8 @@ def test_experiment_trackers_need_their_packages(clips, cache, models, tmp_path,
         if importlib.util.find_spec(name) is None:
             assert dfer_main(args) == 2
             err = capsys.readouterr().err
-            assert f"finetune.report_to={name} needs the '{name}' package, which is not installed here: pip install {name}" in err
+            assert (f"finetune.report_to={name} needs the '{name}' package, which is not installed here: "
+                    f"pip install {name}") in err
             assert not out.exists()  # nothing prepared, nothing trained
             continue
         monkeypatch.setenv("WANDB_MODE", "offline")

@@ -34,8 +34,8 @@ def three_clips(tmp_path_factory, clip_dir):
 
 def _dfer_run(folder: Path, tmp: Path, cores: set[int], *sets: str) -> subprocess.CompletedProcess:
     """``dfer run --until faces`` with the default run.workers (auto), pinned to ``cores`` (its CPU affinity)."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(folder), "--out", str(tmp / "run"), "--cache", str(tmp / "cache"),
-           "-q", "--until", "faces", *[a for s in sets for a in ("--set", s)]]
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(folder), "--out", str(tmp / "run"),
+           "--cache", str(tmp / "cache"), "-q", "--until", "faces", *[a for s in sets for a in ("--set", s)]]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           preexec_fn=lambda: os.sched_setaffinity(0, cores))
 
@@ -43,7 +43,8 @@ def _dfer_run(folder: Path, tmp: Path, cores: set[int], *sets: str) -> subproces
 def test_auto_starts_a_worker_per_usable_core_and_no_more_than_clips(three_clips, tmp_path):
     one = _dfer_run(three_clips, tmp_path / "one-core", {0})
     assert one.returncode == 0, one.stderr
-    assert re.search(r"^faces: 0 cached, 3 computed .*; 1 worker \(run\.workers=auto: 1 CPU core\)$", one.stderr, re.M), one.stderr
+    line = r"^faces: 0 cached, 3 computed .*; 1 worker \(run\.workers=auto: 1 CPU core\)$"
+    assert re.search(line, one.stderr, re.M), one.stderr
     if len(os.sched_getaffinity(0)) < 2:
         pytest.fail("this test needs a machine with 2 CPU cores or more")
     assert workers.available_memory() > 3 * workers.RAM_PER_WORKER_GIB * workers.GIB / workers.MEMORY_SHARE
@@ -98,7 +99,8 @@ class _Watching(LocalExecutor):
 def test_workers_exit_before_a_model_stage(three_clips, tmp_path):
     cfg = load_config(None, ["run.progress=false", *EMBEDDED])
     ex = _Watching(2)
-    res = Runner(cfg, tmp_path / "run", cache_dir=tmp_path / "cache", log=io.StringIO(), executor=ex).run(discover(three_clips))
+    runner = Runner(cfg, tmp_path / "run", cache_dir=tmp_path / "cache", log=io.StringIO(), executor=ex)
+    res = runner.run(discover(three_clips))
     assert res.n_failed == 0 and res.status == "complete"
     assert len(ex.seen) >= 2  # faces (and expression, keyframes) ran in worker processes
     assert ex.alive_at_model_stage == [False, False]  # context, classify: the workers had exited

@@ -8,9 +8,9 @@ Loading
     A hub id and a local folder go through the same ``from_pretrained`` calls (``revision`` and ``trust_remote_code``
     passed through). ``dtype``/``device`` become ``dtype=`` and an accelerate ``device_map`` (``{"": "cpu"}``,
     ``{"": "cuda:1"}``, or ``"balanced"`` over all GPUs), ``attn_implementation`` becomes ``attn_implementation=``
-    (:func:`attention_kwargs`; ``auto``: transformers' default). Offline (``HF_HUB_OFFLINE=1``) or with the hub unreachable,
-    loading is local-files-only and a model that is not cached raises :class:`ModelUnavailableError`; something that
-    exists but is not an image-text-to-text checkpoint raises :class:`ModelLoadError`.
+    (:func:`attention_kwargs`; ``auto``: transformers' default). Offline (``HF_HUB_OFFLINE=1``) or with the hub
+    unreachable, loading is local-files-only and a model that is not cached raises :class:`ModelUnavailableError`;
+    something that exists but is not an image-text-to-text checkpoint raises :class:`ModelLoadError`.
 
 Fine-tuning and adapters
     :meth:`TransformersBackend.label_token_logprobs` is the plain route with gradients, one label per prompt:

@@ -129,7 +129,9 @@ class LocalExecutor(Executor):
 
     def note(self, stage: str) -> str | None:
         plan = self.plans.get(stage)
-        return None if plan is None else f"{plan.workers} worker{'s' if plan.workers != 1 else ''} (run.workers=auto: {plan.why})"
+        if plan is None:
+            return None
+        return f"{plan.workers} worker{'s' if plan.workers != 1 else ''} (run.workers=auto: {plan.why})"
 
     def map_batched(self, stage, cfg, todo, cache, batch_size):
         self.close()  # idle workers would hold memory (host, and GPU where they ran a detector there) the model needs
