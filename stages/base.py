@@ -21,6 +21,16 @@ def no_extras(cfg) -> dict:
     return {}
 
 
+def no_units(cfg, artifact) -> list:
+    """Default ``units``: a clip is one unit."""
+    return []
+
+
+def no_notes(cfg, artifact) -> list:
+    """Default ``assess``: nothing to say."""
+    return []
+
+
 @dataclass(frozen=True)
 class Fallback:
     """What a model stage runs instead when its model cannot be had here: ``section`` (its config section with the
@@ -52,6 +62,14 @@ class Stage:
     that the file did not change while it did, before its artifact is cached under the file's fingerprint), and
     ``check(artifact)`` (what the cache's hashes do not check: that the files decode as this stage's artifact, e.g.
     every JPEG crop; raises :class:`pipeline.core.errors.DamagedArtifactError`).
+
+    Units of work (see ``ARCHITECTURE.md``): ``per_unit`` marks a stage that runs once per unit of a clip (a subject,
+    later a segment) instead of once per clip; such a stage's jobs carry the unit (``ClipJob.unit``) and its key holds
+    it. A per-clip stage may split its clips into units: ``unit_fields(cfg)`` (the fields it splits by under this
+    config, with their value for the clip's own unit; empty: no split) and ``units(cfg, artifact)`` (the units of one
+    clip beyond its own, from the stage's artifact). ``assess(cfg, artifact)``: warnings about one clip's artifact,
+    cached or new (raises a :class:`pipeline.core.errors.ClipError` to fail the clip), for settings that are not in
+    the key.
     """
 
     name: str
@@ -68,6 +86,10 @@ class Stage:
     close: Callable[[Any], None] = nothing
     reads_video: bool = False
     check: Callable[[Any], None] = nothing
+    per_unit: bool = False
+    unit_fields: Callable[[Any], dict] = no_extras
+    units: Callable[[Any, Any], list] = no_units
+    assess: Callable[[Any, Any], list] = no_notes
 
     def __post_init__(self) -> None:
         if (self.process is None) == (self.process_batch is None):

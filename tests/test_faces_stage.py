@@ -9,6 +9,7 @@ import pytest
 from stages.faces.face_refine import refine
 from stages.faces.tracking import iou
 from pipeline.core.video import FramePixels, VideoReader
+from stages.faces import spool as faces_spool
 from stages.faces import stage as faces
 from stages.faces import Config
 from tests import media
@@ -128,7 +129,7 @@ def test_frames_smaller_than_a_face_can_be_kept_as_whole_frames(tmp_path):
 
 def test_rows_kept_in_small_blocks_give_the_same_artifact(clip_dir, tmp_path, monkeypatch):
     one = run(clip_dir["pan.mp4"].path, tmp_path / "a", tmp_path / "cache-a", until="faces")
-    monkeypatch.setattr(faces._Writer, "BLOCK", 7)  # 50 frames: 8 blocks, the last one partly filled
+    monkeypatch.setattr(faces_spool._Blocks, "BLOCK", 7)  # 50 frames: 8 blocks, the last one partly filled
     many = run(clip_dir["pan.mp4"].path, tmp_path / "b", tmp_path / "cache-b", until="faces")
     a, b = track_of(one, "pan.mp4"), track_of(many, "pan.mp4")
     assert a.artifact.bytes("crops.jpg.bin") == b.artifact.bytes("crops.jpg.bin")

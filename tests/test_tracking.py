@@ -1,18 +1,19 @@
-"""The primary-face rule (PrimaryFaceTracker), and incremental smoothing (Timeline) giving exactly what
-smoothing the whole clip at once gives."""
+"""The tracking rule (FaceTracker: faces followed within a shot, never across a boundary), and incremental smoothing
+(Timeline) giving exactly what smoothing the whole clip at once gives."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from stages.faces.tracking import Anchor, PrimaryFaceTracker, Timeline, box_between, iou, smooth_one
+from stages.faces.tracking import Anchor, FaceTracker, Timeline, box_between, iou, smooth_one
 
 
-def _seen(tracker, t, *boxes):
-    """Feed one detection frame with ``boxes`` (all confident); the primary box picked, or None."""
+def _seen(tracker, t, *boxes, shot=0):
+    """Feed one detection frame with ``boxes`` (all confident); {track id: its box} of the tracks seen on it."""
     arr = np.array(boxes, np.float32).reshape(-1, 4)
-    return tracker.update(0, t, arr, np.full(len(arr), 0.999), np.zeros((len(arr), 5, 2))).box
+    tracker.update(int(t * 100), t, shot, arr, np.full(len(arr), 0.999), np.zeros((len(arr), 5, 2)))
+    return {tr.id: tr.last_box.tolist() for tr in tracker.tracks if tr.last_t == t}
 
 
 # frames 15 and 20 of the tests' VFR fast-pan clip (320x240), 0.24 s apart: the face moved 0.75 of its width
@@ -22,33 +23,57 @@ FAST_PAN = ([90, 87, 159, 175], [139, 72, 207, 158])
 def test_a_face_that_moved_fast_without_overlap_is_followed():
     a, b = FAST_PAN
     assert iou(np.float32(a), np.float32([b]))[0] < 0.2  # overlap alone cannot follow it
-    tracker = PrimaryFaceTracker()
-    _seen(tracker, 0.627, a)
-    np.testing.assert_array_equal(_seen(tracker, 0.867, b), b)
+    tracker = FaceTracker()
+    assert _seen(tracker, 0.627, a) == {0: a}
+    assert _seen(tracker, 0.867, b) == {0: b}
+    assert len(tracker.tracks) == 1
 
 
 def test_a_fast_face_is_followed_rather_than_another_face_further_away():
     a, b = FAST_PAN
     far = [260, 60, 330, 150]  # same size, 2 widths further on
-    tracker = PrimaryFaceTracker()
+    tracker = FaceTracker()
     _seen(tracker, 0.627, a)
-    np.testing.assert_array_equal(_seen(tracker, 0.867, far, b), b)
+    assert _seen(tracker, 0.867, far, b) == {0: b, 1: far}  # the far face is someone new
 
 
-def test_the_tracker_does_not_jump_to_a_face_it_saw_beside_the_primary():
-    primary, other = [100, 100, 170, 180], [185, 100, 255, 180]  # same size, centres 1.2 widths apart
-    tracker = PrimaryFaceTracker()
-    np.testing.assert_array_equal(_seen(tracker, 0.0, primary, other), primary)
-    assert _seen(tracker, 0.2, other) is None  # the primary is not detected: lost for now, not the neighbour
+def test_a_track_does_not_jump_to_a_face_it_saw_beside_it():
+    first, other = [100, 100, 170, 180], [185, 100, 255, 180]  # same size, centres 1.2 widths apart
+    tracker = FaceTracker()
+    assert _seen(tracker, 0.0, first, other) == {0: first, 1: other}
+    assert _seen(tracker, 0.2, other) == {1: other}  # the first face is not detected: lost for now, not the neighbour
+    assert tracker.tracks[0].timeline.anchors[-1].box is None and not tracker.tracks[0].ended
 
 
-def test_a_face_too_far_or_of_another_size_is_not_taken_for_the_primary():
-    primary = [100, 100, 170, 180]
-    tracker = PrimaryFaceTracker()
-    _seen(tracker, 0.0, primary)
-    assert _seen(tracker, 0.1, [200, 100, 270, 180]) is None  # 1.3 widths away after 0.1 s (reach 0.9)
-    assert _seen(tracker, 0.2, [150, 100, 185, 140]) is None  # half the size, close by
-    assert _seen(tracker, 0.3, [280, 100, 350, 180]) is None  # 2.3 widths away: beyond any reach
+def test_a_face_too_far_or_of_another_size_starts_a_track_of_its_own():
+    first = [100, 100, 170, 180]
+    tracker = FaceTracker()
+    _seen(tracker, 0.0, first)
+    assert _seen(tracker, 0.1, [200, 100, 270, 180]) == {1: [200, 100, 270, 180]}  # 1.3 widths away after 0.1 s
+    assert _seen(tracker, 0.2, [150, 100, 185, 140]) == {2: [150, 100, 185, 140]}  # half the size, close by
+    assert tracker.tracks[0].detections == [(0, 0.0, pytest.approx(0.999))]
+
+
+def test_a_shot_boundary_ends_every_track_and_a_lost_face_ends_after_max_gap():
+    box = [100, 100, 170, 180]
+    tracker = FaceTracker(max_gap_s=1.0)
+    _seen(tracker, 0.0, box, shot=0)
+    assert _seen(tracker, 0.2, box, shot=1) == {1: box}  # the same place after a cut: another track
+    assert tracker.tracks[0].ended and tracker.tracks[0].shot == 0 and tracker.tracks[1].shot == 1
+    _seen(tracker, 0.6, shot=1)
+    assert not tracker.tracks[1].ended  # 0.4 s without it: lost for now
+    _seen(tracker, 1.4, shot=1)
+    assert tracker.tracks[1].ended and tracker.active == []
+
+
+def test_a_new_track_is_not_held_back_over_the_detection_frame_that_missed_it():
+    box = [100, 100, 170, 180]
+    tracker = FaceTracker(max_gap_s=1.0, smooth=1)
+    _seen(tracker, 0.0, shot=0)  # looked, no face
+    _seen(tracker, 0.2, box, shot=0)
+    tracker.finish()
+    tl = tracker.tracks[0].timeline
+    assert [tl.box_at(t, int(t * 100)).present for t in (0.0, 0.1, 0.2, 0.3, 0.7, 0.8)] == [False, True, True, True, True, False]
 
 
 def whole_clip_boxes(anchors, window, max_gap_s, frames):

@@ -90,6 +90,11 @@ class VideoChangedError(ClipError):
     not cached under the fingerprint of its former content; the next run takes the file as it is then."""
 
 
+class ThinEvidenceError(ClipError):
+    """The clip's subject is on too few of its frames to judge (``faces.min_presence`` with
+    ``faces.thin_evidence=fail``); checked again on every run, never remembered."""
+
+
 class UpstreamMissingError(ClipError):
     """An upstream artifact this stage needs is not in the cache (the runner records it under this name)."""
 

@@ -19,6 +19,12 @@ class ClipJob:
     label: str | None = None
     upstream: dict[str, Artifact] = field(default_factory=dict)
     stamp: dict | None = None  # size, mtime_ns and inode of the file when it was fingerprinted
+    unit: dict = field(default_factory=dict)  # the part of the clip a per-unit stage works on ({}: the clip's own)
+
+
+def unit_id(video: str, unit: dict) -> str:
+    """How runs name a unit of work: the clip's id for its own unit, else ``clip#field=value,...``."""
+    return video if not unit else video + "#" + ",".join(f"{k}={v}" for k, v in sorted(unit.items()))
 
 
 @dataclass

@@ -1,7 +1,23 @@
-"""Reading the faces stage's artifact: per-frame track arrays and JPEG face crops.
+"""Reading the faces stage's artifact: per-frame track arrays and JPEG face crops of each person, every face, the
+shots.
 
-Files: ``track.npz`` (arrays below, one row per decoded frame) and ``crops.jpg.bin`` (the JPEG
-crops concatenated; ``track.npz['crop_offsets']`` has N+1 byte offsets).
+Files:
+
+- ``track.npz`` (arrays below, one row per decoded frame) and ``crops.jpg.bin`` (the JPEG crops concatenated;
+  ``track.npz['crop_offsets']`` has N+1 byte offsets): the clip's **subject** (identity 0). ``track_K.npz`` and
+  ``crops_K.jpg.bin``: identity K, for every other person seen at least ``faces.min_subject_s`` (``meta.json``'s
+  ``subjects`` lists them all, 0 first). Where the person's face is not present, the crop is the whole frame when no
+  face was on it at all, else a grey square (someone else is on screen); such frames are never evidence.
+- ``faces.npz``: every face on every frame where it is present, one row per (frame, track): ``frame``, ``track``,
+  ``identity``, ``box``, ``landmarks``, ``score``, ``detected``, ``interpolated`` (between detections, or held),
+  ``held`` (the nearest detection's box, held at a track's end). For ``dfer export --frames``.
+- ``scene.json``: ``shots`` (``first``, ``stop`` frames, ``t_start``, ``t_end``, ``start``: start | cut | fade_out
+  | fade_in), ``identities`` (``identity``, its ``tracks``, ``seconds`` seen, ``first_t``, median box ``side``,
+  ``unit``: has a track of its own), ``tracks`` (``track``, ``identity``, ``shot``, first and last present time,
+  ``seconds``, ``detections``), ``subject_rule``, ``linking`` (the embedder, its threshold, tracks embedded, tracks
+  that could not be linked for want of an embedder).
+
+A track's arrays:
 
 =============== ========== ===========================================================
 array           shape      meaning
@@ -29,6 +45,22 @@ from pipeline.core.cache import Artifact
 
 TRACK_FILE = "track.npz"
 CROPS_FILE = "crops.jpg.bin"
+FACES_FILE = "faces.npz"
+SCENE_FILE = "scene.json"
+FACE_COLUMNS = ("frame", "track", "box", "landmarks", "score", "detected", "interpolated", "held")
+
+
+def track_file(subject: int) -> str:
+    return TRACK_FILE if subject == 0 else f"track_{subject}.npz"
+
+
+def crops_file(subject: int) -> str:
+    return CROPS_FILE if subject == 0 else f"crops_{subject}.jpg.bin"
+
+
+def subject_of(job) -> int:
+    """The person a job's unit is about (0: the clip's subject)."""
+    return int(job.unit.get("subject", 0))
 
 
 @dataclass
@@ -41,14 +73,22 @@ class FaceTrack:
     artifact: Artifact
     meta: dict
     _crops: bytes | None = field(default=None, repr=False)
+    crops_name: str = CROPS_FILE  # the crops file of this person (crops_file(subject))
 
     @classmethod
-    def load(cls, artifact: Artifact) -> "FaceTrack":
-        track = cls(artifact.npz(TRACK_FILE), artifact, artifact.meta())
+    def load(cls, artifact: Artifact, subject: int = 0) -> "FaceTrack":
+        """Person ``subject``'s track (0: the clip's subject)."""
+        name = track_file(subject)
+        track = cls(artifact.npz(name), artifact, artifact.meta(), crops_name=crops_file(subject))
         off = track.arrays.get("crop_offsets")
         if off is None or off.ndim != 1 or len(off) != len(track) + 1 or (len(off) and (off[0] != 0 or (np.diff(off) < 0).any())):
-            raise artifact.damaged(TRACK_FILE, "its crop_offsets do not fit its frames")
+            raise artifact.damaged(name, "its crop_offsets do not fit its frames")
         return track
+
+    @classmethod
+    def of(cls, job) -> "FaceTrack":
+        """The track of the person a job's unit is about, from its faces artifact."""
+        return cls.load(job.upstream["faces"], subject_of(job))
 
     def __len__(self) -> int:
         return int(self.arrays["t"].shape[0])
@@ -66,9 +106,9 @@ class FaceTrack:
 
     def _crop_file(self) -> bytes:
         if self._crops is None:
-            data = self.artifact.bytes(CROPS_FILE)
+            data = self.artifact.bytes(self.crops_name)
             if len(data) != int(self.arrays["crop_offsets"][-1]):
-                raise self.artifact.damaged(CROPS_FILE, f"has {len(data)} bytes, its crop_offsets end at "
+                raise self.artifact.damaged(self.crops_name, f"has {len(data)} bytes, its crop_offsets end at "
                                                         f"{int(self.arrays['crop_offsets'][-1])}")
             self._crops = data
         return self._crops
@@ -86,7 +126,7 @@ class FaceTrack:
         for i, data in zip(indices, self.crop_bytes(indices)):
             img = cv2.imdecode(np.frombuffer(data, np.uint8), flag) if data[:2] == b"\xff\xd8" else None
             if img is None:
-                raise self.artifact.damaged(CROPS_FILE, f"crop {i} (frame {i}) is not a JPEG that decodes")
+                raise self.artifact.damaged(self.crops_name, f"crop {i} (frame {i}) is not a JPEG that decodes")
             if not gray:
                 img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
             if size and img.shape[0] != size:
@@ -106,12 +146,13 @@ class FaceTrack:
 
 
 def check(artifact: Artifact) -> None:
-    """Decode every crop of a faces artifact (what ``dfer cache verify`` and the runner check beyond the hashes,
-    and all they can check of an artifact written before hashes were recorded). Raises
+    """Decode every crop of every person's track in a faces artifact (what ``dfer cache verify`` and the runner
+    check beyond the hashes, and all they can check of an artifact written before hashes were recorded). Raises
     :class:`pipeline.core.errors.DamagedArtifactError`."""
-    track = FaceTrack.load(artifact)
-    for start in range(0, len(track), 256):
-        track.crops(range(start, min(len(track), start + 256)))
+    for subject in artifact.meta().get("subjects", [0]):
+        track = FaceTrack.load(artifact, subject)
+        for start in range(0, len(track), 256):
+            track.crops(range(start, min(len(track), start + 256)))
 
 
 def clip_duration(t: np.ndarray, avg_fps: float | None = None) -> float:
@@ -122,3 +163,30 @@ def clip_duration(t: np.ndarray, avg_fps: float | None = None) -> float:
     if n > 1:
         return float(t[-1] + (t[-1] - t[-2]))
     return float(t[0]) + (1.0 / avg_fps if avg_fps else 0.0)
+
+
+@dataclass
+class Scene:
+    """``scene.json``: the shots, identities and tracks of a clip (see the module docstring)."""
+
+    shots: list[dict]
+    identities: list[dict]
+    tracks: list[dict]
+    doc: dict
+
+    @classmethod
+    def load(cls, artifact: Artifact) -> "Scene":
+        doc = artifact.json(SCENE_FILE)
+        return cls(doc["shots"], doc["identities"], doc["tracks"], doc)
+
+    @property
+    def boundaries(self) -> list[int]:
+        """First frames of every shot but the first."""
+        return [int(s["first"]) for s in self.shots[1:]]
+
+    def shot_ids(self, n: int) -> np.ndarray:
+        """The shot of each of the clip's ``n`` frames."""
+        out = np.zeros(n, np.int32)
+        for k, s in enumerate(self.shots):
+            out[int(s["first"]) : int(s["stop"])] = k
+        return out

@@ -1,15 +1,17 @@
-"""faces: stream-decode a clip, detect and track the primary face, write square face crops.
+"""faces: stream-decode a clip once: its shots, every face tracked within its shot, who is who across shots, and
+square face crops of each person.
 
 Decoding is streamed (a bounded window of frames is held while detections around it arrive),
-timestamps come from pts, and display rotation is applied. MTCNN (facenet-pytorch) runs on
-every ``detect_every``-th frame, in batches: the whole cascade on a downscaled copy of the whole
-frame every ``full_frame_every_s`` seconds and, in between, only its output network on a small crop
-where the primary face is expected (:mod:`stages.faces.face_refine`). Boxes are smoothed over
-neighbouring detections and interpolated in time for the frames in between. Only the crop's region
-of a frame is converted from YUV to RGB (:class:`pipeline.core.video.FramePixels`), and memory stays flat
-in the clip's length: per-frame rows live in compact arrays and the tracker forgets what no frame
-still needs. The primary-face rule is documented in :mod:`stages.faces.tracking`. Output format:
-:mod:`stages.faces.facetrack`.
+timestamps come from pts, and display rotation is applied. Every decoded frame feeds the shot detector
+(:mod:`stages.faces.shots`: hard cuts and fades to and from black, on a luma thumbnail). MTCNN (facenet-pytorch)
+runs on every ``detect_every``-th frame and on the first frame of every shot, in batches: the whole cascade on a
+downscaled copy of the whole frame every ``full_frame_every_s`` seconds and at each shot's start and, in between,
+only its output network on small crops where the faces are expected (:mod:`stages.faces.face_refine`). Every face
+is tracked within its shot (:mod:`stages.faces.tracking`: a track never crosses a shot boundary); its boxes are
+smoothed over neighbouring detections and interpolated in time for the frames in between. At the end the tracks are
+linked into identities by appearance and the clip's subject is chosen (:mod:`stages.faces.identity`). Only the crops'
+regions of a frame are converted from YUV to RGB (:class:`pipeline.core.video.FramePixels`), and memory stays flat
+in the clip's length (:mod:`stages.faces.spool`). Output format: :mod:`stages.faces.facetrack`.
 """
 
 from __future__ import annotations
@@ -23,19 +25,25 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.models.devices import resolve_device
-from pipeline.core.errors import DecodeError, NoFaceError
-from stages.faces.facetrack import CROPS_FILE, TRACK_FILE, check
+from pipeline.core.errors import DecodeError, NoFaceError, ThinEvidenceError
+from stages.faces import identity
+from stages.faces.facetrack import FACE_COLUMNS, FACES_FILE, SCENE_FILE, check, crops_file, track_file
 from pipeline.core.fields import not_in_key
 from pipeline.core.jobs import ClipJob
+from stages.faces.identity import TrackInfo
 from stages.faces.memory import release_free_heap
 from stages.faces.face_refine import expected_box, refine
-from stages.faces.tracking import PrimaryFaceTracker, Timeline, iou
+from stages.faces.shots import ShotDetector
+from stages.faces.spool import Spool
+from stages.faces.tracking import FaceTracker, confident, iou, match
 from pipeline.core.video import FramePixels, VideoReader, to_rgb
 from stages.base import Stage
 
 NAME = "faces"
-VERSION = 2  # 2: region detections between full-frame ones (boxes differ slightly); a face that moved fast is followed;
-# no box held across a detection frame without the face (a cut to the face)
+VERSION = 3  # 2: region detections between full-frame ones (boxes differ slightly); a face that moved fast is followed;
+# no box held across a detection frame without the face (a cut to the face). 3: shots; every face tracked within its
+# shot, never across a boundary; identities across shots and the subject by a rule (a clip with one face and no cut
+# keeps its track and crops byte for byte); the table of every face, the scene, other subjects' tracks
 UPSTREAM: tuple[str, ...] = ()
 
 
@@ -94,6 +102,37 @@ class Config(BaseModel):
     ``faces_throughput.py``)."""
     decoder_threads: int = not_in_key(0, ge=0)
     """FFmpeg decoder threads per worker (0: FFmpeg decides)."""
+    cut_threshold: float = Field(27.0, ge=0.0, le=255.0)
+    """A hard cut: a frame whose luma differs from the previous frame's by at least this much on average (0-255 scale,
+    on a thumbnail; PySceneDetect's ContentDetector threshold). 0: no cut detection. See :mod:`stages.faces.shots`."""
+    dark_threshold: float = Field(12.0, ge=0.0, le=255.0)
+    """A frame whose mean luma is below this (0-255 above black) is dark; where darkness begins and ends is a shot
+    boundary (a fade to or from black). 0: none."""
+    min_shot_s: float = Field(0.5, ge=0.0)
+    """No hard cut is found within this many seconds after the last shot boundary (a flash is not two cuts)."""
+    identity: Literal["auto", "facenet", "dlib", "none"] = "auto"
+    """The face embedder that links tracks into people across shots (:mod:`stages.faces.identity`): ``auto`` takes
+    facenet-pytorch's VGGFace2 network when its weights are on this machine, else dlib's face descriptor when
+    ``dfer-pipeline[identity]`` is installed, else none (each track a person of its own, and the run says so where
+    it mattered). Nothing is downloaded."""
+    identity_threshold: float | None = Field(None, gt=0.0)
+    """Largest mean embedding distance between two groups of tracks that are linked as one person (default: the
+    embedder's, :data:`stages.faces.identity.THRESHOLDS`)."""
+    embed_samples: int = Field(3, ge=1, le=32)
+    """Detections embedded per track (when it could be linked to another)."""
+    subject: Literal["longest", "largest", "first"] = "longest"
+    """The clip's subject: the person seen longest, with the largest face, or seen first. Its face alone gives the
+    crops, expression curves, keyframes and captions."""
+    min_subject_s: float = Field(1.0, ge=0.0)
+    """Other people seen at least this long get a track and crops of their own (the units of ``subjects=all``)."""
+    subjects: Literal["one", "all"] = not_in_key("one")
+    """``one``: one prediction per clip, for its subject. ``all``: one per person seen at least ``min_subject_s``,
+    each scored as its own unit (``predictions.csv`` gains a ``subject`` column, 0 being the clip's subject)."""
+    min_presence: float = not_in_key(0.25, ge=0.0, le=1.0)
+    """Thin evidence: a clip whose subject's face is on less than this share of its frames is warned about (or failed,
+    ``thin_evidence=fail``). Checked on cached artifacts too."""
+    thin_evidence: Literal["warn", "fail"] = not_in_key("warn")
+    """What thin evidence does: a warning in the run's output and ``status.json``, or a failure row."""
 
 
 def open(cfg: Config):  # noqa: A001 - stage protocol name
@@ -139,68 +178,6 @@ def _square_crop(img: "np.ndarray | FramePixels", box: np.ndarray | None, margin
     return crop, np.array([x0, y0, x1, y1], np.float32)
 
 
-_ROW_FIELDS = {
-    "t": ((), np.float64),
-    "box": ((4,), np.float32),
-    "landmarks": ((5, 2), np.float32),
-    "score": ((), np.float32),
-    "detected": ((), bool),
-    "interpolated": ((), bool),
-    "present": ((), bool),
-    "crop_box": ((4,), np.float32),
-    "crop_end": ((), np.int64),
-}
-_NAN_BOX = np.full(4, np.nan, np.float32)
-_NAN_LANDMARKS = np.full((5, 2), np.nan, np.float32)
-
-
-class _Writer:
-    """Streams JPEG crops to disk and keeps the per-frame rows in blocks of compact arrays."""
-
-    BLOCK = 4096
-
-    def __init__(self, out, cfg: Config):
-        self.cfg = cfg
-        self.f = (out.path(CROPS_FILE)).open("wb")
-        self.blocks: list[dict[str, np.ndarray]] = []
-        self.n = 0
-        self.bytes = 0
-
-    def add(self, t, pixels, fb, use_box):
-        crop, cbox = _square_crop(pixels, fb.box if use_box else None, self.cfg.margin, self.cfg.crop_size)
-        ok, enc = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
-        if not ok:
-            raise RuntimeError("JPEG encoding of a face crop failed")
-        self.f.write(enc.tobytes())
-        self.bytes += len(enc)
-        i = self.n % self.BLOCK
-        if i == 0:
-            self.blocks.append({k: np.empty((self.BLOCK, *shape), dt) for k, (shape, dt) in _ROW_FIELDS.items()})
-        row = self.blocks[-1]
-        has = fb.box is not None and fb.present
-        row["t"][i] = t
-        row["box"][i] = fb.box if has else _NAN_BOX
-        row["landmarks"][i] = fb.landmarks if fb.landmarks is not None and fb.present else _NAN_LANDMARKS
-        row["score"][i] = fb.score
-        row["detected"][i] = fb.detected
-        row["interpolated"][i] = fb.interpolated
-        row["present"][i] = fb.present
-        row["crop_box"][i] = cbox
-        row["crop_end"][i] = self.bytes
-        self.n += 1
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        self.f.close()
-        out = {}
-        for k, (shape, dt) in _ROW_FIELDS.items():
-            parts = [b[k] for b in self.blocks]
-            if parts:
-                parts[-1] = parts[-1][: self.n - self.BLOCK * (len(parts) - 1)]
-            out[k] = np.concatenate(parts) if parts else np.empty((0, *shape), dt)
-        out["crop_offsets"] = np.concatenate([np.zeros(1, np.int64), out.pop("crop_end")])
-        return out
-
-
 @dataclass
 class _Slot:
     """A detection frame waiting for its detections (in upright frame pixels)."""
@@ -209,32 +186,49 @@ class _Slot:
     t: float
     pixels: FramePixels
     full: bool
+    shot: int
     boxes: np.ndarray | None = None
     probs: np.ndarray | None = None
     landmarks: np.ndarray | None = None
 
 
-class _Detector:
-    """Schedules MTCNN over the detection frames: whole-frame detections at ``full_frame_every_s``, O-net
-    refinements of the expected box in between (from the whole-frame detections on both sides), whole-frame
-    again where the face is not where expected. Feeds the tracker in frame order."""
+@dataclass
+class _Known:
+    """The confident faces of a whole-frame detection slot (where region slots around it expect faces)."""
 
-    def __init__(self, cfg: Config, mtcnn, tracker: PrimaryFaceTracker, timeline: Timeline):
-        self.cfg, self.mtcnn, self.tracker, self.timeline = cfg, mtcnn, tracker, timeline
+    t: float
+    shot: int
+    boxes: np.ndarray
+
+
+class _Detector:
+    """Schedules MTCNN over the detection frames: whole-frame detections at ``full_frame_every_s`` and on the first
+    frame of every shot, O-net refinements of the expected boxes in between (from the whole-frame detections on both
+    sides, within the shot), whole-frame again where the faces are not where expected or where the faces on the two
+    sides do not pair up. Feeds the tracker in frame order."""
+
+    def __init__(self, cfg: Config, mtcnn, tracker: FaceTracker):
+        self.cfg, self.mtcnn, self.tracker = cfg, mtcnn, tracker
         self.regions = cfg.full_frame_every_s > 0
         self.slots: list[_Slot] = []
         self.last_full_t: float | None = None
-        self.anchor_before: tuple[float, np.ndarray] | None = None  # likely primary at the last processed full slot
+        self.known_before: _Known | None = None  # the faces at the last processed whole-frame slot
         self.counts = {"full": 0, "region": 0, "region_missed": 0}
         self.faces_seen_max = 0
         self.calls = 0
+        self.fed: deque = deque(maxlen=max(0, cfg.smooth // 2) + 1)  # times of the last detection frames fed
 
-    def add(self, index: int, t: float, pixels: FramePixels) -> bool:
-        """Queue a detection frame; returns whether that ran a round (new anchors for the timeline)."""
-        full = not self.regions or self.last_full_t is None or t - self.last_full_t >= self.cfg.full_frame_every_s - 1e-6
+    def horizon(self) -> float:
+        """Time of the last detection frame whose smoothed boxes are final (-inf before there is one)."""
+        return self.fed[0] if len(self.fed) == self.fed.maxlen else -np.inf
+
+    def add(self, index: int, t: float, pixels: FramePixels, shot: int, shot_start: bool) -> bool:
+        """Queue a detection frame; returns whether that ran a round (new anchors for the tracks)."""
+        full = (not self.regions or shot_start or self.last_full_t is None
+                or t - self.last_full_t >= self.cfg.full_frame_every_s - 1e-6)
         if full:
             self.last_full_t = t
-        self.slots.append(_Slot(index, t, pixels, full))
+        self.slots.append(_Slot(index, t, pixels, full, shot))
         if len(self.slots) >= self.cfg.detect_batch and full:
             self.run(final=False)
             return True
@@ -271,21 +265,53 @@ class _Detector:
                     s.boxes, s.probs, s.landmarks = np.asarray(b, np.float32) / scale, np.asarray(p, np.float32), np.asarray(lm, np.float32) / scale
             self.counts["full"] += len(group)
 
-    def _detect_regions(self, work: list[tuple[_Slot, np.ndarray]]) -> list[_Slot]:
-        """O-net refinements of the expected boxes; returns the slots where it did not find the face."""
-        if not work:
+    def _detect_regions(self, work: list[tuple[_Slot, list[np.ndarray]]]) -> list[_Slot]:
+        """O-net refinements of the expected boxes; returns the slots where it did not find every face expected."""
+        items = [(s, e) for s, expected in work for e in expected]
+        if not items:
             return []
         self._called()
-        boxes, probs, lms = refine(self.mtcnn.onet, [(s.pixels, expected) for s, expected in work])
-        missed = []
-        for i, (s, expected) in enumerate(work):
-            self.counts["region"] += 1
-            if probs[i] < max(self.cfg.min_score, self.cfg.thresholds[2]) or iou(expected, boxes[i : i + 1])[0] < self.tracker.iou_min:
+        boxes, probs, lms = refine(self.mtcnn.onet, [(s.pixels, e) for s, e in items])
+        missed, k = [], 0
+        for s, expected in work:
+            ok = True
+            for j, e in enumerate(expected):
+                i = k + j
+                self.counts["region"] += 1
+                if probs[i] < max(self.cfg.min_score, self.cfg.thresholds[2]) or iou(e, boxes[i : i + 1])[0] < self.tracker.iou_min:
+                    ok = False
+            if ok:
+                s.boxes, s.probs, s.landmarks = boxes[k : k + len(expected)], probs[k : k + len(expected)], lms[k : k + len(expected)]
+            else:
                 self.counts["region_missed"] += 1
                 missed.append(s)
-                continue
-            s.boxes, s.probs, s.landmarks = boxes[i : i + 1], probs[i : i + 1], lms[i : i + 1]
+            k += len(expected)
         return missed
+
+    def _known(self, s: _Slot) -> _Known:
+        boxes, _, _ = confident(s.boxes, s.probs, None, self.cfg.min_score)
+        return _Known(s.t, s.shot, boxes)
+
+    def _expected(self, s: _Slot, before: _Known | None, after: _Known | None) -> list[np.ndarray] | None:
+        """Where the faces of region slot ``s`` are expected (None: look at the whole frame): interpolated between
+        the whole-frame detections on both sides when both are in its shot and their faces pair up one to one,
+        held from the one side that is in its shot (the clip's end, a cut), else nowhere."""
+        before = before if before is not None and before.shot == s.shot else None
+        at_end = after is None
+        after = after if after is not None and after.shot == s.shot else None
+        if before is not None and after is not None:
+            if not len(before.boxes) or len(before.boxes) != len(after.boxes):
+                return None
+            pairs = match(list(before.boxes), after.boxes, [after.t - before.t] * len(before.boxes), self.tracker.iou_min)
+            left = [k for k in range(len(before.boxes)) if k not in pairs]
+            free = [j for j in range(len(after.boxes)) if j not in pairs.values()]
+            for k, j in zip(sorted(left, key=lambda k: _area(before.boxes[k])), sorted(free, key=lambda j: _area(after.boxes[j]))):
+                pairs[k] = j  # faces the rule does not pair: paired by size (the refinement checks them)
+            return [expected_box(s.t, before.t, before.boxes[k], after.t, after.boxes[j]) for k, j in sorted(pairs.items())]
+        side = before if before is not None and (at_end or after is None) else after
+        if side is None or not len(side.boxes) or (before is None and at_end):
+            return None
+        return list(side.boxes)
 
     # --- one round -------------------------------------------------------------------------------
     def run(self, final: bool) -> None:
@@ -299,36 +325,30 @@ class _Detector:
             last_full = max(i for i, s in enumerate(self.slots) if s.full)
             batch, self.slots = self.slots[: last_full + 1], self.slots[last_full + 1 :]
         self._detect_full([s for s in batch if s.full])
-        # where the primary face is likely to be on each whole-frame detection (the tracker's own rule)
-        known: list[tuple[float, np.ndarray | None]] = []
-        ref_t, ref = self.anchor_before if self.anchor_before else (self.tracker.last_t, self.tracker.last_box)
-        for s in batch:
-            if s.full:
-                box = self.tracker.likely_primary(s.boxes, s.probs, ref, None if ref_t is None else s.t - ref_t)
-                known.append((s.t, box))
-                if box is not None:
-                    ref_t, ref = s.t, box
+        known = [self._known(s) for s in batch if s.full]
         work, fallback = [], []
-        before, k = self.anchor_before, 0
+        before, k = self.known_before, 0
         for s in batch:
             if s.full:
                 before, k = known[k], k + 1
                 continue
-            after = known[k] if k < len(known) else None  # None: end of the clip, hold the last box
-            if before is None or before[1] is None or (after is not None and after[1] is None):
+            expected = self._expected(s, before, known[k] if k < len(known) else None)
+            if expected is None:
                 fallback.append(s)
-            elif after is None:
-                work.append((s, before[1]))
             else:
-                work.append((s, expected_box(s.t, before[0], before[1], after[0], after[1])))
+                work.append((s, expected))
         if known:
-            self.anchor_before = known[-1] if known[-1][1] is not None else None
+            self.known_before = known[-1]
         fallback += self._detect_regions(work)
         self._detect_full(fallback)
         for s in batch:
-            anchor = self.tracker.update(s.index, s.t, s.boxes, s.probs, s.landmarks)
-            self.faces_seen_max = max(self.faces_seen_max, anchor.n_faces)
-            self.timeline.add(anchor)
+            n = self.tracker.update(s.index, s.t, s.shot, s.boxes, s.probs, s.landmarks)
+            self.faces_seen_max = max(self.faces_seen_max, n)
+            self.fed.append(s.t)
+
+
+def _area(box: np.ndarray) -> float:
+    return float((box[2] - box[0]) * (box[3] - box[1]))
 
 
 def _too_small(job: ClipJob, cfg: Config, w: int, h: int) -> str | None:
@@ -344,54 +364,125 @@ def _too_small(job: ClipJob, cfg: Config, w: int, h: int) -> str | None:
     )
 
 
+def _shot_thresholds(cfg: Config) -> ShotDetector:
+    return ShotDetector(cfg.cut_threshold, cfg.dark_threshold, cfg.min_shot_s)
+
+
 def process(job: ClipJob, cfg: Config, mtcnn, out) -> dict:
-    """Decode ``job.path``, track the primary face and write ``track.npz`` + crops."""
-    tracker = PrimaryFaceTracker(cfg.min_score, max_gap_s=cfg.max_gap_s)
-    timeline = Timeline(cfg.smooth, cfg.max_gap_s)  # raw anchors, one per detection frame, smoothed incrementally
-    detector = _Detector(cfg, mtcnn, tracker, timeline)
-    pending: deque = deque()  # (index, t, FramePixels) awaiting their boxes
-    writer = _Writer(out, cfg)
+    """Decode ``job.path`` once: shots, every face tracked within its shot, identities across shots; write the
+    subject's (and each other identity's) per-frame track and crops, the table of every face, and the scene."""
+    tracker = FaceTracker(cfg.min_score, max_gap_s=cfg.max_gap_s, smooth=cfg.smooth)
+    shots = _shot_thresholds(cfg)
+    detector = _Detector(cfg, mtcnn, tracker)
+    pending: deque = deque()  # (index, t, FramePixels, shot) awaiting their boxes
+    spool = Spool(lambda px, box: _square_crop(px, box, cfg.margin, cfg.crop_size), cfg.jpeg_quality, cfg.crop_size)
+    live: list = []  # tracks that frames still waiting may show
+    started = [0]  # how many of the tracker's tracks are in live (or were)
     too_small = None
+    reach = cfg.max_gap_s / 2 + 1e-6
 
     def flush(final: bool):
         if not pending:
             return
-        timeline.settle(final)
+        live.extend(tracker.tracks[started[0]:])  # tracks started since the last flush
+        started[0] = len(tracker.tracks)
+        for tr in live:
+            tr.timeline.settle(final or tr.ended)
         # a frame is final once every anchor that can influence it has been smoothed for good
-        horizon = timeline.horizon()
+        horizon = detector.horizon()
         while pending and (final or pending[0][1] + cfg.max_gap_s <= horizon):
-            idx, t, pixels = pending.popleft()
-            fb = timeline.box_at(t, idx)
-            writer.add(t, pixels, fb, use_box=fb.box is not None)
+            idx, t, pixels, shot = pending.popleft()
+            seen = False
+            for tr in live:
+                if tr.shot == shot and tr.first_t - reach <= t <= tr.last_t + reach:
+                    fb = tr.timeline.box_at(t, idx)
+                    if fb.present:
+                        spool.add(idx, tr.id, pixels, fb)
+                        seen = True
+            if not seen:
+                spool.add(idx, -1, pixels)
+            spool.frame(t)
         if pending:
-            timeline.forget_before(pending[0][1])
+            t0, shot0 = pending[0][1], pending[0][3]
+            live[:] = [tr for tr in live if not (tr.shot < shot0 or (tr.ended and tr.last_t + reach < t0))]
+            for tr in live:
+                tr.timeline.forget_before(t0)
 
-    with VideoReader(job.path, threads=cfg.decoder_threads) as reader:
-        info = reader.info
-        n = 0
-        last_t = 0.0
-        rotation = info.rotation
-        for n_idx, (t, frame) in enumerate(reader.frames()):
-            rotation = reader.frame_rotation(frame)
-            pixels = FramePixels(frame, rotation)
-            if n_idx == 0:
-                too_small = _too_small(job, cfg, pixels.shape[1], pixels.shape[0])
-                if too_small and cfg.no_face == "fail":
-                    raise NoFaceError(too_small)
-            pending.append((n_idx, t, pixels))
-            if n_idx % cfg.detect_every == 0 and not too_small:
-                if detector.add(n_idx, t, pixels):
-                    flush(final=False)
-            n = n_idx + 1
-            last_t = t
-        detector.run(final=True)
-        flush(final=True)
-    if n == 0:
-        raise DecodeError(f"{job.path}: the video stream has no decodable frames")
-    arrays = writer.arrays()
-    n_det = int(arrays["detected"].sum())
+    try:
+        with VideoReader(job.path, threads=cfg.decoder_threads) as reader:
+            info = reader.info
+            n = 0
+            last_t = 0.0
+            rotation = info.rotation
+            last_shot = -1
+            for n_idx, (t, frame) in enumerate(reader.frames()):
+                rotation = reader.frame_rotation(frame)
+                pixels = FramePixels(frame, rotation)
+                if n_idx == 0:
+                    too_small = _too_small(job, cfg, pixels.shape[1], pixels.shape[0])
+                    if too_small and cfg.no_face == "fail":
+                        raise NoFaceError(too_small)
+                shot = shots.add(n_idx, t, frame)
+                pending.append((n_idx, t, pixels, shot))
+                if (n_idx % cfg.detect_every == 0 or shot != last_shot) and not too_small:
+                    if detector.add(n_idx, t, pixels, shot, shot_start=shot != last_shot):
+                        flush(final=False)
+                last_shot = shot
+                n = n_idx + 1
+                last_t = t
+            detector.run(final=True)
+            tracker.finish()
+            flush(final=True)
+        if n == 0:
+            raise DecodeError(f"{job.path}: the video stream has no decodable frames")
+        rows = spool.finish()
+        return _write(job, cfg, out, spool, rows, tracker, shots.shots(rows["t"]), detector, info, rotation, n, last_t)
+    finally:
+        spool.close()
+
+
+def _write(job, cfg: Config, out, spool: Spool, rows, tracker: FaceTracker, shot_list, detector, info, rotation, n, last_t) -> dict:
+    t = rows["t"]
+    dur = np.diff(np.r_[t, t[-1] + (t[-1] - t[-2] if n > 1 else 0.0)])  # each frame's display time
+    infos = []
+    for tr in tracker.tracks:
+        mine = np.flatnonzero(rows["track"] == tr.id)
+        frames = rows["frame"][mine]
+        infos.append(TrackInfo(tr.id, tr.shot, float(t[frames].min()), float(t[frames].max()), float(dur[frames].sum()),
+                               float(np.median(tr.sides)), identity.samples(tr.detections, cfg.embed_samples)))
+
+    def faces_of(tid: int, frames: list[int]) -> list:
+        return [spool.face(int(r)) for r in np.flatnonzero((rows["track"] == tid) & np.isin(rows["frame"], frames))]
+
+    embedder = identity.resolve(cfg.identity, cfg.identity_threshold) if len(infos) > 1 else None
+    groups, how = identity.link(infos, embedder, faces_of, cfg.subject)
+    ident = np.full(len(rows["track"]), -1, np.int32)
+    for k, g in enumerate(groups):
+        ident[np.isin(rows["track"], g)] = k
+    seconds = [sum(infos[i].seconds for i in g) for g in groups]
+    subjects = [k for k in range(len(groups)) if k == 0 or seconds[k] >= cfg.min_subject_s] if groups else [0]
+    for k in subjects:
+        tracks = groups[k] if groups else []
+        arrays = spool.write_track(out.path(crops_file(k)), tracks)
+        out.npz(track_file(k), **arrays)
+        if k == 0:
+            subject = arrays
+    face_rows = rows["track"] >= 0
+    out.npz(FACES_FILE, **{name: rows[name][face_rows] for name in FACE_COLUMNS}, identity=ident[face_rows])
+    out.json(SCENE_FILE, {
+        "shots": [s.to_json() for s in shot_list],
+        "identities": [{"identity": k, "tracks": g, "seconds": round(seconds[k], 4),
+                        "first_t": min(infos[i].first_t for i in g), "side": float(np.median([infos[i].side for i in g])),
+                        "unit": k in subjects} for k, g in enumerate(groups)],
+        "tracks": [{"track": i.id, "identity": int(ident[rows["track"] == i.id][0]), "shot": i.shot, "first_t": i.first_t,
+                    "last_t": i.last_t, "seconds": round(i.seconds, 4), "detections": len(tracker.tracks[i.id].detections)}
+                   for i in infos],
+        "subject_rule": cfg.subject,
+        "linking": how,
+    })
+    n_det = int(subject["detected"].sum())
     full_frame = False
-    if n_det == 0:
+    if not infos:
         if cfg.no_face == "fail":
             raise NoFaceError(
                 f"{job.path}: no face found in {n} frames (the detector looked at "
@@ -406,20 +497,71 @@ def process(job: ClipJob, cfg: Config, mtcnn, out) -> dict:
                 f"{job.path}: decoding stopped at {last_t:.2f} s but the header says {info.header_duration:.2f} s; "
                 "the file looks truncated or damaged (set faces.allow_truncated=true to keep what decodes)"
             )
-    out.npz(TRACK_FILE, **arrays)
     dw, dh = (info.height, info.width) if rotation in (90, 270) else (info.width, info.height)
+    present = int(subject["present"].sum())
     return {
         "video": {**info.to_json(), "rotation": rotation, "display_width": dw, "display_height": dh},
         "n_frames": n,
         "duration_s": last_t,
         "fps_measured": fps_est,
         "n_detected": n_det,
-        "n_interpolated": int(arrays["interpolated"].sum()),
-        "n_missing": int((~arrays["present"]).sum()),
+        "n_interpolated": int(subject["interpolated"].sum()),
+        "n_missing": n - present,
         "max_faces_in_frame": detector.faces_seen_max,
         "detections": dict(detector.counts),
         "full_frame": full_frame,
+        "n_shots": len(shot_list),
+        "n_tracks": len(infos),
+        "n_identities": len(groups),
+        "subjects": subjects,
+        "presence": round(present / n, 6),
+        "linking": how,
     }
 
 
-STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process=process, open=open, reads_video=True, check=check)
+def assess(cfg: Config, artifact) -> list[str]:
+    """Thin evidence (``faces.min_presence``, ``faces.thin_evidence``) and what the clip's identities could not be
+    (tracks not linked for want of an embedder): warnings, or :class:`ThinEvidenceError` under ``thin_evidence=fail``.
+    Run on every clip's artifact, cached or new (these settings are not in the key)."""
+    meta = artifact.meta()
+    where = meta.get("video", {}).get("path") or meta.get("video_id", "?")
+    notes = []
+    n, presence = int(meta.get("n_frames", 0)), float(meta.get("presence", 1.0))
+    if meta.get("full_frame"):
+        notes.append(f"{where}: no face found: whole frames stand in for the face (faces.no_face=full_frame)")
+    elif presence < cfg.min_presence:
+        msg = (f"{where}: thin evidence: the subject's face is on {presence:.0%} of the frames "
+               f"({n - int(meta.get('n_missing', 0))} of {n}), below faces.min_presence={cfg.min_presence:g}")
+        if cfg.thin_evidence == "fail":
+            raise ThinEvidenceError(msg + " (faces.thin_evidence=fail; set it to warn to score such clips)")
+        notes.append(msg)
+    unlinked = (meta.get("linking") or {}).get("unlinked", 0)
+    if unlinked:
+        notes.append(f"{where}: {unlinked} face tracks were not linked across shots into people: no face embedder here "
+                     f"({identity.INSTALL_HINT}); each track counts as a person of its own")
+    return notes
+
+
+def unit_fields(cfg: Config) -> dict:
+    """``faces.subjects=all``: clips are split into one unit per subject (``subject``: 0 is the clip's own)."""
+    return {"subject": 0} if cfg.subjects == "all" else {}
+
+
+def units(cfg: Config, artifact) -> list[dict]:
+    """The units beyond the clip's subject under ``faces.subjects=all``: every other identity seen at least
+    ``faces.min_subject_s``."""
+    return [{"subject": k} for k in artifact.meta().get("subjects", [0]) if k != 0]
+
+
+def key_extras(cfg: Config) -> dict:
+    """The face embedder that links tracks into people (its weights' content), when one is used."""
+    emb = identity.resolve(cfg.identity, cfg.identity_threshold)
+    return {"identity": emb.identity() if emb else None}
+
+
+def preflight(cfg: Config) -> None:
+    identity.resolve(cfg.identity, cfg.identity_threshold)  # raises when the embedder asked for by name is missing
+
+
+STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process=process, open=open, reads_video=True, check=check,
+              key_extras=key_extras, preflight=preflight, assess=assess, units=units, unit_fields=unit_fields)

@@ -1,27 +1,32 @@
-"""Primary-face tracking, box smoothing and interpolation between detections (pure numpy).
+"""Face tracking within shots, box smoothing and interpolation between detections (pure numpy).
 
-**Primary-face rule.** The primary face is the largest confident face (area x score) on the first
-detection frame where any face passes ``min_score``. On each later detection frame it is followed:
+**Tracks.** Every confident face (``min_score``) on a detection frame continues a track or starts one. A track lives
+inside one shot: at a shot boundary every track ends, and the faces after it start new ones (a box is never carried
+over a cut). On each detection frame the tracks are continued, in this order:
 
-1. by overlap: the detection with the highest IoU (at least ``iou_min``) with the last primary box;
-2. else by distance, for a face that moved fast (a head turn, a camera pan; detections a fifth of a
-   second apart can leave no overlap): the detection nearest to the last primary box whose size is
-   similar (side, the square root of the area, within a factor ``SIZE_RATIO``) and whose centre lies
-   within ``reach`` of the last box's centre, ``reach = side * min(REACH_BASE + REACH_PER_S * dt,
-   REACH_MAX)`` (``dt``: seconds since that box) - a face moving up to 4 of its widths a second, never
-   more than 1.5 widths from where it was. A detection that continues another face (one seen beside
-   the primary on an earlier detection frame, overlapping it) is never taken this way, so the rule
-   does not jump from one person to the next; nor does a face of another size or further away.
+1. by overlap: the pairs of (track, detection) with the highest IoU between the track's last box and the detection,
+   at least ``iou_min``, greedily;
+2. else by distance, for a face that moved fast (a head turn, a camera pan; detections a fifth of a second apart
+   can leave no overlap): for each track left, the detection left nearest to its last box whose size is similar
+   (side, the square root of the area, within a factor ``SIZE_RATIO``) and whose centre lies within ``reach`` of the
+   last box's centre, ``reach = side * min(REACH_BASE + REACH_PER_S * dt, REACH_MAX)`` (``dt``: seconds since that
+   box) - a face moving up to 4 of its widths a second, never more than 1.5 widths from where it was. A detection
+   that overlaps the last box of another track is never taken this way, so a track does not jump from one person
+   to the next; nor does it take a face of another size or further away.
 
-If no detection qualifies for longer than ``max_gap_s``, the track is re-seeded with the largest
-confident face of the current frame. So a face that briefly passes in front is not picked up, and a
-cut to another shot re-acquires the new main face.
+A detection left over starts a new track. A track that no detection continues for longer than ``max_gap_s`` ends.
+Which person a track shows, across tracks and shots, is :mod:`stages.faces.identity`'s question.
+
+Each track keeps its own :class:`Timeline` (smoothing, interpolation, holding at its ends), fed one anchor per
+detection frame of its shot from its first detection on (an empty one where it was not found), and one empty
+anchor for the detection frame of the same shot before its first: so a box is held only towards frames where no
+detection looked and missed it.
 """
 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -41,7 +46,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Anchor:
-    """The primary face on one detection frame (``box`` is None when it was not found)."""
+    """A track's face on one detection frame (``box`` is None when it was not found)."""
 
     index: int
     t: float
@@ -51,7 +56,7 @@ class Anchor:
     n_faces: int = 0
 
 
-SIZE_RATIO = 1.5  # a face followed by distance has a side within this factor of the last primary box's
+SIZE_RATIO = 1.5  # a face followed by distance has a side within this factor of the track's last box
 REACH_BASE = 0.5  # its centre within (REACH_BASE + REACH_PER_S * seconds elapsed) sides of the last box's centre,
 REACH_PER_S = 4.0
 REACH_MAX = 1.5  # and never more than REACH_MAX sides away
@@ -65,89 +70,129 @@ def _centres(boxes: np.ndarray) -> np.ndarray:
     return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
 
 
-class PrimaryFaceTracker:
-    def __init__(self, min_score: float = 0.9, iou_min: float = 0.2, max_gap_s: float = 1.0):
-        self.min_score = min_score
-        self.iou_min = iou_min
-        self.max_gap_s = max_gap_s
-        self.last_box: np.ndarray | None = None
-        self.last_t: float | None = None
-        self.others: np.ndarray = np.empty((0, 4), np.float32)  # other faces seen beside the primary
-        self.others_t: float | None = None
+def confident(boxes, scores, landmarks, min_score: float):
+    """The detections scoring at least ``min_score``: (boxes (N, 4), scores (N,), landmarks (N, 5, 2) or None),
+    N possibly 0."""
+    if boxes is None or len(boxes) == 0:
+        return np.empty((0, 4), np.float32), np.empty(0, np.float32), None
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    keep = scores >= min_score
+    lms = None if landmarks is None else np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2)[keep]
+    return boxes[keep], scores[keep], lms
 
-    def _confident(self, boxes, scores, landmarks):
-        if boxes is None or len(boxes) == 0:
-            return None
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        scores = np.asarray(scores, dtype=np.float32).reshape(-1)
-        keep = scores >= self.min_score
-        if not keep.any():
-            return None
-        lms = None if landmarks is None else np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2)[keep]
-        return boxes[keep], scores[keep], lms
 
-    def _follow(self, boxes: np.ndarray, reference: np.ndarray | None, dt: float | None = None,
-                others: np.ndarray | None = None) -> int | None:
-        """Index of the detection that continues ``reference`` (the primary-face rule: overlap, else a fast
-        move of similar size within reach after ``dt`` seconds, not continuing one of ``others``), else None."""
-        if reference is None:
-            return None
-        overlaps = iou(reference, boxes)
-        best = int(np.argmax(overlaps))
-        if overlaps[best] >= self.iou_min:
-            return best
-        if dt is None:
-            return None
-        side = float(_sides(reference[None])[0])
+def match(refs: list[np.ndarray], boxes: np.ndarray, dts: list[float | None], iou_min: float) -> dict[int, int]:
+    """Which detection continues which reference box (the tracking rule above): ``{reference index: detection
+    index}``. ``dts``: seconds since each reference box (None: overlap only)."""
+    out: dict[int, int] = {}
+    if not refs or not len(boxes):
+        return out
+    overlaps = np.stack([iou(r, boxes) for r in refs])
+    while True:
+        k, j = np.unravel_index(int(np.argmax(overlaps)), overlaps.shape)
+        if overlaps[k, j] < iou_min:
+            break
+        out[int(k)] = int(j)
+        overlaps[k, :] = -1
+        overlaps[:, j] = -1
+    taken = set(out.values())
+    for k, ref in enumerate(refs):
+        if k in out or dts[k] is None:
+            continue
+        side = float(_sides(ref[None])[0])
         if side <= 0:
-            return None
+            continue
         ratio = _sides(boxes) / side
-        distance = np.linalg.norm(_centres(boxes) - _centres(reference[None]), axis=1) / side
-        ok = (ratio <= SIZE_RATIO) & (ratio >= 1 / SIZE_RATIO) & (distance <= min(REACH_BASE + REACH_PER_S * max(dt, 0.0), REACH_MAX))
-        if others is not None and len(others):
-            ok &= ~np.array([(iou(b, others) >= self.iou_min).any() for b in boxes])
-        if not ok.any():
-            return None
-        return int(np.flatnonzero(ok)[np.argmin(distance[ok])])
+        distance = np.linalg.norm(_centres(boxes) - _centres(ref[None]), axis=1) / side
+        ok = (ratio <= SIZE_RATIO) & (ratio >= 1 / SIZE_RATIO) & (distance <= min(REACH_BASE + REACH_PER_S * max(dts[k], 0.0), REACH_MAX))
+        ok[list(taken)] = False
+        others = [r for m, r in enumerate(refs) if m != k]
+        if others:  # a detection on another track's face is not this track's
+            ok &= ~np.array([(iou(b, np.stack(others)) >= iou_min).any() for b in boxes])
+        if ok.any():
+            j = int(np.flatnonzero(ok)[np.argmin(distance[ok])])
+            out[k] = j
+            taken.add(j)
+    return out
 
-    def _others(self, t: float) -> np.ndarray | None:
-        """The other faces last seen beside the primary, if seen within ``max_gap_s`` of ``t``."""
-        if self.others_t is None or t - self.others_t > self.max_gap_s:
-            return None
-        return self.others
+
+@dataclass
+class Track:
+    """One face followed through one shot."""
+
+    id: int
+    shot: int
+    timeline: "Timeline"
+    last_box: np.ndarray
+    last_t: float
+    first_t: float
+    detections: list[tuple[int, float, float]] = field(default_factory=list)  # (frame index, t, score)
+    sides: list[float] = field(default_factory=list)  # the side (sqrt of the area) of each detected box
+    ended: bool = False
+
+
+class FaceTracker:
+    """All the faces of one clip, tracked within shots (the rule in the module docstring).
+
+    :meth:`update` takes the detection frames in order; ``tracks`` holds every track ever started, ``active`` the
+    ones still followed."""
+
+    def __init__(self, min_score: float = 0.9, iou_min: float = 0.2, max_gap_s: float = 1.0, smooth: int = 3):
+        self.min_score, self.iou_min, self.max_gap_s, self.smooth = min_score, iou_min, max_gap_s, smooth
+        self.tracks: list[Track] = []
+        self.active: list[Track] = []
+        self.shot: int | None = None
+        self.last_frame: tuple[int, float] | None = None  # the last detection frame of the current shot
+
+    def _end(self, track: Track) -> None:
+        track.ended = True
+        track.timeline.settle(final=True)
+
+    def update(self, index: int, t: float, shot: int, boxes, scores, landmarks) -> int:
+        """One detection frame's detections (arrays or None) on frame ``index`` of shot ``shot``; returns how many
+        confident faces it had."""
+        if shot != self.shot:
+            for tr in self.active:
+                self._end(tr)
+            self.active, self.shot, self.last_frame = [], shot, None
+        boxes, scores, lms = confident(boxes, scores, landmarks, self.min_score)
+        n = len(boxes)
+        pairs = match([tr.last_box for tr in self.active], boxes, [t - tr.last_t for tr in self.active], self.iou_min)
+        still = []
+        for k, tr in enumerate(self.active):
+            j = pairs.get(k)
+            if j is None:
+                tr.timeline.add(Anchor(index, t, n_faces=n))
+                if t - tr.last_t > self.max_gap_s:
+                    self._end(tr)
+                    continue
+            else:
+                self._seen(tr, index, t, boxes[j], lms[j], float(scores[j]), n)
+            still.append(tr)
+        for j in sorted(set(range(n)) - set(pairs.values())):
+            tr = Track(len(self.tracks), shot, Timeline(self.smooth, self.max_gap_s), boxes[j], t, t)
+            if self.last_frame is not None:  # the detection frame before looked and did not see it
+                tr.timeline.add(Anchor(self.last_frame[0], self.last_frame[1], n_faces=0))
+            self._seen(tr, index, t, boxes[j], lms[j], float(scores[j]), n)
+            self.tracks.append(tr)
+            still.append(tr)
+        self.active = still
+        self.last_frame = (index, t)
+        return n
 
     @staticmethod
-    def _largest(boxes: np.ndarray, scores: np.ndarray) -> int:
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        return int(np.argmax(area * scores))
+    def _seen(tr: Track, index, t, box, lm, score, n) -> None:
+        tr.timeline.add(Anchor(index, t, box, lm, score, n))
+        tr.last_box, tr.last_t = box, t
+        tr.detections.append((index, t, score))
+        tr.sides.append(float(_sides(box[None])[0]))
 
-    def update(self, index: int, t: float, boxes, scores, landmarks) -> Anchor:
-        """Pick the primary face among one frame's detections (arrays or None)."""
-        found = self._confident(boxes, scores, landmarks)
-        if found is None:
-            return Anchor(index, t)
-        boxes, scores, lms = found
-        dt = None if self.last_t is None else t - self.last_t
-        pick = self._follow(boxes, self.last_box, dt, self._others(t))
-        if pick is None and self.last_box is not None and dt is not None and dt <= self.max_gap_s:
-            return Anchor(index, t, n_faces=len(boxes))  # lost for now; do not jump to another face
-        if pick is None:
-            pick = self._largest(boxes, scores)
-        self.last_box, self.last_t = boxes[pick], t
-        if len(boxes) > 1:
-            self.others, self.others_t = np.delete(boxes, pick, axis=0), t
-        return Anchor(index, t, boxes[pick], lms[pick], float(scores[pick]), len(boxes))
-
-    def likely_primary(self, boxes, scores, reference: np.ndarray | None, dt: float | None = None) -> np.ndarray | None:
-        """The box this tracker would most likely follow among one frame's detections if ``reference`` were
-        its last primary box, ``dt`` seconds earlier: the one the primary-face rule follows, else the largest.
-        Changes no state (used to place detection regions before the frames in between are detected)."""
-        found = self._confident(boxes, scores, None)
-        if found is None:
-            return None
-        boxes, scores, _ = found
-        pick = self._follow(boxes, reference, dt)
-        return boxes[pick if pick is not None else self._largest(boxes, scores)]
+    def finish(self) -> None:
+        """The clip is over: every track ends."""
+        for tr in self.active:
+            self._end(tr)
+        self.active = []
 
 
 def smooth_one(anchors: list[Anchor], k: int, window: int, max_gap_s: float) -> Anchor:
@@ -173,6 +218,7 @@ class FrameBox:
     interpolated: bool
     present: bool
     score: float = 0.0  # the detector's score on a detection frame; 0 elsewhere
+    held: bool = False  # the box of the nearest detection, held (not between two detections)
 
 
 def box_between(t: float, index: int, prev: Anchor | None, nxt: Anchor | None, max_gap_s: float,
@@ -201,11 +247,11 @@ def box_between(t: float, index: int, prev: Anchor | None, nxt: Anchor | None, m
     cands = [a for a in (prev, nxt) if a is not None]
     near = min(cands, key=lambda a: abs(a.t - t))
     held = abs(near.t - t) <= max_gap_s / 2 and not (seen_empty and seen_empty(min(t, near.t), max(t, near.t)))
-    return FrameBox(near.box, near.landmarks, False, held, held)
+    return FrameBox(near.box, near.landmarks, False, held, held, held=held)
 
 
 class Timeline:
-    """The primary-face anchors of one clip as they arrive, smoothed incrementally.
+    """The anchors of one track as they arrive, smoothed incrementally.
 
     Anchor ``k`` is final once ``anchors[k + h]`` exists (``h = window // 2``), so each anchor is
     smoothed for good once; the last ``h`` are smoothed provisionally at every :meth:`settle`.
