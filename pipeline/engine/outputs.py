@@ -24,6 +24,7 @@ from pipeline.eval.calibration import softmax
 from pipeline.eval.labels import LabelError, load_label_set
 from pipeline.eval.ranking import SCORED, decide
 from pipeline.engine.rundir import RunDir
+from pipeline.engine.units import Units
 from stages.classify import scored_by
 
 
@@ -33,6 +34,8 @@ class Outputs:
     reason, the label-matching rules of the backends, and the summary paragraph printed after the run."""
 
     scored: int = 0
+    videos: set = field(default_factory=set)  # the clips of the units scored
+    fields: tuple = ()  # what a run split into units splits by (``subject``), else empty
     by_kind: Counter = field(default_factory=Counter)
     abstained: Counter = field(default_factory=Counter)
     label_matching: Counter = field(default_factory=Counter)
@@ -52,21 +55,25 @@ def probabilities(scores: list[float | None]) -> np.ndarray:
 
 
 def write_predictions(run_dir: RunDir, cfg, cache: Cache, refs, keys: dict,
-                      on_damaged: Callable[[str, DamagedArtifactError], None] | None = None) -> Outputs:
-    """Write scores.jsonl and predictions.csv for every clip that has classify scores (``cfg``: the classify section
-    that ran); return what was written, with a one-paragraph summary (clips scored and how, abstentions, prompt-token
-    totals against dense sampling). A clip whose scores turn out damaged in the cache is left out and handed to
+                      on_damaged: Callable[[str, DamagedArtifactError], None] | None = None,
+                      units: Units | None = None) -> Outputs:
+    """Write scores.jsonl and predictions.csv for every unit (clip, or subject of a clip) that has classify scores
+    (``cfg``: the classify section that ran; ``keys`` by unit id); return what was written, with a one-paragraph
+    summary (clips scored and how, abstentions, prompt-token totals against dense sampling). A run split into units
+    gets their fields as columns. A unit whose scores turn out damaged in the cache is left out and handed to
     ``on_damaged`` (default: raise)."""
     label_set = load_label_set(cfg.labels)
     names = label_set.names
     parse = AnswerParser(label_set).parse
     model = scored_by(cfg)
-    out = Outputs(answer=cfg.answer)
+    by_id = {r.id: r for r in refs}
+    units = units or Units([r.id for r in refs])
+    out = Outputs(answer=cfg.answer, fields=tuple(units.fields))
     tok, dense, dense_frames = 0, 0, 0
-    fs, fp = run_dir.score_writers(names)
+    fs, fp = run_dir.score_writers(names, out.fields)
     try:
-        for ref in refs:
-            key = keys.get(ref.id, {}).get("classify")
+        for unit in (u for ref in refs for u in units.of(ref.id)):
+            key = keys.get(unit.id, {}).get("classify")
             art = cache.get("classify", key) if key else None
             if art is None:
                 continue
@@ -75,27 +82,32 @@ def write_predictions(run_dir: RunDir, cfg, cache: Cache, refs, keys: dict,
             except DamagedArtifactError as exc:
                 if on_damaged is None:
                     raise
-                on_damaged(ref.id, exc)
+                on_damaged(unit.id, exc)
                 continue
             d = decide(doc, names, cfg.length_norm, parse)
             vec = [d.scores[lab] for lab in names]
             probs = None if d.prediction is None else probabilities(vec)
             true = None
-            if ref.label:
+            label = by_id[unit.video].label if unit.own else None  # a label names the clip's own subject
+            if label:
                 try:
-                    true = label_set.canonical(ref.label)
+                    true = label_set.canonical(label)
                 except LabelError:
-                    true = ref.label
-            row = {"video": ref.id, "label": true, "labels": names, "scores": d.scores, "prediction": d.prediction,
+                    true = label
+            cols = units.columns(unit)
+            row = {"video": unit.video, "label": true, "labels": names, "scores": d.scores, "prediction": d.prediction,
                    "scored": d.scored, "abstained": d.abstained}
             if "answer" in doc:
                 row["answer"] = doc["answer"]
             else:
                 row.update(raw=doc["scores"], label_matching=doc.get("label_matching"))
+            if out.fields:
+                row.update(cols, unit=unit.id)
             fs.write({**row, "prompt_tokens": doc["prompt_tokens"], "model": model,
                       **({"label_order": doc["label_order"]} if "label_order" in doc else {})})
-            fp.write(ref.id, d.prediction, probs, true, model, d.scored, d.abstained)
+            fp.write(unit.video, d.prediction, probs, true, model, d.scored, d.abstained, cols)
             out.scored += 1
+            out.videos.add(unit.video)
             out.by_kind[d.scored] += 1
             if d.abstained:
                 out.abstained[d.abstained] += 1
@@ -118,7 +130,8 @@ def _summary(out: Outputs, model: str, run_dir: RunDir, tok: int, dense: int, de
         return "classify: no clip was scored"
     how = ", ".join(f"{out.by_kind[k]} {k}" for k in SCORED if out.by_kind.get(k))
     how = "" if out.by_kind.get("exact") == n else f" ({how})"  # said when some clip is not scored exactly
-    lines = [f"scored {n} clips with {model}{how} -> {run_dir / 'predictions.csv'}"]
+    what = f"{n} units of {len(out.videos)} clips (by {', '.join(out.fields)})" if out.fields else f"{n} clips"
+    lines = [f"scored {what} with {model}{how} -> {run_dir / 'predictions.csv'}"]
     if out.abstained:
         lines.append(f"abstained on {sum(out.abstained.values())} of {n} clips (no prediction, counted as errors): "
                      + ", ".join(f"{c} {why}" for why, c in out.abstained.most_common()))

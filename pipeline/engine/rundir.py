@@ -4,7 +4,9 @@ A run directory is a view over the cache (deleting it loses nothing a model comp
 
     RUN/dfer-run.json     the marker: dfer made this folder (or took it over empty); see "Ownership" below
     RUN/config.yaml       the fully resolved config (``dfer config show`` format)
-    RUN/manifest.jsonl    one row per clip: video, path, label, fingerprint, artifacts {stage: cache key}
+    RUN/manifest.jsonl    one row per clip: video, path, label, fingerprint, artifacts {stage: cache key}; a run that
+                          splits clips into units (``faces.subjects=all``) adds a row for each other unit of a
+                          clip, with its ``unit`` (``{"subject": 1}``) and its own keys
     RUN/cache_dir.txt     absolute path of the cache the artifacts are in
     RUN/failures.jsonl    one row per failed clip and stage: video, stage, error, message
     RUN/runcard.json      what produced the numbers besides the config: dfer's version and commit, library versions,
@@ -17,9 +19,11 @@ A run directory is a view over the cache (deleting it loses nothing a model comp
                           none, abstentions, how labels were matched); "failed" when no clip was scored
     RUN/scores.jsonl      classify only: video, label, labels, scores, prediction, scored, abstained, raw (or answer),
                           label_matching, prompt_tokens, model, and label_order (the order the prompt listed the
-                          labels) unless classify.label_order=fixed
+                          labels) unless classify.label_order=fixed; with units, their fields and ``unit``
     RUN/predictions.csv   classify only: video, prediction, p_<label>..., label, model (the model that scored it), scored
-                          (exact | partial | none), abstained (why there is no prediction; pipeline/eval/ranking.py)
+                          (exact | partial | none), abstained (why there is no prediction; pipeline/eval/ranking.py);
+                          with units, a column per field they split by after video (``subject``: 0 the clip's own)
+    RUN/frames.csv        ``dfer export --frames``: one row per face per frame (:mod:`pipeline.tools.export`)
     RUN/labelset.json     classify only: name and labels of the label set the scores are over
     RUN/metrics.json, RUN/report.md and plots (*.png): written by ``dfer report``
     RUN/view.html         ``dfer view``; with RUN/view_files/ (cards and thumbnails) for a run too big for one page
@@ -56,6 +60,7 @@ from pipeline.core.errors import InputError, RunDirError
 from pipeline.core.files import json_text, open_stream, save_figure, write_atomic, write_json
 from pipeline.core.paths import output_dir, shown, unshown
 from pipeline.core.yamlsafe import load_yaml
+from pipeline.core.jobs import unit_id
 
 MARKER = "dfer-run.json"
 CONFIG = "config.yaml"
@@ -76,7 +81,9 @@ VIEW = "view.html"  # dfer view
 INSPECT = "inspect"  # dfer inspect's figures
 # what a run writes, and what report, view and inspect make from it: a new run in the same directory removes an
 # earlier run's first, so that nothing there describes another run (config.yaml and failures.jsonl are rewritten at once)
-RUN_OUTPUTS = (MANIFEST, STATUS, RUNCARD, SCORES, PREDICTIONS, LABELSET, METRICS, REPORT, *PLOTS.values(), FREQUENCY_PLOT, VIEW)
+FRAMES = "frames.csv"  # dfer export --frames
+RUN_OUTPUTS = (MANIFEST, STATUS, RUNCARD, SCORES, PREDICTIONS, LABELSET, METRICS, REPORT, *PLOTS.values(), FREQUENCY_PLOT, VIEW,
+               FRAMES)
 
 
 def view_files_of(page: str | Path) -> Path:
@@ -146,17 +153,26 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
 
 @dataclass(frozen=True)
 class ManifestRow:
-    """One clip of a run: its id, path as given, label (if any), content fingerprint (None if the file could not
-    be read) and the cache key of each stage's artifact."""
+    """One clip (or unit of a clip) of a run: its id, path as given, label (if any), content fingerprint (None if
+    the file could not be read), the cache key of each stage's artifact, and the unit (``{}``: the clip's own)."""
 
     video: str
     path: str
     label: str | None
     fingerprint: str | None
     artifacts: dict[str, str] = field(default_factory=dict)
+    unit: dict = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """The unit's id: the clip's id for its own unit, else ``clip#subject=1``."""
+        return unit_id(self.video, self.unit)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        if not self.unit:
+            del row["unit"]
+        return row
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -287,9 +303,10 @@ class RunDir:
     def write_runcard(self, doc: dict) -> None:
         write_json(self.path / RUNCARD, doc, newline=True)
 
-    def score_writers(self, labels: list[str]) -> tuple[JsonlWriter, "PredictionWriter"]:
-        """``scores.jsonl`` and ``predictions.csv`` writers (close both)."""
-        return JsonlWriter(self.path / SCORES), PredictionWriter(self.path / PREDICTIONS, labels)
+    def score_writers(self, labels: list[str], unit_fields: tuple[str, ...] = ()) -> tuple[JsonlWriter, "PredictionWriter"]:
+        """``scores.jsonl`` and ``predictions.csv`` writers (close both); ``unit_fields``: columns of a run that split
+        its clips into units."""
+        return JsonlWriter(self.path / SCORES), PredictionWriter(self.path / PREDICTIONS, labels, unit_fields)
 
     def write_labelset(self, name: str, labels: list[str]) -> None:
         write_json(self.path / LABELSET, {"name": name, "labels": labels}, indent=None)
@@ -325,21 +342,24 @@ class RunDir:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     def manifest(self) -> list[ManifestRow]:
-        return [ManifestRow(r["video"], r["path"], r.get("label"), r.get("fingerprint"), r.get("artifacts") or {})
+        return [ManifestRow(r["video"], r["path"], r.get("label"), r.get("fingerprint"), r.get("artifacts") or {},
+                            r.get("unit") or {})
                 for _, r in read_jsonl(self._written_by_run(MANIFEST))]
 
     def find(self, video: str) -> ManifestRow:
         """The clip ``video``: its id or its path as the manifest gives it (the path of the input or list file row;
         either also as messages show names that are not UTF-8), the same file by another path, or a part of exactly
-        one id."""
+        one id; or one unit of a clip by its id (``clip#subject=1``)."""
         rows = self.manifest()
+        own = [r for r in rows if not r.unit]
         names = (video, unshown(video))
-        exact = [r for r in rows if r.video in names] or [r for r in rows if r.path in names]
+        exact = ([r for r in rows if r.id in names] or [r for r in own if r.video in names]
+                 or [r for r in own if r.path in names])
         if not exact and os.path.isfile(unshown(video)):
-            exact = [r for r in rows if _same_file(r.path, unshown(video))]
+            exact = [r for r in own if _same_file(r.path, unshown(video))]
         if exact:
             return exact[0]
-        partial = [r for r in rows if video in r.video or video in shown(r.video)]
+        partial = [r for r in own if video in r.video or video in shown(r.video)]
         if len(partial) == 1:
             return partial[0]
         where = self.path / MANIFEST
@@ -380,18 +400,24 @@ class RunDir:
 class PredictionWriter:
     """``predictions.csv``: ``video, prediction, p_<label>..., label, model, scored, abstained`` (probabilities with 6
     decimals; the model that scored the clip; how it was scored; an abstention has no prediction and no
-    probabilities, and says why; a video id with bytes that are not UTF-8 as :func:`pipeline.core.paths.shown` shows it)."""
+    probabilities, and says why; a video id with bytes that are not UTF-8 as :func:`pipeline.core.paths.shown` shows
+    it); a run split into units has a column per ``unit_fields`` after ``video``."""
 
-    def __init__(self, path: Path, labels: list[str]):
+    def __init__(self, path: Path, labels: list[str], unit_fields: tuple[str, ...] = ()):
         self._f = open_stream(path, newline="")
         self._w = csv.writer(self._f)
         self._n = len(labels)
-        self._w.writerow(["video", "prediction", *[f"p_{lab}" for lab in labels], "label", "model", "scored", "abstained"])
+        self.unit_fields = tuple(unit_fields)
+        self._w.writerow(["video", *self.unit_fields, "prediction", *[f"p_{lab}" for lab in labels], "label", "model",
+                          "scored", "abstained"])
 
     def write(self, video: str, prediction: str | None, probs: Iterable[float] | None, label: str | None,
-              model: str | None = None, scored: str = "exact", abstained: str | None = None) -> None:
+              model: str | None = None, scored: str = "exact", abstained: str | None = None,
+              unit: dict | None = None) -> None:
         cells = [f"{p:.6f}" for p in probs] if probs is not None else [""] * self._n
-        self._w.writerow([shown(video), prediction or "", *cells, label or "", model or "", scored, abstained or ""])
+        cols = [(unit or {}).get(k, "") for k in self.unit_fields]
+        self._w.writerow([shown(video), *cols, prediction or "", *cells, label or "", model or "", scored,
+                          abstained or ""])
 
     def close(self) -> None:
         self._f.close()

@@ -27,10 +27,10 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel
 
-from pipeline.core.errors import (REMEMBERED_FAILURES, ConfigError, DamagedArtifactError, PreflightError,
+from pipeline.core.errors import (REMEMBERED_FAILURES, ClipError, ConfigError, DamagedArtifactError, PreflightError,
                                   StrictFailure, UnknownStageError, UnreadableFileError, UpstreamMissingError,
                                   VideoChangedError, run_stop_class)
-from pipeline.core.cache import Cache, artifact_key, default_cache_dir
+from pipeline.core.cache import Artifact, Cache, artifact_key, default_cache_dir
 from pipeline.engine.cachecheck import check_artifact
 from pipeline.core.paths import shown
 from pipeline.engine.config import dump_config, key_fields
@@ -45,6 +45,7 @@ from pipeline.core.jobs import ClipJob, ClipTask
 from pipeline.eval.labels import LabelError, load_label_set
 from pipeline.engine.rundir import LABELSET, MANIFEST, PREDICTIONS, RUNCARD, SCORES, STATUS, ManifestRow, RunDir
 from pipeline.engine.runcard import build_card
+from pipeline.engine.units import Units
 from pipeline.backends.base import ModelConfig, model_name
 from stages import STAGE_ORDER, STAGES
 from stages.modelstage import check_fallbacks
@@ -57,6 +58,7 @@ class StageReport:
     computed: int = 0
     failed: int = 0
     remembered: int = 0  # of the failed: as in an earlier run, not tried again
+    warned: int = 0  # clips its assessment warned about
     reasons: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     note: str = ""
@@ -66,6 +68,7 @@ class StageReport:
         self.computed += other.computed
         self.failed += other.failed
         self.remembered += other.remembered
+        self.warned += other.warned
         self.reasons.update(other.reasons)
         self.seconds += other.seconds
 
@@ -75,7 +78,8 @@ class StageReport:
         note = f"; {self.note}" if self.note else ""
         failed = f"{self.failed} failed" + (f" ({self.remembered} as in an earlier run: --retry-failed tries them again)"
                                              if self.remembered else "")
-        return f"{self.stage}: {self.cached} cached, {computed}, {failed} [{self.seconds:.1f} s]{note}"
+        warned = f", {self.warned} warned about" if self.warned else ""
+        return f"{self.stage}: {self.cached} cached, {computed}, {failed}{warned} [{self.seconds:.1f} s]{note}"
 
 
 @dataclass
@@ -86,7 +90,8 @@ class RunResult:
     n_failed: int
     status: str = "complete"  # complete | stopped | failed (nothing scored)
     stop_message: str | None = None
-    keys: dict[str, dict[str, str]] = field(default_factory=dict)  # video id -> stage -> key
+    keys: dict[str, dict[str, str]] = field(default_factory=dict)  # unit id (a clip's id for its own) -> stage -> key
+    warnings: list[dict] = field(default_factory=list)  # video (unit id), stage, message
 
 
 def stages_to_run(cfg, until: str | None = None, sections: dict[str, BaseModel] | None = None) -> list[str]:
@@ -193,6 +198,8 @@ class Runner:
         self.overlap: dict | None = None  # the adapter's training clips among this run's, where allowed
         self._failures = None
         self.protect = tuple(protect)  # files the run reads (--config, the list file): never written or removed
+        self.units = Units([])  # the units of work of the run (pipeline/engine/units.py)
+        self.warnings: list[dict] = []  # the stages' assessments (Stage.assess)
 
     # ----------------------------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -365,17 +372,24 @@ class Runner:
         by_id = {r.id: r for r in refs}
         active = [r.id for r in refs if r.id in fps]
         keys: dict[str, dict[str, str]] = {vid: {} for vid in active}
+        self.units = Units(active)
         reports: dict[str, StageReport] = {}
         n_failed = len(refs) - len(active)
         status, stop_message = "complete", None
+        split = False
         for i, name in enumerate(stages):
             if blocked and blocked[0] == name:
                 status, stop_message = "stopped", blocked[1]
                 break
+            if STAGES[name].per_unit and not split:  # the clips' units (subjects) from the per-clip stages before
+                active = self.units.split([STAGES[n] for n in stages[:i]], {n: self.section(n) for n in stages[:i]},
+                                          self.cache, keys, active)
+                split = True
             report, failed_ids, redo = self._run_stage(name, active, by_id, fps, keys, self._forced(name, stages))
             reports[name] = report
             if redo:  # upstream artifacts found damaged while this stage read them: moved aside; once more from there
                 failed_ids |= self._redo(stages[: i + 1], redo, by_id, fps, keys, reports)
+            failed_ids |= self._assess(name, [u for u in active if u not in failed_ids], keys, report)
             if name in self.fallbacks:
                 report.note = f"fallback: {self.fallbacks[name]['ran']} instead of {self.fallbacks[name]['asked']}"
             elif report.computed + report.failed and self.executor.note(name):
@@ -383,12 +397,13 @@ class Runner:
             n_failed += len(failed_ids)
             active = [v for v in active if v not in failed_ids]
             self.say(report.line())
+            self._say_warnings(name)
         self._write_manifest(refs, fps, keys)
         scoring = None
         if status == "complete" and "classify" in stages:
             damaged: list[tuple[str, DamagedArtifactError]] = []
             outputs = write_predictions(self.run_dir, self.section("classify"), self.cache, refs, keys,
-                                        on_damaged=lambda vid, exc: damaged.append((vid, exc)))
+                                        on_damaged=lambda vid, exc: damaged.append((vid, exc)), units=self.units)
             for vid, exc in damaged:  # damaged after the stage checked it: its clip has no prediction this time
                 n_failed += 1
                 self._fail(vid, "classify", type(exc).__name__, self._moved_aside(exc.stage, exc.key, str(exc))
@@ -412,10 +427,13 @@ class Runner:
             "scoring": scoring,
             "seconds": round(time.time() - t_start, 2),
         }
+        if self.warnings:
+            status_doc["warnings"] = self.warnings
         self.run_dir.write_status(status_doc)
         self.run_dir.write_runcard(build_card({name: self.section(name) for name in reports}, complete=True,
                                               here=not isinstance(self.executor, RayExecutor)))
-        return RunResult(self.run_dir.path, list(reports.values()), len(refs), n_failed, status, stop_message, keys)
+        return RunResult(self.run_dir.path, list(reports.values()), len(refs), n_failed, status, stop_message, keys,
+                         self.warnings)
 
     def _forced(self, name: str, stages: list[str]) -> bool:
         """``--force``: this stage and every one after it are recomputed."""
@@ -477,8 +495,38 @@ class Runner:
         return out
 
     def _write_manifest(self, refs, fps, keys) -> None:
-        rows = (ManifestRow(r.id, str(r.path), r.label, fps.get(r.id), keys.get(r.id, {})) for r in refs)
-        self.run_dir.write_manifest(rows, self.cache.root)
+        def rows():
+            for r in refs:
+                yield ManifestRow(r.id, str(r.path), r.label, fps.get(r.id), keys.get(r.id, {}))
+                for u in self.units.of(r.id)[1:]:  # the clip's other units (subjects), each with its own keys
+                    yield ManifestRow(r.id, str(r.path), None, fps.get(r.id), keys.get(u.id, {}), u.part)
+
+        self.run_dir.write_manifest(rows(), self.cache.root)
+
+    def _assess(self, name: str, active: list[str], keys, report: StageReport) -> set[str]:
+        """A stage's verdict on each unit's artifact (``Stage.assess``: thin evidence, ...), cached or new: its
+        warnings are kept for the run's output and status.json; a unit it fails leaves the later stages."""
+        stage, section, failed = STAGES[name], self.section(name), set()
+        for uid in active:
+            key = keys[uid][name]
+            try:
+                notes = stage.assess(section, Artifact(name, key, self.cache.dir_for(name, key)))
+            except ClipError as exc:
+                report.failed += 1
+                failed.add(uid)
+                self._fail(uid, name, type(exc).__name__, str(exc))
+                continue
+            if notes:
+                report.warned += 1
+                self.warnings += [{"video": uid, "stage": name, "message": m} for m in notes]
+        return failed
+
+    def _say_warnings(self, name: str, most: int = 5) -> None:
+        mine = [w for w in self.warnings if w["stage"] == name]
+        for w in mine[:most]:
+            self.say(f"warning: {w['message']}")
+        if len(mine) > most:
+            self.say(f"warning: ... and {len(mine) - most} more from stage {name} (all in {self.run_dir / STATUS})")
 
     def _run_stage(self, name, active, by_id, fps, keys, forced,
                    again: bool = False) -> tuple[StageReport, set[str], dict[str, str]]:
@@ -498,57 +546,72 @@ class Runner:
         todo: list[tuple[str, ClipTask]] = []
         reasons: dict[str, str] = {}
         ups = stage.upstream_of(section)
-        for vid in active:
-            upstream = {u: keys[vid][u] for u in ups}
-            keys[vid][name] = artifact_key(name, stage.version, kcfg, upstream, fps[vid], extras)
-        sound, damaged = (set(), set()) if forced else self._sound(name, {vid: keys[vid][name] for vid in active})
-        for vid in active:
-            key = keys[vid][name]
-            upstream = {u: keys[vid][u] for u in ups}
-            if vid in sound:
+        mine = []  # the units this stage runs on: each unit for a per-unit stage, a clip's own unit otherwise
+        for uid in active:
+            unit = self.units[uid]
+            if not stage.per_unit and not unit.own:  # a per-clip stage after the split: once per clip, its units share it
+                keys[uid][name] = keys[unit.video][name]
+                continue
+            upstream = {u: keys[uid][u] for u in ups}
+            extras_u = self.units.extras(unit, extras) if stage.per_unit else extras
+            keys[uid][name] = artifact_key(name, stage.version, kcfg, upstream, fps[unit.video], extras_u)
+            mine.append(uid)
+        sound, damaged = (set(), set()) if forced else self._sound(name, {uid: keys[uid][name] for uid in mine})
+        for uid in mine:
+            unit = self.units[uid]
+            vid = unit.video
+            key = keys[uid][name]
+            upstream = {u: keys[uid][u] for u in ups}
+            if uid in sound:
                 report.cached += 1
                 continue
-            known = None if forced or self.retry_failed or vid in damaged else self.cache.failure(name, key)
+            known = None if forced or self.retry_failed or uid in damaged else self.cache.failure(name, key)
             if known is not None:  # the same file, settings and code failed before: not tried again
                 report.failed += 1
                 report.remembered += 1
-                failed.add(vid)
-                self._fail(vid, name, known["error"], known["message"])
+                failed.add(uid)
+                self._fail(uid, name, known["error"], known["message"])
                 continue
             ref = by_id[vid]
             job = ClipJob(
                 vid,
                 ref.path,
                 fps[vid],
-                ref.label,
-                {u: self.cache.get(u, keys[vid][u]) for u in ups},
+                ref.label if unit.own else None,
+                {u: self.cache.get(u, keys[uid][u]) for u in ups},
                 self._stamps.get(vid),
+                unit=unit.part,
             )
             missing = [u for u, a in job.upstream.items() if a is None]
             if missing:
                 self.cache.check_root()  # a cache that vanished stops the run instead of blaming every clip
-                failed.add(vid)
-                self._fail(vid, name, UpstreamMissingError.__name__, f"{ref.path}: upstream artifact(s) {missing} missing from the cache")
+                failed.add(uid)
+                self._fail(uid, name, UpstreamMissingError.__name__, f"{ref.path}: upstream artifact(s) {missing} missing from the cache")
                 continue
-            reason = DAMAGED if vid in damaged else _reason(self.cache, name, key, fps[vid], upstream, forced)
+            record = self.units.record(fps[vid], unit)
+            reason = DAMAGED if uid in damaged else _reason(self.cache, name, key, record, upstream, forced)
             meta = {
                 "video_id": vid,
                 "fingerprint": fps[vid],
                 "stage_version": stage.version,
                 "config": kcfg,
                 "upstream": upstream,
-                "extras": extras,
+                "extras": self.units.extras(unit, extras) if stage.per_unit else extras,
             }
-            reasons[vid] = reason
-            todo.append((vid, ClipTask(name, section.model_dump(mode="json"), job, str(self.cache.root), key, meta, forced)))
+            if unit.part:
+                meta["unit"] = unit.part
+            reasons[uid] = reason
+            todo.append((uid, ClipTask(name, section.model_dump(mode="json"), job, str(self.cache.root), key, meta, forced)))
         progress = _Progress(name, len(todo), self.cfg.run.progress and not self.quiet, self.log)
         try:
-            for vid, result in self._compute(stage, section, todo):
+            for vid, result in self._compute(stage, section, todo):  # vid: a unit id (a clip's id for its own unit)
                 if result.ok:
                     report.computed += 1
                     report.reasons[reasons[vid]] += 1
                     task_meta = result.meta or {}
-                    self.cache.record_last(name, fps[vid], {"key": keys[vid][name], "upstream": task_meta.get("upstream", {})})
+                    unit = self.units[vid]
+                    self.cache.record_last(name, self.units.record(fps[unit.video], unit),
+                                           {"key": keys[vid][name], "upstream": task_meta.get("upstream", {})})
                     if forced or self.retry_failed:
                         self.cache.forget_failure(name, keys[vid][name])
                 elif result.damaged and result.damaged[0] in ups and not again:
