@@ -69,8 +69,9 @@ from stages.templates import PromptRenderer, image_slots, template_hash, templat
 from stages.base import Fallback, Stage
 
 NAME = "classify"
-VERSION = 3  # 2: lead-in/lead-out summaries, shuffled prompts without timestamps, dense frames alone, video input;
-# 3: the openai backend matches labels on token ids (no string prefixes), label_matching recorded; answer=generate
+VERSION = 4  # 2: lead-in/lead-out summaries, shuffled prompts without timestamps, dense frames alone, video input;
+# 3: the openai backend matches labels on token ids (no string prefixes), label_matching recorded; answer=generate;
+# 4: dense frames only where the person's face is
 SCORES_FILE = "scores.json"
 ClassifierModel = stage_model(model="Qwen/Qwen2.5-VL-3B-Instruct")
 
@@ -291,11 +292,17 @@ def open(cfg: Config):  # noqa: A001 - stage protocol name
     return backend
 
 
-def dense_indices(t: np.ndarray, fps: float) -> list[int]:
-    """Frames at ``fps`` over the clip (nearest frame to each tick of a regular time grid)."""
+def dense_indices(t: np.ndarray, fps: float, present: np.ndarray | None = None) -> list[int]:
+    """Frames at ``fps`` over the clip (nearest frame to each tick of a regular time grid); with ``present`` (the
+    frames with the person's face), the nearest such frame within half a tick, and no frame for a tick without one
+    (every frame when no frame has the face)."""
     n_ticks = max(1, int(math.floor((t[-1] - t[0]) * fps)) + 1)
     ticks = t[0] + np.arange(n_ticks) / fps
-    return sorted({int(np.argmin(np.abs(t - x))) for x in ticks})
+    if present is None or not np.any(present) or np.all(present):
+        return sorted({int(np.argmin(np.abs(t - x))) for x in ticks})
+    idx = np.flatnonzero(present)
+    near = [int(idx[np.argmin(np.abs(t[idx] - x))]) for x in ticks]
+    return sorted({i for i, x in zip(near, ticks) if abs(t[i] - x) <= 0.5 / fps + 1e-9})
 
 
 _NUM = r"\d+(?:\.\d+)?"
@@ -312,6 +319,11 @@ def strip_times(text: str) -> str:
     return re.sub(r"\s{2,}", " ", _TIME_TEXT.sub(" ", text)).strip()
 
 
+def _present(track) -> np.ndarray | None:
+    arrays = getattr(track, "arrays", None)  # the viewer may pass only the timestamps
+    return None if arrays is None else arrays["present"]
+
+
 def build_timeline(job: ClipJob, cfg: Config, track: FaceTrack) -> tuple[list[dict], list, str | None]:
     """Timeline items (in time order unless shuffled), what each image/video slot shows (a frame index for an
     image, a list of frame indices for a video), and the trajectory sentence.
@@ -324,7 +336,7 @@ def build_timeline(job: ClipJob, cfg: Config, track: FaceTrack) -> tuple[list[di
     frames: list[int] = list(kf["indices"]) if cfg.show_keyframes else []
     items: list[dict] = []
     if cfg.dense_fps is not None:
-        dense = dense_indices(track.t, cfg.dense_fps)
+        dense = dense_indices(track.t, cfg.dense_fps, _present(track))
         if cfg.dense_input == "video":
             ts = [float(track.t[i]) for i in dense]
             items.append({"kind": "video", "t": ts[0], "t_start": ts[0], "t_end": ts[-1], "indices": dense,
@@ -353,7 +365,7 @@ def render(job: ClipJob, cfg: Config, renderer: PromptRenderer, labels: list[str
            reads: tuple[str, ...] = ()) -> tuple[Prompt, FaceTrack, list[int]]:
     """The classify prompt of one clip, its face track, and the frame indices it shows (in prompt order). ``reads``:
     the per-frame inputs the backend reads (``Backend.reads``), given for the frames shown."""
-    track = FaceTrack.load(job.upstream["faces"])
+    track = FaceTrack.of(job)
     items, slots, trajectory = build_timeline(job, cfg, track)
     flat = [i for s in slots for i in (s if isinstance(s, list) else [s])]
     crops = iter(modelstage.pil_crops(track, flat, cfg.image_size))
@@ -376,7 +388,7 @@ def render(job: ClipJob, cfg: Config, renderer: PromptRenderer, labels: list[str
 def dense_cost(backend, prompt: Prompt, track: FaceTrack, fps: float, image_size: int) -> tuple[int, int]:
     """Prompt tokens if the same clip were shown as dense frames at ``fps`` and the same resolution:
     the prompt's text tokens plus (number of dense frames) x (tokens of one image)."""
-    n_dense = len(dense_indices(track.t, fps))
+    n_dense = len(dense_indices(track.t, fps, _present(track)))
     one = modelstage.pil_crops(track, [0], image_size)[0]
     text_tokens = backend.count_prompt_tokens(Prompt([p for p in prompt.parts if isinstance(p, str)]))
     per_image = backend.count_prompt_tokens(Prompt([one, " "])) - backend.count_prompt_tokens(Prompt([" "]))
@@ -416,4 +428,4 @@ def _fill(doc: dict):
 
 
 STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process_batch=process_batch, reads=upstream, key_extras=key_extras,
-              preflight=preflight, fallback=fallback, open=open, close=modelstage.close_backend)
+              preflight=preflight, fallback=fallback, open=open, close=modelstage.close_backend, per_unit=True)

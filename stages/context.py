@@ -13,6 +13,12 @@ condensed into one sentence (``prompts/condense.j2``; or joined, with ``condense
 into one clip-level trajectory sentence (``trajectory.j2``). All prompts of a batch of clips go to the
 model together.
 
+Real footage: only frames where the unit's person's face is present are shown (a bounding frame without it is left
+out), and a captioning window never spans a shot boundary: a gap over a cut (its ``cuts``) is cut into parts, one
+per shot, each captioned and condensed on its own, and its summary says :data:`CUT_TEXT` between them (the jump is
+not described as motion). A part with fewer than two frames of the face has no window; a gap without a cut and
+without two such frames says :data:`NO_FACE_TEXT`.
+
 ``context.model.backend=expression``: the embedded captioner, no language model: each window's sentence is
 built from its frames' expression probabilities (the expression stage, then an extra upstream) and landmarks
 (:mod:`pipeline.models.motion_text`); a condense prompt carries all the frames of its gap, so the gap's summary
@@ -25,6 +31,9 @@ Output ``context.json``::
     {"gaps": [{"kind", "t_start", "t_end", "start_index", "end_index",
                "windows": [{"indices", "timestamps", "caption"}], "summary"}],
      "trajectory": str | null}
+
+A gap over a cut also has ``cuts`` (the first frames of the shots after it) and each of its windows a ``part`` (the
+shot it is in, counted from the gap's first).
 """
 
 from __future__ import annotations
@@ -44,10 +53,13 @@ from stages import modelstage
 from stages.base import Stage
 
 NAME = "context"
-VERSION = 2  # 2: overlapping windows with the bounding frames, lead-in/lead-out gaps, gap kinds
+VERSION = 3  # 2: overlapping windows with the bounding frames, lead-in/lead-out gaps, gap kinds. 3: only frames with
+# the person's face; windows within a shot; a gap over a cut says so
 UPSTREAM: tuple[str, ...] = ("faces", "expression", "keyframes")  # the most it reads; see upstream()
 CONTEXT_FILE = "context.json"
 TEMPLATES = ("caption.j2", "condense.j2", "trajectory.j2")
+CUT_TEXT = "Cut to another shot."
+NO_FACE_TEXT = "The face is not in view."
 CaptionerModel = stage_model(model="HuggingFaceTB/SmolVLM-256M-Instruct", max_new_tokens=40)
 
 
@@ -135,16 +147,59 @@ def split_windows(n: int, max_size: int) -> list[tuple[int, int]]:
     return out
 
 
-def plan_windows(t: np.ndarray, keyframes: dict, cfg: Config) -> list[dict]:
+def _part_frames(t: np.ndarray, first: int, last: int, present: np.ndarray, cfg: Config) -> list[int]:
+    """The frames one part of a gap (frames ``first``..``last``, one shot) shows: its first and last frame with the
+    face and the sampled ones between them (none when fewer than two frames have the face)."""
+    faces = [i for i in range(first, last + 1) if present[i]]
+    if len(faces) < 2:
+        return []
+    a, b = faces[0], faces[-1]
+    part = {"between": faces[1:-1], "t_start": float(t[a]), "t_end": float(t[b])}
+    return [a, *sample_gap(t, part, cfg.min_frames_per_gap, cfg.min_fps), b]
+
+
+def plan_windows(t: np.ndarray, keyframes: dict, cfg: Config, present: np.ndarray | None = None) -> list[dict]:
     """The gaps with their captioning windows (frame indices and timestamps), no model involved.
-    ``t``: the clip's frame timestamps; ``keyframes``: the keyframes stage's ``keyframes.json``."""
+    ``t``: the clip's frame timestamps; ``keyframes``: the keyframes stage's ``keyframes.json``; ``present``: the
+    frames with the person's face (default: all)."""
+    present = np.ones(len(t), bool) if present is None else np.asarray(present, bool)
     gaps = []
     for g in keyframes["gaps"]:
-        seq = [g["start_index"], *sample_gap(t, g, cfg.min_frames_per_gap, cfg.min_fps), g["end_index"]]
-        windows = [seq[a : b + 1] for a, b in split_windows(len(seq), cfg.window_size)]
-        gaps.append({"kind": g.get("kind", "between"), **{k: g[k] for k in ("t_start", "t_end", "start_index", "end_index")},
-                     "windows": [{"indices": w, "timestamps": [float(t[i]) for i in w]} for w in windows]})
+        cuts = list(g.get("cuts", []))
+        edges = [g["start_index"], *cuts, g["end_index"] + 1]
+        windows = []
+        for j, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+            seq = _part_frames(t, a, b - 1, present, cfg)
+            for lo, hi in split_windows(len(seq), cfg.window_size) if len(seq) >= 2 else []:
+                w = {"indices": seq[lo : hi + 1], "timestamps": [float(t[i]) for i in seq[lo : hi + 1]]}
+                if cuts:
+                    w["part"] = j
+                windows.append(w)
+        gap = {"kind": g.get("kind", "between"), **{k: g[k] for k in ("t_start", "t_end", "start_index", "end_index")},
+               "windows": windows}
+        if cuts:
+            gap["cuts"] = cuts
+        gaps.append(gap)
     return gaps
+
+
+def _parts(gap: dict) -> list[list[dict]]:
+    """A gap's windows by part (one shot each; one part for a gap without a cut)."""
+    n = len(gap.get("cuts", [])) + 1
+    return [[w for w in gap["windows"] if w.get("part", 0) == j] for j in range(n)]
+
+
+def _compose(gap: dict, summaries: list[str | None]) -> str:
+    """A gap's summary from its parts' summaries: :data:`CUT_TEXT` where the shot changes."""
+    if not gap.get("cuts"):
+        return summaries[0] if summaries[0] is not None else NO_FACE_TEXT
+    pieces: list[str] = []
+    for j, text in enumerate(summaries):
+        if j and (not pieces or pieces[-1] != CUT_TEXT):
+            pieces.append(CUT_TEXT)
+        if text:
+            pieces.append(text)
+    return " ".join(pieces)
 
 
 def _frames(gaps: list[dict]) -> list[int]:
@@ -163,8 +218,8 @@ def process_batch(jobs: list[ClipJob], cfg: Config, backend) -> list:
     caption_t = PromptRenderer(cfg.prompt_dir, "caption.j2") if backend.reads_prompt else None
     plans, inputs, prompts, windows = [], [], [], []
     for job in jobs:
-        track = FaceTrack.load(job.upstream["faces"])
-        plans.append(plan_windows(track.t, job.upstream["keyframes"].json("keyframes.json"), cfg))
+        track = FaceTrack.of(job)
+        plans.append(plan_windows(track.t, job.upstream["keyframes"].json("keyframes.json"), cfg, track.arrays["present"]))
         inputs.append(modelstage.FrameInputs(backend.reads, job, track))
         for gap in plans[-1]:
             for w in gap["windows"]:
@@ -180,26 +235,33 @@ def process_batch(jobs: list[ClipJob], cfg: Config, backend) -> list:
 
 
 def _condense(plans: list[list[dict]], inputs: list, cfg: Config, backend) -> None:
-    if cfg.condense == "join":
-        for plan in plans:
-            for gap in plan:
-                gap["summary"] = " ".join(w["caption"] for w in gap["windows"])
-        return
-    condense_t = PromptRenderer(cfg.prompt_dir, "condense.j2") if backend.reads_prompt else None
-    prompts, gaps = [], []
+    """Each gap's summary: each part's window captions condensed into one sentence (or joined), the parts joined
+    by :func:`_compose`."""
+    condense_t = PromptRenderer(cfg.prompt_dir, "condense.j2") if backend.reads_prompt and cfg.condense == "model" else None
+    prompts, slots, texts = [], [], {}
     for plan, frames in zip(plans, inputs):
         for gap in plan:
-            caps = [{"t_start": w["timestamps"][0], "t_end": w["timestamps"][-1], "text": w["caption"]} for w in gap["windows"]]
-            if len(caps) == 1:
-                gap["summary"] = caps[0]["text"]  # nothing to condense
-                continue
-            prompt = (condense_t.render([], captions=caps, t_start=gap["t_start"], t_end=gap["t_end"])
-                      if backend.reads_prompt else Prompt([]))
-            prompt.inputs = frames.of(_frames([gap]))
-            prompts.append(prompt)
-            gaps.append(gap)
-    for gap, text in zip(gaps, backend.generate(prompts, cfg.model.max_new_tokens) if prompts else []):
-        gap["summary"] = text.strip()
+            for j, windows in enumerate(_parts(gap)):
+                caps = [{"t_start": w["timestamps"][0], "t_end": w["timestamps"][-1], "text": w["caption"]} for w in windows]
+                if not caps:
+                    texts[id(gap), j] = None
+                elif cfg.condense == "join":
+                    texts[id(gap), j] = " ".join(c["text"] for c in caps)
+                elif len(caps) == 1:
+                    texts[id(gap), j] = caps[0]["text"]  # nothing to condense
+                else:
+                    t0, t1 = caps[0]["t_start"], caps[-1]["t_end"]
+                    if not gap.get("cuts"):
+                        t0, t1 = gap["t_start"], gap["t_end"]
+                    prompt = condense_t.render([], captions=caps, t_start=t0, t_end=t1) if condense_t else Prompt([])
+                    prompt.inputs = frames.of(_frames([{"windows": windows}]))
+                    prompts.append(prompt)
+                    slots.append((id(gap), j))
+    for slot, text in zip(slots, backend.generate(prompts, cfg.model.max_new_tokens) if prompts else []):
+        texts[slot] = text.strip()
+    for plan in plans:
+        for gap in plan:
+            gap["summary"] = _compose(gap, [texts[id(gap), j] for j in range(len(gap.get("cuts", [])) + 1)])
 
 
 def _trajectories(plans: list[list[dict]], inputs: list, cfg: Config, backend) -> list[str | None]:
@@ -225,4 +287,4 @@ def _fill(plan: list[dict], trajectory: str | None):
 
 STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process_batch=process_batch, reads=upstream, key_extras=key_extras,
               preflight=preflight, fallback=modelstage.embedded_fallback, open=modelstage.open_model,
-              close=modelstage.close_backend)
+              close=modelstage.close_backend, per_unit=True)

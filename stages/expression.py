@@ -1,6 +1,7 @@
-"""expression: per-frame facial-expression probabilities from the embedded model, once per clip.
+"""expression: per-frame facial-expression probabilities from the embedded model, once per clip, for each person.
 
-Every frame whose face is present (detected or interpolated by the faces stage) is scored by
+For the clip's subject and for every other person with a track of their own (the faces artifact's ``subjects``),
+every frame whose face is present (detected or interpolated by the faces stage) is scored by
 :class:`pipeline.models.mini_xception.ExpressionNet` (mini-Xception, FER2013; about 0.4 ms a frame on one
 CPU core), in batches, from the faces stage's crops cut down to ``face_margin`` around the face box.
 The crops are decoded straight to grey (the JPEG's luma; see :func:`pipeline.models.expression.preprocess`),
@@ -17,9 +18,10 @@ scored      (N,)      the frame was scored: the faces stage's ``present`` flag
 t           (N,)      seconds from the first frame (the faces stage's timestamps)
 =========== ========= ==============================================================================
 
-``meta.json`` adds ``classes`` (angry, disgust, fear, happy, sad, surprise, neutral), ``model`` and
-``weights_sha256`` (the model's identity, also in the cache key), ``n_scored``. A clip without any face
-(``faces.no_face=full_frame``) gets NaN rows throughout. :func:`load` reads the artifact.
+Other people's probabilities: ``expression_K.npz`` (the same arrays) for person K. ``meta.json`` adds ``classes`` (angry, disgust, fear, happy, sad, surprise, neutral), ``model`` and
+``weights_sha256`` (the model's identity, also in the cache key), ``n_scored`` (the subject's frames),
+``subjects``. A clip without any face (``faces.no_face=full_frame``) gets NaN rows throughout. :func:`load` reads
+the artifact, :func:`of` a unit's person.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.core.errors import StageInputError
-from stages.faces.facetrack import FaceTrack
+from stages.faces.facetrack import FaceTrack, subject_of
 from pipeline.core.fields import not_in_key
 from pipeline.core.jobs import ClipJob
 from pipeline.models.expression import CLASSES, FACE_MARGIN, MODEL_ID, reframe, weights_sha256
@@ -66,8 +68,25 @@ def open(cfg: Config):  # noqa: A001 - stage protocol name
     return load_model()
 
 
+def probs_file(subject: int) -> str:
+    return PROBS_FILE if subject == 0 else f"expression_{subject}.npz"
+
+
 def process(job: ClipJob, cfg: Config, net, out) -> dict:
-    track = FaceTrack.load(job.upstream["faces"])
+    faces = job.upstream["faces"]
+    subjects = faces.meta().get("subjects", [0])
+    n = n_scored = 0
+    for k in subjects:
+        track = FaceTrack.load(faces, k)
+        scored = _score(job, cfg, net, out, track, probs_file(k))
+        if k == 0:
+            n, n_scored = len(track), scored
+    return {"classes": list(CLASSES), "model": MODEL_ID, "weights_sha256": weights_sha256(), "n_frames": n,
+            "n_scored": n_scored, "subjects": subjects}
+
+
+def _score(job: ClipJob, cfg: Config, net, out, track: FaceTrack, name: str) -> int:
+    """Score one person's present frames into ``name``; returns how many."""
     n = len(track)
     if n == 0:
         raise StageInputError(f"{job.path}: the faces artifact has no frames")
@@ -87,8 +106,8 @@ def process(job: ClipJob, cfg: Config, net, out) -> dict:
         part = idx[i : i + cfg.chunk]
         crops = reframe(track.crops(part, gray=True), crop_margin, cfg.face_margin)  # JPEG luma: see preprocess
         probs[part] = net.predict_proba(crops, batch_size=cfg.batch_size)
-    out.npz(PROBS_FILE, probs=probs, scored=scored, t=track.t)
-    return {"classes": list(CLASSES), "model": MODEL_ID, "weights_sha256": weights_sha256(), "n_frames": n, "n_scored": int(len(idx))}
+    out.npz(name, probs=probs, scored=scored, t=track.t)
+    return int(len(idx))
 
 
 @dataclass
@@ -101,9 +120,15 @@ class ExpressionTrack:
     classes: tuple[str, ...]
 
 
-def load(artifact) -> ExpressionTrack:
-    arrays = artifact.npz(PROBS_FILE)
+def load(artifact, subject: int = 0) -> ExpressionTrack:
+    """Person ``subject``'s probabilities (0: the clip's subject)."""
+    arrays = artifact.npz(probs_file(subject))
     return ExpressionTrack(arrays["probs"], arrays["scored"], arrays["t"], tuple(artifact.meta()["classes"]))
+
+
+def of(job: ClipJob) -> ExpressionTrack:
+    """The probabilities of the person a job's unit is about."""
+    return load(job.upstream["expression"], subject_of(job))
 
 
 STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process=process, key_extras=key_extras, open=open)

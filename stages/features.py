@@ -114,7 +114,7 @@ def process_batch(jobs: list[ClipJob], cfg: Config, encoder) -> list:
     layers = resolve_layers(cfg.layers, encoder.info)
     clips = []
     for job in jobs:
-        track = FaceTrack.load(job.upstream["faces"])
+        track = FaceTrack.of(job)
         idx = frame_indices(cfg, job, track)
         if not idx:
             raise StageInputError(f"{job.path}: no frame to encode")

@@ -18,12 +18,22 @@ like the motion curves, missing faces bridged linearly; a peak must also rise
 :data:`INTENSITY_MIN_RISE` above the clip's median intensity. Only this strategy reads the expression
 stage, so the others' cache keys do not depend on it).
 
+Real footage (the faces stage's shots and subject): the curves are measured on the unit's person only (its face
+crops where its face is present: the neutral face is the median of those), the jump at a shot boundary is not
+motion (the motion into a shot's first frame, or into or out of a frame without the face, is 0), and each shot is
+smoothed on its own. No keyframe is chosen on a frame without the person's face, nor within ``cut_margin`` frames of
+a shot boundary (either side), unless no frame is left; a clip whose person is on fewer frames than ``k`` gets
+fewer keyframes rather than frames without the face. A clip without any face (``faces.no_face=full_frame``) is
+measured on its whole frames, as before.
+
 Gaps (``keyframes.json``'s ``gaps``, in time order, each with its ``kind``): ``between`` two consecutive
 keyframes; ``lead_in`` from the clip's first frame to the first keyframe and ``lead_out`` from the last
 keyframe to the clip's last frame, each only when longer than ``edge_gap_min_s`` (with 4 uniform keyframes
 each is an eighth of the clip, long enough to hold a whole micro-expression). A gap has ``start_index`` /
 ``end_index`` (the frames that bound it: keyframes, or the clip's first/last frame), ``t_start``/``t_end``
-and ``between`` (the frames strictly inside). ``duration_s`` is the clip's duration (the last frame's
+and ``between`` (the frames strictly inside); a gap over a shot boundary also has ``cuts`` (the first frames of the
+shots that begin inside it, after ``start_index`` up to ``end_index``), and ``keyframes.json`` then lists all
+boundaries in ``cuts``. ``duration_s`` is the clip's duration (the last frame's
 timestamp plus its frame time, :attr:`stages.faces.facetrack.FaceTrack.duration_s`).
 """
 
@@ -36,14 +46,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.core.errors import StageInputError
-from stages.faces.facetrack import FaceTrack
+from stages.faces.facetrack import FaceTrack, Scene
 from pipeline.core.jobs import ClipJob
 from pipeline.models.expression import CLASSES
 from stages import expression
 from stages.base import Stage
 
 NAME = "keyframes"
-VERSION = 2  # 2: lead-in/lead-out gaps, gap kinds, duration_s = clip duration
+VERSION = 3  # 2: lead-in/lead-out gaps, gap kinds, duration_s = clip duration. 3: shots and the unit's person: no
+# keyframe without the face or beside a cut, no motion across a cut, fewer keyframes rather than face-less ones
 UPSTREAM: tuple[str, ...] = ("faces", "expression")  # the most it reads; see upstream()
 
 INTENSITY_MIN_RISE = 0.1
@@ -72,6 +83,9 @@ class Config(BaseModel):
     """An apex must rise this many robust standard deviations above the clip's median expression."""
     avoid_missing: bool = True
     """Never put a keyframe on a frame whose face is missing (when another frame is available)."""
+    cut_margin: int = Field(3, ge=0)
+    """No keyframe on the first or last this-many frames of a shot (where a cut or a fade begins or ends), unless
+    no other frame shows the face."""
     edge_gap_min_s: float = Field(0.2, ge=0.0)
     """The stretch before the first keyframe (lead-in) and after the last (lead-out) becomes a gap, described
     by the context stage like the gaps between keyframes, when it is longer than this (seconds). 0.2 s is
@@ -139,13 +153,28 @@ class _PixelMedian:
         return np.median(middle, axis=0) if self.n % 2 == 0 else middle[0]
 
 
-def motion_curves(track: FaceTrack, cfg: Config) -> dict[str, np.ndarray]:
+def shot_ranges(n: int, boundaries: list[int]) -> list[tuple[int, int]]:
+    """``[first, stop)`` of each shot of an ``n``-frame clip whose shots begin at ``boundaries`` (besides 0)."""
+    edges = [0, *[b for b in boundaries if 0 < b < n], n]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _smooth_shots(y: np.ndarray, t: np.ndarray, sigma: float, shots: list[tuple[int, int]]) -> np.ndarray:
+    out = np.empty(len(y), np.float64)
+    for a, b in shots:
+        out[a:b] = _gauss_smooth(y[a:b], t[a:b], sigma)
+    return out
+
+
+def motion_curves(track: FaceTrack, cfg: Config, boundaries: list[int] = ()) -> dict[str, np.ndarray]:
     """The motion and expression curves of a clip, streamed: the crops are decoded ``CHUNK`` at a time, kept
-    as small uint8 images in a temporary file for the second pass (distance from the clip's median face),
-    never all in memory."""
+    as small uint8 images in a temporary file for the second pass (distance from the median face over the frames
+    with the face), never all in memory. ``boundaries``: the first frames of the clip's shots after the first."""
     n = len(track)
     s = cfg.work_size
     t = track.t
+    present = np.asarray(track.arrays["present"], bool)
+    faces = present if present.any() else np.ones(n, bool)  # no face anywhere: the whole frames, as before
     lm = track.landmarks_in_crop(s)
     motion = np.zeros(n, np.float32)
     wsum = np.zeros(n, np.float32)
@@ -156,7 +185,7 @@ def motion_curves(track: FaceTrack, cfg: Config) -> dict[str, np.ndarray]:
             hi = min(n, lo + CHUNK)
             small = track.crops(range(lo, hi), size=s, gray=True)
             spool.write(small.tobytes())
-            median.add(small)
+            median.add(small[faces[lo:hi]])
             gray = small.astype(np.float32) / 255.0
             masks = _region_masks(lm[lo:hi], s)
             wsum[lo:hi] = masks.reshape(hi - lo, -1).sum(axis=1)
@@ -167,7 +196,7 @@ def motion_curves(track: FaceTrack, cfg: Config) -> dict[str, np.ndarray]:
                 dt = np.maximum(np.diff(t[first:hi]), 1e-3)
                 motion[first + 1 : hi] = diff.reshape(len(diff), -1).sum(axis=1) / wsum[first + 1 : hi] / dt
             prev = gray[-1:]
-        neutral = median.median()
+        neutral = median.median() if median.n else np.zeros((s, s), np.float32)
         expression = np.zeros(n, np.float32)
         spool.seek(0)
         for lo in range(0, n, CHUNK):
@@ -175,10 +204,17 @@ def motion_curves(track: FaceTrack, cfg: Config) -> dict[str, np.ndarray]:
             gray = np.frombuffer(spool.read((hi - lo) * s * s), np.uint8).reshape(hi - lo, s, s).astype(np.float32) / 255.0
             masks = _region_masks(lm[lo:hi], s)
             expression[lo:hi] = (np.abs(gray - neutral) * masks).reshape(hi - lo, -1).sum(axis=1) / wsum[lo:hi]
+    # the face's own motion only: not into a shot's first frame, nor into or out of a frame without the face
+    still = np.zeros(n, bool)
+    still[list(b for b in boundaries if 0 < b < n)] = True
+    still[1:] |= ~(faces[1:] & faces[:-1])
+    motion[still] = 0.0
+    expression[~faces] = 0.0
+    shots = shot_ranges(n, list(boundaries))
     return {
         "t": t,
-        "motion": _gauss_smooth(motion, t, cfg.smooth_s).astype(np.float32),
-        "expression": _gauss_smooth(expression, t, cfg.smooth_s).astype(np.float32),
+        "motion": _smooth_shots(motion, t, cfg.smooth_s, shots).astype(np.float32),
+        "expression": _smooth_shots(expression, t, cfg.smooth_s, shots).astype(np.float32),
     }
 
 
@@ -207,8 +243,9 @@ def apex_indices(t: np.ndarray, curve: np.ndarray, k: int, min_sep: float, allow
     n = len(curve)
     if n < 3 or k <= 0:
         return []
-    med = float(np.median(curve))
-    spread = 1.4826 * float(np.median(np.abs(curve - med)))
+    base = curve[allowed] if allowed.any() else curve  # the clip's own baseline: frames that may be chosen
+    med = float(np.median(base))
+    spread = 1.4826 * float(np.median(np.abs(base - med)))
     floor = med + max(min_z * max(spread, 1e-6 * max(abs(med), 1e-6)), min_rise)
     peak = np.zeros(n, bool)
     peak[1:-1] = (curve[1:-1] >= curve[:-2]) & (curve[1:-1] > curve[2:]) & (curve[1:-1] > floor)
@@ -223,9 +260,10 @@ def apex_indices(t: np.ndarray, curve: np.ndarray, k: int, min_sep: float, allow
 
 
 def choose(t: np.ndarray, curves: dict[str, np.ndarray], cfg: Config, allowed: np.ndarray) -> list[int]:
-    """Keyframe indices for one clip (always ``min(k, n_frames)`` of them, sorted)."""
+    """Keyframe indices for one clip, sorted: ``min(k, n_frames)`` of them, fewer when fewer frames are allowed (the
+    frames with the face)."""
     n = len(t)
-    k = min(cfg.k, n)
+    k = min(cfg.k, n, int(allowed.sum()) if allowed.any() else n)
     if cfg.strategy == "uniform":
         picks = uniform_indices(t, k, allowed)
     elif cfg.strategy == "expression_apex":
@@ -246,22 +284,24 @@ def choose(t: np.ndarray, curves: dict[str, np.ndarray], cfg: Config, allowed: n
     for i in range(n):  # last resort for very short clips
         if len(picks) >= k:
             break
-        if i not in picks:
+        if i not in picks and (allowed[i] or not allowed.any()):
             picks.append(i)
     return sorted(picks)
 
 
-def gaps(picks: list[int], t: np.ndarray, edge_min_s: float = 0.2) -> list[dict]:
+def gaps(picks: list[int], t: np.ndarray, edge_min_s: float = 0.2, boundaries: list[int] = ()) -> list[dict]:
     """The gaps of a clip in time order: lead-in (first frame to first keyframe, if longer than
-    ``edge_min_s``), between each pair of consecutive keyframes, lead-out (last keyframe to last frame, idem)."""
+    ``edge_min_s``), between each pair of consecutive keyframes, lead-out (last keyframe to last frame, idem);
+    ``cuts``: the shot boundaries in a gap (after its first frame, up to its last), only where there are some."""
     last = len(t) - 1
     bounds = [("between", a, b) for a, b in zip(picks[:-1], picks[1:])]
     if picks and t[picks[0]] - t[0] > edge_min_s:
         bounds.insert(0, ("lead_in", 0, picks[0]))
     if picks and t[last] - t[picks[-1]] > edge_min_s:
         bounds.append(("lead_out", picks[-1], last))
-    return [
-        {
+    out = []
+    for kind, a, b in bounds:
+        gap = {
             "kind": kind,
             "start_index": int(a),
             "end_index": int(b),
@@ -269,17 +309,34 @@ def gaps(picks: list[int], t: np.ndarray, edge_min_s: float = 0.2) -> list[dict]
             "t_end": float(t[b]),
             "between": list(range(a + 1, b)),
         }
-        for kind, a, b in bounds
-    ]
+        cuts = [int(c) for c in boundaries if a < c <= b]
+        if cuts:
+            gap["cuts"] = cuts
+        out.append(gap)
+    return out
 
 
-def intensity_curve(probs: np.ndarray, t: np.ndarray, smooth_s: float) -> np.ndarray:
+def allowed_frames(present: np.ndarray, boundaries: list[int], margin: int) -> np.ndarray:
+    """Frames a keyframe may be on: the face is there, and no shot boundary is within ``margin`` frames (a frame
+    on either side of a boundary counts from it); the frames with the face when that leaves none, every frame
+    when no frame has the face."""
+    n = len(present)
+    if not present.any():
+        return np.ones(n, bool)
+    ok = present.copy()
+    for b in boundaries:
+        ok[max(0, b - margin) : min(n, b + margin)] = False
+    return ok if ok.any() else present
+
+
+def intensity_curve(probs: np.ndarray, t: np.ndarray, smooth_s: float, boundaries: list[int] = ()) -> np.ndarray:
     """Expression intensity 1 - p(neutral) per frame from the expression stage's probabilities (N, 7), frames without
-    a face (NaN rows) bridged linearly in time (0 when no frame has a face), smoothed like the motion curves."""
+    a face (NaN rows) bridged linearly in time (0 when no frame has a face), smoothed like the motion curves (each
+    shot on its own)."""
     y = 1.0 - np.asarray(probs, np.float64)[:, CLASSES.index("neutral")]
     seen = np.isfinite(y)
     y = np.interp(t, t[seen], y[seen]) if seen.any() else np.zeros(len(t))
-    return _gauss_smooth(y, t, smooth_s).astype(np.float32)
+    return _smooth_shots(y, t, smooth_s, shot_ranges(len(t), list(boundaries))).astype(np.float32)
 
 
 def upstream(cfg: Config) -> tuple[str, ...]:
@@ -288,32 +345,33 @@ def upstream(cfg: Config) -> tuple[str, ...]:
 
 
 def process(job: ClipJob, cfg: Config, resources, out) -> dict:
-    track = FaceTrack.load(job.upstream["faces"])
+    track = FaceTrack.of(job)
     n = len(track)
     if n == 0:
         raise StageInputError(f"{job.path}: the faces artifact has no frames")
-    curves = motion_curves(track, cfg)
+    cuts = Scene.load(job.upstream["faces"]).boundaries
+    curves = motion_curves(track, cfg, cuts)
     if cfg.strategy == "expression_apex":
-        probs = expression.load(job.upstream["expression"]).probs
+        probs = expression.of(job).probs
         if len(probs) != n:
             raise StageInputError(f"{job.path}: the expression artifact has {len(probs)} frames, the faces artifact {n}")
-        curves["intensity"] = intensity_curve(probs, track.t, cfg.smooth_s)
-    present = track.arrays["present"]
-    allowed = present if (cfg.avoid_missing and present.any()) else np.ones(n, bool)
+        curves["intensity"] = intensity_curve(probs, track.t, cfg.smooth_s, cuts)
+    present = np.asarray(track.arrays["present"], bool)
+    allowed = allowed_frames(present, cuts, cfg.cut_margin) if cfg.avoid_missing else np.ones(n, bool)
     picks = choose(track.t, curves, cfg, allowed)
     out.npz(MOTION_FILE, **curves)
-    out.json(
-        KEYFRAMES_FILE,
-        {
-            "strategy": cfg.strategy,
-            "indices": picks,
-            "timestamps": [float(track.t[i]) for i in picks],
-            "gaps": gaps(picks, track.t, cfg.edge_gap_min_s),
-            "n_frames": n,
-            "duration_s": track.duration_s,
-        },
-    )
+    doc = {
+        "strategy": cfg.strategy,
+        "indices": picks,
+        "timestamps": [float(track.t[i]) for i in picks],
+        "gaps": gaps(picks, track.t, cfg.edge_gap_min_s, cuts),
+        "n_frames": n,
+        "duration_s": track.duration_s,
+    }
+    if cuts:
+        doc["cuts"] = cuts
+    out.json(KEYFRAMES_FILE, doc)
     return {"n_keyframes": len(picks), "requested_k": cfg.k}
 
 
-STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process=process, reads=upstream)
+STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process=process, reads=upstream, per_unit=True)

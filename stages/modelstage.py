@@ -93,7 +93,7 @@ class FrameInputs:
         if "landmarks" in reads:
             self.arrays["landmarks"] = track.arrays["landmarks"]
         if "expression" in reads:
-            probs = expression.load(job.upstream["expression"]).probs
+            probs = expression.of(job).probs
             if len(probs) != len(track):
                 raise StageInputError(f"{job.path}: the expression artifact has {len(probs)} frames, the faces artifact "
                                       f"{len(track)}")

@@ -15,7 +15,7 @@ from pipeline.backends import Prompt, load_backend, model_identity
 from pipeline.core.cache import Cache
 from pipeline.engine.config import load_config
 from pipeline.core.errors import PreflightError
-from stages.faces.facetrack import CROPS_FILE, TRACK_FILE, FaceTrack
+from stages.faces.facetrack import CROPS_FILE, FACES_FILE, SCENE_FILE, TRACK_FILE, FaceTrack
 from pipeline.models.expression import CLASSES, MODEL_ID, weights_sha256
 from pipeline.models.motion_text import NO_CHANGE, describe
 from pipeline.engine.runner import stages_to_run
@@ -91,6 +91,8 @@ def _flip_crops(cache: Cache, faces_art) -> None:
     def fill(out):
         out.npz(TRACK_FILE, **arrays)
         out.bytes(CROPS_FILE, b"".join(crops))
+        for name in (SCENE_FILE, FACES_FILE):  # the rest of the artifact as it was
+            out.bytes(name, faces_art.path(name).read_bytes())
 
     cache.write("faces", faces_art.key, meta, fill, replace=True)
 
