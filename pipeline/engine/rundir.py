@@ -324,8 +324,8 @@ class RunDir:
         return save_figure(fig, self.path / name, dpi=100)
 
     def inspect_figure(self, video: str) -> Path:
-        """Where ``dfer inspect`` draws clip ``video``: ``RUN/inspect/<video, / as __>.png``."""
-        return self.path / INSPECT / f"{video.replace('/', '__')}.png"
+        """Where ``dfer inspect`` draws clip (or unit) ``video``: ``RUN/inspect/<video, / and # as __>.png``."""
+        return self.path / INSPECT / f"{video.replace('/', '__').replace('#', '__')}.png"
 
     def view_page(self) -> Path:
         return self.path / VIEW

@@ -1,6 +1,7 @@
 """A run's report, assembled in memory and written to the run directory: calibration, metrics, clip accounting.
 
-Reads ``RUN/scores.jsonl`` (one clip per line: video, label, labels, scores, prediction),
+Reads ``RUN/scores.jsonl`` (one clip per line: video, label, labels, scores, prediction; a run split into units
+has one line per unit, named by its ``unit`` id: ``clip#subject=1``),
 ``RUN/failures.jsonl`` (video, stage, error, message; may be absent) and ``RUN/labelset.json``
 (name, labels); :func:`write_report` writes ``metrics.json``, ``report.md`` (:mod:`.markdown`) and the PNG plots
 (:mod:`.plots`). No model is called.
@@ -116,7 +117,7 @@ def _clips(run: RunDir, scores_rows: list[tuple[int, dict]], fail_rows: list[tup
     valid: list[dict] = []
     seen: dict[str, int] = {}
     for no, r in scores_rows:
-        vid = str(r.get("video"))
+        vid = str(r.get("unit") or r.get("video"))  # a run split into units (subjects) scores each on its own row
         where = f"{run / SCORES}:{no}"
         if vid in seen:
             notes.append(f"{where}: '{vid}' scored twice (first at line {seen[vid]}); the first row is used")

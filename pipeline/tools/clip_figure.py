@@ -1,8 +1,10 @@
 """``dfer inspect``: one PNG that shows what the pipeline made of a clip.
 
-Top: the keyframes as thumbnails of the upright frame with the primary face box and timestamp.
+Top: the keyframes as thumbnails of the upright frame with the person's face box (the clip's subject, or the
+subject a unit id such as ``clip.mp4#subject=1`` names) and timestamp.
 Bottom: the facial motion and expression curves over time, the chosen keyframes as vertical
-lines, interpolated stretches shaded grey and missing-face stretches shaded red.
+lines, interpolated stretches shaded grey, stretches without the person's face shaded red, and shot boundaries
+(cuts, fades) as red dotted lines.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 from pipeline.core.errors import CacheError
 from pipeline.core.files import save_figure
 from pipeline.core.paths import output_file, shown
-from stages.faces.facetrack import FaceTrack
+from stages.faces.facetrack import FaceTrack, Scene
 from pipeline.engine.rundir import RunDir
 from pipeline.core.video import VideoReader, to_rgb
 
@@ -48,13 +50,14 @@ def inspect_clip(run_dir: str | Path, video: str, output: Path | None = None) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch, Rectangle
 
     run = RunDir(run_dir)
     row = run.find(video)
     if output is None:
         run.claim()  # RUN/inspect/ is the run directory's (an earlier dfer's run is taken over)
-        output = run.inspect_figure(row.video)
+        output = run.inspect_figure(row.id)
     else:
         output = output_file(output, "-o")
     cache = run.cache()
@@ -62,7 +65,9 @@ def inspect_clip(run_dir: str | Path, video: str, output: Path | None = None) ->
     faces, kf = (cache.get(stage, arts[stage]) if arts.get(stage) else None for stage in ("faces", "keyframes"))
     if faces is None or kf is None:
         raise CacheError(f"{row.video}: faces/keyframes artifacts are not in {cache.root} (did the clip fail? see failures.jsonl)")
-    track = FaceTrack.load(faces)
+    subject = int(row.unit.get("subject", 0))
+    track = FaceTrack.load(faces, subject)
+    scene = Scene.load(faces)
     keyframes = kf.json("keyframes.json")
     curves = kf.npz("motion.npz")
     idx = keyframes["indices"]
@@ -84,10 +89,11 @@ def inspect_clip(run_dir: str | Path, video: str, output: Path | None = None) ->
         ax.axis("off")
     ax = fig.add_subplot(gs[1, :])
     t = curves["t"]
+    face = track.arrays["present"] if track.arrays["present"].any() else np.ones(len(t), bool)
     for name, color in (("expression", "tab:blue"), ("motion", "tab:green")):
-        y = curves[name].astype(float)
-        rng = y.max() - y.min()
-        ax.plot(t, (y - y.min()) / rng if rng > 0 else y * 0, color=color, label=f"{name} (normalised)")
+        y = np.where(face, curves[name].astype(float), np.nan)  # no curve where the person's face is not
+        lo, rng = np.nanmin(y), np.nanmax(y) - np.nanmin(y)
+        ax.plot(t, (y - lo) / rng if rng > 0 else y * 0, color=color, label=f"{name} (normalised)")
     # shade interpolation only where the detector missed the face (runs longer than the stride)
     stride = int(track.meta.get("config", {}).get("detect_every", 1))
     for a, b in _spans(track.arrays["interpolated"] & track.arrays["present"], t):
@@ -99,14 +105,23 @@ def inspect_clip(run_dir: str | Path, video: str, output: Path | None = None) ->
         ax.axvspan(a, b, color="tab:red", alpha=0.25, lw=0, zorder=0)
     for i in idx:
         ax.axvline(track.t[i], color="k", ls="--", lw=1)
+    for shot in scene.shots[1:]:
+        ax.axvline(track.t[int(shot["first"])], color="tab:red", ls=":", lw=1.5)
+        ax.text(track.t[int(shot["first"])], 1.02, shot["start"].replace("_", " "), color="tab:red", fontsize=7,
+                ha="center", va="bottom", transform=ax.get_xaxis_transform())
     ax.set_xlabel("time (s)")
     ax.set_xlim(float(t[0]), float(t[-1]) if len(t) > 1 else 1.0)
     handles, _ = ax.get_legend_handles_labels()
     handles += [Patch(color="0.85", label="box interpolated"), Patch(color="tab:red", alpha=0.25, label="face missing")]
+    if len(scene.shots) > 1:
+        handles.append(Line2D([], [], color="tab:red", ls=":", label="shot boundary"))
     ax.legend(handles=handles, loc="upper right", fontsize=8)
     n_det = int(track.arrays["detected"].sum())
+    people = len(scene.identities)
+    who = (f", {len(scene.shots)} shots, {people} people" + (f", subject {subject}" if subject else "")) if people > 1 or \
+        len(scene.shots) > 1 else ""
     fig.suptitle(
-        f"{_plain(row.video)} — {len(track)} frames, {n_det} detected, strategy {keyframes['strategy']}"
+        f"{_plain(row.id)} — {len(track)} frames, {n_det} detected{who}, strategy {keyframes['strategy']}"
         + ("  [no face: full frame]" if track.meta.get("full_frame") else ""),
         fontsize=11,
     )

@@ -74,7 +74,7 @@ def _timeline(clip: Clip, run: RunData, thumbs: Thumbs) -> tuple[list[dict], str
     track = None
     if arts.get("faces") is not None:
         try:
-            track = FaceTrack.load(arts["faces"])
+            track = FaceTrack.load(arts["faces"], int(clip.unit.get("subject", 0)))
         except CacheError as exc:
             notes.append(f"the face crops of this clip are gone from the cache ({exc}); re-run `dfer run` to rebuild them")
     times = track if track is not None else SimpleNamespace(t=kf.npz("motion.npz")["t"])
@@ -83,11 +83,13 @@ def _timeline(clip: Clip, run: RunData, thumbs: Thumbs) -> tuple[list[dict], str
     if ctx is None and cfg.show_summaries:
         cfg = cfg.model_copy(update={"use_summaries": False})
     upstream = {s: a for s, a in arts.items() if a is not None}
-    job = ClipJob(clip.video, clip.path, clip.fingerprint or "", clip.label, upstream)
+    job = ClipJob(clip.video, clip.path, clip.fingerprint or "", clip.label, upstream, dict(clip.unit))
     items, slots, trajectory = classify.build_timeline(job, cfg, times)
     frame_idx = [i for slot in slots for i in (slot if isinstance(slot, list) else [slot])]
 
-    kinds = {(g["t_start"], g["t_end"]): g.get("kind") for g in kf.json("keyframes.json")["gaps"]}
+    kf_gaps = kf.json("keyframes.json")["gaps"]
+    kinds = {(g["t_start"], g["t_end"]): g.get("kind") for g in kf_gaps}
+    cuts = {(g["t_start"], g["t_end"]): [round(float(times.t[c]), 3) for c in g["cuts"]] for g in kf_gaps if g.get("cuts")}
     windows = {(g["t_start"], g["t_end"]): g.get("windows", []) for g in (ctx.json("context.json")["gaps"] if ctx else [])}
     shown = {frame_idx[j] for j in _spread(len(frame_idx), MAX_IMAGES)}
     images: dict[int, str] = {}
@@ -113,10 +115,13 @@ def _timeline(clip: Clip, run: RunData, thumbs: Thumbs) -> tuple[list[dict], str
             continue
         span = (it["t_start"], it["t_end"])
         kind = it.get("gap") or kinds.get(span)
-        out.append({"type": "gap", "t_start": round(float(it["t_start"]), 3), "t_end": round(float(it["t_end"]), 3),
-                    "text": it.get("text"), "kind": None if kind in ORDINARY_GAPS else str(kind),
-                    "captions": [{"t_start": w["timestamps"][0], "t_end": w["timestamps"][-1], "text": w.get("caption")}
-                                 for w in windows.get(span, []) if w.get("timestamps")]})
+        gap = {"type": "gap", "t_start": round(float(it["t_start"]), 3), "t_end": round(float(it["t_end"]), 3),
+               "text": it.get("text"), "kind": None if kind in ORDINARY_GAPS else str(kind),
+               "captions": [{"t_start": w["timestamps"][0], "t_end": w["timestamps"][-1], "text": w.get("caption")}
+                            for w in windows.get(span, []) if w.get("timestamps")]}
+        if span in cuts:  # shot boundaries inside the gap (real footage): marked on the page
+            gap["cuts"] = cuts[span]
+        out.append(gap)
     if len(frame_idx) > len(shown):
         notes.append(f"the classifier saw {len(frame_idx)} frames; {len(shown)} of them, evenly spread, are shown here")
     return out, trajectory, notes

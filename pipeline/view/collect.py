@@ -31,6 +31,7 @@ class Clip:
     artifacts: dict[str, Artifact | None] = field(default_factory=dict)  # None: key known, artifact gone
     score: dict | None = None  # its row of scores.jsonl
     failure: dict | None = None  # its row of failures.jsonl
+    unit: dict = field(default_factory=dict)  # the part of the clip it is ({}: the clip's own; {"subject": 1})
 
 
 @dataclass
@@ -91,13 +92,14 @@ def collect_run(run_dir: str | Path, **report_kwargs: Any) -> RunData:
     else:
         notes.append(f"{run / MANIFEST} is missing: the clips' faces, keyframes and summaries cannot be found")
     clips: dict[str, Clip] = {}
-    for row in rows:
+    for row in rows:  # one card per unit: a clip, or each subject of a clip (faces.subjects=all)
         keys = dict(row.artifacts)
-        clips[row.video] = Clip(row.video, row.path, row.label, row.fingerprint, keys,
-                                {stage: cache.get(stage, key) for stage, key in keys.items()} if cache else {})
+        clips[row.id] = Clip(row.id, row.path, row.label, row.fingerprint, keys,
+                             {stage: cache.get(stage, key) for stage, key in keys.items()} if cache else {}, unit=row.unit)
     scores = [row for _, row in run.scores()]
     for row in scores:
-        clips.setdefault(str(row["video"]), Clip(str(row["video"]))).score = row
+        uid = str(row.get("unit") or row["video"])
+        clips.setdefault(uid, Clip(uid)).score = row
     for _, row in run.failures():
         clip = clips.setdefault(str(row["video"]), Clip(str(row["video"])))
         clip.failure = clip.failure or row

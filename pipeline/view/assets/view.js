@@ -355,6 +355,11 @@
         var g = el("li", "gap");
         var t = el("span", "t", sec(it.t_start) + " \u2013 " + sec(it.t_end));
         if (it.kind) add(t, el("span", "kind", it.kind.replace(/_/g, "-")));
+        if (it.cuts && it.cuts.length) {
+          var cut = el("span", "cut", "cut " + it.cuts.map(sec).join(", "));
+          cut.title = "the shot changes here: the frames on either side are different shots";
+          add(t, cut);
+        }
         add(g, t, it.text ? el("p", null, it.text) : el("p", "empty", "no summary"));
         if (it.captions && it.captions.length > 1) {
           var d = el("details"), ul = el("ul");
