@@ -49,6 +49,13 @@ def add_parsers(sub) -> None:
     insp.add_argument("-o", "--output", metavar="PNG", action=OUT_FILE, help="where to write (default: RUN/inspect/<video>.png)")
     insp.set_defaults(handler=_inspect)
 
+    exp = sub.add_parser("export", help="write a table of a run's per-frame data (--frames: every face on every frame)")
+    exp.add_argument("run_dir", metavar="RUN")
+    exp.add_argument("--frames", action="store_true", required=True,
+                     help="one row per face per frame: box, landmarks, flags, shot, subject, expression probabilities")
+    exp.add_argument("-o", "--output", metavar="FILE", help="a .csv or .parquet file (default: RUN/frames.csv)")
+    exp.set_defaults(handler=_export)
+
 
 def _run(args) -> int:
     cfg = load_config(args)
@@ -90,6 +97,16 @@ def _report(result) -> None:
 
 def _config_show(args) -> int:
     sys.stdout.write(dump_config(load_config(args)))
+    return EXIT_OK
+
+
+def _export(args) -> int:
+    from pipeline.tools.export import export_frames
+
+    out, rows, clips, notes = export_frames(args.run_dir, args.output)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{rows} rows of {clips} clips -> {out}")
     return EXIT_OK
 
 

@@ -263,6 +263,10 @@ def is_disk_full(exc: BaseException) -> bool:
 # ---------------------------------------------------------------------------------------------- tools
 
 
+class ExportError(DferError, ValueError):
+    """``dfer export`` cannot write what was asked (an unknown file type, Parquet without pyarrow)."""
+
+
 class DiagnosticsError(DferError, ValueError):
     """A diagnostics input cannot work; the message names the model, layer or column at fault."""
 
