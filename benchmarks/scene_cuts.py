@@ -12,6 +12,10 @@ The detectors take BGR uint8 frames: ``detector.process_frame(FrameTimecode(i, F
 the cuts it can decide so far (some detectors decide a few frames late), ``detector.post_process(
 FrameTimecode(n, fps))`` the rest at the end. ``FrameTimecode`` wants a float or Fraction rate (an int is refused).
 Times are one thread (``cv2.setNumThreads(1)``), the median of ``--rounds`` rounds.
+
+``dfer``: the faces stage's own detector (:mod:`stages.faces.shots`, its default settings), fed the decoded PyAV
+frames as the stage feeds it (it reads their luma plane in place): its boundaries with their kind (``cut``,
+``fade_out``, ``fade_in``) and its cost per frame at both sizes, beside PySceneDetect's.
 """
 
 from __future__ import annotations
@@ -63,6 +67,26 @@ def _cuts(detector, frames, fps: Fraction) -> list[int]:
     return found
 
 
+def _av_frames(path: Path, size: tuple[int, int] | None = None) -> tuple[list, list[float]]:
+    frames, times = [], []
+    with av.open(str(path)) as c:
+        for f in c.decode(video=0):
+            times.append(float(f.pts * f.time_base))
+            frames.append(f.reformat(width=size[0], height=size[1], format="yuv420p") if size else f)
+    return frames, [t - times[0] for t in times]
+
+
+def _dfer_shots(frames, times) -> list[tuple[int, str]]:
+    from stages.faces.shots import ShotDetector
+    from stages.faces.stage import Config
+
+    cfg = Config()
+    det = ShotDetector(cfg.cut_threshold, cfg.dark_threshold, cfg.min_shot_s)
+    for i, (t, f) in enumerate(zip(times, frames)):
+        det.add(i, t, f)
+    return [(s.first, s.start) for s in det.shots(times)[1:]]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wheel", default=os.environ.get(real_media.WHEEL_ENV))
@@ -81,6 +105,7 @@ def main(argv=None) -> int:
         frames = _frames(clip.path)
         found = "  ".join(f"{k} {_cuts(make(), frames, fps)}" for k, make in detectors.items())
         print(f"  {name:10s} truth: cuts {clip.cuts} fades {clip.fades} | {found}")
+        print(f"  {'':10s} dfer {_dfer_shots(*_av_frames(clip.path))}")
     frames = _frames(clips["long_mix"].path)[:250]
     print("cost per frame (ms, one thread), frames already decoded to BGR:")
     for size in ((320, 240), (1280, 720)):
@@ -93,6 +118,14 @@ def main(argv=None) -> int:
                 _cuts(make(), sized, fps)
                 times.append((time.perf_counter() - t) / len(sized))
             row.append(f"{k} {1000 * statistics.median(times):.2f}")
+        av_frames, av_times = _av_frames(clips["long_mix"].path, size)
+        av_frames, av_times = av_frames[:250], av_times[:250]
+        times = []
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            _dfer_shots(av_frames, av_times)
+            times.append((time.perf_counter() - t) / len(av_frames))
+        row.append(f"dfer {1000 * statistics.median(times):.2f}")
         print(f"  {size[0]}x{size[1]}: " + "  ".join(row))
     # what feeding a downscaled copy costs: PyAV's scaler from a decoded 1280x720 frame, then the content detector
     with av.open(str(clips["long_mix"].path)) as c:
