@@ -243,12 +243,12 @@ def order(groups: list[list[int]], tracks: list[TrackInfo], rule: str) -> list[l
 
 def link(tracks: list[TrackInfo], embedder: Embedder | None, faces_of: Callable[[int, list[int]], list],
          rule: str) -> tuple[list[list[int]], dict]:
-    """Identities (groups of track ids, the subject first) and what was done: ``embedded`` (tracks), ``embedder``,
-    ``unlinked`` (tracks that could have been linked, but no embedder was there). ``faces_of(track id, frame
+    """Identities (groups of track ids, the subject first) and what was done: ``embedded`` (tracks), ``faces`` (face
+    images embedded), ``embedder``, ``unlinked`` (tracks that could have been linked, but no embedder was there). ``faces_of(track id, frame
     indices)``: the (image, box) of each sample to embed."""
     can = linkable(tracks)
     info = {"embedder": embedder.name if embedder else None, "threshold": embedder.threshold if embedder else None,
-            "embedded": 0, "unlinked": 0}
+            "embedded": 0, "faces": 0, "unlinked": 0}
     vectors: dict[int, np.ndarray] = {}
     if can and embedder is None:
         info["unlinked"] = len(can)
@@ -264,7 +264,7 @@ def link(tracks: list[TrackInfo], embedder: Embedder | None, faces_of: Callable[
             rows = [k for k, o in enumerate(owner) if o == tid]
             if rows:
                 vectors[tid] = emb[rows].mean(axis=0)
-        info["embedded"] = len(vectors)
+        info["embedded"], info["faces"] = len(vectors), len(faces)
     groups = cluster(tracks, vectors, embedder.threshold if embedder else 0.0)
     return order(groups, tracks, rule), info
 
