@@ -4,9 +4,13 @@ frame against their ground truth: the evidence for the real-footage issue, and i
 
 For every clip it builds, it runs ``dfer run --until keyframes`` (defaults, or ``--set`` overrides) and prints:
 
-- ``box on no face``: frames where the track has a face box but the ground truth has no face there at all
-  (film sky, black), and ``box on nobody``: frames whose box is on no ground-truth face (includes the former);
-- the crops' people: on how many frames the crop is of each person, and how often it switches person;
+- the shots the faces stage found (first frame and how each began), and the people it made of the tracks: for each,
+  whose face its boxes are on (ground truth) and on how many frames; ``mixed`` when one person's boxes are on
+  two people;
+- for the subject's track: ``box on no face``: frames where it has a face box but the ground truth has no face
+  there at all (film sky, black), and ``box on nobody``: frames whose box is on no ground-truth face (includes the
+  former);
+- the subject's crops' people: on how many frames the crop is of each person, and how often it switches person;
 - ``held over cut``: boxes on the first frame after a hard cut, or the last before it, that are on nobody;
 - the keyframes: frame, whose face, and the distance to the nearest cut (``NO FACE``: a keyframe whose crop
   shows no face).
@@ -33,7 +37,7 @@ if str(REPO_ROOT) not in sys.path:
 from pipeline.engine.config import load_config  # noqa: E402
 from pipeline.engine.rundir import RunDir  # noqa: E402
 from pipeline.engine.runner import run_pipeline  # noqa: E402
-from stages.faces.facetrack import FaceTrack  # noqa: E402
+from stages.faces.facetrack import FACES_FILE, FaceTrack, Scene  # noqa: E402
 from tests import real_media  # noqa: E402
 
 
@@ -46,6 +50,19 @@ def _runs(seq: list) -> list[tuple[object, int]]:
         else:
             out.append([v, 1])
     return [(v, n) for v, n in out]
+
+
+def people(clip: real_media.RealClip, faces) -> list[str]:
+    """The shots found and whose face each identity is, from the faces artifact."""
+    scene, table = Scene.load(faces), faces.npz(FACES_FILE)
+    lines = ["shots: " + ", ".join(f"{s['first']} {s['start']}" for s in scene.shots)]
+    for ident in scene.identities:
+        rows = [i for i, tr in enumerate(table["track"]) if tr in ident["tracks"]]
+        who = Counter(clip.person_at(int(table["frame"][i]), table["box"][i]) or "NOBODY" for i in rows)
+        tag = " MIXED" if len(who) > 1 else ""
+        lines.append(f"person {ident['identity']}: {dict(who)} in {len(ident['tracks'])} track(s), {ident['seconds']:.2f} s"
+                     f"{'' if ident['unit'] else ' (not a unit)'}{tag}")
+    return lines
 
 
 def check(clip: real_media.RealClip, track: FaceTrack, keyframes: dict) -> list[str]:
@@ -110,9 +127,10 @@ def main(argv=None) -> int:
         if vid not in res.keys or "keyframes" not in res.keys[vid]:
             print("   failed:", [row for _, row in RunDir(res.run_dir).failures() if row.get("video") == vid])
             continue
-        track = FaceTrack.load(cache.get("faces", res.keys[vid]["faces"]))
+        faces = cache.get("faces", res.keys[vid]["faces"])
+        track = FaceTrack.load(faces)
         keyframes = cache.get("keyframes", res.keys[vid]["keyframes"]).json("keyframes.json")
-        for line in check(clip, track, keyframes):
+        for line in people(clip, faces) + check(clip, track, keyframes):
             print("   " + line)
     print(f"(clips, cache and run in {out})")
     return 0
