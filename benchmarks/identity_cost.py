@@ -8,11 +8,12 @@ other round); the difference of the medians is the cost of the identities, given
 face on every detection frame) and per embedded face. A clip with one track, or whose faces are all on screen
 together, embeds nothing and costs nothing more.
 
-Then, from the ``auto`` runs, the Euclidean distance between the mean embeddings of every pair of tracks that could
-be linked (not on screen together), with the ground truth of whose face each track is: the largest distance between
-two tracks of one person and the smallest between two people, against the embedder's linking threshold.
+Then, for each number of embedded detections per track (``--samples``, ``faces.embed_samples``), one more ``auto``
+run per clip: the Euclidean distance between the mean embeddings of every pair of tracks that could be linked (not
+on screen together), with the ground truth of whose face each track is: the largest distance between two tracks of
+one person and the smallest between two people, against the embedder's linking threshold, and the time it took.
 
-    python benchmarks/identity_cost.py [--wheel DIR_OR_WHEEL] [--rounds 3] [--clips dialogue long_mix ...]
+    python benchmarks/identity_cost.py [--wheel DIR_OR_WHEEL] [--rounds 3] [--samples 1,2,3] [--clips dialogue ...]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> int:
     ap.add_argument("--wheel", default=os.environ.get(real_media.WHEEL_ENV))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clips", nargs="*", default=list(real_media.CLIPS))
+    ap.add_argument("--samples", default="1,2,3", help="faces.embed_samples values whose distances are compared")
     args = ap.parse_args()
     if not args.wheel:
         ap.error(f"--wheel or ${real_media.WHEEL_ENV} is needed ({real_media.DOWNLOAD_HINT})")
@@ -50,7 +52,7 @@ def main() -> int:
     from pipeline.core.jobs import ClipJob
     from stages.faces import identity
     from stages.faces import stage as faces
-    from stages.faces.facetrack import FACES_FILE, Scene
+    from stages.faces.facetrack import FACES_FILE
 
     emb = identity.resolve("auto")
     if emb is None:
@@ -65,7 +67,8 @@ def main() -> int:
     real_cluster = identity.cluster
 
     def spy(tracks, vecs, threshold):  # keeps each clip's track embeddings for the distances below
-        vectors[current[0]] = dict(vecs)
+        if vecs:
+            vectors[current[0]] = dict(vecs)
         return real_cluster(tracks, vecs, threshold)
 
     identity.cluster = spy
@@ -83,7 +86,7 @@ def main() -> int:
                 if mode == "auto":
                     arts[name] = art
         print(f"round {r + 1}/{args.rounds} done", flush=True)
-    identity.cluster = real_cluster
+
 
     print(f"\n=== identities on the real-footage fixtures: embedder {emb.name} (threshold {emb.threshold}), cpu, torch 1 "
           f"thread; {args.rounds} interleaved rounds, medians ===")
@@ -108,6 +111,22 @@ def main() -> int:
     print(f"median over the clips: {statistics.median(per_det):.2f} ms per detection"
           + (f"; {statistics.median(per_face):.0f} ms per embedded face" if per_face else ""))
 
+    for k in [int(x) for x in args.samples.split(",") if x]:
+        vectors.clear()
+        cfg = faces.Config(device="cpu", embed_samples=k)
+        t0 = time.perf_counter()
+        for name, clip in clips.items():
+            current[0] = name
+            job = ClipJob(name, clip.path, "bench", None, {})
+            arts[name] = cache.write("faces", uuid.uuid4().hex * 2, {}, lambda out: faces.process(job, cfg, mtcnn, out))
+        _distances(vectors, clips, arts, emb, k, time.perf_counter() - t0)
+    identity.cluster = real_cluster
+    return 0
+
+
+def _distances(vectors, clips, arts, emb, k: int, seconds: float) -> None:
+    from stages.faces.facetrack import FACES_FILE, Scene
+
     same, diff = [], []
     for name, vecs in vectors.items():
         clip, art = clips[name], arts[name]
@@ -125,7 +144,7 @@ def main() -> int:
             d = float(np.linalg.norm(vecs[a] - vecs[b]))
             (same if person[a] == person[b] else diff).append((d, name, person[a], person[b]))
     if same or diff:
-        print(f"\ntrack pairs that could be linked (mean of {cfgs['auto'].embed_samples} embeddings per track): "
+        print(f"\nembed_samples={k} ({seconds:.1f} s for the clips): track pairs that could be linked: "
               f"{len(same)} of one person, {len(diff)} of two people")
         if same:
             worst = max(same)
@@ -138,7 +157,6 @@ def main() -> int:
         wrong = [x for x in same if x[0] > emb.threshold] + [x for x in diff if x[0] <= emb.threshold]
         print(f"  pairs on the wrong side of the threshold {emb.threshold}: {len(wrong)}"
               + ("".join(f"\n    {d:.3f} {n}: {a} / {b}" for d, n, a, b in wrong)))
-    return 0
 
 
 if __name__ == "__main__":
