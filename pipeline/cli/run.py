@@ -1,4 +1,4 @@
-"""``dfer run``, ``dfer config show`` and ``dfer inspect``."""
+"""``dfer run``, ``dfer config show``, ``dfer inspect`` and ``dfer export``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pipeline.engine.config import dump_config
 from pipeline.engine.rundir import FAILURES, PREDICTIONS, RunDir
 from pipeline.engine.runner import executor_for, run_pipeline
 from pipeline.tools.clip_figure import inspect_clip
+from pipeline.tools.export import export_frames
 from stages import STAGE_ORDER
 
 
@@ -101,8 +102,6 @@ def _config_show(args) -> int:
 
 
 def _export(args) -> int:
-    from pipeline.tools.export import export_frames
-
     out, rows, clips, notes = export_frames(args.run_dir, args.output)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

@@ -404,7 +404,10 @@ def process(job: ClipJob, cfg: Config, mtcnn, out) -> dict:
             spool.frame(t)
         if pending:
             t0, shot0 = pending[0][1], pending[0][3]
-            live[:] = [tr for tr in live if not (tr.shot < shot0 or (tr.ended and tr.last_t + reach < t0))]
+            done = [tr for tr in live if tr.shot < shot0 or (tr.ended and tr.last_t + reach < t0)]
+            for tr in done:  # no frame still waiting shows it: its anchors can go (memory stays flat)
+                tr.timeline = None
+            live[:] = [tr for tr in live if tr.timeline is not None]
             for tr in live:
                 tr.timeline.forget_before(t0)
 
@@ -448,6 +451,8 @@ def _write(job, cfg: Config, out, spool: Spool, rows, tracker: FaceTracker, shot
     for tr in tracker.tracks:
         mine = np.flatnonzero(rows["track"] == tr.id)
         frames = rows["frame"][mine]
+        if not len(frames):  # a track always shows its detection frames; were one to show none, it is no one
+            continue
         infos.append(TrackInfo(tr.id, tr.shot, float(t[frames].min()), float(t[frames].max()), float(dur[frames].sum()),
                                float(np.median(tr.sides)), identity.samples(tr.detections, cfg.embed_samples)))
 

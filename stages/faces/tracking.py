@@ -123,7 +123,7 @@ class Track:
 
     id: int
     shot: int
-    timeline: "Timeline"
+    timeline: "Timeline | None"  # None once no frame still to be written can show it
     last_box: np.ndarray
     last_t: float
     first_t: float
