@@ -20,7 +20,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 COPY --from=build /wheels /wheels
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN pip install --no-cache-dir "$(ls /wheels/dfer_pipeline-*.whl)[train,ray]" \
+RUN pip install --no-cache-dir "$(ls /wheels/dfer_pipeline-*.whl)[train,ray,identity]" \
     && rm -rf /wheels \
     && useradd --create-home --uid 1000 dfer \
     && mkdir -p /videos /cache /runs /models \

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from stages.faces import stage as faces
+from stages.faces.facetrack import FACES_FILE
 from stages.faces.tracking import iou
 from tests import real_media
 from tests.media import decode_all
-from tests.runs import failures, run, track_of
+from tests.runs import artifact, failures, run, track_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -143,12 +144,13 @@ def test_the_faces_stage_finds_the_face_shots_and_detects_no_face_where_there_is
     assert res.n_failed == 0, failures(tmp_path / "run")
     for name in real_media.CLIPS:
         clip, track = real_clips[name], track_of(res, f"{name}.mp4")
-        assert len(track) == clip.n_frames
-        detected, box = track.arrays["detected"], track.arrays["box"]
-        # a frame where the detector says it found the face has a real face under its box
-        on_nobody = [i for i in np.flatnonzero(detected) if clip.person_at(i, box[i]) is None]
+        assert len(track) == clip.n_frames  # the subject's track: a row per frame
+        every = artifact(res, f"{name}.mp4", "faces").npz(FACES_FILE)  # every face of every person
+        detected = every["detected"]
+        # a frame where the detector says it found a face has a real face under its box
+        on_nobody = [int(f) for f, b in zip(every["frame"][detected], every["box"][detected]) if clip.person_at(int(f), b) is None]
         assert not on_nobody, (name, on_nobody)
         # every shot of 1 s or more with a face is found
         for s in clip.shots:
             if s.people and len(s.frames) >= clip.fps:
-                assert detected[s.first : s.stop].any(), (name, s)
+                assert ((every["frame"] >= s.first) & (every["frame"] < s.stop) & detected).any(), (name, s)

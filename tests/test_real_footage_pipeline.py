@@ -20,7 +20,7 @@ from pipeline.cli import main as dfer_main
 from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_OK
 from pipeline.engine.rundir import RunDir
 from pipeline.tools.clip_figure import inspect_clip
-from pipeline.view.page import build_view
+from pipeline.view.page import build_view, write_view
 from stages.context import CUT_TEXT
 from stages.faces import identity
 from stages.faces.facetrack import FACES_FILE, FaceTrack, Scene
@@ -199,6 +199,24 @@ def test_the_viewer_and_inspect_mark_the_cuts(footage, tmp_path):
     assert marked and {1.6, 2.6} & {t for g in marked for t in g["cuts"]}
     png = inspect_clip(footage["all"], "dialogue.mp4#subject=1", tmp_path / "redhead.png")
     assert png.stat().st_size > 10_000
+
+
+def test_the_page_shows_a_card_per_person_and_the_cuts_in_a_browser(footage):
+    from tests.browser import console_errors, open_page, start_browser
+
+    page = write_view(footage["all"])
+    driver = start_browser()
+    try:
+        open_page(driver, page)
+        assert console_errors(driver) == []
+        ids = driver.execute_script("return [...document.querySelectorAll('.card')].map(c => c.dataset.id)")
+        assert "dialogue.mp4" in ids and "dialogue.mp4#subject=1" in ids and "two_shot.mp4#subject=1" in ids
+        marks = driver.execute_script(
+            "return [...document.querySelectorAll('.card[data-id=\"dialogue.mp4\"] .timeline .gap .cut')]"
+            ".map(m => m.textContent)")
+        assert marks and all(m.startswith("cut ") for m in marks) and any("1.60 s" in m or "2.60 s" in m for m in marks)
+    finally:
+        driver.quit()
 
 
 def test_subject_rules(real_clips, real_sources, identity_embedder, tmp_path):
