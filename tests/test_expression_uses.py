@@ -92,7 +92,7 @@ def _flip_crops(cache: Cache, faces_art) -> None:
         out.npz(TRACK_FILE, **arrays)
         out.bytes(CROPS_FILE, b"".join(crops))
         for name in (SCENE_FILE, FACES_FILE):  # the rest of the artifact as it was
-            out.bytes(name, faces_art.path(name).read_bytes())
+            out.bytes(name, faces_art.bytes(name))
 
     cache.write("faces", faces_art.key, meta, fill, replace=True)
 
