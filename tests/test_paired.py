@@ -167,6 +167,7 @@ def test_sweep_md_marks_the_settings_whose_difference_to_the_baseline_excludes_z
 
 
 def test_a_baseline_that_is_no_combination_is_refused_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "clips").mkdir()  # an input that exists: the baseline is what is refused
     assert main(["sweep", str(tmp_path / "clips"), "--out", str(tmp_path / "out"), "--grid", "keyframes.k=2,3",
                  "--baseline", "k=4"]) == 2
     assert "--baseline k=4: not a combination of this sweep; its combinations are k=2, k=3" in capsys.readouterr().err

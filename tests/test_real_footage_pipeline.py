@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main as dfer_main
-from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_OK
+from pipeline.core.errors import EXIT_NOTHING_SCORED, EXIT_OK
 from pipeline.engine.rundir import RunDir
 from pipeline.tools.clip_figure import inspect_clip
 from pipeline.view.page import build_view, write_view
@@ -256,7 +256,8 @@ def test_thin_evidence_is_said_and_fails_the_clip_when_asked(real_sources, tmp_p
     status = json.loads((tmp_path / "warn" / "status.json").read_text())
     assert status["warnings"] == [{"video": "blink.mp4", "stage": "faces", "message": said}]
     assert artifacts(tmp_path / "warn", "blink.mp4")["keyframes"].json("keyframes.json")["indices"] == [50, 51]
-    assert dfer_run(folder, tmp_path / "fail", tmp_path / "cache", "faces.thin_evidence=fail") == EXIT_FAILED_CLIPS
+    # the only clip failed: nothing was scored, and the run says it is not complete (issue 22: exit 4)
+    assert dfer_run(folder, tmp_path / "fail", tmp_path / "cache", "faces.thin_evidence=fail") == EXIT_NOTHING_SCORED
     assert "faces: 1 cached, 0 computed, 1 failed" in capsys.readouterr().err  # the setting is not in the key
     failures = [r for _, r in RunDir(tmp_path / "fail").failures()]
     assert failures == [{"video": "blink.mp4", "stage": "faces", "error": "ThinEvidenceError",

@@ -490,6 +490,8 @@ def test_a_big_page_without_its_folder_says_what_is_missing(browser, paged, tmp_
     message = browser.find_element("css selector", ".load-error").text
     assert "cards-00000.js" in message and "view_files" in message
     assert shown_count(browser) == 250 and card_ids(browser) == []
+    missing = console_errors(browser)  # the browser's own lines for the missing script (drained for the next test)
+    assert missing and all("view_files/cards-" in m and "ERR_FILE_NOT_FOUND" in m for m in missing), missing
 
 
 def test_a_page_written_small_again_removes_its_old_folder_and_a_foreign_folder_is_refused(paged, tmp_path):

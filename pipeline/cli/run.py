@@ -51,10 +51,11 @@ def add_parsers(sub) -> None:
     insp.set_defaults(handler=_inspect)
 
     exp = sub.add_parser("export", help="write a table of a run's per-frame data (--frames: every face on every frame)")
-    exp.add_argument("run_dir", metavar="RUN")
+    exp.add_argument("run_dir", metavar="RUN", action=RUN_DIR)
     exp.add_argument("--frames", action="store_true", required=True,
                      help="one row per face per frame: box, landmarks, flags, shot, subject, expression probabilities")
-    exp.add_argument("-o", "--output", metavar="FILE", help="a .csv or .parquet file (default: RUN/frames.csv)")
+    exp.add_argument("-o", "--output", metavar="FILE", action=OUT_FILE,
+                     help="a .csv or .parquet file (default: RUN/frames.csv)")
     exp.set_defaults(handler=_export)
 
 

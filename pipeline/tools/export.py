@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import CacheError, ExportError
+from pipeline.core.files import atomic_path
+from pipeline.core.paths import output_file
 from pipeline.engine.rundir import FRAMES, RunDir
 from pipeline.models.expression import CLASSES
 from stages import expression
@@ -102,7 +104,7 @@ def export_frames(run_dir: str | Path, output: str | Path | None = None) -> tupl
     """Write the per-frame table of a run (default ``RUN/frames.csv``); returns the file, its rows, the clips in
     it and notes (clips left out)."""
     run = RunDir(run_dir)
-    out = Path(output) if output is not None else run / FRAMES
+    out = run / FRAMES if output is None else output_file(output, "-o")
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise ExportError(f"{out}: the table is written as .csv or .parquet; name the file with one of those endings")
     if out.suffix.lower() == ".parquet":
@@ -110,7 +112,9 @@ def export_frames(run_dir: str | Path, output: str | Path | None = None) -> tupl
             import pyarrow  # noqa: F401
         except ImportError:
             raise ExportError(f"{out}: writing Parquet needs pyarrow (pip install pyarrow); or write .csv") from None
-    cache = run.cache()
+    cache = run.cache()  # a folder that is not a run is refused here, before anything is written
+    if output is None:
+        run.claim()  # RUN/frames.csv is the run directory's (an earlier dfer's run is taken over)
     parts, notes = [], []
     for row in run.manifest():
         if row.unit:  # a unit's rows come with its clip's
@@ -125,20 +129,19 @@ def export_frames(run_dir: str | Path, output: str | Path | None = None) -> tupl
         except (CacheError, KeyError) as exc:
             notes.append(f"{row.video}: its faces artifact is not one this dfer can read ({exc!r})")
     n_rows = sum(len(p["frame"]) for p in parts)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     if out.suffix.lower() == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         columns = {c: np.concatenate([p[c] for p in parts]) if parts else np.array([]) for c in COLUMNS}
-        pq.write_table(pa.table({c: (v.astype(str) if c == "video" else v) for c, v in columns.items()}), tmp)
+        with atomic_path(out) as tmp:
+            pq.write_table(pa.table({c: (v.astype(str) if c == "video" else v) for c, v in columns.items()}), tmp)
     else:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(COLUMNS)
-            for p in parts:
-                for i in range(len(p["frame"])):
-                    w.writerow([_cell(p[c][i]) for c in COLUMNS])
-    tmp.replace(out)
+        with atomic_path(out) as tmp:
+            with open(tmp, "x", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(COLUMNS)
+                for p in parts:
+                    for i in range(len(p["frame"])):
+                        w.writerow([_cell(p[c][i]) for c in COLUMNS])
     return out, n_rows, len(parts), notes

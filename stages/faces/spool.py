@@ -159,7 +159,8 @@ class Spool:
         if n == 0:
             out = {k: v[:0] for k, v in out.items()}
         offsets = np.zeros(n + 1, np.int64)
-        with open(crops_path, "wb") as f:
+        # the faces stage passes out.path(...): a file of the artifact's temporary folder
+        with open(crops_path, "wb") as f:  # (in a folder renamed into place)
             for i in range(n):
                 data = self.crop_bytes(int(src[i])) if src[i] >= 0 else self.grey()
                 f.write(data)
