@@ -6,13 +6,14 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.options import INPUT, OUT_DIR, OUT_FILE, RUN_DIR, config_options, execution_options, load_config, quiet_option
-from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_NOTHING_SCORED, EXIT_OK, EXIT_STOPPED
+from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_NOTHING_SCORED, EXIT_OK, EXIT_STOPPED, ExportError
 from pipeline.core.paths import shown
 from pipeline.engine.config import dump_config
 from pipeline.engine.rundir import FAILURES, PREDICTIONS, RunDir
 from pipeline.engine.runner import executor_for, run_pipeline
 from pipeline.tools.clip_figure import inspect_clip
 from pipeline.tools.export import export_frames
+from pipeline.tools.export_dataset import DATASET_INFO, FORMATS, export_dataset
 from stages import STAGE_ORDER
 
 
@@ -50,12 +51,21 @@ def add_parsers(sub) -> None:
     insp.add_argument("-o", "--output", metavar="PNG", action=OUT_FILE, help="where to write (default: RUN/inspect/<video>.png)")
     insp.set_defaults(handler=_inspect)
 
-    exp = sub.add_parser("export", help="write a table of a run's per-frame data (--frames: every face on every frame)")
+    exp = sub.add_parser("export", help="write a run's per-frame data as a table (--frames), or its classify prompts "
+                                        "and true labels as a fine-tuning dataset (--format llamafactory|sharegpt)")
     exp.add_argument("run_dir", metavar="RUN", action=RUN_DIR)
-    exp.add_argument("--frames", action="store_true", required=True,
-                     help="one row per face per frame: box, landmarks, flags, shot, subject, expression probabilities")
-    exp.add_argument("-o", "--output", metavar="FILE", action=OUT_FILE,
-                     help="a .csv or .parquet file (default: RUN/frames.csv)")
+    what = exp.add_mutually_exclusive_group(required=True)
+    what.add_argument("--frames", action="store_true",
+                      help="one row per face per frame: box, landmarks, flags, shot, subject, expression probabilities")
+    what.add_argument("--format", choices=sorted(FORMATS),
+                      help="the labelled clips' prompts (keyframes as images, with the summaries) and true labels, "
+                           "with the images and LLaMA-Factory's dataset_info.json (llamafactory: role/content "
+                           "messages; sharegpt: from/value conversations)")
+    exp.add_argument("-o", "--output", metavar="PATH",  # a file or a folder: checked by the export it goes to
+                     help="--frames: a .csv or .parquet file (default: RUN/frames.csv); --format: a new or empty folder, "
+                          "or one an earlier dfer export wrote (default: RUN/<format>)")
+    exp.add_argument("--name", help="--format: the dataset's name in dataset_info.json and its file's (default: "
+                                    "dfer_ and the run folder's name)")
     exp.set_defaults(handler=_export)
 
 
@@ -103,10 +113,26 @@ def _config_show(args) -> int:
 
 
 def _export(args) -> int:
+    if args.format:
+        return _export_dataset(args)
+    if args.name is not None:
+        raise ExportError("--name names a dataset: use it with --format")
     out, rows, clips, notes = export_frames(args.run_dir, args.output)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"{rows} rows of {clips} clips -> {out}")
+    return EXIT_OK
+
+
+def _export_dataset(args) -> int:
+    done = export_dataset(args.run_dir, args.format, args.output, args.name)
+    for note in done.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if done.unlabelled:
+        print(f"{done.unlabelled} clip(s) without a true label left out", file=sys.stderr)
+    labels = ", ".join(f"{lab} {n}" for lab, n in done.per_label.items())
+    print(f"{done.samples} samples ({labels or 'none'}), {done.images} images -> {done.folder} "
+          f"(dataset {done.name!r} in {done.folder / DATASET_INFO})")
     return EXIT_OK
 
 

@@ -1,0 +1,278 @@
+"""``dfer export RUN --format llamafactory|sharegpt``: a run's classify prompts as a fine-tuning dataset.
+
+Each labelled clip (each unit of a run split by person, where the label names that person) becomes one sample:
+the prompt the classify stage builds for it (:func:`stages.classify.render`, the same function the stage and
+``dfer finetune`` use, with the run's own ``config.yaml``), as one user turn whose text holds an ``<image>``
+placeholder where each keyframe goes, and the clip's true label (the label set's canonical name) as the
+assistant's answer. The images are the face crops the model was shown, written beside the data::
+
+    DIR/dataset_info.json        LLaMA-Factory's dataset description (one entry, named --name)
+    DIR/<name>.json              the samples: [{"messages" or "conversations": [...], "images": [...], "id": ...}]
+    DIR/images/<clip>/<frame>.jpg the crops, in the order of the placeholders (paths relative to DIR)
+    DIR/dfer-export.json         what wrote the folder: the run, the format, the counts (dfer's marker)
+
+Formats (LLaMA-Factory's ``sharegpt`` formatting in both; data/README.md of hiyouga/LLaMA-Factory):
+``llamafactory`` writes OpenAI-style messages (column ``messages``, tags ``role``/``content``, roles
+``user``/``assistant``/``system``); ``sharegpt`` writes classic ShareGPT turns (column ``conversations``, tags
+``from``/``value``, roles ``human``/``gpt``/``system``), which other trainers read too.
+
+A crop is written as the JPEG bytes the cache holds when the prompt shows it at its stored size (the model was
+shown exactly that JPEG decoded), else as a PNG of the resized crop the model was shown. Clips without a true label
+are left out and counted; a clip whose artifacts are gone, or that failed before its prompt could be built, is
+left out with a note. A clip whose text contains a placeholder of LLaMA-Factory's (``<image>``, ``<video>``,
+``<audio>``) is left out with a note, since the loader would count it as an image.
+
+The folder is dfer's: a new folder, an empty one, or one an earlier ``dfer export`` wrote (its marker), which is
+replaced whole (written beside it, then swapped in); any other folder that holds files is refused and left as it
+is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline.backends.base import Video
+from pipeline.core.errors import CacheError, ConfigError, ExportError
+from pipeline.core.jobs import ClipJob
+from pipeline.engine.config import load_config
+from pipeline.engine.rundir import CONFIG, RunDir
+from pipeline.eval.labels import LabelError, load_label_set
+from stages import classify
+from stages.faces.facetrack import FaceTrack
+from stages.templates import PromptRenderer, template_hash, template_path
+
+MARKER = "dfer-export.json"
+DATASET_INFO = "dataset_info.json"
+IMAGES = "images"
+PLACEHOLDER = "<image>"
+RESERVED = ("<image>", "<video>", "<audio>")  # LLaMA-Factory's placeholders: never in a sample's own text
+
+
+@dataclass(frozen=True)
+class Format:
+    """How one format names the messages column, its keys and its roles (LLaMA-Factory's ``columns``/``tags``)."""
+
+    messages: str
+    role: str
+    content: str
+    user: str
+    assistant: str
+    system: str = "system"
+
+    def info(self, file_name: str) -> dict:
+        """The ``dataset_info.json`` entry of a file in this format."""
+        return {"file_name": file_name, "formatting": "sharegpt",
+                "columns": {"messages": self.messages, "images": "images"},
+                "tags": {"role_tag": self.role, "content_tag": self.content, "user_tag": self.user,
+                         "assistant_tag": self.assistant, "system_tag": self.system}}
+
+
+FORMATS = {
+    "llamafactory": Format("messages", "role", "content", "user", "assistant"),
+    "sharegpt": Format("conversations", "from", "value", "human", "gpt"),
+}
+
+
+@dataclass
+class ExportSummary:
+    """What :func:`export_dataset` wrote."""
+
+    folder: Path
+    name: str
+    samples: int = 0
+    images: int = 0
+    per_label: dict[str, int] = field(default_factory=dict)
+    unlabelled: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _shown(text: str) -> str:
+    """``text`` with bytes that are not UTF-8 (file names kept as surrogates) shown as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _folder_name(uid: str) -> str:
+    """A file name for a clip (or unit): its id with every character outside ``[A-Za-z0-9._-]`` as ``_``, cut to
+    80 characters, and 8 hex digits of its hash (ids that differ only in those characters stay apart)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", uid)[-80:].lstrip(".") or "clip"
+    return f"{safe}-{hashlib.sha256(uid.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+
+def dataset_name(run: Path) -> str:
+    """The default ``--name``: ``dfer_`` and the run folder's name (letters, digits, ``_``)."""
+    return "dfer_" + (re.sub(r"[^A-Za-z0-9_]", "_", run.resolve().name) or "run")
+
+
+def check_folder(out: Path) -> None:
+    """Refuse (:class:`ExportError`, nothing touched) a path that is a file, or a folder that holds something and
+    was not written by ``dfer export``."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ExportError(f"{out}: is a file or a link, not a folder; give a folder for the dataset (-o DIR)")
+    if not out.exists() or (out / MARKER).is_file():
+        return
+    present = sorted(os.listdir(out))
+    if present:
+        listed = ", ".join(_shown(n) for n in present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
+        raise ExportError(
+            f"{out} is not empty and was not written by `dfer export` (no {MARKER}; it holds {listed}). dfer writes "
+            "a dataset only into a new or empty folder or into one of its own, so that no file of yours is removed "
+            "or overwritten: give another folder (-o), or move what is there elsewhere first")
+
+
+def _write_image(folder: Path, rel: str, jpeg: bytes, shown: Image.Image) -> str:
+    """Write one crop; returns its path relative to the dataset folder (``.jpg``: the cached bytes, when the prompt
+    showed the crop at its stored size; ``.png`` of the image shown otherwise)."""
+    if Image.open(io.BytesIO(jpeg)).size == shown.size:
+        name = rel + ".jpg"
+        (folder / name).write_bytes(jpeg)  # (in a folder renamed into place)
+    else:
+        name = rel + ".png"
+        shown.save(folder / name, format="PNG")  # (in a folder renamed into place)
+    return name
+
+
+def _check_same_prompt(row, cache, ccfg) -> None:
+    """Where the run scored the clip, its classify artifact says which template and stage version built the prompt:
+    refuse an export whose prompt would differ (the template edited, or another dfer version)."""
+    key = row.artifacts.get("classify")
+    art = cache.get("classify", key) if key else None
+    if art is None:
+        return
+    meta = art.meta()
+    if meta.get("stage_version") != classify.VERSION:
+        raise ExportError(f"{row.id}: the run's prompts were built by classify version {meta.get('stage_version')}, "
+                          f"this dfer builds version {classify.VERSION}: run `dfer run` again with this dfer, then export")
+    used = (meta.get("extras") or {}).get("template")
+    if used is not None and used != template_hash(ccfg.prompt_dir, ccfg.template):
+        path = template_path(ccfg.prompt_dir, ccfg.template)
+        raise ExportError(f"{path}: the template changed since the run built its prompts with it (run {row.id}); "
+                          "the export would not hold the prompts the model was shown: put the template back, or run "
+                          "`dfer run` again and then export")
+
+
+def _sample(row, cache, ccfg, renderer, label_names, tags: Format, label: str, folder: Path) -> tuple[dict, int]:
+    """One sample and its number of images, writing the images into ``folder``; :class:`_LeftOut` when the clip's
+    prompt cannot be built."""
+    arts = {}
+    for stage in classify.upstream(ccfg):
+        if stage == "expression":  # read by the embedded baseline's scores only, not by the prompt
+            continue
+        art = cache.get(stage, row.artifacts[stage]) if row.artifacts.get(stage) else None
+        if art is None:
+            raise _LeftOut(f"no {stage} artifact (the clip failed before it, or it left the cache)")
+        arts[stage] = art
+    _check_same_prompt(row, cache, ccfg)
+    job = ClipJob(row.video, Path(row.path), row.fingerprint or "", label, arts, unit=dict(row.unit))
+    prompt, track, frames = classify.render(job, ccfg, renderer, label_names)
+    text, shown = [], []
+    for part in prompt.parts:
+        if isinstance(part, str):
+            text.append(part)
+        elif isinstance(part, Video):  # refused before any clip (dense_input=video)
+            raise ExportError(f"{row.id}: a video input cannot be exported")
+        else:
+            text.append(PLACEHOLDER)
+            shown.append(part)
+    for word in RESERVED:
+        n_in_text = sum(p.count(word) for p in prompt.parts if isinstance(p, str))
+        if n_in_text:
+            raise _LeftOut(f"its prompt text holds {word!r} {n_in_text} time(s) (a motion summary?), which "
+                           "LLaMA-Factory would take for a placeholder")
+    if len(frames) != len(shown):
+        raise _LeftOut(f"its prompt shows {len(shown)} images for {len(frames)} frames")
+    sub = _folder_name(row.id)
+    (folder / IMAGES / sub).mkdir(parents=True, exist_ok=True)
+    jpegs = FaceTrack.of(job).crop_bytes(frames)
+    images = [_write_image(folder, f"{IMAGES}/{sub}/{i:06d}", data, img) for i, data, img in zip(frames, jpegs, shown)]
+    msgs = [{tags.role: tags.system, tags.content: prompt.system}] if prompt.system else []
+    msgs += [{tags.role: tags.user, tags.content: "".join(text)}, {tags.role: tags.assistant, tags.content: label}]
+    return {tags.messages: msgs, "images": images, "id": _shown(row.id)}, len(images)
+
+
+class _LeftOut(Exception):
+    """A clip whose prompt cannot be built (the reason)."""
+
+
+def export_dataset(run_dir: str | Path, fmt: str, output: str | Path | None = None,
+                   name: str | None = None) -> ExportSummary:
+    """Write the labelled clips of a run as a ``fmt`` dataset into ``output`` (default ``RUN/<fmt>``)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    tags = FORMATS[fmt]
+    run = RunDir(run_dir)
+    rows = run.manifest()  # a folder that is not a run is refused here, naming the file it lacks
+    if not (run / CONFIG).is_file():
+        raise ExportError(f"{run / CONFIG} not found: the prompts are built with the run's own settings")
+    try:
+        cfg = load_config(run / CONFIG)
+    except ConfigError as exc:
+        raise ExportError(f"{run / CONFIG}: the run's settings cannot be read by this dfer ({exc})") from None
+    ccfg = cfg.classify
+    if ccfg.dense_input == "video":
+        raise ExportError(f"{run / CONFIG}: classify.dense_input=video: the export writes images, and LLaMA-Factory's "
+                          "videos are not what dfer showed; export a run with dense_input=images")
+    name = name if name is not None else dataset_name(run.path)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ExportError(f"--name {name!r}: a dataset name of letters, digits, '_', '.' or '-'")
+    out = Path(output) if output is not None else run / fmt
+    check_folder(out)
+    label_set = load_label_set(ccfg.labels)
+    renderer = PromptRenderer(ccfg.prompt_dir, ccfg.template)
+    cache = run.cache()
+    summary = ExportSummary(out, name)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        samples = []
+        for row in rows:
+            if not row.label or row.unit:  # a label names the clip's own subject (unit {}), not the others
+                summary.unlabelled += 1
+                continue
+            try:
+                label = label_set.canonical(row.label, where=f"{run / 'manifest.jsonl'} (clip {_shown(row.id)})")
+            except LabelError as exc:
+                raise ExportError(f"{exc}; the label set is classify.labels={ccfg.labels}") from None
+            try:
+                sample, n_images = _sample(row, cache, ccfg, renderer, label_set.names, tags, label, tmp)
+            except _LeftOut as why:
+                summary.notes.append(f"{_shown(row.id)}: left out: {why}")
+                continue
+            except CacheError as exc:
+                summary.notes.append(f"{_shown(row.id)}: left out: its artifacts cannot be read ({exc})")
+                continue
+            samples.append(sample)
+            summary.samples += 1
+            summary.images += n_images
+            summary.per_label[label] = summary.per_label.get(label, 0) + 1
+        file_name = f"{name}.json"
+        (tmp / file_name).write_text(json.dumps(samples, ensure_ascii=False, indent=1) + "\n",
+                                     encoding="utf-8")  # (in a folder renamed into place)
+        (tmp / DATASET_INFO).write_text(json.dumps({name: tags.info(file_name)}, indent=2) + "\n",
+                                        encoding="utf-8")  # (in a folder renamed into place)
+        marker = {"written_by": "dfer export", "format": fmt, "run": str(run.path.resolve()), "dataset": name,
+                  "samples": summary.samples, "images": summary.images, "per_label": summary.per_label,
+                  "unlabelled_left_out": summary.unlabelled, "notes": summary.notes}
+        (tmp / MARKER).write_text(json.dumps(marker, ensure_ascii=False, indent=1) + "\n",
+                                  encoding="utf-8")  # (in a folder renamed into place)
+        if out.exists():  # an earlier export (check_folder): swapped out whole
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
