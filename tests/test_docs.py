@@ -28,7 +28,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "ARCH
          ROOT / "prompts" / "presets" / "README.md"]
 SECTIONS = tuple(PipelineConfig.model_fields)
 # programs of other projects: the docs show how to call them, their options are theirs
-EXTERNAL = {"vllm", "ray", "docker", "export", "for", "do", "done", "apt-get", "huggingface-cli", "tensorboard", "."}
+EXTERNAL = {"vllm", "ray", "docker", "export", "for", "do", "done", "apt-get", "huggingface-cli", "tensorboard", "llamafactory-cli", "."}
 SHELL_OPS = {"&&", "||", ";", "|", "&"}
 
 
