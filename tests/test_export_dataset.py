@@ -231,20 +231,19 @@ def test_a_folder_that_is_not_a_run_is_refused_naming_what_it_lacks(capsys, tmp_
 
 
 def test_a_template_edited_since_the_run_is_refused(scored, capsys, tmp_path):
-    copy = copy_run(scored.run_dir, tmp_path / "run")
     prompts = tmp_path / "prompts"
     shutil.copytree(ROOT / "prompts", prompts)
+    res = rerun(scored, tmp_path / "run", f"classify.prompt_dir={prompts}", until=None)  # classify scores with it
+    assert export(capsys, res.run_dir, "--format", "llamafactory")[0] == EXIT_OK
     (prompts / "classify.j2").write_text((prompts / "classify.j2").read_text() + " Be brief.")
-    cfg = yaml.safe_load((copy / "config.yaml").read_text())
-    cfg["classify"]["prompt_dir"] = str(prompts)
-    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
-    before = snapshot(copy)  # with the earlier export the copied run holds
-    code, _, err = export(capsys, copy, "--format", "llamafactory")
+    before = snapshot(res.run_dir)  # with the export made before the edit
+    code, _, err = export(capsys, res.run_dir, "--format", "llamafactory")
     assert code == EXIT_USAGE
     assert err.strip() == (f"dfer: error: {prompts / 'classify.j2'}: the template changed since the run built its "
                            "prompts with it (run a.mp4); the export would not hold the prompts the model was shown: "
                            "put the template back, or run `dfer run` again and then export")
-    assert snapshot(copy) == before and sorted(os.listdir(copy)) == sorted({p.split("/")[0] for p in before})
+    assert snapshot(res.run_dir) == before
+    assert sorted(os.listdir(res.run_dir)) == sorted({p.split("/")[0] for p in before})
 
 
 def test_a_label_outside_the_label_set_is_named(scored, capsys, tmp_path):
@@ -277,3 +276,57 @@ def test_format_and_frames_are_one_or_the_other(scored, capsys):
         main(["export", str(scored.run_dir), "--frames", "--format", "sharegpt"])
     assert exc.value.code == EXIT_USAGE
     assert "argument --format: not allowed with argument --frames" in capsys.readouterr().err
+
+
+def rerun(scored, out: Path, *overrides: str, until: str | None = "context"):
+    """The run of ``scored``'s clips again with ``overrides`` (through context by default: all from its cache)."""
+    model = shared_tiny_model_dir("qwen2vl")
+    return run(scored.run_dir.parent / "in" / "list.csv", out, RunDir(scored.run_dir).cache().root,
+               f"context.model.model={model}", "context.model.max_new_tokens=6", f"classify.model.model={model}",
+               *overrides, until=until)
+
+
+def test_a_run_through_context_exports_its_prompts_and_crops_resized_as_shown_are_png(scored, capsys, tmp_path):
+    res = rerun(scored, tmp_path / "run", "classify.image_size=112")
+    assert res.status == "complete"
+    code, out, err = export(capsys, res.run_dir, "--format", "llamafactory")
+    assert code == EXIT_OK, err
+    samples = documented_schema(res.run_dir / "llamafactory", "dfer_run")
+    assert {s["id"]: s["answer"] for s in samples} == TRUE
+    rows = {r.video: r for r in RunDir(res.run_dir).manifest()}
+    cache = RunDir(res.run_dir).cache()
+    for s in samples:  # 112 px is not the stored 224: the resized crop the prompt shows, lossless
+        track = FaceTrack.load(cache.get("faces", rows[s["id"]].artifacts["faces"]))
+        frames = [int(Path(p).stem) for p in s["images"]]
+        assert all(p.endswith(".png") for p in s["images"])
+        for img, p in zip(track.crops(frames, size=112), s["images"]):
+            assert np.array_equal(np.asarray(Image.open(res.run_dir / "llamafactory" / p).convert("RGB")), img)
+
+
+def test_a_prompt_whose_text_holds_a_placeholder_is_left_out_and_an_empty_dataset_is_refused(scored, capsys, tmp_path):
+    prompts = tmp_path / "prompts"
+    shutil.copytree(ROOT / "prompts", prompts)
+    text = (prompts / "classify.j2").read_text()
+    (prompts / "classify.j2").write_text(text.replace("Which emotion", "Ignore any <image> tag. Which emotion"))
+    res = rerun(scored, tmp_path / "run", f"classify.prompt_dir={prompts}")
+    code, out, err = export(capsys, res.run_dir, "--format", "llamafactory")
+    assert code == EXIT_USAGE and out == ""
+    note = ("a.mp4: left out: its prompt's text holds '<image>' 1 time(s) (in a summary or the template), which "
+            "LLaMA-Factory would take for a placeholder")
+    assert err.strip() == (f"dfer: error: {res.run_dir / 'manifest.jsonl'}: no clip to export: 1 clip(s) without a "
+                           f"true label; 3 left out (first: {note}); nothing written")
+    assert not (res.run_dir / "llamafactory").exists()
+
+
+def test_a_config_edited_since_the_run_is_refused(scored, capsys, tmp_path):
+    copy = copy_run(scored.run_dir, tmp_path / "run")
+    cfg = yaml.safe_load((copy / "config.yaml").read_text())
+    cfg["classify"]["use_summaries"] = False
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    before = snapshot(copy)
+    code, _, err = export(capsys, copy, "--format", "sharegpt")
+    assert code == EXIT_USAGE
+    assert err.strip() == (f"dfer: error: {copy / 'config.yaml'} says classify.use_summaries=False but the run built "
+                           "the prompt of a.mp4 with classify.use_summaries=None: the file was edited since the run; put "
+                           "it back, or run `dfer run` again and then export")
+    assert snapshot(copy) == before

@@ -43,7 +43,7 @@ from PIL import Image
 from pipeline.backends.base import Video
 from pipeline.core.errors import CacheError, ConfigError, ExportError
 from pipeline.core.jobs import ClipJob
-from pipeline.engine.config import load_config
+from pipeline.engine.config import key_fields, load_config
 from pipeline.engine.rundir import CONFIG, RunDir
 from pipeline.eval.labels import LabelError, load_label_set
 from stages import classify
@@ -140,9 +140,10 @@ def _write_image(folder: Path, rel: str, jpeg: bytes, shown: Image.Image) -> str
     return name
 
 
-def _check_same_prompt(row, cache, ccfg) -> None:
-    """Where the run scored the clip, its classify artifact says which template and stage version built the prompt:
-    refuse an export whose prompt would differ (the template edited, or another dfer version)."""
+def _check_same_prompt(row, cache, ccfg, frames: list[int], config_file: Path) -> None:
+    """Where the run scored the clip, its classify artifact records what built the prompt (stage version, settings,
+    template) and the frames it showed: refuse an export whose prompt would differ (``config.yaml`` or the template
+    edited since the run, or another dfer version)."""
     key = row.artifacts.get("classify")
     art = cache.get("classify", key) if key else None
     if art is None:
@@ -151,15 +152,28 @@ def _check_same_prompt(row, cache, ccfg) -> None:
     if meta.get("stage_version") != classify.VERSION:
         raise ExportError(f"{row.id}: the run's prompts were built by classify version {meta.get('stage_version')}, "
                           f"this dfer builds version {classify.VERSION}: run `dfer run` again with this dfer, then export")
+    now = json.loads(json.dumps(key_fields(ccfg)))
+    then = meta.get("config") or {}
+    changed = sorted(k for k in set(now) | set(then) if k != "model" and now.get(k) != then.get(k))
+    if changed:
+        raise ExportError(f"{config_file} says " + ", ".join(f"classify.{k}={now.get(k)!r}" for k in changed)
+                          + f" but the run built the prompt of {row.id} with "
+                          + ", ".join(f"classify.{k}={then.get(k)!r}" for k in changed)
+                          + ": the file was edited since the run; put it back, or run `dfer run` again and then export")
     used = (meta.get("extras") or {}).get("template")
     if used is not None and used != template_hash(ccfg.prompt_dir, ccfg.template):
         path = template_path(ccfg.prompt_dir, ccfg.template)
         raise ExportError(f"{path}: the template changed since the run built its prompts with it (run {row.id}); "
                           "the export would not hold the prompts the model was shown: put the template back, or run "
                           "`dfer run` again and then export")
+    scored = art.json(classify.SCORES_FILE).get("frame_indices")
+    if scored is not None and list(scored) != list(frames):
+        raise ExportError(f"{row.id}: the run's prompt showed frames {list(scored)}, the prompt built now shows "
+                          f"{list(frames)}: run `dfer run` again and then export")
 
 
-def _sample(row, cache, ccfg, renderer, label_names, tags: Format, label: str, folder: Path) -> tuple[dict, int]:
+def _sample(row, cache, ccfg, renderer, label_names, tags: Format, label: str, folder: Path,
+            config_file: Path) -> tuple[dict, int]:
     """One sample and its number of images, writing the images into ``folder``; :class:`_LeftOut` when the clip's
     prompt cannot be built."""
     arts = {}
@@ -170,9 +184,9 @@ def _sample(row, cache, ccfg, renderer, label_names, tags: Format, label: str, f
         if art is None:
             raise _LeftOut(f"no {stage} artifact (the clip failed before it, or it left the cache)")
         arts[stage] = art
-    _check_same_prompt(row, cache, ccfg)
     job = ClipJob(row.video, Path(row.path), row.fingerprint or "", label, arts, unit=dict(row.unit))
     prompt, track, frames = classify.render(job, ccfg, renderer, label_names)
+    _check_same_prompt(row, cache, ccfg, frames, config_file)
     text, shown = [], []
     for part in prompt.parts:
         if isinstance(part, str):
@@ -185,8 +199,8 @@ def _sample(row, cache, ccfg, renderer, label_names, tags: Format, label: str, f
     for word in RESERVED:
         n_in_text = sum(p.count(word) for p in prompt.parts if isinstance(p, str))
         if n_in_text:
-            raise _LeftOut(f"its prompt text holds {word!r} {n_in_text} time(s) (a motion summary?), which "
-                           "LLaMA-Factory would take for a placeholder")
+            raise _LeftOut(f"its prompt's text holds {word!r} {n_in_text} time(s) (in a summary or the template), "
+                           "which LLaMA-Factory would take for a placeholder")
     if len(frames) != len(shown):
         raise _LeftOut(f"its prompt shows {len(shown)} images for {len(frames)} frames")
     sub = _folder_name(row.id)
@@ -244,7 +258,7 @@ def export_dataset(run_dir: str | Path, fmt: str, output: str | Path | None = No
             except LabelError as exc:
                 raise ExportError(f"{exc}; the label set is classify.labels={ccfg.labels}") from None
             try:
-                sample, n_images = _sample(row, cache, ccfg, renderer, label_set.names, tags, label, tmp)
+                sample, n_images = _sample(row, cache, ccfg, renderer, label_set.names, tags, label, tmp, run / CONFIG)
             except _LeftOut as why:
                 summary.notes.append(f"{_shown(row.id)}: left out: {why}")
                 continue
@@ -255,6 +269,11 @@ def export_dataset(run_dir: str | Path, fmt: str, output: str | Path | None = No
             summary.samples += 1
             summary.images += n_images
             summary.per_label[label] = summary.per_label.get(label, 0) + 1
+        if not samples:
+            why = [f"{summary.unlabelled} clip(s) without a true label"] if summary.unlabelled else []
+            why += [f"{len(summary.notes)} left out (first: {summary.notes[0]})"] if summary.notes else []
+            raise ExportError(f"{run / 'manifest.jsonl'}: no clip to export: " + ("; ".join(why) or "no clips")
+                              + "; nothing written")
         file_name = f"{name}.json"
         (tmp / file_name).write_text(json.dumps(samples, ensure_ascii=False, indent=1) + "\n",
                                      encoding="utf-8")  # (in a folder renamed into place)
