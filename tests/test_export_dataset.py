@@ -207,6 +207,9 @@ def test_a_folder_of_the_users_is_refused_and_left_as_it_is(scored, capsys, tmp_
     code, _, err = export(capsys, scored.run_dir, "--format", "llamafactory", "-o", tmp_path / "a_file")
     assert code == EXIT_USAGE and f"{tmp_path / 'a_file'}: is a file or a link, not a folder" in err
     assert (tmp_path / "a_file").read_text() == "x"
+    code, _, err = export(capsys, scored.run_dir, "--format", "llamafactory", "-o", tmp_path / "a_file" / "ds")
+    assert code == EXIT_USAGE and f"dfer: error: {tmp_path / 'a_file' / 'ds'}: the dataset folder cannot be made" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mine"]
 
 
 def test_an_earlier_export_is_replaced_whole_and_an_empty_folder_is_used(scored, capsys, tmp_path):
@@ -264,6 +267,8 @@ def test_a_label_outside_the_label_set_is_named(scored, capsys, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--format", "llamafactory", "--name", "my data"], "--name 'my data': a dataset name of letters, digits"),
+    (["--format", "llamafactory", "--name", "dataset_info"],
+     "--name 'dataset_info': its file would be dataset_info.json, which the export writes for itself"),
     (["--frames", "--name", "x"], "--name names a dataset: use it with --format"),
 ])
 def test_options_that_do_not_fit_are_refused(scored, capsys, args, message):

@@ -235,8 +235,11 @@ def export_dataset(run_dir: str | Path, fmt: str, output: str | Path | None = No
         raise ExportError(f"{run / CONFIG}: classify.dense_input=video: the export writes images, and LLaMA-Factory's "
                           "videos are not what dfer showed; export a run with dense_input=images")
     name = name if name is not None else dataset_name(run.path)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ExportError(f"--name {name!r}: a dataset name of letters, digits, '_', '.' or '-'")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+        raise ExportError(f"--name {name!r}: a dataset name of letters, digits, '_', '.' or '-' (not first: '.')")
+    if f"{name}.json" in (DATASET_INFO, MARKER):
+        raise ExportError(f"--name {name!r}: its file would be {name}.json, which the export writes for itself; "
+                          "choose another name")
     out = Path(output) if output is not None else run / fmt
     check_folder(out)
     label_set = load_label_set(ccfg.labels)
@@ -244,9 +247,12 @@ def export_dataset(run_dir: str | Path, fmt: str, output: str | Path | None = No
     cache = run.cache()
     summary = ExportSummary(out, name)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise ExportError(f"{out}: the dataset folder cannot be made there ({exc.strerror}: {exc.filename})") from None
     try:
         samples = []
         for row in rows:
@@ -279,7 +285,7 @@ def export_dataset(run_dir: str | Path, fmt: str, output: str | Path | None = No
                                      encoding="utf-8")  # (in a folder renamed into place)
         (tmp / DATASET_INFO).write_text(json.dumps({name: tags.info(file_name)}, indent=2) + "\n",
                                         encoding="utf-8")  # (in a folder renamed into place)
-        marker = {"written_by": "dfer export", "format": fmt, "run": str(run.path.resolve()), "dataset": name,
+        marker = {"written_by": "dfer export", "format": fmt, "run": _shown(str(run.path.resolve())), "dataset": name,
                   "samples": summary.samples, "images": summary.images, "per_label": summary.per_label,
                   "unlabelled_left_out": summary.unlabelled, "notes": summary.notes}
         (tmp / MARKER).write_text(json.dumps(marker, ensure_ascii=False, indent=1) + "\n",
