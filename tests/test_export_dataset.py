@@ -323,6 +323,26 @@ def test_a_prompt_whose_text_holds_a_placeholder_is_left_out_and_an_empty_datase
     assert not (res.run_dir / "llamafactory").exists()
 
 
+def test_a_clip_split_by_person_gives_its_subject_the_label_and_leaves_the_others_out(special_clips, capsys, tmp_path):
+    copy_clip(special_clips["two"], tmp_path / "in", "two.mp4")
+    (tmp_path / "in" / "list.csv").write_text("path,label\ntwo.mp4,sad\n")
+    model = shared_tiny_model_dir("qwen2vl")
+    res = run(tmp_path / "in" / "list.csv", tmp_path / "run", tmp_path / "cache", f"context.model.model={model}",
+              "context.model.max_new_tokens=6", "faces.subjects=all", "faces.min_subject_s=0.1", until="context")
+    rows = RunDir(res.run_dir).manifest()
+    assert [r.unit for r in rows] == [{}, {"subject": 1}]
+    code, out, err = export(capsys, res.run_dir, "--format", "sharegpt")
+    assert code == EXIT_OK, err
+    assert out.startswith("1 samples (sad 1), 4 images")
+    assert "1 other person(s) of clips split by person left out (a clip's label names its subject)" in err
+    (sample,) = documented_schema(res.run_dir / "sharegpt", "dfer_run")
+    assert sample["id"] == "two.mp4" and sample["answer"] == "sad"
+    track = FaceTrack.load(RunDir(res.run_dir).cache().get("faces", rows[0].artifacts["faces"]), 0)  # the subject's
+    frames = [int(Path(p).stem) for p in sample["images"]]
+    for img, p in zip(track.crops(frames, size=224), sample["images"]):
+        assert np.array_equal(cv2.cvtColor(cv2.imread(str(res.run_dir / "sharegpt" / p)), cv2.COLOR_BGR2RGB), img)
+
+
 def test_a_config_edited_since_the_run_is_refused(scored, capsys, tmp_path):
     copy = copy_run(scored.run_dir, tmp_path / "run")
     cfg = yaml.safe_load((copy / "config.yaml").read_text())

@@ -130,6 +130,9 @@ def _export_dataset(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     if done.unlabelled:
         print(f"{done.unlabelled} clip(s) without a true label left out", file=sys.stderr)
+    if done.other_people:
+        print(f"{done.other_people} other person(s) of clips split by person left out (a clip's label names its "
+              "subject)", file=sys.stderr)
     labels = ", ".join(f"{lab} {n}" for lab, n in done.per_label.items())
     print(f"{done.samples} samples ({labels or 'none'}), {done.images} images -> {done.folder} "
           f"(dataset {done.name!r} in {done.folder / DATASET_INFO})")

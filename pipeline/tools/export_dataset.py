@@ -92,6 +92,7 @@ class ExportSummary:
     images: int = 0
     per_label: dict[str, int] = field(default_factory=dict)
     unlabelled: int = 0
+    other_people: int = 0  # units of a clip split by person other than its subject (the label names the subject)
     notes: list[str] = field(default_factory=list)
 
 
@@ -256,7 +257,10 @@ def export_dataset(run_dir: str | Path, fmt: str, output: str | Path | None = No
     try:
         samples = []
         for row in rows:
-            if not row.label or row.unit:  # a label names the clip's own subject (unit {}), not the others
+            if row.unit:  # a label names the clip's own subject (unit {}), not the others
+                summary.other_people += 1
+                continue
+            if not row.label:
                 summary.unlabelled += 1
                 continue
             try:
@@ -277,6 +281,7 @@ def export_dataset(run_dir: str | Path, fmt: str, output: str | Path | None = No
             summary.per_label[label] = summary.per_label.get(label, 0) + 1
         if not samples:
             why = [f"{summary.unlabelled} clip(s) without a true label"] if summary.unlabelled else []
+            why += [f"{summary.other_people} other person(s) of split clips"] if summary.other_people else []
             why += [f"{len(summary.notes)} left out (first: {summary.notes[0]})"] if summary.notes else []
             raise ExportError(f"{run / 'manifest.jsonl'}: no clip to export: " + ("; ".join(why) or "no clips")
                               + "; nothing written")
@@ -287,7 +292,7 @@ def export_dataset(run_dir: str | Path, fmt: str, output: str | Path | None = No
                                         encoding="utf-8")  # (in a folder renamed into place)
         marker = {"written_by": "dfer export", "format": fmt, "run": _shown(str(run.path.resolve())), "dataset": name,
                   "samples": summary.samples, "images": summary.images, "per_label": summary.per_label,
-                  "unlabelled_left_out": summary.unlabelled, "notes": summary.notes}
+                  "unlabelled_left_out": summary.unlabelled, "other_people_left_out": summary.other_people, "notes": summary.notes}
         (tmp / MARKER).write_text(json.dumps(marker, ensure_ascii=False, indent=1) + "\n",
                                   encoding="utf-8")  # (in a folder renamed into place)
         if out.exists():  # an earlier export (check_folder): swapped out whole
