@@ -205,10 +205,14 @@ def test_a_folder_of_the_users_is_refused_and_left_as_it_is(scored, capsys, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary folder left beside it
     (tmp_path / "a_file").write_text("x")
     code, _, err = export(capsys, scored.run_dir, "--format", "llamafactory", "-o", tmp_path / "a_file")
-    assert code == EXIT_USAGE and f"{tmp_path / 'a_file'}: is a file or a link, not a folder" in err
+    assert code == EXIT_USAGE
+    assert err.strip() == (f"dfer: error: -o {tmp_path / 'a_file'}: is a regular file, not a folder; give a folder (it "
+                           "is made if missing)")
     assert (tmp_path / "a_file").read_text() == "x"
     code, _, err = export(capsys, scored.run_dir, "--format", "llamafactory", "-o", tmp_path / "a_file" / "ds")
-    assert code == EXIT_USAGE and f"dfer: error: {tmp_path / 'a_file' / 'ds'}: the dataset folder cannot be made" in err
+    assert code == EXIT_USAGE
+    assert err.strip() == (f"dfer: error: -o {tmp_path / 'a_file' / 'ds'}: {tmp_path / 'a_file'} is a file, so nothing "
+                           "can be written below it")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mine"]
 
 
@@ -306,6 +310,9 @@ def test_a_run_through_context_exports_its_prompts_and_crops_resized_as_shown_ar
         assert all(p.endswith(".png") for p in s["images"])
         for img, p in zip(track.crops(frames, size=112), s["images"]):
             assert np.array_equal(np.asarray(Image.open(res.run_dir / "llamafactory" / p).convert("RGB")), img)
+    # the default folder is the run directory's: a new run into it removes the earlier run's dataset
+    again = rerun(scored, res.run_dir, "classify.image_size=112")
+    assert again.status == "complete" and not (res.run_dir / "llamafactory").exists()
 
 
 def test_a_prompt_whose_text_holds_a_placeholder_is_left_out_and_an_empty_dataset_is_refused(scored, capsys, tmp_path):

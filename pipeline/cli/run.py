@@ -134,8 +134,8 @@ def _export_dataset(args) -> int:
         print(f"{done.other_people} other person(s) of clips split by person left out (a clip's label names its "
               "subject)", file=sys.stderr)
     labels = ", ".join(f"{lab} {n}" for lab, n in done.per_label.items())
-    print(f"{done.samples} samples ({labels or 'none'}), {done.images} images -> {done.folder} "
-          f"(dataset {done.name!r} in {done.folder / DATASET_INFO})")
+    print(f"{done.samples} samples ({labels or 'none'}), {done.images} images -> {shown(done.folder)} "
+          f"(dataset {done.name!r} in {shown(done.folder / DATASET_INFO)})")
     return EXIT_OK
 
 

@@ -28,6 +28,7 @@ A run directory is a view over the cache (deleting it loses nothing a model comp
     RUN/metrics.json, RUN/report.md and plots (*.png): written by ``dfer report``
     RUN/view.html         ``dfer view``; with RUN/view_files/ (cards and thumbnails) for a run too big for one page
     RUN/inspect/          ``dfer inspect``'s figures, one PNG per clip
+    RUN/llamafactory/, RUN/sharegpt/   ``dfer export --format``'s fine-tuning datasets (:mod:`pipeline.tools.export_dataset`)
 
 Ownership. These names are dfer's only inside a folder that carries the marker. ``dfer run`` writes into a folder
 that does not exist, is empty, or is marked; there it removes what an earlier run left (:data:`RUN_OUTPUTS`,
@@ -93,7 +94,8 @@ def view_files_of(page: str | Path) -> Path:
     return page.with_name(page.stem + "_files")
 
 
-RUN_OUTPUT_DIRS = (INSPECT, view_files_of(VIEW).name)
+EXPORT_DIRS = {"llamafactory": "llamafactory", "sharegpt": "sharegpt"}  # dfer export --format's default folders
+RUN_OUTPUT_DIRS = (INSPECT, view_files_of(VIEW).name, *EXPORT_DIRS.values())
 SWEEP_FILES = {"table": "sweep.md", "plot": "sweep.png", "json": "sweep.json"}
 """``dfer sweep``'s files, in the folder that holds its run directories (marked like a run directory)."""
 RUN_FILES = (MARKER, CONFIG, FAILURES, CACHE_DIR, *RUN_OUTPUTS)

@@ -34,17 +34,18 @@ import io
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from pipeline.backends.base import Video
-from pipeline.core.errors import CacheError, ConfigError, ExportError
+from pipeline.core.errors import CacheError, ConfigError, ExportError, InputError
+from pipeline.core.files import atomic_dir, json_text
 from pipeline.core.jobs import ClipJob
+from pipeline.core.paths import output_dir, shown
 from pipeline.engine.config import key_fields, load_config
-from pipeline.engine.rundir import CONFIG, RunDir
+from pipeline.engine.rundir import CONFIG, EXPORT_DIRS, MANIFEST, RunDir
 from pipeline.eval.labels import LabelError, load_label_set
 from stages import classify
 from stages.faces.facetrack import FaceTrack
@@ -96,11 +97,6 @@ class ExportSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def _shown(text: str) -> str:
-    """``text`` with bytes that are not UTF-8 (file names kept as surrogates) shown as ``\\xNN``."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def _folder_name(uid: str) -> str:
     """A file name for a clip (or unit): its id with every character outside ``[A-Za-z0-9._-]`` as ``_``, cut to
     80 characters, and 8 hex digits of its hash (ids that differ only in those characters stay apart)."""
@@ -113,31 +109,33 @@ def dataset_name(run: Path) -> str:
     return "dfer_" + (re.sub(r"[^A-Za-z0-9_]", "_", run.resolve().name) or "run")
 
 
-def check_folder(out: Path) -> None:
-    """Refuse (:class:`ExportError`, nothing touched) a path that is a file, or a folder that holds something and
-    was not written by ``dfer export``."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ExportError(f"{out}: is a file or a link, not a folder; give a folder for the dataset (-o DIR)")
+def check_folder(out: Path, option: str | None = "-o") -> None:
+    """Refuse (:class:`ExportError`, nothing touched) a path that is not a folder, or a folder that holds something
+    and was not written by ``dfer export``."""
+    try:
+        output_dir(out, option)
+    except InputError as exc:
+        raise ExportError(str(exc)) from None
     if not out.exists() or (out / MARKER).is_file():
         return
     present = sorted(os.listdir(out))
     if present:
-        listed = ", ".join(_shown(n) for n in present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
+        listed = ", ".join(shown(n) for n in present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
         raise ExportError(
-            f"{out} is not empty and was not written by `dfer export` (no {MARKER}; it holds {listed}). dfer writes "
-            "a dataset only into a new or empty folder or into one of its own, so that no file of yours is removed "
-            "or overwritten: give another folder (-o), or move what is there elsewhere first")
+            f"{shown(out)} is not empty and was not written by `dfer export` (no {MARKER}; it holds {listed}). dfer "
+            "writes a dataset only into a new or empty folder or into one of its own, so that no file of yours is "
+            "removed or overwritten: give another folder (-o), or move what is there elsewhere first")
 
 
-def _write_image(folder: Path, rel: str, jpeg: bytes, shown: Image.Image) -> str:
+def _write_image(folder: Path, rel: str, jpeg: bytes, image: Image.Image) -> str:
     """Write one crop; returns its path relative to the dataset folder (``.jpg``: the cached bytes, when the prompt
     showed the crop at its stored size; ``.png`` of the image shown otherwise)."""
-    if Image.open(io.BytesIO(jpeg)).size == shown.size:
+    if Image.open(io.BytesIO(jpeg)).size == image.size:
         name = rel + ".jpg"
         (folder / name).write_bytes(jpeg)  # (in a folder renamed into place)
     else:
         name = rel + ".png"
-        shown.save(folder / name, format="PNG")  # (in a folder renamed into place)
+        image.save(folder / name, format="PNG")  # (in a folder renamed into place)
     return name
 
 
@@ -188,7 +186,7 @@ def _sample(row, cache, ccfg, renderer, label_names, tags: Format, label: str, f
     job = ClipJob(row.video, Path(row.path), row.fingerprint or "", label, arts, unit=dict(row.unit))
     prompt, track, frames = classify.render(job, ccfg, renderer, label_names)
     _check_same_prompt(row, cache, ccfg, frames, config_file)
-    text, shown = [], []
+    text, images_shown = [], []
     for part in prompt.parts:
         if isinstance(part, str):
             text.append(part)
@@ -196,21 +194,21 @@ def _sample(row, cache, ccfg, renderer, label_names, tags: Format, label: str, f
             raise ExportError(f"{row.id}: a video input cannot be exported")
         else:
             text.append(PLACEHOLDER)
-            shown.append(part)
+            images_shown.append(part)
     for word in RESERVED:
         n_in_text = sum(p.count(word) for p in prompt.parts if isinstance(p, str))
         if n_in_text:
             raise _LeftOut(f"its prompt's text holds {word!r} {n_in_text} time(s) (in a summary or the template), "
                            "which LLaMA-Factory would take for a placeholder")
-    if len(frames) != len(shown):
-        raise _LeftOut(f"its prompt shows {len(shown)} images for {len(frames)} frames")
+    if len(frames) != len(images_shown):
+        raise _LeftOut(f"its prompt shows {len(images_shown)} images for {len(frames)} frames")
     sub = _folder_name(row.id)
     (folder / IMAGES / sub).mkdir(parents=True, exist_ok=True)
     jpegs = FaceTrack.of(job).crop_bytes(frames)
-    images = [_write_image(folder, f"{IMAGES}/{sub}/{i:06d}", data, img) for i, data, img in zip(frames, jpegs, shown)]
+    images = [_write_image(folder, f"{IMAGES}/{sub}/{i:06d}", data, img) for i, data, img in zip(frames, jpegs, images_shown)]
     msgs = [{tags.role: tags.system, tags.content: prompt.system}] if prompt.system else []
     msgs += [{tags.role: tags.user, tags.content: "".join(text)}, {tags.role: tags.assistant, tags.content: label}]
-    return {tags.messages: msgs, "images": images, "id": _shown(row.id)}, len(images)
+    return {tags.messages: msgs, "images": images, "id": shown(row.id)}, len(images)
 
 
 class _LeftOut(Exception):
@@ -241,20 +239,15 @@ def export_dataset(run_dir: str | Path, fmt: str, output: str | Path | None = No
     if f"{name}.json" in (DATASET_INFO, MARKER):
         raise ExportError(f"--name {name!r}: its file would be {name}.json, which the export writes for itself; "
                           "choose another name")
-    out = Path(output) if output is not None else run / fmt
-    check_folder(out)
+    out = Path(output) if output is not None else run / EXPORT_DIRS[fmt]
+    check_folder(out, "-o" if output is not None else None)
     label_set = load_label_set(ccfg.labels)
     renderer = PromptRenderer(ccfg.prompt_dir, ccfg.template)
     cache = run.cache()
+    if output is None:
+        run.claim()  # RUN/<format> is one of the run directory's folders (an earlier dfer's run is taken over)
     summary = ExportSummary(out, name)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    except OSError as exc:
-        raise ExportError(f"{out}: the dataset folder cannot be made there ({exc.strerror}: {exc.filename})") from None
-    try:
+    with atomic_dir(out) as tmp:  # an earlier export there (check_folder) is replaced whole
         samples = []
         for row in rows:
             if row.unit:  # a label names the clip's own subject (unit {}), not the others
@@ -264,16 +257,16 @@ def export_dataset(run_dir: str | Path, fmt: str, output: str | Path | None = No
                 summary.unlabelled += 1
                 continue
             try:
-                label = label_set.canonical(row.label, where=f"{run / 'manifest.jsonl'} (clip {_shown(row.id)})")
+                label = label_set.canonical(row.label, where=f"{shown(run / MANIFEST)} (clip {shown(row.id)})")
             except LabelError as exc:
                 raise ExportError(f"{exc}; the label set is classify.labels={ccfg.labels}") from None
             try:
                 sample, n_images = _sample(row, cache, ccfg, renderer, label_set.names, tags, label, tmp, run / CONFIG)
             except _LeftOut as why:
-                summary.notes.append(f"{_shown(row.id)}: left out: {why}")
+                summary.notes.append(f"{shown(row.id)}: left out: {why}")
                 continue
             except CacheError as exc:
-                summary.notes.append(f"{_shown(row.id)}: left out: its artifacts cannot be read ({exc})")
+                summary.notes.append(f"{shown(row.id)}: left out: its artifacts cannot be read ({exc})")
                 continue
             samples.append(sample)
             summary.samples += 1
@@ -283,26 +276,14 @@ def export_dataset(run_dir: str | Path, fmt: str, output: str | Path | None = No
             why = [f"{summary.unlabelled} clip(s) without a true label"] if summary.unlabelled else []
             why += [f"{summary.other_people} other person(s) of split clips"] if summary.other_people else []
             why += [f"{len(summary.notes)} left out (first: {summary.notes[0]})"] if summary.notes else []
-            raise ExportError(f"{run / 'manifest.jsonl'}: no clip to export: " + ("; ".join(why) or "no clips")
+            raise ExportError(f"{shown(run / MANIFEST)}: no clip to export: " + ("; ".join(why) or "no clips")
                               + "; nothing written")
         file_name = f"{name}.json"
-        (tmp / file_name).write_text(json.dumps(samples, ensure_ascii=False, indent=1) + "\n",
-                                     encoding="utf-8")  # (in a folder renamed into place)
-        (tmp / DATASET_INFO).write_text(json.dumps({name: tags.info(file_name)}, indent=2) + "\n",
-                                        encoding="utf-8")  # (in a folder renamed into place)
-        marker = {"written_by": "dfer export", "format": fmt, "run": _shown(str(run.path.resolve())), "dataset": name,
+        marker = {"written_by": "dfer export", "format": fmt, "run": str(run.path.resolve()), "dataset": name,
                   "samples": summary.samples, "images": summary.images, "per_label": summary.per_label,
-                  "unlabelled_left_out": summary.unlabelled, "other_people_left_out": summary.other_people, "notes": summary.notes}
-        (tmp / MARKER).write_text(json.dumps(marker, ensure_ascii=False, indent=1) + "\n",
-                                  encoding="utf-8")  # (in a folder renamed into place)
-        if out.exists():  # an earlier export (check_folder): swapped out whole
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                  "unlabelled_left_out": summary.unlabelled, "other_people_left_out": summary.other_people,
+                  "notes": summary.notes}
+        for file, doc, indent in ((file_name, samples, 1), (DATASET_INFO, {name: tags.info(file_name)}, 2),
+                                  (MARKER, marker, 1)):
+            (tmp / file).write_text(json_text(doc, indent=indent) + "\n", encoding="utf-8")  # (in a folder renamed into place)
     return summary
