@@ -69,9 +69,11 @@ from stages.templates import PromptRenderer, image_slots, template_hash, templat
 from stages.base import Fallback, Stage
 
 NAME = "classify"
-VERSION = 4  # 2: lead-in/lead-out summaries, shuffled prompts without timestamps, dense frames alone, video input;
+VERSION = 5  # 2: lead-in/lead-out summaries, shuffled prompts without timestamps, dense frames alone, video input;
 # 3: the openai backend matches labels on token ids (no string prefixes), label_matching recorded; answer=generate;
-# 4: dense frames only where the person's face is
+# 4: dense frames only where the person's face is;
+# 5: the openai backend scores a label's first token as the chat template writes the answer (the transformers
+# backend's rule), not the larger of its bare and space-led forms, where the server renders chats (vLLM)
 SCORES_FILE = "scores.json"
 ClassifierModel = stage_model(model="Qwen/Qwen2.5-VL-3B-Instruct")
 

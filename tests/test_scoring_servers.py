@@ -80,8 +80,15 @@ def local_logprobs(local, images: list, text: str):
         return torch.log_softmax(model(**inputs).logits[0, -1].float(), dim=-1)
 
 
-def first_ids(tokenizer, label: str) -> list[int]:
-    return [tokenizer(form, add_special_tokens=False)["input_ids"][0] for form in (label, " " + label)]
+def first_ids(processor, label: str) -> list[int]:
+    """The label's first token as Qwen's chat template writes the assistant's answer (bare, after ``assistant\\n``):
+    the one token vLLM, which renders that template, is asked for; the transformers backend scores the same."""
+    user = {"role": "user", "content": [{"type": "text", "text": "Answer."}]}
+    prompt = processor.apply_chat_template([user], add_generation_prompt=True, tokenize=False)
+    answer = processor.apply_chat_template([user, {"role": "assistant", "content": [{"type": "text", "text": label}]}],
+                                           continue_final_message=True, tokenize=False)
+    assert answer.startswith(prompt) and answer[len(prompt):] == label
+    return [processor.tokenizer(label, add_special_tokens=False)["input_ids"][0]]
 
 
 def test_vllm_scores_every_label_on_its_own_token_ids(vllm_server, vllm_tiny_model, local):
@@ -93,12 +100,11 @@ def test_vllm_scores_every_label_on_its_own_token_ids(vllm_server, vllm_tiny_mod
         assert backend.scoring_plan(DFEW, Prompt([QUESTION])).rule == "logprob_token_ids"
     finally:
         backend.close()
-    tok = local[0].tokenizer
     for images, row in zip(prompts, rows):
         lp = local_logprobs(local, images, QUESTION)
         for label in DFEW:
             assert row[label].exact and row[label].n_tokens == 1
-            assert row[label].logprob == pytest.approx(max(float(lp[i]) for i in first_ids(tok, label)), abs=1e-4)
+            assert row[label].logprob == pytest.approx(max(float(lp[i]) for i in first_ids(local[0], label)), abs=1e-4)
 
 
 def test_vllm_read_from_its_top_k_only_abstains_where_no_label_is_among_them(vllm_server, vllm_tiny_model, local):
@@ -113,14 +119,13 @@ def test_vllm_read_from_its_top_k_only_abstains_where_no_label_is_among_them(vll
     finally:
         backend.close()
     assert plan.rule == "top-k token ids" and "top 20" in plan.description
-    tok = local[0].tokenizer
     kinds = []
     for images, row in zip(prompts, rows):
         lp = local_logprobs(local, images, QUESTION)
         top20 = set(lp.topk(20).indices.tolist())
         floor = float(lp.topk(20).values[-1])
         for label in DFEW:
-            ids = first_ids(tok, label)
+            ids = first_ids(local[0], label)
             if top20 & set(ids):
                 assert row[label].exact
                 assert row[label].logprob == pytest.approx(max(float(lp[i]) for i in ids if i in top20), abs=1e-4)

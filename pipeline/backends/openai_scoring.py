@@ -3,11 +3,18 @@ log-probabilities, and how its answer becomes one :class:`LabelScore` per label 
 that knows about labels; the requests themselves are :mod:`pipeline.backends.openai_http`'s).
 
 Label tokens (:func:`label_tokens`, before any clip)
-    A label is looked for in two forms, as an answer starts: bare (``happy``, after Qwen's ``assistant\\n``) and
-    after a space (`` happy``, after SmolVLM's ``Assistant:``). Each form is tokenized with the server's tokenizer
-    (``POST /tokenize`` at the server's root, as vLLM, SGLang and llama.cpp serve it), or else with a local copy
-    of the served model's tokenizer (a folder, or the Hugging Face cache; never downloaded); the label's tokens are
-    the **first token id of each form**, and its text where the server returns token text only. Two labels that
+    A label is written as the model's chat template writes the assistant's answer, as the transformers backend
+    scores it (:mod:`pipeline.backends.hf_templates`): where the server renders chat messages to tokens (vLLM's
+    ``POST /tokenize`` with ``messages``), it is asked for a user turn with the generation prompt and for the same
+    turn followed by an assistant turn holding the label (``continue_final_message``); the tokens after the
+    generation prompt are the label's answer, and their first id is the label's token (``happy`` bare after Qwen's
+    ``assistant\\n``). Where it cannot (or the two renderings do not share the generation prompt), a label is
+    looked for in two forms, as an answer may start: bare (``happy``) and after a space (`` happy``, after
+    SmolVLM's ``Assistant:``). Each form is tokenized with the server's tokenizer (``POST /tokenize`` at the
+    server's root, as vLLM, SGLang and llama.cpp serve it), or else with a local copy of the served model's
+    tokenizer (a folder, or the Hugging Face cache; never downloaded; its chat template used as the server's
+    would be); the label's tokens are the **first token id of each form**, and its text where the server returns
+    token text only. Two labels that
     share a first token id could never be told apart and are refused, naming them and how to fix it. A token that
     merely begins like a label (``' D'`` for disgust, ``'a'`` for angry) is never the label's.
 
@@ -26,7 +33,8 @@ How the server is asked (:class:`ScoringPlan`, settled by one preflight request 
     * ``top-k whole-label text`` (no tokenizer at all, the fallback): a label is scored only where a top-k token's
       text is the whole label, bare or after a space; a label of several tokens is then never found.
 
-    A label's score is the larger log-probability of its two forms' first tokens (``n_tokens=1``: a server gives the
+    A label's score is the log-probability of its first token (the larger of its two forms' first tokens where the
+    chat template's form is unknown) (``n_tokens=1``: a server gives the
     first answer token only). A label none of whose tokens is among the top-k gets the k-th (smallest) returned
     log-probability with ``exact=False``: an upper bound, not its value (:mod:`pipeline.eval.ranking`: such clips are
     ``partial``, or ``none`` when no label was found, an abstention).
@@ -68,6 +76,29 @@ class _Tokenizer:
     source: str  # in words, for messages
     encode: Callable[[list[str]], list[list[int]] | None]
     decode: Callable[[int], str | None]
+    chat: Callable[[list[dict], bool], list[int] | None] | None = None  # messages, generation prompt? -> token ids
+
+
+PROBE_USER = {"role": "user", "content": "Answer with one word."}
+
+
+def answer_tokens(tokenizer: _Tokenizer, labels: list[str]) -> dict[str, list[int]] | None:
+    """Each label's tokens as the chat template writes the assistant's answer (module docstring): the tokens of a user
+    turn plus an assistant turn holding the label (continued, not closed) after those of the user turn with the
+    generation prompt; None where the tokenizer renders no chat or a rendering does not begin with the generation
+    prompt."""
+    if tokenizer.chat is None:
+        return None
+    prompt = tokenizer.chat([PROBE_USER], True)
+    if not prompt:
+        return None
+    out = {}
+    for label in labels:
+        full = tokenizer.chat([PROBE_USER, {"role": "assistant", "content": label.strip()}], False)
+        if not full or full[: len(prompt)] != prompt or len(full) == len(prompt):
+            return None
+        out[label] = full[len(prompt):]
+    return out
 
 
 def _server_tokenizer(cfg: ModelConfig, timeout_s: float = 10.0) -> _Tokenizer | None:
@@ -106,8 +137,15 @@ def _server_tokenizer(cfg: ModelConfig, timeout_s: float = 10.0) -> _Tokenizer |
             text = (ans.get("prompt") or ans.get("content")) if isinstance(ans, dict) else None  # vLLM / llama.cpp
             return text if isinstance(text, str) else None
 
+        def chat(messages: list[dict], generation_prompt: bool, root=root) -> list[int] | None:
+            ans = post(root + "/tokenize", {"model": cfg.model, "messages": messages,
+                                            "add_generation_prompt": generation_prompt,
+                                            "continue_final_message": not generation_prompt})
+            tokens = ans.get("tokens") if isinstance(ans, dict) else None
+            return tokens if tokens and all(isinstance(t, int) for t in tokens) else None
+
         return _Tokenizer(f"the tokenizer of the server at {cfg.server_url} (POST {root}/tokenize)",
-                          lambda texts, root=root: encode_at(root, texts), decode)
+                          lambda texts, root=root: encode_at(root, texts), decode, chat)
     return None
 
 
@@ -120,9 +158,18 @@ def _local_tokenizer(cfg: ModelConfig) -> _Tokenizer | None:
                                             trust_remote_code=cfg.trust_remote_code)
     except Exception:
         return None
+
+    def chat(messages: list[dict], generation_prompt: bool) -> list[int] | None:
+        try:
+            ids = tok.apply_chat_template(messages, add_generation_prompt=generation_prompt,
+                                          continue_final_message=not generation_prompt, tokenize=True, return_dict=True)
+            return list(ids["input_ids"])
+        except Exception:
+            return None
+
     return _Tokenizer(f"a local copy of {cfg.model!r}'s tokenizer",
                       lambda texts: [tok(t, add_special_tokens=False)["input_ids"] for t in texts],
-                      lambda token_id: tok.decode([token_id]))
+                      lambda token_id: tok.decode([token_id]), chat if getattr(tok, "chat_template", None) else None)
 
 
 # ------------------------------------------------------------------------------------------------ label tokens
@@ -158,6 +205,9 @@ def label_tokens(cfg: ModelConfig, labels: list[str]) -> LabelTokens:
         if encoded is None:
             continue
         toks = dict(zip(flat, encoded))
+        answers = answer_tokens(tokenizer, labels)
+        if answers is not None:
+            return _template_tokens(cfg, tokenizer, labels, answers, forms, toks)
         firsts = {lab: [toks[f][0] if toks[f] else None for f in forms[lab]] for lab in labels}
         _refuse_shared_first_tokens(cfg, firsts, tokenizer.source)
         ids = {lab: tuple(dict.fromkeys(i for i in firsts[lab] if i is not None)) for lab in labels}
@@ -167,6 +217,21 @@ def label_tokens(cfg: ModelConfig, labels: list[str]) -> LabelTokens:
     return LabelTokens({}, {lab: tuple(forms[lab]) for lab in labels},
                        f"no tokenizer (the server at {cfg.server_url} offers no /tokenize and no local copy of "
                        f"{cfg.model!r}'s tokenizer was found)")
+
+
+def _template_tokens(cfg: ModelConfig, tokenizer: _Tokenizer, labels: list[str], answers: dict[str, list[int]],
+                     forms: dict[str, list[str]], toks: dict[str, list[int]]) -> LabelTokens:
+    """The labels' tokens where the chat template's answer is known: one first token id each, its text that of the
+    form (bare, after a space) that begins with it, else the token decoded."""
+    how = "the answer as its chat template writes it"
+    _refuse_shared_first_tokens(cfg, {lab: [answers[lab][0]] for lab in labels}, tokenizer.source, (how,))
+    texts = {}
+    for lab in labels:
+        first = answers[lab][0]
+        form = next((f for f in forms[lab] if toks[f] and toks[f][0] == first), None)
+        text = _first_token_text(tokenizer, form, toks[form]) if form else tokenizer.decode(first)
+        texts[lab] = (text,) if text else ()
+    return LabelTokens({lab: (answers[lab][0],) for lab in labels}, texts, f"{tokenizer.source}, {how}")
 
 
 def _first_token_text(tokenizer: _Tokenizer, form: str, ids: list[int]) -> str | None:
@@ -185,10 +250,11 @@ def _first_token_text(tokenizer: _Tokenizer, form: str, ids: list[int]) -> str |
     return alone[-1] if alone else None
 
 
-def _refuse_shared_first_tokens(cfg: ModelConfig, per_label: dict[str, list[int | None]], source: str) -> None:
+def _refuse_shared_first_tokens(cfg: ModelConfig, per_label: dict[str, list[int | None]], source: str,
+                                names: tuple[str, ...] = FORMS) -> None:
     owners: dict[int, dict[str, list[str]]] = {}  # token id -> label -> the forms it begins
     for lab, firsts in per_label.items():
-        for form, token_id in zip(FORMS, firsts):
+        for form, token_id in zip(names, firsts):
             if token_id is not None:
                 owners.setdefault(token_id, {}).setdefault(lab, []).append(form)
     clashes = []
