@@ -59,7 +59,9 @@ class ModelConfig(BaseModel):
     api_key_env: str = not_in_key("OPENAI_API_KEY")
     """``openai`` backend: name of the environment variable holding the API key (sent if set)."""
     max_concurrency: int = not_in_key(8, ge=1)
-    """``openai`` backend: requests in flight at once."""
+    """``openai`` backend: requests in flight at once (a thread pool, one kept-alive connection per thread; answers
+    in the prompts' order). A stage sends one batch of clips (``run.batch_size``) at a time: classify, one request
+    a clip, has at most that many in flight. Scores do not depend on it."""
     timeout_s: float = not_in_key(120.0, gt=0)
     """``openai`` backend: read timeout of one request, in seconds."""
     max_retries: int = not_in_key(4, ge=0)
