@@ -11,7 +11,8 @@ answers:
   content is the greedy answer; ``usage`` has ``prompt_tokens`` and ``completion_tokens``;
 * ``POST /tokenize`` (at the root, as vLLM and SGLang serve it): ``{"model", "prompt", "add_special_tokens"}`` ->
   ``{"tokens": [ids], "count", "max_model_len"}`` with the tiny model's tokenizer (``tokenize=False``: 404, like
-  a server without the endpoint). ``tokenize_requests`` counts them.
+  a server without the endpoint); chat ``messages`` instead of a prompt: 400 (it renders no chat template).
+  ``tokenize_requests`` counts them.
 
 Knobs for failure tests: ``fail_first=N`` makes the first N chat requests fail with ``fail_status`` (and a
 ``Retry-After`` header if ``retry_after`` is set); ``logprobs=False`` answers without logprobs (like a server
@@ -156,6 +157,9 @@ class FakeOpenAIServer:
                     body = json.loads(raw)
                     with server._lock:
                         server.tokenize_requests += 1
+                    if "prompt" not in body:  # chat messages: this server renders no chat template (as SGLang's)
+                        self._send(400, {"error": {"message": "/tokenize takes a prompt"}})
+                        return
                     ids = server.backend.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))["input_ids"]
                     self._send(200, {"tokens": ids, "count": len(ids), "max_model_len": 4096})
                     return

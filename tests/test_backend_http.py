@@ -280,3 +280,29 @@ def test_without_any_tokenizer_a_label_is_found_only_as_a_whole_token_and_the_ru
         lp = next_token_logprobs(hf_backend, [_as_server_sees(prompt)])[0]
         assert got["sad"].logprob == pytest.approx(max(float(lp[t]) for t in _first_ids(hf_backend.tokenizer, "sad")), abs=1e-4)
         client.close()
+
+
+@pytest.mark.parametrize("family", ["qwen2vl", "idefics3"])
+def test_a_label_is_the_answer_as_the_chat_template_writes_it(family):
+    """Where the chat template can be rendered (here: a local copy of the served model; vLLM renders it itself, see
+    tests/test_vllm_engine.py), a label is the first token of the assistant's answer as the template writes it, the
+    transformers backend's rule: bare after Qwen's ``assistant\\n``, after a space after Idefics3's ``Assistant:``.
+    A server tokenizer that renders no chat leaves both forms."""
+    folder = shared_tiny_model_dir(family)
+    hf = load_backend(ModelConfig(model=folder))
+    try:
+        tok = hf.tokenizer
+        bare, spaced = ({lab: tok(pre + lab, add_special_tokens=False)["input_ids"][0] for lab in LABELS[:7]}
+                        for pre in ("", " "))
+        with FakeOpenAIServer(hf, model_name=folder, tokenize=False) as srv:
+            tokens = label_tokens(ModelConfig(model=folder, backend="openai", server_url=srv.url), LABELS[:7])
+        assert tokens.source.endswith("the answer as its chat template writes it")
+        assert tokens.ids == {lab: ((spaced if hf.label_separator == " " else bare)[lab],) for lab in LABELS[:7]}
+        assert hf.label_separator == {"qwen2vl": "", "idefics3": " "}[family]
+        with FakeOpenAIServer(hf, model_name=folder) as srv:
+            tokens = label_tokens(ModelConfig(model=folder, backend="openai", server_url=srv.url), LABELS[:7])
+            assert srv.tokenize_requests > 0
+        assert "chat template" not in tokens.source
+        assert tokens.ids == {lab: tuple(dict.fromkeys((bare[lab], spaced[lab]))) for lab in LABELS[:7]}
+    finally:
+        hf.close()
