@@ -23,6 +23,7 @@ import re
 import statistics
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -74,6 +75,11 @@ def main() -> int:
     ap.add_argument("--clips", type=int, default=8, help="clips per level and pass (default 8)")
     ap.add_argument("--server-url", help="a running server's root URL (without /v1); default: start the tests' vLLM")
     ap.add_argument("--model", help="the model that server serves (with --server-url)")
+    ap.add_argument("--prompt-dir", help="context.prompt_dir: a prompt folder of your own (e.g. caption.j2 with its "
+                    "instruction first, to see what the prefix cache makes of it)")
+    ap.add_argument("--seed", type=int, default=int(time.time()) % 100_000,
+                    help="the clips' seed (default: from the clock, so that a server that runs already has not seen them)")
+    ap.add_argument("--levels", default=",".join(map(str, LEVELS)), help="requests in flight, comma-separated")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="dfer-bench-vllm-concurrency-"))
@@ -87,16 +93,20 @@ def main() -> int:
         print(f"vLLM CPU server ready after {server.startup_s:.0f} s (tiny Qwen2-VL, --max-num-seqs 8)")
     served = [f"{stage}.model.{k}={v}" for stage in ("context", "classify")
               for k, v in (("backend", "openai"), ("model", model), ("server_url", base + "/v1"))]
+    if args.prompt_dir:
+        served.append(f"context.prompt_dir={Path(args.prompt_dir).resolve()}")
+    levels = tuple(int(n) for n in args.levels.split(","))
     try:
-        order = [*LEVELS, *LEVELS[::-1]]
-        inputs = [make_clips(root / f"in-{i}", args.clips, seed=1000 * (i + 1)) for i in range(len(order))]
+        order = [*levels, *levels[::-1]]
+        base_seed = 1000 * args.seed
+        inputs = [make_clips(root / f"in-{i}", args.clips, seed=base_seed + 100 * i) for i in range(len(order))]
         for i, clips in enumerate(inputs):  # faces and keyframes once, not timed
             run(clips, root / f"prep-{i}", root / "cache", until="keyframes")
-        warm = make_clips(root / "in-warm", 2, seed=99)
+        warm = make_clips(root / "in-warm", 2, seed=base_seed + 99)
         run(warm, root / "warm", root / "cache", *served, "context.model.max_concurrency=8",
             "classify.model.max_concurrency=8")  # the server's first requests are slower: not measured
         per: dict[int, dict[str, list[float]]] = {n: {"context": [], "classify": [], "captions": [], "hit": []}
-                                                  for n in LEVELS}
+                                                  for n in levels}
         for i, (n, clips) in enumerate(zip(order, inputs)):
             before = prefix_cache_counters(base)
             res = run(clips, root / f"run-{i}", root / "cache", *served, f"context.model.max_concurrency={n}",
@@ -113,11 +123,11 @@ def main() -> int:
             if before and after and after[0] > before[0]:
                 per[n]["hit"].append((after[1] - before[1]) / (after[0] - before[0]))
         med = {n: {k: statistics.median(v) if v else float("nan") for k, v in d.items()} for n, d in per.items()}
-        print(f"{args.clips} clips per level and pass, 2 passes (levels {order}); medians:")
+        print(f"{args.clips} clips per level and pass, 2 passes (levels {order}), seed {args.seed}; medians:")
         print("| requests in flight | context clips/s | x | generate requests/s | classify clips/s | x | prefix-cache hits |")
         print("|---|---|---|---|---|---|---|")
-        for n in LEVELS:
-            m, one = med[n], med[1]
+        for n in levels:
+            m, one = med[n], med[levels[0]]
             print(f"| {n} | {m['context']:.2f} | {m['context'] / one['context']:.2f} | {m['captions']:.1f} | "
                   f"{m['classify']:.2f} | {m['classify'] / one['classify']:.2f} | {100 * m['hit']:.0f} % |")
     finally:
