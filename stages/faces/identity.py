@@ -30,6 +30,7 @@ longest, then the largest, then the first. Identities are numbered in that order
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -68,10 +69,15 @@ def dlib_models() -> tuple[Path, Path] | None:
     """dlib's face descriptor and 5-point shape predictor, if dlib and face-recognition-models are installed."""
     try:
         import dlib  # noqa: F401
-        import face_recognition_models as frm
     except ImportError:
         return None
-    desc, pose = Path(frm.face_recognition_model_location()), Path(frm.pose_predictor_five_point_model_location())
+    # the weights' folder, found without importing the package: its __init__ needs pkg_resources, which setuptools
+    # no longer ships (81 and later), so importing it fails on a fresh install although the files are there
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    models = Path(next(iter(spec.submodule_search_locations))) / "models"
+    desc, pose = models / "dlib_face_recognition_resnet_model_v1.dat", models / "shape_predictor_5_face_landmarks.dat"
     return (desc, pose) if desc.is_file() and pose.is_file() else None
 
 
