@@ -26,6 +26,11 @@ def no_units(cfg, artifact) -> list:
     return []
 
 
+def keeps_clip(cfg) -> bool:
+    """Default ``keeps_clip``: a clip split into units keeps its own unit (the whole clip)."""
+    return True
+
+
 def no_notes(cfg, artifact) -> list:
     """Default ``assess``: nothing to say."""
     return []
@@ -67,7 +72,8 @@ class Stage:
     later a segment) instead of once per clip; such a stage's jobs carry the unit (``ClipJob.unit``) and its key holds
     it. A per-clip stage may split its clips into units: ``unit_fields(cfg)`` (the fields it splits by under this
     config, with their value for the clip's own unit; empty: no split) and ``units(cfg, artifact)`` (the units of one
-    clip beyond its own, from the stage's artifact). ``assess(cfg, artifact)``: warnings about one clip's artifact,
+    clip beyond its own, from the stage's artifact); ``keeps_clip(cfg)``: False where the split replaces the clip's own
+    unit (segments: the whole clip is not scored). ``assess(cfg, artifact)``: warnings about one clip's artifact,
     cached or new (raises a :class:`pipeline.core.errors.ClipError` to fail the clip), for settings that are not in
     the key.
     """
@@ -89,6 +95,7 @@ class Stage:
     per_unit: bool = False
     unit_fields: Callable[[Any], dict] = no_extras
     units: Callable[[Any, Any], list] = no_units
+    keeps_clip: Callable[[Any], bool] = keeps_clip
     assess: Callable[[Any, Any], list] = no_notes
 
     def __post_init__(self) -> None:

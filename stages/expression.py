@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.core.errors import StageInputError
 from stages.faces.facetrack import FaceTrack, subject_of
+from stages.faces.segments import window
 from pipeline.core.fields import not_in_key
 from pipeline.core.jobs import ClipJob
 from pipeline.models.expression import CLASSES, FACE_MARGIN, MODEL_ID, reframe, weights_sha256
@@ -127,8 +128,14 @@ def load(artifact, subject: int = 0) -> ExpressionTrack:
 
 
 def of(job: ClipJob) -> ExpressionTrack:
-    """The probabilities of the person a job's unit is about."""
-    return load(job.upstream["expression"], subject_of(job))
+    """The probabilities of the person a job's unit is about (of its segment's frames only, as
+    :meth:`stages.faces.facetrack.FaceTrack.for_unit`)."""
+    track = load(job.upstream["expression"], subject_of(job))
+    span = window(track.t, job.unit)
+    if span is None:
+        return track
+    a, b = span
+    return ExpressionTrack(track.probs[a:b], track.scored[a:b], track.t[a:b], track.classes)
 
 
 STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process=process, key_extras=key_extras, open=open)

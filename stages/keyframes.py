@@ -349,7 +349,7 @@ def process(job: ClipJob, cfg: Config, resources, out) -> dict:
     n = len(track)
     if n == 0:
         raise StageInputError(f"{job.path}: the faces artifact has no frames")
-    cuts = Scene.load(job.upstream["faces"]).boundaries
+    cuts = Scene.load(job.upstream["faces"]).boundaries_in(track)
     curves = motion_curves(track, cfg, cuts)
     if cfg.strategy == "expression_apex":
         probs = expression.of(job).probs

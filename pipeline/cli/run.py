@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 from pipeline.cli.options import INPUT, OUT_DIR, OUT_FILE, RUN_DIR, config_options, execution_options, load_config, quiet_option
-from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_NOTHING_SCORED, EXIT_OK, EXIT_STOPPED, ExportError
+from pipeline.core.errors import EXIT_FAILED_CLIPS, EXIT_NOTHING_SCORED, EXIT_OK, EXIT_STOPPED, ConfigError, ExportError
 from pipeline.core.paths import shown
 from pipeline.engine.config import dump_config
 from pipeline.engine.rundir import FAILURES, PREDICTIONS, RunDir
@@ -15,6 +16,7 @@ from pipeline.tools.clip_figure import inspect_clip
 from pipeline.tools.export import export_frames
 from pipeline.tools.export_dataset import DATASET_INFO, FORMATS, export_dataset
 from stages import STAGE_ORDER
+from stages.faces.segments import parse_segments
 
 
 def add_parsers(sub) -> None:
@@ -24,6 +26,9 @@ def add_parsers(sub) -> None:
     run.add_argument("--out", required=True, metavar="RUN", action=OUT_DIR, help="run directory to write")
     run.add_argument("--until", choices=STAGE_ORDER, help="stop after this stage")
     run.add_argument("--force", choices=STAGE_ORDER, help="recompute this stage and everything downstream")
+    run.add_argument("--segments", metavar="LENGTH[:STRIDE]|shots",
+                     help="timelines: score each segment of each clip (4s, 4s:2s, shots) instead of the whole clip, into "
+                          "RUN/timeline.csv and RUN/timeline_summary.csv (sets faces.segments; docs/timelines.md)")
     run.add_argument("--shard", metavar="i/N", help="process only shard i of N (deterministic by video id)")
     run.add_argument("--strict", action="store_true",
                      help="stop at the first failure (exit 3), and before a model stage whose model cannot be had here "
@@ -70,6 +75,12 @@ def add_parsers(sub) -> None:
 
 
 def _run(args) -> int:
+    if args.segments is not None:  # after --set: the flag wins; quoted so that YAML reads it as text
+        try:
+            parse_segments(args.segments)
+        except ValueError as exc:
+            raise ConfigError(f"--segments {args.segments}: {exc}") from None
+        args.overrides.append(f"faces.segments={json.dumps(args.segments)}")
     cfg = load_config(args)
     executor = executor_for(args.executor, cfg.run, args.ray_address)
     result = run_pipeline(

@@ -288,6 +288,32 @@ class Artifact:
                 raise self.damaged(name, "its bytes differ from those written (sha256 does not match the one recorded)")
         return data
 
+    def byte_range(self, name: str, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` of file ``name`` without reading the rest (a segment's crops out of a long clip's
+        crops file). Checked: the file has the size it was written with and holds the range; its content is not
+        hashed here (that needs every byte) but was when the runner checked the artifact before using it
+        (:func:`pipeline.engine.cachecheck.check_artifact`), and a reader checks what it decodes."""
+        files = self.meta().get("files")
+        record = files.get(name) if files is not None else None
+        if files is not None and record is None:
+            raise self.damaged(name, "is not one of the artifact's files (its meta.json does not record it)")
+        try:
+            with open(self.root / name, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if record is not None and size != record["size"]:
+                    how = "truncated" if size < record["size"] else "grown"
+                    raise self.damaged(name, f"has {size} bytes, {record['size']} were written ({how})")
+                if not 0 <= start <= stop <= size:
+                    raise self.damaged(name, f"has {size} bytes, bytes {start}-{stop} were asked for")
+                f.seek(start)
+                return f.read(stop - start)
+        except FileNotFoundError:
+            raise self.damaged(name, "is missing") from None
+        except PermissionError as exc:
+            raise cache_fault(exc, self.root.parent.parent.parent, f"reading {self.stage} artifact {self.key[:12]}") from None
+        except OSError as exc:
+            raise self.damaged(name, f"cannot be read ({exc.strerror or exc})") from None
+
     def json(self, name: str) -> Any:
         data = self.bytes(name)
         try:

@@ -23,8 +23,9 @@ class ClipJob:
 
 
 def unit_id(video: str, unit: dict) -> str:
-    """How runs name a unit of work: the clip's id for its own unit, else ``clip#field=value,...``."""
-    return video if not unit else video + "#" + ",".join(f"{k}={v}" for k, v in sorted(unit.items()))
+    """How runs name a unit of work: the clip's id for its own unit, else ``clip#field=value,...`` (the fields in the
+    part's order: ``clip#subject=1,segment=3,start_s=12.0,end_s=16.0``)."""
+    return video if not unit else video + "#" + ",".join(f"{k}={v}" for k, v in unit.items())
 
 
 @dataclass

@@ -5,7 +5,9 @@ once per file. Before the first per-unit stage (``Stage.per_unit``: keyframes, c
 stage that splits clips under its config (``Stage.unit_fields``, e.g. ``faces.subjects=all``) names the units of
 each clip beyond its own (``Stage.units``, from its artifact: one per other subject); several such stages would
 multiply out. A unit is the clip plus a ``part`` (``{"subject": 1}``; ``{}`` for the clip's own unit), named
-``clip#subject=1`` (:func:`pipeline.core.jobs.unit_id`). Its jobs carry the part (``ClipJob.unit``), its cache keys
+``clip#subject=1`` (:func:`pipeline.core.jobs.unit_id`). Segments (``faces.segments``, :mod:`stages.faces.segments`)
+are units too (``clip#segment=3,start_s=12.0,end_s=16.0``), and they replace the clip's own unit: a segmented clip is
+not scored whole (``Stage.keeps_clip``). Its jobs carry the part (``ClipJob.unit``), its cache keys
 hold it (the clip's own unit adds nothing, so a run that splits nothing keeps its keys), and it has its own row in
 the manifest, the failures, ``scores.jsonl`` and ``predictions.csv`` (the fields as columns, only when asked).
 """
@@ -47,7 +49,9 @@ class Units:
     def split(self, stages: list, sections: dict, cache: Cache, keys: dict[str, dict[str, str]],
               active: list[str]) -> list[str]:
         """Split the ``active`` clips by every stage of ``stages`` (those run so far) that splits under its section
-        (``sections[name]``); new units get a copy of their clip's keys. Returns the active unit ids."""
+        (``sections[name]``); new units get a copy of their clip's keys. Returns the active unit ids: each clip's own
+        unit and its others, or only the others where a splitter does not keep the clip (``Stage.keeps_clip``:
+        segments)."""
         splitters = [s for s in stages if s.unit_fields(sections[s.name])]
         for s in splitters:
             self.fields.update(s.unit_fields(sections[s.name]))
@@ -59,6 +63,8 @@ class Units:
             for s in splitters:
                 art = Artifact(s.name, keys[vid][s.name], cache.dir_for(s.name, keys[vid][s.name]))
                 parts = [{**p, **q} for p in parts for q in [{}, *s.units(sections[s.name], art)]]
+            if not all(s.keeps_clip(sections[s.name]) for s in splitters):
+                parts = [p for p in parts if p]  # segments: the clip is its parts only
             for part in parts:
                 uid = unit_id(vid, part)
                 if part:

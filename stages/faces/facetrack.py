@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 
 from pipeline.core.cache import Artifact
+from stages.faces.segments import window
 
 TRACK_FILE = "track.npz"
 CROPS_FILE = "crops.jpg.bin"
@@ -74,6 +75,8 @@ class FaceTrack:
     meta: dict
     _crops: bytes | None = field(default=None, repr=False)
     crops_name: str = CROPS_FILE  # the crops file of this person (crops_file(subject))
+    first: int = 0  # a segment's track (:meth:`for_unit`): its first frame in the clip; indices count from there
+    _offsets: np.ndarray | None = field(default=None, repr=False)  # the whole clip's crop_offsets, for a segment
 
     @classmethod
     def load(cls, artifact: Artifact, subject: int = 0) -> "FaceTrack":
@@ -86,9 +89,24 @@ class FaceTrack:
         return track
 
     @classmethod
+    def for_unit(cls, artifact: Artifact, unit: dict) -> "FaceTrack":
+        """The track of the person a unit is about; for a segment (:mod:`stages.faces.segments`) only its frames,
+        indexed from the segment's first frame (timestamps stay the clip's), its crops read from the crops file by
+        byte range rather than whole."""
+        track = cls.load(artifact, int(unit.get("subject", 0)))
+        span = window(track.t, unit)
+        if span is None:
+            return track
+        first, stop = span
+        arrays = {k: (v if k == "crop_offsets" else v[first:stop]) for k, v in track.arrays.items()}
+        arrays["crop_offsets"] = track.arrays["crop_offsets"][first:stop + 1] - track.arrays["crop_offsets"][first]
+        return cls(arrays, artifact, track.meta, crops_name=track.crops_name, first=first,
+                   _offsets=track.arrays["crop_offsets"])
+
+    @classmethod
     def of(cls, job) -> "FaceTrack":
-        """The track of the person a job's unit is about, from its faces artifact."""
-        return cls.load(job.upstream["faces"], subject_of(job))
+        """The track of the person a job's unit is about (of its segment's frames only: :meth:`for_unit`)."""
+        return cls.for_unit(job.upstream["faces"], job.unit)
 
     def __len__(self) -> int:
         return int(self.arrays["t"].shape[0])
@@ -105,6 +123,9 @@ class FaceTrack:
         return clip_duration(self.t, ((self.meta.get("video") or {}).get("avg_fps")))
 
     def _crop_file(self) -> bytes:
+        if self._crops is None and self._offsets is not None:  # a segment: its crops' bytes only
+            a, b = int(self._offsets[self.first]), int(self._offsets[self.first + len(self)])
+            self._crops = self.artifact.byte_range(self.crops_name, a, b)
         if self._crops is None:
             data = self.artifact.bytes(self.crops_name)
             if len(data) != int(self.arrays["crop_offsets"][-1]):
@@ -183,6 +204,10 @@ class Scene:
     def boundaries(self) -> list[int]:
         """First frames of every shot but the first."""
         return [int(s["first"]) for s in self.shots[1:]]
+
+    def boundaries_in(self, track: FaceTrack) -> list[int]:
+        """The shot boundaries inside ``track``'s frames (a segment's), as its indices."""
+        return [b - track.first for b in self.boundaries if track.first < b < track.first + len(track)]
 
     def shot_ids(self, n: int) -> np.ndarray:
         """The shot of each of the clip's ``n`` frames."""

@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pipeline.models.devices import resolve_device
 from pipeline.core.errors import DecodeError, NoFaceError, ThinEvidenceError
 from stages.faces import identity
-from stages.faces.facetrack import FACE_COLUMNS, FACES_FILE, SCENE_FILE, check, crops_file, track_file
+from stages.faces import segments as seg
+from stages.faces.facetrack import FACE_COLUMNS, FACES_FILE, SCENE_FILE, FaceTrack, Scene, check, crops_file, track_file
 from pipeline.core.fields import not_in_key
 from pipeline.core.jobs import ClipJob
 from stages.faces.identity import TrackInfo
@@ -133,6 +134,20 @@ class Config(BaseModel):
     ``thin_evidence=fail``). Checked on cached artifacts too."""
     thin_evidence: Literal["warn", "fail"] = not_in_key("warn")
     """What thin evidence does: a warning in the run's output and ``status.json``, or a failure row."""
+    segments: str | None = not_in_key(None)
+    """Timelines (``dfer run --segments``, ``docs/timelines.md``): ``LENGTH[:STRIDE]`` seconds (``4s``, ``4s:2s``) or
+    ``shots``. Each segment of each clip is then a unit of keyframes, context and classify (faces and expression still
+    run once per file), written to ``timeline.csv`` and ``timeline_summary.csv``; the whole clip is not scored.
+    None: one prediction per clip."""
+    segment_min_face: float = not_in_key(0.5, ge=0.0, le=1.0)
+    """A segment where the person's face is on less than this share of its frames is not scored: ``timeline.csv`` lists
+    it with no prediction, ``scored=too_little_face`` and the share."""
+
+    @field_validator("segments", mode="before")
+    @classmethod
+    def _segments(cls, value):
+        spec = seg.parse_segments(value)
+        return None if spec is None else str(spec)
 
 
 def open(cfg: Config):  # noqa: A001 - stage protocol name
@@ -548,14 +563,52 @@ def assess(cfg: Config, artifact) -> list[str]:
 
 
 def unit_fields(cfg: Config) -> dict:
-    """``faces.subjects=all``: clips are split into one unit per subject (``subject``: 0 is the clip's own)."""
-    return {"subject": 0} if cfg.subjects == "all" else {}
+    """``faces.subjects=all``: clips are split into one unit per subject (``subject``: 0 is the clip's own);
+    ``faces.segments``: into segments (``segment``, ``start_s``, ``end_s``), per subject under ``subjects=all``."""
+    fields = {"subject": 0} if cfg.subjects == "all" else {}
+    if cfg.segments:
+        fields.update(segment=None, start_s=None, end_s=None)
+    return fields
+
+
+def keeps_clip(cfg: Config) -> bool:
+    """A segmented clip is its segments only (the whole clip is not a unit)."""
+    return not cfg.segments
 
 
 def units(cfg: Config, artifact) -> list[dict]:
-    """The units beyond the clip's subject under ``faces.subjects=all``: every other identity seen at least
-    ``faces.min_subject_s``."""
+    """The units beyond the clip's own: under ``faces.subjects=all`` every other identity seen at least
+    ``faces.min_subject_s``; under ``faces.segments`` each segment (of each of them) with enough face
+    (:func:`segment_rows`)."""
+    if cfg.segments:
+        return [row["part"] for row in segment_rows(cfg, artifact) if row["enough"]]
     return [{"subject": k} for k in artifact.meta().get("subjects", [0]) if k != 0]
+
+
+def subjects_of(cfg: Config, artifact) -> list[int]:
+    """The people a run scores: the clip's subject, and every other under ``faces.subjects=all``."""
+    return list(artifact.meta().get("subjects", [0])) if cfg.subjects == "all" else [0]
+
+
+def segment_rows(cfg: Config, artifact) -> list[dict]:
+    """Every segment of a clip under ``faces.segments``, per person scored (:func:`subjects_of`), in time order:
+    ``subject``, ``segment``, ``start_s``, ``end_s``, ``face_share`` (share of its frames with the person's face),
+    ``enough`` (at least ``faces.segment_min_face``) and its unit ``part``."""
+    spec = seg.parse_segments(cfg.segments)
+    if spec is None:
+        return []
+    scene = Scene.load(artifact) if spec.shots else None
+    rows = []
+    for k in subjects_of(cfg, artifact):
+        track = FaceTrack.load(artifact, k)
+        present = np.asarray(track.arrays["present"], bool)
+        for i, (a, b) in enumerate(seg.spans(spec, track.t, track.duration_s, scene.shots if scene else None)):
+            p = seg.part(i, a, b, k)
+            first, stop = seg.window(track.t, p)
+            share = float(present[first:stop].mean()) if stop > first else 0.0
+            rows.append({"subject": k, "segment": i, "start_s": a, "end_s": b, "face_share": round(share, 4),
+                         "enough": stop > first and share >= cfg.segment_min_face and share > 0, "part": p})
+    return rows
 
 
 def key_extras(cfg: Config) -> dict:
@@ -569,4 +622,5 @@ def preflight(cfg: Config) -> None:
 
 
 STAGE = Stage(NAME, VERSION, Config, UPSTREAM, process=process, open=open, reads_video=True, check=check,
-              key_extras=key_extras, preflight=preflight, assess=assess, units=units, unit_fields=unit_fields)
+              key_extras=key_extras, preflight=preflight, assess=assess, units=units, unit_fields=unit_fields,
+              keeps_clip=keeps_clip)
