@@ -15,7 +15,9 @@ What is checked before any work starts:
   the input labels them differently (:func:`same_content_different_labels`).
 * A list file is a regular UTF-8 CSV file with a header naming a ``path`` column (or ``video``, as in
   ``predictions.csv``) and optionally ``label``, in any case (``Path``, ``LABEL``); a row with more fields than the
-  header (an unquoted comma) is refused naming ``file:line``.
+  header (an unquoted comma) is refused naming ``file:line``. With ``start_s`` and ``end_s`` columns its labels have
+  times: a video may have several rows, each a labelled span (``VideoRef.spans``; for segmented runs,
+  ``docs/timelines.md``).
 * File names that are not UTF-8 are carried as Python holds them (lone surrogates, ``os.fsdecode``); messages
   show such bytes as ``\\xNN`` (:func:`pipeline.core.paths.shown`), and a list file may name them that way.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 import os
 import stat
 import warnings
@@ -33,6 +36,7 @@ from pathlib import Path
 
 from pipeline.core.errors import InputError, UnreadableFileError
 from pipeline.core.paths import input_file, kind_of, shown, unshown
+from pipeline.eval.spans import Span
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .wmv .flv .3gp .ts .mts .m2ts .ogv".split()
@@ -49,6 +53,8 @@ class VideoRef:
     label: str | None = None
     where: str | None = None
     """``file:line`` of the list file row that named the clip (for error messages)."""
+    spans: tuple = ()
+    """Labels with times (:class:`pipeline.eval.spans.Span`): a list file with ``start_s``/``end_s`` columns."""
 
 
 def _scan_folder(root: Path) -> list[VideoRef]:
@@ -100,7 +106,8 @@ def _list_text(csv_path: Path) -> str:
 
 
 def _columns(csv_path: Path, header: list[str] | None) -> tuple[int, int | None, int]:
-    """Indices of the path and label columns, and the number of columns, from the header row."""
+    """Indices of the path and label columns, and the number of columns, from the header row (the ``start_s`` and
+    ``end_s`` columns: :func:`_time_columns`)."""
     names = [h.strip().casefold() for h in header or []]
     path_col = next((names.index(c) for c in PATH_COLUMNS if c in names), None)
     if path_col is None:
@@ -110,6 +117,39 @@ def _columns(csv_path: Path, header: list[str] | None) -> tuple[int, int | None,
         if names.count(name) > 1:
             raise InputError(f"{shown(csv_path)}:1: the header names the column '{name}' {names.count(name)} times")
     return path_col, names.index("label") if "label" in names else None, len(names)
+
+
+def _time_columns(csv_path: Path, header: list[str]) -> tuple[int, int] | None:
+    """Indices of ``start_s`` and ``end_s`` (labels with times; both or neither), None without them."""
+    names = [h.strip().casefold() for h in header]
+    have = [c for c in ("start_s", "end_s") if c in names]
+    if not have:
+        return None
+    if len(have) == 1:
+        raise InputError(f"{shown(csv_path)}:1: the header names '{have[0]}' but not "
+                         f"'{({'start_s', 'end_s'} - set(have)).pop()}': labels with times need both columns")
+    if "label" not in names:
+        raise InputError(f"{shown(csv_path)}:1: the header names start_s and end_s but no 'label' column")
+    return names.index("start_s"), names.index("end_s")
+
+
+def _span(csv_path: Path, line_no: int, row: list[str], cols: tuple[int, int], label: str) -> Span:
+    """One labelled span of a list file row (both times empty: the whole video)."""
+    cells = [row[c].strip() if c < len(row) else "" for c in cols]
+    where = f"{csv_path}:{line_no}"
+    if not label:
+        raise InputError(f"{shown(csv_path)}:{line_no}: a row with start_s/end_s needs a label")
+    if cells == ["", ""]:
+        return Span(0.0, None, label, where)
+    try:
+        start, end = (float(c) for c in cells)
+    except ValueError:
+        raise InputError(f"{shown(csv_path)}:{line_no}: start_s '{cells[0]}' and end_s '{cells[1]}' must both be "
+                         "seconds (numbers), or both empty for the whole video") from None
+    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+        raise InputError(f"{shown(csv_path)}:{line_no}: start_s {cells[0]} and end_s {cells[1]}: need "
+                         "0 <= start_s < end_s")
+    return Span(start, end, label, where)
 
 
 def _existing(raw: str, root: Path) -> str:
@@ -132,6 +172,7 @@ def _read_list(csv_path: Path) -> list[VideoRef]:
         try:
             header = next(reader, None)
             path_col, label_col, n_cols = _columns(csv_path, header)
+            times = _time_columns(csv_path, header)
             refs, seen = [], {}
             for row in reader:
                 line_no = reader.line_num
@@ -148,11 +189,20 @@ def _read_list(csv_path: Path) -> list[VideoRef]:
                 p = Path(raw)
                 full = p if p.is_absolute() else root / p
                 vid = p.as_posix() if not p.is_absolute() else _id_for_absolute(p, root)
+                label = row[label_col].strip() if label_col is not None and label_col < len(row) else ""
+                if times is not None:  # labels with times: several rows per video, each a span
+                    span = _span(csv_path, line_no, row, times, label)
+                    if vid in seen:
+                        i = seen[vid]
+                        refs[i] = replace(refs[i], spans=(*refs[i].spans, span))
+                    else:
+                        seen[vid] = len(refs)
+                        refs.append(VideoRef(vid, full, None, f"{csv_path}:{line_no}", (span,)))
+                    continue
                 if vid in seen:
                     raise InputError(f"{shown(csv_path)}:{line_no}: '{shown(raw)}' is listed twice (first on line "
                                      f"{seen[vid]})")
                 seen[vid] = line_no
-                label = row[label_col].strip() if label_col is not None and label_col < len(row) else ""
                 refs.append(VideoRef(vid, full, label or None, f"{csv_path}:{line_no}"))
         except csv.Error as exc:
             raise InputError(f"{shown(csv_path)}:{reader.line_num}: not a CSV row dfer can read ({exc})") from None

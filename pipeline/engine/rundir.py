@@ -23,6 +23,15 @@ A run directory is a view over the cache (deleting it loses nothing a model comp
     RUN/predictions.csv   classify only: video, prediction, p_<label>..., label, model (the model that scored it), scored
                           (exact | partial | none), abstained (why there is no prediction; pipeline/eval/ranking.py);
                           with units, a column per field they split by after video (``subject``: 0 the clip's own)
+    RUN/timeline.csv      a segmented run (``faces.segments``, docs/timelines.md) with classify: one row per segment of each
+                          clip (and person under ``faces.subjects=all``): video, subject, segment, start_s, end_s,
+                          face_share, prediction, p_<label>..., label (the labelled span overlapping it most, from a
+                          list file with start_s/end_s), scored (exact | partial | none | too_little_face | failed), reason
+    RUN/timeline_summary.csv  one row per clip (and person): duration, segments, scored segments, the dominant label,
+                          share_<label> (share of the scored time), changes (label changes between scored segments)
+    RUN/span_predictions.csv  labels with times (a list file with start_s/end_s): each labelled span with the
+                          prediction of the segments overlapping it (``pipeline/eval/spans.py``); predictions.csv's
+                          columns with start_s, end_s and segments (how many voted) after video
     RUN/frames.csv        ``dfer export --frames``: one row per face per frame (:mod:`pipeline.tools.export`)
     RUN/labelset.json     classify only: name and labels of the label set the scores are over
     RUN/metrics.json, RUN/report.md and plots (*.png): written by ``dfer report``
@@ -83,8 +92,12 @@ INSPECT = "inspect"  # dfer inspect's figures
 # what a run writes, and what report, view and inspect make from it: a new run in the same directory removes an
 # earlier run's first, so that nothing there describes another run (config.yaml and failures.jsonl are rewritten at once)
 FRAMES = "frames.csv"  # dfer export --frames
+TIMELINE = "timeline.csv"  # a segmented run's classify output, one row per segment
+TIMELINE_SUMMARY = "timeline_summary.csv"  # and one per clip (and person)
+TIMELINE_PLOT = "timelines.png"  # dfer report of a segmented run
+SPAN_PREDICTIONS = "span_predictions.csv"  # labels with times: each labelled span scored by its segments
 RUN_OUTPUTS = (MANIFEST, STATUS, RUNCARD, SCORES, PREDICTIONS, LABELSET, METRICS, REPORT, *PLOTS.values(), FREQUENCY_PLOT, VIEW,
-               FRAMES)
+               FRAMES, TIMELINE, TIMELINE_SUMMARY, TIMELINE_PLOT, SPAN_PREDICTIONS)
 
 
 def view_files_of(page: str | Path) -> Path:
@@ -310,6 +323,22 @@ class RunDir:
         its clips into units."""
         return JsonlWriter(self.path / SCORES), PredictionWriter(self.path / PREDICTIONS, labels, unit_fields)
 
+    def timeline_writers(self, labels: list[str]) -> tuple["TimelineWriter", "TimelineSummaryWriter"]:
+        """``timeline.csv`` and ``timeline_summary.csv`` writers, row by row (close both)."""
+        return TimelineWriter(self.path / TIMELINE, labels), TimelineSummaryWriter(self.path / TIMELINE_SUMMARY, labels)
+
+    def span_writer(self, labels: list[str]) -> "PredictionWriter":
+        """``span_predictions.csv``: predictions.csv's columns, with ``start_s``, ``end_s`` and ``segments`` (those
+        that voted) after ``video``."""
+        return PredictionWriter(self.path / SPAN_PREDICTIONS, labels, ("start_s", "end_s", "segments"))
+
+    def timeline(self) -> list[dict] | None:
+        """``timeline.csv``'s rows (None: the run wrote none): times and probabilities as numbers, empty cells None."""
+        return _read_csv(self.path / TIMELINE)
+
+    def timeline_summary(self) -> list[dict] | None:
+        return _read_csv(self.path / TIMELINE_SUMMARY)
+
     def write_labelset(self, name: str, labels: list[str]) -> None:
         write_json(self.path / LABELSET, {"name": name, "labels": labels}, indent=None)
 
@@ -321,7 +350,7 @@ class RunDir:
 
     def write_plot(self, name: str, fig: Any) -> Path:
         """A matplotlib figure as ``RUN/<name>`` (one of :data:`PLOTS` or :data:`FREQUENCY_PLOT`), PNG at 100 dpi."""
-        if name not in (*PLOTS.values(), FREQUENCY_PLOT):
+        if name not in (*PLOTS.values(), FREQUENCY_PLOT, TIMELINE_PLOT):
             raise ValueError(f"{name} is not a plot of the run directory")
         return save_figure(fig, self.path / name, dpi=100)
 
@@ -423,3 +452,68 @@ class PredictionWriter:
 
     def close(self) -> None:
         self._f.close()
+
+
+TIMELINE_TEXT = ("video", "prediction", "label", "scored", "reason", "dominant")
+TIMELINE_INT = ("subject", "segment", "segments", "scored_segments", "changes")
+
+
+class TimelineWriter:
+    """``timeline.csv`` (see the module docstring), one segment a row, flushed as written."""
+
+    def __init__(self, path: Path, labels: list[str]):
+        self._f = open_stream(path, newline="")
+        self._w = csv.writer(self._f)
+        self._n = len(labels)
+        self._w.writerow(["video", "subject", "segment", "start_s", "end_s", "face_share", "prediction",
+                          *[f"p_{lab}" for lab in labels], "label", "scored", "reason"])
+
+    def write(self, video: str, subject: int, segment: int, start: float, end: float, face_share: float,
+              prediction: str | None, probs: Iterable[float] | None, label: str | None, scored: str,
+              reason: str | None) -> None:
+        cells = [f"{p:.6f}" for p in probs] if probs is not None else [""] * self._n
+        self._w.writerow([shown(video), subject, segment, f"{start:.3f}", f"{end:.3f}", f"{face_share:.4f}",
+                          prediction or "", *cells, label or "", scored, reason or ""])
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class TimelineSummaryWriter:
+    """``timeline_summary.csv``: per clip (and person) its duration, segments, scored segments, dominant label, share
+    of the scored time per label and number of changes."""
+
+    def __init__(self, path: Path, labels: list[str]):
+        self._f = open_stream(path, newline="")
+        self._w = csv.writer(self._f)
+        self._w.writerow(["video", "subject", "duration_s", "segments", "scored_segments", "dominant",
+                          *[f"share_{lab}" for lab in labels], "changes"])
+
+    def write(self, video: str, subject: int, duration: float, segments: int, scored: int, dominant: str | None,
+              shares: Iterable[float] | None, changes: int, n_labels: int) -> None:
+        cells = [f"{s:.4f}" for s in shares] if shares is not None else [""] * n_labels
+        self._w.writerow([shown(video), subject, f"{duration:.3f}", segments, scored, dominant or "", *cells, changes])
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _read_csv(path: Path) -> list[dict] | None:
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        row: dict[str, Any] = {}
+        for k, v in r.items():
+            if k in TIMELINE_TEXT:
+                row[k] = v or None
+            elif k in TIMELINE_INT:
+                row[k] = int(v) if v != "" else None
+            else:
+                row[k] = float(v) if v != "" else None
+        out.append(row)
+    return out

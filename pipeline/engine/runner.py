@@ -43,11 +43,15 @@ from pipeline.engine.inputs import VideoRef, discover, parse_shard, same_content
 from pipeline.engine.outputs import write_predictions
 from pipeline.core.jobs import ClipJob, ClipTask
 from pipeline.eval.labels import LabelError, load_label_set
-from pipeline.engine.rundir import LABELSET, MANIFEST, PREDICTIONS, RUNCARD, SCORES, STATUS, ManifestRow, RunDir
+from pipeline.engine.rundir import (LABELSET, MANIFEST, PREDICTIONS, RUNCARD, SCORES, SPAN_PREDICTIONS, STATUS, TIMELINE,
+                                    TIMELINE_SUMMARY,
+                                    ManifestRow, RunDir)
+from pipeline.engine.timeline import write_timeline
 from pipeline.engine.runcard import build_card
 from pipeline.engine.units import Units
 from pipeline.backends.base import ModelConfig, model_name
 from stages import STAGE_ORDER, STAGES
+from stages.classify import scored_by
 from stages.modelstage import check_fallbacks
 
 
@@ -114,11 +118,22 @@ def check_stage(name: str | None, flag: str) -> None:
 def check_labels(refs: list[VideoRef], label_set: str) -> None:
     """Every label a list file gives must be in the label set the clips are scored on; :class:`LabelError` names
     the file, the line and the known labels (before any clip is processed)."""
-    labelled = [r for r in refs if r.label]
+    labelled = [r for r in refs if r.label or r.spans]
     if labelled:
         ls = load_label_set(label_set)
         for r in labelled:
-            ls.canonical(r.label, r.where or r.id)
+            if r.label:
+                ls.canonical(r.label, r.where or r.id)
+            for span in r.spans:
+                ls.canonical(span.label, span.where or r.id)
+
+
+def check_spans(refs: list[VideoRef], segments: str | None) -> None:
+    """Labels with times (a list file with start_s/end_s) label segments: they need a segmented run."""
+    timed = next((r for r in refs if r.spans), None)
+    if timed is not None and not segments:
+        raise ConfigError(f"{timed.where}: the list file gives labels with times (start_s, end_s), which are scored "
+                          "by the segments of a timeline: run with --segments (e.g. --segments 4s; docs/timelines.md)")
 
 
 DAMAGED = "damaged in cache"
@@ -200,6 +215,7 @@ class Runner:
         self.protect = tuple(protect)  # files the run reads (--config, the list file): never written or removed
         self.units = Units([])  # the units of work of the run (pipeline/engine/units.py)
         self.warnings: list[dict] = []  # the stages' assessments (Stage.assess)
+        self.failed: dict[str, str] = {}  # unit id -> what failed (for the timeline)
 
     # ----------------------------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -210,6 +226,7 @@ class Runner:
         if stop is not None:  # not the clip's problem, and every later clip would fail alike
             raise stop(message)
         self._failures.write({"video": video, "stage": stage, "error": error, "message": shown(message)})
+        self.failed[video] = f"{stage}: {error}: {shown(message)}"
         if self.strict:
             raise StrictFailure(f"stopped at the first failure (--strict): [{stage}] {video}: {error}: {message}")
 
@@ -234,6 +251,8 @@ class Runner:
         self.cache.create()  # the one place the cache's root is made (one that vanishes later stops the run)
         self.executor.start(self.cache.root)  # e.g. Ray: connect and check the cluster before any clip
         rewritten = {MANIFEST, STATUS, RUNCARD} | ({SCORES, PREDICTIONS, LABELSET} if "classify" in stages else set())
+        if "classify" in stages and self.section("faces").segments:
+            rewritten |= {TIMELINE, TIMELINE_SUMMARY, SPAN_PREDICTIONS}
         removed, taken_over = self.run_dir.begin_run(self.protect)
         if taken_over:
             self.say(taken_over)
@@ -256,6 +275,7 @@ class Runner:
         returns (stage, message) of the first stage the run will stop before (its model weights are not available
         here and nothing can stand in), else None. Writes nothing."""
         self.run_dir.check_begin(self.protect)  # a folder of the user's, or an input it would overwrite: refused
+        check_spans(refs, self.section("faces").segments)
         blocked = self._preflight()
         if "classify" in self.stages():
             check_labels(refs, self.cfg.classify.labels)
@@ -410,6 +430,11 @@ class Runner:
                            + "; run the same command again to recompute it")
             self.say(outputs.summary)
             scoring = outputs.status()
+            if self.section("faces").segments:
+                timeline = write_timeline(self.run_dir, self.section("classify"), self.section("faces"), self.cache,
+                                          refs, keys, self.failed, scored_by(self.section("classify")))
+                self.say(timeline.line(self.run_dir))
+                scoring["timeline"] = timeline.status()
             if not outputs.scored:
                 status = "failed"
                 stop_message = (f"nothing scored: none of the {len(refs)} clips reached a classify score "
