@@ -38,8 +38,9 @@ from pipeline.eval.labels import (BUILTIN_LABEL_SETS, LabelError, LabelSet, load
 from pipeline.eval.metrics import compute_metrics, spearman
 from pipeline.eval.ranking import SCORED, choose_rows, scored_kind
 from pipeline.report import headline
-from pipeline.report.markdown import HEADLINE, report_markdown
+from pipeline.report.markdown import HEADLINE, markdown_table, report_markdown
 from pipeline.report.plots import write_plots
+from pipeline.report.timelines import timeline_markdown, timeline_report
 
 
 def _run_labels(run: RunDir, scores: list[tuple[int, dict]]) -> tuple[str, list[str]]:
@@ -418,6 +419,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, **kwarg
     out = RunDir(out_dir if out_dir is not None else run_dir)
     out.create()
     rep["plots"] = write_plots(rep, out.path)
+    timelines = timeline_report(RunDir(run_dir), out, rep["label_set"]["labels"])
+    if timelines is not None:  # a segmented run (docs/timelines.md)
+        rep["timelines"] = timelines
     out.write_metrics(rep)
-    out.write_report(report_markdown(rep, rep["plots"]))
+    out.write_report(report_markdown(rep, rep["plots"]) + timeline_markdown(timelines, markdown_table))
     return rep

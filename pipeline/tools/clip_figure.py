@@ -66,12 +66,13 @@ def inspect_clip(run_dir: str | Path, video: str, output: Path | None = None) ->
     if faces is None or kf is None:
         raise CacheError(f"{row.video}: faces/keyframes artifacts are not in {cache.root} (did the clip fail? see failures.jsonl)")
     subject = int(row.unit.get("subject", 0))
-    track = FaceTrack.load(faces, subject)
+    track = FaceTrack.for_unit(faces, row.unit)  # a segment's frames only (its indices count from its first frame)
     scene = Scene.load(faces)
     keyframes = kf.json("keyframes.json")
     curves = kf.npz("motion.npz")
     idx = keyframes["indices"]
-    frames = _frames_at(Path(row.path), idx)
+    decoded = _frames_at(Path(row.path), [i + track.first for i in idx])
+    frames = {i: decoded.get(i + track.first) for i in idx}
 
     k = max(1, len(idx))
     fig = plt.figure(figsize=(max(8, 2.4 * k), 6.2), dpi=110)
@@ -105,9 +106,9 @@ def inspect_clip(run_dir: str | Path, video: str, output: Path | None = None) ->
         ax.axvspan(a, b, color="tab:red", alpha=0.25, lw=0, zorder=0)
     for i in idx:
         ax.axvline(track.t[i], color="k", ls="--", lw=1)
-    for shot in scene.shots[1:]:
-        ax.axvline(track.t[int(shot["first"])], color="tab:red", ls=":", lw=1.5)
-        ax.text(track.t[int(shot["first"])], 1.02, shot["start"].replace("_", " "), color="tab:red", fontsize=7,
+    for shot in (s for s in scene.shots[1:] if 0 <= int(s["first"]) - track.first < len(track)):
+        ax.axvline(track.t[int(shot["first"]) - track.first], color="tab:red", ls=":", lw=1.5)
+        ax.text(track.t[int(shot["first"]) - track.first], 1.02, shot["start"].replace("_", " "), color="tab:red", fontsize=7,
                 ha="center", va="bottom", transform=ax.get_xaxis_transform())
     ax.set_xlabel("time (s)")
     ax.set_xlim(float(t[0]), float(t[-1]) if len(t) > 1 else 1.0)

@@ -74,7 +74,7 @@ def _timeline(clip: Clip, run: RunData, thumbs: Thumbs) -> tuple[list[dict], str
     track = None
     if arts.get("faces") is not None:
         try:
-            track = FaceTrack.load(arts["faces"], int(clip.unit.get("subject", 0)))
+            track = FaceTrack.for_unit(arts["faces"], clip.unit)  # a segment's frames only, as its stages saw them
         except CacheError as exc:
             notes.append(f"the face crops of this clip are gone from the cache ({exc}); re-run `dfer run` to rebuild them")
     times = track if track is not None else SimpleNamespace(t=kf.npz("motion.npz")["t"])

@@ -92,7 +92,10 @@ def collect_run(run_dir: str | Path, **report_kwargs: Any) -> RunData:
     else:
         notes.append(f"{run / MANIFEST} is missing: the clips' faces, keyframes and summaries cannot be found")
     clips: dict[str, Clip] = {}
-    for row in rows:  # one card per unit: a clip, or each subject of a clip (faces.subjects=all)
+    segmented = {row.video for row in rows if "segment" in row.unit}  # their clips are their segments only
+    for row in rows:  # one card per unit: a clip, or each subject of a clip (faces.subjects=all), or each segment
+        if not row.unit and row.video in segmented:
+            continue
         keys = dict(row.artifacts)
         clips[row.id] = Clip(row.id, row.path, row.label, row.fingerprint, keys,
                              {stage: cache.get(stage, key) for stage, key in keys.items()} if cache else {}, unit=row.unit)

@@ -5,12 +5,15 @@ yet. Every number comes from :func:`pipeline.report.build_report`."""
 from __future__ import annotations
 
 from pipeline.backends.base import model_name
-from pipeline.core.paths import shown
+from pipeline.core.jobs import unit_id
+from pipeline.core.paths import shown, unshown
+from pipeline.engine.rundir import RunDir
 from pipeline.engine.config import load_config
 from pipeline.eval.labels import LabelError, LabelSet, load_label_set
 from pipeline.engine.runner import stages_to_run
 from pipeline.report import headline
 from pipeline.view.collect import RunData
+from stages.faces import segments as seg
 
 
 def run_label_set(run: RunData) -> LabelSet | None:
@@ -44,6 +47,32 @@ def missing_stages(run: RunData) -> list[str]:
         out.append("There are no label scores yet, so no predictions or metrics; the cards show the faces, "
                    "keyframes and motion summaries that exist.")
     return out
+
+
+def timelines(run: RunData) -> list[dict] | None:
+    """A segmented run's timelines (``timeline.csv``): per recording (and person) its duration and segments, each with
+    its times, prediction (None: not scored, with ``why``), the id of its card (None: no card, too little face), and
+    where it is drawn (``from``, ``to``)."""
+    rows = RunDir(run.run_dir).timeline()
+    if rows is None:
+        return None
+    cards = {c.video for c in run.clips}
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        t = out.setdefault((r["video"], r["subject"]), {"video": r["video"], "subject": r["subject"], "duration": 0.0,
+                                                        "segments": []})
+        uid = unit_id(unshown(r["video"]), seg.part(r["segment"], r["start_s"], r["end_s"], r["subject"]))
+        t["segments"].append({"start": r["start_s"], "end": r["end_s"], "pred": r["prediction"],
+                              "id": shown(uid) if uid in cards else None,
+                              "why": None if r["prediction"] else (r["reason"] or r["scored"])})
+        t["duration"] = max(t["duration"], r["end_s"])
+    for t in out.values():  # drawn: each instant in the segment whose middle is nearest (segments may overlap)
+        g = t["segments"]
+        mids = [(x["start"] + x["end"]) / 2 for x in g]
+        edges = [g[0]["start"], *[(a + b) / 2 for a, b in zip(mids, mids[1:])], g[-1]["end"]]
+        for x, a, b in zip(g, edges, edges[1:]):
+            x["from"], x["to"] = max(a, x["start"]), min(b, x["end"])
+    return list(out.values())
 
 
 def build_summary(run: RunData, labels: list[str]) -> dict:
@@ -83,5 +112,6 @@ def build_summary(run: RunData, labels: list[str]) -> dict:
         "coverage": rep["coverage"] if rep else None,
         "labels_file": rep["labels_file"] if rep else None,
         "missing": missing_stages(run),
+        "timelines": timelines(run),
         "notes": run.notes + (rep["warnings"] + (m["warnings"] if m else []) if rep else []),
     }

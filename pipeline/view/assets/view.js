@@ -260,6 +260,15 @@
     generation++;
     busy = false;
     if (!current.length) add($("cards"), el("p", "empty-list", "No clip matches this filter."));
+    if (focusId) {  // a timeline's segment was clicked: its card, opened
+      var id = focusId, then = after;
+      focusId = null;
+      after = function () {
+        var card = document.querySelector('.card[data-id="' + CSS.escape(id) + '"]');
+        if (card) { card.focus(); card.scrollIntoView({ block: "nearest" }); }
+        if (then) then();
+      };
+    }
     renderMore(after);
   }
 
@@ -453,8 +462,54 @@
     else if (ev.key === "/") { $("f-q").focus(); ev.preventDefault(); }
   }
 
+  // ---------------------------------------------------------------- timelines (a segmented run)
+  var focusId = null;  // the card to focus once the filter that shows it has been applied
+  function labelColour(label) {
+    var i = LABELS.indexOf(label);
+    return "hsl(" + Math.round((i < 0 ? 0 : i) * 360 / Math.max(1, LABELS.length)) + ", 65%, 55%)";
+  }
+  function renderTimelines() {
+    var T = S.timelines;
+    if (!T || !T.length) return;
+    $("timelines").hidden = false;
+    var box = $("strips"), legend = el("p", "strip-legend");
+    LABELS.forEach(function (l) {
+      var i = el("i");
+      i.style.background = labelColour(l);
+      add(legend, add(el("span"), i, l));
+    });
+    box.appendChild(legend);
+    T.forEach(function (t) {
+      var row = el("div", "strip-row"), strip = el("div", "strip");
+      var name = t.video + (t.subject ? " (person " + t.subject + ")" : "");
+      add(row, el("span", "strip-name", name), strip);
+      strip.setAttribute("data-video", t.video);
+      strip.setAttribute("role", "group");
+      strip.setAttribute("aria-label", "timeline of " + name);
+      t.segments.forEach(function (g) {
+        var b = el("button", "seg" + (g.pred ? "" : " none"));
+        b.type = "button";
+        b.style.left = (100 * g.from / t.duration) + "%";
+        b.style.width = (100 * (g.to - g.from) / t.duration) + "%";
+        if (g.pred) b.style.background = labelColour(g.pred);
+        var text = sec(g.start) + "\u2013" + sec(g.end) + ": " + (g.pred || "not scored (" + g.why + ")");
+        b.title = text;
+        b.setAttribute("aria-label", text);
+        if (g.id) {
+          b.setAttribute("data-id", g.id);
+          b.addEventListener("click", function () { focusId = g.id; setState({ q: g.id }); });
+        } else {
+          b.disabled = true;
+        }
+        strip.appendChild(b);
+      });
+      box.appendChild(row);
+    });
+  }
+
   // ---------------------------------------------------------------- start
   renderSummary();
+  renderTimelines();
   initControls();
   window.addEventListener("hashchange", apply);
   document.addEventListener("keydown", onKey);
