@@ -11,15 +11,19 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.cli import main as dfer_main
 from pipeline.core.errors import EXIT_OK, EXIT_USAGE
 from pipeline.engine.rundir import RunDir
+from pipeline.view.page import write_view
 from stages.faces.segments import SegmentSpec, parse_segments, spans
+from tests.browser import console_errors, open_page, start_browser, wait_for
 from tests.test_real_footage_pipeline import SETS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -231,3 +235,61 @@ def test_segment_spans():
     assert spans(parse_segments("4s:2s"), t, 10.0) == [(0, 4), (2, 6), (4, 8), (6, 10)]  # none inside the last
     assert spans(parse_segments("2s:5s"), t, 10.0) == [(0, 2), (5, 7)]  # a stride beyond the length samples
     assert spans(parse_segments("20s"), t, 10.0) == [(0, 10)]
+
+
+@pytest.fixture(scope="module")
+def spans_run(arc):
+    """The arc with labels with times (sad for the first half, happy for the second) at 1 s segments every 0.5 s."""
+    root = arc["root"]
+    listing = root / "halves.csv"
+    listing.write_text("path,label,start_s,end_s\narc.mp4,sad,0,3\narc.mp4,happy,3,6\n")
+    code, err = run(listing, root / "halves", arc["cache"], "--segments", "1s:0.5s")
+    assert code == EXIT_OK, err
+    return root / "halves"
+
+
+def test_the_report_draws_the_timelines_and_scores_the_labelled_spans(spans_run):
+    assert dfer_main(["report", str(spans_run)]) == EXIT_OK
+    doc = json.loads((spans_run / "metrics.json").read_text())
+    t = doc["timelines"]
+    assert (t["segments"], t["recordings"], t["drawn"]) == (11, 1, 1)
+    (share,) = t["share"]
+    timeline = rows(spans_run / "timeline.csv")
+    sad = sum(1 for r in timeline if r["prediction"] == "sad")
+    assert share["sad"] == pytest.approx(sad / 11, abs=1e-4) and share["happy"] == pytest.approx(1 - sad / 11, abs=1e-4)
+    assert t["spans"]["n"] == 2 and t["spans"]["abstained"] == 0
+    assert t["spans"]["metrics"]["uar"] == 1.0 and t["spans"]["metrics"]["war"] == 1.0  # each half's span right
+    md = (spans_run / "report.md").read_text()
+    assert "## Timelines" in md and "![timelines](timelines.png)" in md and "UAR 100.0, WAR 100.0" in md
+    with Image.open(spans_run / "timelines.png") as im:
+        assert im.width > 500 and im.height > 150
+
+
+def test_the_view_shows_a_timeline_strip_whose_segments_open_their_cards(spans_run, tmp_path):
+    page = write_view(spans_run, tmp_path / "view.html")
+    timeline = rows(spans_run / "timeline.csv")
+    driver = start_browser()
+    try:
+        open_page(driver, page)
+        assert console_errors(driver) == []
+        segs = driver.find_elements("css selector", ".strip .seg")
+        assert len(segs) == 11
+        # each block in its label's colour, in time order, none covering another (segments overlap by half)
+        boxes = [s.rect for s in segs]
+        assert all(a["x"] + a["width"] <= b["x"] + 0.5 for a, b in zip(boxes, boxes[1:]))
+        colours = [s.value_of_css_property("background-color") for s in segs]
+        by_label = {r["prediction"]: c for r, c in zip(timeline, colours)}
+        assert len(by_label) == len(set(by_label.values())) == len({r["prediction"] for r in timeline})
+        cards = driver.execute_script("return [...document.querySelectorAll('.card')].map(c => c.dataset.id)")
+        assert "arc.mp4" not in cards and len(cards) == 11  # one card per segment, none for the whole clip
+        segs[7].click()
+        uid = "arc.mp4#segment=7,start_s=3.5,end_s=4.5"
+        wait_for(lambda: driver.execute_script("return document.activeElement.dataset.id") == uid)
+        card = driver.find_element("css selector", ".card")
+        assert card.get_attribute("data-id") == uid
+        # its keyframes are the segment's own, at their times in the recording
+        times = [float(e.text.split()[0]) for e in card.find_elements("css selector", ".timeline .frame .t")]
+        assert times and all(3.5 <= t < 4.5 for t in times)
+        assert console_errors(driver) == []
+    finally:
+        driver.quit()
