@@ -24,6 +24,7 @@ from pipeline.engine.executor import run_task  # noqa: E402
 from pipeline.engine.executor_ray import ClusterError, RayExecutor  # noqa: E402
 from tests import media  # noqa: E402
 from tests.conftest import copy_clip  # noqa: E402
+from pipeline.engine.rundir import RunDir  # noqa: E402
 from tests.runs import failures, manifest, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,6 +190,30 @@ def test_model_stages_on_actors_match_the_local_run(cluster, clip_dir, tmp_path)
     assert again.n_failed == 0 and {r.stage: r.computed for r in again.reports} == {
         "faces": 0, "keyframes": 0, "context": 0, "classify": 2}
     assert_same_outputs(tmp_path / "r-local", tmp_path / "c-local", tmp_path / "r-ray2", tmp_path / "c-ray")
+
+
+def test_segments_run_on_the_cluster_like_clips(cluster, clip_dir, tmp_path):
+    """A segmented run (issue 24): every segment's keyframes, context and classify go to Ray as tasks and actor
+    batches, with the same artifacts and the same timeline as the local executor."""
+    folder = tmp_path / "in"
+    copy_clip(clip_dir["pan.mp4"], folder, "a.mp4")
+    args = ["faces.segments=0.5s", "classify.model.backend=expression", "context.model.backend=expression"]
+    local = run(folder, tmp_path / "r-local", tmp_path / "c-local", *args, workers=LOCAL_WORKERS)
+    assert local.n_failed == 0, failures(tmp_path / "r-local")
+    res = run(folder, tmp_path / "r-ray", tmp_path / "c-ray", *args, workers=LOCAL_WORKERS,
+              executor=ray_executor(actors=1))
+    assert res.n_failed == 0, failures(tmp_path / "r-ray")
+    assert {r.stage: r.computed for r in res.reports} == {
+        "faces": 1, "expression": 1, "keyframes": 4, "context": 4, "classify": 4}
+    rows_a = [r.to_json() for r in RunDir(tmp_path / "r-local").manifest()]
+    rows_b = [r.to_json() for r in RunDir(tmp_path / "r-ray").manifest()]
+    assert rows_a == rows_b and len(rows_b) == 5  # the clip (faces, expression) and its 4 segments
+    for row in rows_b[1:]:
+        for stage in ("keyframes", "context", "classify"):
+            k = row["artifacts"][stage]
+            assert artifact_files(tmp_path / "c-local", stage, k) == artifact_files(tmp_path / "c-ray", stage, k)
+    for name in ("timeline.csv", "timeline_summary.csv", "predictions.csv"):
+        assert (tmp_path / "r-local" / name).read_bytes() == (tmp_path / "r-ray" / name).read_bytes()
 
 
 def _die_once_in_classify(stage, cfg, resources, chunk, cache, batch_size):
