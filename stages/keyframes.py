@@ -34,7 +34,9 @@ each is an eighth of the clip, long enough to hold a whole micro-expression). A 
 and ``between`` (the frames strictly inside); a gap over a shot boundary also has ``cuts`` (the first frames of the
 shots that begin inside it, after ``start_index`` up to ``end_index``), and ``keyframes.json`` then lists all
 boundaries in ``cuts``. ``duration_s`` is the clip's duration (the last frame's
-timestamp plus its frame time, :attr:`stages.faces.facetrack.FaceTrack.duration_s`).
+timestamp plus its frame time, :attr:`stages.faces.facetrack.FaceTrack.duration_s`). A segment's keyframes
+(``faces.segments``) are chosen among its frames only: ``indices`` count from its first frame, ``timestamps`` and
+``duration_s`` (the segment's end) are the recording's.
 """
 
 from __future__ import annotations
