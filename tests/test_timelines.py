@@ -293,3 +293,16 @@ def test_the_view_shows_a_timeline_strip_whose_segments_open_their_cards(spans_r
         assert console_errors(driver) == []
     finally:
         driver.quit()
+
+
+def test_inspect_draws_a_segment_and_says_how_to_name_one(arc, tmp_path):
+    uid = "arc.mp4#segment=2,start_s=3.0,end_s=4.5"
+    out = tmp_path / "seg.png"
+    code, err = dfer("inspect", arc["run"], uid, "-o", out)
+    assert code == EXIT_OK, err
+    with Image.open(out) as im:
+        assert im.width > 400
+    code, err = dfer("inspect", arc["run"], "arc.mp4")
+    assert code == EXIT_USAGE
+    assert "arc.mp4 was scored segment by segment (--segments): inspect one of its 4 segments, e.g. " \
+           "'arc.mp4#segment=0,start_s=0.0,end_s=1.5'" in err

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.errors import CacheError
+from pipeline.core.errors import CacheError, RunDirError
 from pipeline.core.files import save_figure
 from pipeline.core.paths import output_file, shown
 from stages.faces.facetrack import FaceTrack, Scene
-from pipeline.engine.rundir import RunDir
+from pipeline.engine.rundir import MANIFEST, RunDir
 from pipeline.core.video import VideoReader, to_rgb
 
 
@@ -63,6 +63,11 @@ def inspect_clip(run_dir: str | Path, video: str, output: Path | None = None) ->
     cache = run.cache()
     arts = row.artifacts
     faces, kf = (cache.get(stage, arts[stage]) if arts.get(stage) else None for stage in ("faces", "keyframes"))
+    if kf is None and not row.unit and "keyframes" not in arts:
+        parts = [r.id for r in run.manifest() if r.video == row.video and "segment" in r.unit]
+        if parts:  # a segmented run scores segments, not the whole clip
+            raise RunDirError(f"{row.video} was scored segment by segment (--segments): inspect one of its "
+                              f"{len(parts)} segments, e.g. '{parts[0]}' (their ids are in {run.path / MANIFEST})")
     if faces is None or kf is None:
         raise CacheError(f"{row.video}: faces/keyframes artifacts are not in {cache.root} (did the clip fail? see failures.jsonl)")
     subject = int(row.unit.get("subject", 0))
