@@ -53,13 +53,17 @@ def clip_for(folder: Path, seconds: float, size: tuple[int, int], fps: int) -> t
 STAGE_LINE = re.compile(r"^(\w+): (\d+) cached, (\d+) computed.*?\[([\d.]+) s\]", re.M)
 
 
-def measure(clip: Path, work: Path, segments: str) -> dict:
-    """One fresh segmented ``dfer run`` on an empty cache: peak RSS (MiB), wall seconds, seconds per stage, segments."""
+def measure(clip: Path, work: Path, segments: str, until: str | None = None, fresh: bool = True) -> dict:
+    """One segmented ``dfer run`` (``until``: ``--until``; ``fresh``: on an empty cache, else on the cache the last
+    call left): peak RSS (MiB), wall seconds, seconds per stage, segments."""
     cache, out = work / "cache", work / "run"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pipeline.cli", "run", str(clip), "--out", str(out), "--cache", str(cache),
-           "--segments", segments, "-q", "--set", "run.workers=1", "--set", "faces.device=cpu"]
+           "--segments", segments, "-q", "--set", "run.workers=1", "--set", "faces.device=cpu",
+           *(["--until", until] if until else [])]
     log_path = work.parent / "child.log"
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
@@ -71,9 +75,9 @@ def measure(clip: Path, work: Path, segments: str) -> dict:
     if code != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{text[-3000:]}")
     stages = {m.group(1): float(m.group(4)) for m in STAGE_LINE.finditer(text)}
-    rows = (out / "timeline.csv").read_text().splitlines()[1:]
+    timeline = out / "timeline.csv"
+    rows = timeline.read_text().splitlines()[1:] if timeline.is_file() else []
     scored = sum(1 for r in rows if ",exact," in r or ",partial," in r)
-    shutil.rmtree(work, ignore_errors=True)
     return {"rss_mib": usage.ru_maxrss / 1024, "seconds": seconds, "stages": stages, "segments": len(rows),
             "scored": scored}
 
@@ -85,6 +89,9 @@ def main() -> int:
     ap.add_argument("--segments", default="4s")
     ap.add_argument("--size", default="320x240")
     ap.add_argument("--fps", type=int, default=10)
+    ap.add_argument("--split", action="store_true",
+                    help="also measure each clip's per-file stages (--until expression, fresh cache) and its per-segment "
+                         "stages alone (the same cache, faces and expression cached)")
     ap.add_argument("--clips-dir", default=os.environ.get("DFER_BENCH_CLIPS", str(Path.home() / ".cache" / "dfer-bench" / "clips")))
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -92,6 +99,7 @@ def main() -> int:
     clips = {s: clip_for(Path(args.clips_dir), s, size, args.fps) for s in lengths}
     tmp = Path(tempfile.mkdtemp(prefix="dfer-bench-timeline-"))
     res = {}
+    split = {}
     try:
         for s in lengths:
             res[s] = measure(clips[s][0], tmp / "work", args.segments)
@@ -99,6 +107,12 @@ def main() -> int:
             print(f"{s:7g} s ({clips[s][1]} frames): peak RSS {r['rss_mib']:.1f} MiB, {r['seconds']:.1f} s, "
                   f"{r['segments']} segments ({r['scored']} scored); stages: "
                   + ", ".join(f"{k} {v:.1f} s" for k, v in r["stages"].items()), flush=True)
+            if args.split:  # where the memory goes: the per-file stages alone, then the per-segment ones alone
+                a = measure(clips[s][0], tmp / "work", args.segments, until="expression")
+                b = measure(clips[s][0], tmp / "work", args.segments, fresh=False)
+                split[s] = (a, b)
+                print(f"{s:7g} s: --until expression (faces, expression) peak RSS {a['rss_mib']:.1f} MiB; then the "
+                      f"per-segment stages alone (faces and expression cached) {b['rss_mib']:.1f} MiB", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     short, long = (res[s] for s in lengths)
@@ -114,6 +128,11 @@ def main() -> int:
     per_seg = sum(v for k, v in long["stages"].items() if k in ("keyframes", "context", "classify")) / max(1, long["scored"])
     print(f"per-segment stages (keyframes, context, classify): {per_seg * 1000:.0f} ms per segment scored "
           f"({long['scored']} of {long['segments']})")
+    if split:
+        (a0, b0), (a1, b1) = (split[s] for s in lengths)
+        print(f"per-file stages alone (--until expression): {a0['rss_mib']:.1f} -> {a1['rss_mib']:.1f} MiB, ratio "
+              f"{a1['rss_mib'] / a0['rss_mib']:.3f}; per-segment stages alone (faces, expression cached): "
+              f"{b0['rss_mib']:.1f} -> {b1['rss_mib']:.1f} MiB, ratio {b1['rss_mib'] / b0['rss_mib']:.3f}")
     return 0
 
 

@@ -103,10 +103,11 @@ def _score(job: ClipJob, cfg: Config, net, out, track: FaceTrack, name: str) -> 
     scored = np.asarray(track.arrays["present"], bool)
     probs = np.full((n, len(CLASSES)), np.nan, np.float32)
     idx = np.flatnonzero(scored)
-    for i in range(0, len(idx), cfg.chunk):
-        part = idx[i : i + cfg.chunk]
-        crops = reframe(track.crops(part, gray=True), crop_margin, cfg.face_margin)  # JPEG luma: see preprocess
-        probs[part] = net.predict_proba(crops, batch_size=cfg.batch_size)
+    with track.streamed():  # a chunk of crops in memory at a time, the file checked whole at the end
+        for i in range(0, len(idx), cfg.chunk):
+            part = idx[i : i + cfg.chunk]
+            crops = reframe(track.crops(part, gray=True), crop_margin, cfg.face_margin)  # JPEG luma: see preprocess
+            probs[part] = net.predict_proba(crops, batch_size=cfg.batch_size)
     out.npz(name, probs=probs, scored=scored, t=track.t)
     return int(len(idx))
 

@@ -314,6 +314,24 @@ class Artifact:
         except OSError as exc:
             raise self.damaged(name, f"cannot be read ({exc.strerror or exc})") from None
 
+    def sequential(self, name: str) -> "SequentialRead":
+        """File ``name`` read front to back in ranges (:meth:`SequentialRead.take`), hashed as it is read; ``close``
+        reads the rest and checks the size and sha256 recorded (format 2), so a whole pass over a long clip's crops is
+        as checked as :meth:`bytes` without holding the file in memory."""
+        files = self.meta().get("files")
+        record = files.get(name) if files is not None else None
+        if files is not None and record is None:
+            raise self.damaged(name, "is not one of the artifact's files (its meta.json does not record it)")
+        try:
+            f = open(self.root / name, "rb")
+        except FileNotFoundError:
+            raise self.damaged(name, "is missing") from None
+        except PermissionError as exc:
+            raise cache_fault(exc, self.root.parent.parent.parent, f"reading {self.stage} artifact {self.key[:12]}") from None
+        except OSError as exc:
+            raise self.damaged(name, f"cannot be read ({exc.strerror or exc})") from None
+        return SequentialRead(self, name, f, record)
+
     def json(self, name: str) -> Any:
         data = self.bytes(name)
         try:
@@ -341,6 +359,51 @@ class Artifact:
                 self.npz(name)
             else:
                 self.bytes(name)
+
+
+class SequentialRead:
+    """See :meth:`Artifact.sequential`: ``take(start, stop)`` with ranges in ascending order, then ``close()``."""
+
+    def __init__(self, artifact: Artifact, name: str, f, record: dict | None):
+        self.artifact, self.name, self._f, self.record = artifact, name, f, record
+        self._hash = hashlib.sha256()
+        self._pos = 0
+        self._buf = b""  # the bytes read but not yet taken past: [self._pos - len(self._buf), self._pos)
+
+    def _read_to(self, stop: int) -> None:
+        while self._pos < stop:
+            block = self._f.read(max(stop - self._pos, 1 << 20))
+            if not block:
+                raise self.artifact.damaged(self.name, f"ends at byte {self._pos}, byte {stop} was asked for (truncated)")
+            self._hash.update(block)
+            self._buf += block
+            self._pos += len(block)
+
+    def take(self, start: int, stop: int) -> bytes:
+        base = self._pos - len(self._buf)
+        if start < base:
+            raise ValueError(f"{self.name}: bytes {start}-{stop} asked for after byte {base} (ranges must ascend)")
+        self._read_to(stop)
+        data = self._buf[start - base : stop - base]
+        self._buf = self._buf[stop - base :]
+        return data
+
+    def close(self) -> None:
+        """Read the rest; the size and sha256 must be those recorded (DamagedArtifactError)."""
+        try:
+            while block := self._f.read(1 << 20):
+                self._hash.update(block)
+                self._pos += len(block)
+        finally:
+            self._f.close()
+            self._buf = b""
+        if self.record is not None:
+            if self._pos != self.record["size"]:
+                how = "truncated" if self._pos < self.record["size"] else "grown"
+                raise self.artifact.damaged(self.name, f"has {self._pos} bytes, {self.record['size']} were written ({how})")
+            if self._hash.hexdigest() != self.record["sha256"]:
+                raise self.artifact.damaged(self.name, "its bytes differ from those written (sha256 does not match the "
+                                                       "one recorded)")
 
 
 def cache_fault(exc: OSError, root: Path, doing: str) -> RunStopError:

@@ -36,7 +36,9 @@ crop_offsets    (N+1,)     byte offsets of each JPEG in crops.jpg.bin
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -77,6 +79,7 @@ class FaceTrack:
     crops_name: str = CROPS_FILE  # the crops file of this person (crops_file(subject))
     first: int = 0  # a segment's track (:meth:`for_unit`): its first frame in the clip; indices count from there
     _offsets: np.ndarray | None = field(default=None, repr=False)  # the whole clip's crop_offsets, for a segment
+    _stream: Any = field(default=None, repr=False)  # within streamed(): the crops file read front to back
 
     @classmethod
     def load(cls, artifact: Artifact, subject: int = 0) -> "FaceTrack":
@@ -136,8 +139,28 @@ class FaceTrack:
 
     def crop_bytes(self, indices) -> list[bytes]:
         off = self.arrays["crop_offsets"]
+        if self._stream is not None:
+            return [self._stream.take(int(off[i]), int(off[i + 1])) for i in indices]
         data = self._crop_file()
         return [data[int(off[i]) : int(off[i + 1])] for i in indices]
+
+    @contextmanager
+    def streamed(self) -> Iterator["FaceTrack"]:
+        """Within it, crops are read from the crops file front to back (indices in ascending order across calls),
+        the file hashed as it goes and checked whole at the end (:meth:`pipeline.core.cache.Artifact.sequential`):
+        a pass over every frame of a long clip holds one chunk of crops, not the whole file."""
+        if self._offsets is not None or self._crops is not None:  # a segment (read by range), or read already
+            yield self
+            return
+        self._stream = self.artifact.sequential(self.crops_name)
+        try:
+            yield self
+            stream, self._stream = self._stream, None
+            stream.close()
+        finally:
+            if self._stream is not None:
+                self._stream._f.close()
+                self._stream = None
 
     def crops(self, indices, size: int | None = None, gray: bool = False) -> np.ndarray:
         """Decode crops ``indices`` as uint8 RGB (K, S, S, 3) or gray (K, S, S)."""
