@@ -53,7 +53,8 @@ def clip_for(folder: Path, seconds: float, size: tuple[int, int], fps: int) -> t
 STAGE_LINE = re.compile(r"^(\w+): (\d+) cached, (\d+) computed.*?\[([\d.]+) s\]", re.M)
 
 
-def measure(clip: Path, work: Path, segments: str, until: str | None = None, fresh: bool = True) -> dict:
+def measure(clip: Path, work: Path, segments: str, until: str | None = None, fresh: bool = True,
+            sets: tuple[str, ...] = ()) -> dict:
     """One segmented ``dfer run`` (``until``: ``--until``; ``fresh``: on an empty cache, else on the cache the last
     call left): peak RSS (MiB), wall seconds, seconds per stage, segments."""
     cache, out = work / "cache", work / "run"
@@ -63,7 +64,7 @@ def measure(clip: Path, work: Path, segments: str, until: str | None = None, fre
     work.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pipeline.cli", "run", str(clip), "--out", str(out), "--cache", str(cache),
            "--segments", segments, "-q", "--set", "run.workers=1", "--set", "faces.device=cpu",
-           *(["--until", until] if until else [])]
+           *(["--until", until] if until else []), *[a for v in sets for a in ("--set", v)]]
     log_path = work.parent / "child.log"
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
@@ -92,6 +93,9 @@ def main() -> int:
     ap.add_argument("--split", action="store_true",
                     help="also measure each clip's per-file stages (--until expression, fresh cache) and its per-segment "
                          "stages alone (the same cache, faces and expression cached)")
+    ap.add_argument("--heap", action="store_true",
+                    help="also measure each clip with faces.flat_heap=false (glibc's own mmap threshold), "
+                         "the run before and after the setting side by side")
     ap.add_argument("--clips-dir", default=os.environ.get("DFER_BENCH_CLIPS", str(Path.home() / ".cache" / "dfer-bench" / "clips")))
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -100,6 +104,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="dfer-bench-timeline-"))
     res = {}
     split = {}
+    glibc = {}
+    plain = ("faces.flat_heap=false",)
     try:
         for s in lengths:
             res[s] = measure(clips[s][0], tmp / "work", args.segments)
@@ -107,6 +113,10 @@ def main() -> int:
             print(f"{s:7g} s ({clips[s][1]} frames): peak RSS {r['rss_mib']:.1f} MiB, {r['seconds']:.1f} s, "
                   f"{r['segments']} segments ({r['scored']} scored); stages: "
                   + ", ".join(f"{k} {v:.1f} s" for k, v in r["stages"].items()), flush=True)
+            if args.heap:
+                g = glibc[s] = measure(clips[s][0], tmp / "work", args.segments, sets=plain)
+                print(f"{s:7g} s with {plain[0]}: peak RSS {g['rss_mib']:.1f} MiB, {g['seconds']:.1f} s, faces "
+                      f"{g['stages'].get('faces', 0):.1f} s", flush=True)
             if args.split:  # where the memory goes: the per-file stages alone, then the per-segment ones alone
                 a = measure(clips[s][0], tmp / "work", args.segments, until="expression")
                 b = measure(clips[s][0], tmp / "work", args.segments, fresh=False)
@@ -128,6 +138,12 @@ def main() -> int:
     per_seg = sum(v for k, v in long["stages"].items() if k in ("keyframes", "context", "classify")) / max(1, long["scored"])
     print(f"per-segment stages (keyframes, context, classify): {per_seg * 1000:.0f} ms per segment scored "
           f"({long['scored']} of {long['segments']})")
+    if glibc:
+        g0, g1 = (glibc[s] for s in lengths)
+        print(f"with {plain[0]} (glibc's dynamic threshold): peak RSS {g0['rss_mib']:.1f} -> {g1['rss_mib']:.1f} MiB, "
+              f"ratio {g1['rss_mib'] / g0['rss_mib']:.3f}; the default's faces stage time / glibc's: "
+              f"{long['stages']['faces'] / g1['stages']['faces']:.2f} on the long clip, "
+              f"{short['stages']['faces'] / g0['stages']['faces']:.2f} on the short one")
     if split:
         (a0, b0), (a1, b1) = (split[s] for s in lengths)
         print(f"per-file stages alone (--until expression): {a0['rss_mib']:.1f} -> {a1['rss_mib']:.1f} MiB, ratio "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Union
 
 import cv2
 import numpy as np
@@ -32,7 +32,7 @@ from stages.faces.facetrack import FACE_COLUMNS, FACES_FILE, SCENE_FILE, FaceTra
 from pipeline.core.fields import not_in_key
 from pipeline.core.jobs import ClipJob
 from stages.faces.identity import TrackInfo
-from stages.faces.memory import release_free_heap
+from stages.faces.memory import LONG_RECORDING_S, map_large_blocks, release_free_heap
 from stages.faces.face_refine import expected_box, refine
 from stages.faces.shots import ShotDetector
 from stages.faces.spool import Spool
@@ -101,6 +101,13 @@ class Config(BaseModel):
     heap fragmentation by MTCNN's variable-size activations. Measured with whole-frame detection every 0.5 s: peak
     memory the same for 0, 1 and 4; 1 costs 23% of the speed, 4 nothing measurable (``benchmarks/faces_memory.py``,
     ``faces_throughput.py``)."""
+    flat_heap: Union[bool, Literal["auto"]] = not_in_key("auto")
+    """Serve heap blocks of 512 KiB and more (MTCNN's activations) from memory maps of their own, for the rest of the
+    worker process (glibc ``mallopt``), so that memory stays flat on long recordings. true, false or 'auto': from the first
+    recording of 5 minutes or more (its header's duration, else once that much is decoded). Measured on CPU,
+    320x240 at 2 fps (``benchmarks/timeline_memory.py --heap``): a 60-minute recording's segmented run peaked at
+    1.30x a 10 s clip's memory without it, 1.03x with it; it costs 1.54x the faces stage's time there (every block
+    mapped and unmapped), hence not for short clips."""
     decoder_threads: int = not_in_key(0, ge=0)
     """FFmpeg decoder threads per worker (0: FFmpeg decides)."""
     cut_threshold: float = Field(27.0, ge=0.0, le=255.0)
@@ -153,6 +160,9 @@ class Config(BaseModel):
 def open(cfg: Config):  # noqa: A001 - stage protocol name
     """Load MTCNN once per worker process."""
     import torch
+
+    if cfg.flat_heap is True:
+        map_large_blocks()
     from facenet_pytorch import MTCNN
 
     device = resolve_device(cfg.device)
@@ -433,6 +443,9 @@ def process(job: ClipJob, cfg: Config, mtcnn, out) -> dict:
             last_t = 0.0
             rotation = info.rotation
             last_shot = -1
+            long_recording = cfg.flat_heap == "auto" and (info.header_duration or 0) >= LONG_RECORDING_S
+            if long_recording:
+                map_large_blocks()
             for n_idx, (t, frame) in enumerate(reader.frames()):
                 rotation = reader.frame_rotation(frame)
                 pixels = FramePixels(frame, rotation)
@@ -440,6 +453,9 @@ def process(job: ClipJob, cfg: Config, mtcnn, out) -> dict:
                     too_small = _too_small(job, cfg, pixels.shape[1], pixels.shape[0])
                     if too_small and cfg.no_face == "fail":
                         raise NoFaceError(too_small)
+                if cfg.flat_heap == "auto" and not long_recording and t >= LONG_RECORDING_S:
+                    map_large_blocks()  # no duration in the header: from the moment it is known to be long
+                    long_recording = True
                 shot = shots.add(n_idx, t, frame)
                 pending.append((n_idx, t, pixels, shot))
                 if (n_idx % cfg.detect_every == 0 or shot != last_shot) and not too_small:
