@@ -183,6 +183,29 @@ def test_labels_with_times_are_scored_per_labelled_span(arc):
     assert float(whole["p_happy"]) == pytest.approx(mean_happy, abs=1e-5)  # equal overlaps: the plain mean
 
 
+def test_a_clip_level_label_in_a_segmented_run_labels_the_whole_recording(arc, capsys):
+    """A labelled dataset run with --segments (no times): each clip is one span over the whole recording, scored by
+    all of its segments, and the report's headline is the spans' metrics, not "no labelled clip"."""
+    root = arc["root"]
+    listing = root / "clip_labels.csv"
+    listing.write_text("path,label\narc.mp4,sad\n")
+    code, err = run(listing, root / "clip_labels", arc["cache"], "--segments", "1.5s", "--report")
+    assert code == EXIT_OK, err
+    assert "1 labelled spans scored" in err
+    timeline = rows(root / "clip_labels" / "timeline.csv")
+    assert [r["label"] for r in timeline] == ["sad"] * 4
+    (span,) = rows(root / "clip_labels" / "span_predictions.csv")
+    assert (span["start_s"], span["end_s"], span["label"], span["segments"]) == ("0.000", "", "sad", "4")
+    mean = {lab: np.mean([float(r[f"p_{lab}"]) for r in timeline]) for lab in LABELS}  # equal overlaps: the mean
+    assert span["prediction"] == max(mean, key=mean.get)
+    right = span["prediction"] == "sad"
+    printed = capsys.readouterr().out + err
+    assert f"UAR {100 * right:.2f}  WAR {100 * right:.2f}" in printed
+    assert "(1 labelled spans, each scored by its segments" in printed and "no labelled clip" not in printed
+    md = (root / "clip_labels" / "report.md").read_text()
+    assert "metrics are per labelled span" in md and "No scored clip has a true label" not in md
+
+
 @pytest.mark.parametrize("body, problem", [
     ("arc.mp4,sad,3,1\n", ":2: start_s 3 and end_s 1: need 0 <= start_s < end_s"),
     ("arc.mp4,sad,x,1\n", ":2: start_s 'x' and end_s '1' must both be seconds"),

@@ -23,7 +23,7 @@ from pipeline.engine.rundir import RunDir
 from pipeline.eval.answers import AnswerParser
 from pipeline.eval.labels import load_label_set
 from pipeline.eval.ranking import decide
-from pipeline.eval.spans import score_span, span_label
+from pipeline.eval.spans import Span, score_span, span_label
 from stages.faces.stage import segment_rows
 
 TOO_LITTLE_FACE = "too_little_face"
@@ -61,7 +61,7 @@ def write_timeline(run_dir: RunDir, cfg, faces_cfg, cache: Cache, refs, keys: di
     parse = AnswerParser(label_set).parse
     out = TimelineOutputs()
     tw, sw = run_dir.timeline_writers(names)
-    pw = run_dir.span_writer(names) if any(r.spans for r in refs) else None
+    pw = run_dir.span_writer(names) if any(_spans_of(r) for r in refs) else None
     try:
         for ref in refs:
             fkey = keys.get(ref.id, {}).get("faces")
@@ -74,7 +74,7 @@ def write_timeline(run_dir: RunDir, cfg, faces_cfg, cache: Cache, refs, keys: di
                 failures[ref.id] = str(exc)
                 continue
             out.videos += 1
-            labelled = [replace(sp, label=label_set.canonical(sp.label)) for sp in ref.spans]
+            labelled = [replace(sp, label=label_set.canonical(sp.label)) for sp in _spans_of(ref)]
             scored_rows: list[dict] = []  # the subject's segments, for the labelled spans
             for subject in dict.fromkeys(r["subject"] for r in rows):
                 mine = [r for r in rows if r["subject"] == subject]
@@ -110,6 +110,12 @@ def write_timeline(run_dir: RunDir, cfg, faces_cfg, cache: Cache, refs, keys: di
         if pw is not None:
             pw.close()
     return out
+
+
+def _spans_of(ref) -> tuple:
+    """A clip's labelled spans: those of a list file with times, else its clip-level label as one span over the whole
+    recording (so a labelled dataset run with ``--segments`` is scored per clip from its segments)."""
+    return ref.spans or ((Span(0.0, None, ref.label, ref.where),) if ref.label else ())
 
 
 def _outcome(r: dict, video: str, faces_cfg, cache: Cache, keys: dict, failures: dict, names, length_norm, parse):

@@ -19,8 +19,11 @@ HEADLINE = (("uar", "UAR"), ("war", "WAR"), ("macro_f1", "macro-F1"))  # key in 
 def summary(rep: dict, out_dir: str | Path) -> str:
     """What ``dfer report`` prints: headline metrics, clip counts, the tau sweep if asked for, files written."""
     m, c, a = headline.headline(rep), rep["counts"], rep["abstentions"]
-    lines = [f"{_headline(m)}  ({m['n']} labelled clips, calibration {rep['calibration']['method']})"
-             if m else "no labelled clip: metrics not computed (pass --labels FILE)"]
+    spans = (rep.get("timelines") or {}).get("spans")
+    lines = [f"{_headline(m)}  ({m['n']} labelled clips, calibration {rep['calibration']['method']})" if m
+             else f"{_headline(spans['metrics'])}  ({spans['n']} labelled spans, each scored by its segments: "
+                  "span_predictions.csv)" if spans
+             else "no labelled clip: metrics not computed (pass --labels FILE)"]
     if m and headline.differs(rep):
         sc = headline.scored(rep)
         lines[0] += f"; {headline.scope_text(rep)}"
@@ -238,8 +241,14 @@ def report_markdown(rep: dict, plots: dict[str, str]) -> str:
             line += (f" {c['failed'] - c['failed_labelled']} failed clip(s) have no known label "
                      "(pass a labels file to count them as wrong).")
         out.append(line)
-    out += (_metrics_markdown(m, rep["metrics_uncalibrated"]) if m is not None
-            else ["\nNo scored clip has a true label, so no metrics of the scored clips were computed."])
+    if m is not None:
+        out += _metrics_markdown(m, rep["metrics_uncalibrated"])
+    elif (rep.get("timelines") or {}).get("spans"):
+        out.append("\nThe units of this segmented run are segments, which carry no label of their own: the metrics are "
+                   "per labelled span, each span scored by the segments that overlap it (Timelines, below; "
+                   "docs/timelines.md).")
+    else:
+        out.append("\nNo scored clip has a true label, so no metrics of the scored clips were computed.")
     if "label_frequency" in rep and m is not None:
         lf = rep["label_frequency"]
         out += ["\n## Per-class F1 against label frequency\n",

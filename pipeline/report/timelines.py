@@ -84,6 +84,9 @@ def _palette(n: int) -> list:
     return [cmap(i) for i in range(n)]
 
 
+SHARE_ROWS = 50  # recordings in report.md's table of time shares (timeline_summary.csv has them all)
+
+
 def timeline_markdown(doc: dict | None, table) -> str:
     """The report's "Timelines" section (``table``: the report's Markdown table maker)."""
     if doc is None:
@@ -94,10 +97,14 @@ def timeline_markdown(doc: dict | None, table) -> str:
         out.append(f"The first {doc['drawn']}:\n\n![timelines]({Path(doc['plot']).name})")
     labels = [k for k in (doc["share"][0] if doc["share"] else {}) if k not in ("video", "subject", "dominant", "changes")]
     if doc["share"]:
-        out.append("\nShare of the scored time per label:\n")
+        shown_ = doc["share"][:SHARE_ROWS]
+        more = len(doc["share"]) - len(shown_)
+        out.append("\nShare of the scored time per label" + (f" (the first {len(shown_)} recordings; all "
+                                                               f"{len(doc['share'])} in `timeline_summary.csv`)"
+                                                               if more else "") + ":\n")
         out += table(["recording", "person", *labels, "dominant", "changes"],
                      [(s["video"], s["subject"], *[f"{100 * s[lab]:.0f}%" if s[lab] is not None else "-" for lab in labels],
-                       s["dominant"] or "-", s["changes"]) for s in doc["share"]])
+                       s["dominant"] or "-", s["changes"]) for s in shown_])
     if "spans" in doc:
         m = doc["spans"]["metrics"]
         out.append(f"\nLabelled spans (`span_predictions.csv`): {doc['spans']['n']}, {doc['spans']['abstained']} without "
