@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.cache import Cache, artifact_key, canonical_json, default_cache_dir
+from pipeline.core.errors import DamagedArtifactError
 
 
 def test_canonical_json_ignores_dict_order_and_rejects_non_json():
@@ -83,3 +84,57 @@ def test_sweep_removes_only_old_leftovers(tmp_path):
     new = leftover_tmp(tmp_path / "faces" / "ab" / ".tmp-abcdef-2-y")
     assert cache.sweep_stale("faces") == 1
     assert not old.exists() and new.exists()
+
+
+def _crops_artifact(tmp_path, payload: bytes):
+    cache = Cache(tmp_path)
+    key = "ef" * 32
+
+    def fill(out):
+        out.bytes("crops.bin", payload)
+
+    cache.write("faces", key, {}, fill)
+    return cache.get("faces", key), cache.dir_for("faces", key) / "crops.bin"
+
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB: more than one of SequentialRead's blocks
+
+
+def test_a_byte_range_is_read_alone_and_a_damaged_file_is_named(tmp_path):
+    art, path = _crops_artifact(tmp_path, PAYLOAD)
+    assert art.byte_range("crops.bin", 1000, 1010) == PAYLOAD[1000:1010]
+    with pytest.raises(DamagedArtifactError, match=r"crops.bin: has 1048576 bytes, bytes 5-2000000 were asked for"):
+        art.byte_range("crops.bin", 5, 2_000_000)
+    with pytest.raises(DamagedArtifactError, match="other.bin: is not one of the artifact's files"):
+        art.byte_range("other.bin", 0, 1)
+    path.write_bytes(PAYLOAD[:1000])
+    with pytest.raises(DamagedArtifactError, match=r"crops.bin: has 1000 bytes, 1048576 were written \(truncated\)"):
+        art.byte_range("crops.bin", 0, 10)
+    path.unlink()
+    with pytest.raises(DamagedArtifactError, match="crops.bin: is missing"):
+        art.byte_range("crops.bin", 0, 10)
+
+
+def test_a_sequential_read_gives_the_ranges_and_checks_the_whole_file_at_the_end(tmp_path):
+    art, path = _crops_artifact(tmp_path, PAYLOAD)
+    reader = art.sequential("crops.bin")
+    assert reader.take(10, 20) == PAYLOAD[10:20] and reader.take(20, 1_048_000) == PAYLOAD[20:1_048_000]
+    with pytest.raises(ValueError, match="ranges must ascend"):
+        reader.take(0, 5)
+    reader.close()  # the rest read, size and sha256 as recorded
+
+    flipped = bytearray(PAYLOAD)
+    flipped[-1] ^= 1  # past every range taken: only the check of the whole file can see it
+    path.write_bytes(bytes(flipped))
+    reader = art.sequential("crops.bin")
+    assert reader.take(0, 10) == PAYLOAD[:10]
+    with pytest.raises(DamagedArtifactError, match="crops.bin: its bytes differ from those written"):
+        reader.close()
+
+    path.write_bytes(PAYLOAD[:500])
+    reader = art.sequential("crops.bin")
+    with pytest.raises(DamagedArtifactError, match=r"crops.bin: ends at byte 500, byte 600 was asked for \(truncated\)"):
+        reader.take(0, 600)
+    path.unlink()
+    with pytest.raises(DamagedArtifactError, match="crops.bin: is missing"):
+        art.sequential("crops.bin")

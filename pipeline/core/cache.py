@@ -28,6 +28,7 @@ each with its own sha256 (:func:`write_record`); one that does not match counts 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -212,9 +213,11 @@ class Artifact:
             f"{self.root.parent.parent.parent}): {file}: {problem}", self.stage, self.key, file, problem)
 
     # ------------------------------------------------------------------------------------ reads
-    def _read(self, name: str) -> bytes:
+    @contextlib.contextmanager
+    def _reading(self, name: str) -> Iterator[None]:
+        """What the file system says while file ``name`` is read, as the artifact's damage or the cache's fault."""
         try:
-            return (self.root / name).read_bytes()
+            yield
         except FileNotFoundError:
             if not self.root.is_dir():
                 raise self.damaged(name, "is missing (the whole artifact folder is gone)") from None
@@ -223,6 +226,21 @@ class Artifact:
             raise cache_fault(exc, self.root.parent.parent.parent, f"reading {self.stage} artifact {self.key[:12]}") from None
         except OSError as exc:  # an I/O error, a folder in place of the file, ...
             raise self.damaged(name, f"cannot be read ({exc.strerror or exc})") from None
+
+    def _read(self, name: str) -> bytes:
+        with self._reading(name):
+            return (self.root / name).read_bytes()
+
+    def _record(self, name: str) -> dict | None:
+        """The size and sha256 ``meta.json`` recorded for file ``name`` (None: an artifact of format 1, which records
+        none); a file it does not record is damage."""
+        files = self.meta().get("files")
+        if files is None:
+            return None
+        record = files.get(name)
+        if record is None:
+            raise self.damaged(name, "is not one of the artifact's files (its meta.json does not record it)")
+        return record
 
     def meta(self) -> dict:
         """``meta.json``, checked: JSON, of this stage and key, and (format 2) its own recorded sha256."""
@@ -273,12 +291,7 @@ class Artifact:
 
     def bytes(self, name: str) -> bytes:
         """The bytes of file ``name``, checked against their recorded size and sha256 (format 2)."""
-        files = self.meta().get("files")
-        record = None
-        if files is not None:
-            record = files.get(name)
-            if record is None:
-                raise self.damaged(name, "is not one of the artifact's files (its meta.json does not record it)")
+        record = self._record(name)
         data = self._read(name)
         if record is not None:
             if len(data) != record["size"]:
@@ -293,11 +306,8 @@ class Artifact:
         crops file). Checked: the file has the size it was written with and holds the range; its content is not
         hashed here (that needs every byte) but was when the runner checked the artifact before using it
         (:func:`pipeline.engine.cachecheck.check_artifact`), and a reader checks what it decodes."""
-        files = self.meta().get("files")
-        record = files.get(name) if files is not None else None
-        if files is not None and record is None:
-            raise self.damaged(name, "is not one of the artifact's files (its meta.json does not record it)")
-        try:
+        record = self._record(name)
+        with self._reading(name):
             with open(self.root / name, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 if record is not None and size != record["size"]:
@@ -307,29 +317,14 @@ class Artifact:
                     raise self.damaged(name, f"has {size} bytes, bytes {start}-{stop} were asked for")
                 f.seek(start)
                 return f.read(stop - start)
-        except FileNotFoundError:
-            raise self.damaged(name, "is missing") from None
-        except PermissionError as exc:
-            raise cache_fault(exc, self.root.parent.parent.parent, f"reading {self.stage} artifact {self.key[:12]}") from None
-        except OSError as exc:
-            raise self.damaged(name, f"cannot be read ({exc.strerror or exc})") from None
 
     def sequential(self, name: str) -> "SequentialRead":
         """File ``name`` read front to back in ranges (:meth:`SequentialRead.take`), hashed as it is read; ``close``
         reads the rest and checks the size and sha256 recorded (format 2), so a whole pass over a long clip's crops is
         as checked as :meth:`bytes` without holding the file in memory."""
-        files = self.meta().get("files")
-        record = files.get(name) if files is not None else None
-        if files is not None and record is None:
-            raise self.damaged(name, "is not one of the artifact's files (its meta.json does not record it)")
-        try:
-            f = open(self.root / name, "rb")
-        except FileNotFoundError:
-            raise self.damaged(name, "is missing") from None
-        except PermissionError as exc:
-            raise cache_fault(exc, self.root.parent.parent.parent, f"reading {self.stage} artifact {self.key[:12]}") from None
-        except OSError as exc:
-            raise self.damaged(name, f"cannot be read ({exc.strerror or exc})") from None
+        record = self._record(name)
+        with self._reading(name):
+            f = open(self.root / name, "rb")  # SequentialRead closes it
         return SequentialRead(self, name, f, record)
 
     def json(self, name: str) -> Any:
@@ -370,9 +365,13 @@ class SequentialRead:
         self._pos = 0
         self._buf = b""  # the bytes read but not yet taken past: [self._pos - len(self._buf), self._pos)
 
+    def _block(self, size: int) -> bytes:
+        with self.artifact._reading(self.name):  # an I/O error half-way is the artifact's damage too
+            return self._f.read(size)
+
     def _read_to(self, stop: int) -> None:
         while self._pos < stop:
-            block = self._f.read(max(stop - self._pos, 1 << 20))
+            block = self._block(max(stop - self._pos, 1 << 20))
             if not block:
                 raise self.artifact.damaged(self.name, f"ends at byte {self._pos}, byte {stop} was asked for (truncated)")
             self._hash.update(block)
@@ -391,7 +390,7 @@ class SequentialRead:
     def close(self) -> None:
         """Read the rest; the size and sha256 must be those recorded (DamagedArtifactError)."""
         try:
-            while block := self._f.read(1 << 20):
+            while block := self._block(1 << 20):
                 self._hash.update(block)
                 self._pos += len(block)
         finally:
