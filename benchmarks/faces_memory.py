@@ -40,19 +40,20 @@ from baseline_tree import BEFORE, REPO, env_for, unpack  # noqa: E402
 med = statistics.median
 
 
-def clip_for(folder: Path, seconds: float, size: tuple[int, int]) -> tuple[Path, int]:
-    """The clip of this length from ``folder``, made first if missing; (path, frames)."""
+def clip_for(folder: Path, seconds: float, size: tuple[int, int], fps: int = 30) -> tuple[Path, int]:
+    """The pan-and-zoom clip of this length, size and frame rate from ``folder``, made first if missing (kept for
+    later runs: a 60-minute one takes minutes); (path, frames)."""
     sys.path.insert(0, str(REPO))
     from tests.media import make_face_clip
 
     w, h = size
-    path = folder / f"pan_zoom_{w}x{h}_30fps_{seconds:g}s.mp4"
+    path = folder / f"pan_zoom_{w}x{h}_{fps}fps_{seconds:g}s.mp4"
     done = path.with_suffix(".json")
     if not done.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.mp4")
-        spec = make_face_clip(tmp, codec="h264", size=size, fps=30, seconds=seconds, motion="pan_zoom")
+        spec = make_face_clip(tmp, codec="h264", size=size, fps=fps, seconds=seconds, motion="pan_zoom")
         os.replace(tmp, path)
         done.write_text(json.dumps({"frames": spec.n_frames, "made_in_s": round(time.perf_counter() - t0, 1)}))
         print(f"made {path.name}: {spec.n_frames} frames in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -18,7 +18,6 @@ Run: ``python benchmarks/timeline_memory.py`` (10 s and 60 min), ``--minutes 5``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -28,26 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def clip_for(folder: Path, seconds: float, size: tuple[int, int], fps: int) -> tuple[Path, int]:
-    """The clip of this length from ``folder``, made first if missing; (path, frames)."""
-    sys.path.insert(0, str(REPO))
-    from tests.media import make_face_clip
-
-    w, h = size
-    path = folder / f"pan_zoom_{w}x{h}_{fps}fps_{seconds:g}s.mp4"
-    done = path.with_suffix(".json")
-    if not done.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.mp4")
-        spec = make_face_clip(tmp, codec="h264", size=size, fps=fps, seconds=seconds, motion="pan_zoom")
-        os.replace(tmp, path)
-        done.write_text(json.dumps({"frames": spec.n_frames, "made_in_s": round(time.perf_counter() - t0, 1)}))
-        print(f"made {path.name}: {spec.n_frames} frames in {time.perf_counter() - t0:.0f} s", flush=True)
-    return path, json.loads(done.read_text())["frames"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from faces_memory import REPO, clip_for  # noqa: E402 - the same clips, kept in the same folder
 
 
 STAGE_LINE = re.compile(r"^(\w+): (\d+) cached, (\d+) computed.*?\[([\d.]+) s\]", re.M)
