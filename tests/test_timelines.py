@@ -295,6 +295,8 @@ def test_the_view_shows_a_timeline_strip_whose_segments_open_their_cards(spans_r
     try:
         open_page(driver, page)
         assert console_errors(driver) == []
+        metrics = driver.find_element("id", "metrics").text
+        assert "segments, which carry no label of their own" in metrics and "pass --labels" not in metrics
         segs = driver.find_elements("css selector", ".strip .seg")
         assert len(segs) == 11
         # each block in its label's colour, in time order, none covering another (segments overlap by half)

@@ -82,6 +82,9 @@
         add(met, el("p", null, "Without calibration: UAR " + pct(u.uar) + ", WAR " + pct(u.war) + ", macro-F1 " +
           pct(u.macro_f1) + "."));
       }
+    } else if (S.counts && S.timelines && S.timelines.length) {
+      add(met, el("p", null, "The units of this segmented run are segments, which carry no label of their own: " +
+        "metrics per labelled span are in report.md (dfer report) and span_predictions.csv."));
     } else if (S.counts) {
       add(met, el("p", null, "No scored clip has a true label, so there are no metrics (pass --labels FILE). " +
         "Calibration: " + calText(S.calibration) + "."));
