@@ -215,6 +215,7 @@ def test_report_and_compare_of_a_served_run_with_abstentions_and_a_failed_clip(t
     the scored clips' figure."""
     from pipeline.cli import main
     from pipeline.report.compare import compare_runs
+    from pipeline.report.markdown import md as md_text
 
     res = run(clips, tmp_path / "run", tmp_path / "cache", "classify.model.max_new_tokens=4",
               *served(transformers_server, vllm_tiny_model, "classify.answer=generate"))
@@ -231,7 +232,8 @@ def test_report_and_compare_of_a_served_run_with_abstentions_and_a_failed_clip(t
     md = (res.run_dir / "report.md").read_text()
     assert "| metric (%) | all clips (3 labelled) | scored clips (2 labelled) |" in md
     assert f"the 1 failed and the {abstained} abstained ones as errors" in md
-    assert f"classify: {vllm_tiny_model} (openai)" in md  # the model that ran
+    # the model that ran, as Markdown holds a path (a temporary folder's name may have an "_", escaped there)
+    assert f"classify: {md_text(vllm_tiny_model)} (openai)" in md
     table = compare_runs([res.run_dir])
     head = rep["metrics_all_clips"]
     assert f"| run | none | 3 | 2 | {abstained} | 0 | 1 | {100 * head['uar']:.2f} [" in table
