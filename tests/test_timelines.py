@@ -320,6 +320,13 @@ def test_the_view_shows_a_timeline_strip_whose_segments_open_their_cards(spans_r
         driver.quit()
 
 
+def test_a_segmented_run_is_not_exported_as_training_data(arc, tmp_path):
+    code, err = dfer("export", arc["run"], "--format", "llamafactory", "-o", tmp_path / "ex")
+    assert code == EXIT_USAGE, err
+    assert f"{arc['run'] / 'config.yaml'}: faces.segments=1.5s" in err and "without --segments" in err
+    assert not (tmp_path / "ex").exists()
+
+
 def test_inspect_draws_a_segment_and_says_how_to_name_one(arc, tmp_path):
     uid = "arc.mp4#segment=2,start_s=3.0,end_s=4.5"
     out = tmp_path / "seg.png"

@@ -233,6 +233,10 @@ def export_dataset(run_dir: str | Path, fmt: str, output: str | Path | None = No
     if ccfg.dense_input == "video":
         raise ExportError(f"{run / CONFIG}: classify.dense_input=video: the export writes images, and LLaMA-Factory's "
                           "videos are not what dfer showed; export a run with dense_input=images")
+    if cfg.faces.segments:
+        raise ExportError(f"{run / CONFIG}: faces.segments={cfg.faces.segments}: the units of a segmented run are "
+                          "segments, which carry no label of their own; export a run of the same clips without "
+                          "--segments (on the same cache only keyframes, context and classify are computed again)")
     name = name if name is not None else dataset_name(run.path)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
         raise ExportError(f"--name {name!r}: a dataset name of letters, digits, '_', '.' or '-' (not first: '.')")
