@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
@@ -119,3 +121,16 @@ def test_folds_can_be_reports_of_one_run_written_per_fold(tmp_path):
     s = fold_summary(outs)
     assert [f["n"] for f in s["folds"]] == [70, 70]
     assert [f["uar"] for f in s["folds"]] == [RunDir(d).metrics()["metrics"]["uar"] for d in outs]
+
+
+def test_a_run_folder_whose_name_holds_a_pipe_keeps_every_table_row_whole(tmp_path):
+    a = write_run(tmp_path / "base", FOLDS[0])
+    b = write_run(tmp_path / "lr|1e-4", FOLDS[1])
+    table = compare_runs([a, b], n_boot=0)
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows and any("lr\\|1e-4" in r for r in rows)
+    for block in table.split("\n\n"):  # each table: every row has as many cells as its header
+        lines = [line for line in block.splitlines() if line.startswith("|")]
+        if lines:
+            widths = {len(re.split(r"(?<!\\)\|", line)) for line in lines}
+            assert len(widths) == 1, block

@@ -97,10 +97,19 @@ def tau_from_text(held: dict) -> str:
             f"best {held['by']} among tau " + ", ".join(f"{r['tau']:g}" for r in held["rows"]))
 
 
+_BARE_PIPE = re.compile(r"(?<!\\)\|")
+
+
+def _cell(value: object) -> str:
+    """A table cell: on one line, and every ``|`` not already escaped (by :func:`md`) escaped, so that no value (a
+    run folder's or a model's name) can split a row."""
+    return _BARE_PIPE.sub(r"\\|", re.sub(r"[\r\n]+", " ", str(value)))
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
-    """The lines of a Markdown table (cells written with ``str``)."""
-    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|",
-            *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
+    """The lines of a Markdown table (cells written with ``str``, kept to their column: :func:`_cell`)."""
+    return ["| " + " | ".join(map(_cell, header)) + " |", "|---" * len(header) + "|",
+            *("| " + " | ".join(map(_cell, r)) + " |" for r in rows)]
 
 
 def _headline(m: dict, template: str = "{} {}", sep: str = "  ") -> str:
