@@ -49,17 +49,26 @@ def _spans(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def drawn(starts: list[float], ends: list[float]) -> list[tuple[float, float]]:
+    """Where each of a recording's segments (in time order) is drawn on a band: each instant goes to the segment whose
+    middle is nearest (overlapping segments share their overlap), and no segment is drawn outside itself. The report's
+    figure and the viewer's strips both draw with it."""
+    mids = [(a + b) / 2 for a, b in zip(starts, ends)]
+    edges = [starts[0], *[(m + n) / 2 for m, n in zip(mids, mids[1:])], ends[-1]]
+    return [(max(a, s), min(b, e)) for s, e, a, b in zip(starts, ends, edges, edges[1:])]
+
+
 def _figure(groups: list[list[dict]], names: list[tuple], labels: list[str]) -> Figure:
     colours = {lab: c for lab, c in zip(labels, _palette(len(labels)))}
     fig = Figure(figsize=(11, 1.9 * len(groups) + 0.6))
     for k, (rows, (video, subject)) in enumerate(zip(groups, names)):
         ax = fig.add_subplot(len(groups), 1, k + 1)
         mids = np.array([(r["start_s"] + r["end_s"]) / 2 for r in rows])
-        edges = np.concatenate([[rows[0]["start_s"]], (mids[1:] + mids[:-1]) / 2, [rows[-1]["end_s"]]])
-        for r, a, b in zip(rows, edges[:-1], edges[1:]):  # the band: each instant in the colour of the segment whose
-            lab = r["prediction"]  # middle is nearest (overlapping segments), unscored ones hatched grey
-            ax.axvspan(max(a, r["start_s"]), min(b, r["end_s"]), ymin=0.0, ymax=0.12,
-                       color=colours[lab] if lab else "0.85", hatch=None if lab else "//", lw=0)
+        band = drawn([r["start_s"] for r in rows], [r["end_s"] for r in rows])
+        for r, (a, b) in zip(rows, band):  # the band in the segments' colours, unscored ones hatched grey
+            lab = r["prediction"]
+            ax.axvspan(a, b, ymin=0.0, ymax=0.12, color=colours[lab] if lab else "0.85", hatch=None if lab else "//",
+                       lw=0)
         for lab in labels:
             y = np.array([r.get(f"p_{lab}") if r.get(f"p_{lab}") is not None else np.nan for r in rows], float)
             if np.isfinite(y).any():

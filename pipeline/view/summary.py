@@ -12,6 +12,7 @@ from pipeline.engine.config import load_config
 from pipeline.eval.labels import LabelError, LabelSet, load_label_set
 from pipeline.engine.runner import stages_to_run
 from pipeline.report import headline
+from pipeline.report.timelines import drawn
 from pipeline.view.collect import RunData
 from stages.faces import segments as seg
 
@@ -66,12 +67,10 @@ def timelines(run: RunData) -> list[dict] | None:
                               "id": shown(uid) if uid in cards else None,
                               "why": None if r["prediction"] else (r["reason"] or r["scored"])})
         t["duration"] = max(t["duration"], r["end_s"])
-    for t in out.values():  # drawn: each instant in the segment whose middle is nearest (segments may overlap)
+    for t in out.values():  # drawn as the report draws them (segments may overlap)
         g = t["segments"]
-        mids = [(x["start"] + x["end"]) / 2 for x in g]
-        edges = [g[0]["start"], *[(a + b) / 2 for a, b in zip(mids, mids[1:])], g[-1]["end"]]
-        for x, a, b in zip(g, edges, edges[1:]):
-            x["from"], x["to"] = max(a, x["start"]), min(b, x["end"])
+        for x, (a, b) in zip(g, drawn([x["start"] for x in g], [x["end"] for x in g])):
+            x["from"], x["to"] = a, b
     return list(out.values())
 
 
