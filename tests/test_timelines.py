@@ -21,6 +21,7 @@ from PIL import Image
 from pipeline.cli import main as dfer_main
 from pipeline.core.errors import EXIT_OK, EXIT_USAGE
 from pipeline.engine.rundir import RunDir
+from pipeline.report.timelines import drawn
 from pipeline.view.page import write_view
 from stages.faces.segments import SegmentSpec, parse_segments, spans
 from tests.browser import console_errors, open_page, start_browser, wait_for
@@ -258,6 +259,16 @@ def test_segment_spans():
     assert spans(parse_segments("4s:2s"), t, 10.0) == [(0, 4), (2, 6), (4, 8), (6, 10)]  # none inside the last
     assert spans(parse_segments("2s:5s"), t, 10.0) == [(0, 2), (5, 7)]  # a stride beyond the length samples
     assert spans(parse_segments("20s"), t, 10.0) == [(0, 10)]
+
+
+def test_segments_are_drawn_without_gaps_and_overlaps_split_at_the_middle():
+    """The band of the report's figure and of the viewer's strips (``drawn``)."""
+    starts, ends = zip(*[(0, 4), (4, 8), (8, 10)])  # 4s over 10 s: the last one shorter
+    assert drawn(list(starts), list(ends)) == [(0, 4), (4, 8), (8, 10)]  # each whole, no blank stretch before the last
+    starts, ends = zip(*[(0, 4), (2, 6), (4, 8), (6, 10)])  # 4s:2s: each overlap split where the middles meet
+    assert drawn(list(starts), list(ends)) == [(0, 3), (3, 5), (5, 7), (7, 10)]
+    starts, ends = zip(*[(0, 2), (5, 7)])  # 2s:5s samples: the time between is no segment's
+    assert drawn(list(starts), list(ends)) == [(0, 2), (5, 7)]
 
 
 @pytest.fixture(scope="module")

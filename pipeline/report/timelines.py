@@ -50,12 +50,14 @@ def _spans(path: Path) -> list[dict]:
 
 
 def drawn(starts: list[float], ends: list[float]) -> list[tuple[float, float]]:
-    """Where each of a recording's segments (in time order) is drawn on a band: each instant goes to the segment whose
-    middle is nearest (overlapping segments share their overlap), and no segment is drawn outside itself. The report's
-    figure and the viewer's strips both draw with it."""
+    """Where each of a recording's segments (in time order) is drawn on a band: where two consecutive segments
+    overlap, each instant of the overlap goes to the one whose middle is nearest; elsewhere a segment is drawn whole,
+    so contiguous segments leave no gap (a shorter last one included). The report's figure and the viewer's strips
+    both draw with it."""
     mids = [(a + b) / 2 for a, b in zip(starts, ends)]
-    edges = [starts[0], *[(m + n) / 2 for m, n in zip(mids, mids[1:])], ends[-1]]
-    return [(max(a, s), min(b, e)) for s, e, a, b in zip(starts, ends, edges, edges[1:])]
+    # the border of segments i and i+1: the midpoint of their middles, kept within their overlap (none: i's end)
+    borders = [min(max((m + n) / 2, s), e) for m, n, s, e in zip(mids, mids[1:], starts[1:], ends)]
+    return [(max(a, s), min(b, e)) for s, e, a, b in zip(starts, ends, [starts[0], *borders], [*borders, ends[-1]])]
 
 
 def _figure(groups: list[list[dict]], names: list[tuple], labels: list[str]) -> Figure:
