@@ -43,20 +43,18 @@ def _malloc_trim():
     return _libc_function("malloc_trim", (ctypes.c_size_t,))
 
 
-_mapped: list[int] = []  # the threshold this process set (mallopt is per process and cannot be undone)
+_mapped: list[int] = []  # the threshold this process set, once (mallopt is per process and cannot be undone)
 
 
-def map_large_blocks(threshold_kib: int = LARGE_BLOCK_KIB) -> bool:
-    """Serve heap blocks of ``threshold_kib`` KiB and more from their own memory maps, for the rest of this process
-    (glibc ``mallopt``; 0 or another C library: nothing is changed). True when the threshold is set."""
-    if threshold_kib <= 0:
-        return False
+def map_large_blocks() -> bool:
+    """Serve heap blocks of :data:`LARGE_BLOCK_KIB` KiB and more from their own memory maps, for the rest of this
+    process (glibc ``mallopt``; another C library: nothing is changed). True when the threshold is set."""
     if _mapped:
-        return _mapped[0] == threshold_kib
+        return True
     fn = _libc_function("mallopt", (ctypes.c_int, ctypes.c_int))
-    if fn is None or not fn(_M_MMAP_THRESHOLD, threshold_kib << 10) or not fn(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD):
+    if fn is None or not fn(_M_MMAP_THRESHOLD, LARGE_BLOCK_KIB << 10) or not fn(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD):
         return False
-    _mapped.append(threshold_kib)
+    _mapped.append(LARGE_BLOCK_KIB)
     return True
 
 

@@ -160,10 +160,10 @@ class Config(BaseModel):
 def open(cfg: Config):  # noqa: A001 - stage protocol name
     """Load MTCNN once per worker process."""
     import torch
+    from facenet_pytorch import MTCNN
 
     if cfg.flat_heap is True:
         map_large_blocks()
-    from facenet_pytorch import MTCNN
 
     device = resolve_device(cfg.device)
     mtcnn = MTCNN(
