@@ -158,8 +158,8 @@ class FaceTrack:
             stream, self._stream = self._stream, None
             stream.close()
         finally:
-            if self._stream is not None:
-                self._stream._f.close()
+            if self._stream is not None:  # the pass stopped on an error
+                self._stream.abandon()
                 self._stream = None
 
     def crops(self, indices, size: int | None = None, gray: bool = False) -> np.ndarray:
